@@ -1,0 +1,40 @@
+"""Validate a ChestX-ray14 dataset (local folder or s3:// prefix) and write its manifest.
+
+    python jobs/manifest.py --data data/synthetic --out data/synthetic/manifest.parquet
+
+Lists storage once; every later job reads the manifest instead of listing 112k objects again.
+"""
+from __future__ import annotations
+
+import argparse
+
+from thorax_ray.cli import run_main, setup_logging
+from thorax_ray.manifest import build_manifest, write_manifest
+from thorax_ray.splits import SplitConfig
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True, help="dataset folder or s3:// prefix")
+    parser.add_argument("--out", required=True, help="manifest Parquet file (local path or s3:// URI)")
+    parser.add_argument("--val-fraction", type=float, default=0.1, help="share of patients for validation")
+    parser.add_argument("--test-fraction", type=float, default=0.2,
+                        help="share of patients for test when the dataset has no test_list.txt")
+    parser.add_argument("--split-seed", type=int, default=0)
+    parser.add_argument("--s3-endpoint", help="endpoint of an S3-compatible store (default: AWS_ENDPOINT_URL)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    setup_logging()
+    args = parse_args(argv)
+    split = SplitConfig(val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.split_seed)
+    frame, summary = build_manifest(args.data, split, endpoint_url=args.s3_endpoint)
+    write_manifest(frame, args.out, summary, endpoint_url=args.s3_endpoint)
+    print(summary.format())
+    print(f"\nmanifest: {args.out} ({len(frame)} rows)")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,58 @@
+"""Shared fixtures: a real S3-protocol server on 127.0.0.1 (moto's standalone server) and small
+synthetic datasets generated once per session."""
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """Starts moto's S3 server on 127.0.0.1 and points the standard AWS variables at it."""
+    from moto.server import ThreadedMotoServer
+
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION", "AWS_ENDPOINT_URL")}
+    os.environ.update({"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint})
+    yield endpoint
+    server.stop()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture
+def s3_bucket(s3_server, request):
+    """A fresh, empty bucket per test; returns its s3:// URI."""
+    import boto3
+
+    name = "thorax-" + request.node.name.lower().replace("_", "-").replace("[", "-").replace("]", "")[:40].strip("-")
+    boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1").create_bucket(Bucket=name)
+    return f"s3://{name}"
+
+
+@pytest.fixture(scope="session")
+def synthetic_small(tmp_path_factory):
+    """120 images of 64 px in the full NIH layout (session-wide, read-only for tests)."""
+    from thorax_ray.synthetic.dataset import SyntheticConfig, write_synthetic_dataset
+
+    out = tmp_path_factory.mktemp("synthetic_small")
+    write_synthetic_dataset(SyntheticConfig(out=str(out), images=120, size=64, seed=3, workers=2), progress=False)
+    return out
+
+

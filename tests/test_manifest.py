@@ -1,0 +1,82 @@
+import os
+
+import pandas as pd
+import pytest
+
+from thorax_ray.labels import FINDING_COLUMNS
+from thorax_ray.manifest import MANIFEST_COLUMNS, ManifestError, build_manifest, read_manifest, write_manifest
+from thorax_ray.splits import check_patient_disjoint
+from tests.helpers import upload_tree
+from tests.test_locate import NAMES, make_layout
+
+
+def test_manifest_columns_paths_and_official_split(tmp_path):
+    expected = make_layout(tmp_path, "full")
+    frame, summary = build_manifest(str(tmp_path))
+    assert tuple(frame.columns) == MANIFEST_COLUMNS
+    assert dict(zip(frame["image_index"], frame["path"])) == expected
+    assert frame.set_index("image_index").loc["00000003_000.png", "split"] == "test"
+    assert set(frame.loc[frame["image_index"] != "00000003_000.png", "split"]) <= {"train", "val"}
+    assert summary.rows == 4 and summary.patients == 3 and summary.images_found == 4
+    assert summary.missing_images == 0 and summary.orphan_images == 0
+    assert summary.split_source.startswith("official lists")
+    assert frame["age_years"].dtype == "float64" and set(frame["sex"]) == {"M"}
+    assert (frame[list(FINDING_COLUMNS)].to_numpy() == 0).all()
+
+
+def test_missing_images_and_orphans_are_reported_not_dropped(tmp_path, capsys):
+    paths = make_layout(tmp_path, "flat")
+    os.remove(paths[NAMES[1]])
+    (tmp_path / "99999999_000.png").write_text("png")
+    frame, summary = build_manifest(str(tmp_path))
+    assert len(frame) == 4
+    assert frame.set_index("image_index")["path"].isna().to_dict() == {n: n == NAMES[1] for n in NAMES}
+    assert summary.missing_images == 1 and summary.missing_examples == [NAMES[1]]
+    assert summary.orphan_images == 1 and summary.orphan_examples == ["99999999_000.png"]
+    text = summary.format()
+    assert "missing images   1  e.g. 00000001_001.png" in text and "99999999_000.png" in text
+
+
+def test_metadata_only_dataset_is_valid(tmp_path):
+    paths = make_layout(tmp_path, "flat")
+    for path in paths.values():
+        os.remove(path)
+    frame, summary = build_manifest(str(tmp_path))
+    assert len(frame) == 4 and frame["path"].isna().all()
+    assert summary.images_found == 0 and "metadata-only dataset" in summary.format()
+
+
+def test_write_and_read_back_local(tmp_path):
+    make_layout(tmp_path / "data", "sample")
+    frame, summary = build_manifest(str(tmp_path / "data"))
+    write_manifest(frame, str(tmp_path / "out" / "manifest.parquet"), summary)
+    back, info = read_manifest(str(tmp_path / "out" / "manifest.parquet"))
+    pd.testing.assert_frame_equal(back, frame, check_dtype=False)
+    assert info["split_hash"] == summary.split_hash and info["split_source"] == "patient hash"
+
+
+def test_s3_dataset_to_s3_manifest(tmp_path, s3_bucket):
+    make_layout(tmp_path, "full")
+    upload_tree(tmp_path, f"{s3_bucket}/nih")
+    frame, summary = build_manifest(f"{s3_bucket}/nih")
+    assert frame["path"].str.startswith(f"{s3_bucket}/nih/images_0").all()
+    write_manifest(frame, f"{s3_bucket}/manifests/manifest.parquet", summary)
+    back, info = read_manifest(f"{s3_bucket}/manifests/manifest.parquet")
+    pd.testing.assert_frame_equal(back, frame, check_dtype=False)
+    assert info["split_hash"] == summary.split_hash
+
+
+def test_reading_a_non_manifest_is_a_clear_error(tmp_path):
+    with pytest.raises(ManifestError, match="not found"):
+        read_manifest(str(tmp_path / "nope.parquet"))
+    pd.DataFrame({"a": [1]}).to_parquet(tmp_path / "other.parquet")
+    with pytest.raises(ManifestError, match="not a thorax-ray manifest"):
+        read_manifest(str(tmp_path / "other.parquet"))
+
+
+def test_manifest_split_is_patient_disjoint_on_synthetic(synthetic_small):
+    frame, summary = build_manifest(str(synthetic_small))
+    check_patient_disjoint(frame)
+    assert summary.missing_images == 0 and summary.orphan_images == 0 and summary.images_found == len(frame)
+    test_list = set((synthetic_small / "test_list.txt").read_text().split())
+    assert set(frame.loc[frame["split"] == "test", "image_index"]) == test_list

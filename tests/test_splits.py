@@ -1,0 +1,81 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from thorax_ray.splits import SplitConfig, SplitError, assign_splits, check_patient_disjoint, split_hash
+
+
+def population(patients=400, seed=0):
+    rng = np.random.default_rng(seed)
+    counts = rng.integers(1, 8, patients)
+    pids = np.repeat(np.arange(1, patients + 1), counts)
+    follow = np.concatenate([np.arange(c) for c in counts])
+    return pd.DataFrame({"patient_id": pids, "image_index": [f"{p:08d}_{k:03d}.png" for p, k in zip(pids, follow)]})
+
+
+def test_hash_split_is_patient_disjoint_with_requested_fractions():
+    frame = population()
+    frame["split"] = assign_splits(frame, SplitConfig(val_fraction=0.1, test_fraction=0.2))
+    check_patient_disjoint(frame)
+    share = frame.groupby("split")["patient_id"].nunique() / frame["patient_id"].nunique()
+    assert share["test"] == pytest.approx(0.2, abs=0.06) and share["val"] == pytest.approx(0.1, abs=0.05)
+
+
+def test_split_is_stable_across_row_order_and_subsets():
+    frame = population()
+    first = assign_splits(frame)
+    shuffled = frame.sample(frac=1.0, random_state=1)
+    assert (assign_splits(shuffled).sort_index() == first).all()
+    subset = frame[frame["patient_id"] <= 100]
+    assert (assign_splits(subset) == first[subset.index]).all()
+    assert split_hash(frame["image_index"], first) == split_hash(shuffled["image_index"], first[shuffled.index])
+
+
+def test_split_hash_changes_with_seed_or_assignment():
+    frame = population()
+    a, b = assign_splits(frame, SplitConfig(seed=0)), assign_splits(frame, SplitConfig(seed=1))
+    assert split_hash(frame["image_index"], a) != split_hash(frame["image_index"], b)
+
+
+def test_official_lists_are_used_and_validation_carved_by_patient():
+    frame = population()
+    test_patients = set(range(1, 81))
+    is_test = frame["patient_id"].isin(test_patients)
+    split = assign_splits(frame, SplitConfig(val_fraction=0.25),
+                          test_names=set(frame.loc[is_test, "image_index"]),
+                          train_val_names=set(frame.loc[~is_test, "image_index"]))
+    assert (split[is_test] == "test").all() and (split[~is_test] != "test").all()
+    frame["split"] = split
+    check_patient_disjoint(frame)
+    val_share = frame.loc[~is_test].groupby("split")["patient_id"].nunique()["val"] / 320
+    assert val_share == pytest.approx(0.25, abs=0.08)
+
+
+def test_unlisted_rows_follow_their_patient():
+    frame = population()
+    is_test = frame["patient_id"] <= 50
+    test_names = set(frame.loc[is_test, "image_index"]) - {"00000001_000.png"}
+    split = assign_splits(frame, test_names=test_names, train_val_names=set(frame.loc[~is_test, "image_index"]))
+    assert split[frame["image_index"] == "00000001_000.png"].item() == "test"
+
+
+def test_lists_that_leak_patients_are_rejected():
+    frame = population()
+    names = list(frame["image_index"])
+    patient_one = [n for n in names if n.startswith("00000001_")]
+    if len(patient_one) < 2:
+        frame = pd.concat([frame, pd.DataFrame({"patient_id": [1], "image_index": ["00000001_099.png"]})])
+        patient_one = [n for n in frame["image_index"] if n.startswith("00000001_")]
+    with pytest.raises(SplitError, match="patients in both test and train_val"):
+        assign_splits(frame, test_names={patient_one[0]}, train_val_names=set(frame["image_index"]) - {patient_one[0]})
+
+
+def test_disjointness_check_catches_leaks():
+    frame = pd.DataFrame({"patient_id": [1, 1, 2], "split": ["train", "test", "val"]})
+    with pytest.raises(SplitError, match="1 patients appear in more than one split"):
+        check_patient_disjoint(frame)
+
+
+def test_bad_fractions():
+    with pytest.raises(SplitError):
+        SplitConfig(val_fraction=0.6, test_fraction=0.5)

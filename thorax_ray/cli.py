@@ -1,0 +1,23 @@
+"""Shared command-line plumbing for the jobs: logging set-up and friendly failure on known errors."""
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+
+
+def setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+
+
+def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> None:
+    """Runs a job's main; a ValueError/FileNotFoundError (bad input) ends with one clear line, exit 2."""
+    try:
+        sys.exit(main(argv))
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,228 @@
+"""Readers for the NIH metadata files: Data_Entry_2017.csv (both revisions), sample_labels.csv and
+BBox_List_2017.csv. Everything is normalised here, once: ages in years, sex as M/F/None, view
+position as PA/AP/other/None, labels as 0/1 columns in FINDINGS order."""
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from thorax_ray import storage
+from thorax_ray.labels import FINDING_COLUMNS, parse_finding_labels, normalise_bbox_label
+
+log = logging.getLogger(__name__)
+
+DATA_ENTRY_HEADER = (
+    "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
+    "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]"
+)
+SAMPLE_LABELS_HEADER = (
+    "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
+    "OriginalImageWidth,OriginalImageHeight,OriginalImagePixelSpacing_x,OriginalImagePixelSpacing_y"
+)
+BBOX_HEADER = "Image Index,Finding Label,Bbox [x,y,w,h],,,"
+
+_RAW_COLUMNS = (
+    "image_index", "finding_labels", "follow_up", "patient_id", "age", "sex", "view_position",
+    "original_width", "original_height", "pixel_spacing_x", "pixel_spacing_y",
+)
+_AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([YMDymd]?)\s*$")
+_AGE_UNIT_YEARS = {"": 1.0, "Y": 1.0, "M": 1.0 / 12.0, "D": 1.0 / 365.25}
+MAX_AGE_YEARS = 120.0
+
+
+class MetadataError(ValueError):
+    """A metadata file that cannot be read; the message names the file and row."""
+
+
+@dataclass
+class MetadataTable:
+    """The normalised metadata of one dataset and what was found wrong but kept."""
+
+    frame: pd.DataFrame
+    source: str
+    layout: str  # "data_entry" or "sample_labels"
+    impossible_ages: int = 0
+    missing_ages: int = 0
+    unknown_sex: int = 0
+    unknown_view_position: int = 0
+
+
+def parse_age(text: str | float | int | None) -> float | None:
+    """`57` -> 57.0, `058Y` -> 58.0, `011M` -> 0.9167, `007D` -> 0.0192; empty -> None.
+
+    Raises ValueError for text that is not an age at all. Range checks are the caller's job.
+    """
+    if text is None or (isinstance(text, float) and math.isnan(text)):
+        return None
+    text = str(text)
+    if not text.strip():
+        return None
+    match = _AGE.match(text)
+    if not match:
+        raise ValueError(f"not an age: {text!r}")
+    return float(match.group(1)) * _AGE_UNIT_YEARS[match.group(2).upper()]
+
+
+def check_image_index(name: str, *, source: str, row: int) -> None:
+    """An `Image Index` is joined to storage paths, so it must be a plain file name."""
+    if (
+        not name
+        or name in (".", "..")
+        or "/" in name
+        or "\\" in name
+        or "\x00" in name
+        or ":" in name
+        or name.startswith("~")
+        or name != name.strip()
+    ):
+        raise MetadataError(f"{source}, row {row}: 'Image Index' {name!r} is not a plain file name")
+
+
+def read_metadata(uri: str, *, endpoint_url: str | None = None) -> MetadataTable:
+    """Reads Data_Entry_2017.csv (with or without trailing empty column) or sample_labels.csv."""
+    fs, path = storage.filesystem(uri, endpoint_url=endpoint_url)
+    if not fs.exists(path):
+        raise MetadataError(f"{uri}: metadata file not found")
+    with fs.open(path, "rb") as handle:
+        text = handle.read().decode("utf-8-sig")
+    return parse_metadata_text(text, source=uri)
+
+
+def parse_metadata_text(text: str, *, source: str) -> MetadataTable:
+    header = text.split("\n", 1)[0].strip().rstrip(",").strip()
+    if header == DATA_ENTRY_HEADER:
+        layout = "data_entry"
+    elif header == SAMPLE_LABELS_HEADER:
+        layout = "sample_labels"
+    else:
+        raise MetadataError(
+            f"{source}, row 1: unrecognised header {header[:200]!r}; expected the header of "
+            "Data_Entry_2017.csv or sample_labels.csv"
+        )
+    rows = list(csv.reader(io.StringIO(text)))[1:]
+    records = []
+    for offset, fields in enumerate(rows):
+        line = offset + 2
+        if not fields or all(not f.strip() for f in fields):
+            continue
+        extra = fields[len(_RAW_COLUMNS):]
+        if len(fields) < len(_RAW_COLUMNS) or any(f.strip() for f in extra):
+            raise MetadataError(
+                f"{source}, row {line}: expected {len(_RAW_COLUMNS)} fields "
+                f"(plus an optional empty one), got {len(fields)}"
+            )
+        records.append([line, *fields[: len(_RAW_COLUMNS)]])
+    raw = pd.DataFrame(records, columns=["line", *_RAW_COLUMNS])
+    return _normalise(raw, source=source, layout=layout)
+
+
+def _normalise(raw: pd.DataFrame, *, source: str, layout: str) -> MetadataTable:
+    lines = raw["line"].to_numpy()
+    for name, line in zip(raw["image_index"], lines):
+        check_image_index(name, source=source, row=int(line))
+    duplicated = raw["image_index"].duplicated(keep=False)
+    if duplicated.any():
+        dups = raw.loc[duplicated, ["image_index", "line"]]
+        first = dups.groupby("image_index")["line"].apply(list).head(3)
+        detail = "; ".join(f"{name} at rows {rows}" for name, rows in first.items())
+        raise MetadataError(f"{source}: {dups['image_index'].nunique()} duplicate 'Image Index' values: {detail}")
+
+    frame = pd.DataFrame({"image_index": raw["image_index"].astype(str)})
+    frame["finding_labels"] = raw["finding_labels"].str.strip()
+    frame["patient_id"] = _integers(raw, "patient_id", "Patient ID", source)
+    frame["follow_up"] = _integers(raw, "follow_up", "Follow-up #", source)
+
+    ages = []
+    for value, line in zip(raw["age"], lines):
+        try:
+            ages.append(parse_age(value))
+        except ValueError as error:
+            raise MetadataError(f"{source}, row {line}: 'Patient Age' {error}") from None
+    ages = np.array([np.nan if a is None else a for a in ages], dtype=np.float64)
+    missing_ages = int(np.isnan(ages).sum())
+    impossible = (ages < 0) | (ages > MAX_AGE_YEARS)
+    if impossible.any():
+        examples = ", ".join(f"row {l}: {v!r}" for l, v in zip(lines[impossible][:5], raw["age"][impossible][:5]))
+        log.warning("%s: %d impossible ages (<0 or >%g years) treated as missing (%s)",
+                    source, int(impossible.sum()), MAX_AGE_YEARS, examples)
+        ages[impossible] = np.nan
+    frame["age_years"] = ages
+
+    sex = raw["sex"].str.strip().str.upper().map({"M": "M", "MALE": "M", "F": "F", "FEMALE": "F"})
+    unknown_sex = int(sex.isna().sum())
+    frame["sex"] = sex.astype(object).where(sex.notna(), None)
+
+    view = raw["view_position"].str.strip().str.upper()
+    view = view.where(view.isin(["PA", "AP"]) | (view == ""), "other").replace("", None)
+    unknown_view = int((~view.isin(["PA", "AP"])).sum())
+    frame["view_position"] = view.astype(object).where(view.notna(), None)
+
+    for column in ("original_width", "original_height"):
+        frame[column] = pd.to_numeric(raw[column].str.strip().replace("", None), errors="coerce").astype("Int64")
+    for column in ("pixel_spacing_x", "pixel_spacing_y"):
+        frame[column] = pd.to_numeric(raw[column].str.strip().replace("", None), errors="coerce").astype("float64")
+
+    labels = np.zeros((len(raw), len(FINDING_COLUMNS)), dtype=np.uint8)
+    parsed: dict[str, np.ndarray] = {}
+    for i, (text, line) in enumerate(zip(frame["finding_labels"], lines)):
+        vector = parsed.get(text)
+        if vector is None:
+            vector = parsed[text] = parse_finding_labels(text, source=source, row=int(line))
+        labels[i] = vector
+    for j, column in enumerate(FINDING_COLUMNS):
+        frame[column] = labels[:, j]
+
+    if unknown_sex or unknown_view:
+        log.warning("%s: %d rows with unknown sex, %d with unknown view position (kept as missing/'other')",
+                    source, unknown_sex, unknown_view)
+    return MetadataTable(
+        frame=frame.reset_index(drop=True),
+        source=source,
+        layout=layout,
+        impossible_ages=int(impossible.sum()),
+        missing_ages=missing_ages,
+        unknown_sex=unknown_sex,
+        unknown_view_position=unknown_view,
+    )
+
+
+def _integers(raw: pd.DataFrame, column: str, title: str, source: str) -> np.ndarray:
+    values = pd.to_numeric(raw[column].str.strip(), errors="coerce")
+    bad = values.isna() | (values != values.round()) | (values < 0)
+    if bad.any():
+        i = int(np.flatnonzero(bad.to_numpy())[0])
+        raise MetadataError(f"{source}, row {raw['line'].iloc[i]}: '{title}' {raw[column].iloc[i]!r} is not a whole number")
+    return values.astype(np.int64).to_numpy()
+
+
+def read_bbox_list(uri: str, *, endpoint_url: str | None = None) -> pd.DataFrame:
+    """Reads BBox_List_2017.csv into columns image_index, finding (FINDINGS spelling), x, y, w, h."""
+    fs, path = storage.filesystem(uri, endpoint_url=endpoint_url)
+    with fs.open(path, "rb") as handle:
+        text = handle.read().decode("utf-8-sig")
+    lines = text.splitlines()
+    if not lines or lines[0].strip() != BBOX_HEADER:
+        raise MetadataError(f"{uri}, row 1: unrecognised header; expected {BBOX_HEADER!r}")
+    records = []
+    for line, fields in enumerate(csv.reader(io.StringIO("\n".join(lines[1:]))), start=2):
+        if not fields or all(not f.strip() for f in fields):
+            continue
+        if len(fields) < 6 or any(f.strip() for f in fields[6:]):
+            raise MetadataError(f"{uri}, row {line}: expected 6 fields (image, label, x, y, w, h), got {len(fields)}")
+        check_image_index(fields[0], source=uri, row=line)
+        finding = normalise_bbox_label(fields[1], source=uri, row=line)
+        try:
+            x, y, w, h = (float(v) for v in fields[2:6])
+        except ValueError:
+            raise MetadataError(f"{uri}, row {line}: box {fields[2:6]} is not numeric") from None
+        if w <= 0 or h <= 0:
+            raise MetadataError(f"{uri}, row {line}: box has non-positive width/height {w}x{h}")
+        records.append((fields[0], finding, x, y, w, h))
+    return pd.DataFrame(records, columns=["image_index", "finding", "x", "y", "w", "h"])

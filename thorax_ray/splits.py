@@ -1,0 +1,106 @@
+"""Patient-level train/val/test splits and the stable hash that identifies a split."""
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+
+
+class SplitError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """Fractions of patients; with official lists, `test_fraction` is unused and `val_fraction` is the
+    share of train_val patients carved out for validation."""
+
+    val_fraction: float = 0.1
+    test_fraction: float = 0.2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.val_fraction < 1 and 0 <= self.test_fraction < 1 and self.val_fraction + self.test_fraction < 1):
+            raise SplitError(f"bad split fractions: val={self.val_fraction}, test={self.test_fraction}")
+
+
+def patient_uniform(patient_ids: np.ndarray, *, seed: int, salt: str) -> np.ndarray:
+    """A deterministic number in [0, 1) per patient, independent of row order and platform."""
+    out = np.empty(len(patient_ids), dtype=np.float64)
+    cache: dict[int, float] = {}
+    for i, pid in enumerate(patient_ids):
+        pid = int(pid)
+        value = cache.get(pid)
+        if value is None:
+            digest = hashlib.sha256(f"{salt}:{seed}:{pid}".encode()).digest()
+            value = cache[pid] = int.from_bytes(digest[:8], "big") / 2**64
+        out[i] = value
+    return out
+
+
+def assign_splits(
+    frame: pd.DataFrame,
+    config: SplitConfig = SplitConfig(),
+    *,
+    train_val_names: set[str] | None = None,
+    test_names: set[str] | None = None,
+) -> pd.Series:
+    """Returns the split of each row ("train"/"val"/"test"); no patient ends up in two splits.
+
+    With the official lists, test = test_list.txt and validation is carved from train_val by patient.
+    Rows in neither list follow their patient's other images, or a patient hash when the patient is
+    in neither list either.
+    """
+    patients = frame["patient_id"].to_numpy()
+    if test_names is not None or train_val_names is not None:
+        test_names = test_names or set()
+        train_val_names = train_val_names or set()
+        both = test_names & train_val_names
+        if both:
+            raise SplitError(f"{len(both)} images are in both test_list.txt and train_val_list.txt, e.g. {sorted(both)[:3]}")
+        in_test = frame["image_index"].isin(test_names).to_numpy()
+        in_train_val = frame["image_index"].isin(train_val_names).to_numpy()
+        test_patients = set(patients[in_test])
+        overlap = test_patients & set(patients[in_train_val])
+        if overlap:
+            raise SplitError(
+                f"the official lists put {len(overlap)} patients in both test and train_val, e.g. patient {sorted(overlap)[:3]}"
+            )
+        unlisted = ~(in_test | in_train_val)
+        if unlisted.any():
+            log.warning("%d metadata rows are in neither split list; they follow their patient or a patient hash",
+                        int(unlisted.sum()))
+        is_test = np.isin(patients, list(test_patients))
+        orphan_patients = unlisted & ~is_test & ~np.isin(patients, list(set(patients[in_train_val])))
+        is_test |= orphan_patients & (patient_uniform(patients, seed=config.seed, salt="test") < config.test_fraction)
+        is_val = ~is_test & (patient_uniform(patients, seed=config.seed, salt="val") < config.val_fraction)
+    else:
+        u = patient_uniform(patients, seed=config.seed, salt="split")
+        is_test = u < config.test_fraction
+        is_val = ~is_test & (u < config.test_fraction + config.val_fraction)
+    split = np.where(is_test, "test", np.where(is_val, "val", "train"))
+    return pd.Series(split, index=frame.index, name="split")
+
+
+def split_hash(image_index: pd.Series, split: pd.Series) -> str:
+    """A stable hash of which image is in which split (independent of row order)."""
+    pairs = sorted(zip(image_index.astype(str), split.astype(str)))
+    digest = hashlib.sha256()
+    for name, part in pairs:
+        digest.update(f"{name}\t{part}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def check_patient_disjoint(frame: pd.DataFrame) -> None:
+    """Raises SplitError if a patient appears in more than one split."""
+    per_patient = frame.groupby("patient_id")["split"].nunique()
+    leaking = per_patient[per_patient > 1]
+    if len(leaking):
+        raise SplitError(f"{len(leaking)} patients appear in more than one split, e.g. {list(leaking.index[:3])}")

@@ -1,0 +1,66 @@
+"""One way to reach local paths and `s3://` URIs (through fsspec / s3fs).
+
+Credentials, region and endpoint come from the standard AWS environment variables and config files
+(`AWS_ACCESS_KEY_ID`, `AWS_PROFILE`, `AWS_REGION`, `AWS_ENDPOINT_URL_S3` / `AWS_ENDPOINT_URL`, ...);
+an explicit `endpoint_url` serves S3-compatible stores (MinIO, Ceph, a test server).
+"""
+from __future__ import annotations
+
+import os
+import posixpath
+import re
+
+import fsspec
+
+_SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+
+
+def is_remote(uri: str) -> bool:
+    return bool(_SCHEME.match(str(uri))) and not str(uri).startswith("file://")
+
+
+def endpoint_from_env() -> str | None:
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+
+
+def filesystem(uri: str, *, endpoint_url: str | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """Returns (filesystem, path within it) for a local path or URI."""
+    uri = str(uri)
+    if uri.startswith("s3://") or uri.startswith("s3a://"):
+        import s3fs
+
+        endpoint = endpoint_url or endpoint_from_env()
+        client_kwargs = {"endpoint_url": endpoint} if endpoint else {}
+        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+        if region:
+            client_kwargs["region_name"] = region
+        fs = s3fs.S3FileSystem(client_kwargs=client_kwargs, use_listings_cache=False)
+        return fs, uri.split("://", 1)[1].rstrip("/")
+    if is_remote(uri):
+        fs, path = fsspec.core.url_to_fs(uri)
+        return fs, path
+    if uri.startswith("file://"):
+        uri = uri[len("file://"):]
+    return fsspec.filesystem("file"), os.path.abspath(os.path.expanduser(uri))
+
+
+def join(root: str, *parts: str) -> str:
+    """Joins path parts to a local path or URI with `/` (storage keys never use backslashes)."""
+    root = str(root)
+    if is_remote(root):
+        return posixpath.join(root.rstrip("/"), *parts)
+    return os.path.join(root, *parts)
+
+
+def to_uri(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    """Inverse of `filesystem`: a path inside `fs` back to a URI (plain path for local files)."""
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    if protocol in ("file", "local"):
+        return path
+    return f"{'s3' if protocol in ('s3', 's3a') else protocol}://{path}"
+
+
+def storage_options(endpoint_url: str | None = None) -> dict:
+    """fsspec `storage_options` for pandas / pyarrow readers of `s3://` URIs."""
+    endpoint = endpoint_url or endpoint_from_env()
+    return {"client_kwargs": {"endpoint_url": endpoint}} if endpoint else {}

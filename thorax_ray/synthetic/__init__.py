@@ -1,0 +1,1 @@
+"""Synthetic ChestX-ray14-like data: procedural chest radiographs with findings and boxes."""
