@@ -56,3 +56,18 @@ def synthetic_small(tmp_path_factory):
     return out
 
 
+
+
+@pytest.fixture(scope="session")
+def ray_local(s3_server):
+    """One local Ray for the whole session (start-up costs seconds on 2 cores). It starts after the S3
+    server so that its workers inherit the AWS variables, as workers on a real cluster inherit theirs."""
+    import ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": repo}})
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield ray
+    ray.shutdown()

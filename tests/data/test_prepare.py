@@ -1,0 +1,125 @@
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from thorax_ray.data.decode import decode_png
+from thorax_ray.data.pipeline import ImageConfig, images_to_array
+from thorax_ray.data.prepare import PrepareConfig, prepare
+from thorax_ray.data.shards import PreparedError, prepared_files, read_commit, read_prepared
+from thorax_ray.labels import FINDING_COLUMNS
+from thorax_ray.metadata import DATA_ENTRY_HEADER
+from tests.data.fakes import FlakyFileSystem
+from tests.data.pngs import gray_image, variants, write_bad_and_good
+from tests.helpers import upload_tree, write_text
+
+
+def with_metadata(folder, names, labels="Effusion"):
+    rows = [f"{n},{labels},0,{int(n[:8])},40,M,PA,2500,2048,0.143,0.143" for n in names]
+    write_text(os.path.join(folder, "Data_Entry_2017.csv"), "\n".join([DATA_ENTRY_HEADER, *rows]) + "\n")
+
+
+@pytest.fixture
+def messy_dataset(tmp_path):
+    expected = write_bad_and_good(tmp_path / "messy")
+    with_metadata(tmp_path / "messy", expected)
+    return tmp_path / "messy", expected
+
+
+def read_all(out, split=None):
+    return read_prepared(str(out), split).to_pandas()
+
+
+def test_good_variants_written_bad_ones_quarantined(ray_local, messy_dataset, tmp_path):
+    data, expected = messy_dataset
+    summary = prepare(PrepareConfig(data=str(data), out=str(tmp_path / "out"), image=ImageConfig(size=48)))
+    shards = read_all(tmp_path / "out")
+    quarantine = pd.read_parquet(tmp_path / "out" / "quarantine.parquet")
+    good = sorted(n for n, r in expected.items() if not r)
+    assert sorted(shards["image_index"]) == good
+    assert dict(zip(quarantine["image_index"], quarantine["reason"])) == {n: r for n, r in expected.items() if r}
+    assert quarantine.set_index("image_index").loc["00000014_000.png", "stage"] == "locate"
+    assert len(shards) + len(quarantine) == len(expected)
+    assert sum(summary.written.values()) == 4 and sum(summary.quarantined.values()) == 4
+    images = images_to_array(shards.sort_values("image_index")["image"].tolist(), 48)
+    twin = decode_png(variants(gray_image(96))["gray"], 48)
+    assert all(np.abs(img.astype(int) - twin.astype(int)).max() <= 1 for img in images)
+    assert (shards["effusion"] == 1).all()
+
+
+def test_rerun_refuses_or_replaces_atomically(ray_local, messy_dataset, tmp_path):
+    data, _ = messy_dataset
+    config = PrepareConfig(data=str(data), out=str(tmp_path / "out"), image=ImageConfig(size=32))
+    first = prepare(config)
+    with pytest.raises(PreparedError, match="already holds a prepared dataset.*--overwrite"):
+        prepare(config)
+    second = prepare(PrepareConfig(**{**config.__dict__, "overwrite": True}))
+    assert second.version != first.version
+    assert os.listdir(tmp_path / "out" / "shards") == [second.version]
+    assert len(read_all(tmp_path / "out")) == 4
+
+
+def test_reader_ignores_uncommitted_files(ray_local, messy_dataset, tmp_path):
+    data, _ = messy_dataset
+    prepare(PrepareConfig(data=str(data), out=str(tmp_path / "out"), image=ImageConfig(size=32)))
+    stray = tmp_path / "out" / "shards" / "half-written" / "split=train"
+    stray.mkdir(parents=True)
+    (stray / "part-x.parquet").write_bytes(b"PAR1garbage")
+    assert len(read_all(tmp_path / "out")) == 4
+    with pytest.raises(PreparedError, match="no prepared.json"):
+        prepared_files(str(tmp_path / "nowhere"))
+
+
+def test_transient_read_error_is_retried_not_quarantined(ray_local, tmp_path):
+    folder = tmp_path / "flaky"
+    os.makedirs(folder)
+    names = []
+    for i, data in enumerate(variants(gray_image(64)).values()):
+        name = f"{i + 1:08d}_000.png"
+        (folder / name).write_bytes(data)
+        names.append(name)
+    with_metadata(folder, names)
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    flaky = FlakyFileSystem(str(markers), failures=1)
+    image = ImageConfig(size=32, read_attempts=3, read_backoff_s=0.01)
+    prepare(PrepareConfig(data=str(folder), out=str(tmp_path / "out"), image=image), filesystem=flaky)
+    assert sorted(read_all(tmp_path / "out")["image_index"]) == names
+    assert len(os.listdir(markers)) == len(names)  # every read failed once first
+    # with a single attempt the same failure is quarantined as a read error
+    for marker in markers.iterdir():
+        marker.unlink()
+    single = ImageConfig(size=32, read_attempts=1)
+    prepare(PrepareConfig(data=str(folder), out=str(tmp_path / "out2"), image=single), filesystem=flaky)
+    quarantine = pd.read_parquet(tmp_path / "out2" / "quarantine.parquet")
+    assert set(quarantine["reason"]) == {"read_error"} and len(quarantine) == len(names)
+
+
+def test_round_trip_pixels_and_labels(ray_local, synthetic_small, tmp_path):
+    prepare(PrepareConfig(data=str(synthetic_small), out=str(tmp_path / "out"), image=ImageConfig(size=64)))
+    record = read_commit(str(tmp_path / "out"))
+    shards = read_all(tmp_path / "out")
+    manifest = pd.read_parquet(tmp_path / "out" / "manifest.parquet").set_index("image_index")
+    assert len(shards) == len(manifest) == sum(record["written"].values())
+    sample = shards.sample(10, random_state=0)
+    for row in sample.itertuples():
+        original = decode_png(open(manifest.loc[row.image_index, "path"], "rb").read(), 64)
+        assert np.array_equal(np.frombuffer(row.image, np.uint8).reshape(64, 64), original)
+        assert row.split == manifest.loc[row.image_index, "split"]
+        for column in FINDING_COLUMNS:
+            assert getattr(row, column) == manifest.loc[row.image_index, column]
+    train = read_prepared(str(tmp_path / "out"), ["train"]).to_pandas()
+    assert set(train["split"]) == {"train"} and len(train) == record["written"]["train"]
+
+
+def test_s3_in_and_out(ray_local, synthetic_small, s3_bucket, tmp_path):
+    upload_tree(synthetic_small, f"{s3_bucket}/nih")
+    out = f"{s3_bucket}/prepared"
+    summary = prepare(PrepareConfig(data=f"{s3_bucket}/nih", out=out, image=ImageConfig(size=32)))
+    assert sum(summary.written.values()) == 120 and not summary.quarantined
+    record, files = prepared_files(out)
+    assert all(f.startswith(f"{s3_bucket}/prepared/shards/{record['version']}/") for f in files)
+    shards = read_prepared(out, ["val", "test"]).to_pandas()
+    assert set(shards["split"]) <= {"val", "test"} and len(shards) == record["written"]["val"] + record["written"]["test"]
+    assert images_to_array(shards["image"].tolist(), 32).shape == (len(shards), 32, 32)

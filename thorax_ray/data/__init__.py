@@ -1,0 +1,1 @@
+"""Image ingestion: PNG decoding, the manifest-driven Ray Data pipeline and prepared Parquet shards."""

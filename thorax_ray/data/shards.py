@@ -1,0 +1,150 @@
+"""Prepared Parquet shards: resized uint8 images with labels, metadata and split, one row per image.
+
+Layout of a prepared output `OUT/`:
+    OUT/prepared.json                     commit record (written last): version, size, files, counts
+    OUT/manifest.parquet                  the manifest the shards were made from
+    OUT/quarantine.parquet                image_index, path, stage, reason of every image not written
+    OUT/shards/<version>/split=<s>/*.parquet
+Readers go through prepared.json, so files of an unfinished or failed run are never read.
+"""
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from ray.data import Datasink
+
+from thorax_ray import storage
+from thorax_ray.data.pipeline import ERROR_COLUMNS
+
+COMMIT_FILE = "prepared.json"
+QUARANTINE_COLUMNS = ("image_index", "path", "stage", "reason")
+SHARD_METADATA_KEY = b"thorax_ray"
+FORMAT_VERSION = 1
+
+
+class PreparedError(ValueError):
+    pass
+
+
+@dataclass
+class ShardWrite:
+    """What one write task returns to the driver: its files and the rows it did not write."""
+
+    files: list[tuple[str, str, int]]  # (split, path, rows)
+    quarantined: pd.DataFrame
+
+
+def shard_contract(size: int, split_hash: str) -> dict:
+    return {"format_version": FORMAT_VERSION, "image_column": "image", "dtype": "uint8", "shape": [size, size],
+            "layout": "row-major HxW, one channel", "split_hash": split_hash}
+
+
+class PreparedShardsDatasink(Datasink):
+    """Ray Data datasink that writes good rows to Parquet files (one per split per write task) and
+    hands quarantined rows back to the driver."""
+
+    def __init__(self, root: str, version: str, contract: dict, *, rows_per_file: int, endpoint_url: str | None = None):
+        self.root = root
+        self.version = version
+        self.contract = contract
+        self.rows_per_file = rows_per_file
+        self.endpoint_url = endpoint_url
+        self.result: list[ShardWrite] = []
+
+    @property
+    def min_rows_per_write(self) -> int:
+        return self.rows_per_file
+
+    def write(self, blocks: Iterable, ctx) -> ShardWrite:
+        from ray.data.block import BlockAccessor
+
+        fs, base = storage.filesystem(self.root, endpoint_url=self.endpoint_url)
+        writers: dict[str, tuple[pq.ParquetWriter, object, str, list[int]]] = {}
+        quarantined = []
+        task = f"{ctx.task_idx:05d}-{uuid.uuid4().hex[:8]}"
+        try:
+            for block in blocks:
+                frame = BlockAccessor.for_block(block).to_pandas()
+                quarantined.append(frame.loc[~frame["ok"], list(QUARANTINE_COLUMNS)])
+                good = frame.loc[frame["ok"]].drop(columns=list(ERROR_COLUMNS))
+                for split, rows in good.groupby("split"):
+                    table = pa.Table.from_pandas(rows.reset_index(drop=True), preserve_index=False)
+                    if split not in writers:
+                        path = f"{base}/shards/{self.version}/split={split}/part-{task}.parquet"
+                        fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+                        handle = fs.open(path, "wb")
+                        schema = table.schema.with_metadata({SHARD_METADATA_KEY: json.dumps(self.contract).encode()})
+                        writers[split] = (pq.ParquetWriter(handle, schema, compression="zstd"), handle, path, [0])
+                    writer, _, _, count = writers[split]
+                    writer.write_table(table.cast(writer.schema), row_group_size=1024)
+                    count[0] += len(table)
+        finally:
+            for writer, handle, _, _ in writers.values():
+                writer.close()
+                handle.close()
+        files = [(split, storage.to_uri(fs, path), count[0]) for split, (_, _, path, count) in writers.items()]
+        frame = pd.concat(quarantined, ignore_index=True) if quarantined else pd.DataFrame(columns=list(QUARANTINE_COLUMNS))
+        return ShardWrite(files=files, quarantined=frame)
+
+    def on_write_complete(self, write_result) -> None:
+        self.result = list(write_result.write_returns)
+
+
+def new_version() -> str:
+    return time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+
+
+def read_commit(root: str, *, endpoint_url: str | None = None) -> dict | None:
+    fs, base = storage.filesystem(root, endpoint_url=endpoint_url)
+    path = f"{base}/{COMMIT_FILE}"
+    if not fs.exists(path):
+        return None
+    with fs.open(path, "rb") as handle:
+        return json.loads(handle.read())
+
+
+def write_commit(root: str, record: dict, *, endpoint_url: str | None = None) -> None:
+    """Writes prepared.json in one step (local: write + rename; object stores: one PUT)."""
+    fs, base = storage.filesystem(root, endpoint_url=endpoint_url)
+    data = json.dumps(record, indent=2).encode()
+    if storage.is_remote(root):
+        fs.pipe_file(f"{base}/{COMMIT_FILE}", data)
+    else:
+        fs.pipe_file(f"{base}/{COMMIT_FILE}.tmp", data)
+        fs.mv(f"{base}/{COMMIT_FILE}.tmp", f"{base}/{COMMIT_FILE}")
+
+
+def prepared_files(root: str, splits: Iterable[str] | None = None, *, endpoint_url: str | None = None) -> tuple[dict, list[str]]:
+    """The commit record and the shard files of the requested splits (all by default)."""
+    record = read_commit(root, endpoint_url=endpoint_url)
+    if record is None:
+        raise PreparedError(f"{root}: no {COMMIT_FILE}; not a prepared dataset (run jobs/prepare.py) or an unfinished one")
+    wanted = set(splits) if splits is not None else None
+    files = [f["path"] for f in record["files"] if wanted is None or f["split"] in wanted]
+    return record, files
+
+
+def read_prepared(root: str, splits: Iterable[str] | None = None, *, columns: list[str] | None = None,
+                  endpoint_url: str | None = None):
+    """A Ray dataset over the prepared shards of the given splits."""
+    import ray
+
+    record, files = prepared_files(root, splits, endpoint_url=endpoint_url)
+    if not files:
+        raise PreparedError(f"{root}: no shard files for splits {sorted(splits or [])}")
+    fs, _ = storage.filesystem(root, endpoint_url=endpoint_url)
+    paths = [f.split("://", 1)[-1] for f in files]
+    return ray.data.read_parquet(paths, filesystem=fs, columns=columns)
+
+
+def write_table(frame: pd.DataFrame, uri: str, *, endpoint_url: str | None = None) -> None:
+    fs, path = storage.filesystem(uri, endpoint_url=endpoint_url)
+    with fs.open(path, "wb") as handle:
+        pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), handle)
