@@ -93,5 +93,17 @@ def _actor_pool():
 
 
 def images_to_array(column, size: int) -> np.ndarray:
-    """The `image` column (raw uint8 bytes per row) -> (n, size, size) uint8 array without copies per row."""
+    """The `image` column (raw uint8 bytes per row: a pyarrow array, or a list/array of bytes) ->
+    (n, size, size) uint8 array; zero-copy from a pyarrow binary array."""
+    import pyarrow as pa
+
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    if isinstance(column, (pa.BinaryArray, pa.LargeBinaryArray)):
+        offset_type = np.int64 if isinstance(column, pa.LargeBinaryArray) else np.int32
+        offsets = np.frombuffer(column.buffers()[1], dtype=offset_type)[column.offset:column.offset + len(column) + 1]
+        if column.null_count == 0 and np.all(np.diff(offsets) == size * size):
+            data = np.frombuffer(column.buffers()[2], dtype=np.uint8)[offsets[0]:offsets[-1]]
+            return data.reshape(len(column), size, size)
+        column = column.to_pylist()
     return np.frombuffer(b"".join(column), dtype=np.uint8).reshape(len(column), size, size)

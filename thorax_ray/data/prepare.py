@@ -25,6 +25,7 @@ class PrepareConfig:
     split: SplitConfig = field(default_factory=SplitConfig)
     overwrite: bool = False
     target_file_mb: int = 256
+    compression: str = "none"  # 8-bit radiograph pixels barely compress with fast codecs; "zstd"/"lz4" to trade CPU for bytes
 
 
 @dataclass
@@ -61,7 +62,8 @@ def prepare(config: PrepareConfig, *, filesystem=None) -> PrepareSummary:
     size = config.image.size
     rows_per_file = max(64, config.target_file_mb * 2**20 // (size * size))
     sink = PreparedShardsDatasink(config.out, version, shard_contract(size, manifest_summary.split_hash),
-                                  rows_per_file=rows_per_file, endpoint_url=endpoint)
+                                  rows_per_file=rows_per_file, compression=config.compression,
+                                  endpoint_url=endpoint)
     load_images(manifest, config.image, filesystem=filesystem).write_datasink(sink)
 
     files = [{"split": split, "path": path, "rows": rows} for w in sink.result for split, path, rows in w.files]

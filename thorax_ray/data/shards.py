@@ -50,8 +50,10 @@ class PreparedShardsDatasink(Datasink):
     """Ray Data datasink that writes good rows to Parquet files (one per split per write task) and
     hands quarantined rows back to the driver."""
 
-    def __init__(self, root: str, version: str, contract: dict, *, rows_per_file: int, endpoint_url: str | None = None):
+    def __init__(self, root: str, version: str, contract: dict, *, rows_per_file: int, compression: str = "none",
+                 endpoint_url: str | None = None):
         self.root = root
+        self.compression = compression
         self.version = version
         self.contract = contract
         self.rows_per_file = rows_per_file
@@ -81,7 +83,7 @@ class PreparedShardsDatasink(Datasink):
                         fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
                         handle = fs.open(path, "wb")
                         schema = table.schema.with_metadata({SHARD_METADATA_KEY: json.dumps(self.contract).encode()})
-                        writers[split] = (pq.ParquetWriter(handle, schema, compression="zstd"), handle, path, [0])
+                        writers[split] = (pq.ParquetWriter(handle, schema, compression=self.compression), handle, path, [0])
                     writer, _, _, count = writers[split]
                     writer.write_table(table.cast(writer.schema), row_group_size=1024)
                     count[0] += len(table)
