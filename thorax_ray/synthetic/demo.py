@@ -1,0 +1,22 @@
+"""The embedded demo dataset: generated on first use, reused afterwards."""
+from __future__ import annotations
+
+import os
+
+from thorax_ray.synthetic.dataset import SyntheticConfig, write_preview, write_synthetic_dataset
+
+DEMO_DATA = "data/demo"
+DEMO_IMAGES = 2000
+DEMO_SIZE = 256
+
+
+def ensure_demo_dataset(path: str = DEMO_DATA, *, images: int = DEMO_IMAGES, size: int = DEMO_SIZE, seed: int = 0) -> str:
+    """Generates the synthetic demo dataset in `path` unless it is already there; returns `path`."""
+    if os.path.exists(os.path.join(path, "Data_Entry_2017.csv")):
+        return path
+    print(f"[demo] generating {images} synthetic images of {size} px in {path} (first run only)", flush=True)
+    config = SyntheticConfig(out=path, images=images, size=size, seed=seed)
+    population = write_synthetic_dataset(config)
+    write_preview(config, population, os.path.join(path, "preview.png"))
+    print(f"[demo] contact sheet of the data: {os.path.join(path, 'preview.png')}", flush=True)
+    return path
