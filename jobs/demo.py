@@ -11,37 +11,23 @@ import time
 
 from thorax_ray.cli import run_main, setup_logging
 from thorax_ray.manifest import build_manifest, write_manifest
-from thorax_ray.synthetic.dataset import SyntheticConfig, write_preview, write_synthetic_dataset
-
-DEMO_DATA = "data/demo"
+from thorax_ray.synthetic.demo import DEMO_DATA, DEMO_IMAGES, DEMO_SIZE, ensure_demo_dataset
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=DEMO_DATA, help=f"dataset folder (default {DEMO_DATA}, generated if missing)")
-    parser.add_argument("--images", type=int, default=2000)
-    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--images", type=int, default=DEMO_IMAGES)
+    parser.add_argument("--size", type=int, default=DEMO_SIZE)
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
-
-
-def ensure_dataset(args: argparse.Namespace) -> None:
-    marker = os.path.join(args.data, "Data_Entry_2017.csv")
-    if os.path.exists(marker):
-        print(f"[demo] using the synthetic dataset in {args.data}")
-        return
-    print(f"[demo] generating {args.images} synthetic images of {args.size} px in {args.data} (first run only)")
-    config = SyntheticConfig(out=args.data, images=args.images, size=args.size, seed=args.seed)
-    population = write_synthetic_dataset(config)
-    write_preview(config, population, os.path.join(args.data, "preview.png"))
-    print(f"[demo] contact sheet: {os.path.join(args.data, 'preview.png')}")
 
 
 def main(argv: list[str] | None = None) -> int:
     setup_logging()
     args = parse_args(argv)
     started = time.monotonic()
-    ensure_dataset(args)
+    ensure_demo_dataset(args.data, images=args.images, size=args.size, seed=args.seed)
     manifest_path = os.path.join(args.data, "manifest.parquet")
     frame, summary = build_manifest(args.data)
     write_manifest(frame, manifest_path, summary)

@@ -1,1 +1,2 @@
 """thorax-ray."""
+__version__ = "0.1.0"

@@ -1,0 +1,188 @@
+"""Multi-label losses on logits (N, 14) and 0/1 float targets (N, 14); every loss is a mean over
+all N * 14 terms.
+
+kinds
+-----
+``bce``           `nn.BCEWithLogitsLoss()`.
+``weighted_bce``  Wang et al. 2017 (ChestX-ray8) positive/negative balancing, per class c with
+                  |P_c| positives and |N_c| negatives in the training set:
+                  beta_P = (|P|+|N|)/|P| on the positive term, beta_N = (|P|+|N|)/|N| on the
+                  negative term (1 where |P| = 0 or |N| = 0). Positive weights are then replaced
+                  per class by `per_class_pos_weight` (if given) and multiplied by
+                  `pos_weight_scale`. Without label counts (allowed only with
+                  `per_class_pos_weight`) negative weights are 1.
+``focal``         sigmoid focal loss (Lin et al. 2017): BCE * (1 - p_t)^gamma, times
+                  alpha_t = alpha·y + (1-alpha)·(1-y) when `focal_alpha` is set; gamma = 0 and
+                  alpha = None is exactly BCE.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from thorax_ray.labels import NUM_FINDINGS
+
+LOSS_KINDS: tuple[str, ...] = ("bce", "weighted_bce", "focal")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    kind: Literal["bce", "weighted_bce", "focal"] = "bce"
+    pos_weight_scale: float = 1.0
+    per_class_pos_weight: tuple[float, ...] | None = None
+    focal_gamma: float = 2.0
+    focal_alpha: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in LOSS_KINDS:
+            raise ValueError(f"unknown loss kind {self.kind!r}; expected one of {list(LOSS_KINDS)}")
+        scale = float(self.pos_weight_scale)
+        if not math.isfinite(scale) or scale <= 0:
+            raise ValueError(f"pos_weight_scale must be a finite number > 0, got {self.pos_weight_scale!r}")
+        object.__setattr__(self, "pos_weight_scale", scale)
+        if self.per_class_pos_weight is not None:
+            weights = tuple(float(w) for w in self.per_class_pos_weight)
+            if len(weights) != NUM_FINDINGS:
+                raise ValueError(
+                    f"per_class_pos_weight needs {NUM_FINDINGS} values (one per finding), got {len(weights)}"
+                )
+            if any(not math.isfinite(w) or w < 0 for w in weights):
+                raise ValueError(f"per_class_pos_weight values must be finite and >= 0, got {weights}")
+            object.__setattr__(self, "per_class_pos_weight", weights)
+        if self.kind != "weighted_bce" and (self.pos_weight_scale != 1.0 or self.per_class_pos_weight is not None):
+            raise ValueError(
+                f"pos_weight_scale / per_class_pos_weight apply to kind 'weighted_bce' only, not {self.kind!r}"
+            )
+        gamma = float(self.focal_gamma)
+        if not math.isfinite(gamma) or gamma < 0:
+            raise ValueError(f"focal_gamma must be a finite number >= 0, got {self.focal_gamma!r}")
+        object.__setattr__(self, "focal_gamma", gamma)
+        if self.focal_alpha is not None:
+            alpha = float(self.focal_alpha)
+            if not 0.0 <= alpha <= 1.0:
+                raise ValueError(f"focal_alpha must be in [0, 1] or None, got {self.focal_alpha!r}")
+            object.__setattr__(self, "focal_alpha", alpha)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        if data["per_class_pos_weight"] is not None:
+            data["per_class_pos_weight"] = list(data["per_class_pos_weight"])
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> LossConfig:
+        unknown = set(data) - {"kind", "pos_weight_scale", "per_class_pos_weight", "focal_gamma", "focal_alpha"}
+        if unknown:
+            raise ValueError(f"unknown loss option(s) {sorted(unknown)}")
+        data = dict(data)
+        if data.get("per_class_pos_weight") is not None:
+            data["per_class_pos_weight"] = tuple(data["per_class_pos_weight"])
+        return cls(**data)
+
+
+def _check_shapes(logits: torch.Tensor, targets: torch.Tensor) -> None:
+    if logits.shape != targets.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} differ in shape")
+
+
+class WeightedBCEWithLogitsLoss(nn.Module):
+    """mean over all terms of -(w_pos[c]·y·log σ(x) + w_neg[c]·(1-y)·log(1-σ(x)))."""
+
+    def __init__(self, pos_weight: torch.Tensor | np.ndarray, neg_weight: torch.Tensor | np.ndarray) -> None:
+        super().__init__()
+        self.register_buffer("pos_weight", torch.as_tensor(pos_weight, dtype=torch.float32).clone())
+        self.register_buffer("neg_weight", torch.as_tensor(neg_weight, dtype=torch.float32).clone())
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        _check_shapes(logits, targets)
+        targets = targets.to(logits.dtype)
+        pos = self.pos_weight.to(logits.dtype)
+        neg = self.neg_weight.to(logits.dtype)
+        terms = pos * targets * F.logsigmoid(logits) + neg * (1 - targets) * F.logsigmoid(-logits)
+        return -terms.mean()
+
+    def extra_repr(self) -> str:
+        return f"classes={self.pos_weight.numel()}"
+
+
+class SigmoidFocalLoss(nn.Module):
+    """mean of BCE(x, y) · (1 - p_t)^gamma [· alpha_t]; p_t = σ(x) for y = 1 and 1 - σ(x) for y = 0."""
+
+    def __init__(self, gamma: float = 2.0, alpha: float | None = None) -> None:
+        super().__init__()
+        if gamma < 0:
+            raise ValueError(f"gamma must be >= 0, got {gamma}")
+        if alpha is not None and not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1] or None, got {alpha}")
+        self.gamma = float(gamma)
+        self.alpha = None if alpha is None else float(alpha)
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        _check_shapes(logits, targets)
+        targets = targets.to(logits.dtype)
+        loss = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+        if self.gamma != 0:
+            # 1 - p_t computed without cancellation: σ(-x) for y = 1, σ(x) for y = 0.
+            one_minus_pt = targets * torch.sigmoid(-logits) + (1 - targets) * torch.sigmoid(logits)
+            loss = loss * one_minus_pt.pow(self.gamma)
+        if self.alpha is not None:
+            loss = loss * (self.alpha * targets + (1 - self.alpha) * (1 - targets))
+        return loss.mean()
+
+    def extra_repr(self) -> str:
+        return f"gamma={self.gamma}, alpha={self.alpha}"
+
+
+def wang_class_weights(label_counts: np.ndarray, num_samples: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(beta_P, beta_N) per class (float64) of Wang et al. 2017.
+
+    `label_counts`: positives per class (C,) with `num_samples` rows in all, or a 0/1 label
+    matrix (num_samples, C). A class with no positives (or no negatives) gets weight 1 there.
+    """
+    counts = np.asarray(label_counts, dtype=np.float64)
+    if counts.ndim == 2:
+        if num_samples is not None and num_samples != counts.shape[0]:
+            raise ValueError(f"num_samples {num_samples} differs from the label matrix's {counts.shape[0]} rows")
+        num_samples = counts.shape[0]
+        counts = counts.sum(axis=0)
+    elif counts.ndim != 1:
+        raise ValueError(f"label_counts must be (C,) counts or an (N, C) label matrix, got shape {counts.shape}")
+    if num_samples is None:
+        raise ValueError("num_samples is needed with per-class positive counts")
+    total = float(num_samples)
+    if not np.all(np.isfinite(counts)) or np.any(counts < 0) or np.any(counts > total):
+        raise ValueError(f"positive counts must lie in [0, num_samples={num_samples}], got {counts.tolist()}")
+    negatives = total - counts
+    with np.errstate(divide="ignore", invalid="ignore"):
+        beta_p = np.where(counts > 0, total / np.where(counts > 0, counts, 1.0), 1.0)
+        beta_n = np.where(negatives > 0, total / np.where(negatives > 0, negatives, 1.0), 1.0)
+    return beta_p, beta_n
+
+
+def build_loss(config: LossConfig | None = None, label_counts: np.ndarray | None = None,
+               num_samples: int | None = None) -> nn.Module:
+    """The loss module for `config`; `label_counts`/`num_samples` (training split) for weighted_bce."""
+    config = config or LossConfig()
+    if config.kind == "bce":
+        return nn.BCEWithLogitsLoss()
+    if config.kind == "focal":
+        return SigmoidFocalLoss(config.focal_gamma, config.focal_alpha)
+    # weighted_bce
+    if label_counts is not None:
+        beta_p, beta_n = wang_class_weights(label_counts, num_samples)
+        if beta_p.shape[0] != NUM_FINDINGS:
+            raise ValueError(f"label counts cover {beta_p.shape[0]} classes, expected {NUM_FINDINGS}")
+    elif config.per_class_pos_weight is not None:
+        beta_p, beta_n = np.ones(NUM_FINDINGS), np.ones(NUM_FINDINGS)
+    else:
+        raise ValueError("weighted_bce needs the training label counts (label_counts, num_samples) "
+                         "or per_class_pos_weight")
+    pos = beta_p if config.per_class_pos_weight is None else np.asarray(config.per_class_pos_weight, np.float64)
+    return WeightedBCEWithLogitsLoss(pos * config.pos_weight_scale, beta_n)

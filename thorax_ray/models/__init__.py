@@ -1,0 +1,54 @@
+"""Models: one registry (`create_model`, `list_models`, `register_model`), image CNNs, the metadata
+MLP and the image + metadata fusion model. See `thorax_ray.models.registry` for the calling
+convention (`ModelSpec`, `forward_model`)."""
+from thorax_ray.models.registry import (
+    DEFAULT_MODEL,
+    INPUT_KINDS,
+    ModelSpec,
+    create_model,
+    create_model_from_config,
+    forward_model,
+    get_model_spec,
+    list_models,
+    register_model,
+)
+from thorax_ray.models.metadata import (
+    AVAILABLE_FEATURES,
+    DEFAULT_FEATURES,
+    MetadataFeatures,
+    MetadataMLP,
+)
+from thorax_ray.models.cnn import (
+    IMAGE_CNNS,
+    ImageCNN,
+    PretrainedWeightsError,
+    adapt_input_conv,
+    build_cnn,
+    load_backbone_state_dict,
+    read_state_dict,
+)
+from thorax_ray.models.fusion import FusionModel
+
+__all__ = [
+    "AVAILABLE_FEATURES",
+    "DEFAULT_FEATURES",
+    "DEFAULT_MODEL",
+    "FusionModel",
+    "IMAGE_CNNS",
+    "INPUT_KINDS",
+    "ImageCNN",
+    "MetadataFeatures",
+    "MetadataMLP",
+    "ModelSpec",
+    "PretrainedWeightsError",
+    "adapt_input_conv",
+    "build_cnn",
+    "create_model",
+    "create_model_from_config",
+    "forward_model",
+    "get_model_spec",
+    "list_models",
+    "load_backbone_state_dict",
+    "read_state_dict",
+    "register_model",
+]

@@ -1,0 +1,343 @@
+"""Image CNNs with one-channel input and a 14-way head, all behind one interface (`ImageCNN`).
+
+Every CNN here satisfies, in eval mode,
+
+    model(x) == model.pool_and_classify(model.features(x))
+             == model.classifier(model.features(x).mean((2, 3)))
+
+so a class activation map for every class at once is `einsum("kc,nchw->nkhw", W, fmap) + b`.
+`target_layer` is the submodule whose forward output IS `features(x)` (for Captum LayerGradCam),
+and no in-place activation runs on or after it (all activation modules are set to
+`inplace=False`; DenseNet's functional in-place ReLU is replaced by a non-inplace `nn.ReLU`).
+
+Torchvision architectures are always built with `weights=None`; ImageNet-style weights can be
+loaded from a local path or URI (`pretrained=`): the 3-channel stem is summed over its input
+channels (timm's `adapt_input_conv`), the old classifier is dropped, the rest must match exactly.
+"""
+from __future__ import annotations
+
+import io
+import re
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import torch
+import torchvision
+from torch import nn
+
+from thorax_ray import storage
+from thorax_ray.labels import NUM_FINDINGS
+from thorax_ray.models.registry import register_model
+
+
+class PretrainedWeightsError(ValueError):
+    """A pretrained state_dict that cannot be read or does not fit the architecture."""
+
+
+def adapt_input_conv(in_chans: int, conv_weight: torch.Tensor) -> torch.Tensor:
+    """timm's `adapt_input_conv`: a conv weight (O, I, kh, kw) for `in_chans` input channels.
+
+    in_chans == 1: sum over the input channels (RGB -> grey keeps the response to a grey image).
+    Other counts: repeat the RGB weights and rescale by 3 / in_chans.
+    """
+    dtype = conv_weight.dtype
+    weight = conv_weight.float()
+    out_c, in_c, kh, kw = weight.shape
+    if in_chans == in_c:
+        return conv_weight
+    if in_chans == 1:
+        if in_c > 3:
+            if in_c % 3:
+                raise ValueError(f"cannot adapt a {in_c}-channel conv weight to 1 channel")
+            weight = weight.reshape(out_c, in_c // 3, 3, kh, kw).sum(dim=2)
+        else:
+            weight = weight.sum(dim=1, keepdim=True)
+    else:
+        if in_c != 3:
+            raise ValueError(f"cannot adapt a {in_c}-channel conv weight to {in_chans} channels")
+        repeat = -(-in_chans // 3)
+        weight = weight.repeat(1, repeat, 1, 1)[:, :in_chans] * (3.0 / in_chans)
+    return weight.to(dtype)
+
+
+def _adapted_conv(conv: nn.Conv2d, in_chans: int) -> nn.Conv2d:
+    if conv.in_channels == in_chans:
+        return conv
+    if conv.groups != 1:
+        raise ValueError("cannot adapt a grouped stem conv")
+    new = nn.Conv2d(in_chans, conv.out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding,
+                    dilation=conv.dilation, bias=conv.bias is not None, padding_mode=conv.padding_mode)
+    with torch.no_grad():
+        new.weight.copy_(adapt_input_conv(in_chans, conv.weight))
+        if conv.bias is not None:
+            new.bias.copy_(conv.bias)
+    return new
+
+
+def _get(module: nn.Module, dotted: str) -> nn.Module:
+    return module.get_submodule(dotted)
+
+
+def _set(module: nn.Module, dotted: str, new: nn.Module) -> None:
+    parent, _, leaf = dotted.rpartition(".")
+    setattr(module.get_submodule(parent) if parent else module, leaf, new)
+
+
+def disable_inplace(module: nn.Module) -> nn.Module:
+    """Sets `inplace=False` on every activation / dropout submodule (safe for backward hooks)."""
+    for sub in module.modules():
+        if getattr(sub, "inplace", False) is True:
+            sub.inplace = False
+    return module
+
+
+# ----- pretrained weights ----------------------------------------------------------------------------
+
+_DENSENET_LEGACY = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$"
+)
+
+
+def read_state_dict(uri: str) -> dict[str, torch.Tensor]:
+    """Reads a state_dict from a local path or URI with `torch.load(weights_only=True)`.
+
+    Accepts a bare state_dict or a dict holding one under "state_dict" / "model"; strips a
+    leading "module." (DataParallel) from keys.
+    """
+    fs, path = storage.filesystem(str(uri))
+    try:
+        with fs.open(path, "rb") as handle:
+            data = handle.read()
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"pretrained weights not found: {uri}") from exc
+    try:
+        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as exc:  # unpickling / zip errors: name the file, keep the cause
+        raise PretrainedWeightsError(
+            f"cannot read pretrained weights {uri}: not a torch state_dict loadable with "
+            f"weights_only=True ({type(exc).__name__}: {exc})"
+        ) from exc
+    if isinstance(obj, Mapping):
+        for key in ("state_dict", "model"):
+            if isinstance(obj.get(key), Mapping):
+                obj = obj[key]
+                break
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise PretrainedWeightsError(f"pretrained weights {uri} are not a state_dict of tensors")
+    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in obj.items()}
+
+
+def load_backbone_state_dict(module: nn.Module, state_dict: Mapping[str, torch.Tensor], *, stem_key: str,
+                             classifier_key: str, source: str = "state_dict") -> None:
+    """Loads an (ImageNet-style) state_dict into `module` (torchvision naming).
+
+    The stem weight `<stem_key>.weight` is adapted to the module's input channels by summing,
+    keys of the old classifier `<classifier_key>.*` are dropped (the module's new head keeps its
+    initialisation), and every other key must match in name and shape: otherwise a
+    `PretrainedWeightsError` lists the missing, unexpected and mismatched keys.
+    """
+    state = {}
+    for key, value in state_dict.items():
+        match = _DENSENET_LEGACY.match(key)
+        state[match.group(1) + match.group(2) if match else key] = value
+    head = classifier_key + "."
+    state = {k: v for k, v in state.items() if not k.startswith(head)}
+    stem_weight = stem_key + ".weight"
+    target = module.state_dict()
+    if stem_weight in state and stem_weight in target:
+        wanted = target[stem_weight].shape[1]
+        if state[stem_weight].ndim == 4 and state[stem_weight].shape[1] != wanted:
+            state[stem_weight] = adapt_input_conv(wanted, state[stem_weight])
+    expected = {k for k in target if not k.startswith(head)}
+    missing = sorted(expected - set(state))
+    unexpected = sorted(set(state) - expected)
+    mismatched = sorted(
+        f"{k}: {tuple(state[k].shape)} vs {tuple(target[k].shape)}"
+        for k in expected & set(state) if state[k].shape != target[k].shape
+    )
+    if missing or unexpected or mismatched:
+        def show(items: list[str]) -> str:
+            return ", ".join(items[:20]) + (f", ... ({len(items)} in all)" if len(items) > 20 else "")
+        raise PretrainedWeightsError(
+            f"pretrained weights {source} do not fit the architecture: "
+            f"missing keys [{show(missing)}]; unexpected keys [{show(unexpected)}]; "
+            f"shape mismatches [{show(mismatched)}]"
+        )
+    result = module.load_state_dict(state, strict=False)
+    assert not result.unexpected_keys and set(result.missing_keys) <= set(target) - expected
+
+
+# ----- the common interface --------------------------------------------------------------------------
+
+
+class ImageCNN(nn.Module):
+    """`body` (images -> feature map), global average pooling, dropout, one linear layer.
+
+    Attributes: `stem` (first conv), `target_layer` (module whose output is the feature map),
+    `classifier` (final nn.Linear), `feature_dim` (channels of the feature map), `arch`.
+    """
+
+    def __init__(self, *, arch: str, body: nn.Module, target_layer: nn.Module, stem: nn.Conv2d,
+                 feature_dim: int, num_classes: int = NUM_FINDINGS, drop_rate: float = 0.0) -> None:
+        super().__init__()
+        if not 0.0 <= drop_rate < 1.0:
+            raise ValueError(f"drop_rate must be in [0, 1), got {drop_rate}")
+        self.arch = arch
+        self.body = body
+        self.feature_dim = feature_dim
+        self.num_classes = num_classes
+        self.drop_rate = drop_rate
+        self.dropout = nn.Dropout(drop_rate)
+        self.classifier = nn.Linear(feature_dim, num_classes)
+        # Plain attributes would register the modules twice under other names; keep names only.
+        self._target_name = next(n for n, m in self.named_modules() if m is target_layer)
+        self._stem_name = next(n for n, m in self.named_modules() if m is stem)
+        disable_inplace(self)
+
+    @property
+    def target_layer(self) -> nn.Module:
+        return self.get_submodule(self._target_name)
+
+    @property
+    def stem(self) -> nn.Conv2d:
+        return self.get_submodule(self._stem_name)
+
+    @property
+    def in_chans(self) -> int:
+        return self.stem.in_channels
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, C_in, H, W) -> feature map (N, feature_dim, h, w), after the final norm/activation."""
+        return self.body(images)
+
+    def pool(self, fmap: torch.Tensor) -> torch.Tensor:
+        """Global average pooling (N, C, h, w) -> (N, C)."""
+        return fmap.mean(dim=(2, 3))
+
+    def pool_and_classify(self, fmap: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.dropout(self.pool(fmap)))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.pool_and_classify(self.features(images))
+
+
+# ----- torchvision architectures ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _TorchvisionArch:
+    constructor: Callable[..., nn.Module]
+    stem_key: str
+    classifier_key: str
+    feature_dim: int
+    default_drop_rate: float
+    wrap: Callable[[nn.Module], tuple[nn.Module, nn.Module]]  # tv model -> (body, target_layer)
+
+
+def _wrap_densenet(tv: nn.Module) -> tuple[nn.Module, nn.Module]:
+    # torchvision's forward does F.relu(features, inplace=True); do it as a non-inplace module.
+    body = nn.Sequential(OrderedDict(features=tv.features, relu=nn.ReLU(inplace=False)))
+    return body, body
+
+
+def _wrap_resnet(tv: nn.Module) -> tuple[nn.Module, nn.Module]:
+    names = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
+    body = nn.Sequential(OrderedDict((n, getattr(tv, n)) for n in names))
+    return body, body.layer4
+
+
+def _wrap_efficientnet(tv: nn.Module) -> tuple[nn.Module, nn.Module]:
+    body = nn.Sequential(OrderedDict(features=tv.features))
+    return body, body.features[-1]  # Conv2dNormActivation(320 -> 1280, BN, SiLU)
+
+
+_TORCHVISION: dict[str, _TorchvisionArch] = {
+    "densenet121": _TorchvisionArch(torchvision.models.densenet121, "features.conv0", "classifier", 1024, 0.0,
+                                    _wrap_densenet),
+    "resnet50": _TorchvisionArch(torchvision.models.resnet50, "conv1", "fc", 2048, 0.0, _wrap_resnet),
+    "resnet18": _TorchvisionArch(torchvision.models.resnet18, "conv1", "fc", 512, 0.0, _wrap_resnet),
+    "efficientnet_b0": _TorchvisionArch(torchvision.models.efficientnet_b0, "features.0.0", "classifier.1", 1280,
+                                        0.2, _wrap_efficientnet),
+}
+
+
+def build_torchvision_cnn(arch: str, *, pretrained: str | None = None, in_chans: int = 1,
+                          num_classes: int = NUM_FINDINGS, drop_rate: float | None = None) -> ImageCNN:
+    """A torchvision CNN (weights=None) with an `in_chans` stem, optional local/URI weights, 14-way head."""
+    spec = _TORCHVISION[arch]
+    tv = spec.constructor(weights=None)
+    _set(tv, spec.stem_key, _adapted_conv(_get(tv, spec.stem_key), in_chans))
+    _set(tv, spec.classifier_key, nn.Linear(spec.feature_dim, num_classes))
+    if pretrained is not None:
+        load_backbone_state_dict(tv, read_state_dict(pretrained), stem_key=spec.stem_key,
+                                 classifier_key=spec.classifier_key, source=str(pretrained))
+    stem = _get(tv, spec.stem_key)
+    body, target = spec.wrap(tv)
+    return ImageCNN(arch=arch, body=body, target_layer=target, stem=stem, feature_dim=spec.feature_dim,
+                    num_classes=num_classes,
+                    drop_rate=spec.default_drop_rate if drop_rate is None else drop_rate)
+
+
+# ----- small CNN for CPU runs ------------------------------------------------------------------------
+
+
+def _small_cnn_body(in_chans: int, widths: tuple[int, ...]) -> nn.Sequential:
+    blocks = OrderedDict()
+    width_in = in_chans
+    for i, width in enumerate(widths):
+        blocks[f"block{i + 1}"] = nn.Sequential(OrderedDict(
+            conv=nn.Conv2d(width_in, width, 3, stride=2, padding=1, bias=False),
+            bn=nn.BatchNorm2d(width),
+            relu=nn.ReLU(inplace=False),
+        ))
+        width_in = width
+    body = nn.Sequential(blocks)
+    for module in body.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+    return body
+
+
+def build_small_cnn(*, pretrained: str | None = None, in_chans: int = 1, num_classes: int = NUM_FINDINGS,
+                    widths: tuple[int, ...] = (16, 32, 64, 128), drop_rate: float = 0.0) -> ImageCNN:
+    """Conv3x3(stride 2)-BN-ReLU blocks (16 -> 32 -> 64 -> 128), GAP, linear: fast on 64-128 px on CPU.
+
+    `pretrained`: a state_dict of an `ImageCNN` small_cnn with the same widths (its `classifier.*`
+    is dropped, a 3-channel stem is summed).
+    """
+    widths = tuple(int(w) for w in widths)
+    if not widths or min(widths) < 1:
+        raise ValueError(f"widths must be positive, got {widths}")
+    body = _small_cnn_body(in_chans, widths)
+    model = ImageCNN(arch="small_cnn", body=body, target_layer=body[-1], stem=body[0].conv,
+                     feature_dim=widths[-1], num_classes=num_classes, drop_rate=drop_rate)
+    if pretrained is not None:
+        load_backbone_state_dict(model, read_state_dict(pretrained), stem_key="body.block1.conv",
+                                 classifier_key="classifier", source=str(pretrained))
+    return model
+
+
+IMAGE_CNNS: tuple[str, ...] = ("densenet121", "resnet50", "resnet18", "efficientnet_b0", "small_cnn")
+
+
+def build_cnn(arch: str, *, pretrained: str | None = None, **kwargs) -> ImageCNN:
+    """Any image CNN of this module by name (the fusion model uses this for its backbone)."""
+    if arch == "small_cnn":
+        return build_small_cnn(pretrained=pretrained, **kwargs)
+    if arch not in _TORCHVISION:
+        raise ValueError(f"unknown CNN backbone {arch!r}; known: {', '.join(IMAGE_CNNS)}")
+    return build_torchvision_cnn(arch, pretrained=pretrained, **kwargs)
+
+
+def _register(arch: str) -> None:
+    @register_model(arch, input_kind="image")
+    def builder(*, metadata_features=None, pretrained: str | None = None, **kwargs) -> ImageCNN:
+        return build_cnn(arch, pretrained=pretrained, **kwargs)
+
+    builder.__name__ = builder.__qualname__ = arch
+    builder.__doc__ = f"{arch}: `model(images)` with images (N, 1, H, W) -> logits (N, 14)."
+
+
+for _arch in IMAGE_CNNS:
+    _register(_arch)

@@ -1,0 +1,124 @@
+"""Checkpoints that load anywhere: the unwrapped state dict plus everything needed to rebuild, resume
+and audit a model (architecture, optimiser, scheduler, epoch, config, label order, preprocessing
+contract, split hash, seed, versions). Loaded with `torch.load(..., weights_only=True)` and strict
+state-dict loading; a missing checkpoint is an error, never a random model."""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import platform
+import re
+
+import torch
+
+from thorax_ray import storage
+from thorax_ray.labels import FINDINGS
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.pt"
+INFO_FILE = "checkpoint.json"
+RUN_METRICS_FILE = "metrics.json"
+FORMAT_VERSION = 1
+_EPOCH_DIR = re.compile(r"^epoch_(\d+)$")
+
+
+class CheckpointError(FileNotFoundError):
+    pass
+
+
+def package_versions() -> dict[str, str]:
+    import numpy
+    import ray
+    import torchvision
+
+    from thorax_ray import __version__
+
+    return {"thorax_ray": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "ray": ray.__version__, "numpy": numpy.__version__, "python": platform.python_version()}
+
+
+def checkpoint_dir_name(epoch: int) -> str:
+    return f"epoch_{epoch:04d}"
+
+
+def save_checkpoint(directory: str, payload: dict) -> None:
+    """Writes model.pt (tensors and plain types only) and a readable checkpoint.json beside it."""
+    payload = {"format": FORMAT_VERSION, "labels": list(FINDINGS), "versions": package_versions(), **payload}
+    torch.save(payload, f"{directory}/{MODEL_FILE}")
+    readable = {k: v for k, v in payload.items() if not k.endswith("_state")}
+    with open(f"{directory}/{INFO_FILE}", "w") as handle:
+        json.dump(readable, handle, indent=2, default=str)
+
+
+def load_payload(checkpoint_dir: str, *, endpoint_url: str | None = None) -> dict:
+    fs, path = storage.filesystem(checkpoint_dir, endpoint_url=endpoint_url)
+    model_path = f"{path}/{MODEL_FILE}"
+    if not fs.exists(model_path):
+        raise CheckpointError(f"{checkpoint_dir}: no {MODEL_FILE}; not a thorax-ray checkpoint")
+    with fs.open(model_path, "rb") as handle:
+        payload = torch.load(io.BytesIO(handle.read()), map_location="cpu", weights_only=True)
+    if list(payload.get("labels", [])) != list(FINDINGS):
+        raise CheckpointError(f"{checkpoint_dir}: label order {payload.get('labels')} differs from {list(FINDINGS)}")
+    return payload
+
+
+def build_model(payload: dict) -> torch.nn.Module:
+    """The architecture from the checkpoint, with its weights loaded strictly, in eval mode."""
+    from thorax_ray.models import create_model_from_config
+
+    model = create_model_from_config(payload["model_build_config"])
+    model.load_state_dict(payload["model_state"], strict=True)
+    return model.eval()
+
+
+def run_metrics(run_dir: str, *, endpoint_url: str | None = None) -> dict | None:
+    fs, path = storage.filesystem(run_dir, endpoint_url=endpoint_url)
+    if not fs.exists(f"{path}/{RUN_METRICS_FILE}"):
+        return None
+    with fs.open(f"{path}/{RUN_METRICS_FILE}", "rb") as handle:
+        return json.loads(handle.read())
+
+
+def write_run_metrics(run_dir: str, metrics: dict, *, endpoint_url: str | None = None) -> None:
+    fs, path = storage.filesystem(run_dir, endpoint_url=endpoint_url)
+    fs.makedirs(path, exist_ok=True)
+    fs.pipe_file(f"{path}/{RUN_METRICS_FILE}", json.dumps(metrics, indent=2).encode())
+
+
+def epoch_checkpoints(run_dir: str, *, endpoint_url: str | None = None) -> list[tuple[int, str]]:
+    """(epoch, URI) of the run's epoch checkpoint folders, oldest first."""
+    fs, path = storage.filesystem(run_dir, endpoint_url=endpoint_url)
+    if not fs.exists(path):
+        return []
+    found = []
+    for entry in fs.ls(path, detail=False):
+        match = _EPOCH_DIR.match(entry.rstrip("/").rsplit("/", 1)[-1])
+        if match and fs.exists(f"{entry}/{MODEL_FILE}"):
+            found.append((int(match.group(1)), storage.to_uri(fs, entry)))
+    return sorted(found)
+
+
+def resolve_checkpoint(uri: str, *, endpoint_url: str | None = None) -> str:
+    """A checkpoint folder, or a run folder `STORAGE/NAME` meaning its best checkpoint."""
+    fs, path = storage.filesystem(uri, endpoint_url=endpoint_url)
+    if fs.exists(f"{path}/{MODEL_FILE}"):
+        return uri
+    metrics = run_metrics(uri, endpoint_url=endpoint_url)
+    if metrics and metrics.get("best_checkpoint"):
+        return storage.join(uri, metrics["best_checkpoint"])
+    if not fs.exists(path):
+        raise CheckpointError(f"{uri}: checkpoint not found")
+    raise CheckpointError(f"{uri}: neither a checkpoint folder ({MODEL_FILE}) nor a run folder with a best checkpoint "
+                          f"in {RUN_METRICS_FILE}")
+
+
+def latest_loadable(run_dir: str, *, endpoint_url: str | None = None) -> dict | None:
+    """The newest epoch checkpoint of a run that loads completely (a torn upload is skipped)."""
+    for epoch, uri in reversed(epoch_checkpoints(run_dir, endpoint_url=endpoint_url)):
+        try:
+            return load_payload(uri, endpoint_url=endpoint_url)
+        except Exception as error:  # noqa: BLE001 - a partial upload can fail in many ways
+            log.warning("skipping unreadable checkpoint %s: %s", uri, error)
+    return None

@@ -1,0 +1,109 @@
+"""The training configuration: typed dataclasses, loadable from YAML, overridable by flags, turned
+into a plain dict only at the Ray boundary (`to_dict` / `TrainConfig.from_dict`)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from thorax_ray.config import ConfigError, from_dict, load_yaml, merge, to_dict
+from thorax_ray.losses import LossConfig
+
+DEFAULT_FEATURES = ("age", "sex", "view_position", "follow_up")
+# One-channel version of the ImageNet statistics (mean of the RGB values), so ImageNet stems summed to one
+# channel see familiar input.
+IMAGE_MEAN, IMAGE_STD = 0.449, 0.226
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    data: str = "data/demo"  # dataset folder/URI (raw PNGs or metadata only) or a prepared output (has prepared.json)
+    size: int = 224
+    batch_size: int = 16
+    eval_batch_size: int = 64
+    limit: int | None = None  # at most this many rows per split (smoke runs)
+    s3_endpoint: str | None = None
+
+    def __post_init__(self) -> None:
+        if not 16 <= self.size <= 2048 or self.batch_size < 1 or self.eval_batch_size < 1:
+            raise ValueError(f"bad data config: size={self.size}, batch_size={self.batch_size}")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    hflip: bool = True  # CheXNet's only augmentation
+    rotate_degrees: float = 5.0
+    scale: float = 0.05  # random zoom in [1 - scale, 1 + scale]
+    translate: float = 0.03  # fraction of the side
+    brightness: float = 0.05
+    contrast: float = 0.05
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "densenet121"
+    backbone: str = "densenet121"  # image part of `fusion`
+    pretrained: str | None = None  # path or URI of ImageNet-style weights; never downloaded
+    metadata_features: tuple[str, ...] = DEFAULT_FEATURES
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    epochs: int = 10
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    scheduler: str = "plateau"  # plateau (CheXNet: lr/10 on plateau) | cosine | none
+
+    def __post_init__(self) -> None:
+        if self.scheduler not in ("plateau", "cosine", "none"):
+            raise ValueError(f"unknown scheduler {self.scheduler!r}; expected plateau, cosine or none")
+        if self.epochs < 1 or self.lr <= 0 or self.weight_decay < 0:
+            raise ValueError(f"bad optimiser config: epochs={self.epochs}, lr={self.lr}, weight_decay={self.weight_decay}")
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    name: str | None = None  # default: thorax-<model>
+    storage: str = "runs"  # local folder or s3:// URI for checkpoints and metrics
+    workers: int = 2
+    use_gpu: bool | None = None  # None: use GPUs when the cluster has them
+    cpus_per_worker: float = 1.0
+    seed: int = 0
+    max_failures: int = 2  # worker-group restarts from the latest checkpoint
+    threads_per_worker: int | None = None  # torch intra-op threads (None: cpus_per_worker)
+    compile: bool = False  # torch.compile on GPU
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    run: RunSettings = field(default_factory=RunSettings)
+
+    @property
+    def run_name(self) -> str:
+        return self.run.name or f"thorax-{self.model.name}"
+
+    def to_dict(self) -> dict:
+        return to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> "TrainConfig":
+        return from_dict(cls, data, where="config")
+
+    @classmethod
+    def from_yaml(cls, path: str, overrides: dict | None = None) -> "TrainConfig":
+        return cls.from_dict(merge(load_yaml(path), overrides or {}))
+
+    def replace(self, **sections: dict) -> "TrainConfig":
+        """A copy with some fields of some sections replaced: `config.replace(optim={"epochs": 2})`."""
+        return TrainConfig.from_dict(merge(self.to_dict(), sections))
+
+
+def preprocessing_contract(size: int) -> dict:
+    """What a model expects; stored with every checkpoint and applied identically when scoring."""
+    return {"channels": 1, "size": size, "input_dtype": "uint8", "scale": 1 / 255.0,
+            "mean": IMAGE_MEAN, "std": IMAGE_STD, "resize": "bilinear with box reduction (Pillow)"}
+
+

@@ -1,0 +1,78 @@
+"""Where training and evaluation rows come from: prepared shards, raw PNGs through the Ray Data image
+pipeline, or (for the metadata network) the manifest alone, with no image read at all."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from thorax_ray.data.pipeline import ImageConfig, load_images, manifest_dataset
+from thorax_ray.data.shards import read_commit, read_prepared
+from thorax_ray.labels import FINDING_COLUMNS
+from thorax_ray.manifest import build_manifest, read_manifest
+from thorax_ray import storage
+from thorax_ray.train.config import DataConfig
+
+log = logging.getLogger(__name__)
+
+METADATA_COLUMNS = ("image_index", "patient_id", "follow_up", "age_years", "sex", "view_position",
+                    "original_width", "original_height", "pixel_spacing_x", "pixel_spacing_y", "split")
+ROW_COLUMNS = (*METADATA_COLUMNS, *FINDING_COLUMNS)
+
+
+@dataclass
+class DataSource:
+    """One dataset (raw or prepared) resolved once on the driver."""
+
+    config: DataConfig
+    manifest: pd.DataFrame  # rows that can be used (quarantined rows removed for prepared data)
+    split_hash: str
+    prepared: dict | None  # the commit record when reading prepared shards
+    kind: str  # "prepared" | "raw"
+
+    @property
+    def stored_size(self) -> int:
+        return self.prepared["size"] if self.prepared else self.config.size
+
+    def rows(self, split: str) -> pd.DataFrame:
+        rows = self.manifest[self.manifest["split"] == split]
+        return rows.head(self.config.limit) if self.config.limit else rows
+
+    def label_counts(self, split: str) -> tuple[np.ndarray, int]:
+        rows = self.rows(split)
+        return rows[list(FINDING_COLUMNS)].to_numpy().sum(axis=0), len(rows)
+
+    def dataset(self, split: str, *, images: bool):
+        """A Ray dataset of the split's rows; with `images`, an `image` column of raw uint8 bytes."""
+        if not images:
+            return manifest_dataset(self.rows(split)[list(ROW_COLUMNS)].reset_index(drop=True))
+        if self.kind == "prepared":
+            ds = read_prepared(self.config.data, [split], columns=[*ROW_COLUMNS, "image"],
+                               endpoint_url=self.config.s3_endpoint)
+            return ds.limit(self.config.limit) if self.config.limit else ds
+        rows = self.rows(split)
+        if rows["path"].isna().all():
+            raise ValueError(f"{self.config.data}: the {split} split has no images; only the metadata model (mlp) "
+                             "can train on a metadata-only dataset")
+        image_config = ImageConfig(size=self.config.size, endpoint_url=self.config.s3_endpoint)
+        return load_images(rows.reset_index(drop=True), image_config).map_batches(
+            _keep_decoded, batch_format="pandas", batch_size=None)
+
+
+def _keep_decoded(batch: pd.DataFrame) -> pd.DataFrame:
+    return batch.loc[batch["ok"], [*ROW_COLUMNS, "image"]]
+
+
+def open_source(config: DataConfig) -> DataSource:
+    """Resolves `config.data`: a prepared output (prepared.json) or a dataset folder/prefix."""
+    record = read_commit(config.data, endpoint_url=config.s3_endpoint)
+    if record is not None:
+        manifest, info = read_manifest(storage.join(config.data, "manifest.parquet"), endpoint_url=config.s3_endpoint)
+        quarantine = pd.read_parquet(storage.join(config.data, "quarantine.parquet"),
+                                     storage_options=storage.storage_options(config.s3_endpoint) or None)
+        usable = manifest[~manifest["image_index"].isin(quarantine["image_index"])]
+        return DataSource(config, usable.reset_index(drop=True), record["split_hash"], record, "prepared")
+    manifest, summary = build_manifest(config.data, endpoint_url=config.s3_endpoint)
+    return DataSource(config, manifest, summary.split_hash, None, "raw")

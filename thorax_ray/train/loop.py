@@ -1,0 +1,180 @@
+"""The per-worker training loop: a pure function of its config dict (the Ray boundary)."""
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+from thorax_ray.losses import build_loss
+from thorax_ray.metrics import mean_auroc, per_class_auroc
+from thorax_ray.models import MetadataFeatures, create_model
+from thorax_ray.predict import predict
+from thorax_ray.train.augment import augment_batch
+from thorax_ray.train.batches import batch_from_arrow, normalise_images
+from thorax_ray.train.checkpoint import (checkpoint_dir_name, latest_loadable, load_payload,
+                                         save_checkpoint, write_run_metrics)
+from thorax_ray.train.config import TrainConfig, preprocessing_contract
+
+
+def model_kwargs(config: TrainConfig) -> dict:
+    return {"backbone": config.model.backbone} if config.model.name == "fusion" else {}
+
+
+def build_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer):
+    if config.optim.scheduler == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.1, patience=1)
+    if config.optim.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.optim.epochs)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0)
+
+
+def restore_state(run_dir: str, endpoint: str | None) -> dict | None:
+    """The checkpoint to resume from: Ray's registered one, else the newest complete one in storage."""
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            return load_payload(directory)
+    return latest_loadable(run_dir, endpoint_url=endpoint)
+
+
+def train_loop_per_worker(loop_config: dict) -> None:
+    import ray.train
+    import ray.train.torch
+
+    config = TrainConfig.from_dict(loop_config["config"])
+    info = loop_config["info"]
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    torch.set_num_threads(max(1, int(config.run.threads_per_worker or config.run.cpus_per_worker)))
+    torch.manual_seed(config.run.seed)
+    device = ray.train.torch.get_device()
+    on_gpu = device.type == "cuda"
+    autocast_dtype = torch.bfloat16 if on_gpu else None
+
+    features = MetadataFeatures(tuple(config.model.metadata_features))
+    model = create_model(config.model.name, metadata_features=features, pretrained=config.model.pretrained,
+                         **model_kwargs(config))
+    spec = model.spec
+    state = restore_state(info["run_dir"], config.data.s3_endpoint)
+    if state is not None:
+        model.load_state_dict(state["model_state"], strict=True)
+    channels_last = on_gpu and spec.uses_images
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    trained = ray.train.torch.prepare_model(model)
+    if config.run.compile and on_gpu:
+        trained = torch.compile(trained)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay)
+    scheduler = build_scheduler(config, optimizer)
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer_state"])
+        scheduler.load_state_dict(state["scheduler_state"])
+    loss_fn = build_loss(config.loss, label_counts=np.asarray(info["label_counts"]), num_samples=info["train_rows"]).to(device)
+    contract = preprocessing_contract(config.data.size)
+    generator = torch.Generator().manual_seed(config.run.seed * 1000 + rank)
+    history = list(state["history"]) if state else []
+    best = state.get("best") if state else None
+    start_epoch = state["epoch"] + 1 if state else 0
+    if rank == 0 and state is not None:
+        print(f"[{info['run_name']}] resuming after epoch {state['epoch'] + 1} (checkpoint history: "
+              f"{[h['epoch'] + 1 for h in history]})", flush=True)
+
+    train_shard = ray.train.get_dataset_shard("train")
+    val_rows = ray.train.get_dataset_shard("val")
+    for epoch in range(start_epoch, config.optim.epochs):
+        started = time.monotonic()
+        generator.manual_seed(config.run.seed * 1000 + rank + 7919 * epoch)
+        model.train()
+        loss_sum, seen = 0.0, 0
+        for table in train_shard.iter_batches(batch_size=config.data.batch_size, batch_format="pyarrow",
+                                              drop_last=True, prefetch_batches=2):
+            batch = batch_from_arrow(table, stored_size=info["stored_size"], features=features if spec.uses_metadata else None,
+                                     images=spec.uses_images)
+            images = None
+            if spec.uses_images:
+                images = normalise_images(batch.images, contract, device=device)
+                images = augment_batch(images, config.augment, generator)
+                if channels_last:
+                    images = images.contiguous(memory_format=torch.channels_last)
+            feats = batch.features.to(device) if batch.features is not None else None
+            labels = batch.labels.to(device)
+            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                logits = trained(*spec.model_inputs(images, feats))
+            loss = loss_fn(logits.float(), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += float(loss.detach()) * len(labels)
+            seen += len(labels)
+        totals = torch.tensor([loss_sum, seen], dtype=torch.float64)
+        if world > 1:
+            torch.distributed.all_reduce(totals)
+        train_loss = float(totals[0] / max(totals[1], 1))
+
+        # Validation on rank 0 alone, with the unwrapped model and the unsplit dataset: every
+        # validation row exactly once, no DDP padding, no collectives inside.
+        record = None
+        if rank == 0:
+            predictions = predict(model, val_rows.iter_batches(batch_size=config.data.eval_batch_size,
+                                                               batch_format="pyarrow"),
+                                  contract=contract, stored_size=info["stored_size"], device=device,
+                                  autocast_dtype=autocast_dtype)
+            aurocs = per_class_auroc(predictions.labels, predictions.probabilities) if len(predictions.labels) else {}
+            record = {"epoch": epoch, "train_loss": train_loss, "train_images": int(totals[1]),
+                      "val_images": len(predictions.image_index), "val": {"auroc": aurocs, "mean_auroc": mean_auroc(aurocs)},
+                      "lr": optimizer.param_groups[0]["lr"], "seconds": time.monotonic() - started}
+        record = _broadcast(record, world)
+        val_mean = record["val"]["mean_auroc"]
+        if config.optim.scheduler == "plateau":
+            scheduler.step(val_mean if val_mean is not None else 0.0)
+        else:
+            scheduler.step()
+        history.append(record)
+        if val_mean is not None and (best is None or val_mean > best["val"]["mean_auroc"]):
+            best = {"epoch": epoch, "checkpoint": checkpoint_dir_name(epoch), "val": record["val"]}
+        metrics = {"epoch": epoch, "train_loss": train_loss,
+                   "val_mean_auroc": val_mean if val_mean is not None else float("nan"),
+                   **{f"val_auroc_{k.lower()}": (v if v is not None else float("nan")) for k, v in record["val"]["auroc"].items()}}
+        if rank == 0:
+            print(f"[{info['run_name']}] epoch {epoch + 1}/{config.optim.epochs} train_loss {train_loss:.4f} "
+                  f"val_mean_auroc {_fmt(val_mean)} ({record['val_images']} images) lr {record['lr']:.1e} "
+                  f"{record['seconds']:.1f}s", flush=True)
+            payload = {"model_name": config.model.name, "model_build_config": model.build_config,
+                       "model_state": model.state_dict(), "optimizer_state": optimizer.state_dict(),
+                       "scheduler_state": scheduler.state_dict(), "epoch": epoch, "config": config.to_dict(),
+                       "preprocessing": contract, "split_hash": info["split_hash"], "seed": config.run.seed,
+                       "history": history, "best": best, "run_name": info["run_name"]}
+            with tempfile.TemporaryDirectory() as directory:
+                save_checkpoint(directory, payload)
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory),
+                                 checkpoint_dir_name=checkpoint_dir_name(epoch))
+            write_run_metrics(info["run_dir"], run_summary(config, info, history, best), endpoint_url=config.data.s3_endpoint)
+        else:
+            ray.train.report(metrics)
+
+
+def run_summary(config: TrainConfig, info: dict, history: list[dict], best: dict | None) -> dict:
+    return {"model": config.model.name, "run_name": info["run_name"], "split_hash": info["split_hash"],
+            "data": config.data.data, "best_epoch": best["epoch"] if best else None,
+            "best_checkpoint": best["checkpoint"] if best else None,
+            "val": best["val"] if best else None, "epochs_run": len(history), "history": history,
+            "config": config.to_dict()}
+
+
+def _broadcast(record: dict | None, world: int) -> dict:
+    if world == 1:
+        return record
+    box = [record]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
+
+

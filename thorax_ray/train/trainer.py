@@ -1,0 +1,79 @@
+"""Builds and runs the Ray Train `TorchTrainer` for a `TrainConfig` (driver side)."""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+from thorax_ray import storage
+from thorax_ray.models import get_model_spec
+from thorax_ray.train.checkpoint import run_metrics
+from thorax_ray.train.config import TrainConfig
+from thorax_ray.train.data import open_source
+from thorax_ray.train.loop import train_loop_per_worker
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    run_dir: str
+    metrics: dict  # the run's metrics.json
+    error: Exception | None = None
+
+
+def ray_storage(uri: str, endpoint_url: str | None) -> tuple[str, object | None]:
+    """(storage_path, storage_filesystem) for RunConfig: absolute local paths; S3 through pyarrow with
+    the endpoint of an S3-compatible store when one is configured."""
+    if not storage.is_remote(uri):
+        return os.path.abspath(uri), None
+    endpoint = endpoint_url or storage.endpoint_from_env()
+    if uri.startswith("s3://") and endpoint:
+        from pyarrow import fs as pafs
+
+        scheme, host = endpoint.split("://", 1) if "://" in endpoint else ("https", endpoint)
+        filesystem = pafs.S3FileSystem(endpoint_override=host, scheme=scheme,
+                                       region=os.environ.get("AWS_REGION", "us-east-1"))
+        return uri[len("s3://"):], filesystem
+    return uri, None
+
+
+def fit(config: TrainConfig) -> TrainResult:
+    import ray
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    spec = get_model_spec(config.model.name)
+    source = open_source(config.data)
+    label_counts, train_rows = source.label_counts("train")
+    run_dir = storage.join(config.run.storage if storage.is_remote(config.run.storage)
+                           else os.path.abspath(config.run.storage), config.run_name)
+    info = {"run_name": config.run_name, "run_dir": run_dir, "split_hash": source.split_hash,
+            "label_counts": label_counts.tolist(), "train_rows": int(train_rows),
+            "stored_size": source.stored_size, "source_kind": source.kind}
+    datasets = {"train": source.dataset("train", images=spec.uses_images),
+                "val": source.dataset("val", images=spec.uses_images)}
+    use_gpu = config.run.use_gpu
+    if use_gpu is None:
+        use_gpu = ray.cluster_resources().get("GPU", 0) > 0
+    resources = {"CPU": config.run.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}
+    storage_path, storage_filesystem = ray_storage(config.run.storage, config.data.s3_endpoint)
+    print(f"[train] {config.model.name} on {source.kind} data {config.data.data} ({train_rows} train rows, "
+          f"split {source.split_hash}), {config.run.workers} workers{' with GPUs' if use_gpu else ''}, run {run_dir}",
+          flush=True)
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"config": config.to_dict(), "info": info},
+        scaling_config=ray.train.ScalingConfig(num_workers=config.run.workers, use_gpu=use_gpu,
+                                               resources_per_worker=resources),
+        run_config=ray.train.RunConfig(
+            name=config.run_name, storage_path=storage_path, storage_filesystem=storage_filesystem,
+            failure_config=ray.train.FailureConfig(max_failures=config.run.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=None),
+        ),
+        datasets=datasets,
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+    )
+    result = trainer.fit()
+    metrics = run_metrics(run_dir, endpoint_url=config.data.s3_endpoint) or {}
+    return TrainResult(run_dir=run_dir, metrics=metrics, error=getattr(result, "error", None))
