@@ -66,7 +66,7 @@ def ray_local(s3_server):
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": repo}})
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield ray

@@ -28,13 +28,12 @@ class ImageConfig:
 
 
 class ImageLoader:
-    """map_batches callable: reads each row's `path`, decodes and resizes it into `image` (raw uint8 bytes
-    of size*size), and sets `ok`/`stage`/`reason`. Never raises for one bad image."""
+    """Reads each row's `path`, decodes and resizes it into `image` (raw uint8 bytes of size*size), and
+    sets `ok`/`stage`/`reason`. Never raises for one bad image."""
 
     def __init__(self, config: ImageConfig, filesystem: fsspec.AbstractFileSystem | None = None):
         self.config = config
         self.filesystem = filesystem
-        self._pool: ThreadPoolExecutor | None = None
 
     def _fs_and_path(self, uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
         if self.filesystem is not None:
@@ -57,15 +56,18 @@ class ImageLoader:
         return pixels.tobytes(), "", ""
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=self.config.io_threads)
-        results = list(self._pool.map(self.load_one, batch["path"].tolist()))
+        with ThreadPoolExecutor(max_workers=min(self.config.io_threads, max(1, len(batch)))) as pool:
+            results = list(pool.map(self.load_one, batch["path"].tolist()))
         out = batch.copy()
         out["image"] = [r[0] for r in results]
         out["stage"] = [r[1] for r in results]
         out["reason"] = [r[2] for r in results]
         out["ok"] = out["reason"] == ""
         return out
+
+
+def _load_batch(batch: pd.DataFrame, config: ImageConfig, filesystem) -> pd.DataFrame:
+    return ImageLoader(config, filesystem)(batch)
 
 
 def manifest_dataset(manifest: pd.DataFrame, *, rows_per_block: int = 256):
@@ -78,18 +80,10 @@ def manifest_dataset(manifest: pd.DataFrame, *, rows_per_block: int = 256):
 
 def load_images(manifest: pd.DataFrame, config: ImageConfig, *, filesystem=None, num_cpus: float = 1.0):
     """Manifest -> Ray dataset of decoded images with `ok`/`stage`/`reason` columns (streaming)."""
-    return manifest_dataset(manifest).map_batches(
-        ImageLoader, fn_constructor_args=(config, filesystem), batch_size=config.batch_size,
-        batch_format="pandas", num_cpus=num_cpus, compute=_actor_pool(),
+    return manifest_dataset(manifest, rows_per_block=config.batch_size * 4).map_batches(
+        _load_batch, fn_args=(config, filesystem), batch_size=config.batch_size, batch_format="pandas",
+        num_cpus=num_cpus,
     )
-
-
-def _actor_pool():
-    import ray
-    from ray.data import ActorPoolStrategy
-
-    cpus = int(ray.available_resources().get("CPU", 1)) if ray.is_initialized() else 1
-    return ActorPoolStrategy(min_size=1, max_size=max(1, cpus))
 
 
 def images_to_array(column, size: int) -> np.ndarray:

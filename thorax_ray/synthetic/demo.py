@@ -10,6 +10,11 @@ DEMO_IMAGES = 2000
 DEMO_SIZE = 256
 
 
+def preview_path(path: str) -> str:
+    """The contact sheet sits beside the dataset, not in it (it would be an image without a metadata row)."""
+    return os.path.normpath(path) + "_preview.png"
+
+
 def ensure_demo_dataset(path: str = DEMO_DATA, *, images: int = DEMO_IMAGES, size: int = DEMO_SIZE, seed: int = 0) -> str:
     """Generates the synthetic demo dataset in `path` unless it is already there; returns `path`."""
     if os.path.exists(os.path.join(path, "Data_Entry_2017.csv")):
@@ -17,6 +22,7 @@ def ensure_demo_dataset(path: str = DEMO_DATA, *, images: int = DEMO_IMAGES, siz
     print(f"[demo] generating {images} synthetic images of {size} px in {path} (first run only)", flush=True)
     config = SyntheticConfig(out=path, images=images, size=size, seed=seed)
     population = write_synthetic_dataset(config)
-    write_preview(config, population, os.path.join(path, "preview.png"))
-    print(f"[demo] contact sheet of the data: {os.path.join(path, 'preview.png')}", flush=True)
+    preview = preview_path(path)
+    write_preview(config, population, preview)
+    print(f"[demo] contact sheet of the data: {preview}", flush=True)
     return path

@@ -35,8 +35,9 @@ def package_versions() -> dict[str, str]:
 
     from thorax_ray import __version__
 
-    return {"thorax_ray": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "ray": ray.__version__, "numpy": numpy.__version__, "python": platform.python_version()}
+    versions = {"thorax_ray": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+                "ray": ray.__version__, "numpy": numpy.__version__, "python": platform.python_version()}
+    return {name: str(version) for name, version in versions.items()}  # plain str: weights_only loading
 
 
 def checkpoint_dir_name(epoch: int) -> str:

@@ -80,9 +80,12 @@ def train_loop_per_worker(loop_config: dict) -> None:
     history = list(state["history"]) if state else []
     best = state.get("best") if state else None
     start_epoch = state["epoch"] + 1 if state else 0
-    if rank == 0 and state is not None:
-        print(f"[{info['run_name']}] resuming after epoch {state['epoch'] + 1} (checkpoint history: "
-              f"{[h['epoch'] + 1 for h in history]})", flush=True)
+    resumes = list(state.get("resumes", [])) if state else []
+    if state is not None:
+        resumes.append({"after_epoch": state["epoch"], "at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        if rank == 0:
+            print(f"[{info['run_name']}] resuming after epoch {state['epoch'] + 1} (checkpoint history: "
+                  f"{[h['epoch'] + 1 for h in history]})", flush=True)
 
     train_shard = ray.train.get_dataset_shard("train")
     val_rows = ray.train.get_dataset_shard("val")
@@ -148,21 +151,22 @@ def train_loop_per_worker(loop_config: dict) -> None:
                        "model_state": model.state_dict(), "optimizer_state": optimizer.state_dict(),
                        "scheduler_state": scheduler.state_dict(), "epoch": epoch, "config": config.to_dict(),
                        "preprocessing": contract, "split_hash": info["split_hash"], "seed": config.run.seed,
-                       "history": history, "best": best, "run_name": info["run_name"]}
+                       "history": history, "best": best, "resumes": resumes, "run_name": info["run_name"]}
             with tempfile.TemporaryDirectory() as directory:
                 save_checkpoint(directory, payload)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory),
                                  checkpoint_dir_name=checkpoint_dir_name(epoch))
-            write_run_metrics(info["run_dir"], run_summary(config, info, history, best), endpoint_url=config.data.s3_endpoint)
+            write_run_metrics(info["run_dir"], run_summary(config, info, history, best, resumes),
+                              endpoint_url=config.data.s3_endpoint)
         else:
             ray.train.report(metrics)
 
 
-def run_summary(config: TrainConfig, info: dict, history: list[dict], best: dict | None) -> dict:
+def run_summary(config: TrainConfig, info: dict, history: list[dict], best: dict | None, resumes: list[dict]) -> dict:
     return {"model": config.model.name, "run_name": info["run_name"], "split_hash": info["split_hash"],
             "data": config.data.data, "best_epoch": best["epoch"] if best else None,
             "best_checkpoint": best["checkpoint"] if best else None,
-            "val": best["val"] if best else None, "epochs_run": len(history), "history": history,
+            "val": best["val"] if best else None, "epochs_run": len(history), "history": history, "resumes": resumes,
             "config": config.to_dict()}
 
 

@@ -1,0 +1,104 @@
+"""uint8 heatmap normalisation, bytes encoding, schema metadata and the per-image size budget."""
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from thorax_ray.attribution import (
+    BOXES_TYPE,
+    HEATMAP_METADATA_KEY,
+    HEATMAP_SCHEMA_METADATA,
+    decode_heatmaps,
+    encode_heatmaps,
+    get_method,
+    normalise_maps,
+)
+from thorax_ray.labels import FINDING_COLUMNS, FINDINGS, NUM_FINDINGS
+from thorax_ray.models import create_model
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_normalise_per_image_and_class():
+    maps = torch.zeros(2, NUM_FINDINGS, 3, 3)
+    maps[0, 0] = torch.arange(9.0).reshape(3, 3) + 5.0  # min 5 -> 0, max 13 -> 255
+    maps[1, 0] = torch.arange(9.0).reshape(3, 3) * 100.0
+    maps[0, 1] = 7.0  # constant -> 0
+    maps[0, 2, 1, 1] = float("nan")
+    maps[0, 2, 0, 0] = 2.0
+    out = normalise_maps(maps)
+    assert out.dtype == np.uint8 and out.shape == (2, NUM_FINDINGS, 3, 3)
+    np.testing.assert_array_equal(out[0, 0], np.rint(np.arange(9).reshape(3, 3) / 8 * 255).astype(np.uint8))
+    np.testing.assert_array_equal(out[0, 0], out[1, 0])  # independent of scale and offset
+    assert out[0, 1].max() == 0 and out[0, 3:].max() == 0 and out[1, 1:].max() == 0  # zero / constant maps
+    assert out[0, 2, 0, 0] == 255 and out[0, 2, 1, 1] == 0
+    np.testing.assert_array_equal(normalise_maps(maps.numpy()), out)
+
+
+def test_encode_decode_roundtrip_and_errors():
+    rng = np.random.default_rng(0)
+    maps = rng.integers(0, 256, size=(3, NUM_FINDINGS, 7, 7), dtype=np.uint8)
+    values = encode_heatmaps(maps)
+    assert [len(v) for v in values] == [NUM_FINDINGS * 49] * 3
+    assert values[1] == maps[1].tobytes(order="C")
+    np.testing.assert_array_equal(decode_heatmaps(values, (7, 7)), maps)
+    np.testing.assert_array_equal(decode_heatmaps(pa.array(values, pa.binary()), (NUM_FINDINGS, 7, 7)), maps)
+    assert decode_heatmaps([], (7, 7)).shape == (0, NUM_FINDINGS, 7, 7)
+    with pytest.raises(TypeError, match="uint8"):
+        encode_heatmaps(maps.astype(np.float32))
+    with pytest.raises(ValueError, match="expected 686"):
+        decode_heatmaps([values[0][:-1]], (7, 7))
+
+
+def test_schema_metadata():
+    meta = HEATMAP_SCHEMA_METADATA(7, 7, "fast_cam")
+    assert meta["shape"] == [NUM_FINDINGS, 7, 7] and meta["dtype"] == "uint8"
+    assert meta["classes"] == list(FINDINGS) and meta["method"] == "fast_cam"
+    assert "min-max" in meta["normalisation"] and "i*S/7" in meta["alignment"]
+    json.dumps(meta)
+    assert HEATMAP_METADATA_KEY.startswith("thorax_ray")
+
+
+@pytest.mark.parametrize("name,size,cells", [("densenet121", 224, 7), ("small_cnn", 128, 8)])
+def test_bytes_per_image_from_real_maps(name, size, cells):
+    torch.manual_seed(0)
+    model = create_model(name).eval()
+    maps = get_method("fast_cam")(model).attribute(torch.randn(1, 1, size, size)).maps
+    assert maps.shape == (1, NUM_FINDINGS, cells, cells)
+    (value,) = encode_heatmaps(normalise_maps(maps))
+    assert len(value) == NUM_FINDINGS * cells * cells  # 686 bytes (7x7) / 896 bytes (8x8)
+
+
+def test_parquet_row_fits_two_kilobytes():
+    """Worst case stored per image: incompressible 8x8 maps, 14 probabilities, 2 boxes x 8 findings."""
+    rng = np.random.default_rng(0)
+    n = 64
+    maps = rng.integers(0, 256, size=(n, NUM_FINDINGS, 8, 8), dtype=np.uint8)
+    boxes = [[{"finding": FINDINGS[i % 8], "x": float(rng.uniform(0, 1024)), "y": float(rng.uniform(0, 1024)),
+               "w": float(rng.uniform(0, 512)), "h": float(rng.uniform(0, 512)), "score": float(rng.uniform())}
+              for i in range(16)] for _ in range(n)]
+    columns = {"image_index": pa.array([f"{k:08d}_000.png" for k in range(n)])}
+    for j, column in enumerate(FINDING_COLUMNS):
+        columns[column] = pa.array(rng.uniform(size=n).astype(np.float32))
+    columns["heatmap"] = pa.array(encode_heatmaps(maps), pa.binary())
+    columns["boxes"] = pa.array(boxes, BOXES_TYPE)
+    table = pa.table(columns).replace_schema_metadata(
+        {HEATMAP_METADATA_KEY: json.dumps(HEATMAP_SCHEMA_METADATA(8, 8, "fast_cam"))})
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    assert buffer.tell() / n <= 2048
+    back = pq.read_table(io.BytesIO(buffer.getvalue()))
+    np.testing.assert_array_equal(decode_heatmaps(back["heatmap"], (8, 8)), maps)
+    assert back["boxes"].type == BOXES_TYPE

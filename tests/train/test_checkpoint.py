@@ -1,0 +1,53 @@
+import json
+
+import pytest
+import torch
+
+from thorax_ray.models import create_model
+from thorax_ray.train.checkpoint import (CheckpointError, build_model, epoch_checkpoints, latest_loadable,
+                                         load_payload, resolve_checkpoint, save_checkpoint, write_run_metrics)
+
+
+def payload(model, epoch=0):
+    return {"model_name": "small_cnn", "model_build_config": model.build_config, "model_state": model.state_dict(),
+            "optimizer_state": torch.optim.Adam(model.parameters()).state_dict(), "scheduler_state": {},
+            "epoch": epoch, "config": {"x": 1}, "preprocessing": {"size": 32}, "split_hash": "abc", "seed": 0,
+            "history": [], "best": None}
+
+
+def test_save_load_weights_only_and_strict(tmp_path):
+    model = create_model("small_cnn")
+    save_checkpoint(str(tmp_path), payload(model))
+    loaded = torch.load(tmp_path / "model.pt", weights_only=True)  # plain types and tensors only
+    assert loaded["split_hash"] == "abc" and loaded["labels"][0] == "Atelectasis" and "torch" in loaded["versions"]
+    rebuilt = build_model(load_payload(str(tmp_path)))
+    x = torch.randn(2, 1, 32, 32)
+    model.eval()
+    assert torch.allclose(rebuilt(x), model(x))
+    assert json.loads((tmp_path / "checkpoint.json").read_text())["epoch"] == 0
+    broken = load_payload(str(tmp_path))
+    broken["model_state"].pop(next(iter(broken["model_state"])))
+    with pytest.raises(RuntimeError, match="Missing key"):
+        build_model(broken)
+
+
+def test_missing_checkpoint_is_an_error(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        resolve_checkpoint(str(tmp_path / "nope"))
+    (tmp_path / "run").mkdir()
+    with pytest.raises(CheckpointError, match="neither a checkpoint folder"):
+        resolve_checkpoint(str(tmp_path / "run"))
+    with pytest.raises(CheckpointError, match="no model.pt"):
+        load_payload(str(tmp_path / "run"))
+
+
+def test_run_dir_resolves_to_best_and_latest_skips_torn_upload(tmp_path):
+    model = create_model("small_cnn")
+    for epoch in range(3):
+        (tmp_path / f"epoch_{epoch:04d}").mkdir()
+        save_checkpoint(str(tmp_path / f"epoch_{epoch:04d}"), payload(model, epoch))
+    write_run_metrics(str(tmp_path), {"best_checkpoint": "epoch_0001"})
+    assert resolve_checkpoint(str(tmp_path)).endswith("epoch_0001")
+    assert [e for e, _ in epoch_checkpoints(str(tmp_path))] == [0, 1, 2]
+    (tmp_path / "epoch_0002" / "model.pt").write_bytes(b"torn")
+    assert latest_loadable(str(tmp_path))["epoch"] == 1

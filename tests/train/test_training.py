@@ -1,0 +1,106 @@
+"""Real Ray Train runs on the local cluster (about a minute each on 2 cores): learning, fault tolerance,
+resume, evaluation of the resulting checkpoints."""
+import json
+import os
+import signal
+import threading
+import time
+
+import psutil
+import pytest
+import torch
+
+from thorax_ray.predict import evaluate_checkpoint
+from thorax_ray.train.checkpoint import epoch_checkpoints, load_payload, run_metrics
+from thorax_ray.train.config import TrainConfig
+from thorax_ray.train.trainer import fit
+
+pytestmark = pytest.mark.slow
+
+
+def small_config(data, storage, name, **sections):
+    base = {"data": {"data": str(data), "size": 64, "batch_size": 32},
+            "model": {"name": "small_cnn"}, "optim": {"epochs": 4, "lr": 3e-3},
+            "run": {"storage": str(storage), "name": name, "workers": 2}}
+    for section, values in sections.items():
+        base[section] = {**base.get(section, {}), **values}
+    return TrainConfig.from_dict(base)
+
+
+def test_mlp_learns_from_metadata_alone(ray_local, metadata_only, tmp_path):
+    config = small_config(metadata_only, tmp_path, "mlp", model={"name": "mlp"}, optim={"epochs": 5, "lr": 3e-3})
+    result = fit(config)
+    assert result.metrics["model"] == "mlp" and result.metrics["epochs_run"] == 5
+    assert result.metrics["val"]["mean_auroc"] > 0.58  # chance is 0.5
+    evaluation = evaluate_checkpoint(result.run_dir, str(metadata_only), "test")
+    assert evaluation["n_images"] == sum(1 for _ in open(metadata_only / "test_list.txt"))
+    assert evaluation["mean_auroc"] > 0.56
+
+
+def test_small_cnn_learns_findings_far_above_the_mlp(ray_local, learnable_images, tmp_path):
+    prepared = learnable_images / "prepared"
+    cnn = fit(small_config(prepared, tmp_path, "cnn", optim={"epochs": 8}))
+    mlp = fit(small_config(prepared, tmp_path, "mlp", model={"name": "mlp"}, optim={"epochs": 8}))
+    cnn_auroc, mlp_auroc = cnn.metrics["val"]["mean_auroc"], mlp.metrics["val"]["mean_auroc"]
+    assert cnn_auroc > 0.75 and cnn_auroc > mlp_auroc + 0.1, (cnn_auroc, mlp_auroc)
+    metrics = json.loads(open(os.path.join(cnn.run_dir, "metrics.json")).read())
+    assert {"model", "split_hash", "best_epoch", "val", "history"} <= set(metrics)
+    assert len(metrics["history"]) == 8 and set(metrics["val"]["auroc"]) >= {"Cardiomegaly", "Hernia"}
+    checkpoints = epoch_checkpoints(cnn.run_dir)
+    assert [e for e, _ in checkpoints] == list(range(8))
+    payload = load_payload(checkpoints[-1][1])  # torch.load(weights_only=True) inside
+    assert payload["split_hash"] == metrics["split_hash"] and payload["preprocessing"]["size"] == 64
+    assert set(payload) >= {"model_state", "optimizer_state", "scheduler_state", "epoch", "config", "labels",
+                            "seed", "versions"}
+    evaluation = evaluate_checkpoint(cnn.run_dir, str(prepared), "test")
+    assert evaluation["mean_auroc"] > 0.7 and evaluation["model"] == "small_cnn"
+
+
+def train_workers() -> list[psutil.Process]:
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        try:
+            if any("RayTrainWorker" in part for part in process.info["cmdline"] or []):
+                found.append(process)
+        except psutil.Error:
+            continue
+    return found
+
+
+def test_worker_killed_mid_run_resumes_from_latest_checkpoint(ray_local, learnable_images, tmp_path, monkeypatch):
+    config = small_config(learnable_images / "prepared", tmp_path, "faulty", optim={"epochs": 6},
+                          run={"max_failures": 2})
+    killed = {}
+
+    def kill_after_second_checkpoint():
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and not killed:
+            if len(epoch_checkpoints(os.path.join(tmp_path, "faulty"))) >= 2:
+                workers = train_workers()
+                if len(workers) == 2:
+                    workers[-1].send_signal(signal.SIGKILL)
+                    killed["pid"] = workers[-1].pid
+                    killed["after"] = len(epoch_checkpoints(os.path.join(tmp_path, "faulty")))
+            time.sleep(0.2)
+
+    watcher = threading.Thread(target=kill_after_second_checkpoint, daemon=True)
+    watcher.start()
+    result = fit(config)
+    watcher.join(timeout=5)
+    assert killed, "the watcher never saw two workers and two checkpoints"
+    metrics = result.metrics
+    assert [h["epoch"] for h in metrics["history"]] == list(range(6))  # every epoch once, none repeated
+    assert metrics["resumes"], "the run did not restart"
+    assert all(r["after_epoch"] >= 1 for r in metrics["resumes"])  # resumed from a checkpoint, not from epoch 0
+    assert metrics["resumes"][0]["after_epoch"] >= killed["after"] - 2
+
+
+def test_same_run_name_continues_from_its_last_epoch(ray_local, learnable_images, tmp_path):
+    first = fit(small_config(learnable_images / "prepared", tmp_path, "again", optim={"epochs": 2}))
+    assert first.metrics["epochs_run"] == 2
+    second = fit(small_config(learnable_images / "prepared", tmp_path, "again", optim={"epochs": 3}))
+    assert [h["epoch"] for h in second.metrics["history"]] == [0, 1, 2]
+    assert [r["after_epoch"] for r in second.metrics["resumes"]] == [1]
+    before = load_payload(epoch_checkpoints(first.run_dir)[1][1])["model_state"]
+    assert any(not torch.equal(before[k], v) for k, v in load_payload(epoch_checkpoints(second.run_dir)[2][1])["model_state"].items())
+    assert run_metrics(second.run_dir)["history"][:2] == first.metrics["history"]

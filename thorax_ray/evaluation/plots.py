@@ -1,0 +1,198 @@
+"""Evaluation figures as PNG files (matplotlib, Agg backend, imported inside the functions so that
+importing this module costs nothing and never needs a display)."""
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from thorax_ray.labels import FINDINGS
+
+_DPI = 90
+_PNG_METADATA = {"Software": None}
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path) -> str:
+    path = os.fspath(path)
+    folder = os.path.dirname(path)
+    if folder:
+        os.makedirs(folder, exist_ok=True)
+    fig.savefig(path, dpi=_DPI, format="png", metadata=_PNG_METADATA)
+    _pyplot().close(fig)
+    return path
+
+
+def _check_scores(labels, scores_by_model: Mapping[str, np.ndarray]) -> np.ndarray:
+    labels = np.asarray(labels)
+    if labels.ndim != 2 or labels.shape[1] != len(FINDINGS):
+        raise ValueError(f"expected (N, {len(FINDINGS)}) labels, got {labels.shape}")
+    if not scores_by_model:
+        raise ValueError("no models to plot")
+    for name, scores in scores_by_model.items():
+        if np.shape(scores) != labels.shape:
+            raise ValueError(f"model {name!r}: scores of shape {np.shape(scores)}, labels {labels.shape}")
+    return labels
+
+
+def _grid(plt, title: str):
+    fig, axes = plt.subplots(4, 4, figsize=(15, 14), constrained_layout=True)
+    fig.suptitle(title, fontsize=14)
+    for ax in axes.ravel()[len(FINDINGS):]:
+        ax.axis("off")
+    return fig, axes.ravel()
+
+
+def plot_roc_curves(labels, scores_by_model: Mapping[str, np.ndarray], path, *, split: str = "test",
+                    title: str | None = None) -> str:
+    """One subplot per finding, one ROC curve per model with its AUROC in the legend; a finding
+    without positives or negatives says so instead of a curve. Returns `path`."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    labels = _check_scores(labels, scores_by_model)
+    plt = _pyplot()
+    fig, axes = _grid(plt, title or f"ROC curves per finding ({split} split, n = {labels.shape[0]} images)")
+    for i, (finding, ax) in enumerate(zip(FINDINGS, axes)):
+        y = labels[:, i]
+        ax.plot([0, 1], [0, 1], color="0.7", linestyle=":", linewidth=1)
+        ax.set_title(f"{finding} (positives {int(y.sum())})", fontsize=10)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.01)
+        ax.set_xlabel("1 - specificity", fontsize=8)
+        ax.set_ylabel("sensitivity", fontsize=8)
+        ax.tick_params(labelsize=7)
+        if not 0 < y.sum() < len(y):
+            ax.text(0.5, 0.5, "undefined:\nno positives or no negatives", ha="center", va="center", fontsize=9)
+            continue
+        for name, scores in scores_by_model.items():
+            s = np.asarray(scores)[:, i]
+            fpr, tpr, _ = roc_curve(y, s)
+            ax.plot(fpr, tpr, linewidth=1.3, label=f"{name}: AUROC {roc_auc_score(y, s):.3f}")
+        ax.legend(loc="lower right", fontsize=7)
+    return _save(fig, path)
+
+
+def plot_pr_curves(labels, scores_by_model: Mapping[str, np.ndarray], path, *, split: str = "test",
+                   title: str | None = None) -> str:
+    """One subplot per finding, one precision-recall curve per model with its average precision in
+    the legend and the prevalence (a random model's precision) as a dotted line. Returns `path`."""
+    from sklearn.metrics import average_precision_score, precision_recall_curve
+
+    labels = _check_scores(labels, scores_by_model)
+    plt = _pyplot()
+    fig, axes = _grid(plt, title or f"Precision-recall curves per finding ({split} split, n = {labels.shape[0]} images)")
+    for i, (finding, ax) in enumerate(zip(FINDINGS, axes)):
+        y = labels[:, i]
+        ax.set_title(f"{finding} (positives {int(y.sum())})", fontsize=10)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.01)
+        ax.set_xlabel("recall", fontsize=8)
+        ax.set_ylabel("precision", fontsize=8)
+        ax.tick_params(labelsize=7)
+        if y.sum() == 0:
+            ax.text(0.5, 0.5, "undefined: no positives", ha="center", va="center", fontsize=9)
+            continue
+        prevalence = float(y.mean())
+        ax.axhline(prevalence, color="0.7", linestyle=":", linewidth=1, label=f"prevalence {prevalence:.3f}")
+        for name, scores in scores_by_model.items():
+            s = np.asarray(scores)[:, i]
+            precision, recall, _ = precision_recall_curve(y, s)
+            ax.step(recall, precision, where="post", linewidth=1.3,
+                    label=f"{name}: AP {average_precision_score(y, s):.3f}")
+        ax.legend(loc="upper right", fontsize=7)
+    return _save(fig, path)
+
+
+def _table_columns(table) -> dict[str, dict[str, float | None]]:
+    """dict column -> {finding: value} from such a dict or a DataFrame indexed by finding."""
+    if hasattr(table, "to_dict") and hasattr(table, "columns"):
+        return {str(c): {str(k): v for k, v in table[c].to_dict().items()} for c in table.columns}
+    return {str(c): dict(v) for c, v in table.items()}
+
+
+def _value(v) -> float:
+    return float("nan") if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+
+
+def plot_auroc_comparison(table, path, *, reference_columns: Sequence[str] | None = None,
+                          ci: Mapping[str, Mapping[str, Sequence[float] | None]] | None = None,
+                          split: str = "test", title: str | None = None, include_mean: bool = True) -> str:
+    """Grouped bars of AUROC per finding (and the mean, key "mean"), one bar per model column, with
+    optional 95% CIs as error bars; reference columns (by default those named in
+    report.REFERENCE_AUROC) are drawn as markers, not bars. `table`: column -> {finding: AUROC | None}
+    or a DataFrame indexed by finding. Returns `path`."""
+    from thorax_ray.evaluation.report import MEAN_ROW, REFERENCE_AUROC
+
+    columns = _table_columns(table)
+    references = list(reference_columns) if reference_columns is not None else [c for c in columns if c in REFERENCE_AUROC]
+    models = [c for c in columns if c not in references]
+    rows = list(FINDINGS) + ([MEAN_ROW] if include_mean else [])
+    x = np.arange(len(rows))
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(16, 6.5), constrained_layout=True)
+    width = 0.8 / max(len(models), 1)
+    for k, name in enumerate(models):
+        values = np.array([_value(columns[name].get(r)) for r in rows])
+        offset = x - 0.4 + width * (k + 0.5)
+        yerr = None
+        if ci and ci.get(name):
+            lo = np.array([_value((ci[name].get(r) or [None, None])[0]) for r in rows])
+            hi = np.array([_value((ci[name].get(r) or [None, None])[1]) for r in rows])
+            yerr = np.vstack([np.nan_to_num(values - lo), np.nan_to_num(hi - values)])
+        ax.bar(offset, np.nan_to_num(values), width=width * 0.95, yerr=yerr, capsize=2, label=name)
+    markers = ["D", "^", "s", "v", "o", "P", "X"]
+    for k, name in enumerate(references):
+        values = np.array([_value(columns[name].get(r)) for r in rows])
+        ax.scatter(x, values, marker=markers[k % len(markers)], s=42, color="black" if k == 0 else None,
+                   zorder=5, label=name)
+    ax.set_xticks(x)
+    ax.set_xticklabels(rows, rotation=35, ha="right", fontsize=9)
+    shown = [_value(columns[c].get(r)) for c in columns for r in rows]
+    low = min([v for v in shown if not math.isnan(v)] + [0.45])
+    ax.set_ylim(max(0.0, math.floor((low - 0.05) * 10) / 10), 1.0)
+    ax.axhline(0.5, color="0.6", linestyle=":", linewidth=1)
+    ax.set_ylabel("AUROC")
+    ax.set_title(title or f"AUROC per finding: our models ({split} split, bars, 95% CI) vs published references (markers)")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=3, frameon=False)
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_heatmap_overlay(image, heatmap, path, *, truth_boxes: Sequence[Mapping] = (),
+                         predicted_boxes: Sequence[Mapping] = (), title: str = "") -> str:
+    """An X-ray (H, W) with a heatmap (any size, stretched over the image) in translucent colour,
+    ground-truth boxes in green and predicted boxes in dashed red ({x, y, w, h[, finding, score]} in
+    the image's pixel frame). Returns `path`."""
+    plt = _pyplot()
+    from matplotlib.patches import Rectangle
+
+    image = np.asarray(image, dtype=np.float64)
+    height, width = image.shape[:2]
+    fig, ax = plt.subplots(figsize=(5, 5), constrained_layout=True)
+    ax.imshow(image, cmap="gray", extent=(0, width, height, 0))
+    if heatmap is not None:
+        ax.imshow(np.asarray(heatmap, dtype=np.float64), cmap="jet", alpha=0.35, extent=(0, width, height, 0))
+    for boxes, colour, style, prefix in ((truth_boxes, "lime", "-", "truth"), (predicted_boxes, "red", "--", "pred")):
+        for box in boxes:
+            ax.add_patch(Rectangle((box["x"], box["y"]), box["w"], box["h"], fill=False, edgecolor=colour,
+                                   linestyle=style, linewidth=1.5))
+            label = box.get("finding", prefix)
+            if box.get("score") is not None:
+                label = f"{label} {float(box['score']):.2f}"
+            ax.text(box["x"], box["y"] - 2, label, color=colour, fontsize=7, va="bottom")
+    ax.set_xlim(0, width)
+    ax.set_ylim(height, 0)
+    ax.axis("off")
+    if title:
+        ax.set_title(title, fontsize=9)
+    return _save(fig, path)

@@ -1,0 +1,442 @@
+"""One self-contained HTML evaluation report (inline CSS, images as base64 data URIs, no external
+resources) and a plain-text headline table for the terminal.
+
+The `metrics` dict that write_report and format_comparison_table read (every part optional unless
+marked; jobs/evaluate.py builds it, mostly from classification.summarize_model):
+
+    {
+      "split": "test",                      # the evaluated split, named in every column label
+      "dataset": "synthetic",               # "synthetic" or "real"
+      "split_hash": "...",                  # optional, shown in the header
+      "models": {                           # required; insertion order = column order
+        name: {
+          "label": optional column label (default "<name> (<dataset>, <split> split)"),
+          "n_images", "n_patients", "positives": {finding: int},
+          "auroc": {finding: float | None}, "mean_auroc": float | None,
+          "auroc_ci": {finding | "mean": [lo, hi] | None},        # bootstrap_auroc_ci
+          "average_precision": {finding: float | None},
+          "threshold_rule": "youden", "thresholds": {finding: float | None},
+          "threshold_metrics": {finding: {...}},                 # threshold_metrics
+          "view_position": {"AP": {...}, "PA": {...}},           # subgroup_auroc
+          "localization": {finding: {...}},                      # localization_accuracy
+        }
+      },
+      "paired": [{"model_a": name, "model_b": name, "result": paired_bootstrap_difference(...)}],
+      "chance_localization": chance_localization(...),
+      "notes": ["free text", ...],
+    }
+"""
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import math
+import os
+from collections.abc import Mapping, Sequence
+
+from thorax_ray.labels import BOXED_FINDINGS, FINDINGS
+
+MEAN_ROW = "mean"
+
+WANG_2017 = "Wang 2017 ResNet-50 (real data, official split)"
+CHEXNET_2017 = "CheXNet 2017 DenseNet-121 (real data, random patient split 70/10/20)"
+CHEXNET_REIMPL = "CheXNet PyTorch reimplementation (real data, random split)"
+
+REFERENCE_AUROC: dict[str, dict[str, float]] = {
+    WANG_2017: {
+        "Atelectasis": 0.7003, "Cardiomegaly": 0.8100, "Effusion": 0.7585, "Infiltration": 0.6614,
+        "Mass": 0.6933, "Nodule": 0.6687, "Pneumonia": 0.6580, "Pneumothorax": 0.7993,
+        "Consolidation": 0.7032, "Edema": 0.8052, "Emphysema": 0.8330, "Fibrosis": 0.7859,
+        "Pleural_Thickening": 0.6835, "Hernia": 0.8717, MEAN_ROW: 0.745,
+    },
+    CHEXNET_2017: {
+        "Atelectasis": 0.8094, "Cardiomegaly": 0.9248, "Effusion": 0.8638, "Infiltration": 0.7345,
+        "Mass": 0.8676, "Nodule": 0.7802, "Pneumonia": 0.7680, "Pneumothorax": 0.8887,
+        "Consolidation": 0.7901, "Edema": 0.8878, "Emphysema": 0.9371, "Fibrosis": 0.8047,
+        "Pleural_Thickening": 0.8062, "Hernia": 0.9164, MEAN_ROW: 0.841,
+    },
+    CHEXNET_REIMPL: {
+        "Atelectasis": 0.8294, "Cardiomegaly": 0.9165, "Effusion": 0.8870, "Infiltration": 0.7143,
+        "Mass": 0.8597, "Nodule": 0.7873, "Pneumonia": 0.7745, "Pneumothorax": 0.8726,
+        "Consolidation": 0.8142, "Edema": 0.8932, "Emphysema": 0.9254, "Fibrosis": 0.8304,
+        "Pleural_Thickening": 0.7831, "Hernia": 0.9104, MEAN_ROW: 0.843,
+    },
+}
+"""Published per-class AUROC (ANCHORS.md), column name (saying data and split) -> finding -> AUROC."""
+
+REFERENCE_LOCALIZATION_LABEL = "Wang 2017 ResNet-50 (real data, official boxes)"
+REFERENCE_LOCALIZATION_IOBB: dict[str, dict[str, float]] = {
+    "0.1": {"Atelectasis": 0.622, "Cardiomegaly": 1.000, "Effusion": 0.797, "Infiltration": 0.911,
+            "Mass": 0.588, "Nodule": 0.152, "Pneumonia": 0.858, "Pneumothorax": 0.520},
+    "0.25": {"Atelectasis": 0.394, "Cardiomegaly": 0.986, "Effusion": 0.634, "Infiltration": 0.797,
+             "Mass": 0.459, "Nodule": 0.051, "Pneumonia": 0.708, "Pneumothorax": 0.337},
+    "0.5": {"Atelectasis": 0.194, "Cardiomegaly": 0.945, "Effusion": 0.418, "Infiltration": 0.650,
+            "Mass": 0.306, "Nodule": 0.000, "Pneumonia": 0.483, "Pneumothorax": 0.265},
+    "0.75": {"Atelectasis": 0.089, "Cardiomegaly": 0.815, "Effusion": 0.229, "Infiltration": 0.439,
+             "Mass": 0.165, "Nodule": 0.000, "Pneumonia": 0.292, "Pneumothorax": 0.174},
+    "0.9": {"Atelectasis": 0.072, "Cardiomegaly": 0.651, "Effusion": 0.137, "Infiltration": 0.358,
+            "Mass": 0.094, "Nodule": 0.000, "Pneumonia": 0.233, "Pneumothorax": 0.122},
+}
+"""Wang et al. 2017 localization accuracy, T(IoBB) (string key) -> finding -> accuracy (ANCHORS.md)."""
+
+_MIME = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif", ".svg": "image/svg+xml"}
+
+_CSS = """
+body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 1.5em auto; max-width: 1400px;
+       color: #222; padding: 0 1em; }
+h1 { font-size: 1.6em; } h2 { font-size: 1.25em; border-bottom: 1px solid #ccc; padding-bottom: .2em; margin-top: 2em; }
+h3 { font-size: 1.05em; }
+table { border-collapse: collapse; margin: .6em 0 1.2em; font-size: .85em; }
+th, td { border: 1px solid #ccc; padding: .25em .55em; text-align: right; vertical-align: top; }
+th { background: #f2f2f2; } td:first-child, th:first-child { text-align: left; }
+td.ref, th.ref { background: #f7f7fb; color: #444; }
+tr.mean td { font-weight: bold; border-top: 2px solid #888; }
+tr.ref td { background: #f7f7fb; color: #444; font-style: italic; }
+.ci { color: #666; font-size: .9em; } .note { color: #555; font-size: .9em; }
+figure { display: inline-block; margin: .5em; vertical-align: top; } figcaption { font-size: .85em; color: #444; }
+img { max-width: 100%; border: 1px solid #ddd; }
+.overlays img { max-width: 360px; }
+"""
+
+
+# -------------------------------------------------------------------------------------------- helpers
+
+def _e(value) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _num(value, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return f"{float(value):.{digits}f}"
+
+
+def _ci(ci) -> str:
+    if not ci:
+        return ""
+    return f"[{_num(ci[0])}, {_num(ci[1])}]"
+
+
+def _p(value) -> str:
+    if value is None:
+        return "n/a"
+    return "< 0.001" if value < 0.001 else f"{value:.3f}"
+
+
+def model_label(name: str, entry: Mapping, metrics: Mapping) -> str:
+    """Column label of one of our models: its "label", else "<name> (<dataset>, <split> split)"."""
+    if entry.get("label"):
+        return str(entry["label"])
+    return f"{name} ({metrics.get('dataset', 'synthetic')}, {metrics.get('split', 'test')} split)"
+
+
+def _models(metrics: Mapping) -> dict[str, Mapping]:
+    models = metrics.get("models") or {}
+    if not models:
+        raise ValueError("metrics has no models")
+    return dict(models)
+
+
+def comparison_table(metrics: Mapping, *, references: bool = True) -> dict[str, dict[str, float | None]]:
+    """Column label -> {finding and "mean": AUROC}: our models (labelled with dataset and split),
+    then the published reference columns. Feed it to plots.plot_auroc_comparison."""
+    table: dict[str, dict[str, float | None]] = {}
+    for name, entry in _models(metrics).items():
+        column = {f: (entry.get("auroc") or {}).get(f) for f in FINDINGS}
+        column[MEAN_ROW] = entry.get("mean_auroc")
+        table[model_label(name, entry, metrics)] = column
+    if references:
+        table.update({k: dict(v) for k, v in REFERENCE_AUROC.items()})
+    return table
+
+
+def comparison_ci(metrics: Mapping) -> dict[str, dict]:
+    """Column label -> auroc_ci of our models (for plots.plot_auroc_comparison's `ci`)."""
+    return {model_label(n, e, metrics): dict(e.get("auroc_ci") or {}) for n, e in _models(metrics).items()}
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], *, raw: bool = False,
+           ref_columns: Sequence[int] = (), row_classes: Sequence[str] | None = None) -> str:
+    """HTML table; cells are escaped unless `raw` (then they must already be escaped)."""
+    cell = (lambda v: v) if raw else _e
+    head = "".join(f'<th{" class=ref" if i in ref_columns else ""}>{_e(h)}</th>' for i, h in enumerate(header))
+    body = []
+    for r, row in enumerate(rows):
+        cls = f' class="{_e(row_classes[r])}"' if row_classes and row_classes[r] else ""
+        cells = "".join(f'<td{" class=ref" if i in ref_columns else ""}>{cell(v)}</td>' for i, v in enumerate(row))
+        body.append(f"<tr{cls}>{cells}</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _data_uri(image) -> str:
+    if isinstance(image, (bytes, bytearray)):
+        data, mime = bytes(image), "image/png"
+    else:
+        path = os.fspath(image)
+        mime = _MIME.get(os.path.splitext(path)[1].lower())
+        if mime is None:
+            raise ValueError(f"{path}: not an image this report embeds ({', '.join(_MIME)})")
+        with open(path, "rb") as handle:
+            data = handle.read()
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def _figures(images: Mapping[str, object] | None, css_class: str = "") -> str:
+    if not images:
+        return ""
+    figures = [f'<figure><img src="{_data_uri(src)}" alt="{_e(caption)}"><figcaption>{_e(caption)}</figcaption></figure>'
+               for caption, src in images.items()]
+    return f'<div class="{_e(css_class)}">{"".join(figures)}</div>'
+
+
+# ------------------------------------------------------------------------------------------ sections
+
+def _headline(metrics: Mapping) -> str:
+    models = _models(metrics)
+    labels = [model_label(n, e, metrics) for n, e in models.items()]
+    first = next(iter(models.values()))
+    positives = first.get("positives") or {}
+    header = ["finding", "positives"] + [f"{lab}: AUROC [95% CI]" for lab in labels] + list(REFERENCE_AUROC)
+    ref_cols = list(range(2 + len(labels), len(header)))
+    rows, classes = [], []
+    for f in list(FINDINGS) + [MEAN_ROW]:
+        row = [_e(f), _e(_num(positives.get(f)) if f != MEAN_ROW else "")]
+        for entry in models.values():
+            value = entry.get("mean_auroc") if f == MEAN_ROW else (entry.get("auroc") or {}).get(f)
+            ci = (entry.get("auroc_ci") or {}).get(f)
+            row.append(f'{_e(_num(value))} <span class="ci">{_e(_ci(ci))}</span>')
+        row += [_e(_num(ref.get(f), 4)) for ref in REFERENCE_AUROC.values()]
+        rows.append(row)
+        classes.append("mean" if f == MEAN_ROW else "")
+    note = ("<p class=note>Our columns: AUROC on the named split, 95% CI from a patient-level bootstrap "
+            "(patients resampled with replacement, all their images kept). Reference columns are published "
+            "numbers on the real NIH ChestX-ray14 data with the split named in the column; they are context, "
+            "not a like-for-like comparison when our data or split differ. n/a: the split has no positives "
+            "(or no negatives) of the finding.</p>")
+    return _table(header, rows, raw=True, ref_columns=ref_cols, row_classes=classes) + note
+
+
+def _average_precision(metrics: Mapping) -> str:
+    models = _models(metrics)
+    if not any(e.get("average_precision") for e in models.values()):
+        return ""
+    header = ["finding"] + [model_label(n, e, metrics) for n, e in models.items()]
+    rows = [[f] + [_num((e.get("average_precision") or {}).get(f)) for e in models.values()] for f in FINDINGS]
+    return "<h2>Average precision</h2>" + _table(header, rows)
+
+
+def _paired(metrics: Mapping) -> str:
+    paired = metrics.get("paired") or []
+    if isinstance(paired, Mapping):
+        paired = [{"model_a": k, "model_b": "", "result": v} for k, v in paired.items()]
+    if not paired:
+        return ""
+    models = metrics.get("models") or {}
+    parts = ["<h2>Paired comparison (same patient resamples for both models)</h2>"]
+    for item in paired:
+        a, b, result = item.get("model_a", ""), item.get("model_b", ""), item.get("result") or {}
+        label_a = model_label(a, models[a], metrics) if a in models else str(a)
+        label_b = model_label(b, models[b], metrics) if b in models else str(b)
+        parts.append(f"<h3>{_e(label_a)} minus {_e(label_b)}</h3>")
+        rows, classes = [], []
+        for f in list(FINDINGS) + [MEAN_ROW]:
+            r = result.get(f) or {}
+            rows.append([f, _num(r.get("auroc_a")), _num(r.get("auroc_b")), _num(r.get("delta")), _ci(r.get("ci")) or "n/a",
+                         _p(r.get("p_value"))])
+            classes.append("mean" if f == MEAN_ROW else "")
+        parts.append(_table(["finding", "AUROC a", "AUROC b", "delta (a - b)", "95% CI of delta", "p (two-sided)"],
+                            rows, row_classes=classes))
+    parts.append("<p class=note>p: two-sided paired bootstrap p-value for no difference; not corrected for the "
+                 "14 comparisons.</p>")
+    return "".join(parts)
+
+
+def _view_position(metrics: Mapping) -> str:
+    models = _models(metrics)
+    parts = []
+    for name, entry in models.items():
+        groups = entry.get("view_position") or {}
+        if not groups:
+            continue
+        parts.append(f"<h3>{_e(model_label(name, entry, metrics))}</h3>")
+        header = ["finding"] + [f"{g} (n = {v.get('n')})" for g, v in groups.items()]
+        rows, classes = [], []
+        for f in list(FINDINGS) + [MEAN_ROW]:
+            cells = []
+            for v in groups.values():
+                value = v.get("mean_auroc") if f == MEAN_ROW else (v.get("auroc") or {}).get(f)
+                pos = (v.get("positives") or {}).get(f)
+                cells.append(_num(value) + (f" ({pos} pos)" if pos is not None else ""))
+            rows.append([f] + cells)
+            classes.append("mean" if f == MEAN_ROW else "")
+        parts.append(_table(header, rows, row_classes=classes))
+    return "<h2>AUROC by view position</h2>" + "".join(parts) if parts else ""
+
+
+def _thresholds(metrics: Mapping) -> str:
+    models = _models(metrics)
+    parts = []
+    for name, entry in models.items():
+        tm = entry.get("threshold_metrics") or {}
+        if not tm:
+            continue
+        rule = entry.get("threshold_rule", "")
+        parts.append(f"<h3>{_e(model_label(name, entry, metrics))}: thresholds chosen on validation "
+                     f"({_e(rule)}), applied to the {_e(metrics.get('split', 'test'))} split</h3>")
+        rows = []
+        for f in FINDINGS:
+            m = tm.get(f) or {}
+            rows.append([f, _num(m.get("threshold")), _num(m.get("sensitivity")), _num(m.get("specificity")),
+                         _num(m.get("precision")), _num(m.get("f1")),
+                         " / ".join(_num(m.get(k)) for k in ("tp", "fp", "tn", "fn"))])
+        parts.append(_table(["finding", "threshold", "sensitivity", "specificity", "precision", "F1", "TP / FP / TN / FN"], rows))
+    return "<h2>Operating thresholds</h2>" + "".join(parts) if parts else ""
+
+
+def _loc_row(result: Mapping, measure: str, key: str) -> list[str]:
+    values = [(result.get(f) or {}).get(measure, {}).get(key) for f in BOXED_FINDINGS]
+    present = [v for v in values if v is not None]
+    return [_num(v) for v in values] + [_num(sum(present) / len(present) if present else None)]
+
+
+_MEASURE = {"iobb": "IoBB", "iou": "IoU"}
+
+
+def _localization(metrics: Mapping) -> str:
+    models = {n: e for n, e in _models(metrics).items() if e.get("localization")}
+    if not models:
+        return ""
+    chance = metrics.get("chance_localization") or {}
+    sources: list[tuple[str, Mapping, bool]] = [(model_label(n, e, metrics), e["localization"], False) for n, e in models.items()]
+    chance_labels = {"whole_image": "chance: one whole-image box", "median_box": "chance: the class's median box"}
+    sources += [(chance_labels.get(k, f"chance: {k}"), v, False) for k, v in chance.items()]
+    first = next(iter(models.values()))["localization"]
+    iobb_keys = list(next(iter(first.values()))["iobb"]) if first else []
+    iou_keys = list(next(iter(first.values()))["iou"]) if first else []
+    header = ["T", "source"] + list(BOXED_FINDINGS) + ["mean"]
+    ref_cols: list[int] = []
+
+    parts = ["<h2>Localization (Wang et al. 2017 protocol)</h2>",
+             "<p class=note>A ground-truth box counts as localized at T when any predicted box of its class on the "
+             "image has IoBB = area(pred &amp; truth) / area(pred) (or IoU) above T; accuracy = localized boxes / "
+             "ground-truth boxes. Chance rows predict one box per annotated image without looking at it.</p>"]
+    counts = [["ground-truth boxes"] + [_num((first.get(f) or {}).get("n")) for f in BOXED_FINDINGS]]
+    parts.append(_table(["", *BOXED_FINDINGS], counts))
+    for measure, keys in (("iobb", iobb_keys), ("iou", iou_keys)):
+        rows, classes = [], []
+        for key in keys:
+            for label, result, _ in sources:
+                rows.append([f"{_MEASURE[measure]} &gt; {_e(key)}", _e(label)] + [_e(c) for c in _loc_row(result, measure, key)])
+                classes.append("")
+            if measure == "iobb" and key in REFERENCE_LOCALIZATION_IOBB:
+                ref = REFERENCE_LOCALIZATION_IOBB[key]
+                vals = [ref.get(f) for f in BOXED_FINDINGS]
+                rows.append([f"IoBB &gt; {_e(key)}", f'<span class="ci">{_e(REFERENCE_LOCALIZATION_LABEL)}</span>']
+                            + [_e(_num(v)) for v in vals] + [_e(_num(sum(vals) / len(vals)))])
+                classes.append("ref")
+        parts.append(f"<h3>Accuracy by T({_MEASURE[measure]})</h3>")
+        parts.append(_table(header, rows, raw=True, ref_columns=ref_cols, row_classes=classes))
+    fp_rows = []
+    for label, result, _ in sources[: len(models)]:
+        for key in iobb_keys:
+            values = [((result.get(f) or {}).get("avg_false_positives") or {}).get("iobb", {}).get(key) for f in BOXED_FINDINGS]
+            fp_rows.append([f"IoBB > {key}", label] + [_num(v, 2) for v in values])
+    parts.append("<h3>Average false positives per annotated (image, class)</h3>")
+    parts.append(_table(["T", "source", *BOXED_FINDINGS], fp_rows))
+    return "".join(parts)
+
+
+def _extra(sections: Sequence[Mapping] | None) -> str:
+    parts = []
+    for section in sections or ():
+        parts.append(f"<h2>{_e(section.get('title', ''))}</h2>")
+        if section.get("text"):
+            parts.append("".join(f"<p>{_e(p)}</p>" for p in str(section["text"]).split("\n\n")))
+        if section.get("table"):
+            table = section["table"]
+            parts.append(_table([str(c) for c in table["columns"]], [[str(c) for c in row] for row in table["rows"]]))
+        if section.get("images"):
+            parts.append(_figures(section["images"]))
+    return "".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------- API
+
+def write_report(path, metrics: Mapping, *, title: str = "thorax-ray evaluation",
+                 images: Mapping[str, object] | None = None, overlays: Mapping[str, object] | None = None,
+                 sections: Sequence[Mapping] | None = None) -> str:
+    """Writes ONE self-contained HTML file and returns its path.
+
+    metrics: the dict described in this module's docstring.
+    images: caption -> PNG path (or PNG bytes), e.g. ROC/PR/AUROC-comparison plots; embedded as data URIs.
+    overlays: caption -> PNG path of heatmap overlays (plots.plot_heatmap_overlay), embedded likewise.
+    sections: extra sections appended at the end, each {"title", "text"?, "table"?: {"columns", "rows"},
+        "images"?: {caption: path}}.
+    All text is HTML-escaped; the page loads nothing from anywhere.
+    """
+    models = _models(metrics)
+    split, dataset = metrics.get("split", "test"), metrics.get("dataset", "synthetic")
+    first = next(iter(models.values()))
+    facts = [f"dataset: {dataset}", f"split: {split}"]
+    if first.get("n_images") is not None:
+        facts.append(f"images: {first['n_images']}")
+    if first.get("n_patients") is not None:
+        facts.append(f"patients: {first['n_patients']}")
+    if metrics.get("split_hash"):
+        facts.append(f"split hash: {metrics['split_hash']}")
+    facts.append("written: " + _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    body = [f"<h1>{_e(title)}</h1>", f"<p class=note>{_e(' | '.join(facts))}</p>"]
+    body += [f"<p class=note>{_e(n)}</p>" for n in metrics.get("notes") or ()]
+    body.append(f"<h2>AUROC per finding ({_e(split)} split) and published references</h2>")
+    body.append(_headline(metrics))
+    body.append(_paired(metrics))
+    body.append(_view_position(metrics))
+    body.append(_thresholds(metrics))
+    body.append(_average_precision(metrics))
+    body.append(_localization(metrics))
+    if images:
+        body.append(f"<h2>Curves ({_e(split)} split)</h2>" + _figures(images))
+    if overlays:
+        body.append("<h2>Heatmap overlays</h2>" + _figures(overlays, "overlays"))
+    body.append(_extra(sections))
+    document = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+                f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>\n"
+                + "\n".join(part for part in body if part) + "\n</body></html>\n")
+    path = os.fspath(path)
+    if os.path.dirname(path):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(document)
+    return path
+
+
+def format_comparison_table(metrics: Mapping) -> str:
+    """Plain-text headline table for the terminal: AUROC [95% CI] per finding for each model and the
+    published references, with a legend naming every column (data set and split)."""
+    models = _models(metrics)
+    columns: list[tuple[str, list[str]]] = []
+    for name, entry in models.items():
+        cells = []
+        for f in list(FINDINGS) + [MEAN_ROW]:
+            value = entry.get("mean_auroc") if f == MEAN_ROW else (entry.get("auroc") or {}).get(f)
+            ci = (entry.get("auroc_ci") or {}).get(f)
+            cells.append(f"{_num(value)} {_ci(ci)}".strip())
+        columns.append((model_label(name, entry, metrics), cells))
+    for label, ref in REFERENCE_AUROC.items():
+        columns.append((label, [_num(ref.get(f), 4) for f in list(FINDINGS) + [MEAN_ROW]]))
+    keys = [f"({i + 1})" for i in range(len(columns))]
+    first_width = max(len(f) for f in FINDINGS)
+    widths = [max(len(k), *(len(c) for c in cells)) for k, (_, cells) in zip(keys, columns)]
+    lines = ["finding".ljust(first_width) + "  " + "  ".join(k.rjust(w) for k, w in zip(keys, widths))]
+    lines.append("-" * len(lines[0]))
+    for r, f in enumerate(list(FINDINGS) + [MEAN_ROW]):
+        if f == MEAN_ROW:
+            lines.append("-" * len(lines[0]))
+        lines.append(f.ljust(first_width) + "  " + "  ".join(cells[r].rjust(w) for (_, cells), w in zip(columns, widths)))
+    lines.append("")
+    lines += [f"{k} {label}" for k, (label, _) in zip(keys, columns)]
+    lines.append("Ours: AUROC [95% patient-bootstrap CI]; references: published, real NIH data, split as named.")
+    return "\n".join(lines)
