@@ -60,7 +60,10 @@ def to_uri(fs: fsspec.AbstractFileSystem, path: str) -> str:
     return f"{'s3' if protocol in ('s3', 's3a') else protocol}://{path}"
 
 
-def storage_options(endpoint_url: str | None = None) -> dict:
-    """fsspec `storage_options` for pandas / pyarrow readers of `s3://` URIs."""
-    endpoint = endpoint_url or endpoint_from_env()
-    return {"client_kwargs": {"endpoint_url": endpoint}} if endpoint else {}
+def read_parquet(uri: str, *, columns: list[str] | None = None, endpoint_url: str | None = None):
+    """A Parquet file (local or s3://) as a pandas DataFrame."""
+    import pyarrow.parquet as pq
+
+    fs, path = filesystem(uri, endpoint_url=endpoint_url)
+    with fs.open(path, "rb") as handle:
+        return pq.read_table(handle, columns=columns).to_pandas()

@@ -181,7 +181,8 @@ def plot_heatmap_overlay(image, heatmap, path, *, truth_boxes: Sequence[Mapping]
     fig, ax = plt.subplots(figsize=(5, 5), constrained_layout=True)
     ax.imshow(image, cmap="gray", extent=(0, width, height, 0))
     if heatmap is not None:
-        ax.imshow(np.asarray(heatmap, dtype=np.float64), cmap="jet", alpha=0.35, extent=(0, width, height, 0))
+        ax.imshow(np.asarray(heatmap, dtype=np.float64), cmap="jet", alpha=0.35, extent=(0, width, height, 0),
+                  interpolation="bilinear")
     for boxes, colour, style, prefix in ((truth_boxes, "lime", "-", "truth"), (predicted_boxes, "red", "--", "pred")):
         for box in boxes:
             ax.add_patch(Rectangle((box["x"], box["y"]), box["w"], box["h"], fill=False, edgecolor=colour,

@@ -70,8 +70,8 @@ def open_source(config: DataConfig) -> DataSource:
     record = read_commit(config.data, endpoint_url=config.s3_endpoint)
     if record is not None:
         manifest, info = read_manifest(storage.join(config.data, "manifest.parquet"), endpoint_url=config.s3_endpoint)
-        quarantine = pd.read_parquet(storage.join(config.data, "quarantine.parquet"),
-                                     storage_options=storage.storage_options(config.s3_endpoint) or None)
+        quarantine = storage.read_parquet(storage.join(config.data, "quarantine.parquet"), columns=["image_index"],
+                                          endpoint_url=config.s3_endpoint)
         usable = manifest[~manifest["image_index"].isin(quarantine["image_index"])]
         return DataSource(config, usable.reset_index(drop=True), record["split_hash"], record, "prepared")
     manifest, summary = build_manifest(config.data, endpoint_url=config.s3_endpoint)
