@@ -32,14 +32,19 @@ def build_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer):
 
 
 def restore_state(run_dir: str, endpoint: str | None) -> dict | None:
-    """The checkpoint to resume from: Ray's registered one, else the newest complete one in storage."""
+    """The checkpoint to resume from: the newer of Ray's registered one and the newest complete one in
+    storage. Ray registers a checkpoint after its upload, so when a worker dies right after a report the
+    registered one can lag an epoch behind what is already durable in storage."""
     import ray.train
 
+    registered = None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
-            return load_payload(directory)
-    return latest_loadable(run_dir, endpoint_url=endpoint)
+            registered = load_payload(directory)
+    stored = latest_loadable(run_dir, endpoint_url=endpoint)
+    candidates = [c for c in (registered, stored) if c is not None]
+    return max(candidates, key=lambda c: c["epoch"]) if candidates else None
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
