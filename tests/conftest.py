@@ -1,11 +1,16 @@
-"""Shared fixtures: a real S3-protocol server on 127.0.0.1 (moto's standalone server) and small
-synthetic datasets generated once per session."""
+"""Shared fixtures: a real S3-protocol server on 127.0.0.1 (moto's standalone server), one local Ray,
+and small synthetic datasets generated once per session."""
 from __future__ import annotations
 
 import os
 import socket
 
 import pytest
+
+from thorax_ray.data.pipeline import ImageConfig
+from thorax_ray.data.prepare import PrepareConfig, prepare
+from thorax_ray.splits import SplitConfig
+from thorax_ray.synthetic.dataset import SyntheticConfig, write_synthetic_dataset
 
 
 
@@ -49,8 +54,6 @@ def s3_bucket(s3_server, request):
 @pytest.fixture(scope="session")
 def synthetic_small(tmp_path_factory):
     """120 images of 64 px in the full NIH layout (session-wide, read-only for tests)."""
-    from thorax_ray.synthetic.dataset import SyntheticConfig, write_synthetic_dataset
-
     out = tmp_path_factory.mktemp("synthetic_small")
     write_synthetic_dataset(SyntheticConfig(out=str(out), images=120, size=64, seed=3, workers=2), progress=False)
     return out
@@ -71,3 +74,22 @@ def ray_local(s3_server):
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def learnable_images(tmp_path_factory, ray_local):
+    """900 images with clearly drawn findings (difficulty 0.5), prepared as 64 px shards."""
+    root = tmp_path_factory.mktemp("learnable")
+    write_synthetic_dataset(SyntheticConfig(out=str(root / "raw"), images=900, size=96, seed=21, difficulty=0.5),
+                            progress=False)
+    prepare(PrepareConfig(data=str(root / "raw"), out=str(root / "prepared"), image=ImageConfig(size=64),
+                          split=SplitConfig(val_fraction=0.25)))
+    return root
+
+
+@pytest.fixture(scope="session")
+def metadata_only(tmp_path_factory):
+    """A metadata-only dataset (CSV and split lists, no PNG at all)."""
+    root = tmp_path_factory.mktemp("metadata_only")
+    write_synthetic_dataset(SyntheticConfig(out=str(root), images=5000, seed=8, metadata_only=True), progress=False)
+    return root
