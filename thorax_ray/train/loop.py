@@ -119,6 +119,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             optimizer.step()
             loss_sum += float(loss.detach()) * len(labels)
             seen += len(labels)
+        train_seconds = time.monotonic() - started
         totals = torch.tensor([loss_sum, seen], dtype=torch.float64)
         if world > 1:
             torch.distributed.all_reduce(totals)
@@ -134,6 +135,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
                                   autocast_dtype=autocast_dtype)
             aurocs = per_class_auroc(predictions.labels, predictions.probabilities) if len(predictions.labels) else {}
             record = {"epoch": epoch, "train_loss": train_loss, "train_images": int(totals[1]),
+                      "train_seconds": train_seconds,
                       "val_images": len(predictions.image_index), "val": {"auroc": aurocs, "mean_auroc": mean_auroc(aurocs)},
                       "lr": optimizer.param_groups[0]["lr"], "seconds": time.monotonic() - started}
         record = _broadcast(record, world)

@@ -1,0 +1,120 @@
+"""Training-loop benchmark: images/s of this project's Ray Train loop (TorchTrainer, one worker,
+prepared shards streamed by Ray Data) against a plain single-process PyTorch loop with the same model,
+batch size, threads, preprocessing and data (the same shards, read into memory first), in one run.
+
+    python bench/train_step.py [--model resnet18] [--size 128] [--images 640] [--epochs 3] [--threads 2]
+
+The first epoch of each loop is warm-up and not counted.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench.common import emit  # noqa: E402
+
+
+def plain_loop(prepared: str, args) -> float:
+    """Images/s of a plain PyTorch loop over the train split held in memory."""
+    import numpy as np
+    import pyarrow.parquet as pq
+    import torch
+
+    from thorax_ray.data.shards import prepared_files
+    from thorax_ray.losses import build_loss
+    from thorax_ray.models import create_model
+    from thorax_ray.train.augment import augment_batch
+    from thorax_ray.train.batches import batch_from_arrow, normalise_images
+    from thorax_ray.train.config import AugmentConfig, LossConfig, preprocessing_contract
+    import pyarrow as pa
+
+    torch.set_num_threads(args.threads)
+    record, files = prepared_files(prepared, ["train"])
+    table = pa.concat_tables([pq.read_table(f) for f in files])
+    model = create_model(args.model)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loss_fn = build_loss(LossConfig())
+    contract = preprocessing_contract(args.size)
+    generator = torch.Generator().manual_seed(0)
+    device = torch.device("cpu")
+    counted_images, counted_seconds = 0, 0.0
+    for epoch in range(args.epochs):
+        started = time.monotonic()
+        seen = 0
+        order = np.random.default_rng(epoch).permutation(len(table))
+        model.train()
+        for start in range(0, len(order) - args.batch_size + 1, args.batch_size):
+            batch = batch_from_arrow(table.take(order[start:start + args.batch_size]), stored_size=record["size"])
+            images = augment_batch(normalise_images(batch.images, contract, device=device), AugmentConfig(), generator)
+            loss = loss_fn(model(images), batch.labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            seen += len(batch.labels)
+        if epoch > 0:
+            counted_images += seen
+            counted_seconds += time.monotonic() - started
+    return counted_images / counted_seconds
+
+
+def ray_loop(prepared: str, storage: str, args) -> float:
+    from thorax_ray.train.config import TrainConfig
+    from thorax_ray.train.trainer import fit
+
+    config = TrainConfig.from_dict({
+        "data": {"data": prepared, "size": args.size, "batch_size": args.batch_size},
+        "model": {"name": args.model}, "optim": {"epochs": args.epochs, "scheduler": "none"},
+        "run": {"storage": storage, "name": "bench", "workers": 1, "cpus_per_worker": float(args.threads),
+                "threads_per_worker": args.threads},
+    })
+    history = fit(config).metrics["history"][1:]
+    return sum(h["train_images"] for h in history) / sum(h["train_seconds"] for h in history)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="resnet18")
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--images", type=int, default=640, help="images generated (about 70%% are train rows)")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    args = parser.parse_args()
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+    from thorax_ray.data.pipeline import ImageConfig
+    from thorax_ray.data.prepare import PrepareConfig, prepare
+    from thorax_ray.ray_setup import init_ray
+    from thorax_ray.synthetic.dataset import SyntheticConfig, write_synthetic_dataset
+
+    init_ray(include_dashboard=False, log_to_driver=False)
+    import ray
+
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    with tempfile.TemporaryDirectory() as work:
+        write_synthetic_dataset(SyntheticConfig(out=f"{work}/raw", images=args.images, size=args.size, seed=3),
+                                progress=False)
+        prepare(PrepareConfig(data=f"{work}/raw", out=f"{work}/prepared", image=ImageConfig(size=args.size)))
+        plain_before = plain_loop(f"{work}/prepared", args)
+        ray_rate = ray_loop(f"{work}/prepared", f"{work}/runs", args)
+        plain_after = plain_loop(f"{work}/prepared", args)
+    plain = max(plain_before, plain_after)  # the baseline is measured twice; the faster one counts (noisy machine)
+    ray.shutdown()
+    ratio = ray_rate / plain
+    print(f"\n{args.model} at {args.size} px, batch {args.batch_size}, {args.threads} threads, "
+          f"{args.epochs - 1} timed epochs (first is warm-up)")
+    print(f"{'loop':<40}{'images/s':>10}{'ratio':>8}")
+    print(f"{'plain PyTorch (in-memory data)':<40}{plain:>10.1f}{1.0:>8.2f}   (runs: {plain_before:.1f}, {plain_after:.1f})")
+    print(f"{'Ray Train (TorchTrainer + Ray Data)':<40}{ray_rate:>10.1f}{ratio:>8.2f}")
+    emit({"bench": "train_step", "model": args.model, "size": args.size, "batch_size": args.batch_size,
+          "threads": args.threads, "plain_images_s": round(plain, 1), "plain_runs": [round(plain_before, 1), round(plain_after, 1)], "ray_train_images_s": round(ray_rate, 1),
+          "ratio_ray_train": round(ratio, 3)})
+
+
+if __name__ == "__main__":
+    main()
