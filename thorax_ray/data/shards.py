@@ -143,7 +143,8 @@ def read_prepared(root: str, splits: Iterable[str] | None = None, *, columns: li
         raise PreparedError(f"{root}: no shard files for splits {sorted(splits or [])}")
     fs, _ = storage.filesystem(root, endpoint_url=endpoint_url)
     paths = [f.split("://", 1)[-1] for f in files]
-    return ray.data.read_parquet(paths, filesystem=fs, columns=columns)
+    dataset = ray.data.read_parquet(paths, filesystem=fs)
+    return dataset.select_columns(columns) if columns else dataset
 
 
 def write_table(frame: pd.DataFrame, uri: str, *, endpoint_url: str | None = None) -> None:

@@ -1,0 +1,199 @@
+"""`jobs/evaluate.py --scores ...`: compares scored models on the test split of a dataset and writes
+metrics.json, thresholds, per-image predictions, plots, heatmap overlays and report.html."""
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from thorax_ray.evaluation.classification import (paired_bootstrap_difference, summarize_model,
+                                                  thresholds_document)
+from thorax_ray.evaluation.localization import chance_localization, localization_accuracy
+from thorax_ray.evaluation.plots import plot_auroc_comparison, plot_heatmap_overlay, plot_pr_curves, plot_roc_curves
+from thorax_ray.evaluation.report import comparison_ci, comparison_table, format_comparison_table, write_report
+from thorax_ray.labels import FINDING_COLUMNS, FINDINGS
+from thorax_ray.locate import discover
+from thorax_ray.metadata import read_bbox_list
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    scores: tuple[tuple[str, str], ...]  # (model name, scores URI)
+    data: str
+    out: str
+    split: str = "test"
+    n_boot: int = 1000
+    threshold_rule: str = "youden"
+    overlays: int = 8
+    dataset_kind: str = "synthetic"  # says where the numbers come from, in every column label
+    s3_endpoint: str | None = None
+
+
+def _labels(frame: pd.DataFrame) -> np.ndarray:
+    return frame[list(FINDING_COLUMNS)].to_numpy(dtype=np.float64)
+
+
+def _scores(frame: pd.DataFrame, name: str) -> np.ndarray:
+    return frame[[f"{name}:{c}" for c in FINDING_COLUMNS]].to_numpy(dtype=np.float64)
+
+
+def _boxes_by_image(scores: pd.DataFrame) -> dict[str, list[dict]]:
+    if "boxes" not in scores:
+        return {}
+    return {name: [dict(b) for b in (boxes if boxes is not None else [])]
+            for name, boxes in zip(scores["image_index"], scores["boxes"])}
+
+
+def evaluate_scores(config: EvaluationConfig, load_scores) -> dict:
+    """`load_scores(uri) -> DataFrame` (image_index, probability columns, optional heatmap/boxes)."""
+    from thorax_ray.train.config import DataConfig
+    from thorax_ray.train.data import open_source
+
+    os.makedirs(config.out, exist_ok=True)
+    source = open_source(DataConfig(data=config.data, s3_endpoint=config.s3_endpoint))
+    manifest = source.manifest.set_index("image_index", drop=False)
+    raw_root = source.prepared["source"] if source.prepared else config.data
+    truth_boxes = _truth_boxes(raw_root, config.s3_endpoint)
+
+    joined = manifest[["image_index", "patient_id", "split", "view_position", "path", *FINDING_COLUMNS]].copy()
+    scored: dict[str, pd.DataFrame] = {}
+    for name, uri in config.scores:
+        frame = load_scores(uri).drop_duplicates("image_index", keep="last").set_index("image_index")
+        unknown = len(set(frame.index) - set(joined.index))
+        if unknown:
+            log.warning("%s: %d scored images are not in %s; ignored", uri, unknown, config.data)
+        frame = frame[frame.index.isin(joined.index)]
+        scored[name] = frame
+        for column in FINDING_COLUMNS:
+            joined[f"{name}:{column}"] = frame[column].reindex(joined.index)
+    columns = [f"{n}:{c}" for n in scored for c in FINDING_COLUMNS]
+    complete = joined[columns].notna().all(axis=1)
+    rows = joined[complete]
+    test, val = rows[rows["split"] == config.split], rows[rows["split"] == "val"]
+    missing = int((~complete & (joined["split"] == config.split)).sum())
+    notes = [f"{config.split} rows with scores from every model: {len(test)} (missing for {missing})",
+             "synthetic data: numbers are not comparable with the published real-data columns"
+             if config.dataset_kind == "synthetic" else "real data"]
+
+    metrics: dict = {"split": config.split, "dataset": config.dataset_kind, "split_hash": source.split_hash,
+                     "models": {}, "localization": {}, "notes": notes}
+    os.makedirs(os.path.join(config.out, "thresholds"), exist_ok=True)
+    for name in scored:
+        entry = summarize_model(_labels(test), _scores(test, name), test["patient_id"].to_numpy(),
+                                labels_val=_labels(val) if len(val) else None,
+                                scores_val=_scores(val, name) if len(val) else None,
+                                view_position=test["view_position"].fillna("missing").to_numpy(),
+                                rule=config.threshold_rule, n_boot=config.n_boot)
+        if truth_boxes is not None and "boxes" in scored[name]:
+            test_truth = truth_boxes[truth_boxes["image_index"].isin(test.index)]
+            boxes = _boxes_by_image(scored[name].loc[scored[name].index.isin(test_truth["image_index"])].reset_index())
+            entry["localization"] = localization_accuracy(boxes, test_truth)
+            metrics["localization"][name] = entry["localization"]
+        metrics["models"][name] = entry
+        if entry.get("thresholds") is not None:
+            document = thresholds_document(entry["thresholds"], model=name, split_hash=source.split_hash,
+                                           rule=config.threshold_rule)
+            _write_json(os.path.join(config.out, "thresholds", f"{name}.v{document['version']}.json"), document)
+    if truth_boxes is not None and len(truth_boxes):
+        metrics["chance_localization"] = chance_localization(truth_boxes[truth_boxes["image_index"].isin(test.index)],
+                                                             *_image_size(test))
+    metrics["paired"] = [
+        {"model_a": a, "model_b": b,
+         "result": paired_bootstrap_difference(_labels(test), _scores(test, a), _scores(test, b),
+                                               test["patient_id"].to_numpy(), n_boot=config.n_boot)}
+        for a, b in itertools.combinations(scored, 2)
+    ]
+
+    rows.reset_index(drop=True).to_parquet(os.path.join(config.out, "predictions.parquet"), index=False)
+    labels, by_model = _labels(test), {name: _scores(test, name) for name in scored}
+    images = {
+        "ROC curves": plot_roc_curves(labels, by_model, os.path.join(config.out, "roc_curves.png"), split=config.split),
+        "Precision-recall curves": plot_pr_curves(labels, by_model, os.path.join(config.out, "pr_curves.png"),
+                                                  split=config.split),
+        "AUROC per finding": plot_auroc_comparison(comparison_table(metrics), os.path.join(config.out, "auroc.png"),
+                                                   ci=comparison_ci(metrics), split=config.split),
+    }
+    overlays = _overlays(config, scored, test, truth_boxes)
+    _write_json(os.path.join(config.out, "metrics.json"), metrics)
+    report = write_report(os.path.join(config.out, "report.html"), metrics, images=images, overlays=overlays,
+                          title="thorax-ray: CNN vs metadata MLP vs fusion")
+    metrics["report"] = report
+    metrics["table"] = format_comparison_table(metrics)
+    return metrics
+
+
+def _truth_boxes(raw_root: str, endpoint: str | None) -> pd.DataFrame | None:
+    try:
+        files = discover(raw_root, endpoint_url=endpoint)
+    except ValueError:
+        return None
+    return read_bbox_list(files.bbox_csv, endpoint_url=endpoint) if files.bbox_csv else None
+
+
+def _image_size(test: pd.DataFrame) -> tuple[int, int]:
+    from PIL import Image
+
+    paths = test["path"].dropna()
+    if not len(paths):
+        return 1024, 1024
+    with Image.open(paths.iloc[0]) as image:
+        return image.size
+
+
+def _overlays(config: EvaluationConfig, scored: dict[str, pd.DataFrame], test: pd.DataFrame,
+              truth_boxes: pd.DataFrame | None) -> dict[str, str]:
+    """Heatmap overlays of the first CNN-like model on test images with ground-truth boxes."""
+    from PIL import Image
+
+    from thorax_ray.attribution import decode_heatmaps
+
+    name = next((n for n, f in scored.items() if "heatmap" in f and f["heatmap"].notna().any()), None)
+    if name is None or truth_boxes is None or config.overlays <= 0:
+        return {}
+    folder = os.path.join(config.out, "overlays")
+    os.makedirs(folder, exist_ok=True)
+    frame = scored[name]
+    chosen = [i for i in truth_boxes["image_index"].drop_duplicates() if i in test.index and i in frame.index]
+    overlays = {}
+    for image_index in chosen[: config.overlays]:
+        row, path = frame.loc[image_index], test.loc[image_index, "path"]
+        if path is None or row.get("heatmap") is None:
+            continue
+        with Image.open(path) as image:
+            pixels = np.asarray(image.convert("L"))
+        truth = truth_boxes[truth_boxes["image_index"] == image_index]
+        finding = truth["finding"].iloc[0]
+        maps = decode_heatmaps([row["heatmap"]], _map_shape(row["heatmap"]))[0]
+        heatmap = maps[FINDINGS.index(finding)]
+        predicted = [dict(b) for b in (row.get("boxes") or []) if dict(b)["finding"] == finding]
+        probability = float(row[finding.lower()])
+        overlays[f"{name}: {image_index} {finding} (p={probability:.2f})"] = plot_heatmap_overlay(
+            pixels, heatmap, os.path.join(folder, f"{image_index[:-4]}_{finding}.png"),
+            truth_boxes=truth.to_dict("records"), predicted_boxes=predicted,
+            title=f"{image_index}: {finding} p={probability:.2f}")
+    return overlays
+
+
+def _map_shape(value: bytes) -> tuple[int, int]:
+    side = int(round((len(value) / len(FINDINGS)) ** 0.5))
+    return side, side
+
+
+def _write_json(path: str, payload: dict) -> None:
+    with open(path, "w") as handle:
+        json.dump(payload, handle, indent=2, default=_plain)
+
+
+def _plain(value):
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value)}")
+
+
