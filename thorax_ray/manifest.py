@@ -24,6 +24,15 @@ MANIFEST_COLUMNS: tuple[str, ...] = (
     "finding_labels", "original_width", "original_height", "pixel_spacing_x", "pixel_spacing_y",
     *FINDING_COLUMNS,
 )
+MANIFEST_SCHEMA = pa.schema([
+    ("image_index", pa.string()), ("patient_id", pa.int64()), ("follow_up", pa.int64()),
+    ("age_years", pa.float64()), ("sex", pa.string()), ("view_position", pa.string()), ("path", pa.string()),
+    ("split", pa.string()), ("finding_labels", pa.string()), ("original_width", pa.int64()),
+    ("original_height", pa.int64()), ("pixel_spacing_x", pa.float64()), ("pixel_spacing_y", pa.float64()),
+    *[(column, pa.uint8()) for column in FINDING_COLUMNS],
+])
+"""Column types of the manifest (and of the metadata columns of prepared shards), fixed so that a
+block where a column happens to be all-null still has the same schema as every other block."""
 METADATA_KEY = b"thorax_ray"
 EXAMPLES = 5
 
@@ -137,7 +146,7 @@ def _summarise(frame: pd.DataFrame, files: DatasetFiles, table: MetadataTable, s
 
 def write_manifest(frame: pd.DataFrame, uri: str, summary: ManifestSummary, *, endpoint_url: str | None = None) -> None:
     """Writes the manifest Parquet with the split hash and source in its schema metadata (one PUT / rename)."""
-    table = pa.Table.from_pandas(frame, preserve_index=False)
+    table = pa.Table.from_pandas(frame[list(MANIFEST_COLUMNS)], schema=MANIFEST_SCHEMA, preserve_index=False)
     info = {"split_hash": summary.split_hash, "source": summary.source, "split_source": summary.split_source}
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), METADATA_KEY: json.dumps(info).encode()})
     fs, path = storage.filesystem(uri, endpoint_url=endpoint_url)

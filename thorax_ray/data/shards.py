@@ -22,6 +22,9 @@ from ray.data import Datasink
 
 from thorax_ray import storage
 from thorax_ray.data.pipeline import ERROR_COLUMNS
+from thorax_ray.manifest import MANIFEST_SCHEMA
+
+SHARD_SCHEMA = MANIFEST_SCHEMA.append(pa.field("image", pa.binary()))
 
 COMMIT_FILE = "prepared.json"
 QUARANTINE_COLUMNS = ("image_index", "path", "stage", "reason")
@@ -75,17 +78,17 @@ class PreparedShardsDatasink(Datasink):
             for block in blocks:
                 frame = BlockAccessor.for_block(block).to_pandas()
                 quarantined.append(frame.loc[~frame["ok"], list(QUARANTINE_COLUMNS)])
-                good = frame.loc[frame["ok"]].drop(columns=list(ERROR_COLUMNS))
+                good = frame.loc[frame["ok"], SHARD_SCHEMA.names]
                 for split, rows in good.groupby("split"):
-                    table = pa.Table.from_pandas(rows.reset_index(drop=True), preserve_index=False)
+                    table = pa.Table.from_pandas(rows.reset_index(drop=True), schema=SHARD_SCHEMA, preserve_index=False)
                     if split not in writers:
                         path = f"{base}/shards/{self.version}/split={split}/part-{task}.parquet"
                         fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
                         handle = fs.open(path, "wb")
-                        schema = table.schema.with_metadata({SHARD_METADATA_KEY: json.dumps(self.contract).encode()})
+                        schema = SHARD_SCHEMA.with_metadata({SHARD_METADATA_KEY: json.dumps(self.contract).encode()})
                         writers[split] = (pq.ParquetWriter(handle, schema, compression=self.compression), handle, path, [0])
                     writer, _, _, count = writers[split]
-                    writer.write_table(table.cast(writer.schema), row_group_size=1024)
+                    writer.write_table(table.replace_schema_metadata(writer.schema.metadata), row_group_size=1024)
                     count[0] += len(table)
         finally:
             for writer, handle, _, _ in writers.values():
