@@ -78,12 +78,12 @@ def _label_logits_without_intercept(images: pd.DataFrame, rng: np.random.Generat
     stats = np.array([REAL_STATISTICS[f] for f in FINDINGS])
     b_age = (stats[:, 3] - MEAN_AGE) / AGE_SD * 1.2
     b_male = _logit(stats[:, 2]) - _logit(MALE_FRACTION)
-    b_follow = np.log(stats[:, 4] / NO_FINDING_FOLLOW_UP) * 0.8
+    b_follow = np.log(stats[:, 4] / NO_FINDING_FOLLOW_UP) * 0.45
     fluid = np.array([f in FLUID for f in FINDINGS], dtype=float)
     sickness = rng.standard_normal((n, 1))
     fluid_overload = rng.standard_normal((n, 1))
     return (
-        age * b_age + male * b_male + follow * b_follow + 0.35 * frailty
+        age * b_age + male * b_male + follow * b_follow + 0.2 * frailty
         + 0.5 * sickness + 0.7 * fluid * fluid_overload
     )
 

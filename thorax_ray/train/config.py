@@ -20,6 +20,7 @@ class DataConfig:
     batch_size: int = 16
     eval_batch_size: int = 64
     limit: int | None = None  # at most this many rows per split (smoke runs)
+    val_cache_mb: int = 1024  # validation rows kept in rank 0's memory after the first epoch when they fit
     s3_endpoint: str | None = None
 
     def __post_init__(self) -> None:

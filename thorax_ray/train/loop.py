@@ -31,6 +31,29 @@ def build_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0)
 
 
+class ValidationRows:
+    """The validation rows as pyarrow batches; kept in memory after the first pass when they fit in
+    `cache_bytes`, so later epochs skip re-reading (and re-executing) the validation dataset."""
+
+    def __init__(self, iterator, batch_size: int, cache_bytes: int):
+        self.iterator, self.batch_size, self.cache_bytes = iterator, batch_size, cache_bytes
+        self.cached: list | None = None
+
+    def __iter__(self):
+        if self.cached is not None:
+            yield from self.cached
+            return
+        kept, size = [], 0
+        for table in self.iterator.iter_batches(batch_size=self.batch_size, batch_format="pyarrow"):
+            size += table.nbytes
+            if kept is not None and size <= self.cache_bytes:
+                kept.append(table)
+            else:
+                kept = None
+            yield table
+        self.cached = kept
+
+
 def restore_state(run_dir: str, endpoint: str | None) -> dict | None:
     """The checkpoint to resume from: the newer of Ray's registered one and the newest complete one in
     storage. Ray registers a checkpoint after its upload, so when a worker dies right after a report the
@@ -93,7 +116,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
                   f"{[h['epoch'] + 1 for h in history]})", flush=True)
 
     train_shard = ray.train.get_dataset_shard("train")
-    val_rows = ray.train.get_dataset_shard("val")
+    val_rows = ValidationRows(ray.train.get_dataset_shard("val"), config.data.eval_batch_size,
+                              config.data.val_cache_mb * 2**20)
     for epoch in range(start_epoch, config.optim.epochs):
         started = time.monotonic()
         generator.manual_seed(config.run.seed * 1000 + rank + 7919 * epoch)
@@ -129,8 +153,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         # validation row exactly once, no DDP padding, no collectives inside.
         record = None
         if rank == 0:
-            predictions = predict(model, val_rows.iter_batches(batch_size=config.data.eval_batch_size,
-                                                               batch_format="pyarrow"),
+            predictions = predict(model, val_rows,
                                   contract=contract, stored_size=info["stored_size"], device=device,
                                   autocast_dtype=autocast_dtype)
             aurocs = per_class_auroc(predictions.labels, predictions.probabilities) if len(predictions.labels) else {}
