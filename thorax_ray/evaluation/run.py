@@ -44,11 +44,21 @@ def _scores(frame: pd.DataFrame, name: str) -> np.ndarray:
     return frame[[f"{name}:{c}" for c in FINDING_COLUMNS]].to_numpy(dtype=np.float64)
 
 
-def _boxes_by_image(scores: pd.DataFrame) -> dict[str, list[dict]]:
-    if "boxes" not in scores:
-        return {}
-    return {name: [dict(b) for b in (boxes if boxes is not None else [])]
-            for name, boxes in zip(scores["image_index"], scores["boxes"])}
+def heatmap_boxes(scores: pd.DataFrame, truth: pd.DataFrame) -> dict[str, list[dict]]:
+    """Wang et al. 2017's protocol: for every (image, finding) with a ground-truth box, boxes from that
+    finding's heatmap (normalised to 0..255, thresholded, one box per connected region), whatever the
+    predicted probability; in pixels of the scored PNG (`width` x `height`)."""
+    from thorax_ray.attribution import boxes_for_image, decode_heatmaps
+
+    out: dict[str, list[dict]] = {}
+    for image_index, findings in truth.groupby("image_index")["finding"]:
+        if image_index not in scores.index or scores.at[image_index, "heatmap"] is None:
+            continue
+        row = scores.loc[image_index]
+        maps = decode_heatmaps([row["heatmap"]], _map_shape(row["heatmap"]))[0]
+        out[image_index] = boxes_for_image(maps, int(row["width"]), int(row["height"]),
+                                           findings=sorted(set(findings)))
+    return out
 
 
 def evaluate_scores(config: EvaluationConfig, load_scores) -> dict:
@@ -91,10 +101,9 @@ def evaluate_scores(config: EvaluationConfig, load_scores) -> dict:
                                 scores_val=_scores(val, name) if len(val) else None,
                                 view_position=test["view_position"].fillna("missing").to_numpy(),
                                 rule=config.threshold_rule, n_boot=config.n_boot)
-        if truth_boxes is not None and "boxes" in scored[name]:
+        if truth_boxes is not None and "heatmap" in scored[name] and scored[name]["heatmap"].notna().any():
             test_truth = truth_boxes[truth_boxes["image_index"].isin(test.index)]
-            boxes = _boxes_by_image(scored[name].loc[scored[name].index.isin(test_truth["image_index"])].reset_index())
-            entry["localization"] = localization_accuracy(boxes, test_truth)
+            entry["localization"] = localization_accuracy(heatmap_boxes(scored[name], test_truth), test_truth)
             metrics["localization"][name] = entry["localization"]
         metrics["models"][name] = entry
         if entry.get("thresholds") is not None:
@@ -120,7 +129,10 @@ def evaluate_scores(config: EvaluationConfig, load_scores) -> dict:
         "AUROC per finding": plot_auroc_comparison(comparison_table(metrics), os.path.join(config.out, "auroc.png"),
                                                    ci=comparison_ci(metrics), split=config.split),
     }
-    overlays = _overlays(config, scored, test, truth_boxes)
+    overlay_model = next((n for n, e in metrics["models"].items() if "localization" in e), None)
+    overlays = {} if overlay_model is None else _overlays(
+        config, {overlay_model: scored[overlay_model]}, test, truth_boxes,
+        heatmap_boxes(scored[overlay_model], truth_boxes[truth_boxes["image_index"].isin(test.index)]))
     _write_json(os.path.join(config.out, "metrics.json"), metrics)
     report = write_report(os.path.join(config.out, "report.html"), metrics, images=images, overlays=overlays,
                           title="thorax-ray: CNN vs metadata MLP vs fusion")
@@ -148,7 +160,7 @@ def _image_size(test: pd.DataFrame) -> tuple[int, int]:
 
 
 def _overlays(config: EvaluationConfig, scored: dict[str, pd.DataFrame], test: pd.DataFrame,
-              truth_boxes: pd.DataFrame | None) -> dict[str, str]:
+              truth_boxes: pd.DataFrame | None, predicted_boxes: dict[str, list[dict]]) -> dict[str, str]:
     """Heatmap overlays of the first CNN-like model on test images with ground-truth boxes."""
     from PIL import Image
 
@@ -172,7 +184,7 @@ def _overlays(config: EvaluationConfig, scored: dict[str, pd.DataFrame], test: p
         finding = truth["finding"].iloc[0]
         maps = decode_heatmaps([row["heatmap"]], _map_shape(row["heatmap"]))[0]
         heatmap = maps[FINDINGS.index(finding)]
-        predicted = [dict(b) for b in (row.get("boxes") or []) if dict(b)["finding"] == finding]
+        predicted = [box for box in predicted_boxes.get(image_index, []) if box["finding"] == finding]
         probability = float(row[finding.lower()])
         overlays[f"{name}: {image_index} {finding} (p={probability:.2f})"] = plot_heatmap_overlay(
             pixels, heatmap, os.path.join(folder, f"{image_index[:-4]}_{finding}.png"),
