@@ -1,0 +1,141 @@
+"""Scoring benchmark, one run, same images and checkpoint for every figure: images/s for predictions
+only (`--method none`), predictions + all-class maps from the one-forward fast path (`fast_cam`), and
+predictions + naive per-class Captum LayerGradCam (`gradcam`, 14 backward passes); output bytes per
+image; peak memory when scoring N vs 4N images (streaming should keep it flat).
+
+Each figure is a full `thorax_ray.scoring.score` run (Ray Data, decode + a model actor) into a fresh
+output. Rates are given two ways: end to end (scored images / wall time of the run, including actor
+start-up and checkpoint loading) and in-actor (scored images / time spent inside the scorer's batch
+calls, summed over actors). "model s" is the part of the actor time spent in the model forward /
+attribution (incl. normalising inputs); the rest is map pooling/normalising/encoding and boxes.
+
+    python bench/score.py [--images 200] [--size 224] [--model small_cnn] [--batch-size 32]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench.common import PeakMemory, emit, timed  # noqa: E402
+
+
+def make_checkpoint(folder: str, model_name: str, size: int) -> None:
+    import torch
+
+    from thorax_ray.models import create_model
+    from thorax_ray.train.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    model = create_model(model_name)  # randomly initialised: the cost does not depend on the weights
+    save_checkpoint(folder, {
+        "model_name": model_name, "model_build_config": model.build_config, "model_state": model.state_dict(),
+        "preprocessing": {"channels": 1, "size": size, "input_dtype": "uint8", "scale": 1 / 255,
+                          "mean": 0.449, "std": 0.226},
+    })
+
+
+def parquet_bytes(root: str) -> int:
+    return sum(os.path.getsize(os.path.join(f, n)) for f, _, names in os.walk(root) for n in names
+               if n.endswith(".parquet"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=200, help="N (the memory check also scores 4N)")
+    parser.add_argument("--size", type=int, default=224, help="model input size (the checkpoint's contract)")
+    parser.add_argument("--source-size", type=int, default=256, help="side of the synthetic PNGs")
+    parser.add_argument("--model", default="small_cnn", help="small_cnn (CPU) or densenet121 (GPU) ...")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--actors", type=int, help="model actors (default: one per GPU, else 1)")
+    parser.add_argument("--actor-cpus", type=float, default=float(os.cpu_count() or 1),
+                        help="CPUs (torch threads) per actor (default: all cores)")
+    parser.add_argument("--address", help="Ray cluster to run on (default: a private local one)")
+    parser.add_argument("--data", default="data/bench-score", help="where the PNGs are kept between runs")
+    args = parser.parse_args()
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+    from thorax_ray.ray_setup import init_ray
+    from thorax_ray.scoring import ScoreConfig, score
+    from thorax_ray.synthetic.dataset import SyntheticConfig, write_synthetic_dataset
+
+    n = args.images
+    data = f"{args.data}-{4 * n}"
+    if not os.path.exists(os.path.join(data, "Data_Entry_2017.csv")):
+        print(f"generating {4 * n} synthetic {args.source_size} px PNGs in {data} (kept for later runs)")
+        write_synthetic_dataset(SyntheticConfig(out=data, images=4 * n, size=args.source_size, seed=11),
+                                progress=False)
+    import ray
+
+    if args.address:
+        init_ray(args.address)
+    else:  # a private local Ray (never another process's cluster)
+        ray.init(address="local", include_dashboard=False, log_to_driver=False,
+                 num_cpus=max(int(args.actor_cpus) * (args.actors or 1) + 1, (os.cpu_count() or 1) + 2))
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    gpus = ray.cluster_resources().get("GPU", 0)
+
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = os.path.join(tmp, "checkpoint")
+        os.makedirs(checkpoint)
+        make_checkpoint(checkpoint, args.model, args.size)
+
+        def run(label: str, method: str, images: int):
+            out = os.path.join(tmp, label)
+            config = ScoreConfig(checkpoint=checkpoint, input=data, out=out, method=method, max_images=images,
+                                 batch_size=args.batch_size, actors=args.actors, actor_cpus=args.actor_cpus)
+            with PeakMemory() as memory:
+                summary, wall = timed(lambda: score(config))
+            assert summary.scored == images, summary.format()
+            results[label] = {"method": method, "images": images, "wall_s": wall, "compute_s": summary.compute_s,
+                              "model_s": summary.model_s,
+                              "e2e_ips": summary.scored / wall, "actor_ips": summary.compute_images_per_s,
+                              "bytes_per_image": parquet_bytes(out) / summary.scored, "peak_mb": memory.peak_mb}
+            print(f"  {label}: {summary.scored} images in {wall:.1f} s", flush=True)
+
+        run("warm-up", "none", min(n, 2 * args.batch_size))  # starts Ray's worker processes once
+        run("predictions", "none", n)
+        run("fast_cam", "fast_cam", n)
+        run("gradcam", "gradcam", n)
+        run("fast_cam_4n", "fast_cam", 4 * n)
+        # Peak memory is sampled machine-wide: repeat N and 4N and keep each one's lowest peak.
+        run("fast_cam_n_2", "fast_cam", n)
+        run("fast_cam_4n_2", "fast_cam", 4 * n)
+
+    header = f"{'run':<14}{'method':<10}{'images':>7}{'wall s':>9}{'e2e img/s':>11}{'actor s':>9}" \
+             f"{'model s':>9}{'actor img/s':>13}{'bytes/img':>11}{'peak MB':>9}"
+    print(f"\nscoring benchmark: {args.model} at {args.size} px, batch {args.batch_size}, "
+          f"{'GPU' if gpus else 'CPU'} ({os.cpu_count()} cores), actor CPUs {args.actor_cpus:g}")
+    print(header)
+    for label, r in results.items():
+        if label == "warm-up":
+            continue
+        print(f"{label:<14}{r['method']:<10}{r['images']:>7}{r['wall_s']:>9.1f}{r['e2e_ips']:>11.1f}"
+              f"{r['compute_s']:>9.2f}{r['model_s']:>9.2f}{r['actor_ips']:>13.1f}{r['bytes_per_image']:>11.0f}{r['peak_mb']:>9.0f}")
+    pred, fast, naive, big = (results[k] for k in ("predictions", "fast_cam", "gradcam", "fast_cam_4n"))
+    peak_n = min(fast["peak_mb"], results["fast_cam_n_2"]["peak_mb"])
+    peak_4n = min(big["peak_mb"], results["fast_cam_4n_2"]["peak_mb"])
+    emit({
+        "bench": "score", "model": args.model, "size": args.size, "images": n, "batch_size": args.batch_size,
+        "device": "gpu" if gpus else "cpu",
+        "predictions_actor_ips": round(pred["actor_ips"], 1), "fast_cam_actor_ips": round(fast["actor_ips"], 1),
+        "gradcam_actor_ips": round(naive["actor_ips"], 1),
+        "predictions_e2e_ips": round(pred["e2e_ips"], 1), "fast_cam_e2e_ips": round(fast["e2e_ips"], 1),
+        "gradcam_e2e_ips": round(naive["e2e_ips"], 1),
+        "fast_maps_cost_vs_predictions": round(fast["compute_s"] / pred["compute_s"], 2),
+        "fast_maps_model_cost_vs_predictions": round(fast["model_s"] / pred["model_s"], 2),
+        "fast_vs_naive_speedup": round(naive["compute_s"] / fast["compute_s"], 1),
+        "fast_vs_naive_speedup_model": round(naive["model_s"] / fast["model_s"], 1),
+        "fast_vs_naive_speedup_e2e": round(naive["wall_s"] / fast["wall_s"], 1),
+        "bytes_per_image": round(fast["bytes_per_image"], 0),
+        "peak_mb_n": round(peak_n, 0), "peak_mb_4n": round(peak_4n, 0),
+        "peak_memory_ratio_4n_n": round(peak_4n / max(peak_n, 1.0), 2),
+    })
+
+
+if __name__ == "__main__":
+    main()

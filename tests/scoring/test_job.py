@@ -1,0 +1,253 @@
+"""The scoring job end to end on a local Ray: schema and metadata, size per image, incremental and
+idempotent runs, quarantine accounting, s3:// in and out, prepared and metadata-only inputs."""
+import json
+import os
+import shutil
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from thorax_ray.attribution import (BOXES_TYPE, HEATMAP_METADATA_KEY, HEATMAP_SCHEMA_METADATA, decode_heatmaps,
+                                    get_method, normalise_maps)
+from thorax_ray.data.decode import decode_png
+from thorax_ray.labels import BOXED_FINDINGS, FINDING_COLUMNS, FINDINGS
+from thorax_ray.metadata import DATA_ENTRY_HEADER
+from thorax_ray.models import create_model
+from thorax_ray.scoring import (FEATURES_METADATA_KEY, SCORES_METADATA_KEY, ScoreConfig, committed_runs,
+                                output_size, read_file_metadata, read_quarantine, read_scores, score, scored_index)
+from thorax_ray.scoring.output import STAGING_DIR
+from thorax_ray.train.batches import normalise_images
+from thorax_ray.train.checkpoint import save_checkpoint
+from tests.data.pngs import write_bad_and_good
+from tests.helpers import upload_tree, write_text
+
+SIZE = 64
+CONTRACT = {"channels": 1, "size": SIZE, "input_dtype": "uint8", "scale": 1 / 255, "mean": 0.449, "std": 0.226}
+
+
+def make_checkpoint(folder, name="small_cnn", seed=0, **kwargs):
+    torch.manual_seed(seed)
+    model = create_model(name, **kwargs).eval()
+    os.makedirs(folder, exist_ok=True)
+    save_checkpoint(str(folder), {"model_name": name, "model_build_config": model.build_config,
+                                  "model_state": model.state_dict(), "preprocessing": dict(CONTRACT), "epoch": 0})
+    return model
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("checkpoint")
+    return str(folder), make_checkpoint(folder)
+
+
+def image_paths(root):
+    found = {}
+    for folder, _, files in os.walk(root):
+        found.update({name: os.path.join(folder, name) for name in files if name.endswith(".png")})
+    return dict(sorted(found.items()))
+
+
+def flat_copy(paths, folder):
+    os.makedirs(folder, exist_ok=True)
+    for path in paths:
+        shutil.copy(path, folder)
+    return str(folder)
+
+
+def config(checkpoint, data, out, **kwargs):
+    kwargs.setdefault("batch_size", 8)
+    return ScoreConfig(checkpoint=checkpoint, input=str(data), out=str(out), **kwargs)
+
+
+def parquet_files(root):
+    return [os.path.join(f, n) for f, _, names in os.walk(root) for n in names if n.endswith(".parquet")]
+
+
+def test_schema_metadata_round_trip_and_size(ray_local, checkpoint, synthetic_small, tmp_path):
+    ckpt, model = checkpoint
+    out = tmp_path / "out"
+    summary = score(config(ckpt, synthetic_small, out))
+    assert (summary.scored, summary.skipped, summary.quarantined_total) == (120, 0, 0)
+    assert summary.compute_s > 0 and summary.commit.endswith(f"_commits/{summary.run_id}.json")
+
+    files = parquet_files(out / "scores")
+    assert files and all(f"batch_date={summary.batch_date}/run_id={summary.run_id}/part-" in f for f in files)
+    schema = pq.read_schema(files[0])
+    assert schema.names[:8] == ["image_index", "path", "model_id", "run_id", "batch_date", "scored_at", "width",
+                                "height"]
+    assert schema.names[8:22] == list(FINDING_COLUMNS) and schema.names[22:] == ["heatmap", "boxes"]
+    assert all(schema.field(c).type == pa.float32() for c in FINDING_COLUMNS)
+    assert schema.field("heatmap").type == pa.binary() and schema.field("boxes").type == BOXES_TYPE
+    assert schema.field("scored_at").type == pa.timestamp("us", tz="UTC")
+    heatmap = json.loads(schema.metadata[HEATMAP_METADATA_KEY.encode()])
+    expected = HEATMAP_SCHEMA_METADATA(4, 4, "fast_cam")  # small_cnn: 64 px / 16 = 4x4 cells
+    assert {k: heatmap[k] for k in expected} == expected and heatmap["classes"] == list(FINDINGS)
+    described = read_file_metadata(files[0])[SCORES_METADATA_KEY]
+    assert described["model_id"] == summary.model_id and described["preprocessing"]["size"] == SIZE
+
+    frame = read_scores(str(out))
+    assert len(frame) == 120 and frame["image_index"].is_unique
+    assert (frame["model_id"] == summary.model_id).all() and (frame["run_id"] == summary.run_id).all()
+    assert (frame["width"] == 64).all() and (frame["height"] == 64).all()
+    assert frame.attrs["heatmap"]["shape"] == [14, 4, 4]
+    # Decode round trip: the stored maps are exactly normalise_maps(fast CAM) of the same images.
+    rows = frame.sort_values("image_index").head(6)
+    pixels = np.stack([decode_png(open(p, "rb").read(), SIZE) for p in rows["path"]])
+    images = normalise_images(torch.from_numpy(pixels).unsqueeze(1), CONTRACT, device=torch.device("cpu"))
+    local = get_method("fast_cam")(model).attribute(images)
+    stored = decode_heatmaps(rows["heatmap"].tolist(), (4, 4))
+    assert stored.shape == (6, 14, 4, 4) and stored.dtype == np.uint8
+    assert np.abs(stored.astype(int) - normalise_maps(local.maps).astype(int)).max() <= 1
+    np.testing.assert_allclose(rows[list(FINDING_COLUMNS)].to_numpy(), torch.sigmoid(local.logits).numpy(),
+                               atol=1e-5)
+    # Boxes: only boxed findings with probability >= 0.5, inside the 64x64 original frame.
+    probabilities = dict(zip(FINDINGS, FINDING_COLUMNS))
+    for row in frame.itertuples():
+        for box in row.boxes:
+            assert box["finding"] in BOXED_FINDINGS and getattr(row, probabilities[box["finding"]]) >= 0.5
+            assert 0 <= box["x"] and box["x"] + box["w"] <= 64 and 0 <= box["y"] and box["y"] + box["h"] <= 64
+    assert 0 < sum(len(b) for b in frame["boxes"]) < 120 * len(BOXED_FINDINGS) * 2
+    # Size: every Parquet file of the output, in bytes on disk, per scored image.
+    total = sum(os.path.getsize(f) for f in parquet_files(out))
+    assert total / len(frame) <= 2048, f"{total / len(frame):.0f} bytes per image"
+    assert output_size(str(out)).bytes == sum(os.path.getsize(f) for f in files)
+
+    # The fast path (one forward) equals Captum's per-class LayerGradCam (14 backward passes), end to end.
+    pd.DataFrame({"path": rows["path"].head(3)}).to_parquet(tmp_path / "three.parquet")
+    naive = score(config(ckpt, tmp_path / "three.parquet", tmp_path / "gradcam", method="gradcam"))
+    assert naive.method == "gradcam" and naive.scored == 3
+    naive = read_scores(str(tmp_path / "gradcam")).sort_values("image_index").reset_index(drop=True)
+    fast = rows.head(3).reset_index(drop=True)
+    assert list(naive["image_index"]) == list(fast["image_index"])
+    np.testing.assert_allclose(naive[list(FINDING_COLUMNS)], fast[list(FINDING_COLUMNS)], atol=1e-5)
+    a, b = (decode_heatmaps(f["heatmap"].tolist(), (4, 4)).astype(int) for f in (fast, naive))
+    assert np.abs(a - b).max() <= 1
+
+
+def test_killed_run_and_next_batch_give_each_image_once(ray_local, checkpoint, synthetic_small, tmp_path):
+    ckpt, _ = checkpoint
+    paths = list(image_paths(synthetic_small).values())
+    incoming, out = tmp_path / "incoming", tmp_path / "out"
+    first = score(config(ckpt, flat_copy(paths[:20], incoming), out, batch_date="2024-01-01", max_images=12))
+    assert (first.scored, first.skipped, first.deferred) == (12, 0, 8)
+
+    flat_copy(paths[20:44], incoming)  # the next batch of images arrives
+    with pytest.raises(Exception, match="injected failure"):
+        score(config(ckpt, incoming, out, fail_after_rows=8, batch_date="2024-01-02"))  # dies midway
+    assert len(read_scores(str(out))) == 12 and len(committed_runs(str(out))) == 1
+    assert not os.listdir(out / STAGING_DIR)
+
+    # A run killed hard leaves files without a commit record: readers never see them.
+    orphan = out / "scores" / "batch_date=2024-01-02" / "run_id=20240102T000000Z-dead00"
+    orphan.mkdir(parents=True)
+    shutil.copy(parquet_files(out / "scores" / "batch_date=2024-01-01")[0], orphan / "part-00000-x.parquet")
+    assert len(read_scores(str(out))) == 12 and len(scored_index(str(out), first.model_id)) == 12
+
+    again = score(config(ckpt, incoming, out, batch_date="2024-01-02"))  # restarted
+    assert (again.scored, again.skipped, again.quarantined_total, again.deferred) == (32, 12, 0, 0)
+    assert not orphan.exists()  # older than keep_uncommitted_hours: cleaned up
+    later = score(config(ckpt, incoming, out, batch_date="2024-01-03"))  # nothing new: nothing scored
+    assert (later.scored, later.skipped) == (0, 44)
+    frame = read_scores(str(out), model_id=first.model_id)
+    assert len(frame) == 44 and frame["image_index"].is_unique
+    assert sorted(frame["image_index"]) == sorted(os.path.basename(p) for p in paths[:44])
+    assert frame.groupby("batch_date").size().to_dict() == {"2024-01-01": 12, "2024-01-02": 32}
+
+
+def test_corrupt_inputs_quarantined_and_counts_add_up(ray_local, checkpoint, tmp_path):
+    ckpt, _ = checkpoint
+    data = tmp_path / "messy"
+    expected = write_bad_and_good(data)  # 4 good variants, truncated, zero bytes, not a PNG, one missing
+    rows = [f"{n},Effusion,0,{int(n[:8])},40,M,PA,2500,2048,0.143,0.143" for n in expected]
+    write_text(str(data / "Data_Entry_2017.csv"), "\n".join([DATA_ENTRY_HEADER, *rows]) + "\n")
+    out = tmp_path / "out"
+    for run in range(2):
+        summary = score(config(ckpt, data, out))
+        assert summary.input_rows == 8
+        assert summary.scored + summary.skipped + summary.quarantined_total == summary.input_rows
+        assert (summary.scored, summary.skipped) == ((4, 0) if run == 0 else (0, 4))
+        assert summary.quarantined == {"truncated_or_corrupt": 1, "zero_bytes": 1, "not_png": 1, "missing": 1}
+    quarantine = read_quarantine(str(out))
+    assert len(quarantine) == 8 and quarantine["run_id"].nunique() == 2
+    first = quarantine[quarantine["run_id"] == quarantine["run_id"].min()]
+    assert dict(zip(first["image_index"], first["reason"])) == {n: r for n, r in expected.items() if r}
+    assert first.set_index("image_index").loc["00000014_000.png", "stage"] == "locate"
+    assert sorted(read_scores(str(out))["image_index"]) == sorted(n for n, r in expected.items() if not r)
+    assert (read_scores(str(out))["width"] == 96).all()  # the original frame, not the 64 px scored one
+
+
+def test_s3_in_and_out(ray_local, checkpoint, synthetic_small, s3_bucket, tmp_path):
+    ckpt, _ = checkpoint
+    paths = list(image_paths(synthetic_small).values())[:12]
+    upload_tree(flat_copy(paths, tmp_path / "flat"), f"{s3_bucket}/incoming")
+    upload_tree(ckpt, f"{s3_bucket}/checkpoint")
+    out = f"{s3_bucket}/scores"
+    summary = score(config(f"{s3_bucket}/checkpoint", f"{s3_bucket}/incoming", out))
+    assert (summary.scored, summary.quarantined_total) == (12, 0)
+    frame = read_scores(out)
+    assert len(frame) == 12 and frame["path"].str.startswith(f"{s3_bucket}/incoming/").all()
+    assert frame.attrs["heatmap"]["shape"] == [14, 4, 4]
+    assert score(config(f"{s3_bucket}/checkpoint", f"{s3_bucket}/incoming", out)).skipped == 12
+    assert len(read_scores(out)) == 12 and len(committed_runs(out)) == 2
+
+
+def test_prepared_input(ray_local, checkpoint, tmp_path):
+    from thorax_ray.data.pipeline import ImageConfig
+    from thorax_ray.data.prepare import PrepareConfig, prepare
+
+    ckpt, _ = checkpoint
+    data = tmp_path / "messy"
+    expected = write_bad_and_good(data)
+    rows = [f"{n},Mass,0,{int(n[:8])},40,F,AP,2500,2048,0.143,0.143" for n in expected]
+    write_text(str(data / "Data_Entry_2017.csv"), "\n".join([DATA_ENTRY_HEADER, *rows]) + "\n")
+    prepare(PrepareConfig(data=str(data), out=str(tmp_path / "prepared"), image=ImageConfig(size=48)))
+    summary = score(config(ckpt, tmp_path / "prepared", tmp_path / "out"))
+    assert (summary.input_rows, summary.scored, summary.quarantined_total) == (8, 4, 4)
+    frame = read_scores(str(tmp_path / "out"))
+    assert sorted(frame["image_index"]) == sorted(n for n, r in expected.items() if not r)
+    assert (frame["width"] == 96).all()  # read from the source PNG's header
+    again = score(config(ckpt, tmp_path / "prepared", tmp_path / "out"))
+    assert (again.scored, again.skipped, again.quarantined_total) == (0, 4, 4)
+
+
+def test_metadata_model_writes_feature_attributions(ray_local, synthetic_small, tmp_path):
+    model = make_checkpoint(tmp_path / "mlp", name="mlp")
+    summary = score(config(str(tmp_path / "mlp"), synthetic_small, tmp_path / "out", batch_size=64))
+    assert summary.method == "metadata_ig" and summary.scored == 120
+    frame = read_scores(str(tmp_path / "out"))
+    assert "heatmap" not in frame.columns and "boxes" not in frame.columns
+    file = parquet_files(tmp_path / "out" / "scores")[0]
+    described = read_file_metadata(file)[FEATURES_METADATA_KEY]
+    names = list(model.metadata_features.names)
+    assert described["feature_names"] == names and described["shape"] == [14, len(names)]
+    values = np.stack([np.frombuffer(v, dtype="<f4").reshape(14, len(names)) for v in frame["feature_attributions"]])
+    assert np.isfinite(values).all() and np.abs(values).sum() > 0
+    assert frame["width"].isna().all()
+
+
+def test_boxes_traced_on_a_coarse_grid_match_full_resolution(checkpoint, synthetic_small):
+    """The scorer traces boxes on a <= box_grid px grid and scales them: same boxes within a grid cell."""
+    from thorax_ray.scoring.scorer import Scorer, checkpoint_model_id
+
+    ckpt, _ = checkpoint
+    paths = list(image_paths(synthetic_small).values())[:8]
+    table = pa.table({
+        "image_index": [os.path.basename(p) for p in paths], "path": paths,
+        "image": [decode_png(open(p, "rb").read(), SIZE).tobytes() for p in paths],
+        "width": [1024] * 8, "height": [768] * 8, "ok": [True] * 8, "stage": [""] * 8, "reason": [""] * 8})
+    common = dict(checkpoint_dir=ckpt, model_id=checkpoint_model_id(ckpt), method="fast_cam", run_id="r",
+                  batch_date="2024-01-01", max_map_side=8, box_min_probability=None)
+    coarse = Scorer(box_grid=128, **common)(table).column("boxes").to_pylist()
+    full = Scorer(box_grid=None, **common)(table).column("boxes").to_pylist()
+    assert sum(map(len, full)) > 8
+    for image_coarse, image_full in zip(coarse, full):
+        largest = [{box["finding"]: box for box in reversed(boxes)} for boxes in (image_coarse, image_full)]
+        assert largest[0].keys() == largest[1].keys()  # (a few-pixel second component may vanish)
+        for finding, a in largest[0].items():
+            b = largest[1][finding]
+            assert abs(a["score"] - b["score"]) < 0.03
+            assert max(abs(a[k] - b[k]) for k in "xywh") <= 2 * 1024 / 128

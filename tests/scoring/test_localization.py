@@ -1,0 +1,89 @@
+"""A real localization check: a small CNN trained (plain PyTorch, in process) on synthetic radiographs
+whose findings are clearly drawn, then scored by the job; its stored heatmaps put their mass inside
+the ground-truth boxes of the findings present far more than chance (the boxes' share of the image)."""
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from thorax_ray.attribution import decode_heatmaps
+from thorax_ray.attribution.boxes import upsample_maps
+from thorax_ray.data.decode import decode_png
+from thorax_ray.labels import FINDING_COLUMNS, FINDINGS
+from thorax_ray.manifest import build_manifest
+from thorax_ray.metadata import read_bbox_list
+from thorax_ray.models import create_model
+from thorax_ray.scoring import ScoreConfig, read_scores, score
+from thorax_ray.synthetic.dataset import SyntheticConfig, write_synthetic_dataset
+from thorax_ray.train.checkpoint import save_checkpoint
+
+SIZE = 96  # written and scored at 96 px; small_cnn with 3 blocks -> 12x12 maps
+LARGE = ("Cardiomegaly", "Effusion", "Pneumothorax", "Mass")
+CONTRACT = {"channels": 1, "size": SIZE, "input_dtype": "uint8", "scale": 1 / 255, "mean": 0.449, "std": 0.226}
+
+
+def train_small_cnn(images: np.ndarray, labels: np.ndarray, *, epochs: int = 10, seed: int = 0):
+    """BCE on the four large boxed findings (others masked out), positives up-weighted (at most 10x)."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    model = create_model("small_cnn", widths=(16, 32, 64))
+    x = ((torch.from_numpy(images).float().unsqueeze(1) / 255.0) - CONTRACT["mean"]) / CONTRACT["std"]
+    y = torch.from_numpy(labels.astype(np.float32))
+    mask = torch.zeros(len(FINDINGS))
+    mask[[FINDINGS.index(f) for f in LARGE]] = 1.0
+    prevalence = y.mean(0).clamp(min=1e-3)
+    pos_weight = ((1 - prevalence) / prevalence).clamp(1, 10)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(epochs):
+        model.train()
+        for batch in np.array_split(rng.permutation(len(x)), max(1, len(x) // 32)):
+            loss = (F.binary_cross_entropy_with_logits(model(x[batch]), y[batch], pos_weight=pos_weight,
+                                                       reduction="none") * mask).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    return model.eval()
+
+
+def test_heatmaps_concentrate_inside_truth_boxes(ray_local, tmp_path):
+    data = tmp_path / "data"
+    write_synthetic_dataset(SyntheticConfig(out=str(data), images=1500, size=SIZE, seed=5, difficulty=0.3,
+                                            workers=2), progress=False)
+    manifest, _ = build_manifest(str(data))
+    train = manifest[manifest["split"] != "test"]
+    pixels = np.stack([decode_png(open(p, "rb").read(), SIZE) for p in train["path"]])
+    model = train_small_cnn(pixels, train[list(FINDING_COLUMNS)].to_numpy())
+    (tmp_path / "ckpt").mkdir()
+    save_checkpoint(str(tmp_path / "ckpt"), {"model_name": "small_cnn", "model_build_config": model.build_config,
+                                             "model_state": model.state_dict(), "preprocessing": CONTRACT})
+
+    test = manifest[manifest["split"] == "test"]
+    test.to_parquet(tmp_path / "test.parquet")  # a manifest Parquet as the job's input
+    summary = score(ScoreConfig(checkpoint=str(tmp_path / "ckpt"), input=str(tmp_path / "test.parquet"),
+                                out=str(tmp_path / "out"), batch_size=64, max_map_side=None))
+    assert summary.scored == len(test)
+    frame = read_scores(str(tmp_path / "out")).set_index("image_index")
+    shape = frame.attrs["heatmap"]["shape"]
+    assert shape == [14, 12, 12]
+
+    boxes = read_bbox_list(str(data / "BBox_List_2017.csv"))
+    boxes = boxes[boxes["finding"].isin(LARGE) & boxes["image_index"].isin(frame.index)]
+    assert len(boxes) >= 60
+    inside, area, empty = [], [], 0
+    for box in boxes.itertuples():
+        row = frame.loc[box.image_index]
+        heat = decode_heatmaps([row["heatmap"]], shape)[0, FINDINGS.index(box.finding)]
+        up = upsample_maps(heat[None], int(row["width"]), int(row["height"]))[0]
+        if up.sum() == 0:  # no positive evidence for the finding anywhere
+            empty += 1
+            continue
+        in_box = np.zeros(up.shape, bool)
+        in_box[int(box.y):int(np.ceil(box.y + box.h)), int(box.x):int(np.ceil(box.x + box.w))] = True
+        inside.append(up[in_box].sum() / up.sum())
+        area.append(in_box.mean())
+    assert empty <= len(boxes) // 4
+    mass, chance = float(np.mean(inside)), float(np.mean(area))
+    assert mass > 2 * chance, f"mean heatmap mass in box {mass:.3f} vs box area fraction {chance:.3f}"
+    # The model did learn the finding (probabilities of labelled images well above the others).
+    effusion = frame.loc[test["image_index"], "effusion"].to_numpy()
+    labelled = test["effusion"].to_numpy() == 1
+    assert effusion[labelled].mean() > effusion[~labelled].mean() + 0.2

@@ -1,0 +1,323 @@
+"""One scoring run: resolve the input, skip what this model already scored, stream the rest through
+read/decode and a pool of model actors (`ActorPoolStrategy`) into staging Parquet files, then publish
+and commit. Decoding runs as CPU tasks; when the actors hold only CPUs, Ray Data fuses it into them.
+
+    summary = score(ScoreConfig(checkpoint="runs/cnn", input="s3://bucket/incoming/", out="s3://bucket/scores"))
+    print(summary.format())
+
+Every input row ends in exactly one of: scored (a row in the scores), skipped (already scored by the
+same model_id in a committed run), quarantined (could not be read/decoded), or deferred (left for the
+next run by `max_images`). A run that fails or is killed commits nothing; the next run scores its
+images again, so every image appears once per model_id.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from thorax_ray import storage
+from thorax_ray.attribution import DEFAULT_MAX_BOXES, DEFAULT_THRESHOLD, default_method_name, get_method
+from thorax_ray.data.pipeline import ImageConfig, manifest_dataset
+from thorax_ray.labels import FINDING_COLUMNS, FINDINGS
+from thorax_ray.scoring.inputs import ScoringInput, resolve_input
+from thorax_ray.scoring.output import (FORMAT_VERSION, QUARANTINE_DIR, SCORES_DIR, ScoresDatasink, ScoresError,
+                                       clean_uncommitted, feature_attribution_metadata, new_run_id, publish,
+                                       quarantine_table, remove_staging, schema_metadata, score_schema,
+                                       scored_index, staging_uri, write_commit, write_table_file)
+from thorax_ray.scoring.scorer import (DEFAULT_BOX_GRID, DEFAULT_MAX_MAP_SIDE, NO_METHOD, Scorer, checkpoint_model_id,
+                                       heatmap_description, load_batch, prepared_batch, uses_maps)
+from thorax_ray.train.checkpoint import build_model, load_payload, resolve_checkpoint
+
+log = logging.getLogger(__name__)
+
+IMAGE_METHODS = ("fast_cam", "gradcam", "integrated_gradients", "occlusion")
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    checkpoint: str  # checkpoint folder, or a training run folder (its best checkpoint)
+    input: str  # see thorax_ray.scoring.inputs
+    out: str
+    method: str | None = None  # fast_cam (default for image models) | gradcam | integrated_gradients | occlusion
+    #                            | metadata_ig (default for the metadata MLP) | none (probabilities only)
+    method_options: dict = field(default_factory=dict)
+    batch_size: int = 32
+    actors: int | None = None  # default: one per GPU of the cluster, else 1
+    actor_cpus: float = 1.0  # CPUs per actor (= torch threads on CPU)
+    num_gpus: float | None = None  # per actor; default 1 when the cluster has GPUs, else 0
+    max_map_side: int | None = DEFAULT_MAX_MAP_SIDE  # pool larger maps to this many cells per side (None: keep)
+    box_min_probability: float | None = 0.5  # box only findings at least this probable (None: every boxed finding)
+    box_threshold: float = DEFAULT_THRESHOLD  # on the 0..255 map scale
+    max_boxes: int = DEFAULT_MAX_BOXES  # per finding
+    box_grid: int | None = DEFAULT_BOX_GRID  # trace boxes on a grid of at most this side, then scale (None: full)
+    max_images: int | None = None  # score at most this many new images per run (the rest: next run)
+    rows_per_file: int = 8192
+    compression: str = "zstd"
+    read_attempts: int = 3
+    decode_cpus: float = 1.0
+    keep_uncommitted_hours: float = 24.0  # files of runs that never committed are deleted after this
+    run_id: str | None = None
+    batch_date: str | None = None  # YYYY-MM-DD (default: the run's UTC start date)
+    overlays: str | None = None  # folder for overlay PNGs
+    overlay_limit: int = 8
+    overlay_threshold: float = 0.5
+    endpoint_url: str | None = None
+    fail_after_rows: int | None = None  # tests only: every actor raises after this many rows
+
+
+@dataclass
+class ScoreSummary:
+    out: str
+    input: str
+    run_id: str
+    batch_date: str
+    model_id: str
+    model_name: str
+    method: str
+    input_rows: int
+    scored: int
+    skipped: int
+    quarantined: dict[str, int]
+    deferred: int
+    files: int
+    bytes: int
+    elapsed_s: float
+    compute_s: float
+    model_s: float
+    actors: int
+    commit: str | None = None
+    overlays: list[str] = field(default_factory=list)
+
+    @property
+    def quarantined_total(self) -> int:
+        return sum(self.quarantined.values())
+
+    @property
+    def images_per_s(self) -> float:
+        return self.scored / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    @property
+    def compute_images_per_s(self) -> float:
+        """Images per second of actor time (time spent inside the scorer, summed over actors)."""
+        return self.scored / self.compute_s if self.compute_s > 0 else 0.0
+
+    @property
+    def bytes_per_image(self) -> float:
+        return self.bytes / self.scored if self.scored else 0.0
+
+    def format(self) -> str:
+        quarantine = ", ".join(f"{reason} {n}" for reason, n in sorted(self.quarantined.items())) or "none"
+        lines = [
+            f"run {self.run_id} (batch_date {self.batch_date}), model {self.model_name} model_id {self.model_id}, "
+            f"method {self.method}",
+            f"input            {self.input} ({self.input_rows} images)",
+            f"scored           {self.scored}",
+            f"skipped          {self.skipped} (already scored by this model_id)",
+            f"quarantined      {self.quarantined_total} ({quarantine})",
+        ]
+        if self.deferred:
+            lines.append(f"deferred         {self.deferred} (over --max-images; scored by a later run)")
+        lines += [
+            f"output           {storage.join(self.out, SCORES_DIR)} ({self.files} files, {self.bytes} bytes, "
+            f"{self.bytes_per_image:.0f} bytes/image); quarantine {storage.join(self.out, QUARANTINE_DIR)}",
+            f"commit           {self.commit or 'none'}",
+            f"elapsed {self.elapsed_s:.1f} s, {self.images_per_s:.1f} images/s end to end; "
+            f"{self.compute_images_per_s:.1f} images/s of scorer time ({self.compute_s:.2f} s in {self.actors} "
+            f"actor(s), of which model/attribution {self.model_s:.2f} s)",
+        ]
+        if self.overlays:
+            lines.append(f"overlays         {len(self.overlays)} PNGs in {self.overlays[0].rsplit('/', 1)[0]}")
+        return "\n".join(lines)
+
+
+def _cluster_gpus() -> float:
+    import ray
+
+    return float(ray.cluster_resources().get("GPU", 0))
+
+
+def _actor_resources(config: ScoreConfig) -> tuple[int, float]:
+    gpus = _cluster_gpus()
+    num_gpus = config.num_gpus if config.num_gpus is not None else (1.0 if gpus > 0 else 0.0)
+    actors = config.actors or (max(1, int(gpus // num_gpus)) if num_gpus > 0 else 1)
+    return actors, num_gpus
+
+
+def score(config: ScoreConfig, *, filesystem=None) -> ScoreSummary:
+    """Runs one scoring pass (Ray must be initialised); `filesystem` replaces storage for image reads."""
+    started = time.monotonic()
+    now = time.time()
+    run_id = config.run_id or new_run_id(now)
+    batch_date = config.batch_date or time.strftime("%Y-%m-%d", time.gmtime(now))
+    endpoint = config.endpoint_url
+    if config.batch_size < 1:
+        raise ValueError(f"batch size must be >= 1, got {config.batch_size}")
+    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", batch_date):
+        raise ValueError(f"batch date must be YYYY-MM-DD, got {batch_date!r}")
+
+    checkpoint_dir = resolve_checkpoint(config.checkpoint, endpoint_url=endpoint)
+    model_id = checkpoint_model_id(checkpoint_dir, endpoint_url=endpoint)
+    payload = load_payload(checkpoint_dir, endpoint_url=endpoint)
+    model = build_model(payload)
+    contract = payload["preprocessing"]
+    method = config.method or default_method_name(model)
+    if method != NO_METHOD:
+        get_method(method)(model, **config.method_options)  # fails early on a method the model cannot use
+    source = resolve_input(config.input, endpoint_url=endpoint)
+    log.info("scoring %s with %s (model_id %s, method %s) into %s, run %s",
+             source.describe(), payload.get("model_name"), model_id, method, config.out, run_id)
+
+    if config.keep_uncommitted_hours is not None:
+        clean_uncommitted(config.out, older_than_s=config.keep_uncommitted_hours * 3600, endpoint_url=endpoint)
+    done = scored_index(config.out, model_id, endpoint_url=endpoint)
+    is_done = source.rows["image_index"].isin(done)
+    pending = source.rows.loc[~is_done]
+    deferred = 0
+    if config.max_images is not None and len(pending) > config.max_images:
+        deferred = len(pending) - config.max_images
+        pending = pending.head(config.max_images)
+    skipped = int(is_done.sum())
+    earlier_quarantine = _prepared_quarantine(source, done)
+    skipped += 0 if source.prepared_quarantine is None else len(source.prepared_quarantine) - len(earlier_quarantine)
+
+    maps = uses_maps(model, method)
+    attributions = method != NO_METHOD and not model.spec.uses_images
+    schema = score_schema(maps=maps, boxes=maps, feature_attributions=attributions)
+    heatmap = heatmap_description(model, contract, method, config.max_map_side) if maps else None
+    features = (feature_attribution_metadata(model.metadata_features.names, method) if attributions else None)
+    box_settings = {
+        "frame": "pixels of the original image (the decoded PNG: columns width x height); x, y = top-left corner",
+        "findings": "BOXED_FINDINGS (the 8 with ground-truth boxes in BBox_List_2017.csv)",
+        "min_probability": config.box_min_probability, "threshold": config.box_threshold,
+        "max_boxes_per_finding": config.max_boxes,
+        "tracing": (f"map upsampled bilinearly (align_corners=False) to a grid of at most {config.box_grid} px "
+                    "per side, components boxed there and scaled to original pixels" if config.box_grid
+                    else "map upsampled bilinearly (align_corners=False) to the original size"),
+        "score": "mean map value (0..1) inside the box's connected component",
+    } if maps else None
+    description = {
+        "format_version": FORMAT_VERSION, "model_id": model_id, "model_name": payload.get("model_name"),
+        "checkpoint": checkpoint_dir, "method": method, "preprocessing": contract,
+        "classes": list(FINDINGS), "probability_columns": list(FINDING_COLUMNS),
+        "probabilities": "sigmoid of the model's logits, float32", "boxes": box_settings, "run_id": run_id,
+        "batch_date": batch_date,
+    }
+    metadata = schema_metadata(scores=description, heatmap=heatmap, features=features)
+    actors, num_gpus = _actor_resources(config)
+
+    sink = ScoresDatasink(config.out, run_id, schema, metadata, rows_per_file=config.rows_per_file,
+                          compression=config.compression, endpoint_url=endpoint)
+    try:
+        if len(pending):
+            dataset = _input_dataset(config, source, pending, model, contract, filesystem)
+            scorer_kwargs = dict(
+                checkpoint_dir=checkpoint_dir, model_id=model_id, method=method,
+                method_options=config.method_options,
+                stored_size=source.prepared["size"] if source.kind == "prepared" else contract["size"],
+                run_id=run_id, batch_date=batch_date, max_map_side=config.max_map_side,
+                box_min_probability=config.box_min_probability, box_threshold=config.box_threshold,
+                max_boxes=config.max_boxes, box_grid=config.box_grid, endpoint_url=endpoint,
+                threads=max(1, int(config.actor_cpus)),
+                fail_after_rows=config.fail_after_rows,
+            )
+            from ray.data import ActorPoolStrategy
+
+            dataset.map_batches(
+                Scorer, fn_constructor_kwargs=scorer_kwargs, compute=ActorPoolStrategy(size=actors),
+                batch_size=config.batch_size, batch_format="pyarrow", num_cpus=config.actor_cpus,
+                num_gpus=num_gpus or None,
+            ).write_datasink(sink)
+        files = [f for write in sink.result for f in write.files]
+        compute_s = sum(write.compute_s for write in sink.result)
+        model_s = sum(write.model_s for write in sink.result)
+        failed = pd.concat([w.quarantined for w in sink.result] + [earlier_quarantine], ignore_index=True)
+        scored = sum(rows for _, rows, _ in files)
+        if scored + len(failed) - len(earlier_quarantine) != len(pending) or failed["image_index"].duplicated().any():
+            raise ScoresError(f"row accounting failed: {scored} scored + {len(failed) - len(earlier_quarantine)} "
+                              f"quarantined != {len(pending)} images to score; nothing was committed")
+        quarantine_files = []
+        if len(failed):
+            table = quarantine_table(failed, run_id=run_id, batch_date=batch_date, model_id=model_id)
+            uri = staging_uri(config.out, run_id, "quarantine", "part-0.parquet")
+            quarantine_files.append((uri, table.num_rows, write_table_file(table, uri, endpoint_url=endpoint)))
+        entries = publish(config.out, run_id, batch_date, files, SCORES_DIR, endpoint_url=endpoint)
+        quarantine_entries = publish(config.out, run_id, batch_date, quarantine_files, QUARANTINE_DIR,
+                                     endpoint_url=endpoint)
+        quarantined = {str(k): int(v) for k, v in failed["reason"].value_counts().items()}
+        elapsed = time.monotonic() - started
+        commit = write_commit(config.out, {
+            "format_version": FORMAT_VERSION, "run_id": run_id, "batch_date": batch_date, "model_id": model_id,
+            "model_name": payload.get("model_name"), "checkpoint": checkpoint_dir, "method": method,
+            "input": config.input, "input_kind": source.kind,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "files": entries, "quarantine_files": quarantine_entries,
+            "counts": {"input": source.total_rows, "scored": scored, "skipped": skipped,
+                       "quarantined": len(failed), "deferred": deferred},
+            "quarantined": quarantined, "heatmap": heatmap, "feature_attributions": features,
+            "elapsed_s": round(elapsed, 3), "compute_s": round(compute_s, 3), "model_s": round(model_s, 3),
+        }, endpoint_url=endpoint)
+    except BaseException:
+        remove_staging(config.out, run_id, endpoint_url=endpoint)
+        raise
+    remove_staging(config.out, run_id, endpoint_url=endpoint)
+
+    summary = ScoreSummary(
+        out=config.out, input=config.input, run_id=run_id, batch_date=batch_date, model_id=model_id,
+        model_name=str(payload.get("model_name")), method=method, input_rows=source.total_rows, scored=scored,
+        skipped=skipped, quarantined=quarantined, deferred=deferred, files=len(entries),
+        bytes=sum(e["bytes"] for e in entries), elapsed_s=time.monotonic() - started, compute_s=compute_s,
+        model_s=model_s,
+        actors=actors if len(pending) else 0, commit=commit,
+    )
+    if config.overlays:
+        from thorax_ray.scoring.overlays import write_overlays
+
+        summary.overlays = write_overlays(config.out, source, config.overlays, model_id=model_id, run_id=run_id,
+                                          limit=config.overlay_limit, threshold=config.overlay_threshold,
+                                          endpoint_url=endpoint)
+    return summary
+
+
+def _prepared_quarantine(source: ScoringInput, done: set[str]) -> pd.DataFrame:
+    """Rows a prepared input had quarantined (and no committed run scored since): quarantined again."""
+    columns = ["image_index", "path", "stage", "reason"]
+    if source.prepared_quarantine is None:
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in columns})
+    frame = source.prepared_quarantine
+    return frame.loc[~frame["image_index"].isin(done), columns].reset_index(drop=True)
+
+
+def _row_columns(model) -> list[str]:
+    columns = ["image_index", "path"]
+    if model.spec.uses_metadata:
+        columns += [c for c in model.metadata_features.columns if c not in columns]
+    return columns
+
+
+def _input_dataset(config: ScoreConfig, source: ScoringInput, pending: pd.DataFrame, model, contract: dict,
+                   filesystem):
+    """Ray dataset of the rows to score, with decoded images for image models (streaming)."""
+    import ray
+
+    columns = _row_columns(model)
+    if not model.spec.uses_images:
+        return manifest_dataset(pending[columns].reset_index(drop=True), rows_per_block=config.batch_size * 8)
+    if source.kind == "prepared":
+        from thorax_ray.data.shards import read_prepared
+
+        wanted = ray.put(frozenset(pending["image_index"]))
+        dataset = read_prepared(source.uri, columns=[*columns, "image"], endpoint_url=config.endpoint_url)
+        return dataset.map_batches(prepared_batch, fn_args=(wanted, int(source.prepared["size"]), config.endpoint_url),
+                                   batch_format="pyarrow", batch_size=config.batch_size * 4)
+    image_config = ImageConfig(size=int(contract["size"]), batch_size=config.batch_size,
+                               read_attempts=config.read_attempts, endpoint_url=config.endpoint_url)
+    rows = pending[columns].reset_index(drop=True)
+    return manifest_dataset(rows, rows_per_block=config.batch_size * 4).map_batches(
+        load_batch, fn_args=(image_config, filesystem), batch_size=config.batch_size, batch_format="pandas",
+        num_cpus=config.decode_cpus,
+    )

@@ -1,0 +1,424 @@
+"""The scoring output: Parquet schema and metadata, atomic per-run commits, the already-scored index,
+the quarantine table and the readers.
+
+Layout of an output `OUT/` (local folder or s3:// prefix):
+
+    OUT/_commits/<run_id>.json                                   commit record of a run, written last
+    OUT/scores/batch_date=YYYY-MM-DD/run_id=<run_id>/part-*.parquet       one row per scored image
+    OUT/quarantine/batch_date=YYYY-MM-DD/run_id=<run_id>/part-0.parquet   images a run could not score
+    OUT/_staging/<run_id>/...                                    files of a run that is still writing
+
+A run writes its files under `_staging/<run_id>/`, moves them to their partition folders when every
+image is done, and then writes `_commits/<run_id>.json` (one PUT on object stores, write + rename on
+local disks) listing them. Readers (`read_scores`, `read_quarantine`, `scored_index`) read only files
+listed in commit records, so files of a run that died (anywhere before its commit record) are never
+read; Hive-style readers skip `_staging` and `_commits` (leading underscore) by convention.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from ray.data import Datasink
+
+from thorax_ray import storage
+from thorax_ray.attribution import BOXES_TYPE, HEATMAP_METADATA_KEY
+from thorax_ray.labels import FINDING_COLUMNS, FINDINGS
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+COMMITS_DIR = "_commits"
+STAGING_DIR = "_staging"
+SCORES_DIR = "scores"
+QUARANTINE_DIR = "quarantine"
+SCORES_METADATA_KEY = "thorax_ray.scores"
+FEATURES_METADATA_KEY = "thorax_ray.feature_attributions"
+
+QUARANTINE_COLUMNS = ("image_index", "path", "stage", "reason", "run_id", "batch_date", "model_id")
+QUARANTINE_SCHEMA = pa.schema([(name, pa.string()) for name in QUARANTINE_COLUMNS])
+# Pipeline-only columns: the scorer passes failed rows through with these; never written to scores.
+INTERNAL_COLUMNS = ("ok", "stage", "reason", "_compute_s", "_model_s")
+_RUN_ID = re.compile(r"^(\d{8}T\d{6}Z)-[0-9a-f]+$")
+
+
+class ScoresError(ValueError):
+    pass
+
+
+def new_run_id(now: float | None = None) -> str:
+    """`YYYYMMDDTHHMMSSZ-xxxxxx` (UTC start time, sortable, unique)."""
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now)) + "-" + uuid.uuid4().hex[:6]
+
+
+def run_started(run_id: str) -> float | None:
+    """The UTC start time encoded in a run id (seconds since the epoch), None for other names."""
+    match = _RUN_ID.match(run_id)
+    if not match:
+        return None
+    import calendar
+
+    return float(calendar.timegm(time.strptime(match.group(1), "%Y%m%dT%H%M%SZ")))
+
+
+# ----- schema ------------------------------------------------------------------------------------------
+
+
+def score_schema(*, maps: bool, boxes: bool, feature_attributions: bool) -> pa.Schema:
+    """Columns of the score files (without schema metadata)."""
+    fields = [
+        ("image_index", pa.string()),
+        ("path", pa.string()),
+        ("model_id", pa.string()),
+        ("run_id", pa.string()),
+        ("batch_date", pa.string()),
+        ("scored_at", pa.timestamp("us", tz="UTC")),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        *[(column, pa.float32()) for column in FINDING_COLUMNS],
+    ]
+    if maps:
+        fields.append(("heatmap", pa.binary()))
+    if boxes:
+        fields.append(("boxes", BOXES_TYPE))
+    if feature_attributions:
+        fields.append(("feature_attributions", pa.binary()))
+    return pa.schema(fields)
+
+
+def pipeline_schema(schema: pa.Schema) -> pa.Schema:
+    """The score schema plus the pass-through columns of failed rows and the scorer's timing."""
+    return pa.schema([*schema, ("ok", pa.bool_()), ("stage", pa.string()), ("reason", pa.string()),
+                      ("_compute_s", pa.float64()), ("_model_s", pa.float64())])
+
+
+def schema_metadata(*, scores: dict, heatmap: dict | None = None, features: dict | None = None) -> dict[str, str]:
+    """Parquet key-value metadata (JSON values) of the score files."""
+    metadata = {SCORES_METADATA_KEY: json.dumps(scores)}
+    if heatmap is not None:
+        metadata[HEATMAP_METADATA_KEY] = json.dumps(heatmap)
+    if features is not None:
+        metadata[FEATURES_METADATA_KEY] = json.dumps(features)
+    return metadata
+
+
+def feature_attribution_metadata(names: Iterable[str], method: str) -> dict:
+    names = list(names)
+    return {
+        "shape": [len(FINDINGS), len(names)],
+        "dtype": "float32",
+        "layout": "C order (class, feature); one binary value of 14*F*4 bytes (little-endian float32) per image",
+        "classes": list(FINDINGS),
+        "feature_names": names,
+        "method": method,
+        "meaning": "Integrated Gradients of each class logit with respect to each encoded metadata feature "
+                   "(baseline: all-zero features); a row sums approximately to logit(x) - logit(0)",
+    }
+
+
+def read_file_metadata(uri: str, *, endpoint_url: str | None = None) -> dict[str, dict]:
+    """The JSON metadata of one score file: {key: parsed value} for the thorax_ray keys."""
+    fs, path = storage.filesystem(uri, endpoint_url=endpoint_url)
+    with fs.open(path, "rb") as handle:
+        raw = pq.read_schema(handle).metadata or {}
+    return {key.decode(): json.loads(value) for key, value in raw.items() if key.decode().startswith("thorax_ray.")}
+
+
+# ----- writing -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class ScoresWrite:
+    """What one write task returns to the driver."""
+
+    files: list[tuple[str, int, int]]  # (staging URI, rows, bytes)
+    quarantined: pd.DataFrame
+    compute_s: float = 0.0  # time inside the scorer's batch calls
+    model_s: float = 0.0  # of which: model forward / attribution (the rest: maps, encoding, boxes)
+
+
+class ScoresDatasink(Datasink):
+    """Writes the scored rows of each write task to one staging Parquet file and hands failed rows
+    (and the scorer's compute time) back to the driver."""
+
+    def __init__(self, out: str, run_id: str, schema: pa.Schema, metadata: dict[str, str], *,
+                 rows_per_file: int = 8192, compression: str = "zstd", endpoint_url: str | None = None):
+        self.out = out
+        self.run_id = run_id
+        self.schema = schema.with_metadata(metadata)
+        self.rows_per_file = rows_per_file
+        self.compression = compression
+        self.endpoint_url = endpoint_url
+        self.result: list[ScoresWrite] = []
+
+    @property
+    def min_rows_per_write(self) -> int:
+        return self.rows_per_file
+
+    def write(self, blocks: Iterable, ctx) -> ScoresWrite:
+        from ray.data.block import BlockAccessor
+
+        fs, base = storage.filesystem(self.out, endpoint_url=self.endpoint_url)
+        names = self.schema.names
+        writer = handle = None
+        path = f"{base}/{STAGING_DIR}/{self.run_id}/scores/part-{ctx.task_idx:05d}-{uuid.uuid4().hex[:8]}.parquet"
+        rows, compute_s, model_s, quarantined = 0, 0.0, 0.0, []
+        try:
+            for block in blocks:
+                table = BlockAccessor.for_block(block).to_arrow()
+                if table.num_rows == 0:
+                    continue
+                compute_s += float(pc.sum(table.column("_compute_s")).as_py() or 0.0)
+                model_s += float(pc.sum(table.column("_model_s")).as_py() or 0.0)
+                ok = table.column("ok")
+                bad = table.filter(pc.invert(ok))
+                if bad.num_rows:
+                    quarantined.append(bad.select(["image_index", "path", "stage", "reason"]).to_pandas())
+                good = table.filter(ok).select(names)
+                if good.num_rows == 0:
+                    continue
+                if writer is None:
+                    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+                    handle = fs.open(path, "wb")
+                    writer = pq.ParquetWriter(handle, self.schema, compression=self.compression)
+                writer.write_table(good.cast(self.schema), row_group_size=self.rows_per_file)
+                rows += good.num_rows
+        finally:
+            if writer is not None:
+                writer.close()
+            if handle is not None:
+                handle.close()
+        files = []
+        if writer is not None:
+            files.append((storage.to_uri(fs, path), rows, int(fs.size(path))))
+        frame = (pd.concat(quarantined, ignore_index=True) if quarantined
+                 else pd.DataFrame({c: pd.Series(dtype=object) for c in ("image_index", "path", "stage", "reason")}))
+        return ScoresWrite(files=files, quarantined=frame, compute_s=compute_s, model_s=model_s)
+
+    def on_write_complete(self, write_result) -> None:
+        self.result = list(write_result.write_returns)
+
+
+def staging_uri(out: str, run_id: str, *parts: str) -> str:
+    return storage.join(out, STAGING_DIR, run_id, *parts)
+
+
+def partition(batch_date: str, run_id: str) -> str:
+    return f"batch_date={batch_date}/run_id={run_id}"
+
+
+def write_table_file(table: pa.Table, uri: str, *, compression: str = "zstd", endpoint_url: str | None = None) -> int:
+    """Writes one Parquet file (local or s3://); returns its size in bytes."""
+    fs, path = storage.filesystem(uri, endpoint_url=endpoint_url)
+    if "/" in path:
+        fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    with fs.open(path, "wb") as handle:
+        pq.write_table(table, handle, compression=compression)
+    return int(fs.size(path))
+
+
+def quarantine_table(frame: pd.DataFrame, *, run_id: str, batch_date: str, model_id: str) -> pa.Table:
+    frame = frame.reindex(columns=["image_index", "path", "stage", "reason"]).copy()
+    frame["run_id"], frame["batch_date"], frame["model_id"] = run_id, batch_date, model_id
+    frame = frame.astype(object).where(frame.notna(), None)
+    return pa.Table.from_pandas(frame[list(QUARANTINE_COLUMNS)], schema=QUARANTINE_SCHEMA, preserve_index=False)
+
+
+def _relative(out_path: str, path: str) -> str:
+    path = path.split("://", 1)[-1]
+    if not path.startswith(out_path.rstrip("/") + "/"):
+        raise ScoresError(f"{path} is not inside {out_path}")
+    return path[len(out_path.rstrip("/")) + 1:]
+
+
+def publish(out: str, run_id: str, batch_date: str, files: list[tuple[str, int, int]], kind: str, *,
+            endpoint_url: str | None = None) -> list[dict]:
+    """Moves a run's staging files of `kind` ("scores"/"quarantine") into their partition folder;
+    returns commit entries {path (relative to OUT), rows, bytes}."""
+    fs, base = storage.filesystem(out, endpoint_url=endpoint_url)
+    target = f"{base}/{kind}/{partition(batch_date, run_id)}"
+    if files:
+        fs.makedirs(target, exist_ok=True)
+    entries = []
+    for uri, rows, size in files:
+        source = uri.split("://", 1)[-1]
+        destination = f"{target}/{source.rsplit('/', 1)[-1]}"
+        fs.mv(source, destination)
+        entries.append({"path": _relative(base, destination), "rows": int(rows), "bytes": int(size)})
+    return entries
+
+
+def write_commit(out: str, record: dict, *, endpoint_url: str | None = None) -> str:
+    """Writes OUT/_commits/<run_id>.json in one step (local: write + rename; object stores: one PUT)."""
+    fs, base = storage.filesystem(out, endpoint_url=endpoint_url)
+    path = f"{base}/{COMMITS_DIR}/{record['run_id']}.json"
+    data = json.dumps(record, indent=2).encode()
+    if storage.is_remote(out):
+        fs.pipe_file(path, data)
+    else:
+        fs.makedirs(f"{base}/{COMMITS_DIR}", exist_ok=True)
+        fs.pipe_file(f"{path}.tmp", data)
+        fs.mv(f"{path}.tmp", path)
+    return storage.to_uri(fs, path)
+
+
+def remove_staging(out: str, run_id: str, *, endpoint_url: str | None = None) -> None:
+    fs, base = storage.filesystem(out, endpoint_url=endpoint_url)
+    path = f"{base}/{STAGING_DIR}/{run_id}"
+    try:
+        if fs.exists(path):
+            fs.rm(path, recursive=True)
+    except FileNotFoundError:
+        pass
+
+
+def clean_uncommitted(out: str, *, older_than_s: float, endpoint_url: str | None = None,
+                      now: float | None = None) -> list[str]:
+    """Deletes files of runs that never committed and started more than `older_than_s` ago (a run
+    killed midway; younger ones may still be running), and leftover staging folders of committed runs.
+    Returns the removed folders."""
+    fs, base = storage.filesystem(out, endpoint_url=endpoint_url)
+    committed = {r["run_id"] for r in committed_runs(out, endpoint_url=endpoint_url)}
+    now = time.time() if now is None else now
+    candidates = [(folder, True) for folder in _list_dirs(fs, f"{base}/{STAGING_DIR}")]
+    for kind in (SCORES_DIR, QUARANTINE_DIR):
+        for day in _list_dirs(fs, f"{base}/{kind}"):
+            candidates.extend((folder, False) for folder in _list_dirs(fs, day))
+    removed = []
+    for folder, staging in candidates:
+        name = folder.rstrip("/").rsplit("/", 1)[-1]
+        run_id = name.split("=", 1)[1] if name.startswith("run_id=") else name
+        started = run_started(run_id)
+        if run_id in committed:
+            if not staging:
+                continue
+        elif started is None or now - started < older_than_s:
+            continue
+        fs.rm(folder, recursive=True)
+        removed.append(storage.to_uri(fs, folder))
+    if removed:
+        log.info("removed %d folder(s) of dead runs: %s", len(removed), removed[:5])
+    return removed
+
+
+def _list_dirs(fs, path: str) -> list[str]:
+    try:
+        return [entry["name"] for entry in fs.ls(path, detail=True) if entry.get("type") == "directory"]
+    except FileNotFoundError:
+        return []
+
+
+# ----- reading (committed files only) -----------------------------------------------------------------
+
+
+def committed_runs(out: str, *, model_id: str | None = None, endpoint_url: str | None = None) -> list[dict]:
+    """The commit records of OUT (oldest first), optionally only those of one model."""
+    fs, base = storage.filesystem(out, endpoint_url=endpoint_url)
+    try:
+        names = sorted(p for p in fs.ls(f"{base}/{COMMITS_DIR}", detail=False) if p.endswith(".json"))
+    except FileNotFoundError:
+        return []
+    records = []
+    for name in names:
+        with fs.open(name, "rb") as handle:
+            record = json.loads(handle.read())
+        if model_id is None or record.get("model_id") == model_id:
+            records.append(record)
+    return records
+
+
+def committed_files(out: str, kind: str = SCORES_DIR, *, model_id: str | None = None, run_id: str | None = None,
+                    endpoint_url: str | None = None) -> list[str]:
+    """URIs of the committed files of `kind` ("scores" or "quarantine")."""
+    key = "files" if kind == SCORES_DIR else "quarantine_files"
+    uris = []
+    for record in committed_runs(out, model_id=model_id, endpoint_url=endpoint_url):
+        if run_id is None or record["run_id"] == run_id:
+            uris.extend(storage.join(out, entry["path"]) for entry in record.get(key, []))
+    return uris
+
+
+def _read_tables(uris: list[str], columns: list[str] | None, endpoint_url: str | None) -> list[pa.Table]:
+    tables = []
+    for uri in uris:
+        fs, path = storage.filesystem(uri, endpoint_url=endpoint_url)
+        with fs.open(path, "rb") as handle:
+            table = pq.read_table(handle, columns=columns)
+        tables.append(table.replace_schema_metadata(None))
+    return tables
+
+
+def scored_index(out: str, model_id: str, *, endpoint_url: str | None = None) -> set[str]:
+    """image_index of every image already scored by `model_id` (committed files only; reads two columns)."""
+    tables = _read_tables(committed_files(out, model_id=model_id, endpoint_url=endpoint_url),
+                          ["image_index", "model_id"], endpoint_url)
+    done: set[str] = set()
+    for table in tables:
+        frame = table.to_pandas()
+        done.update(frame.loc[frame["model_id"] == model_id, "image_index"])
+    return done
+
+
+def read_scores(out: str, model_id: str | None = None, *, columns: list[str] | None = None,
+                run_id: str | None = None, endpoint_url: str | None = None) -> pd.DataFrame:
+    """Every committed score row of OUT (of one model / run when given) as a DataFrame.
+
+    `frame.attrs["heatmap"]` holds the heatmap description (shape, dtype, classes, ...) and
+    `frame.attrs["feature_attributions"]` the feature names when all rows share one.
+    """
+    uris = committed_files(out, model_id=model_id, run_id=run_id, endpoint_url=endpoint_url)
+    tables = _read_tables(uris, columns, endpoint_url)
+    if not tables:
+        names = columns or score_schema(maps=True, boxes=True, feature_attributions=False).names
+        return pd.DataFrame({name: pd.Series(dtype=object) for name in names})
+    frame = pa.concat_tables(tables, promote_options="default").to_pandas()
+    described = {}
+    for record in committed_runs(out, model_id=model_id, endpoint_url=endpoint_url):
+        if run_id is None or record["run_id"] == run_id:
+            for key in ("heatmap", "feature_attributions"):
+                if record.get(key) is not None:
+                    described.setdefault(key, []).append(json.dumps(record[key], sort_keys=True))
+    for key, values in described.items():
+        if len(set(values)) == 1:
+            frame.attrs[key] = json.loads(values[0])
+    return frame
+
+
+def read_quarantine(out: str, *, run_id: str | None = None, endpoint_url: str | None = None) -> pd.DataFrame:
+    """Every committed quarantine row (image_index, path, stage, reason, run_id, batch_date, model_id)."""
+    tables = _read_tables(committed_files(out, QUARANTINE_DIR, run_id=run_id, endpoint_url=endpoint_url),
+                          None, endpoint_url)
+    if not tables:
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in QUARANTINE_COLUMNS})
+    return pa.concat_tables(tables).to_pandas()
+
+
+@dataclass
+class OutputSize:
+    rows: int
+    bytes: int
+    files: int
+    per_image: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.per_image = self.bytes / self.rows if self.rows else 0.0
+
+
+def output_size(out: str, *, model_id: str | None = None, run_id: str | None = None,
+                endpoint_url: str | None = None) -> OutputSize:
+    """Bytes of the committed score files (as stored) per scored row."""
+    rows = size = files = 0
+    for record in committed_runs(out, model_id=model_id, endpoint_url=endpoint_url):
+        if run_id is None or record["run_id"] == run_id:
+            for entry in record.get("files", []):
+                rows, size, files = rows + entry["rows"], size + entry["bytes"], files + 1
+    return OutputSize(rows=rows, bytes=size, files=files)

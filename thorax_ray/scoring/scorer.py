@@ -1,0 +1,310 @@
+"""The per-batch work of a scoring run: reading/decoding images (CPU tasks) and the model actor
+(`Scorer`, one per GPU or per CPU slot) that turns a batch into output rows: probabilities, compact
+heatmaps of all 14 findings, boxes in original-image pixels (or metadata feature attributions)."""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import torch
+import torch.nn.functional as F
+
+from thorax_ray import storage
+from thorax_ray.attribution import (DEFAULT_MAX_BOXES, DEFAULT_THRESHOLD, HEATMAP_SCHEMA_METADATA, boxes_for_batch,
+                                    encode_heatmaps, get_method, normalise_maps)
+from thorax_ray.data.decode import PNG_SIGNATURE, DecodeError, decode_png
+from thorax_ray.data.pipeline import ImageConfig, ImageLoader, images_to_array
+from thorax_ray.data.read import ReadError, read_bytes
+from thorax_ray.labels import FINDING_COLUMNS
+from thorax_ray.scoring.output import pipeline_schema, score_schema
+from thorax_ray.train.batches import normalise_images
+from thorax_ray.train.checkpoint import MODEL_FILE, build_model, load_payload
+
+log = logging.getLogger(__name__)
+
+NO_METHOD = "none"  # probabilities only: no maps, no boxes
+DEFAULT_MAX_MAP_SIDE = 8  # maps with more cells per side are average-pooled to this (storage budget)
+DEFAULT_BOX_GRID = 128  # boxes are traced on a grid of at most this many pixels per side, then scaled
+PNG_HEADER_BYTES = 24  # signature (8) + IHDR length/type (8) + width (4) + height (4)
+
+
+# ----- checkpoint identity ------------------------------------------------------------------------------
+
+
+def checkpoint_model_id(checkpoint_dir: str, *, endpoint_url: str | None = None) -> str:
+    """`model_id`: the first 16 hex digits of the SHA-256 of the checkpoint's model.pt bytes."""
+    fs, path = storage.filesystem(checkpoint_dir, endpoint_url=endpoint_url)
+    digest = hashlib.sha256()
+    with fs.open(f"{path}/{MODEL_FILE}", "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def uses_maps(model: torch.nn.Module, method: str) -> bool:
+    return method != NO_METHOD and model.spec.uses_images
+
+
+def map_shape(model: torch.nn.Module, contract: dict, max_side: int | None) -> tuple[tuple[int, int], tuple[int, int]]:
+    """((h, w) of the model's feature map for the contract's image size, (h, w) as stored)."""
+    size = int(contract["size"])
+    with torch.no_grad():
+        fmap = model.features(torch.zeros(1, int(contract.get("channels", 1)), size, size))
+    h, w = int(fmap.shape[-2]), int(fmap.shape[-1])
+    if max_side:
+        return (h, w), (min(h, int(max_side)), min(w, int(max_side)))
+    return (h, w), (h, w)
+
+
+def heatmap_description(model: torch.nn.Module, contract: dict, method: str, max_side: int | None) -> dict:
+    """HEATMAP_SCHEMA_METADATA of the stored maps, plus where they come from."""
+    (fh, fw), (h, w) = map_shape(model, contract, max_side)
+    description = HEATMAP_SCHEMA_METADATA(h, w, method)
+    description.update({
+        "scored_image_size": int(contract["size"]),
+        "feature_map": [fh, fw],
+        "pooling": ("none" if (fh, fw) == (h, w)
+                    else f"adaptive average pooling of the {fh}x{fw} maps to {h}x{w} before normalisation"),
+    })
+    return description
+
+
+# ----- reading and decoding (CPU tasks) --------------------------------------------------------------
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    """(width, height) from a PNG's IHDR chunk."""
+    if len(data) < PNG_HEADER_BYTES or not data.startswith(PNG_SIGNATURE):
+        raise DecodeError("not_png", "no PNG header")
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+class ScoringLoader(ImageLoader):
+    """`ImageLoader` that also records each decoded PNG's width and height before resizing (the
+    frame of the boxes): columns image, width, height, ok, stage, reason. Never raises for one image."""
+
+    def load_sized(self, uri: str | None) -> tuple[bytes, int, int, str, str]:
+        if uri is None or (isinstance(uri, float) and np.isnan(uri)):
+            return b"", 0, 0, "locate", "missing"
+        fs, path = self._fs_and_path(uri)
+        try:
+            data = read_bytes(fs, path, attempts=self.config.read_attempts, backoff_s=self.config.read_backoff_s)
+        except ReadError as error:
+            return b"", 0, 0, "read", error.reason
+        try:
+            pixels = decode_png(data, self.config.size, expected_source_size=self.config.expected_source_size)
+            width, height = png_size(data)
+        except DecodeError as error:
+            return b"", 0, 0, "decode", error.reason
+        return pixels.tobytes(), width, height, "", ""
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        with ThreadPoolExecutor(max_workers=min(self.config.io_threads, max(1, len(batch)))) as pool:
+            results = list(pool.map(self.load_sized, batch["path"].tolist()))
+        out = batch.copy()
+        for i, name in enumerate(("image", "width", "height", "stage", "reason")):
+            out[name] = [r[i] for r in results]
+        out["ok"] = out["reason"] == ""
+        return out
+
+
+def load_batch(batch: pd.DataFrame, config: ImageConfig, filesystem=None) -> pd.DataFrame:
+    return ScoringLoader(config, filesystem)(batch)
+
+
+_WANTED_CACHE: dict[str, frozenset] = {}
+
+
+def prepared_batch(table: pa.Table, wanted_ref, stored_size: int, endpoint_url: str | None) -> pa.Table:
+    """Rows of prepared shards: keeps the wanted images and adds width/height of their source PNG (a
+    24-byte ranged read; the stored size when the source cannot be read) and ok/stage/reason."""
+    import ray
+
+    key = wanted_ref.hex()
+    if key not in _WANTED_CACHE:
+        _WANTED_CACHE.clear()
+        _WANTED_CACHE[key] = ray.get(wanted_ref)
+    wanted = _WANTED_CACHE[key]
+    mask = np.fromiter((name in wanted for name in table.column("image_index").to_pylist()), bool, table.num_rows)
+    table = table.filter(pa.array(mask))
+
+    def size_of(uri: str | None) -> tuple[int, int]:
+        if uri:
+            try:
+                fs, path = storage.filesystem(uri, endpoint_url=endpoint_url)
+                return png_size(fs.cat_file(path, start=0, end=PNG_HEADER_BYTES))
+            except Exception:  # noqa: BLE001 - source moved/deleted: fall back to the stored frame
+                pass
+        return stored_size, stored_size
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        sizes = list(pool.map(size_of, table.column("path").to_pylist()))
+    n = table.num_rows
+    return (table.append_column("width", pa.array([s[0] for s in sizes], pa.int32()))
+            .append_column("height", pa.array([s[1] for s in sizes], pa.int32()))
+            .append_column("ok", pa.array(np.ones(n, bool)))
+            .append_column("stage", pa.array([""] * n, pa.string()))
+            .append_column("reason", pa.array([""] * n, pa.string())))
+
+
+# ----- the model actor ------------------------------------------------------------------------------
+
+
+class Scorer:
+    """Ray Data actor: loads the checkpoint once, then scores pyarrow batches.
+
+    Input columns: image_index, path, image (raw uint8 `stored_size`^2 bytes; image models), width,
+    height, the model's metadata columns (metadata models), ok/stage/reason (failed rows are passed
+    through with null outputs). Output: `pipeline_schema(score_schema(...))`; `_compute_s` = the
+    batch's wall time in this actor and `_model_s` = its model/attribution part, spread over its rows.
+    """
+
+    def __init__(self, *, checkpoint_dir: str, model_id: str, method: str, method_options: dict | None = None,
+                 stored_size: int | None = None, run_id: str, batch_date: str, max_map_side: int | None,
+                 box_min_probability: float | None = 0.5, box_threshold: float = DEFAULT_THRESHOLD,
+                 max_boxes: int = DEFAULT_MAX_BOXES, box_grid: int | None = DEFAULT_BOX_GRID,
+                 endpoint_url: str | None = None, threads: int | None = None,
+                 fail_after_rows: int | None = None):
+        if threads:
+            torch.set_num_threads(int(threads))
+        found = checkpoint_model_id(checkpoint_dir, endpoint_url=endpoint_url)
+        if found != model_id:
+            raise RuntimeError(f"{checkpoint_dir}: model.pt changed during the run (model_id {found} != {model_id})")
+        payload = load_payload(checkpoint_dir, endpoint_url=endpoint_url)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model = build_model(payload).to(self.device)
+        self.contract = payload["preprocessing"]
+        self.spec = self.model.spec
+        self.features = self.model.metadata_features if self.spec.uses_metadata else None
+        self.stored_size = int(stored_size or self.contract["size"])
+        self.method_name = method
+        self.method = None if method == NO_METHOD else get_method(method)(self.model, **(method_options or {}))
+        self.maps = uses_maps(self.model, method)
+        self.attributions = method != NO_METHOD and not self.spec.uses_images
+        self.map_size = map_shape(self.model.cpu(), self.contract, max_map_side)[1] if self.maps else None
+        self.model.to(self.device)
+        self.schema = pipeline_schema(score_schema(maps=self.maps, boxes=self.maps,
+                                                  feature_attributions=self.attributions))
+        self.model_id, self.run_id, self.batch_date = model_id, run_id, batch_date
+        self.box_options = {"min_probability": box_min_probability, "threshold": box_threshold, "max_boxes": max_boxes}
+        self.box_grid = box_grid
+        self.fail_after_rows = fail_after_rows  # tests: simulate a crash midway
+        self.rows_seen = 0
+
+    def _inputs(self, good: pa.Table) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        images = features = None
+        if self.spec.uses_images:
+            pixels = images_to_array(good.column("image"), self.stored_size)
+            images = normalise_images(torch.from_numpy(np.ascontiguousarray(pixels)).unsqueeze(1), self.contract,
+                                      device=self.device)
+        if self.features is not None:
+            frame = good.select(list(self.features.columns)).to_pandas()
+            features = torch.from_numpy(self.features.encode(frame)).to(self.device)
+        return images, features
+
+    def _score(self, good: pa.Table) -> tuple[dict[str, list | np.ndarray], float]:
+        started = time.perf_counter()
+        images, features = self._inputs(good)
+        out: dict[str, list | np.ndarray] = {}
+        if self.method is None:
+            with torch.no_grad():
+                logits = self.model(*self.spec.model_inputs(images, features))
+            attribution = None
+        else:
+            attribution = self.method.attribute(images, features)
+            logits = attribution.logits
+        probabilities = torch.sigmoid(logits.detach().float()).cpu().numpy()
+        model_s = time.perf_counter() - started
+        for i, column in enumerate(FINDING_COLUMNS):
+            out[column] = probabilities[:, i]
+        if self.maps:
+            maps = attribution.maps.detach().float()
+            if tuple(maps.shape[-2:]) != self.map_size:
+                maps = F.adaptive_avg_pool2d(maps, self.map_size)
+            maps_uint8 = normalise_maps(maps)
+            out["heatmap"] = encode_heatmaps(maps_uint8)
+            out["boxes"] = self._boxes(maps_uint8, probabilities, good.column("width").to_pylist(),
+                                       good.column("height").to_pylist())
+        if self.attributions:
+            values = attribution.feature_attributions.detach().float().cpu().numpy().astype("<f4")
+            out["feature_attributions"] = [np.ascontiguousarray(v).tobytes() for v in values]
+        return out, model_s
+
+    def _boxes(self, maps_uint8: np.ndarray, probabilities: np.ndarray, widths: list[int],
+               heights: list[int]) -> list[list[dict]]:
+        """`boxes_for_batch` in original-image pixels, traced on a grid of at most `box_grid` pixels per
+        side (the same bilinear upsampling, at lower resolution) and scaled: a 1024 px image costs as
+        much as a 128 px one, for a precision of 8 px (an 8x8 map cell spans 128 px)."""
+        grid_w, grid_h = [], []
+        for width, height in zip(widths, heights):
+            scale = min(1.0, self.box_grid / max(width, height)) if self.box_grid else 1.0
+            grid_w.append(max(1, round(width * scale)))
+            grid_h.append(max(1, round(height * scale)))
+        boxes = boxes_for_batch(maps_uint8, grid_w, grid_h, probabilities=probabilities, **self.box_options)
+        for image, width, height, gw, gh in zip(boxes, widths, heights, grid_w, grid_h):
+            if (gw, gh) != (width, height):
+                sx, sy = width / gw, height / gh
+                for box in image:
+                    box.update(x=box["x"] * sx, y=box["y"] * sy, w=box["w"] * sx, h=box["h"] * sy)
+        return boxes
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        started = time.perf_counter()
+        n = table.num_rows
+        if self.fail_after_rows is not None:
+            self.rows_seen += n
+            if self.rows_seen > self.fail_after_rows:
+                raise RuntimeError(f"injected failure after {self.fail_after_rows} rows")
+        names = table.column_names
+        ok = (table.column("ok").to_numpy(zero_copy_only=False).astype(bool) if "ok" in names
+              else np.ones(n, bool))
+        good, bad = table.filter(pa.array(ok)), table.filter(pa.array(~ok))
+        now = dt.datetime.now(dt.timezone.utc)
+        parts, model_s = [], 0.0
+        if good.num_rows:
+            values, model_s = self._score(good)
+            parts.append(self._table(good, values, now, ok=True))
+        if bad.num_rows:
+            parts.append(self._table(bad, {}, now, ok=False))
+        result = pa.concat_tables(parts) if parts else self.schema.empty_table()
+        elapsed = time.perf_counter() - started
+        share = max(1, result.num_rows)
+        result = result.set_column(result.schema.get_field_index("_compute_s"), "_compute_s",
+                                   pa.array(np.full(result.num_rows, elapsed / share)))
+        return result.set_column(result.schema.get_field_index("_model_s"), "_model_s",
+                                 pa.array(np.full(result.num_rows, model_s / share)))
+
+    def _table(self, rows: pa.Table, values: dict, now: dt.datetime, *, ok: bool) -> pa.Table:
+        n = rows.num_rows
+        names = rows.column_names
+        columns = {}
+        for field in self.schema:
+            name = field.name
+            if name in values:
+                columns[name] = pa.array(values[name], type=field.type)
+            elif name in ("image_index", "path"):
+                columns[name] = rows.column(name).cast(field.type)
+            elif name in ("width", "height") and name in names and ok:
+                columns[name] = rows.column(name).cast(field.type)
+            elif name == "model_id":
+                columns[name] = pa.array([self.model_id] * n, field.type)
+            elif name == "run_id":
+                columns[name] = pa.array([self.run_id] * n, field.type)
+            elif name == "batch_date":
+                columns[name] = pa.array([self.batch_date] * n, field.type)
+            elif name == "scored_at":
+                columns[name] = pa.array([now] * n, field.type)
+            elif name == "ok":
+                columns[name] = pa.array([ok] * n, field.type)
+            elif name in ("stage", "reason"):
+                columns[name] = (rows.column(name).cast(field.type) if name in names
+                                 else pa.array([""] * n, field.type))
+            else:
+                columns[name] = pa.nulls(n, field.type)
+        return pa.table(columns, schema=self.schema)
