@@ -93,7 +93,7 @@ def score_models(runs: dict[str, str], prepared: str, args: argparse.Namespace) 
 
 def evaluate(outputs: dict[str, str], data: str, args: argparse.Namespace) -> dict:
     from thorax_ray.evaluation.run import EvaluationConfig, evaluate_scores
-    from thorax_ray.scoring.output import read_scores
+    from thorax_ray.scoring import read_scores
 
     config = EvaluationConfig(scores=tuple(outputs.items()), data=data, out=os.path.join(args.out, "evaluation"))
     return evaluate_scores(config, read_scores)

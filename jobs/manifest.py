@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from thorax_ray.cli import run_main, setup_logging
+from thorax_ray.cli import add_s3_endpoint_argument, run_main, setup_logging
 from thorax_ray.manifest import build_manifest, write_manifest
 from thorax_ray.splits import SplitConfig
 
@@ -21,7 +21,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--test-fraction", type=float, default=0.2,
                         help="share of patients for test when the dataset has no test_list.txt")
     parser.add_argument("--split-seed", type=int, default=0)
-    parser.add_argument("--s3-endpoint", help="endpoint of an S3-compatible store (default: AWS_ENDPOINT_URL)")
+    add_s3_endpoint_argument(parser)
     return parser.parse_args(argv)
 
 

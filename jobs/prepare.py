@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from thorax_ray.cli import run_main, setup_logging
+from thorax_ray.cli import add_cluster_arguments, run_main, setup_logging
 from thorax_ray.data.pipeline import ImageConfig
 from thorax_ray.data.prepare import PrepareConfig, prepare
 from thorax_ray.ray_setup import init_ray
@@ -25,8 +25,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--target-file-mb", type=int, default=256, help="approximate size of one shard file")
     parser.add_argument("--val-fraction", type=float, default=0.1)
     parser.add_argument("--test-fraction", type=float, default=0.2)
-    parser.add_argument("--s3-endpoint", help="endpoint of an S3-compatible store (default: AWS_ENDPOINT_URL)")
-    parser.add_argument("--address", help="Ray address (default: the running cluster, else a local one)")
+    add_cluster_arguments(parser)
     return parser.parse_args(argv)
 
 

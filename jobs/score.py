@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from thorax_ray.cli import run_main, setup_logging
+from thorax_ray.cli import add_cluster_arguments, run_main, setup_logging
 from thorax_ray.ray_setup import init_ray
 from thorax_ray.scoring import IMAGE_METHODS, NO_METHOD, ScoreConfig, score
 from thorax_ray.scoring.scorer import DEFAULT_BOX_GRID, DEFAULT_MAX_MAP_SIDE
@@ -45,8 +45,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--overlay-threshold", type=float, default=0.5, help="probability that shows a finding")
     parser.add_argument("--keep-uncommitted-hours", type=float, default=24.0,
                         help="delete files of runs that never committed once older than this (default 24)")
-    parser.add_argument("--s3-endpoint", help="endpoint of an S3-compatible store (default: AWS_ENDPOINT_URL)")
-    parser.add_argument("--address", help="Ray address (default: the running cluster, else a local one)")
+    add_cluster_arguments(parser)
     return parser.parse_args(argv)
 
 

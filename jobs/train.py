@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from thorax_ray.cli import run_main, setup_logging
+from thorax_ray.cli import add_cluster_arguments, run_main, setup_logging
 from thorax_ray.config import merge
 from thorax_ray.models import list_models
 from thorax_ray.ray_setup import init_ray
@@ -50,8 +50,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--limit", type=int, help="at most this many rows per split (smoke runs)")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--max-failures", type=int, help="worker-group restarts from the latest checkpoint")
-    parser.add_argument("--s3-endpoint", help="endpoint of an S3-compatible store (default: AWS_ENDPOINT_URL)")
-    parser.add_argument("--address", help="Ray address (default: the cluster this job runs on, else local)")
+    add_cluster_arguments(parser)
     return parser.parse_args(argv)
 
 

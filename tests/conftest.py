@@ -51,6 +51,17 @@ def s3_bucket(s3_server, request):
     return f"s3://{name}"
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny tensors: one intra-op thread is much faster than contended OpenMP spinning on 2 cores."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def synthetic_small(tmp_path_factory):
     """120 images of 64 px in the full NIH layout (session-wide, read-only for tests)."""

@@ -21,3 +21,14 @@ def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = N
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+
+
+def add_s3_endpoint_argument(parser) -> None:
+    parser.add_argument("--s3-endpoint", help="endpoint of an S3-compatible store (default: AWS_ENDPOINT_URL)")
+
+
+def add_cluster_arguments(parser) -> None:
+    """--s3-endpoint and --address, shared by every job that runs on Ray."""
+    add_s3_endpoint_argument(parser)
+    parser.add_argument("--address", help="Ray address (default: RAY_ADDRESS / the cluster a submitted job runs on, "
+                                          "else a new local Ray)")

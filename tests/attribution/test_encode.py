@@ -23,12 +23,7 @@ from thorax_ray.labels import FINDING_COLUMNS, FINDINGS, NUM_FINDINGS
 from thorax_ray.models import create_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_normalise_per_image_and_class():

@@ -22,12 +22,7 @@ from thorax_ray.models import MetadataFeatures, create_model
 BUILTIN = {"fast_cam", "gradcam", "integrated_gradients", "occlusion", "metadata_ig"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -8,13 +8,7 @@ from thorax_ray.labels import NUM_FINDINGS
 from thorax_ray.models import FusionModel, MetadataFeatures, create_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is much faster than contended OpenMP spinning on 2 cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
