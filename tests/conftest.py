@@ -102,5 +102,5 @@ def learnable_images(tmp_path_factory, ray_local):
 def metadata_only(tmp_path_factory):
     """A metadata-only dataset (CSV and split lists, no PNG at all)."""
     root = tmp_path_factory.mktemp("metadata_only")
-    write_synthetic_dataset(SyntheticConfig(out=str(root), images=5000, seed=8, metadata_only=True), progress=False)
+    write_synthetic_dataset(SyntheticConfig(out=str(root), images=12000, seed=8, metadata_only=True), progress=False)
     return root

@@ -7,7 +7,7 @@ import pandas as pd
 
 from thorax_ray.attribution import encode_heatmaps
 from thorax_ray.evaluation.run import EvaluationConfig, evaluate_scores
-from thorax_ray.labels import FINDING_COLUMNS
+from thorax_ray.labels import FINDING_COLUMNS, FINDINGS
 from thorax_ray.manifest import build_manifest
 from thorax_ray.metadata import read_bbox_list
 
@@ -15,12 +15,18 @@ from thorax_ray.metadata import read_bbox_list
 def fake_scores(manifest, boxes, *, noise, seed, with_maps):
     rng = np.random.default_rng(seed)
     labels = manifest[list(FINDING_COLUMNS)].to_numpy(dtype=float)
-    frame = pd.DataFrame({"image_index": manifest["image_index"]})
+    frame = pd.DataFrame({"image_index": manifest["image_index"], "width": 64, "height": 64})
     probabilities = np.clip(labels * 0.6 + 0.2 + rng.normal(0, noise, labels.shape), 0, 1)
     for i, column in enumerate(FINDING_COLUMNS):
         frame[column] = probabilities[:, i]
-    if with_maps:
-        frame["heatmap"] = encode_heatmaps(rng.integers(0, 255, (len(frame), 14, 4, 4), dtype=np.uint8))
+    if with_maps:  # each truth box region lit up in its finding's 8x8 map (64 px images: 8 px per cell)
+        maps = np.zeros((len(frame), 14, 8, 8), dtype=np.uint8)
+        position = {name: i for i, name in enumerate(frame["image_index"])}
+        for box in boxes.itertuples():
+            x0, y0 = int(box.x // 8), int(box.y // 8)
+            x1, y1 = int(np.ceil((box.x + box.w) / 8)), int(np.ceil((box.y + box.h) / 8))
+            maps[position[box.image_index], FINDINGS.index(box.finding), y0:y1, x0:x1] = 255
+        frame["heatmap"] = encode_heatmaps(maps)
         by_image = boxes.groupby("image_index")
         frame["boxes"] = [
             by_image.get_group(name)[["finding", "x", "y", "w", "h"]].assign(score=0.9).to_dict("records")
@@ -42,7 +48,10 @@ def test_two_models_compared_with_report(synthetic_small, tmp_path):
     assert good["mean_auroc"] > weak["mean_auroc"] and good["mean_auroc"] > 0.9
     assert all(lo <= hi for lo, hi in (v for v in good["auroc_ci"].values() if v is not None))
     boxed = {f for f, r in saved["localization"]["good"].items() if r["n"]}
-    assert boxed and all(saved["localization"]["good"][f]["iobb"]["0.5"] == 1.0 for f in boxed)
+    assert boxed and all(saved["localization"]["good"][f]["iobb"]["0.1"] == 1.0 for f in boxed)
+    chance = saved["chance_localization"]["whole_image"]
+    assert np.mean([saved["localization"]["good"][f]["iobb"]["0.25"] for f in boxed]) > \
+        np.mean([chance[f]["iobb"]["0.25"] for f in boxed]) + 0.3
     assert "weak" not in saved["localization"]
     assert saved["paired"][0]["result"]["mean"]["delta"] > 0
     assert (tmp_path / "thresholds" / "good.v1.json").exists()

@@ -18,8 +18,8 @@ from thorax_ray.train.trainer import fit
 pytestmark = pytest.mark.slow
 
 
-def small_config(data, storage, name, **sections):
-    base = {"data": {"data": str(data), "size": 64, "batch_size": 32},
+def small_config(dataset, storage, name, **sections):
+    base = {"data": {"data": str(dataset), "size": 64, "batch_size": 32},
             "model": {"name": "small_cnn"}, "optim": {"epochs": 4, "lr": 3e-3},
             "run": {"storage": str(storage), "name": name, "workers": 2}}
     for section, values in sections.items():
@@ -28,9 +28,10 @@ def small_config(data, storage, name, **sections):
 
 
 def test_mlp_learns_from_metadata_alone(ray_local, metadata_only, tmp_path):
-    config = small_config(metadata_only, tmp_path, "mlp", model={"name": "mlp"}, optim={"epochs": 5, "lr": 3e-3})
+    config = small_config(metadata_only, tmp_path, "mlp", model={"name": "mlp"}, optim={"epochs": 6, "lr": 3e-3},
+                          data={"batch_size": 128})
     result = fit(config)
-    assert result.metrics["model"] == "mlp" and result.metrics["epochs_run"] == 5
+    assert result.metrics["model"] == "mlp" and result.metrics["epochs_run"] == 6
     assert result.metrics["val"]["mean_auroc"] > 0.58  # chance is 0.5
     evaluation = evaluate_checkpoint(result.run_dir, str(metadata_only), "test")
     assert evaluation["n_images"] == sum(1 for _ in open(metadata_only / "test_list.txt"))
