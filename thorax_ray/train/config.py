@@ -21,6 +21,7 @@ class DataConfig:
     eval_batch_size: int = 64
     limit: int | None = None  # at most this many rows per split (smoke runs)
     val_cache_mb: int = 1024  # validation rows kept in rank 0's memory after the first epoch when they fit
+    cache_train_mb: int = 2048  # training rows materialized once in the object store when they fit (0: always stream)
     s3_endpoint: str | None = None
 
     def __post_init__(self) -> None:

@@ -38,6 +38,23 @@ def ray_storage(uri: str, endpoint_url: str | None) -> tuple[str, object | None]
     return uri, None
 
 
+ROW_OVERHEAD_BYTES = 256  # labels and metadata of one row, roughly
+
+
+def estimated_bytes(rows: int, image_side: int) -> int:
+    return rows * (image_side * image_side + ROW_OVERHEAD_BYTES)
+
+
+def cache_if_small(dataset, size_bytes: int, budget_mb: int):
+    """Materializes the training rows in the object store once when they fit the budget, so epochs after
+    the first re-read nothing (no read tasks competing with training for CPUs); larger data streams."""
+    if size_bytes > budget_mb * 2**20:
+        return dataset
+    print(f"[train] caching the training rows in the object store ({size_bytes / 2**20:.0f} MB <= {budget_mb} MB)",
+          flush=True)
+    return dataset.materialize()
+
+
 def fit(config: TrainConfig) -> TrainResult:
     import ray
     import ray.train
@@ -51,7 +68,9 @@ def fit(config: TrainConfig) -> TrainResult:
     info = {"run_name": config.run_name, "run_dir": run_dir, "split_hash": source.split_hash,
             "label_counts": label_counts.tolist(), "train_rows": int(train_rows),
             "stored_size": source.stored_size, "source_kind": source.kind}
-    datasets = {"train": source.dataset("train", images=spec.uses_images),
+    datasets = {"train": cache_if_small(source.dataset("train", images=spec.uses_images),
+                                        estimated_bytes(train_rows, source.stored_size if spec.uses_images else 0),
+                                        config.data.cache_train_mb),
                 "val": source.dataset("val", images=spec.uses_images)}
     use_gpu = config.run.use_gpu
     if use_gpu is None:
