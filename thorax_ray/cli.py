@@ -30,5 +30,5 @@ def add_s3_endpoint_argument(parser) -> None:
 def add_cluster_arguments(parser) -> None:
     """--s3-endpoint and --address, shared by every job that runs on Ray."""
     add_s3_endpoint_argument(parser)
-    parser.add_argument("--address", help="Ray address (default: RAY_ADDRESS / the cluster a submitted job runs on, "
-                                          "else a new local Ray)")
+    parser.add_argument("--address", help="Ray cluster to join ('auto': the one `ray start` runs here; default: "
+                                          "RAY_ADDRESS, set for jobs run by `ray job submit`, else a new local Ray)")

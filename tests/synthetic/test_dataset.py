@@ -2,10 +2,8 @@ import hashlib
 import os
 
 import numpy as np
-import pytest
 from PIL import Image
 
-from thorax_ray.labels import FINDINGS
 from thorax_ray.manifest import build_manifest
 from thorax_ray.metadata import read_bbox_list, read_metadata
 from thorax_ray.synthetic.dataset import SyntheticConfig, write_preview, write_synthetic_dataset

@@ -21,7 +21,6 @@ import pyarrow.parquet as pq
 from ray.data import Datasink
 
 from thorax_ray import storage
-from thorax_ray.data.pipeline import ERROR_COLUMNS
 from thorax_ray.manifest import MANIFEST_SCHEMA
 
 SHARD_SCHEMA = MANIFEST_SCHEMA.append(pa.field("image", pa.binary()))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from thorax_ray.config import ConfigError, from_dict, load_yaml, merge, to_dict
+from thorax_ray.config import from_dict, load_yaml, merge, to_dict
 from thorax_ray.losses import LossConfig
 
 DEFAULT_FEATURES = ("age", "sex", "view_position", "follow_up")
