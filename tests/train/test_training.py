@@ -105,3 +105,16 @@ def test_same_run_name_continues_from_its_last_epoch(ray_local, learnable_images
     before = load_payload(epoch_checkpoints(first.run_dir)[1][1])["model_state"]
     assert any(not torch.equal(before[k], v) for k, v in load_payload(epoch_checkpoints(second.run_dir)[2][1])["model_state"].items())
     assert run_metrics(second.run_dir)["history"][:2] == first.metrics["history"]
+
+
+def test_checkpoints_and_metrics_on_s3(ray_local, metadata_only, s3_bucket):
+    storage = f"{s3_bucket}/runs"
+    result = fit(small_config(metadata_only, storage, "mlp-s3", model={"name": "mlp"}, optim={"epochs": 2},
+                              data={"batch_size": 256}))
+    assert result.run_dir == f"{storage}/mlp-s3"
+    assert [epoch for epoch, _ in epoch_checkpoints(result.run_dir)] == [0, 1]
+    metrics = run_metrics(result.run_dir)
+    assert metrics["epochs_run"] == 2 and metrics["model"] == "mlp"
+    evaluation = evaluate_checkpoint(result.run_dir, str(metadata_only), "val")
+    assert evaluation["checkpoint"].startswith(f"{storage}/mlp-s3/epoch_000")
+    assert evaluation["n_images"] > 0 and evaluation["mean_auroc"] is not None
