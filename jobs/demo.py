@@ -30,7 +30,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--images", type=int, default=DEMO_IMAGES, help="images to generate on first use")
     parser.add_argument("--image-size", type=int, default=DEMO_SIZE, help="side of the generated PNGs")
     parser.add_argument("--size", type=int, default=128, help="model input side (prepared shards)")
-    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", default="out/demo", help="runs, scores and the evaluation go here")
     parser.add_argument("--seed", type=int, default=0)
