@@ -29,8 +29,16 @@ def make_checkpoint(folder: str, model_name: str, size: int) -> None:
     from thorax_ray.models import create_model
     from thorax_ray.train.checkpoint import save_checkpoint
 
+    from thorax_ray.labels import FINDINGS
+    from thorax_ray.synthetic.population import REAL_STATISTICS
+
     torch.manual_seed(0)
-    model = create_model(model_name)  # randomly initialised: the cost does not depend on the weights
+    model = create_model(model_name)  # random weights: the model's cost does not depend on them, but ...
+    # ... the box work does (boxes are traced only for probable findings), so the output layer starts at the
+    # log-odds of the real prevalences, where a trained model's probabilities sit, not at p = 0.5 for everything.
+    prevalence = torch.tensor([REAL_STATISTICS[f][0] for f in FINDINGS])
+    with torch.no_grad():
+        model.classifier.bias.copy_(torch.log(prevalence / (1 - prevalence)))
     save_checkpoint(folder, {
         "model_name": model_name, "model_build_config": model.build_config, "model_state": model.state_dict(),
         "preprocessing": {"channels": 1, "size": size, "input_dtype": "uint8", "scale": 1 / 255,
