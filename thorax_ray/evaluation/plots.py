@@ -53,6 +53,15 @@ def _grid(plt, title: str):
     return fig, axes.ravel()
 
 
+def _finding_axis(ax, finding: str, y: np.ndarray, xlabel: str, ylabel: str) -> None:
+    ax.set_title(f"{finding} (positives {int(y.sum())})", fontsize=10)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_xlabel(xlabel, fontsize=8)
+    ax.set_ylabel(ylabel, fontsize=8)
+    ax.tick_params(labelsize=7)
+
+
 def plot_roc_curves(labels, scores_by_model: Mapping[str, np.ndarray], path, *, split: str = "test",
                     title: str | None = None) -> str:
     """One subplot per finding, one ROC curve per model with its AUROC in the legend; a finding
@@ -65,12 +74,7 @@ def plot_roc_curves(labels, scores_by_model: Mapping[str, np.ndarray], path, *, 
     for i, (finding, ax) in enumerate(zip(FINDINGS, axes)):
         y = labels[:, i]
         ax.plot([0, 1], [0, 1], color="0.7", linestyle=":", linewidth=1)
-        ax.set_title(f"{finding} (positives {int(y.sum())})", fontsize=10)
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1.01)
-        ax.set_xlabel("1 - specificity", fontsize=8)
-        ax.set_ylabel("sensitivity", fontsize=8)
-        ax.tick_params(labelsize=7)
+        _finding_axis(ax, finding, y, "1 - specificity", "sensitivity")
         if not 0 < y.sum() < len(y):
             ax.text(0.5, 0.5, "undefined:\nno positives or no negatives", ha="center", va="center", fontsize=9)
             continue
@@ -93,12 +97,7 @@ def plot_pr_curves(labels, scores_by_model: Mapping[str, np.ndarray], path, *, s
     fig, axes = _grid(plt, title or f"Precision-recall curves per finding ({split} split, n = {labels.shape[0]} images)")
     for i, (finding, ax) in enumerate(zip(FINDINGS, axes)):
         y = labels[:, i]
-        ax.set_title(f"{finding} (positives {int(y.sum())})", fontsize=10)
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1.01)
-        ax.set_xlabel("recall", fontsize=8)
-        ax.set_ylabel("precision", fontsize=8)
-        ax.tick_params(labelsize=7)
+        _finding_axis(ax, finding, y, "recall", "precision")
         if y.sum() == 0:
             ax.text(0.5, 0.5, "undefined: no positives", ha="center", va="center", fontsize=9)
             continue

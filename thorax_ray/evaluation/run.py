@@ -44,7 +44,7 @@ def _scores(frame: pd.DataFrame, name: str) -> np.ndarray:
     return frame[[f"{name}:{c}" for c in FINDING_COLUMNS]].to_numpy(dtype=np.float64)
 
 
-def heatmap_boxes(scores: pd.DataFrame, truth: pd.DataFrame) -> dict[str, list[dict]]:
+def heatmap_boxes(scores: pd.DataFrame, truth: pd.DataFrame, shape: tuple[int, int] | None = None) -> dict[str, list[dict]]:
     """Wang et al. 2017's protocol: for every (image, finding) with a ground-truth box, boxes from that
     finding's heatmap (normalised to 0..255, thresholded, one box per connected region), whatever the
     predicted probability; in pixels of the scored PNG (`width` x `height`)."""
@@ -55,7 +55,7 @@ def heatmap_boxes(scores: pd.DataFrame, truth: pd.DataFrame) -> dict[str, list[d
         if image_index not in scores.index or scores.at[image_index, "heatmap"] is None:
             continue
         row = scores.loc[image_index]
-        maps = decode_heatmaps([row["heatmap"]], _map_shape(row["heatmap"]))[0]
+        maps = decode_heatmaps([row["heatmap"]], shape or _square_map_shape(row["heatmap"]))[0]
         out[image_index] = boxes_for_image(maps, int(row["width"]), int(row["height"]),
                                            findings=sorted(set(findings)))
     return out
@@ -74,8 +74,11 @@ def evaluate_scores(config: EvaluationConfig, load_scores) -> dict:
 
     joined = manifest[["image_index", "patient_id", "split", "view_position", "path", *FINDING_COLUMNS]].copy()
     scored: dict[str, pd.DataFrame] = {}
+    map_shapes: dict[str, tuple[int, int] | None] = {}  # (h, w) from the scores' heatmap metadata
     for name, uri in config.scores:
-        frame = load_scores(uri).drop_duplicates("image_index", keep="last").set_index("image_index")
+        loaded = load_scores(uri)
+        map_shapes[name] = tuple(loaded.attrs.get("heatmap", {}).get("shape", ())[-2:]) or None
+        frame = loaded.drop_duplicates("image_index", keep="last").set_index("image_index")
         unknown = len(set(frame.index) - set(joined.index))
         if unknown:
             log.warning("%s: %d scored images are not in %s; ignored", uri, unknown, config.data)
@@ -103,7 +106,8 @@ def evaluate_scores(config: EvaluationConfig, load_scores) -> dict:
                                 rule=config.threshold_rule, n_boot=config.n_boot)
         if truth_boxes is not None and "heatmap" in scored[name] and scored[name]["heatmap"].notna().any():
             test_truth = truth_boxes[truth_boxes["image_index"].isin(test.index)]
-            entry["localization"] = localization_accuracy(heatmap_boxes(scored[name], test_truth), test_truth)
+            entry["localization"] = localization_accuracy(
+                heatmap_boxes(scored[name], test_truth, map_shapes[name]), test_truth)
             metrics["localization"][name] = entry["localization"]
         metrics["models"][name] = entry
         if entry.get("thresholds") is not None:
@@ -131,8 +135,9 @@ def evaluate_scores(config: EvaluationConfig, load_scores) -> dict:
     }
     overlay_model = next((n for n, e in metrics["models"].items() if "localization" in e), None)
     overlays = {} if overlay_model is None else _overlays(
-        config, {overlay_model: scored[overlay_model]}, test, truth_boxes,
-        heatmap_boxes(scored[overlay_model], truth_boxes[truth_boxes["image_index"].isin(test.index)]))
+        config, scored[overlay_model], overlay_model, map_shapes[overlay_model], test, truth_boxes,
+        heatmap_boxes(scored[overlay_model], truth_boxes[truth_boxes["image_index"].isin(test.index)],
+                      map_shapes[overlay_model]))
     _write_json(os.path.join(config.out, "metrics.json"), metrics)
     report = write_report(os.path.join(config.out, "report.html"), metrics, images=images, overlays=overlays,
                           title="thorax-ray: CNN vs metadata MLP vs fusion")
@@ -159,19 +164,17 @@ def _image_size(test: pd.DataFrame) -> tuple[int, int]:
         return image.size
 
 
-def _overlays(config: EvaluationConfig, scored: dict[str, pd.DataFrame], test: pd.DataFrame,
-              truth_boxes: pd.DataFrame | None, predicted_boxes: dict[str, list[dict]]) -> dict[str, str]:
-    """Heatmap overlays of the first CNN-like model on test images with ground-truth boxes."""
+def _overlays(config: EvaluationConfig, frame: pd.DataFrame, name: str, shape: tuple[int, int] | None,
+              test: pd.DataFrame, truth_boxes: pd.DataFrame, predicted_boxes: dict[str, list[dict]]) -> dict[str, str]:
+    """Heatmap overlays of one model (the first with localization) on test images with ground-truth boxes."""
     from PIL import Image
 
     from thorax_ray.attribution import decode_heatmaps
 
-    name = next((n for n, f in scored.items() if "heatmap" in f and f["heatmap"].notna().any()), None)
-    if name is None or truth_boxes is None or config.overlays <= 0:
+    if config.overlays <= 0:
         return {}
     folder = os.path.join(config.out, "overlays")
     os.makedirs(folder, exist_ok=True)
-    frame = scored[name]
     chosen = [i for i in truth_boxes["image_index"].drop_duplicates() if i in test.index and i in frame.index]
     overlays = {}
     for image_index in chosen[: config.overlays]:
@@ -182,7 +185,7 @@ def _overlays(config: EvaluationConfig, scored: dict[str, pd.DataFrame], test: p
             pixels = np.asarray(image.convert("L"))
         truth = truth_boxes[truth_boxes["image_index"] == image_index]
         finding = truth["finding"].iloc[0]
-        maps = decode_heatmaps([row["heatmap"]], _map_shape(row["heatmap"]))[0]
+        maps = decode_heatmaps([row["heatmap"]], shape or _square_map_shape(row["heatmap"]))[0]
         heatmap = maps[FINDINGS.index(finding)]
         predicted = [box for box in predicted_boxes.get(image_index, []) if box["finding"] == finding]
         probability = float(row[finding.lower()])
@@ -193,7 +196,8 @@ def _overlays(config: EvaluationConfig, scored: dict[str, pd.DataFrame], test: p
     return overlays
 
 
-def _map_shape(value: bytes) -> tuple[int, int]:
+def _square_map_shape(value: bytes) -> tuple[int, int]:
+    """Fallback when the scores carry no heatmap metadata: square maps, 14 of them."""
     side = int(round((len(value) / len(FINDINGS)) ** 0.5))
     return side, side
 
