@@ -63,6 +63,7 @@ def main() -> None:
                         help="CPUs (torch threads) per actor (default: all cores)")
     parser.add_argument("--address", help="Ray cluster to run on (default: a private local one)")
     parser.add_argument("--data", default="data/bench-score", help="where the PNGs are kept between runs")
+    parser.add_argument("--memory-only", action="store_true", help="only the N vs 4N peak-memory runs")
     args = parser.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
@@ -81,8 +82,11 @@ def main() -> None:
     if args.address:
         init_ray(args.address)
     else:  # a private local Ray (never another process's cluster)
+        # Idle workers are kept, so the warm-up starts every worker process once and the memory figures
+        # compare the scoring runs' own growth, not how many worker processes each run happened to start.
         ray.init(address="local", include_dashboard=False, log_to_driver=False,
-                 num_cpus=max(int(args.actor_cpus) * (args.actors or 1) + 1, (os.cpu_count() or 1) + 2))
+                 num_cpus=max(int(args.actor_cpus) * (args.actors or 1) + 1, (os.cpu_count() or 1) + 2),
+                 _system_config={"idle_worker_killing_time_threshold_ms": 3_600_000})
     ray.data.DataContext.get_current().enable_progress_bars = False
     gpus = ray.cluster_resources().get("GPU", 0)
 
@@ -96,7 +100,7 @@ def main() -> None:
             out = os.path.join(tmp, label)
             config = ScoreConfig(checkpoint=checkpoint, input=data, out=out, method=method, max_images=images,
                                  batch_size=args.batch_size, actors=args.actors, actor_cpus=args.actor_cpus)
-            with PeakMemory() as memory:
+            with PeakMemory(scope="machine" if args.address else "tree") as memory:
                 summary, wall = timed(lambda: score(config))
             assert summary.scored == images, summary.format()
             results[label] = {"method": method, "images": images, "wall_s": wall, "compute_s": summary.compute_s,
@@ -105,12 +109,15 @@ def main() -> None:
                               "bytes_per_image": parquet_bytes(out) / summary.scored, "peak_mb": memory.peak_mb}
             print(f"  {label}: {summary.scored} images in {wall:.1f} s", flush=True)
 
-        run("warm-up", "none", min(n, 2 * args.batch_size))  # starts Ray's worker processes once
-        run("predictions", "none", n)
-        run("fast_cam", "fast_cam", n)
-        run("gradcam", "gradcam", n)
+        run("warm-up", "fast_cam", n)  # starts Ray's worker processes once
+        if args.memory_only:
+            run("fast_cam", "fast_cam", n)
+        else:
+            run("predictions", "none", n)
+            run("fast_cam", "fast_cam", n)
+            run("gradcam", "gradcam", n)
         run("fast_cam_4n", "fast_cam", 4 * n)
-        # Peak memory is sampled machine-wide: repeat N and 4N and keep each one's lowest peak.
+        # Repeat N and 4N and keep each one's lowest peak (worker start-up and allocator noise).
         run("fast_cam_n_2", "fast_cam", n)
         run("fast_cam_4n_2", "fast_cam", 4 * n)
 
@@ -124,26 +131,30 @@ def main() -> None:
             continue
         print(f"{label:<14}{r['method']:<10}{r['images']:>7}{r['wall_s']:>9.1f}{r['e2e_ips']:>11.1f}"
               f"{r['compute_s']:>9.2f}{r['model_s']:>9.2f}{r['actor_ips']:>13.1f}{r['bytes_per_image']:>11.0f}{r['peak_mb']:>9.0f}")
-    pred, fast, naive, big = (results[k] for k in ("predictions", "fast_cam", "gradcam", "fast_cam_4n"))
+    fast, big = results["fast_cam"], results["fast_cam_4n"]
     peak_n = min(fast["peak_mb"], results["fast_cam_n_2"]["peak_mb"])
     peak_4n = min(big["peak_mb"], results["fast_cam_4n_2"]["peak_mb"])
-    emit({
-        "bench": "score", "model": args.model, "size": args.size, "images": n, "batch_size": args.batch_size,
-        "device": "gpu" if gpus else "cpu",
-        "predictions_actor_ips": round(pred["actor_ips"], 1), "fast_cam_actor_ips": round(fast["actor_ips"], 1),
-        "gradcam_actor_ips": round(naive["actor_ips"], 1),
-        "predictions_e2e_ips": round(pred["e2e_ips"], 1), "fast_cam_e2e_ips": round(fast["e2e_ips"], 1),
-        "gradcam_e2e_ips": round(naive["e2e_ips"], 1),
-        "fast_maps_cost_vs_predictions": round(fast["compute_s"] / pred["compute_s"], 2),
-        "fast_maps_model_cost_vs_predictions": round(fast["model_s"] / pred["model_s"], 2),
-        "fast_vs_naive_speedup": round(naive["compute_s"] / fast["compute_s"], 1),
-        "fast_vs_naive_speedup_model": round(naive["model_s"] / fast["model_s"], 1),
-        "fast_vs_naive_speedup_e2e": round(naive["wall_s"] / fast["wall_s"], 1),
+    figures = {"bench": "score", "model": args.model, "size": args.size, "images": n, "batch_size": args.batch_size,
+               "device": "gpu" if gpus else "cpu", "memory_scope": "machine" if args.address else "process tree (PSS)"}
+    if not args.memory_only:
+        pred, naive = results["predictions"], results["gradcam"]
+        figures.update({
+            "predictions_actor_ips": round(pred["actor_ips"], 1), "fast_cam_actor_ips": round(fast["actor_ips"], 1),
+            "gradcam_actor_ips": round(naive["actor_ips"], 1),
+            "predictions_e2e_ips": round(pred["e2e_ips"], 1), "fast_cam_e2e_ips": round(fast["e2e_ips"], 1),
+            "gradcam_e2e_ips": round(naive["e2e_ips"], 1),
+            "fast_maps_cost_vs_predictions": round(fast["compute_s"] / pred["compute_s"], 2),
+            "fast_maps_model_cost_vs_predictions": round(fast["model_s"] / pred["model_s"], 2),
+            "fast_vs_naive_speedup": round(naive["compute_s"] / fast["compute_s"], 1),
+            "fast_vs_naive_speedup_model": round(naive["model_s"] / fast["model_s"], 1),
+            "fast_vs_naive_speedup_e2e": round(naive["wall_s"] / fast["wall_s"], 1),
+        })
+    figures.update({
         "bytes_per_image": round(fast["bytes_per_image"], 0),
         "peak_mb_n": round(peak_n, 0), "peak_mb_4n": round(peak_4n, 0),
         "peak_memory_ratio_4n_n": round(peak_4n / max(peak_n, 1.0), 2),
     })
-
+    emit(figures)
 
 if __name__ == "__main__":
     main()

@@ -19,6 +19,7 @@ from thorax_ray.metadata import DATA_ENTRY_HEADER
 from thorax_ray.models import create_model
 from thorax_ray.scoring import (FEATURES_METADATA_KEY, SCORES_METADATA_KEY, ScoreConfig, committed_runs,
                                 output_size, read_file_metadata, read_quarantine, read_scores, score, scored_index)
+from thorax_ray.scoring.job import IN_FLIGHT_BATCHES_PER_ACTOR, MIN_IN_FLIGHT_BYTES, bound_in_flight, in_flight_bytes
 from thorax_ray.scoring.output import STAGING_DIR
 from thorax_ray.train.batches import normalise_images
 from thorax_ray.train.checkpoint import save_checkpoint
@@ -251,3 +252,28 @@ def test_boxes_traced_on_a_coarse_grid_match_full_resolution(checkpoint, synthet
             b = largest[1][finding]
             assert abs(a["score"] - b["score"]) < 0.03
             assert max(abs(a[k] - b[k]) for k in "xywh") <= 2 * 1024 / 128
+
+
+def test_in_flight_budget_grows_with_actors_and_batches_not_with_images():
+    contract = {**CONTRACT, "size": 224}
+    one = in_flight_bytes(ScoreConfig(checkpoint="c", input="i", out="o", batch_size=128), contract, actors=1)
+    eight = in_flight_bytes(ScoreConfig(checkpoint="c", input="i", out="o", batch_size=128), contract, actors=8)
+    assert one == IN_FLIGHT_BATCHES_PER_ACTOR * 128 * 224 * 224 and eight == 8 * one
+    tiny = in_flight_bytes(ScoreConfig(checkpoint="c", input="i", out="o", batch_size=1), contract, actors=1)
+    assert tiny == MIN_IN_FLIGHT_BYTES
+    given = in_flight_bytes(ScoreConfig(checkpoint="c", input="i", out="o", in_flight_mb=3), contract, actors=8)
+    assert given == 3 * 2**20
+
+
+def test_in_flight_bound_set_on_the_dataset_and_a_tiny_one_still_scores_everything(
+        ray_local, checkpoint, synthetic_small, tmp_path):
+    import ray
+
+    dataset = ray.data.range(4)
+    bound_in_flight(dataset, 5 * 2**20)
+    assert dataset.context.execution_options.resource_limits.object_store_memory == 5 * 2**20
+
+    ckpt, _ = checkpoint
+    summary = score(config(ckpt, synthetic_small, tmp_path / "out", in_flight_mb=1))  # less than one block
+    frame = read_scores(str(tmp_path / "out"))
+    assert summary.scored == summary.input_rows == len(frame) and frame["image_index"].is_unique

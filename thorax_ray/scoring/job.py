@@ -59,6 +59,7 @@ class ScoreConfig:
     compression: str = "zstd"
     read_attempts: int = 3
     decode_cpus: float = 1.0
+    in_flight_mb: int | None = None  # object-store bytes the run may hold at once (None: from batch size and actors)
     keep_uncommitted_hours: float = 24.0  # files of runs that never committed are deleted after this
     run_id: str | None = None
     batch_date: str | None = None  # YYYY-MM-DD (default: the run's UTC start date)
@@ -226,11 +227,13 @@ def score(config: ScoreConfig, *, filesystem=None) -> ScoreSummary:
             )
             from ray.data import ActorPoolStrategy
 
-            dataset.map_batches(
+            scored_rows = dataset.map_batches(
                 Scorer, fn_constructor_kwargs=scorer_kwargs, compute=ActorPoolStrategy(size=actors),
                 batch_size=config.batch_size, batch_format="pyarrow", num_cpus=config.actor_cpus,
                 num_gpus=num_gpus or None,
-            ).write_datasink(sink)
+            )
+            bound_in_flight(scored_rows, in_flight_bytes(config, contract, actors))
+            scored_rows.write_datasink(sink)
         files = [f for write in sink.result for f in write.files]
         compute_s = sum(write.compute_s for write in sink.result)
         model_s = sum(write.model_s for write in sink.result)
@@ -281,6 +284,26 @@ def score(config: ScoreConfig, *, filesystem=None) -> ScoreSummary:
                                           limit=config.overlay_limit, threshold=config.overlay_threshold,
                                           endpoint_url=endpoint)
     return summary
+
+
+MIN_IN_FLIGHT_BYTES = 64 * 2**20
+IN_FLIGHT_BATCHES_PER_ACTOR = 16
+
+
+def in_flight_bytes(config: ScoreConfig, contract: dict, actors: int) -> int:
+    """How much decoded input and output the run may hold in the object store at once. Without a bound,
+    decode tasks run ahead of slower model actors until the object store is full, so memory grows with
+    the number of images; a few batches per actor keep the actors fed."""
+    if config.in_flight_mb is not None:
+        return config.in_flight_mb * 2**20
+    image_bytes = int(contract["size"]) ** 2 * int(contract.get("channels", 1))
+    return max(MIN_IN_FLIGHT_BYTES, IN_FLIGHT_BATCHES_PER_ACTOR * actors * config.batch_size * image_bytes)
+
+
+def bound_in_flight(dataset, object_store_bytes: int) -> None:
+    """Limits the object-store memory the dataset's execution uses (Ray Data backpressures on it)."""
+    options = dataset.context.execution_options
+    options.resource_limits = options.resource_limits.copy(object_store_memory=object_store_bytes)
 
 
 def _prepared_quarantine(source: ScoringInput, done: set[str]) -> pd.DataFrame:
