@@ -39,6 +39,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-map-side", type=int, default=DEFAULT_MAX_MAP_SIDE,
                         help=f"pool maps to at most this many cells per side (default {DEFAULT_MAX_MAP_SIDE}; 0: keep)")
     parser.add_argument("--max-images", type=int, help="score at most this many new images in this run")
+    parser.add_argument("--in-flight-mb", type=int,
+                        help="object-store MB the run may hold at once (default: 16 batches per actor, >= 64)")
     parser.add_argument("--batch-date", help="partition date YYYY-MM-DD (default: today, UTC)")
     parser.add_argument("--overlays", help="folder for overlay PNGs of --limit scored images")
     parser.add_argument("--limit", type=int, default=8, help="overlay PNGs to write (default 8)")
@@ -59,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         box_min_probability=None if args.box_min_probability < 0 else args.box_min_probability,
         box_threshold=args.box_threshold, max_boxes=args.max_boxes, box_grid=args.box_grid or None,
         max_map_side=args.max_map_side or None,
-        max_images=args.max_images, batch_date=args.batch_date, overlays=args.overlays, overlay_limit=args.limit,
+        max_images=args.max_images, in_flight_mb=args.in_flight_mb, batch_date=args.batch_date, overlays=args.overlays, overlay_limit=args.limit,
         overlay_threshold=args.overlay_threshold, keep_uncommitted_hours=args.keep_uncommitted_hours,
         endpoint_url=args.s3_endpoint,
     )
