@@ -15,7 +15,7 @@ import time
 
 from thorax_ray.cli import run_main, setup_logging
 from thorax_ray.ray_setup import init_ray
-from thorax_ray.synthetic.demo import DEMO_DATA, DEMO_IMAGES, DEMO_SIZE, ensure_demo_dataset
+from thorax_ray.synthetic.demo import DEMO_DATA, DEMO_DIFFICULTY, DEMO_IMAGES, DEMO_SIZE, ensure_demo_dataset
 
 DEMO_MODELS = {  # name -> (model section, epochs factor)
     "small_cnn": ({"name": "small_cnn"}, 1.0),
@@ -29,6 +29,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--data", default=DEMO_DATA, help=f"dataset folder (default {DEMO_DATA}, generated if missing)")
     parser.add_argument("--images", type=int, default=DEMO_IMAGES, help="images to generate on first use")
     parser.add_argument("--image-size", type=int, default=DEMO_SIZE, help="side of the generated PNGs")
+    parser.add_argument("--difficulty", type=float, default=DEMO_DIFFICULTY,
+                        help="synthetic signature difficulty on first use (0 easy .. 3 hard; 1 = NIH-like)")
     parser.add_argument("--size", type=int, default=128, help="model input side (prepared shards)")
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--workers", type=int, default=2)
@@ -104,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.monotonic()
     stage("dataset", started)
-    ensure_demo_dataset(args.data, images=args.images, size=args.image_size, seed=args.seed)
+    ensure_demo_dataset(args.data, images=args.images, size=args.image_size, seed=args.seed,
+                        difficulty=args.difficulty)
     init_ray()
     prepared = os.path.normpath(args.data) + f"-prepared-{args.size}"
     stage(f"prepare -> {prepared}", started)
@@ -117,8 +120,22 @@ def main(argv: list[str] | None = None) -> int:
     metrics = evaluate(outputs, prepared, args)
     print("\n" + metrics["table"])
     print(f"\n[demo] finished in {time.monotonic() - started:.0f} s")
+    check_report(metrics["report"])
     print(f"[demo] report: {os.path.abspath(metrics['report'])}")
     return 0
+
+
+def check_report(report: str) -> None:
+    """Renders report.html in headless Chromium when it is installed and says whether its plots show."""
+    from thorax_ray.evaluation.render import RenderError, find_chromium, render_report
+
+    if find_chromium() is None:
+        print("[demo] (install Debian's chromium to have the report rendered and checked headlessly)")
+        return
+    try:
+        print(f"[demo] {render_report(report).format()}")
+    except RenderError as error:
+        print(f"[demo] could not render the report: {error}")
 
 
 if __name__ == "__main__":

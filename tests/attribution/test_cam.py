@@ -44,11 +44,11 @@ def _minmax(maps: torch.Tensor) -> torch.Tensor:
     return torch.where(span > 0, (maps - low) / span.clamp_min(1e-300), torch.zeros_like(maps))
 
 
-def _captum_gradcam(model, images, features) -> torch.Tensor:
+def _captum_gradcam(model, images, features, relu: bool = True) -> torch.Tensor:
     gradcam = LayerGradCam(model, model.target_layer)
     extra = (features,) if features is not None else None
     return torch.cat([
-        gradcam.attribute(images, target=c, relu_attributions=True, additional_forward_args=extra).detach()
+        gradcam.attribute(images, target=c, relu_attributions=relu, additional_forward_args=extra).detach()
         for c in range(NUM_FINDINGS)
     ], dim=1)
 
@@ -64,15 +64,17 @@ def _assert_no_hooks(model: torch.nn.Module) -> None:
         assert not left, f"hooks left on {name or type(module).__name__}: {left}"
 
 
-def test_fast_cam_equals_captum_gradcam(model):
+@pytest.mark.parametrize("relu", [True, False])
+def test_fast_cam_equals_captum_gradcam(model, relu):
     """float64 so that min-max normalisation of near-flat maps does not amplify float32 noise."""
     double = model.double()
     try:
         images, features = _inputs(double, torch.float64)
-        fast = get_method("fast_cam")(double).attribute(images, features)
-        reference = _captum_gradcam(double, images, features)
+        fast = get_method("fast_cam")(double, relu=relu).attribute(images, features)
+        reference = _captum_gradcam(double, images, features, relu=relu)
     finally:
         model.float()
+    assert (fast.maps < 0).any() != relu  # raw maps keep negative evidence
     assert fast.maps.shape == reference.shape == (2, NUM_FINDINGS, *reference.shape[-2:])
     assert reference.shape[-1] > 1  # a real spatial map
     assert (reference.amax(dim=(-2, -1)) > 0).any()

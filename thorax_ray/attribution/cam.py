@@ -42,14 +42,15 @@ def cam_weight(model: nn.Module) -> torch.Tensor:
     return weight
 
 
-def class_activation_maps(model: nn.Module, images: torch.Tensor,
-                          features: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits (N, K) and Grad-CAM-equal maps (N, K, h, w) from one forward pass (call under no_grad)."""
+def class_activation_maps(model: nn.Module, images: torch.Tensor, features: torch.Tensor | None = None,
+                          *, relu: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (N, K) and Grad-CAM-equal maps (N, K, h, w) from one forward pass (call under no_grad);
+    `relu=False` keeps the raw class activation (Grad-CAM with relu_attributions=False)."""
     logits, fmap = logits_and_feature_map(model, images, features)
     weight = cam_weight(model).to(fmap.dtype)
     h, w = fmap.shape[-2:]
     maps = torch.einsum("kc,nchw->nkhw", weight, fmap) / float(h * w)
-    return logits, F.relu(maps)
+    return logits, F.relu(maps) if relu else maps
 
 
 def _check_cam_model(model: nn.Module, name: str) -> None:
@@ -60,18 +61,25 @@ def _check_cam_model(model: nn.Module, name: str) -> None:
 
 @register_method("fast_cam")
 class FastCAM(AttributionMethod):
-    """CAM for all classes and the logits from one forward pass under `torch.no_grad()`."""
+    """CAM for all classes and the logits from one forward pass under `torch.no_grad()`.
 
-    def __init__(self, model: nn.Module) -> None:
+    relu=True: Grad-CAM's positive evidence only; a class whose activation is negative everywhere (common for
+    a finding the model deems absent, even where it is) gets an all-zero map. relu=False: the raw class
+    activation, where the highest values mark where the evidence for the class is strongest even when it
+    is negative overall (the CAM of Zhou et al. 2016 that Wang et al. 2017 normalise and threshold into boxes).
+    """
+
+    def __init__(self, model: nn.Module, *, relu: bool = True) -> None:
         super().__init__(model)
         _check_cam_model(model, self.name)
         cam_weight(model)  # validates
+        self.relu = relu
 
     def attribute(self, images: torch.Tensor | None = None,
                   features: torch.Tensor | None = None) -> Attribution:
         images, features = self._checked(images, features)
         with evaluation(self.model), torch.no_grad():
-            logits, maps = class_activation_maps(self.model, images, features)
+            logits, maps = class_activation_maps(self.model, images, features, relu=self.relu)
         return Attribution(self.name, logits=logits, maps=maps)
 
 
