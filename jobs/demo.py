@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import time
 
 from thorax_ray.cli import run_main, setup_logging
@@ -106,10 +107,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.monotonic()
     stage("dataset", started)
-    ensure_demo_dataset(args.data, images=args.images, size=args.image_size, seed=args.seed,
-                        difficulty=args.difficulty)
-    init_ray()
+    generated = ensure_demo_dataset(args.data, images=args.images, size=args.image_size, seed=args.seed,
+                                    difficulty=args.difficulty)
     prepared = os.path.normpath(args.data) + f"-prepared-{args.size}"
+    if generated:  # shards, runs and scores of an earlier dataset would be reused as if they were of this one
+        for stale in (prepared, *(os.path.join(args.out, part) for part in ("runs", "scores", "evaluation"))):
+            if os.path.exists(stale):
+                print(f"[demo] new dataset: removing {stale} (made from the previous one)")
+                shutil.rmtree(stale)
+    init_ray()
     stage(f"prepare -> {prepared}", started)
     prepare_shards(args.data, prepared, args.size)
     stage("train small_cnn, mlp, fusion", started)
