@@ -71,7 +71,7 @@ class RunSettings:
     seed: int = 0
     max_failures: int = 2  # worker-group restarts from the latest checkpoint
     threads_per_worker: int | None = None  # torch intra-op threads (None: cpus_per_worker)
-    compile: bool = False  # torch.compile on GPU
+    compile: bool | None = None  # torch.compile the model: None = on when training on GPU (never on CPU)
 
 
 @dataclass(frozen=True)

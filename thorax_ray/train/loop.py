@@ -8,6 +8,7 @@ import time
 import numpy as np
 import torch
 
+from thorax_ray.accel import FastPath, prefetch_to_device
 from thorax_ray.losses import build_loss
 from thorax_ray.metrics import mean_auroc, per_class_auroc
 from thorax_ray.models import MetadataFeatures, create_model
@@ -81,22 +82,21 @@ def train_loop_per_worker(loop_config: dict) -> None:
     torch.set_num_threads(max(1, int(config.run.threads_per_worker or config.run.cpus_per_worker)))
     torch.manual_seed(config.run.seed)
     device = ray.train.torch.get_device()
-    on_gpu = device.type == "cuda"
-    autocast_dtype = torch.bfloat16 if on_gpu else None
 
     features = MetadataFeatures(tuple(config.model.metadata_features))
     model = create_model(config.model.name, metadata_features=features, pretrained=config.model.pretrained,
                          **model_kwargs(config))
     spec = model.spec
+    # GPU: bf16 autocast, channels_last, pinned batches copied one ahead, torch.compile (config.run.compile,
+    # default on); CPU: none of it (thorax_ray/accel.py).
+    fast = FastPath.for_device(device, compile=config.run.compile, images=spec.uses_images)
+    fast.setup()
     state = restore_state(info["run_dir"], config.data.s3_endpoint)
     if state is not None:
         model.load_state_dict(state["model_state"], strict=True)
-    channels_last = on_gpu and spec.uses_images
-    if channels_last:
+    if fast.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    trained = ray.train.torch.prepare_model(model)
-    if config.run.compile and on_gpu:
-        trained = torch.compile(trained)
+    trained = fast.maybe_compile(ray.train.torch.prepare_model(model))
     optimizer = torch.optim.Adam(model.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay)
     scheduler = build_scheduler(config, optimizer)
     if state is not None:
@@ -115,6 +115,13 @@ def train_loop_per_worker(loop_config: dict) -> None:
             print(f"[{info['run_name']}] resuming after epoch {state['epoch'] + 1} (checkpoint history: "
                   f"{[h['epoch'] + 1 for h in history]})", flush=True)
 
+    if rank == 0:
+        print(f"[{info['run_name']}] device {fast.describe()}", flush=True)
+
+    def host_batch(table):
+        return batch_from_arrow(table, stored_size=info["stored_size"],
+                                features=features if spec.uses_metadata else None, images=spec.uses_images)
+
     train_shard = ray.train.get_dataset_shard("train")
     val_rows = ValidationRows(ray.train.get_dataset_shard("val"), config.data.eval_batch_size,
                               config.data.val_cache_mb * 2**20)
@@ -122,29 +129,17 @@ def train_loop_per_worker(loop_config: dict) -> None:
         started = time.monotonic()
         generator.manual_seed(config.run.seed * 1000 + rank + 7919 * epoch)
         model.train()
-        loss_sum, seen = 0.0, 0
-        for table in train_shard.iter_batches(batch_size=config.data.batch_size, batch_format="pyarrow",
-                                              drop_last=True, prefetch_batches=2):
-            batch = batch_from_arrow(table, stored_size=info["stored_size"], features=features if spec.uses_metadata else None,
-                                     images=spec.uses_images)
-            images = None
-            if spec.uses_images:
-                images = normalise_images(batch.images, contract, device=device)
-                images = augment_batch(images, config.augment, generator)
-                if channels_last:
-                    images = images.contiguous(memory_format=torch.channels_last)
-            feats = batch.features.to(device) if batch.features is not None else None
-            labels = batch.labels.to(device)
-            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                logits = trained(*spec.model_inputs(images, feats))
-            loss = loss_fn(logits.float(), labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += float(loss.detach()) * len(labels)
-            seen += len(labels)
+        # Summed on the device: no host synchronisation per step (the GPU never waits for the CPU to read it).
+        loss_sum, seen = torch.zeros((), dtype=torch.float64, device=device), 0
+        tables = train_shard.iter_batches(batch_size=config.data.batch_size, batch_format="pyarrow",
+                                          drop_last=True, prefetch_batches=fast.prefetch_batches)
+        for batch in prefetch_to_device(tables, fast, make=host_batch):
+            loss = train_step(trained, optimizer, loss_fn, batch, spec=spec, contract=contract,
+                              augment=config.augment, generator=generator, fast=fast)
+            loss_sum += loss.detach().double() * len(batch.labels)
+            seen += len(batch.labels)
         train_seconds = time.monotonic() - started
-        totals = torch.tensor([loss_sum, seen], dtype=torch.float64)
+        totals = torch.tensor([float(loss_sum), seen], dtype=torch.float64)
         if world > 1:
             torch.distributed.all_reduce(totals)
         train_loss = float(totals[0] / max(totals[1], 1))
@@ -155,7 +150,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         if rank == 0:
             predictions = predict(model, val_rows,
                                   contract=contract, stored_size=info["stored_size"], device=device,
-                                  autocast_dtype=autocast_dtype)
+                                  autocast_dtype=fast.autocast_dtype)
             aurocs = per_class_auroc(predictions.labels, predictions.probabilities) if len(predictions.labels) else {}
             record = {"epoch": epoch, "train_loss": train_loss, "train_images": int(totals[1]),
                       "train_seconds": train_seconds,
@@ -190,6 +185,25 @@ def train_loop_per_worker(loop_config: dict) -> None:
                               endpoint_url=config.data.s3_endpoint)
         else:
             ray.train.report(metrics)
+
+
+def train_step(trained: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_fn, batch, *, spec, contract: dict,
+               augment, generator: torch.Generator, fast: FastPath) -> torch.Tensor:
+    """One optimiser step on a batch whose tensors are already on the device; returns the loss (on the
+    device, not synchronised). Images: uint8 -> normalised float -> augmented (on the device)."""
+    images = None
+    if spec.uses_images:
+        images = normalise_images(batch.images, contract, device=fast.device)
+        images = fast.images_layout(augment_batch(images, augment, generator))
+    feats = batch.features.to(fast.device) if batch.features is not None else None
+    labels = batch.labels.to(fast.device)
+    with fast.autocast():
+        logits = trained(*spec.model_inputs(images, feats))
+    loss = loss_fn(logits.float(), labels)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss
 
 
 def run_summary(config: TrainConfig, info: dict, history: list[dict], best: dict | None, resumes: list[dict]) -> dict:
