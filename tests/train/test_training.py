@@ -58,10 +58,11 @@ def test_small_cnn_learns_findings_far_above_the_mlp(ray_local, learnable_images
 
 
 def train_workers() -> list[psutil.Process]:
+    """Train workers of this test session's Ray (started by this process), never another program's."""
     found = []
-    for process in psutil.process_iter(["cmdline"]):
+    for process in psutil.Process().children(recursive=True):
         try:
-            if any("RayTrainWorker" in part for part in process.info["cmdline"] or []):
+            if any("RayTrainWorker" in part for part in process.cmdline()):
                 found.append(process)
         except psutil.Error:
             continue
