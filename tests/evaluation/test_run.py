@@ -60,3 +60,19 @@ def test_two_models_compared_with_report(synthetic_small, tmp_path):
     assert html.count("data:image/png;base64") >= 3 and "synthetic" in html
     assert len(os.listdir(tmp_path / "overlays")) == 2
     assert "good" in metrics["table"] and "Wang 2017" in metrics["table"]
+
+
+def test_thresholds_file_versioned_only_when_thresholds_change(tmp_path):
+    from thorax_ray.evaluation.run import write_thresholds
+
+    folder = str(tmp_path / "thresholds")
+    first = write_thresholds(folder, "cnn", {"Mass": 0.3}, split_hash="abc", rule="youden")
+    same = write_thresholds(folder, "cnn", {"Mass": 0.3}, split_hash="abc", rule="youden")
+    changed = write_thresholds(folder, "cnn", {"Mass": 0.4}, split_hash="abc", rule="youden")
+    other_rule = write_thresholds(folder, "cnn", {"Mass": 0.4}, split_hash="abc", rule="f1")
+    assert [os.path.basename(p) for p in (first, same, changed, other_rule)] == \
+        ["cnn.v1.json", "cnn.v1.json", "cnn.v2.json", "cnn.v3.json"]
+    with open(changed) as handle:
+        document = json.load(handle)
+    assert document["version"] == 2 and document["thresholds"]["Mass"] == 0.4
+    assert write_thresholds(folder, "mlp", {"Mass": 0.4}, split_hash="abc", rule="youden").endswith("mlp.v1.json")

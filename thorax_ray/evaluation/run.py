@@ -6,6 +6,7 @@ import itertools
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -61,6 +62,31 @@ def heatmap_boxes(scores: pd.DataFrame, truth: pd.DataFrame, shape: tuple[int, i
     return out
 
 
+THRESHOLD_KEYS = ("model", "split_hash", "rule", "thresholds")  # what makes two threshold files the same
+
+
+def write_thresholds(folder: str, model: str, thresholds: dict, *, split_hash: str, rule: str) -> str:
+    """`folder/<model>.v<N>.json`: a new version N when the thresholds (or their rule or split) differ
+    from the newest existing version, which is otherwise kept as it is. Returns the file's path."""
+    versions = []
+    if os.path.isdir(folder):
+        for name in os.listdir(folder):
+            match = re.fullmatch(re.escape(model) + r"\.v(\d+)\.json", name)
+            if match:
+                versions.append(int(match.group(1)))
+    newest = max(versions, default=0)
+    document = thresholds_document(thresholds, model=model, split_hash=split_hash, rule=rule, version=newest + 1)
+    if newest:
+        path = os.path.join(folder, f"{model}.v{newest}.json")
+        with open(path) as handle:
+            previous = json.load(handle)
+        if all(previous.get(k) == document.get(k) for k in THRESHOLD_KEYS):
+            return path
+    path = os.path.join(folder, f"{model}.v{newest + 1}.json")
+    _write_json(path, document)
+    return path
+
+
 def evaluate_scores(config: EvaluationConfig, load_scores) -> dict:
     """`load_scores(uri) -> DataFrame` (image_index, probability columns, optional heatmap/boxes)."""
     from thorax_ray.train.config import DataConfig
@@ -111,9 +137,8 @@ def evaluate_scores(config: EvaluationConfig, load_scores) -> dict:
             metrics["localization"][name] = entry["localization"]
         metrics["models"][name] = entry
         if entry.get("thresholds") is not None:
-            document = thresholds_document(entry["thresholds"], model=name, split_hash=source.split_hash,
-                                           rule=config.threshold_rule)
-            _write_json(os.path.join(config.out, "thresholds", f"{name}.v{document['version']}.json"), document)
+            write_thresholds(os.path.join(config.out, "thresholds"), name, entry["thresholds"],
+                             split_hash=source.split_hash, rule=config.threshold_rule)
     if truth_boxes is not None and len(truth_boxes):
         metrics["chance_localization"] = chance_localization(truth_boxes[truth_boxes["image_index"].isin(test.index)],
                                                              *_image_size(test))
@@ -203,6 +228,7 @@ def _square_map_shape(value: bytes) -> tuple[int, int]:
 
 
 def _write_json(path: str, payload: dict) -> None:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     with open(path, "w") as handle:
         json.dump(payload, handle, indent=2, default=_plain)
 

@@ -55,7 +55,9 @@ def cache_if_small(dataset, size_bytes: int, budget_mb: int):
     return dataset.materialize()
 
 
-def fit(config: TrainConfig) -> TrainResult:
+def fit(config: TrainConfig, *, callbacks: list | None = None) -> TrainResult:
+    """Trains `config` to the end (or resumes its run). `callbacks`: extra Ray Train callbacks for the
+    RunConfig, e.g. Tune's `TuneReportCallback` when a Tune trial runs this (thorax_ray/tune)."""
     import ray
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -89,6 +91,7 @@ def fit(config: TrainConfig) -> TrainResult:
             name=config.run_name, storage_path=storage_path, storage_filesystem=storage_filesystem,
             failure_config=ray.train.FailureConfig(max_failures=config.run.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=None),
+            callbacks=list(callbacks or []),
         ),
         datasets=datasets,
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),

@@ -1,0 +1,86 @@
+"""Hyperparameter search with Ray Tune: every trial is a real Ray Train run (the code path of
+jobs/train.py), ASHA stops poor trials early on the validation mean AUROC.
+
+    python jobs/tune.py --space tune_spaces/smoke.yaml --data data/demo --out out/tune-smoke
+    python jobs/tune.py --space tune_spaces/cnn.yaml --data s3://bucket/prepared --storage s3://bucket/tune --trials 24
+    python jobs/train.py --config out/tune-smoke/best_config.yaml     # train the winner
+
+Trials run up to floor(cluster CPUs / (workers x cpus_per_worker + 1)) at a time. Running the same
+command again (same --name, default the space's file name, and --storage) resumes an interrupted
+experiment: finished trials are kept, unfinished ones continue from their latest epoch checkpoint.
+Writes OUT/results.csv and OUT/best_config.yaml and prints the top trials.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from thorax_ray.cli import add_cluster_arguments, run_main, setup_logging
+from thorax_ray.config import merge
+from thorax_ray.ray_setup import init_ray
+from thorax_ray.tune.results import format_table
+from thorax_ray.tune.space import load_space
+
+FLAGS = {  # flag -> (section, key): fixed overrides of the space's base
+    "data": ("data", "data"), "limit": ("data", "limit"), "s3_endpoint": ("data", "s3_endpoint"),
+    "epochs": ("optim", "epochs"), "workers": ("run", "workers"),
+}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--space", required=True, help="search space YAML (tune_spaces/*.yaml)")
+    parser.add_argument("--data", help="dataset for every trial (default: the space's base data.data)")
+    parser.add_argument("--trials", type=int, help="number of trials (default: the space's tune.num_samples; "
+                                                   "rounded up to a multiple of the grid size)")
+    parser.add_argument("--storage", default="runs/tune", help="folder or s3:// URI of Tune experiments (default runs/tune)")
+    parser.add_argument("--name", help="experiment name; the same name resumes (default: the space's file name)")
+    parser.add_argument("--out", help="where results.csv and best_config.yaml go (default out/tune-NAME)")
+    parser.add_argument("--epochs", type=int, help="epochs per trial (ASHA's max_t), overriding the space's base")
+    parser.add_argument("--workers", type=int, help="Ray Train workers per trial, overriding the space's base")
+    parser.add_argument("--limit", type=int, help="at most this many rows per split in every trial")
+    parser.add_argument("--max-concurrent", type=int, help="at most this many trials at a time (default: by CPUs)")
+    parser.add_argument("--top", type=int, default=5, help="trials printed at the end (default 5)")
+    add_cluster_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    setup_logging()
+    args = parse_args(argv)
+    space = load_space(args.space)
+    overrides: dict = {}
+    for flag, (section, key) in FLAGS.items():
+        value = getattr(args, flag)
+        if value is not None:
+            overrides = merge(overrides, {section: {key: value}})
+    if overrides:
+        space = space.with_base(overrides)
+    name = args.name or space.name
+    out = args.out or f"out/tune-{name}"
+    init_ray(args.address)
+    from thorax_ray.tune.sweep import run_sweep
+
+    outcome = run_sweep(space, storage_uri=args.storage, name=name, out_dir=out, trials=args.trials,
+                        max_concurrent=args.max_concurrent)
+    rows = outcome.rows
+    early = sum(r.stopped_early for r in rows)
+    print(f"\n[tune] {len(rows)} trials ({early} stopped early by ASHA, "
+          f"{sum(r.status == 'ERROR' for r in rows)} failed){' - resumed run' if outcome.resumed else ''}")
+    print(f"[tune] top trials by {space.tune.metric}:\n{format_table(rows, args.top)}")
+    print(f"[tune] results: {outcome.results_csv}")
+    if outcome.best_config_path:
+        print(f"[tune] best config: {outcome.best_config_path}  "
+              f"(python jobs/train.py --config {outcome.best_config_path})")
+    if outcome.interrupted:
+        print(f"[tune] interrupted: run the same command again to resume {outcome.experiment_path}",
+              file=sys.stderr)
+        return 130
+    if outcome.best_config_path is None:
+        print("[tune] no trial produced a usable metric", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,110 @@
+"""jobs/tune.py as a user runs it (subprocesses with their own local Ray): the shipped smoke space end to
+end with ASHA, the exported best config trained by jobs/train.py, and an interrupted sweep restored
+without rerunning its finished trials. About two minutes each on 2 cores."""
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+import yaml
+
+
+pytestmark = pytest.mark.slow
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
+
+
+def job(*args, timeout=600):
+    result = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout, env=ENV)
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-6000:]
+    return result
+
+
+def test_smoke_space_end_to_end_asha_stops_trials_and_best_config_trains(metadata_only, tmp_path):
+    started = time.monotonic()
+    result = job("jobs/tune.py", "--space", "tune_spaces/smoke.yaml", "--data", str(metadata_only),
+                 "--storage", str(tmp_path / "tune"), "--out", str(tmp_path / "out"), "--trials", "4")
+    tune_seconds = time.monotonic() - started
+    table = pd.read_csv(tmp_path / "out" / "results.csv")
+    assert len(table) >= 4 and set(table["status"]) == {"TERMINATED"}
+    assert {"trial", "config", "best_val_mean_auroc", "epochs_run", "stopped_early", "wall_time_s",
+            "auroc_Cardiomegaly", "auroc_Hernia"} <= set(table.columns)
+    max_epochs = int(table["max_epochs"].iloc[0])
+    assert max_epochs == 3
+    early = table[table["stopped_early"]]
+    assert len(early) >= 1 and (early["epochs_run"] < max_epochs).all(), table[["trial", "epochs_run"]]
+    assert (table["epochs_run"] == max_epochs).any()  # the best trial ran to the end
+    assert table["best_val_mean_auroc"].iloc[0] == table["best_val_mean_auroc"].max() > 0.55
+    configs = [json.loads(c) for c in table["config"]]
+    assert {c["optim.lr"] for c in configs} == {3e-3, 1e-5}  # the grid
+    assert "top trials by val_mean_auroc" in result.stdout and table["trial"].iloc[0] in result.stdout
+    print(f"smoke tune: {len(table)} trials, {len(early)} stopped early, best "
+          f"{table['best_val_mean_auroc'].iloc[0]:.4f}, {tune_seconds:.0f}s")
+
+    best = tmp_path / "out" / "best_config.yaml"
+    exported = yaml.safe_load(best.read_text())
+    assert exported["run"]["name"] is None and exported["data"]["data"] == str(metadata_only)
+    assert exported["optim"]["lr"] == configs[0]["optim.lr"] and exported["loss"]["kind"] == configs[0]["loss.kind"]
+    trained = job("jobs/train.py", "--config", str(best), "--storage", str(tmp_path / "runs"))
+    assert "[train] done" in trained.stdout
+    metrics = json.loads((tmp_path / "runs" / "thorax-mlp" / "metrics.json").read_text())
+    assert metrics["epochs_run"] == max_epochs and metrics["config"]["optim"]["lr"] == exported["optim"]["lr"]
+    assert metrics["val"]["mean_auroc"] > 0.55
+
+
+def finished_trials(runs: str) -> dict[str, int]:
+    """trial id -> number of finished executions recorded by the trainable."""
+    done = {}
+    for path in glob.glob(os.path.join(runs, "*", "tune_executions", "*.json")):
+        try:
+            record = json.loads(open(path).read())
+        except (OSError, ValueError):
+            continue
+        if record.get("finished"):
+            done[record["trial_id"]] = done.get(record["trial_id"], 0) + 1
+    return done
+
+
+def test_interrupted_sweep_resumes_without_rerunning_finished_trials(metadata_only, tmp_path):
+    command = [sys.executable, "jobs/tune.py", "--space", "tune_spaces/smoke.yaml", "--data", str(metadata_only),
+               "--storage", str(tmp_path / "tune"), "--out", str(tmp_path / "out"), "--name", "resumable",
+               "--trials", "2", "--epochs", "2", "--max-concurrent", "1"]
+    runs = str(tmp_path / "tune" / "resumable" / "runs")
+    log = open(tmp_path / "first.log", "w")
+    process = subprocess.Popen(command, cwd=REPO, env=ENV, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 400
+        while not finished_trials(runs) and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.5)
+        before = finished_trials(runs)
+        assert before, "no trial finished before the deadline: " + open(tmp_path / "first.log").read()[-3000:]
+        process.send_signal(signal.SIGINT)  # Ctrl-C: Tune saves the experiment state and stops
+        first_rc = process.wait(timeout=180)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        log.close()
+    first_log = open(tmp_path / "first.log").read()
+    assert first_rc in (130, 0), first_log[-3000:]
+    finished_before = set(before)
+
+    second = job(*command[1:])
+    assert "resuming experiment" in second.stdout
+    table = pd.read_csv(tmp_path / "out" / "results.csv")
+    assert len(table) == 2 and set(table["status"]) == {"TERMINATED"}, table
+    executions = dict(zip(table["trial"], table["executions"]))
+    for trial in finished_before:  # finished trials were not run again
+        assert executions[trial] == 1 and finished_trials(runs)[trial] == 1
+    after = finished_trials(runs)
+    for _, row in table.iterrows():  # the rest ran to their end (or until ASHA stopped them)
+        assert row["epochs_run"] >= 1 and (row["epochs_run"] == 2 or row["stopped_early"])
+        assert after.get(row["trial"]) == 1 or row["stopped_early"]
+    if first_rc == 130:
+        assert "interrupted: run the same command again" in first_log

@@ -1,0 +1,124 @@
+"""Runs (or resumes) a Tune experiment over a `SearchSpace`: ASHA on the validation mean AUROC,
+concurrency bounded by the cluster's CPUs, results written by `thorax_ray.tune.results`."""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+
+from thorax_ray import storage
+from thorax_ray.train.trainer import ray_storage
+from thorax_ray.tune import results as results_mod
+from thorax_ray.train.config import TrainConfig
+from thorax_ray.tune.space import SearchSpace, resolve
+from thorax_ray.tune.trainable import TrialSetup, make_trainable
+
+SETUP_FILE = "sweep.json"  # the trial setup of the experiment, reused on resume
+# Logical CPUs held by each trial's driver (it only waits on its Train controller). A full CPU is
+# still counted per trial when bounding concurrency, so that Ray Data's read tasks find a free one.
+TRIAL_DRIVER_CPUS = 1.0
+
+
+@dataclass
+class SweepOutcome:
+    experiment_path: str
+    rows: list  # results.TrialRow, best first
+    results_csv: str
+    best_config_path: str | None
+    interrupted: bool
+    resumed: bool
+    max_concurrent: int
+
+
+def max_concurrent_trials(workers: int, cpus_per_worker: float, cluster_cpus: float) -> int:
+    """floor(cluster CPUs / (Train workers' CPUs + 1 for the trial's driver)), at least 1."""
+    return max(1, math.floor(cluster_cpus / (workers * cpus_per_worker + 1)))
+
+
+def _read_setup(experiment_path: str, endpoint: str | None) -> TrialSetup | None:
+    fs, path = storage.filesystem(storage.join(experiment_path, SETUP_FILE), endpoint_url=endpoint)
+    if not fs.exists(path):
+        return None
+    with fs.open(path, "rb") as handle:
+        data = json.loads(handle.read())
+    return TrialSetup(base=data["base"], runs_root=data["runs_root"])
+
+
+def _write_setup(experiment_path: str, setup: TrialSetup, endpoint: str | None) -> None:
+    fs, path = storage.filesystem(storage.join(experiment_path, SETUP_FILE), endpoint_url=endpoint)
+    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    fs.pipe_file(path, json.dumps({"base": setup.base, "runs_root": setup.runs_root}, indent=2).encode())
+
+
+def run_sweep(space: SearchSpace, *, storage_uri: str, name: str, out_dir: str, trials: int | None = None,
+              max_concurrent: int | None = None, verbose: int = 1) -> SweepOutcome:
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search import BasicVariantGenerator
+
+    base_config = space.base_config()
+    endpoint = base_config.data.s3_endpoint
+    root = storage_uri if storage.is_remote(storage_uri) else os.path.abspath(storage_uri)
+    experiment_path = storage.join(root, name)
+    storage_path, storage_filesystem = ray_storage(root, endpoint)
+    restore_path = storage.join(storage_path, name) if storage_filesystem is None else f"{storage_path}/{name}"
+
+    setup = TrialSetup(base=space.base, runs_root=storage.join(experiment_path, "runs"))
+    saved = _read_setup(experiment_path, endpoint)
+    resumed = saved is not None and tune.Tuner.can_restore(restore_path, storage_filesystem=storage_filesystem)
+    if resumed:
+        if saved.base != setup.base:
+            print(f"[tune] {name}: resuming with the settings the experiment started with "
+                  f"({storage.join(experiment_path, SETUP_FILE)}); changed flags are ignored", flush=True)
+        setup = saved
+        base_config = TrainConfig.from_dict(resolve(saved.base, {}))
+    else:
+        _write_setup(experiment_path, setup, endpoint)
+
+    cpus = ray.cluster_resources().get("CPU", 1)
+    bound = max_concurrent_trials(base_config.run.workers, base_config.run.cpus_per_worker, cpus)
+    concurrent = min(max_concurrent, bound) if max_concurrent else bound
+    settings = space.tune
+    trainable = tune.with_resources(make_trainable(setup), {"cpu": TRIAL_DRIVER_CPUS})
+
+    if resumed:
+        print(f"[tune] resuming experiment {experiment_path}: finished trials are kept, unfinished ones "
+              f"continue from their latest epoch checkpoint", flush=True)
+        tuner = tune.Tuner.restore(restore_path, trainable=trainable, resume_errored=True,
+                                   storage_filesystem=storage_filesystem)
+    else:
+        samples = max(1, math.ceil((trials or settings.num_samples) / space.grid_size))
+        max_t = settings.max_t or base_config.optim.epochs
+        # max_t + 1: Tune stops a trial whose time_attr reaches max_t, killing its Train run while it shuts
+        # down; one more lets a trial that survives every rung end by itself (its loop stops at max_t).
+        scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=max_t + 1, grace_period=settings.grace_period,
+                                   reduction_factor=settings.reduction_factor)
+                     if settings.scheduler == "asha" else FIFOScheduler())
+        print(f"[tune] experiment {experiment_path}: {samples * space.grid_size} trials of "
+              f"{base_config.run.workers} worker(s), up to {concurrent} at a time ({cpus:g} CPUs), "
+              f"{settings.scheduler.upper()} on {settings.metric} ({settings.mode}), max {max_t} epochs", flush=True)
+        tuner = tune.Tuner(
+            trainable,
+            param_space=space.param_space(),
+            tune_config=tune.TuneConfig(
+                metric=settings.metric, mode=settings.mode, scheduler=scheduler, num_samples=samples,
+                max_concurrent_trials=concurrent, trial_dirname_creator=results_mod.trial_dirname,
+                search_alg=BasicVariantGenerator(random_state=settings.seed, max_concurrent=concurrent),
+            ),
+            run_config=tune.RunConfig(name=name, storage_path=storage_path, storage_filesystem=storage_filesystem,
+                                      failure_config=tune.FailureConfig(max_failures=0), verbose=verbose),
+        )
+    grid = tuner.fit()
+    trials_list = grid._experiment_analysis.trials
+    rows = results_mod.collect(trials_list, setup, settings.metric, settings.mode)
+    interrupted = any(r.status not in results_mod.FINISHED for r in rows)
+    results_csv = results_mod.write_results(rows, out_dir)
+    best_path = None
+    best = results_mod.best_config(rows, setup)
+    if best is not None:
+        best_path = results_mod.write_best_config(*best, out_dir, experiment=name, metric=settings.metric)
+    return SweepOutcome(experiment_path=experiment_path, rows=rows, results_csv=results_csv,
+                        best_config_path=best_path, interrupted=interrupted, resumed=resumed,
+                        max_concurrent=concurrent)
