@@ -2,7 +2,7 @@
 first use): generate -> manifest -> prepare -> train CNN, metadata MLP and fusion -> score with
 attribution maps -> evaluate. Ends with the headline comparison table and the path of report.html.
 
-    python jobs/demo.py [--data data/demo] [--epochs 12] [--out out/demo]
+    python jobs/demo.py [--data data/demo] [--epochs 20] [--out out/demo]
 
 Every stage reuses what an earlier run left (dataset, prepared shards, finished training runs,
 already-scored images), so a second run is quick.
@@ -18,10 +18,10 @@ from thorax_ray.cli import run_main, setup_logging
 from thorax_ray.ray_setup import init_ray
 from thorax_ray.synthetic.demo import DEMO_DATA, DEMO_DIFFICULTY, DEMO_IMAGES, DEMO_SIZE, ensure_demo_dataset
 
-DEMO_MODELS = {  # name -> (model section, epochs factor)
-    "small_cnn": ({"name": "small_cnn"}, 1.0),
-    "mlp": ({"name": "mlp"}, 1.0),
-    "fusion": ({"name": "fusion", "backbone": "small_cnn"}, 1.0),
+DEMO_MODELS = {  # name -> model section
+    "small_cnn": {"name": "small_cnn"},
+    "mlp": {"name": "mlp"},
+    "fusion": {"name": "fusion", "backbone": "small_cnn"},
 }
 
 
@@ -62,8 +62,8 @@ def train_models(prepared: str, args: argparse.Namespace) -> dict[str, str]:
     from thorax_ray.train.trainer import fit
 
     runs = {}
-    for name, (model, factor) in DEMO_MODELS.items():
-        epochs = max(1, round(args.epochs * factor))
+    epochs = args.epochs
+    for name, model in DEMO_MODELS.items():
         config = TrainConfig.from_dict({
             "data": {"data": prepared, "size": args.size, "batch_size": 32},
             "model": model, "optim": {"epochs": epochs, "lr": 2e-3, "scheduler": "cosine"},
@@ -89,7 +89,7 @@ def score_models(runs: dict[str, str], prepared: str, args: argparse.Namespace) 
     for name, run_dir in runs.items():
         out = os.path.abspath(os.path.join(args.out, "scores", name))
         summary = score(ScoreConfig(checkpoint=run_dir, input=prepared, out=out, batch_size=64))
-        print(summary.format() if hasattr(summary, "format") else summary)
+        print(summary.format())
         outputs[name] = out
     return outputs
 

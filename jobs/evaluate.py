@@ -51,8 +51,7 @@ def named_scores(values: list[str]) -> tuple[tuple[str, str], ...]:
 def main(argv: list[str] | None = None) -> int:
     setup_logging()
     args = parse_args(argv)
-    init_ray(args.address)
-    if args.scores:
+    if args.scores:  # reads Parquet and computes on this process: no Ray needed
         from thorax_ray.evaluation.run import EvaluationConfig, evaluate_scores
         from thorax_ray.scoring import read_scores
 
@@ -66,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from thorax_ray.predict import evaluate_checkpoint
 
+    init_ray(args.address)
     metrics = evaluate_checkpoint(args.checkpoint, args.data, args.split, s3_endpoint=args.s3_endpoint)
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "metrics.json")

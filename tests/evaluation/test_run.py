@@ -4,8 +4,10 @@ import os
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from thorax_ray.attribution import encode_heatmaps
+from thorax_ray.evaluation.classification import choose_thresholds
 from thorax_ray.evaluation.run import EvaluationConfig, evaluate_scores
 from thorax_ray.labels import FINDING_COLUMNS, FINDINGS
 from thorax_ray.manifest import build_manifest
@@ -27,10 +29,9 @@ def fake_scores(manifest, boxes, *, noise, seed, with_maps):
             x1, y1 = int(np.ceil((box.x + box.w) / 8)), int(np.ceil((box.y + box.h) / 8))
             maps[position[box.image_index], FINDINGS.index(box.finding), y0:y1, x0:x1] = 255
         frame["heatmap"] = encode_heatmaps(maps)
-        by_image = boxes.groupby("image_index")
-        frame["boxes"] = [
-            by_image.get_group(name)[["finding", "x", "y", "w", "h"]].assign(score=0.9).to_dict("records")
-            if name in by_image.groups else [] for name in frame["image_index"]]
+        # Boxes that are all wrong: localization must come from the heatmaps (Wang's protocol), not from these.
+        frame["boxes"] = [[{"finding": f, "x": 0, "y": 0, "w": 1, "h": 1, "score": 0.9} for f in FINDINGS]
+                          for _ in range(len(frame))]
     return frame
 
 
@@ -54,12 +55,31 @@ def test_two_models_compared_with_report(synthetic_small, tmp_path):
         np.mean([chance[f]["iobb"]["0.25"] for f in boxed]) + 0.3
     assert "weak" not in saved["localization"]
     assert saved["paired"][0]["result"]["mean"]["delta"] > 0
-    assert (tmp_path / "thresholds" / "good.v1.json").exists()
+    # patients, not images, are the bootstrap unit; thresholds are chosen on the validation rows only
+    test_rows = metrics_rows(config, manifest, "test")
+    assert good["n_images"] == len(test_rows)
+    assert good["n_patients"] == test_rows["patient_id"].nunique() < good["n_images"]
+    val_rows = metrics_rows(config, manifest, "val")
+    val_scores = scores["good"].set_index("image_index").loc[val_rows["image_index"], list(FINDING_COLUMNS)]
+    expected = choose_thresholds(val_rows[list(FINDING_COLUMNS)].to_numpy(float), val_scores.to_numpy(float))
+    document = json.loads((tmp_path / "thresholds" / "good.v1.json").read_text())
+    assert document["thresholds"] == pytest.approx(expected) and good["thresholds"] == pytest.approx(expected)
+    applied = [m for m in good["threshold_metrics"].values() if m["tp"] is not None]
+    assert applied and all(m["tp"] + m["fp"] + m["tn"] + m["fn"] == len(test_rows) for m in applied)
     assert len(pd.read_parquet(tmp_path / "predictions.parquet")) == len(manifest)
     html = (tmp_path / "report.html").read_text()
     assert html.count("data:image/png;base64") >= 3 and "synthetic" in html
     assert len(os.listdir(tmp_path / "overlays")) == 2
     assert "good" in metrics["table"] and "Wang 2017" in metrics["table"]
+
+
+def metrics_rows(config, manifest, split):
+    """The manifest rows of `split` as the evaluation assigns them (its own split of the dataset)."""
+    from thorax_ray.train.config import DataConfig
+    from thorax_ray.train.data import open_source
+
+    source = open_source(DataConfig(data=config.data))
+    return source.manifest[source.manifest["split"] == split]
 
 
 def test_thresholds_file_versioned_only_when_thresholds_change(tmp_path):

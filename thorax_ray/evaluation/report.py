@@ -35,6 +35,7 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 
+from thorax_ray.evaluation.localization import mean_accuracy
 from thorax_ray.labels import BOXED_FINDINGS, FINDINGS
 
 MEAN_ROW = "mean"
@@ -298,8 +299,7 @@ def _thresholds(metrics: Mapping) -> str:
 
 def _loc_row(result: Mapping, measure: str, key: str) -> list[str]:
     values = [(result.get(f) or {}).get(measure, {}).get(key) for f in BOXED_FINDINGS]
-    present = [v for v in values if v is not None]
-    return [_num(v) for v in values] + [_num(sum(present) / len(present) if present else None)]
+    return [_num(v) for v in values] + [_num(mean_accuracy(result, measure).get(key))]
 
 
 _MEASURE = {"iobb": "IoBB", "iou": "IoU"}

@@ -14,10 +14,10 @@ import pandas as pd
 
 from thorax_ray.evaluation.classification import (paired_bootstrap_difference, summarize_model,
                                                   thresholds_document)
-from thorax_ray.evaluation.localization import chance_localization, localization_accuracy
+from thorax_ray.evaluation.localization import NIH_IMAGE_SIZE, chance_localization, localization_accuracy
 from thorax_ray.evaluation.plots import plot_auroc_comparison, plot_heatmap_overlay, plot_pr_curves, plot_roc_curves
 from thorax_ray.evaluation.report import comparison_ci, comparison_table, format_comparison_table, write_report
-from thorax_ray.labels import FINDING_COLUMNS, FINDINGS
+from thorax_ray.labels import FINDING_COLUMNS, FINDINGS, column_name
 from thorax_ray.locate import discover
 from thorax_ray.metadata import read_bbox_list
 
@@ -123,25 +123,24 @@ def evaluate_scores(config: EvaluationConfig, load_scores) -> dict:
 
     metrics: dict = {"split": config.split, "dataset": config.dataset_kind, "split_hash": source.split_hash,
                      "models": {}, "localization": {}, "notes": notes}
-    os.makedirs(os.path.join(config.out, "thresholds"), exist_ok=True)
+    test_truth = None if truth_boxes is None else truth_boxes[truth_boxes["image_index"].isin(test.index)]
+    predicted_boxes: dict[str, dict[str, list[dict]]] = {}  # model -> image -> boxes from its heatmaps
     for name in scored:
         entry = summarize_model(_labels(test), _scores(test, name), test["patient_id"].to_numpy(),
                                 labels_val=_labels(val) if len(val) else None,
                                 scores_val=_scores(val, name) if len(val) else None,
                                 view_position=test["view_position"].fillna("missing").to_numpy(),
                                 rule=config.threshold_rule, n_boot=config.n_boot)
-        if truth_boxes is not None and "heatmap" in scored[name] and scored[name]["heatmap"].notna().any():
-            test_truth = truth_boxes[truth_boxes["image_index"].isin(test.index)]
-            entry["localization"] = localization_accuracy(
-                heatmap_boxes(scored[name], test_truth, map_shapes[name]), test_truth)
+        if test_truth is not None and "heatmap" in scored[name] and scored[name]["heatmap"].notna().any():
+            predicted_boxes[name] = heatmap_boxes(scored[name], test_truth, map_shapes[name])
+            entry["localization"] = localization_accuracy(predicted_boxes[name], test_truth)
             metrics["localization"][name] = entry["localization"]
         metrics["models"][name] = entry
         if entry.get("thresholds") is not None:
             write_thresholds(os.path.join(config.out, "thresholds"), name, entry["thresholds"],
                              split_hash=source.split_hash, rule=config.threshold_rule)
-    if truth_boxes is not None and len(truth_boxes):
-        metrics["chance_localization"] = chance_localization(truth_boxes[truth_boxes["image_index"].isin(test.index)],
-                                                             *_image_size(test))
+    if test_truth is not None and len(test_truth):
+        metrics["chance_localization"] = chance_localization(test_truth, *_image_size(scored.values()))
     metrics["paired"] = [
         {"model_a": a, "model_b": b,
          "result": paired_bootstrap_difference(_labels(test), _scores(test, a), _scores(test, b),
@@ -158,11 +157,10 @@ def evaluate_scores(config: EvaluationConfig, load_scores) -> dict:
         "AUROC per finding": plot_auroc_comparison(comparison_table(metrics), os.path.join(config.out, "auroc.png"),
                                                    ci=comparison_ci(metrics), split=config.split),
     }
-    overlay_model = next((n for n, e in metrics["models"].items() if "localization" in e), None)
+    overlay_model = next(iter(predicted_boxes), None)  # the first model with localization
     overlays = {} if overlay_model is None else _overlays(
-        config, scored[overlay_model], overlay_model, map_shapes[overlay_model], test, truth_boxes,
-        heatmap_boxes(scored[overlay_model], truth_boxes[truth_boxes["image_index"].isin(test.index)],
-                      map_shapes[overlay_model]))
+        config, scored[overlay_model], overlay_model, map_shapes[overlay_model], test, test_truth,
+        predicted_boxes[overlay_model])
     _write_json(os.path.join(config.out, "metrics.json"), metrics)
     report = write_report(os.path.join(config.out, "report.html"), metrics, images=images, overlays=overlays,
                           title="thorax-ray: CNN vs metadata MLP vs fusion")
@@ -179,43 +177,40 @@ def _truth_boxes(raw_root: str, endpoint: str | None) -> pd.DataFrame | None:
     return read_bbox_list(files.bbox_csv, endpoint_url=endpoint) if files.bbox_csv else None
 
 
-def _image_size(test: pd.DataFrame) -> tuple[int, int]:
-    from PIL import Image
-
-    paths = test["path"].dropna()
-    if not len(paths):
-        return 1024, 1024
-    with Image.open(paths.iloc[0]) as image:
-        return image.size
+def _image_size(frames) -> tuple[int, int]:
+    """(width, height) of the scored images, the frame their boxes are in (the scores' `width`/`height`
+    columns; no image is read); NIH's 1024 x 1024 when no scores carry them."""
+    for frame in frames:
+        if {"width", "height"} <= set(frame.columns) and frame["width"].notna().any():
+            return int(frame["width"].median()), int(frame["height"].median())
+    return NIH_IMAGE_SIZE, NIH_IMAGE_SIZE
 
 
 def _overlays(config: EvaluationConfig, frame: pd.DataFrame, name: str, shape: tuple[int, int] | None,
               test: pd.DataFrame, truth_boxes: pd.DataFrame, predicted_boxes: dict[str, list[dict]]) -> dict[str, str]:
     """Heatmap overlays of one model (the first with localization) on test images with ground-truth boxes."""
-    from PIL import Image
-
     from thorax_ray.attribution import decode_heatmaps
+    from thorax_ray.scoring.overlays import read_original
 
     if config.overlays <= 0:
         return {}
     folder = os.path.join(config.out, "overlays")
     os.makedirs(folder, exist_ok=True)
-    chosen = [i for i in truth_boxes["image_index"].drop_duplicates() if i in test.index and i in frame.index]
+    chosen = [i for i in truth_boxes["image_index"].drop_duplicates() if i in frame.index]
     overlays = {}
     for image_index in chosen[: config.overlays]:
         row, path = frame.loc[image_index], test.loc[image_index, "path"]
         if path is None or row.get("heatmap") is None:
             continue
-        with Image.open(path) as image:
-            pixels = np.asarray(image.convert("L"))
+        pixels = read_original(path, endpoint_url=config.s3_endpoint)
         truth = truth_boxes[truth_boxes["image_index"] == image_index]
         finding = truth["finding"].iloc[0]
         maps = decode_heatmaps([row["heatmap"]], shape or _square_map_shape(row["heatmap"]))[0]
         heatmap = maps[FINDINGS.index(finding)]
         predicted = [box for box in predicted_boxes.get(image_index, []) if box["finding"] == finding]
-        probability = float(row[finding.lower()])
+        probability = float(row[column_name(finding)])
         overlays[f"{name}: {image_index} {finding} (p={probability:.2f})"] = plot_heatmap_overlay(
-            pixels, heatmap, os.path.join(folder, f"{image_index[:-4]}_{finding}.png"),
+            pixels, heatmap, os.path.join(folder, f"{os.path.splitext(image_index)[0]}_{finding}.png"),
             truth_boxes=truth.to_dict("records"), predicted_boxes=predicted,
             title=f"{image_index}: {finding} p={probability:.2f}")
     return overlays
