@@ -96,3 +96,15 @@ def test_thresholds_file_versioned_only_when_thresholds_change(tmp_path):
         document = json.load(handle)
     assert document["version"] == 2 and document["thresholds"]["Mass"] == 0.4
     assert write_thresholds(folder, "mlp", {"Mass": 0.4}, split_hash="abc", rule="youden").endswith("mlp.v1.json")
+
+
+def test_scores_of_two_models_in_one_output_evaluate_only_the_newest():
+    from thorax_ray.evaluation.run import newest_model_rows
+
+    scores = pd.DataFrame({"image_index": ["a.png", "b.png", "c.png", "a.png"],
+                           "model_id": ["old", "old", "old", "new"],
+                           "scored_at": pd.to_datetime(["2024-01-01", "2024-01-01", "2024-01-01", "2024-02-01"])})
+    kept, note = newest_model_rows(scores, "out/scores")
+    assert kept["image_index"].tolist() == ["a.png"] and "model_id new" in note and "1 of 4 rows" in note
+    same, none = newest_model_rows(scores[scores["model_id"] == "old"], "out/scores")
+    assert len(same) == 3 and none is None

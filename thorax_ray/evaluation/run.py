@@ -87,6 +87,17 @@ def write_thresholds(folder: str, model: str, thresholds: dict, *, split_hash: s
     return path
 
 
+def newest_model_rows(scores: pd.DataFrame, uri: str) -> tuple[pd.DataFrame, str | None]:
+    """The rows of the newest model in an output that several checkpoints scored into (a retrained model
+    whose run was partial or deferred leaves images of both): evaluating a mix would credit neither."""
+    if "model_id" not in scores.columns or scores["model_id"].nunique() <= 1:
+        return scores, None
+    newest = scores.sort_values("scored_at")["model_id"].iloc[-1]
+    kept = scores[scores["model_id"] == newest]
+    return kept, (f"{uri}: scores of {scores['model_id'].nunique()} models; evaluating only the newest, "
+                  f"model_id {newest} ({len(kept)} of {len(scores)} rows)")
+
+
 def evaluate_scores(config: EvaluationConfig, load_scores) -> dict:
     """`load_scores(uri) -> DataFrame` (image_index, probability columns, optional heatmap/boxes)."""
     from thorax_ray.train.config import DataConfig
@@ -101,8 +112,12 @@ def evaluate_scores(config: EvaluationConfig, load_scores) -> dict:
     joined = manifest[["image_index", "patient_id", "split", "view_position", "path", *FINDING_COLUMNS]].copy()
     scored: dict[str, pd.DataFrame] = {}
     map_shapes: dict[str, tuple[int, int] | None] = {}  # (h, w) from the scores' heatmap metadata
+    warnings: list[str] = []
     for name, uri in config.scores:
-        loaded = load_scores(uri)
+        loaded, note = newest_model_rows(load_scores(uri), uri)
+        if note:
+            log.warning(note)
+            warnings.append(note)
         map_shapes[name] = tuple(loaded.attrs.get("heatmap", {}).get("shape", ())[-2:]) or None
         frame = loaded.drop_duplicates("image_index", keep="last").set_index("image_index")
         unknown = len(set(frame.index) - set(joined.index))
@@ -119,7 +134,7 @@ def evaluate_scores(config: EvaluationConfig, load_scores) -> dict:
     missing = int((~complete & (joined["split"] == config.split)).sum())
     notes = [f"{config.split} rows with scores from every model: {len(test)} (missing for {missing})",
              "synthetic data: numbers are not comparable with the published real-data columns"
-             if config.dataset_kind == "synthetic" else "real data"]
+             if config.dataset_kind == "synthetic" else "real data", *warnings]
 
     metrics: dict = {"split": config.split, "dataset": config.dataset_kind, "split_hash": source.split_hash,
                      "models": {}, "localization": {}, "notes": notes}
