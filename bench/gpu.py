@@ -13,7 +13,7 @@ Scoring images/s: the scoring actor (`thorax_ray/scoring/scorer.py: Scorer`) on 
 held in memory: predictions only (`--method none`) vs predictions + all-14-class maps and boxes
 (`fast_cam`), i.e. the in-actor rate of `jobs/score.py` (reading/decoding runs in other Ray tasks).
 
-    python bench/gpu.py                                     # GPU defaults (about 3 minutes on one H100)
+    python bench/gpu.py                                     # GPU defaults (not yet run on a GPU; stops itself at 290 s)
     python bench/gpu.py --model small_cnn --size 32 --images 96 --train-steps 3   # tiny, CPU
 
 Prints a table and ends with one JSON line. Goals on one H100: >= 2,500 training and >= 8,000 scored
@@ -219,7 +219,7 @@ def main() -> None:
 
     import torch
 
-    from thorax_ray.accel import FastPath, input_workers
+    from thorax_ray.accel import FastPath
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -259,7 +259,7 @@ def main() -> None:
     input_bound = results["train_shards"] < 0.9 * results["train_synthetic"]
     print(f"\nGPU benchmark: {args.model} at {args.size} px on {where}; {fast.describe()}")
     print(f"train batch {args.batch_size}, score batch {args.score_batch_size}; "
-          f"input workers per GPU on this node: {input_workers(os.cpu_count(), max(1, torch.cuda.device_count()))}")
+          f"input workers per GPU on this node: {_input_workers(os.cpu_count(), max(1, torch.cuda.device_count()))}")
     header = f"{'measure':<44}{'images/s':>10}{'vs synthetic':>14}{'goal (H100)':>13}"
     print(header)
     rows = [("training, synthetic tensors on the device", results["train_synthetic"], GOAL_TRAIN_IPS),
@@ -289,6 +289,13 @@ def main() -> None:
           "meets_goals": (results["train_shards"] >= GOAL_TRAIN_IPS and results["score_fast_cam"] >= GOAL_SCORE_IPS)
           if on_h100 else None,
           "setup_s": round(setup_s, 1), "total_s": round(time.monotonic() - started, 1)})
+
+
+def _input_workers(cpus: float | None = None, gpus: int = 0) -> int:
+    """CPUs of a node available to the input pipeline per GPU (Ray Data read/decode tasks), at least 1
+    (one CPU per GPU is left for its training worker)."""
+    cpus = float(cpus if cpus is not None else (os.cpu_count() or 1))
+    return max(1, int(cpus // max(gpus, 1)) - 1)
 
 
 if __name__ == "__main__":

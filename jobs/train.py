@@ -15,7 +15,8 @@ import argparse
 import json
 
 from thorax_ray.cli import add_cluster_arguments, run_main, setup_logging
-from thorax_ray.config import merge
+from thorax_ray.config import overrides_from_flags
+from thorax_ray.losses import LOSS_KINDS
 from thorax_ray.models import list_models
 from thorax_ray.ray_setup import init_ray
 from thorax_ray.synthetic.demo import ensure_demo_dataset
@@ -36,7 +37,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--config", help="YAML file with sections data/model/loss/optim/augment/run")
     parser.add_argument("--data", help="prepared output, dataset folder or s3:// prefix (default: the demo dataset)")
     parser.add_argument("--model", choices=list_models(), help="architecture (default densenet121)")
-    parser.add_argument("--backbone", choices=[m for m in list_models() if m not in ("mlp", "fusion")], help="CNN of fusion")
+    parser.add_argument("--backbone", choices=list_models("image"), help="CNN of fusion")
     parser.add_argument("--pretrained", help="path/URI of ImageNet-style weights (never downloaded)")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--workers", type=int, help="Ray Train workers (DDP ranks)")
@@ -46,7 +47,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--lr", type=float)
     parser.add_argument("--weight-decay", type=float)
-    parser.add_argument("--loss", choices=["bce", "weighted_bce", "focal"])
+    parser.add_argument("--loss", choices=list(LOSS_KINDS))
     parser.add_argument("--limit", type=int, help="at most this many rows per split (smoke runs)")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--max-failures", type=int, help="worker-group restarts from the latest checkpoint")
@@ -55,11 +56,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def build_config(args: argparse.Namespace) -> TrainConfig:
-    overrides: dict = {}
-    for flag, (section, key) in FLAGS.items():
-        value = getattr(args, flag)
-        if value is not None:
-            overrides = merge(overrides, {section: {key: value}})
+    overrides = overrides_from_flags(args, FLAGS)
     if args.config:
         return TrainConfig.from_yaml(args.config, overrides)
     return TrainConfig.from_dict(overrides)

@@ -16,7 +16,7 @@ import argparse
 import sys
 
 from thorax_ray.cli import add_cluster_arguments, run_main, setup_logging
-from thorax_ray.config import merge
+from thorax_ray.config import overrides_from_flags
 from thorax_ray.ray_setup import init_ray
 from thorax_ray.tune.results import format_table
 from thorax_ray.tune.space import load_space
@@ -49,11 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     args = parse_args(argv)
     space = load_space(args.space)
-    overrides: dict = {}
-    for flag, (section, key) in FLAGS.items():
-        value = getattr(args, flag)
-        if value is not None:
-            overrides = merge(overrides, {section: {key: value}})
+    overrides = overrides_from_flags(args, FLAGS)
     if overrides:
         space = space.with_base(overrides)
     name = args.name or space.name

@@ -15,7 +15,6 @@ without a GPU gives the GPU decisions (what the unit tests check) without touchi
 from __future__ import annotations
 
 import contextlib
-import os
 import queue
 import threading
 import time
@@ -34,9 +33,7 @@ class FastPath:
     device: torch.device
     autocast_dtype: torch.dtype | None  # bf16 on GPU, None (fp32) on CPU
     channels_last: bool
-    pin_memory: bool  # host batches in page-locked memory, copied with non_blocking=True
     compile: bool  # torch.compile the training model
-    cudnn_benchmark: bool
     prefetch_batches: int  # batches the input pipeline prepares ahead
 
     @classmethod
@@ -47,19 +44,20 @@ class FastPath:
         device = torch.device(device)
         gpu = device.type == "cuda"
         return cls(device=device, autocast_dtype=torch.bfloat16 if gpu else None,
-                   channels_last=gpu and images, pin_memory=gpu,
+                   channels_last=gpu and images,
                    compile=gpu if compile is None else (bool(compile) and gpu),
-                   cudnn_benchmark=gpu, prefetch_batches=GPU_PREFETCH_BATCHES if gpu else CPU_PREFETCH_BATCHES)
+                   prefetch_batches=GPU_PREFETCH_BATCHES if gpu else CPU_PREFETCH_BATCHES)
 
     @property
     def on_gpu(self) -> bool:
+        """Also decides pinned host batches (copied with non_blocking=True) and cuDNN autotuning."""
         return self.device.type == "cuda"
 
     def describe(self) -> str:
         if not self.on_gpu:
             return f"{self.device.type}: fp32, no fast path"
         parts = [f"autocast {str(self.autocast_dtype).replace('torch.', '')}" if self.autocast_dtype else "fp32",
-                 "channels_last" if self.channels_last else "", "pinned prefetch" if self.pin_memory else "",
+                 "channels_last" if self.channels_last else "", "pinned prefetch",
                  "torch.compile" if self.compile else ""]
         return f"{self.device}: " + ", ".join(p for p in parts if p)
 
@@ -71,9 +69,8 @@ class FastPath:
 
     def setup(self) -> None:
         """Process-wide switches (call once per worker/actor)."""
-        if self.cudnn_benchmark:
-            torch.backends.cudnn.benchmark = True
         if self.on_gpu:
+            torch.backends.cudnn.benchmark = True
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
 
@@ -95,12 +92,12 @@ class FastPath:
 
     def pin(self, value):
         """Page-locks the tensors of a host batch (GPU only; a no-op on CPU)."""
-        return _map_tensors(value, lambda t: t.pin_memory() if self.pin_memory and not t.is_pinned() else t)
+        return _map_tensors(value, lambda t: t.pin_memory() if self.on_gpu and not t.is_pinned() else t)
 
     def _tensor_to_device(self, tensor: torch.Tensor) -> torch.Tensor:
         if not self.on_gpu:
             return tensor.to(self.device)
-        if self.pin_memory and tensor.device.type == "cpu" and not tensor.is_pinned():
+        if tensor.device.type == "cpu" and not tensor.is_pinned():
             tensor = tensor.pin_memory()
         return tensor.to(self.device, non_blocking=True)
 
@@ -205,10 +202,3 @@ def _hand_over(batch, copy_stream):
     _record_stream(batch, current)
     return batch
 
-
-def input_workers(cpus: float | None = None, gpus: int = 0) -> int:
-    """CPUs of a node available to the input pipeline per GPU (Ray Data read/decode tasks), at least 1.
-    Training from prepared shards reads raw uint8 rows (no PNG decoding), so a few CPUs per GPU
-    suffice; decoding PNGs on the fly needs ~10 ms of CPU per 1024 px image."""
-    cpus = float(cpus if cpus is not None else (os.cpu_count() or 1))
-    return max(1, int(cpus // max(gpus, 1)) - 1)

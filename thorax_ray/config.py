@@ -84,3 +84,14 @@ def merge(base: dict, override: dict) -> dict:
     for key, value in override.items():
         out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
     return out
+
+
+def overrides_from_flags(args: Any, flags: dict[str, tuple[str, str]]) -> dict:
+    """Nested config overrides `{section: {key: value}}` from parsed command-line `args`, for each
+    `flag -> (section, key)` of `flags` whose value was given (not None)."""
+    overrides: dict = {}
+    for flag, (section, key) in flags.items():
+        value = getattr(args, flag)
+        if value is not None:
+            overrides = merge(overrides, {section: {key: value}})
+    return overrides

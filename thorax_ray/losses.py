@@ -18,9 +18,8 @@ kinds
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -69,22 +68,6 @@ class LossConfig:
             if not 0.0 <= alpha <= 1.0:
                 raise ValueError(f"focal_alpha must be in [0, 1] or None, got {self.focal_alpha!r}")
             object.__setattr__(self, "focal_alpha", alpha)
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        if data["per_class_pos_weight"] is not None:
-            data["per_class_pos_weight"] = list(data["per_class_pos_weight"])
-        return data
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> LossConfig:
-        unknown = set(data) - {"kind", "pos_weight_scale", "per_class_pos_weight", "focal_gamma", "focal_alpha"}
-        if unknown:
-            raise ValueError(f"unknown loss option(s) {sorted(unknown)}")
-        data = dict(data)
-        if data.get("per_class_pos_weight") is not None:
-            data["per_class_pos_weight"] = tuple(data["per_class_pos_weight"])
-        return cls(**data)
 
 
 def _check_shapes(logits: torch.Tensor, targets: torch.Tensor) -> None:

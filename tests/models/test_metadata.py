@@ -138,3 +138,16 @@ def test_mlp_model():
     default = create_model("mlp")
     assert default.metadata_features == MetadataFeatures() and default.hidden == 64
     assert [m.p for m in default.modules() if isinstance(m, torch.nn.Dropout)] == [0.1, 0.1]
+
+
+def test_sex_and_view_normalised_case_whitespace_aliases_and_dtypes():
+    expected = np.array([[1, 0, 0, 1, 0, 0, 0],   # "male" / "pa"
+                         [0, 1, 0, 0, 1, 0, 0],   # " f " / "AP "
+                         [0, 0, 1, 0, 0, 1, 0],   # unknown sex -> missing; unknown view -> other
+                         [0, 0, 1, 0, 0, 0, 1]],  # missing
+                        dtype=np.float32)
+    features = MetadataFeatures(("sex", "view_position"))
+    sex, view = ["male", " f ", "X", None], ["pa", "AP ", "LL", None]
+    for dtype in (object, "string", "category"):
+        frame = pd.DataFrame({"sex": pd.Series(sex, dtype=dtype), "view_position": pd.Series(view, dtype=dtype)})
+        np.testing.assert_array_equal(features.encode(frame), expected)

@@ -26,3 +26,63 @@ def test_validation_rows_stream_every_time_when_too_big():
     rows = ValidationRows(source, batch_size=100, cache_bytes=1000)
     assert sum(len(t) for t in rows) == 300 and sum(len(t) for t in rows) == 300
     assert source.passes == 2
+
+
+def _save_epoch(run_dir, epoch):
+    import os
+
+    import torch
+
+    from thorax_ray.train.checkpoint import checkpoint_dir_name, save_checkpoint
+
+    directory = os.path.join(run_dir, checkpoint_dir_name(epoch))
+    os.makedirs(directory)
+    save_checkpoint(directory, {"epoch": epoch, "model_state": {"w": torch.full((2,), float(epoch))}})
+    return directory
+
+
+def test_restore_state_loads_one_checkpoint_the_newest_complete_one(monkeypatch, tmp_path):
+    from thorax_ray.train import checkpoint, loop
+
+    loaded = []
+    real_load = checkpoint.load_payload
+
+    def counting_load(directory, **kwargs):
+        loaded.append(directory.rstrip("/").rsplit("/", 1)[-1])
+        return real_load(directory, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "load_payload", counting_load)  # what latest_loadable calls
+    run_dir = str(tmp_path / "run")
+    assert loop.restore_state(run_dir, None) is None and loaded == []  # nothing to resume from
+    _save_epoch(run_dir, 0), _save_epoch(run_dir, 1)
+    # epoch 1 is durable even if Ray registered only epoch 0 before a worker died: resume after epoch 1
+    assert loop.restore_state(run_dir, None)["epoch"] == 1 and loaded == ["epoch_0001"]
+    torn = tmp_path / "run" / "epoch_0002"  # an upload cut short is skipped
+    torn.mkdir()
+    (torn / "model.pt").write_bytes(b"not a checkpoint")
+    loaded.clear()
+    assert loop.restore_state(run_dir, None)["epoch"] == 1 and loaded == ["epoch_0002", "epoch_0001"]
+
+
+def test_augment_batch_reproducible_and_in_distribution():
+    import torch
+
+    from thorax_ray.train.augment import augment_batch
+    from thorax_ray.train.config import AugmentConfig
+
+    images = torch.rand(6, 1, 16, 16)
+    config = AugmentConfig()
+    first = augment_batch(images, config, torch.Generator().manual_seed(3))
+    again = augment_batch(images, config, torch.Generator().manual_seed(3))
+    other = augment_batch(images, config, torch.Generator().manual_seed(4))
+    assert first.shape == images.shape and torch.equal(first, again) and not torch.equal(first, other)
+    # flips only: every image is either itself or its mirror, and both occur for some seed
+    flip_only = AugmentConfig(hflip=True, rotate_degrees=0, scale=0, translate=0, brightness=0, contrast=0)
+    flipped = augment_batch(images, flip_only, torch.Generator().manual_seed(0))
+    mirrored = [torch.equal(f, i.flip(-1)) for f, i in zip(flipped, images)]
+    assert all(m or torch.equal(f, i) for m, f, i in zip(mirrored, flipped, images)) and any(mirrored)
+    # nothing enabled: the images come back unchanged, no random numbers drawn
+    none = AugmentConfig(hflip=False, rotate_degrees=0, scale=0, translate=0, brightness=0, contrast=0)
+    generator = torch.Generator().manual_seed(0)
+    state = generator.get_state()
+    assert augment_batch(images, none, generator) is images and torch.equal(generator.get_state(), state)

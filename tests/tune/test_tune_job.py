@@ -104,7 +104,8 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(metadata_on
         assert executions[trial] == 1 and finished_trials(runs)[trial] == 1
     after = finished_trials(runs)
     for _, row in table.iterrows():  # the rest ran to their end (or until ASHA stopped them)
-        assert row["epochs_run"] >= 1 and (row["epochs_run"] == 2 or row["stopped_early"])
+        assert row["max_epochs"] == 2 and 1 <= row["epochs_run"] <= 2
+        assert bool(row["stopped_early"]) == (row["epochs_run"] < 2)  # ended before --epochs only if ASHA stopped it
         assert after.get(row["trial"]) == 1 or row["stopped_early"]
     if first_rc == 130:
         assert "interrupted: run the same command again" in first_log

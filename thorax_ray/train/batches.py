@@ -35,11 +35,9 @@ def batch_from_arrow(table: pa.Table, *, stored_size: int, features=None, images
                  labels=torch.from_numpy(labels.astype(np.float32)), images=image_tensor, features=feature_tensor)
 
 
-def normalise_images(images: torch.Tensor, contract: dict, *, device: torch.device,
-                     channels_last: bool = False) -> torch.Tensor:
+def normalise_images(images: torch.Tensor, contract: dict, *, device: torch.device) -> torch.Tensor:
     """uint8 (N, 1, S, S) -> float on `device`, resized to the contract's size, scaled and standardised."""
     x = images.to(device, non_blocking=True).float().mul_(contract["scale"])
     if x.shape[-1] != contract["size"] or x.shape[-2] != contract["size"]:
         x = F.interpolate(x, size=(contract["size"],) * 2, mode="bilinear", antialias=True, align_corners=False)
-    x = (x - contract["mean"]) / contract["std"]
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+    return (x - contract["mean"]) / contract["std"]

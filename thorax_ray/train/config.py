@@ -6,8 +6,7 @@ from dataclasses import dataclass, field
 
 from thorax_ray.config import from_dict, load_yaml, merge, to_dict
 from thorax_ray.losses import LossConfig
-
-DEFAULT_FEATURES = ("age", "sex", "view_position", "follow_up")
+from thorax_ray.models.metadata import DEFAULT_FEATURES
 # One-channel version of the ImageNet statistics (mean of the RGB values), so ImageNet stems summed to one
 # channel see familiar input.
 IMAGE_MEAN, IMAGE_STD = 0.449, 0.226

@@ -15,7 +15,7 @@ from thorax_ray.models import MetadataFeatures, create_model
 from thorax_ray.predict import predict
 from thorax_ray.train.augment import augment_batch
 from thorax_ray.train.batches import batch_from_arrow, normalise_images
-from thorax_ray.train.checkpoint import (checkpoint_dir_name, latest_loadable, load_payload,
+from thorax_ray.train.checkpoint import (checkpoint_dir_name, latest_loadable,
                                          save_checkpoint, write_run_metrics)
 from thorax_ray.train.config import TrainConfig, preprocessing_contract
 
@@ -56,19 +56,12 @@ class ValidationRows:
 
 
 def restore_state(run_dir: str, endpoint: str | None) -> dict | None:
-    """The checkpoint to resume from: the newer of Ray's registered one and the newest complete one in
-    storage. Ray registers a checkpoint after its upload, so when a worker dies right after a report the
-    registered one can lag an epoch behind what is already durable in storage."""
-    import ray.train
-
-    registered = None
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            registered = load_payload(directory)
-    stored = latest_loadable(run_dir, endpoint_url=endpoint)
-    candidates = [c for c in (registered, stored) if c is not None]
-    return max(candidates, key=lambda c: c["epoch"]) if candidates else None
+    """The checkpoint to resume from: the newest complete one in the run's storage. Ray's registered
+    checkpoint (`ray.train.get_checkpoint()`) is one of these folders (`RUN_DIR/epoch_NNNN`), but Ray
+    registers a checkpoint only after its upload, so when a worker dies right after a report the
+    registered one can lag an epoch behind what is already durable; reading storage covers both and
+    loads one checkpoint (a torn upload is skipped)."""
+    return latest_loadable(run_dir, endpoint_url=endpoint)
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
@@ -94,8 +87,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     state = restore_state(info["run_dir"], config.data.s3_endpoint)
     if state is not None:
         model.load_state_dict(state["model_state"], strict=True)
-    if fast.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = fast.prepare_model(model)  # on the device; channels_last for image models on GPU
     trained = fast.maybe_compile(ray.train.torch.prepare_model(model))
     optimizer = torch.optim.Adam(model.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay)
     scheduler = build_scheduler(config, optimizer)

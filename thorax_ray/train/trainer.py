@@ -69,7 +69,7 @@ def fit(config: TrainConfig, *, callbacks: list | None = None) -> TrainResult:
                            else os.path.abspath(config.run.storage), config.run_name)
     info = {"run_name": config.run_name, "run_dir": run_dir, "split_hash": source.split_hash,
             "label_counts": label_counts.tolist(), "train_rows": int(train_rows),
-            "stored_size": source.stored_size, "source_kind": source.kind}
+            "stored_size": source.stored_size}
     datasets = {"train": cache_if_small(source.dataset("train", images=spec.uses_images),
                                         estimated_bytes(train_rows, source.stored_size if spec.uses_images else 0),
                                         config.data.cache_train_mb),

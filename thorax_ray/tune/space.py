@@ -100,8 +100,8 @@ class SearchSpace:
         """Tune's param_space: flat, keyed by the dotted path."""
         return {p.path: p.domain() for p in self.params}
 
-    def base_config(self, overrides: dict | None = None) -> TrainConfig:
-        return TrainConfig.from_dict(resolve(merge(self.base, overrides or {}), {}))
+    def base_config(self) -> TrainConfig:
+        return TrainConfig.from_dict(resolve(self.base, {}))
 
     def with_base(self, overrides: dict) -> "SearchSpace":
         """A copy whose base has `overrides` merged in (command-line flags), validated again."""
@@ -318,7 +318,7 @@ def _check_semantics(config: TrainConfig, where: str) -> None:
     from thorax_ray.models import MetadataFeatures, list_models
 
     _check_architecture(config.model.name, where)
-    cnns = [m for m in list_models() if m not in ("mlp", "fusion")]
+    cnns = list_models("image")
     if config.model.name == "fusion" and config.model.backbone not in cnns:
         raise ConfigError(f"{where}: unknown fusion backbone {config.model.backbone!r}; image CNNs: {cnns}")
     try:

@@ -28,7 +28,6 @@ class SweepOutcome:
     best_config_path: str | None
     interrupted: bool
     resumed: bool
-    max_concurrent: int
 
 
 def max_concurrent_trials(workers: int, cpus_per_worker: float, cluster_cpus: float) -> int:
@@ -120,5 +119,4 @@ def run_sweep(space: SearchSpace, *, storage_uri: str, name: str, out_dir: str, 
     if best is not None:
         best_path = results_mod.write_best_config(*best, out_dir, experiment=name, metric=settings.metric)
     return SweepOutcome(experiment_path=experiment_path, rows=rows, results_csv=results_csv,
-                        best_config_path=best_path, interrupted=interrupted, resumed=resumed,
-                        max_concurrent=concurrent)
+                        best_config_path=best_path, interrupted=interrupted, resumed=resumed)

@@ -50,7 +50,7 @@ def make_trainable(setup: TrialSetup):
         config = trial_config(setup, sample, trial_id)
         record = _record_execution(config, trial_id, sample)
         result = fit(config, callbacks=[TuneReportCallback()])
-        _finish_execution(record, config, result.metrics)
+        _finish_execution(record, result.metrics)
         if result.error is not None:
             raise RuntimeError(f"trial {trial_id}: training failed: {result.error}")
 
@@ -83,7 +83,7 @@ def _record_execution(config: TrainConfig, trial_id: str, sample: dict) -> dict:
     return record
 
 
-def _finish_execution(record: dict, config: TrainConfig, metrics: dict | None) -> None:
+def _finish_execution(record: dict, metrics: dict | None) -> None:
     record = {**record, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
               "seconds": time.time() - record["started_unix"],
               "epochs_run": (metrics or {}).get("epochs_run")}
