@@ -160,7 +160,8 @@ def bench_scoring(args, fast, prepared: str, record: dict, work: str) -> dict:
     from bench.score import make_checkpoint
     from thorax_ray import storage
     from thorax_ray.data.shards import prepared_files
-    from thorax_ray.scoring.scorer import Scorer, checkpoint_model_id
+    from thorax_ray.scoring.scorer import Scorer
+    from thorax_ray.train.checkpoint import checkpoint_model_id
 
     checkpoint = os.path.join(work, "checkpoint")
     os.makedirs(checkpoint, exist_ok=True)

@@ -28,6 +28,7 @@ def make_checkpoint(folder: str, model_name: str, size: int) -> None:
 
     from thorax_ray.models import create_model
     from thorax_ray.train.checkpoint import save_checkpoint
+    from thorax_ray.train.config import preprocessing_contract
 
     from thorax_ray.labels import FINDINGS
     from thorax_ray.synthetic.population import REAL_STATISTICS
@@ -41,8 +42,7 @@ def make_checkpoint(folder: str, model_name: str, size: int) -> None:
         model.classifier.bias.copy_(torch.log(prevalence / (1 - prevalence)))
     save_checkpoint(folder, {
         "model_name": model_name, "model_build_config": model.build_config, "model_state": model.state_dict(),
-        "preprocessing": {"channels": 1, "size": size, "input_dtype": "uint8", "scale": 1 / 255,
-                          "mean": 0.449, "std": 0.226},
+        "preprocessing": preprocessing_contract(size),
     })
 
 

@@ -12,7 +12,8 @@ import argparse
 
 from thorax_ray.cli import add_cluster_arguments, run_main, setup_logging
 from thorax_ray.ray_setup import init_ray
-from thorax_ray.scoring import IMAGE_METHODS, NO_METHOD, ScoreConfig, score
+from thorax_ray.attribution import DEFAULT_MAX_BOXES, DEFAULT_THRESHOLD, list_methods
+from thorax_ray.scoring import NO_METHOD, ScoreConfig, score
 from thorax_ray.scoring.scorer import DEFAULT_BOX_GRID, DEFAULT_MAX_MAP_SIDE
 
 
@@ -23,7 +24,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="folder or s3:// prefix of PNGs (NIH layout, or new images without a CSV), "
                              "a manifest .parquet, or a prepared output")
     parser.add_argument("--out", required=True, help="output folder or s3:// prefix (shared by all runs)")
-    parser.add_argument("--method", choices=[*IMAGE_METHODS, "metadata_ig", NO_METHOD],
+    parser.add_argument("--method", choices=[*list_methods(), NO_METHOD],
                         help="attribution method (default: fast_cam for image models, metadata_ig for the MLP; "
                              "none: probabilities only)")
     parser.add_argument("--batch-size", type=int, default=32, help="images per model call (default 32)")
@@ -31,8 +32,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--actor-cpus", type=float, default=1.0, help="CPUs per actor (torch threads on CPU)")
     parser.add_argument("--box-min-probability", type=float, default=0.5,
                         help="box only findings with at least this probability (default 0.5; negative: all)")
-    parser.add_argument("--box-threshold", type=float, default=180, help="map level (0..255) of a box (default 180)")
-    parser.add_argument("--max-boxes", type=int, default=2, help="boxes per finding (default 2)")
+    parser.add_argument("--box-threshold", type=float, default=DEFAULT_THRESHOLD,
+                        help=f"map level (0..255) of a box (default {DEFAULT_THRESHOLD})")
+    parser.add_argument("--max-boxes", type=int, default=DEFAULT_MAX_BOXES,
+                        help=f"boxes per finding (default {DEFAULT_MAX_BOXES})")
     parser.add_argument("--box-grid", type=int, default=DEFAULT_BOX_GRID,
                         help="trace boxes on a grid of at most this many pixels per side, then scale to the "
                              f"original (default {DEFAULT_BOX_GRID}; 0: at full size)")

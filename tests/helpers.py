@@ -21,3 +21,26 @@ def write_text(path: str | os.PathLike, text: str) -> str:
     with open(path, "w") as handle:
         handle.write(text)
     return str(path)
+
+
+CHECKPOINT_SPLIT_HASH = "split-of-the-test-checkpoints"
+
+
+def make_checkpoint(folder: str | os.PathLike, name: str = "small_cnn", *, size: int = 64, seed: int = 0,
+                    model=None, **kwargs):
+    """Saves a scoring-ready checkpoint of `model` (default: a new `name` model with seed `seed` and
+    `kwargs`) with the preprocessing contract of `size`; returns the model."""
+    import torch
+
+    from thorax_ray.models import create_model
+    from thorax_ray.train.checkpoint import save_checkpoint
+    from thorax_ray.train.config import preprocessing_contract
+
+    if model is None:
+        torch.manual_seed(seed)
+        model = create_model(name, **kwargs).eval()
+    os.makedirs(folder, exist_ok=True)
+    save_checkpoint(str(folder), {"model_name": name, "model_build_config": model.build_config,
+                                  "model_state": model.state_dict(), "preprocessing": preprocessing_contract(size),
+                                  "epoch": 0, "split_hash": CHECKPOINT_SPLIT_HASH})
+    return model

@@ -6,6 +6,7 @@ an explicit `endpoint_url` serves S3-compatible stores (MinIO, Ceph, a test serv
 """
 from __future__ import annotations
 
+import json
 import os
 import posixpath
 import re
@@ -67,3 +68,28 @@ def read_parquet(uri: str, *, columns: list[str] | None = None, endpoint_url: st
     fs, path = filesystem(uri, endpoint_url=endpoint_url)
     with fs.open(path, "rb") as handle:
         return pq.read_table(handle, columns=columns).to_pandas()
+
+
+def read_json(uri: str, *, endpoint_url: str | None = None) -> dict | None:
+    """A JSON file (local or s3://) parsed, or None when it does not exist."""
+    fs, path = filesystem(uri, endpoint_url=endpoint_url)
+    try:
+        with fs.open(path, "rb") as handle:
+            return json.loads(handle.read())
+    except FileNotFoundError:
+        return None
+
+
+def write_json(uri: str, obj, *, endpoint_url: str | None = None) -> None:
+    """Writes `obj` as indented JSON in one step, so readers see the old file or the new one, never a
+    partial one (local: write a temporary file + rename; object stores: one PUT). Creates the folder."""
+    fs, path = filesystem(uri, endpoint_url=endpoint_url)
+    data = json.dumps(obj, indent=2).encode()
+    if is_remote(uri):
+        fs.pipe_file(path, data)
+        return
+    fs.makedirs(os.path.dirname(path), exist_ok=True)
+    temporary = f"{path}.tmp"
+    with open(temporary, "wb") as handle:
+        handle.write(data)
+    os.replace(temporary, path)

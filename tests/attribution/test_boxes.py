@@ -81,6 +81,10 @@ def test_batch_and_arrow_type():
     assert len(batch) == 2 and len(batch[0]) == 2 and batch[1] == []
     column = pa.array(batch, BOXES_TYPE)
     assert column.type.value_type == BOX_STRUCT
-    assert [f.name for f in BOX_STRUCT] == ["finding", "x", "y", "w", "h", "score"]
-    assert BOX_STRUCT.field("x").type == pa.float32()
-    assert column.to_pylist()[0][0]["finding"] == "Mass"
+    # every key of a box dict is a field of the struct (pyarrow would drop an unknown one silently)
+    stored = column.to_pylist()
+    assert [[set(box) for box in image] for image in stored] == [[set(box) for box in image] for image in batch]
+    for box, original in zip(stored[0], batch[0]):
+        assert box["finding"] == original["finding"]
+        assert all(box[k] == pytest.approx(original[k], rel=1e-6) for k in ("x", "y", "w", "h", "score"))
+    assert stored[0][0]["finding"] == "Mass"

@@ -56,7 +56,6 @@ class QuadrantModel(nn.Module):
 
 def test_registry_lists_and_rejects():
     assert BUILTIN <= set(list_methods())
-    assert list_methods() == sorted(list_methods())
     with pytest.raises(ValueError, match="unknown attribution method 'nope'.*fast_cam.*occlusion"):
         get_method("nope")
     with pytest.raises(ValueError, match="already registered"):

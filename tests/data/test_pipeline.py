@@ -19,3 +19,20 @@ def test_loader_marks_missing_path_without_reading():
     assert loader.load_one(None) == (b"", "locate", "missing")
     assert loader.load_one(float("nan")) == (b"", "locate", "missing")
     assert loader.load_one("/nonexistent/x.png") == (b"", "read", "missing")
+
+
+def test_loader_records_source_width_and_height_when_asked(tmp_path):
+    import pandas as pd
+
+    from tests.data.pngs import png_bytes
+
+    wide = np.zeros((40, 70), np.uint8)  # height 40, width 70
+    (tmp_path / "wide.png").write_bytes(png_bytes(wide))
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    batch = pd.DataFrame({"path": [str(tmp_path / "wide.png"), str(tmp_path / "bad.png"), None]})
+    sized = ImageLoader(ImageConfig(size=8), sizes=True)(batch)
+    assert list(sized["width"]) == [70, 0, 0] and list(sized["height"]) == [40, 0, 0]
+    assert list(sized["ok"]) == [True, False, False] and list(sized["reason"]) == ["", "not_png", "missing"]
+    plain = ImageLoader(ImageConfig(size=8))(batch)
+    assert "width" not in plain.columns and "height" not in plain.columns
+    assert list(plain["image"]) == list(sized["image"]) and len(plain["image"][0]) == 64

@@ -3,24 +3,16 @@ import os
 import subprocess
 import sys
 
-import torch
 from PIL import Image
 
-from thorax_ray.models import create_model
 from thorax_ray.scoring import read_scores
-from thorax_ray.train.checkpoint import save_checkpoint
+from tests.helpers import make_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def test_score_job_prints_counts_and_writes_overlays(ray_local, synthetic_small, tmp_path):
-    torch.manual_seed(0)
-    model = create_model("small_cnn")
-    (tmp_path / "ckpt").mkdir()
-    save_checkpoint(str(tmp_path / "ckpt"), {
-        "model_name": "small_cnn", "model_build_config": model.build_config, "model_state": model.state_dict(),
-        "preprocessing": {"channels": 1, "size": 64, "input_dtype": "uint8", "scale": 1 / 255, "mean": 0.449,
-                          "std": 0.226}})
+    make_checkpoint(tmp_path / "ckpt", "small_cnn", size=64)
     address = ray_local.get_runtime_context().gcs_address
     result = subprocess.run(
         [sys.executable, "jobs/score.py", "--checkpoint", str(tmp_path / "ckpt"), "--input", str(synthetic_small),

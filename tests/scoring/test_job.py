@@ -16,33 +16,23 @@ from thorax_ray.attribution import (BOXES_TYPE, HEATMAP_METADATA_KEY, HEATMAP_SC
 from thorax_ray.data.decode import decode_png
 from thorax_ray.labels import BOXED_FINDINGS, FINDING_COLUMNS, FINDINGS
 from thorax_ray.metadata import DATA_ENTRY_HEADER
-from thorax_ray.models import create_model
 from thorax_ray.scoring import (FEATURES_METADATA_KEY, SCORES_METADATA_KEY, ScoreConfig, committed_runs,
                                 output_size, read_file_metadata, read_quarantine, read_scores, score, scored_index)
 from thorax_ray.scoring.job import IN_FLIGHT_BATCHES_PER_ACTOR, MIN_IN_FLIGHT_BYTES, bound_in_flight, in_flight_bytes
 from thorax_ray.scoring.output import STAGING_DIR
 from thorax_ray.train.batches import normalise_images
-from thorax_ray.train.checkpoint import save_checkpoint
+from thorax_ray.train.config import preprocessing_contract
 from tests.data.pngs import write_bad_and_good
-from tests.helpers import upload_tree, write_text
+from tests.helpers import CHECKPOINT_SPLIT_HASH, make_checkpoint, upload_tree, write_text
 
 SIZE = 64
-CONTRACT = {"channels": 1, "size": SIZE, "input_dtype": "uint8", "scale": 1 / 255, "mean": 0.449, "std": 0.226}
-
-
-def make_checkpoint(folder, name="small_cnn", seed=0, **kwargs):
-    torch.manual_seed(seed)
-    model = create_model(name, **kwargs).eval()
-    os.makedirs(folder, exist_ok=True)
-    save_checkpoint(str(folder), {"model_name": name, "model_build_config": model.build_config,
-                                  "model_state": model.state_dict(), "preprocessing": dict(CONTRACT), "epoch": 0})
-    return model
+CONTRACT = preprocessing_contract(SIZE)
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     folder = tmp_path_factory.mktemp("checkpoint")
-    return str(folder), make_checkpoint(folder)
+    return str(folder), make_checkpoint(folder, size=SIZE)
 
 
 def image_paths(root):
@@ -95,6 +85,7 @@ def test_schema_metadata_round_trip_and_size(ray_local, checkpoint, synthetic_sm
     assert (frame["model_id"] == summary.model_id).all() and (frame["run_id"] == summary.run_id).all()
     assert (frame["width"] == 64).all() and (frame["height"] == 64).all()
     assert frame.attrs["heatmap"]["shape"] == [14, 4, 4]
+    assert frame.attrs["split_hash"] == CHECKPOINT_SPLIT_HASH  # what evaluation checks against its split
     # Decode round trip: the stored maps are exactly normalise_maps(fast CAM) of the same images.
     rows = frame.sort_values("image_index").head(6)
     pixels = np.stack([decode_png(open(p, "rb").read(), SIZE) for p in rows["path"]])
@@ -192,13 +183,19 @@ def test_s3_in_and_out(ray_local, checkpoint, synthetic_small, s3_bucket, tmp_pa
     frame = read_scores(out)
     assert len(frame) == 12 and frame["path"].str.startswith(f"{s3_bucket}/incoming/").all()
     assert frame.attrs["heatmap"]["shape"] == [14, 4, 4]
+    assert frame.attrs["split_hash"] == CHECKPOINT_SPLIT_HASH  # what evaluation checks against its split
     assert score(config(f"{s3_bucket}/checkpoint", f"{s3_bucket}/incoming", out)).skipped == 12
     assert len(read_scores(out)) == 12 and len(committed_runs(out)) == 2
 
 
-def test_prepared_input(ray_local, checkpoint, tmp_path):
+def test_prepared_input(ray_local, checkpoint, tmp_path, monkeypatch):
+    import thorax_ray.scoring.job as job
     from thorax_ray.data.pipeline import ImageConfig
     from thorax_ray.data.prepare import PrepareConfig, prepare
+
+    bounds = []
+    monkeypatch.setattr(job, "MIN_IN_FLIGHT_BYTES", 0)
+    monkeypatch.setattr(job, "bound_in_flight", lambda dataset, object_store_bytes: bounds.append(object_store_bytes))
 
     ckpt, _ = checkpoint
     data = tmp_path / "messy"
@@ -208,6 +205,8 @@ def test_prepared_input(ray_local, checkpoint, tmp_path):
     prepare(PrepareConfig(data=str(data), out=str(tmp_path / "prepared"), image=ImageConfig(size=48)))
     summary = score(config(ckpt, tmp_path / "prepared", tmp_path / "out"))
     assert (summary.input_rows, summary.scored, summary.quarantined_total) == (8, 4, 4)
+    # the prepared images travel at their prepared side (48), not at the contract's (64)
+    assert bounds == [IN_FLIGHT_BATCHES_PER_ACTOR * summary.actors * 8 * 48 * 48]
     frame = read_scores(str(tmp_path / "out"))
     assert sorted(frame["image_index"]) == sorted(n for n, r in expected.items() if not r)
     assert (frame["width"] == 96).all()  # read from the source PNG's header
@@ -216,7 +215,7 @@ def test_prepared_input(ray_local, checkpoint, tmp_path):
 
 
 def test_metadata_model_writes_feature_attributions(ray_local, synthetic_small, tmp_path):
-    model = make_checkpoint(tmp_path / "mlp", name="mlp")
+    model = make_checkpoint(tmp_path / "mlp", name="mlp", size=SIZE)
     summary = score(config(str(tmp_path / "mlp"), synthetic_small, tmp_path / "out", batch_size=64))
     assert summary.method == "metadata_ig" and summary.scored == 120
     frame = read_scores(str(tmp_path / "out"))
@@ -232,7 +231,8 @@ def test_metadata_model_writes_feature_attributions(ray_local, synthetic_small, 
 
 def test_boxes_traced_on_a_coarse_grid_match_full_resolution(checkpoint, synthetic_small):
     """The scorer traces boxes on a <= box_grid px grid and scales them: same boxes within a grid cell."""
-    from thorax_ray.scoring.scorer import Scorer, checkpoint_model_id
+    from thorax_ray.scoring.scorer import Scorer
+    from thorax_ray.train.checkpoint import checkpoint_model_id
 
     ckpt, _ = checkpoint
     paths = list(image_paths(synthetic_small).values())[:8]
@@ -265,15 +265,26 @@ def test_in_flight_budget_grows_with_actors_and_batches_not_with_images():
     assert given == 3 * 2**20
 
 
-def test_in_flight_bound_set_on_the_dataset_and_a_tiny_one_still_scores_everything(
-        ray_local, checkpoint, synthetic_small, tmp_path):
-    import ray
+def test_in_flight_budget_counts_images_at_the_side_they_travel_at():
+    contract = {**CONTRACT, "size": 224}
+    prepared = in_flight_bytes(ScoreConfig(checkpoint="c", input="i", out="o", batch_size=128), contract, actors=1,
+                               stored_size=512)
+    assert prepared == IN_FLIGHT_BATCHES_PER_ACTOR * 128 * 512 * 512
 
-    dataset = ray.data.range(4)
-    bound_in_flight(dataset, 5 * 2**20)
-    assert dataset.context.execution_options.resource_limits.object_store_memory == 5 * 2**20
 
+def test_score_bounds_what_is_in_flight_and_a_tiny_bound_still_scores_everything(
+        ray_local, checkpoint, synthetic_small, tmp_path, monkeypatch):
+    import thorax_ray.scoring.job as job
+
+    bounds = []
+
+    def recording(dataset, object_store_bytes):
+        bound_in_flight(dataset, object_store_bytes)
+        bounds.append((object_store_bytes, dataset.context.execution_options.resource_limits.object_store_memory))
+
+    monkeypatch.setattr(job, "bound_in_flight", recording)
     ckpt, _ = checkpoint
     summary = score(config(ckpt, synthetic_small, tmp_path / "out", in_flight_mb=1))  # less than one block
+    assert bounds == [(2**20, 2**20)]
     frame = read_scores(str(tmp_path / "out"))
     assert summary.scored == summary.input_rows == len(frame) and frame["image_index"].is_unique

@@ -14,11 +14,12 @@ from thorax_ray.metadata import read_bbox_list
 from thorax_ray.models import create_model
 from thorax_ray.scoring import ScoreConfig, read_scores, score
 from thorax_ray.synthetic.dataset import SyntheticConfig, write_synthetic_dataset
-from thorax_ray.train.checkpoint import save_checkpoint
+from thorax_ray.train.config import preprocessing_contract
+from tests.helpers import make_checkpoint
 
 SIZE = 96  # written and scored at 96 px; small_cnn with 3 blocks -> 12x12 maps
 LARGE = ("Cardiomegaly", "Effusion", "Pneumothorax", "Mass")
-CONTRACT = {"channels": 1, "size": SIZE, "input_dtype": "uint8", "scale": 1 / 255, "mean": 0.449, "std": 0.226}
+CONTRACT = preprocessing_contract(SIZE)
 
 
 def train_small_cnn(images: np.ndarray, labels: np.ndarray, *, epochs: int = 10, seed: int = 0):
@@ -52,9 +53,7 @@ def test_heatmaps_concentrate_inside_truth_boxes(ray_local, tmp_path):
     train = manifest[manifest["split"] != "test"]
     pixels = np.stack([decode_png(open(p, "rb").read(), SIZE) for p in train["path"]])
     model = train_small_cnn(pixels, train[list(FINDING_COLUMNS)].to_numpy())
-    (tmp_path / "ckpt").mkdir()
-    save_checkpoint(str(tmp_path / "ckpt"), {"model_name": "small_cnn", "model_build_config": model.build_config,
-                                             "model_state": model.state_dict(), "preprocessing": CONTRACT})
+    make_checkpoint(tmp_path / "ckpt", "small_cnn", size=SIZE, model=model)
 
     test = manifest[manifest["split"] == "test"]
     test.to_parquet(tmp_path / "test.parquet")  # a manifest Parquet as the job's input

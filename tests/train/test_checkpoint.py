@@ -1,11 +1,13 @@
+import hashlib
 import json
 
 import pytest
 import torch
 
 from thorax_ray.models import create_model
-from thorax_ray.train.checkpoint import (CheckpointError, build_model, epoch_checkpoints, latest_loadable,
-                                         load_payload, resolve_checkpoint, save_checkpoint, write_run_metrics)
+from thorax_ray.train.checkpoint import (CheckpointError, build_model, checkpoint_model_id, epoch_checkpoints,
+                                         latest_loadable, load_payload, load_payload_and_id, resolve_checkpoint,
+                                         run_metrics, save_checkpoint, write_run_metrics)
 
 
 def payload(model, epoch=0):
@@ -51,3 +53,22 @@ def test_run_dir_resolves_to_best_and_latest_skips_torn_upload(tmp_path):
     assert [e for e, _ in epoch_checkpoints(str(tmp_path))] == [0, 1, 2]
     (tmp_path / "epoch_0002" / "model.pt").write_bytes(b"torn")
     assert latest_loadable(str(tmp_path))["epoch"] == 1
+
+
+def test_payload_and_model_id_from_one_read(tmp_path):
+    model = create_model("small_cnn")
+    save_checkpoint(str(tmp_path), payload(model, epoch=3))
+    loaded, model_id = load_payload_and_id(str(tmp_path))
+    assert model_id == hashlib.sha256((tmp_path / "model.pt").read_bytes()).hexdigest()[:16]
+    assert model_id == checkpoint_model_id(str(tmp_path)) and loaded["epoch"] == 3
+    assert all(torch.equal(v, load_payload(str(tmp_path))["model_state"][k]) for k, v in loaded["model_state"].items())
+    save_checkpoint(str(tmp_path), payload(model, epoch=4))  # other bytes, other id
+    assert load_payload_and_id(str(tmp_path))[1] != model_id
+
+
+def test_run_metrics_written_whole_and_missing_is_none(tmp_path):
+    assert run_metrics(str(tmp_path / "run")) is None
+    write_run_metrics(str(tmp_path / "run"), {"best_checkpoint": "epoch_0001", "history": [1, 2]})
+    write_run_metrics(str(tmp_path / "run"), {"best_checkpoint": "epoch_0002"})
+    assert run_metrics(str(tmp_path / "run")) == {"best_checkpoint": "epoch_0002"}
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["metrics.json"]  # no temporary file left

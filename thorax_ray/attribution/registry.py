@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -43,15 +43,6 @@ class Attribution:
     @property
     def map_size(self) -> tuple[int, int] | None:
         return None if self.maps is None else (int(self.maps.shape[-2]), int(self.maps.shape[-1]))
-
-    def probabilities(self) -> torch.Tensor | None:
-        return None if self.logits is None else torch.sigmoid(self.logits)
-
-    def cpu(self) -> Attribution:
-        def move(t: torch.Tensor | None) -> torch.Tensor | None:
-            return None if t is None else t.cpu()
-        return replace(self, logits=move(self.logits), maps=move(self.maps),
-                       feature_attributions=move(self.feature_attributions))
 
 
 def input_kind(model: nn.Module) -> str:

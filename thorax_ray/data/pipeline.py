@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 
 from thorax_ray import storage
-from thorax_ray.data.decode import DecodeError, decode_png
+from thorax_ray.data.decode import PNG_SIGNATURE, DecodeError, decode_png
 from thorax_ray.data.read import ReadError, read_bytes
 
-ERROR_COLUMNS = ("ok", "stage", "reason")
+PNG_HEADER_BYTES = 24  # signature (8) + IHDR length/type (8) + width (4) + height (4)
 
 
 @dataclass(frozen=True)
@@ -27,47 +27,65 @@ class ImageConfig:
     endpoint_url: str | None = None
 
 
+def png_size(data: bytes) -> tuple[int, int]:
+    """(width, height) from a PNG's IHDR chunk."""
+    if len(data) < PNG_HEADER_BYTES or not data.startswith(PNG_SIGNATURE):
+        raise DecodeError("not_png", "no PNG header")
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
 class ImageLoader:
     """Reads each row's `path`, decodes and resizes it into `image` (raw uint8 bytes of size*size), and
-    sets `ok`/`stage`/`reason`. Never raises for one bad image."""
+    sets `ok`/`stage`/`reason`; with `sizes`, also `width`/`height` of the decoded PNG before resizing
+    (0 for failed rows). Never raises for one bad image."""
 
-    def __init__(self, config: ImageConfig, filesystem: fsspec.AbstractFileSystem | None = None):
+    def __init__(self, config: ImageConfig, filesystem: fsspec.AbstractFileSystem | None = None, *,
+                 sizes: bool = False):
         self.config = config
         self.filesystem = filesystem
+        self.sizes = sizes
 
     def _fs_and_path(self, uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
         if self.filesystem is not None:
             return self.filesystem, uri.split("://", 1)[-1]
         return storage.filesystem(uri, endpoint_url=self.config.endpoint_url)
 
-    def load_one(self, uri: str | None) -> tuple[bytes, str, str]:
-        """Returns (pixels, stage, reason); stage and reason are "" on success."""
+    def load_sized(self, uri: str | None) -> tuple[bytes, int, int, str, str]:
+        """Returns (pixels, source width, source height, stage, reason); stage and reason are "" on
+        success, width and height 0 on failure."""
         if uri is None or (isinstance(uri, float) and np.isnan(uri)):
-            return b"", "locate", "missing"
+            return b"", 0, 0, "locate", "missing"
         fs, path = self._fs_and_path(uri)
         try:
             data = read_bytes(fs, path, attempts=self.config.read_attempts, backoff_s=self.config.read_backoff_s)
         except ReadError as error:
-            return b"", "read", error.reason
+            return b"", 0, 0, "read", error.reason
         try:
             pixels = decode_png(data, self.config.size, expected_source_size=self.config.expected_source_size)
+            width, height = png_size(data)
         except DecodeError as error:
-            return b"", "decode", error.reason
-        return pixels.tobytes(), "", ""
+            return b"", 0, 0, "decode", error.reason
+        return pixels.tobytes(), width, height, "", ""
+
+    def load_one(self, uri: str | None) -> tuple[bytes, str, str]:
+        """Returns (pixels, stage, reason); stage and reason are "" on success."""
+        pixels, _, _, stage, reason = self.load_sized(uri)
+        return pixels, stage, reason
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         with ThreadPoolExecutor(max_workers=min(self.config.io_threads, max(1, len(batch)))) as pool:
-            results = list(pool.map(self.load_one, batch["path"].tolist()))
+            results = list(pool.map(self.load_sized, batch["path"].tolist()))
         out = batch.copy()
-        out["image"] = [r[0] for r in results]
-        out["stage"] = [r[1] for r in results]
-        out["reason"] = [r[2] for r in results]
+        names = ("image", "width", "height", "stage", "reason") if self.sizes else ("image", None, None, "stage", "reason")
+        for i, name in enumerate(names):
+            if name is not None:
+                out[name] = [r[i] for r in results]
         out["ok"] = out["reason"] == ""
         return out
 
 
-def _load_batch(batch: pd.DataFrame, config: ImageConfig, filesystem) -> pd.DataFrame:
-    return ImageLoader(config, filesystem)(batch)
+def _load_batch(batch: pd.DataFrame, config: ImageConfig, filesystem, sizes: bool = False) -> pd.DataFrame:
+    return ImageLoader(config, filesystem, sizes=sizes)(batch)
 
 
 def manifest_dataset(manifest: pd.DataFrame, *, rows_per_block: int = 256):
@@ -78,10 +96,12 @@ def manifest_dataset(manifest: pd.DataFrame, *, rows_per_block: int = 256):
     return ray.data.from_pandas(blocks or [manifest])
 
 
-def load_images(manifest: pd.DataFrame, config: ImageConfig, *, filesystem=None, num_cpus: float = 1.0):
-    """Manifest -> Ray dataset of decoded images with `ok`/`stage`/`reason` columns (streaming)."""
+def load_images(manifest: pd.DataFrame, config: ImageConfig, *, filesystem=None, num_cpus: float = 1.0,
+                sizes: bool = False):
+    """Manifest -> Ray dataset of decoded images with `ok`/`stage`/`reason` columns (streaming); with
+    `sizes`, also the source PNG's `width`/`height`."""
     return manifest_dataset(manifest, rows_per_block=config.batch_size * 4).map_batches(
-        _load_batch, fn_args=(config, filesystem), batch_size=config.batch_size, batch_format="pandas",
+        _load_batch, fn_args=(config, filesystem, sizes), batch_size=config.batch_size, batch_format="pandas",
         num_cpus=num_cpus,
     )
 

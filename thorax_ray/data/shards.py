@@ -106,23 +106,12 @@ def new_version() -> str:
 
 
 def read_commit(root: str, *, endpoint_url: str | None = None) -> dict | None:
-    fs, base = storage.filesystem(root, endpoint_url=endpoint_url)
-    path = f"{base}/{COMMIT_FILE}"
-    if not fs.exists(path):
-        return None
-    with fs.open(path, "rb") as handle:
-        return json.loads(handle.read())
+    return storage.read_json(storage.join(root, COMMIT_FILE), endpoint_url=endpoint_url)
 
 
 def write_commit(root: str, record: dict, *, endpoint_url: str | None = None) -> None:
     """Writes prepared.json in one step (local: write + rename; object stores: one PUT)."""
-    fs, base = storage.filesystem(root, endpoint_url=endpoint_url)
-    data = json.dumps(record, indent=2).encode()
-    if storage.is_remote(root):
-        fs.pipe_file(f"{base}/{COMMIT_FILE}", data)
-    else:
-        fs.pipe_file(f"{base}/{COMMIT_FILE}.tmp", data)
-        fs.mv(f"{base}/{COMMIT_FILE}.tmp", f"{base}/{COMMIT_FILE}")
+    storage.write_json(storage.join(root, COMMIT_FILE), record, endpoint_url=endpoint_url)
 
 
 def prepared_files(root: str, splits: Iterable[str] | None = None, *, endpoint_url: str | None = None) -> tuple[dict, list[str]]:

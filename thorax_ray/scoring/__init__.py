@@ -9,7 +9,7 @@ image of a folder / prefix / manifest / prepared output, incremental per model, 
 Output layout and schema: `thorax_ray.scoring.output`; inputs: `thorax_ray.scoring.inputs`.
 """
 from thorax_ray.scoring.inputs import InputError, ScoringInput, resolve_input
-from thorax_ray.scoring.job import IMAGE_METHODS, ScoreConfig, ScoreSummary, score
+from thorax_ray.scoring.job import ScoreConfig, ScoreSummary, score
 from thorax_ray.scoring.output import (
     FEATURES_METADATA_KEY,
     SCORES_METADATA_KEY,
@@ -24,11 +24,11 @@ from thorax_ray.scoring.output import (
     score_schema,
     scored_index,
 )
-from thorax_ray.scoring.scorer import NO_METHOD, Scorer, checkpoint_model_id
+from thorax_ray.scoring.scorer import NO_METHOD, Scorer
+from thorax_ray.train.checkpoint import checkpoint_model_id
 
 __all__ = [
     "FEATURES_METADATA_KEY",
-    "IMAGE_METHODS",
     "InputError",
     "NO_METHOD",
     "OutputSize",

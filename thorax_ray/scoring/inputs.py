@@ -81,7 +81,7 @@ def _complete(rows: pd.DataFrame) -> pd.DataFrame:
     return rows.reset_index(drop=True)
 
 
-def _sibling_bbox(source: str | None, endpoint_url: str | None) -> str | None:
+def sibling_bbox_list(source: str | None, endpoint_url: str | None) -> str | None:
     """BBox_List_2017.csv at the root of a dataset folder, if it is there (best effort)."""
     if not source:
         return None
@@ -132,7 +132,7 @@ def _file_input(uri: str, fs, path: str, endpoint_url: str | None) -> ScoringInp
     if set(MANIFEST_COLUMNS) <= set(schema.names):
         manifest, info = read_manifest(uri, endpoint_url=endpoint_url)
         return ScoringInput(uri, "manifest", _complete(manifest), has_labels=True,
-                            bbox_csv=_sibling_bbox(info.get("source"), endpoint_url))
+                            bbox_csv=sibling_bbox_list(info.get("source"), endpoint_url))
     if "path" not in schema.names:
         raise InputError(f"{uri}: neither a thorax-ray manifest nor a table with a `path` column")
     rows = storage.read_parquet(uri, endpoint_url=endpoint_url)
@@ -152,5 +152,5 @@ def _prepared_input(uri: str, record: dict, endpoint_url: str | None) -> Scoring
              uri, len(usable), record["size"], len(quarantine))
     return ScoringInput(uri, "prepared", _complete(usable), has_labels=True, prepared=record,
                         prepared_quarantine=quarantine.reset_index(drop=True),
-                        bbox_csv=_sibling_bbox(record.get("source") or info.get("source"), endpoint_url))
+                        bbox_csv=sibling_bbox_list(record.get("source") or info.get("source"), endpoint_url))
 

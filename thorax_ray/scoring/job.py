@@ -21,20 +21,18 @@ import pandas as pd
 
 from thorax_ray import storage
 from thorax_ray.attribution import DEFAULT_MAX_BOXES, DEFAULT_THRESHOLD, default_method_name, get_method
-from thorax_ray.data.pipeline import ImageConfig, manifest_dataset
+from thorax_ray.data.pipeline import ImageConfig, load_images, manifest_dataset
 from thorax_ray.labels import FINDING_COLUMNS, FINDINGS
 from thorax_ray.scoring.inputs import ScoringInput, resolve_input
 from thorax_ray.scoring.output import (FORMAT_VERSION, QUARANTINE_DIR, SCORES_DIR, ScoresDatasink, ScoresError,
                                        clean_uncommitted, feature_attribution_metadata, new_run_id, publish,
                                        quarantine_table, remove_staging, schema_metadata, score_schema,
                                        scored_index, staging_uri, write_commit, write_table_file)
-from thorax_ray.scoring.scorer import (DEFAULT_BOX_GRID, DEFAULT_MAX_MAP_SIDE, NO_METHOD, Scorer, checkpoint_model_id,
-                                       heatmap_description, load_batch, prepared_batch, uses_maps)
-from thorax_ray.train.checkpoint import build_model, load_payload, resolve_checkpoint
+from thorax_ray.scoring.scorer import (DEFAULT_BOX_GRID, DEFAULT_MAX_MAP_SIDE, NO_METHOD, Scorer,
+                                       heatmap_description, prepared_batch, uses_maps)
+from thorax_ray.train.checkpoint import build_model, load_payload_and_id, resolve_checkpoint
 
 log = logging.getLogger(__name__)
-
-IMAGE_METHODS = ("fast_cam", "gradcam", "integrated_gradients", "occlusion")
 
 
 @dataclass(frozen=True)
@@ -161,8 +159,7 @@ def score(config: ScoreConfig, *, filesystem=None) -> ScoreSummary:
         raise ValueError(f"batch date must be YYYY-MM-DD, got {batch_date!r}")
 
     checkpoint_dir = resolve_checkpoint(config.checkpoint, endpoint_url=endpoint)
-    model_id = checkpoint_model_id(checkpoint_dir, endpoint_url=endpoint)
-    payload = load_payload(checkpoint_dir, endpoint_url=endpoint)
+    payload, model_id = load_payload_and_id(checkpoint_dir, endpoint_url=endpoint)
     model = build_model(payload)
     contract = payload["preprocessing"]
     method = config.method or default_method_name(model)
@@ -187,7 +184,7 @@ def score(config: ScoreConfig, *, filesystem=None) -> ScoreSummary:
 
     maps = uses_maps(model, method)
     attributions = method != NO_METHOD and not model.spec.uses_images
-    schema = score_schema(maps=maps, boxes=maps, feature_attributions=attributions)
+    schema = score_schema(maps=maps, feature_attributions=attributions)
     heatmap = heatmap_description(model, contract, method, config.max_map_side) if maps else None
     features = (feature_attribution_metadata(model.metadata_features.names, method) if attributions else None)
     box_settings = {
@@ -215,10 +212,11 @@ def score(config: ScoreConfig, *, filesystem=None) -> ScoreSummary:
     try:
         if len(pending):
             dataset = _input_dataset(config, source, pending, model, contract, filesystem)
+            # Prepared inputs travel at the size they were prepared at, raw PNGs are decoded to the contract's.
+            stored_size = int(source.prepared["size"]) if source.kind == "prepared" else int(contract["size"])
             scorer_kwargs = dict(
                 checkpoint_dir=checkpoint_dir, model_id=model_id, method=method,
-                method_options=config.method_options,
-                stored_size=source.prepared["size"] if source.kind == "prepared" else contract["size"],
+                method_options=config.method_options, stored_size=stored_size,
                 run_id=run_id, batch_date=batch_date, max_map_side=config.max_map_side,
                 box_min_probability=config.box_min_probability, box_threshold=config.box_threshold,
                 max_boxes=config.max_boxes, box_grid=config.box_grid, endpoint_url=endpoint,
@@ -232,7 +230,7 @@ def score(config: ScoreConfig, *, filesystem=None) -> ScoreSummary:
                 batch_size=config.batch_size, batch_format="pyarrow", num_cpus=config.actor_cpus,
                 num_gpus=num_gpus or None,
             )
-            bound_in_flight(scored_rows, in_flight_bytes(config, contract, actors))
+            bound_in_flight(scored_rows, in_flight_bytes(config, contract, actors, stored_size=stored_size))
             scored_rows.write_datasink(sink)
         files = [f for write in sink.result for f in write.files]
         compute_s = sum(write.compute_s for write in sink.result)
@@ -255,6 +253,7 @@ def score(config: ScoreConfig, *, filesystem=None) -> ScoreSummary:
         commit = write_commit(config.out, {
             "format_version": FORMAT_VERSION, "run_id": run_id, "batch_date": batch_date, "model_id": model_id,
             "model_name": payload.get("model_name"), "checkpoint": checkpoint_dir, "method": method,
+            "split_hash": payload.get("split_hash"),  # the split the model was trained on
             "input": config.input, "input_kind": source.kind,
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
             "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -290,13 +289,14 @@ MIN_IN_FLIGHT_BYTES = 64 * 2**20
 IN_FLIGHT_BATCHES_PER_ACTOR = 16
 
 
-def in_flight_bytes(config: ScoreConfig, contract: dict, actors: int) -> int:
+def in_flight_bytes(config: ScoreConfig, contract: dict, actors: int, *, stored_size: int | None = None) -> int:
     """How much decoded input and output the run may hold in the object store at once. Without a bound,
     decode tasks run ahead of slower model actors until the object store is full, so memory grows with
-    the number of images; a few batches per actor keep the actors fed."""
+    the number of images; a few batches per actor keep the actors fed. Images are counted at
+    `stored_size`, the side they travel at (default: the contract's size)."""
     if config.in_flight_mb is not None:
         return config.in_flight_mb * 2**20
-    image_bytes = int(contract["size"]) ** 2 * int(contract.get("channels", 1))
+    image_bytes = int(stored_size or contract["size"]) ** 2 * int(contract.get("channels", 1))
     return max(MIN_IN_FLIGHT_BYTES, IN_FLIGHT_BATCHES_PER_ACTOR * actors * config.batch_size * image_bytes)
 
 
@@ -339,8 +339,5 @@ def _input_dataset(config: ScoreConfig, source: ScoringInput, pending: pd.DataFr
                                    batch_format="pyarrow", batch_size=config.batch_size * 4)
     image_config = ImageConfig(size=int(contract["size"]), batch_size=config.batch_size,
                                read_attempts=config.read_attempts, endpoint_url=config.endpoint_url)
-    rows = pending[columns].reset_index(drop=True)
-    return manifest_dataset(rows, rows_per_block=config.batch_size * 4).map_batches(
-        load_batch, fn_args=(image_config, filesystem), batch_size=config.batch_size, batch_format="pandas",
-        num_cpus=config.decode_cpus,
-    )
+    return load_images(pending[columns].reset_index(drop=True), image_config, filesystem=filesystem,
+                       num_cpus=config.decode_cpus, sizes=True)

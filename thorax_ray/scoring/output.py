@@ -46,8 +46,10 @@ FEATURES_METADATA_KEY = "thorax_ray.feature_attributions"
 
 QUARANTINE_COLUMNS = ("image_index", "path", "stage", "reason", "run_id", "batch_date", "model_id")
 QUARANTINE_SCHEMA = pa.schema([(name, pa.string()) for name in QUARANTINE_COLUMNS])
-# Pipeline-only columns: the scorer passes failed rows through with these; never written to scores.
-INTERNAL_COLUMNS = ("ok", "stage", "reason", "_compute_s", "_model_s")
+# Pipeline-only columns: the scorer passes failed rows through with these (and its timing); never
+# written to scores.
+INTERNAL_FIELDS = (("ok", pa.bool_()), ("stage", pa.string()), ("reason", pa.string()),
+                   ("_compute_s", pa.float64()), ("_model_s", pa.float64()))
 _RUN_ID = re.compile(r"^(\d{8}T\d{6}Z)-[0-9a-f]+$")
 
 
@@ -73,8 +75,8 @@ def run_started(run_id: str) -> float | None:
 # ----- schema ------------------------------------------------------------------------------------------
 
 
-def score_schema(*, maps: bool, boxes: bool, feature_attributions: bool) -> pa.Schema:
-    """Columns of the score files (without schema metadata)."""
+def score_schema(*, maps: bool, feature_attributions: bool) -> pa.Schema:
+    """Columns of the score files (without schema metadata); `maps` adds heatmap and boxes."""
     fields = [
         ("image_index", pa.string()),
         ("path", pa.string()),
@@ -87,9 +89,7 @@ def score_schema(*, maps: bool, boxes: bool, feature_attributions: bool) -> pa.S
         *[(column, pa.float32()) for column in FINDING_COLUMNS],
     ]
     if maps:
-        fields.append(("heatmap", pa.binary()))
-    if boxes:
-        fields.append(("boxes", BOXES_TYPE))
+        fields += [("heatmap", pa.binary()), ("boxes", BOXES_TYPE)]
     if feature_attributions:
         fields.append(("feature_attributions", pa.binary()))
     return pa.schema(fields)
@@ -97,8 +97,7 @@ def score_schema(*, maps: bool, boxes: bool, feature_attributions: bool) -> pa.S
 
 def pipeline_schema(schema: pa.Schema) -> pa.Schema:
     """The score schema plus the pass-through columns of failed rows and the scorer's timing."""
-    return pa.schema([*schema, ("ok", pa.bool_()), ("stage", pa.string()), ("reason", pa.string()),
-                      ("_compute_s", pa.float64()), ("_model_s", pa.float64())])
+    return pa.schema([*schema, *INTERNAL_FIELDS])
 
 
 def schema_metadata(*, scores: dict, heatmap: dict | None = None, features: dict | None = None) -> dict[str, str]:
@@ -259,15 +258,9 @@ def publish(out: str, run_id: str, batch_date: str, files: list[tuple[str, int, 
 
 def write_commit(out: str, record: dict, *, endpoint_url: str | None = None) -> str:
     """Writes OUT/_commits/<run_id>.json in one step (local: write + rename; object stores: one PUT)."""
-    fs, base = storage.filesystem(out, endpoint_url=endpoint_url)
-    path = f"{base}/{COMMITS_DIR}/{record['run_id']}.json"
-    data = json.dumps(record, indent=2).encode()
-    if storage.is_remote(out):
-        fs.pipe_file(path, data)
-    else:
-        fs.makedirs(f"{base}/{COMMITS_DIR}", exist_ok=True)
-        fs.pipe_file(f"{path}.tmp", data)
-        fs.mv(f"{path}.tmp", path)
+    uri = storage.join(out, COMMITS_DIR, f"{record['run_id']}.json")
+    storage.write_json(uri, record, endpoint_url=endpoint_url)
+    fs, path = storage.filesystem(uri, endpoint_url=endpoint_url)
     return storage.to_uri(fs, path)
 
 
@@ -329,9 +322,8 @@ def committed_runs(out: str, *, model_id: str | None = None, endpoint_url: str |
         return []
     records = []
     for name in names:
-        with fs.open(name, "rb") as handle:
-            record = json.loads(handle.read())
-        if model_id is None or record.get("model_id") == model_id:
+        record = storage.read_json(storage.to_uri(fs, name), endpoint_url=endpoint_url)
+        if record is not None and (model_id is None or record.get("model_id") == model_id):
             records.append(record)
     return records
 
@@ -358,14 +350,11 @@ def _read_tables(uris: list[str], columns: list[str] | None, endpoint_url: str |
 
 
 def scored_index(out: str, model_id: str, *, endpoint_url: str | None = None) -> set[str]:
-    """image_index of every image already scored by `model_id` (committed files only; reads two columns)."""
+    """image_index of every image already scored by `model_id` (the committed files of its runs, whose
+    rows are all that model's; reads one column)."""
     tables = _read_tables(committed_files(out, model_id=model_id, endpoint_url=endpoint_url),
-                          ["image_index", "model_id"], endpoint_url)
-    done: set[str] = set()
-    for table in tables:
-        frame = table.to_pandas()
-        done.update(frame.loc[frame["model_id"] == model_id, "image_index"])
-    return done
+                          ["image_index"], endpoint_url)
+    return {name for table in tables for name in table.column("image_index").to_pylist()}
 
 
 def read_scores(out: str, model_id: str | None = None, *, columns: list[str] | None = None,
@@ -373,18 +362,19 @@ def read_scores(out: str, model_id: str | None = None, *, columns: list[str] | N
     """Every committed score row of OUT (of one model / run when given) as a DataFrame.
 
     `frame.attrs["heatmap"]` holds the heatmap description (shape, dtype, classes, ...) and
-    `frame.attrs["feature_attributions"]` the feature names when all rows share one.
+    `frame.attrs["feature_attributions"]` the feature names and `frame.attrs["split_hash"]` the split the
+    model was trained on, when all runs share one.
     """
     uris = committed_files(out, model_id=model_id, run_id=run_id, endpoint_url=endpoint_url)
     tables = _read_tables(uris, columns, endpoint_url)
     if not tables:
-        names = columns or score_schema(maps=True, boxes=True, feature_attributions=False).names
+        names = columns or score_schema(maps=True, feature_attributions=False).names
         return pd.DataFrame({name: pd.Series(dtype=object) for name in names})
     frame = pa.concat_tables(tables, promote_options="default").to_pandas()
     described = {}
     for record in committed_runs(out, model_id=model_id, endpoint_url=endpoint_url):
         if run_id is None or record["run_id"] == run_id:
-            for key in ("heatmap", "feature_attributions"):
+            for key in ("heatmap", "feature_attributions", "split_hash"):
                 if record.get(key) is not None:
                     described.setdefault(key, []).append(json.dumps(record[key], sort_keys=True))
     for key, values in described.items():

@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import hashlib
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import torch
 import torch.nn.functional as F
@@ -20,33 +18,17 @@ from thorax_ray import storage
 from thorax_ray.accel import FastPath
 from thorax_ray.attribution import (DEFAULT_MAX_BOXES, DEFAULT_THRESHOLD, HEATMAP_SCHEMA_METADATA, boxes_for_batch,
                                     encode_heatmaps, get_method, normalise_maps)
-from thorax_ray.data.decode import PNG_SIGNATURE, DecodeError, decode_png
-from thorax_ray.data.pipeline import ImageConfig, ImageLoader, images_to_array
-from thorax_ray.data.read import ReadError, read_bytes
+from thorax_ray.data.pipeline import PNG_HEADER_BYTES, images_to_array, png_size
 from thorax_ray.labels import FINDING_COLUMNS
 from thorax_ray.scoring.output import pipeline_schema, score_schema
 from thorax_ray.train.batches import normalise_images
-from thorax_ray.train.checkpoint import MODEL_FILE, build_model, load_payload
+from thorax_ray.train.checkpoint import build_model, load_payload_and_id
 
 log = logging.getLogger(__name__)
 
 NO_METHOD = "none"  # probabilities only: no maps, no boxes
 DEFAULT_MAX_MAP_SIDE = 8  # maps with more cells per side are average-pooled to this (storage budget)
 DEFAULT_BOX_GRID = 128  # boxes are traced on a grid of at most this many pixels per side, then scaled
-PNG_HEADER_BYTES = 24  # signature (8) + IHDR length/type (8) + width (4) + height (4)
-
-
-# ----- checkpoint identity ------------------------------------------------------------------------------
-
-
-def checkpoint_model_id(checkpoint_dir: str, *, endpoint_url: str | None = None) -> str:
-    """`model_id`: the first 16 hex digits of the SHA-256 of the checkpoint's model.pt bytes."""
-    fs, path = storage.filesystem(checkpoint_dir, endpoint_url=endpoint_url)
-    digest = hashlib.sha256()
-    with fs.open(f"{path}/{MODEL_FILE}", "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:16]
 
 
 def uses_maps(model: torch.nn.Module, method: str) -> bool:
@@ -78,46 +60,6 @@ def heatmap_description(model: torch.nn.Module, contract: dict, method: str, max
 
 
 # ----- reading and decoding (CPU tasks) --------------------------------------------------------------
-
-
-def png_size(data: bytes) -> tuple[int, int]:
-    """(width, height) from a PNG's IHDR chunk."""
-    if len(data) < PNG_HEADER_BYTES or not data.startswith(PNG_SIGNATURE):
-        raise DecodeError("not_png", "no PNG header")
-    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
-
-
-class ScoringLoader(ImageLoader):
-    """`ImageLoader` that also records each decoded PNG's width and height before resizing (the
-    frame of the boxes): columns image, width, height, ok, stage, reason. Never raises for one image."""
-
-    def load_sized(self, uri: str | None) -> tuple[bytes, int, int, str, str]:
-        if uri is None or (isinstance(uri, float) and np.isnan(uri)):
-            return b"", 0, 0, "locate", "missing"
-        fs, path = self._fs_and_path(uri)
-        try:
-            data = read_bytes(fs, path, attempts=self.config.read_attempts, backoff_s=self.config.read_backoff_s)
-        except ReadError as error:
-            return b"", 0, 0, "read", error.reason
-        try:
-            pixels = decode_png(data, self.config.size, expected_source_size=self.config.expected_source_size)
-            width, height = png_size(data)
-        except DecodeError as error:
-            return b"", 0, 0, "decode", error.reason
-        return pixels.tobytes(), width, height, "", ""
-
-    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        with ThreadPoolExecutor(max_workers=min(self.config.io_threads, max(1, len(batch)))) as pool:
-            results = list(pool.map(self.load_sized, batch["path"].tolist()))
-        out = batch.copy()
-        for i, name in enumerate(("image", "width", "height", "stage", "reason")):
-            out[name] = [r[i] for r in results]
-        out["ok"] = out["reason"] == ""
-        return out
-
-
-def load_batch(batch: pd.DataFrame, config: ImageConfig, filesystem=None) -> pd.DataFrame:
-    return ScoringLoader(config, filesystem)(batch)
 
 
 _WANTED_CACHE: dict[str, frozenset] = {}
@@ -175,10 +117,9 @@ class Scorer:
                  fail_after_rows: int | None = None):
         if threads:
             torch.set_num_threads(int(threads))
-        found = checkpoint_model_id(checkpoint_dir, endpoint_url=endpoint_url)
+        payload, found = load_payload_and_id(checkpoint_dir, endpoint_url=endpoint_url)
         if found != model_id:
             raise RuntimeError(f"{checkpoint_dir}: model.pt changed during the run (model_id {found} != {model_id})")
-        payload = load_payload(checkpoint_dir, endpoint_url=endpoint_url)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model = build_model(payload).to(self.device)
         self.contract = payload["preprocessing"]
@@ -194,8 +135,7 @@ class Scorer:
         self.attributions = method != NO_METHOD and not self.spec.uses_images
         self.map_size = map_shape(self.model.cpu(), self.contract, max_map_side)[1] if self.maps else None
         self.model = self.fast.prepare_model(self.model)
-        self.schema = pipeline_schema(score_schema(maps=self.maps, boxes=self.maps,
-                                                  feature_attributions=self.attributions))
+        self.schema = pipeline_schema(score_schema(maps=self.maps, feature_attributions=self.attributions))
         self.model_id, self.run_id, self.batch_date = model_id, run_id, batch_date
         self.box_options = {"min_probability": box_min_probability, "threshold": box_threshold, "max_boxes": max_boxes}
         self.box_grid = box_grid

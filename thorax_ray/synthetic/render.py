@@ -13,18 +13,12 @@ from typing import Sequence
 
 import numpy as np
 
+from thorax_ray.labels import BOXED_FINDINGS, NO_FINDING
+from thorax_ray.labels import FINDINGS as ALL_FINDINGS
 from thorax_ray.synthetic.anatomy import film_grain, render_anatomy, sample_params, sample_textures
 from thorax_ray.synthetic.findings import FINDING_SPECS, Ctx, box_of
 from thorax_ray.synthetic.raster import F32, Canvas, upsample
 
-ALL_FINDINGS: tuple[str, ...] = (
-    "Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia", "Pneumothorax",
-    "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia",
-)
-BOXED_FINDINGS: tuple[str, ...] = (
-    "Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia", "Pneumothorax",
-)
-NO_FINDING = "No Finding"
 MIN_SIZE = 32
 
 

@@ -4,6 +4,7 @@ contract, split hash, seed, versions). Loaded with `torch.load(..., weights_only
 state-dict loading; a missing checkpoint is an error, never a random model."""
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -54,15 +55,37 @@ def save_checkpoint(directory: str, payload: dict) -> None:
 
 
 def load_payload(checkpoint_dir: str, *, endpoint_url: str | None = None) -> dict:
+    return load_payload_and_id(checkpoint_dir, endpoint_url=endpoint_url)[0]
+
+
+def load_payload_and_id(checkpoint_dir: str, *, endpoint_url: str | None = None) -> tuple[dict, str]:
+    """(payload, model_id) from one read of model.pt; `model_id` as in `checkpoint_model_id`, so the id
+    always names the bytes the payload came from."""
     fs, path = storage.filesystem(checkpoint_dir, endpoint_url=endpoint_url)
     model_path = f"{path}/{MODEL_FILE}"
     if not fs.exists(model_path):
         raise CheckpointError(f"{checkpoint_dir}: no {MODEL_FILE}; not a thorax-ray checkpoint")
     with fs.open(model_path, "rb") as handle:
-        payload = torch.load(io.BytesIO(handle.read()), map_location="cpu", weights_only=True)
+        data = handle.read()
+    payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     if list(payload.get("labels", [])) != list(FINDINGS):
         raise CheckpointError(f"{checkpoint_dir}: label order {payload.get('labels')} differs from {list(FINDINGS)}")
-    return payload
+    return payload, _model_id(hashlib.sha256(data))
+
+
+def checkpoint_model_id(checkpoint_dir: str, *, endpoint_url: str | None = None) -> str:
+    """`model_id`: the first 16 hex digits of the SHA-256 of the checkpoint's model.pt bytes (streamed;
+    use `load_payload_and_id` when the payload is needed too)."""
+    fs, path = storage.filesystem(checkpoint_dir, endpoint_url=endpoint_url)
+    digest = hashlib.sha256()
+    with fs.open(f"{path}/{MODEL_FILE}", "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return _model_id(digest)
+
+
+def _model_id(digest) -> str:
+    return digest.hexdigest()[:16]
 
 
 def build_model(payload: dict) -> torch.nn.Module:
@@ -75,17 +98,12 @@ def build_model(payload: dict) -> torch.nn.Module:
 
 
 def run_metrics(run_dir: str, *, endpoint_url: str | None = None) -> dict | None:
-    fs, path = storage.filesystem(run_dir, endpoint_url=endpoint_url)
-    if not fs.exists(f"{path}/{RUN_METRICS_FILE}"):
-        return None
-    with fs.open(f"{path}/{RUN_METRICS_FILE}", "rb") as handle:
-        return json.loads(handle.read())
+    return storage.read_json(storage.join(run_dir, RUN_METRICS_FILE), endpoint_url=endpoint_url)
 
 
 def write_run_metrics(run_dir: str, metrics: dict, *, endpoint_url: str | None = None) -> None:
-    fs, path = storage.filesystem(run_dir, endpoint_url=endpoint_url)
-    fs.makedirs(path, exist_ok=True)
-    fs.pipe_file(f"{path}/{RUN_METRICS_FILE}", json.dumps(metrics, indent=2).encode())
+    """Writes metrics.json in one step, so a reader (`resolve_checkpoint`) never sees a partial file."""
+    storage.write_json(storage.join(run_dir, RUN_METRICS_FILE), metrics, endpoint_url=endpoint_url)
 
 
 def epoch_checkpoints(run_dir: str, *, endpoint_url: str | None = None) -> list[tuple[int, str]]:
