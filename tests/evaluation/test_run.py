@@ -108,3 +108,17 @@ def test_scores_of_two_models_in_one_output_evaluate_only_the_newest():
     assert kept["image_index"].tolist() == ["a.png"] and "model_id new" in note and "1 of 4 rows" in note
     same, none = newest_model_rows(scores[scores["model_id"] == "old"], "out/scores")
     assert len(same) == 3 and none is None
+
+
+def test_scores_of_a_model_trained_on_another_split_are_flagged(synthetic_small, tmp_path):
+    manifest, _ = build_manifest(str(synthetic_small))
+    boxes = read_bbox_list(str(synthetic_small / "BBox_List_2017.csv"))
+    scores = fake_scores(manifest, boxes, noise=0.1, seed=1, with_maps=False)
+    scores.attrs["split_hash"] = "not-this-split"
+    config = EvaluationConfig(scores=(("cnn", "cnn-uri"),), data=str(synthetic_small), out=str(tmp_path), n_boot=20,
+                              overlays=0)
+    metrics = evaluate_scores(config, lambda uri: scores)
+    assert any("trained on split not-this-split" in note for note in metrics["notes"])
+    scores.attrs["split_hash"] = metrics["split_hash"]  # the same split: no warning
+    again = evaluate_scores(config, lambda uri: scores)
+    assert not any("trained on split" in note for note in again["notes"])

@@ -115,6 +115,11 @@ def evaluate_scores(config: EvaluationConfig, load_scores) -> dict:
     warnings: list[str] = []
     for name, uri in config.scores:
         loaded, note = newest_model_rows(load_scores(uri), uri)
+        trained_on = loaded.attrs.get("split_hash")
+        if trained_on and trained_on != source.split_hash:
+            note = ((note + "; ") if note else "") + (
+                f"{uri}: the model was trained on split {trained_on}, this evaluation uses split "
+                f"{source.split_hash}: its {config.split} rows may include images it was trained on")
         if note:
             log.warning(note)
             warnings.append(note)
@@ -185,11 +190,17 @@ def evaluate_scores(config: EvaluationConfig, load_scores) -> dict:
 
 
 def _truth_boxes(raw_root: str, endpoint: str | None) -> pd.DataFrame | None:
-    try:
-        files = discover(raw_root, endpoint_url=endpoint)
-    except ValueError:
-        return None
-    return read_bbox_list(files.bbox_csv, endpoint_url=endpoint) if files.bbox_csv else None
+    """BBox_List_2017.csv of the dataset: beside its root (one existence check), else wherever the
+    dataset's layout has it (a listing of the dataset)."""
+    from thorax_ray.scoring.inputs import sibling_bbox_list
+
+    path = sibling_bbox_list(raw_root, endpoint)
+    if path is None:
+        try:
+            path = discover(raw_root, endpoint_url=endpoint).bbox_csv
+        except ValueError:
+            return None
+    return read_bbox_list(path, endpoint_url=endpoint) if path else None
 
 
 def _image_size(frames) -> tuple[int, int]:
