@@ -58,7 +58,7 @@ def main() -> None:
     parser.add_argument("--source-size", type=int, default=256, help="side of the synthetic PNGs")
     parser.add_argument("--model", default="small_cnn", help="small_cnn (CPU) or densenet121 (GPU) ...")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--actors", type=int, help="model actors (default: one per GPU, else 1)")
+    parser.add_argument("--actors", type=int, help="model actors, a fixed pool (default: one per GPU, else 1)")
     parser.add_argument("--actor-cpus", type=float, default=float(os.cpu_count() or 1),
                         help="CPUs (torch threads) per actor (default: all cores)")
     parser.add_argument("--address", help="Ray cluster to run on (default: a private local one)")
@@ -99,7 +99,8 @@ def main() -> None:
         def run(label: str, method: str, images: int):
             out = os.path.join(tmp, label)
             config = ScoreConfig(checkpoint=checkpoint, input=data, out=out, method=method, max_images=images,
-                                 batch_size=args.batch_size, actors=args.actors, actor_cpus=args.actor_cpus)
+                                 batch_size=args.batch_size, min_actors=args.actors or 1, max_actors=args.actors,
+                                 actor_cpus=args.actor_cpus)
             with PeakMemory(scope="machine" if args.address else "tree") as memory:
                 summary, wall = timed(lambda: score(config))
             assert summary.scored == images, summary.format()

@@ -1,6 +1,8 @@
 """Batch scoring: probabilities, heatmaps of all 14 findings and boxes for every image not yet scored by
 this checkpoint, on Ray Data (read/decode + a pool of model actors, one per GPU when there are GPUs).
-Incremental and idempotent: run it on a schedule; each image is scored once per model_id.
+Incremental and idempotent: run it on a schedule; each image is scored once per model_id. A run holds a
+lease on --out (OUT/_lock.json), so an overlapping run from any machine waits (--wait-for-lock) or exits
+with code 75 and one line naming the run that holds it.
 
     python jobs/score.py --checkpoint runs/cnn --input s3://bucket/incoming/ --out s3://bucket/scores
     python jobs/score.py --checkpoint runs/cnn/epoch_0007 --input data/demo --out data/scores \\
@@ -9,12 +11,18 @@ Incremental and idempotent: run it on a schedule; each image is scored once per 
 from __future__ import annotations
 
 import argparse
+import sys
 
-from thorax_ray.cli import add_cluster_arguments, run_main, setup_logging
+from thorax_ray.cli import add_cluster_arguments, add_gpu_arguments, run_main, setup_logging
+from thorax_ray.cluster import cluster_capacity
+from thorax_ray.lease import LeaseBusy
 from thorax_ray.ray_setup import init_ray
 from thorax_ray.attribution import DEFAULT_MAX_BOXES, DEFAULT_THRESHOLD, list_methods
 from thorax_ray.scoring import NO_METHOD, ScoreConfig, score
 from thorax_ray.scoring.scorer import DEFAULT_BOX_GRID, DEFAULT_MAX_MAP_SIDE
+
+
+EXIT_BUSY = 75  # EX_TEMPFAIL: another run holds the output; try again later
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -28,8 +36,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="attribution method (default: fast_cam for image models, metadata_ig for the MLP; "
                              "none: probabilities only)")
     parser.add_argument("--batch-size", type=int, default=32, help="images per model call (default 32)")
-    parser.add_argument("--actors", type=int, help="model actors (default: one per GPU, else 1)")
+    parser.add_argument("--min-actors", type=int, default=1, help="model actors kept running (default 1)")
+    parser.add_argument("--max-actors", type=int,
+                        help="model actors the pool may grow to while work is queued (default: on GPUs, the GPUs the "
+                             "cluster has or can launch / --gpus-per-actor; on CPUs 1)")
+    parser.add_argument("--gpus-per-actor", type=float, default=1.0, help="GPUs per model actor on GPUs (default 1)")
     parser.add_argument("--actor-cpus", type=float, default=1.0, help="CPUs per actor (torch threads on CPU)")
+    parser.add_argument("--wait-for-lock", type=float, default=0.0,
+                        help="seconds to wait when another run is writing to --out (default 0: exit at once, code 75)")
     parser.add_argument("--box-min-probability", type=float, default=0.5,
                         help="box only findings with at least this probability (default 0.5; negative: all)")
     parser.add_argument("--box-threshold", type=float, default=DEFAULT_THRESHOLD,
@@ -51,16 +65,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--keep-uncommitted-hours", type=float, default=24.0,
                         help="delete files of runs that never committed once older than this (default 24)")
     add_cluster_arguments(parser)
+    add_gpu_arguments(parser, "model actors with --gpus-per-actor GPUs")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     setup_logging()
     args = parse_args(argv)
-    init_ray(args.address)
     config = ScoreConfig(
         checkpoint=args.checkpoint, input=args.input, out=args.out, method=args.method,
-        batch_size=args.batch_size, actors=args.actors, actor_cpus=args.actor_cpus,
+        batch_size=args.batch_size, use_gpu=args.use_gpu or "auto", gpus_per_actor=args.gpus_per_actor,
+        min_actors=args.min_actors, max_actors=args.max_actors, actor_cpus=args.actor_cpus,
+        cluster_config=args.cluster_config, shared_fs=bool(args.shared_fs), lock_wait_s=args.wait_for_lock,
         box_min_probability=None if args.box_min_probability < 0 else args.box_min_probability,
         box_threshold=args.box_threshold, max_boxes=args.max_boxes, box_grid=args.box_grid or None,
         max_map_side=args.max_map_side or None,
@@ -68,7 +84,13 @@ def main(argv: list[str] | None = None) -> int:
         overlay_threshold=args.overlay_threshold, keep_uncommitted_hours=args.keep_uncommitted_hours,
         endpoint_url=args.s3_endpoint,
     )
-    print(score(config).format())
+    local = init_ray(args.address)
+    try:
+        summary = score(config, capacity=cluster_capacity(config.cluster_config, local=local))
+    except LeaseBusy as busy:
+        print(f"[score] not started: {busy}; run again later or pass --wait-for-lock SECONDS", file=sys.stderr)
+        return EXIT_BUSY
+    print(summary.format())
     return 0
 
 

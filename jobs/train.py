@@ -14,7 +14,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from thorax_ray.cli import add_cluster_arguments, run_main, setup_logging
+from thorax_ray.cli import add_cluster_arguments, add_gpu_arguments, run_main, setup_logging
+from thorax_ray.cluster import cluster_capacity, resolve_use_gpu
 from thorax_ray.config import overrides_from_flags
 from thorax_ray.losses import LOSS_KINDS
 from thorax_ray.models import list_models
@@ -28,7 +29,8 @@ FLAGS = {  # flag -> (section, key)
     "model": ("model", "name"), "backbone": ("model", "backbone"), "pretrained": ("model", "pretrained"),
     "epochs": ("optim", "epochs"), "lr": ("optim", "lr"), "weight_decay": ("optim", "weight_decay"),
     "loss": ("loss", "kind"), "workers": ("run", "workers"), "storage": ("run", "storage"), "name": ("run", "name"),
-    "seed": ("run", "seed"), "max_failures": ("run", "max_failures"),
+    "seed": ("run", "seed"), "max_failures": ("run", "max_failures"), "use_gpu": ("run", "use_gpu"),
+    "cluster_config": ("run", "cluster_config"), "shared_fs": ("run", "shared_fs"),
 }
 
 
@@ -52,6 +54,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int)
     parser.add_argument("--max-failures", type=int, help="worker-group restarts from the latest checkpoint")
     add_cluster_arguments(parser)
+    add_gpu_arguments(parser, "one GPU per worker")
     return parser.parse_args(argv)
 
 
@@ -62,11 +65,9 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig.from_dict(overrides)
 
 
-def cpu_demo_profile(config: TrainConfig, args: argparse.Namespace) -> TrainConfig:
+def cpu_demo_profile(config: TrainConfig, args: argparse.Namespace, capacity) -> TrainConfig:
     """With no model chosen and no GPU, the demo trains the small CNN at 128 px so it ends in minutes."""
-    import ray
-
-    if args.model or ray.cluster_resources().get("GPU", 0) > 0:
+    if args.model or resolve_use_gpu(config.run.use_gpu, capacity):
         return config
     print("[train] no GPU and no --model: using the CPU demo profile (small_cnn, 128 px, 4 epochs); "
           "pass --model densenet121 for CheXNet's architecture", flush=True)
@@ -77,14 +78,15 @@ def cpu_demo_profile(config: TrainConfig, args: argparse.Namespace) -> TrainConf
 def main(argv: list[str] | None = None) -> int:
     setup_logging()
     args = parse_args(argv)
-    init_ray(args.address)
     config = build_config(args)
+    local = init_ray(args.address)
+    capacity = cluster_capacity(config.run.cluster_config, local=local)
     if args.data is None and not args.config:
         ensure_demo_dataset(config.data.data)
-        config = cpu_demo_profile(config, args)
+        config = cpu_demo_profile(config, args, capacity)
     from thorax_ray.train.trainer import fit
 
-    result = fit(config)
+    result = fit(config, capacity=capacity)
     if result.error:
         raise RuntimeError(f"training failed: {result.error}")
     summary = {k: result.metrics.get(k) for k in ("model", "best_epoch", "best_checkpoint", "split_hash")}

@@ -5,7 +5,8 @@ jobs/train.py), ASHA stops poor trials early on the validation mean AUROC.
     python jobs/tune.py --space tune_spaces/cnn.yaml --data s3://bucket/prepared --storage s3://bucket/tune --trials 24
     python jobs/train.py --config out/tune-smoke/best_config.yaml     # train the winner
 
-Trials run up to floor(cluster CPUs / (workers x cpus_per_worker + 1)) at a time. Running the same
+Trials run up to floor(CPUs / (workers x cpus_per_worker + 1)) at a time, and with GPUs at most
+floor(GPUs / workers), counting the nodes the autoscaler can launch. Running the same
 command again (same --name, default the space's file name, and --storage) resumes an interrupted
 experiment: finished trials are kept, unfinished ones continue from their latest epoch checkpoint.
 Writes OUT/results.csv and OUT/best_config.yaml and prints the top trials.
@@ -15,7 +16,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from thorax_ray.cli import add_cluster_arguments, run_main, setup_logging
+from thorax_ray.cli import add_cluster_arguments, add_gpu_arguments, run_main, setup_logging
+from thorax_ray.cluster import cluster_capacity
 from thorax_ray.config import overrides_from_flags
 from thorax_ray.ray_setup import init_ray
 from thorax_ray.tune.results import format_table
@@ -23,7 +25,8 @@ from thorax_ray.tune.space import load_space
 
 FLAGS = {  # flag -> (section, key): fixed overrides of the space's base
     "data": ("data", "data"), "limit": ("data", "limit"), "s3_endpoint": ("data", "s3_endpoint"),
-    "epochs": ("optim", "epochs"), "workers": ("run", "workers"),
+    "epochs": ("optim", "epochs"), "workers": ("run", "workers"), "use_gpu": ("run", "use_gpu"),
+    "cluster_config": ("run", "cluster_config"), "shared_fs": ("run", "shared_fs"),
 }
 
 
@@ -39,9 +42,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, help="epochs per trial (ASHA's max_t), overriding the space's base")
     parser.add_argument("--workers", type=int, help="Ray Train workers per trial, overriding the space's base")
     parser.add_argument("--limit", type=int, help="at most this many rows per split in every trial")
-    parser.add_argument("--max-concurrent", type=int, help="at most this many trials at a time (default: by CPUs)")
+    parser.add_argument("--max-concurrent", type=int,
+                        help="at most this many trials at a time (default: by the CPUs and GPUs the cluster has or can launch)")
     parser.add_argument("--top", type=int, default=5, help="trials printed at the end (default 5)")
     add_cluster_arguments(parser)
+    add_gpu_arguments(parser, "one GPU per Train worker of each trial")
     return parser.parse_args(argv)
 
 
@@ -54,11 +59,12 @@ def main(argv: list[str] | None = None) -> int:
         space = space.with_base(overrides)
     name = args.name or space.name
     out = args.out or f"out/tune-{name}"
-    init_ray(args.address)
+    local = init_ray(args.address)
+    capacity = cluster_capacity(space.base_config().run.cluster_config, local=local)
     from thorax_ray.tune.sweep import run_sweep
 
     outcome = run_sweep(space, storage_uri=args.storage, name=name, out_dir=out, trials=args.trials,
-                        max_concurrent=args.max_concurrent)
+                        max_concurrent=args.max_concurrent, capacity=capacity)
     rows = outcome.rows
     early = sum(r.stopped_early for r in rows)
     print(f"\n[tune] {len(rows)} trials ({early} stopped early by ASHA, "

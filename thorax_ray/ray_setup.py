@@ -1,25 +1,68 @@
 """Connecting to Ray. A job joins a cluster when told so (`--address`, or RAY_ADDRESS, which `ray job
 submit` sets for the jobs it runs; `--address auto` joins the cluster `ray start` runs on this machine);
-otherwise it starts a private local Ray, never attaching by accident to another one on the machine."""
+otherwise it starts a private local Ray, never attaching by accident to another one on the machine.
+
+Authentication: Ray's token authentication is left on. A cluster started with `RAY_AUTH_MODE=token` (the
+runbook's `ray start`) is joined with the token of this environment (`RAY_AUTH_TOKEN`, or the file
+`~/.ray/auth_token`, or `RAY_AUTH_TOKEN_PATH`), as Ray itself reads it. A private local Ray gets a fresh
+random token of its own (environment variables inherited by its processes, never written to disk): Ray's
+servers listen on every interface and Ray has no setting to bind them to 127.0.0.1, so the token is what
+keeps other machines out while the job runs.
+"""
 from __future__ import annotations
 
 import os
+import secrets
+import socket
 
 # A local Ray advertises this many logical CPUs beyond the machine's cores, so that the Ray Data
 # pipeline (readers/decoders) can run beside training workers that each hold one CPU; otherwise a
 # 2-worker run on a 2-core machine leaves no CPU for the data tasks and waits forever.
 LOCAL_EXTRA_CPUS = 2
+AUTH_MODE_ENV, AUTH_TOKEN_ENV = "RAY_AUTH_MODE", "RAY_AUTH_TOKEN"
+GCS_PORT_ENV = "RAY_GCS_SERVER_PORT"  # the GCS port Ray's head takes from the environment
 
 
-def init_ray(address: str | None = None, **kwargs) -> None:
+def use_private_token() -> None:
+    """Token authentication with a new random token for the private Ray about to start: the token goes into
+    RAY_AUTH_TOKEN (inherited by the Ray processes this one starts) and RAY_AUTH_MODE is left to Ray, which
+    turns token mode on for a new local cluster (it must do so itself: it reads the mode once per process)."""
+    os.environ.pop(AUTH_MODE_ENV, None)
+    os.environ.pop("RAY_AUTH_TOKEN_PATH", None)
+    os.environ[AUTH_TOKEN_ENV] = secrets.token_hex(32)
+
+
+def init_ray(address: str | None = None, **kwargs) -> bool:
+    """Connects to Ray (see the module docstring); returns True when it started a private local Ray."""
     import ray
 
     if ray.is_initialized():
-        return
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        return False
     address = address or os.environ.get("RAY_ADDRESS")
-    if address is None:
+    local = address is None
+    if local:
+        use_private_token()
         kwargs.setdefault("num_cpus", (os.cpu_count() or 1) + LOCAL_EXTRA_CPUS)
+        kwargs.setdefault("dashboard_host", "127.0.0.1")
+        kwargs["runtime_env"] = _with_own_address(kwargs.get("runtime_env"))
         address = "local"
-    ray.init(address=address, **kwargs)
+    try:
+        ray.init(address=address, **kwargs)
+    finally:
+        os.environ.pop(GCS_PORT_ENV, None)
     ray.data.DataContext.get_current().enable_progress_bars = True
+    return local
+
+
+def _with_own_address(runtime_env: dict | None) -> dict:
+    """The job's runtime environment plus RAY_ADDRESS of the private Ray about to start (its GCS port chosen
+    here and handed to Ray through RAY_GCS_SERVER_PORT). Ray processes that look the cluster up by
+    "auto" (Ray Train's placement-group cleaner uses the State API so) then find this one even when other
+    Ray instances run on the machine, instead of failing with "Found multiple active Ray instances"."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    os.environ[GCS_PORT_ENV] = str(port)
+    runtime_env = dict(runtime_env or {})
+    runtime_env["env_vars"] = {**runtime_env.get("env_vars", {}), "RAY_ADDRESS": f"127.0.0.1:{port}"}
+    return runtime_env

@@ -139,7 +139,15 @@ def test_command_line_overrides_are_validated_too():
 @pytest.mark.parametrize("workers, cpus, cluster, expected", [
     (1, 1.0, 4, 2), (2, 1.0, 4, 1), (2, 1.0, 2, 1), (4, 1.0, 64, 12), (1, 2.0, 16, 5)])
 def test_concurrency_bound_by_cpus(workers, cpus, cluster, expected):
-    assert max_concurrent_trials(workers, cpus, cluster) == expected
+    assert max_concurrent_trials(workers, cpus, cpus=cluster) == expected
+
+
+@pytest.mark.parametrize("workers, cpus, gpus, expected", [
+    (1, 8, 0, 1),  # a cold cluster that can launch no GPU: still one trial (it waits or fails loudly)
+    (1, 192 * 16, 8 * 16, 128),  # 16 p5 nodes: bound by 128 GPUs, not 1,536 trials by CPUs
+    (8, 192, 8, 1), (2, 200, 8, 4), (4, 4 * 16 + 16, 16, 4)])
+def test_concurrency_bound_by_gpus_as_well(workers, cpus, gpus, expected):
+    assert max_concurrent_trials(workers, 1.0, cpus=cpus, gpus=gpus, use_gpu=True) == expected
 
 
 def test_shipped_spaces_cover_the_issue_and_validate():

@@ -20,11 +20,13 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from thorax_ray import storage
+from thorax_ray.cluster import ClusterCapacity, check_shared_storage, cluster_capacity, resolve_use_gpu
+from thorax_ray.lease import Lease, acquire_lease
 from thorax_ray.attribution import DEFAULT_MAX_BOXES, DEFAULT_THRESHOLD, default_method_name, get_method
 from thorax_ray.data.pipeline import ImageConfig, load_images, manifest_dataset
 from thorax_ray.labels import FINDING_COLUMNS, FINDINGS
 from thorax_ray.scoring.inputs import ScoringInput, resolve_input
-from thorax_ray.scoring.output import (FORMAT_VERSION, QUARANTINE_DIR, SCORES_DIR, ScoresDatasink, ScoresError,
+from thorax_ray.scoring.output import (FORMAT_VERSION, LOCK_FILE, QUARANTINE_DIR, SCORES_DIR, ScoresDatasink, ScoresError,
                                        clean_uncommitted, feature_attribution_metadata, new_run_id, publish,
                                        quarantine_table, remove_staging, schema_metadata, score_schema,
                                        scored_index, staging_uri, write_commit, write_table_file)
@@ -44,9 +46,15 @@ class ScoreConfig:
     #                            | metadata_ig (default for the metadata MLP) | none (probabilities only)
     method_options: dict = field(default_factory=dict)
     batch_size: int = 32
-    actors: int | None = None  # default: one per GPU of the cluster, else 1
+    use_gpu: str | bool = "auto"  # auto: GPU actors when the cluster has or can launch GPUs | true | false
+    gpus_per_actor: float = 1.0  # when on GPUs (fractions share a GPU between actors)
+    min_actors: int = 1  # the actor pool grows from min to max with the work queued (the autoscaler adds nodes)
+    max_actors: int | None = None  # default: GPUs up or launchable / gpus_per_actor on GPUs, else 1
     actor_cpus: float = 1.0  # CPUs per actor (= torch threads on CPU)
-    num_gpus: float | None = None  # per actor; default 1 when the cluster has GPUs, else 0
+    cluster_config: str | None = None  # autoscaler config (default: $THORAX_CLUSTER_CONFIG, ~/ray_bootstrap_config.yaml)
+    shared_fs: bool = False  # local --input/--out paths are on a filesystem every node mounts
+    lock_wait_s: float = 0.0  # wait this long for another run on the same --out to finish (then: LeaseBusy)
+    lock_ttl_s: float = 600.0  # a crashed run's lock is taken over after this long without renewal
     max_map_side: int | None = DEFAULT_MAX_MAP_SIDE  # pool larger maps to this many cells per side (None: keep)
     box_min_probability: float | None = 0.5  # box only findings at least this probable (None: every boxed finding)
     box_threshold: float = DEFAULT_THRESHOLD  # on the 0..255 map scale
@@ -87,7 +95,7 @@ class ScoreSummary:
     elapsed_s: float
     compute_s: float
     model_s: float
-    actors: int
+    actors: str  # the pool's "min..max" actors, with "GPU" when on GPUs
     commit: str | None = None
     overlays: list[str] = field(default_factory=list)
 
@@ -126,28 +134,43 @@ class ScoreSummary:
             f"commit           {self.commit or 'none'}",
             f"elapsed {self.elapsed_s:.1f} s, {self.images_per_s:.1f} images/s end to end; "
             f"{self.compute_images_per_s:.1f} images/s of scorer time ({self.compute_s:.2f} s in {self.actors} "
-            f"actor(s), of which model/attribution {self.model_s:.2f} s)",
+            f"actors, of which model/attribution {self.model_s:.2f} s)",
         ]
         if self.overlays:
             lines.append(f"overlays         {len(self.overlays)} PNGs in {self.overlays[0].rsplit('/', 1)[0]}")
         return "\n".join(lines)
 
 
-def _cluster_gpus() -> float:
-    import ray
+@dataclass(frozen=True)
+class ActorPlan:
+    """The model actors of a run: an autoscaling pool of `min_actors..max_actors`, each with `gpus` GPUs."""
 
-    return float(ray.cluster_resources().get("GPU", 0))
+    min_actors: int
+    max_actors: int
+    gpus: float
+
+    def describe(self) -> str:
+        return f"{self.min_actors}..{self.max_actors}" + (f" x {self.gpus:g} GPU" if self.gpus else " CPU")
 
 
-def _actor_resources(config: ScoreConfig) -> tuple[int, float]:
-    gpus = _cluster_gpus()
-    num_gpus = config.num_gpus if config.num_gpus is not None else (1.0 if gpus > 0 else 0.0)
-    actors = config.actors or (max(1, int(gpus // num_gpus)) if num_gpus > 0 else 1)
-    return actors, num_gpus
+def plan_actors(config: ScoreConfig, capacity: ClusterCapacity) -> ActorPlan:
+    """GPU use and pool size from what the cluster has or its autoscaler can launch (checked before work)."""
+    if config.gpus_per_actor <= 0 or config.min_actors < 1 or (config.max_actors is not None and config.max_actors < 1):
+        raise ValueError(f"bad actor settings: gpus_per_actor={config.gpus_per_actor} (> 0), "
+                         f"min_actors={config.min_actors}, max_actors={config.max_actors} (>= 1)")
+    use_gpu = resolve_use_gpu(config.use_gpu, capacity, gpus_needed=config.gpus_per_actor, what="scoring")
+    gpus = config.gpus_per_actor if use_gpu else 0.0
+    most = max(1, int(capacity.most("GPU") // gpus)) if use_gpu else 1
+    max_actors = config.max_actors or most
+    return ActorPlan(min_actors=min(config.min_actors, max_actors), max_actors=max_actors, gpus=gpus)
 
 
-def score(config: ScoreConfig, *, filesystem=None) -> ScoreSummary:
-    """Runs one scoring pass (Ray must be initialised); `filesystem` replaces storage for image reads."""
+def score(config: ScoreConfig, *, filesystem=None, capacity: ClusterCapacity | None = None) -> ScoreSummary:
+    """Runs one scoring pass (Ray must be initialised); `filesystem` replaces storage for image reads;
+    `capacity`: what the cluster has and can launch (default: read now). Holds the output's lease
+    (`OUT/_lock.json`) from before it reads what is already scored until its commit, so runs that overlap on
+    one output (from any machine) score each image once: the later one waits `lock_wait_s`, then stops with
+    LeaseBusy."""
     started = time.monotonic()
     now = time.time()
     run_id = config.run_id or new_run_id(now)
@@ -158,10 +181,13 @@ def score(config: ScoreConfig, *, filesystem=None) -> ScoreSummary:
     if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", batch_date):
         raise ValueError(f"batch date must be YYYY-MM-DD, got {batch_date!r}")
 
+    capacity = capacity or cluster_capacity(config.cluster_config)
+    actor_plan = plan_actors(config, capacity)
+    for uri, what in ((config.input, "--input"), (config.out, "--out")):
+        check_shared_storage(uri, capacity, what=what, shared_fs=config.shared_fs)
     checkpoint_dir = resolve_checkpoint(config.checkpoint, endpoint_url=endpoint)
     payload, model_id = load_payload_and_id(checkpoint_dir, endpoint_url=endpoint)
     model = build_model(payload)
-    contract = payload["preprocessing"]
     method = config.method or default_method_name(model)
     if method != NO_METHOD:
         get_method(method)(model, **config.method_options)  # fails early on a method the model cannot use
@@ -169,6 +195,29 @@ def score(config: ScoreConfig, *, filesystem=None) -> ScoreSummary:
     log.info("scoring %s with %s (model_id %s, method %s) into %s, run %s",
              source.describe(), payload.get("model_name"), model_id, method, config.out, run_id)
 
+    lease = acquire_lease(storage.join(config.out, LOCK_FILE), ttl_s=config.lock_ttl_s, wait_s=config.lock_wait_s,
+                          about={"run_id": run_id, "model_id": model_id}, endpoint_url=endpoint)
+    try:
+        summary = _score_locked(config, lease, source=source, payload=payload, model=model, model_id=model_id,
+                                checkpoint_dir=checkpoint_dir, method=method, actor_plan=actor_plan, run_id=run_id,
+                                batch_date=batch_date, started=started, now=now, filesystem=filesystem)
+    finally:
+        lease.release()
+    if config.overlays:
+        from thorax_ray.scoring.overlays import write_overlays
+
+        summary.overlays = write_overlays(config.out, source, config.overlays, model_id=model_id, run_id=run_id,
+                                          limit=config.overlay_limit, threshold=config.overlay_threshold,
+                                          endpoint_url=endpoint)
+    return summary
+
+
+def _score_locked(config: ScoreConfig, lease: Lease, *, source: ScoringInput, payload: dict, model, model_id: str,
+                  checkpoint_dir: str, method: str, actor_plan: ActorPlan, run_id: str, batch_date: str,
+                  started: float, now: float, filesystem) -> ScoreSummary:
+    """The part of a run that needs the output's lease: what is already scored, the scoring, the commit."""
+    endpoint = config.endpoint_url
+    contract = payload["preprocessing"]
     if config.keep_uncommitted_hours is not None:
         clean_uncommitted(config.out, older_than_s=config.keep_uncommitted_hours * 3600, endpoint_url=endpoint)
     done = scored_index(config.out, model_id, endpoint_url=endpoint)
@@ -205,7 +254,6 @@ def score(config: ScoreConfig, *, filesystem=None) -> ScoreSummary:
         "batch_date": batch_date,
     }
     metadata = schema_metadata(scores=description, heatmap=heatmap, features=features)
-    actors, num_gpus = _actor_resources(config)
 
     sink = ScoresDatasink(config.out, run_id, schema, metadata, rows_per_file=config.rows_per_file,
                           compression=config.compression, endpoint_url=endpoint)
@@ -226,11 +274,13 @@ def score(config: ScoreConfig, *, filesystem=None) -> ScoreSummary:
             from ray.data import ActorPoolStrategy
 
             scored_rows = dataset.map_batches(
-                Scorer, fn_constructor_kwargs=scorer_kwargs, compute=ActorPoolStrategy(size=actors),
+                Scorer, fn_constructor_kwargs=scorer_kwargs,
+                compute=ActorPoolStrategy(min_size=actor_plan.min_actors, max_size=actor_plan.max_actors),
                 batch_size=config.batch_size, batch_format="pyarrow", num_cpus=config.actor_cpus,
-                num_gpus=num_gpus or None,
+                num_gpus=actor_plan.gpus or None,
             )
-            bound_in_flight(scored_rows, in_flight_bytes(config, contract, actors, stored_size=stored_size))
+            bound_in_flight(scored_rows, in_flight_bytes(config, contract, actor_plan.max_actors,
+                                                         stored_size=stored_size))
             scored_rows.write_datasink(sink)
         files = [f for write in sink.result for f in write.files]
         compute_s = sum(write.compute_s for write in sink.result)
@@ -250,6 +300,7 @@ def score(config: ScoreConfig, *, filesystem=None) -> ScoreSummary:
                                      endpoint_url=endpoint)
         quarantined = {str(k): int(v) for k, v in failed["reason"].value_counts().items()}
         elapsed = time.monotonic() - started
+        lease.check()  # still ours: no other run can have read the old index and scored these too
         commit = write_commit(config.out, {
             "format_version": FORMAT_VERSION, "run_id": run_id, "batch_date": batch_date, "model_id": model_id,
             "model_name": payload.get("model_name"), "checkpoint": checkpoint_dir, "method": method,
@@ -273,15 +324,8 @@ def score(config: ScoreConfig, *, filesystem=None) -> ScoreSummary:
         model_name=str(payload.get("model_name")), method=method, input_rows=source.total_rows, scored=scored,
         skipped=skipped, quarantined=quarantined, deferred=deferred, files=len(entries),
         bytes=sum(e["bytes"] for e in entries), elapsed_s=time.monotonic() - started, compute_s=compute_s,
-        model_s=model_s,
-        actors=actors if len(pending) else 0, commit=commit,
+        model_s=model_s, actors=actor_plan.describe() if len(pending) else "0", commit=commit,
     )
-    if config.overlays:
-        from thorax_ray.scoring.overlays import write_overlays
-
-        summary.overlays = write_overlays(config.out, source, config.overlays, model_id=model_id, run_id=run_id,
-                                          limit=config.overlay_limit, threshold=config.overlay_threshold,
-                                          endpoint_url=endpoint)
     return summary
 
 

@@ -7,12 +7,16 @@ Layout of an output `OUT/` (local folder or s3:// prefix):
     OUT/scores/batch_date=YYYY-MM-DD/run_id=<run_id>/part-*.parquet       one row per scored image
     OUT/quarantine/batch_date=YYYY-MM-DD/run_id=<run_id>/part-0.parquet   images a run could not score
     OUT/_staging/<run_id>/...                                    files of a run that is still writing
+    OUT/_lock.json                                               lease of the run writing now (thorax_ray.lease)
 
 A run writes its files under `_staging/<run_id>/`, moves them to their partition folders when every
 image is done, and then writes `_commits/<run_id>.json` (one PUT on object stores, write + rename on
 local disks) listing them. Readers (`read_scores`, `read_quarantine`, `scored_index`) read only files
 listed in commit records, so files of a run that died (anywhere before its commit record) are never
-read; Hive-style readers skip `_staging` and `_commits` (leading underscore) by convention.
+read; Hive-style readers skip `_staging` and `_commits` (leading underscore) by convention. A run holds
+OUT's lease from reading the already-scored index until its commit, so two runs never score one image
+twice; `read_scores` still keeps one row per (image_index, model_id), the earliest committed, should two
+commits ever overlap (e.g. outputs written by older versions).
 """
 from __future__ import annotations
 
@@ -38,6 +42,7 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 COMMITS_DIR = "_commits"
+LOCK_FILE = "_lock.json"  # the lease of the run writing to OUT (thorax_ray.lease)
 STAGING_DIR = "_staging"
 SCORES_DIR = "scores"
 QUARANTINE_DIR = "quarantine"
@@ -361,16 +366,22 @@ def read_scores(out: str, model_id: str | None = None, *, columns: list[str] | N
                 run_id: str | None = None, endpoint_url: str | None = None) -> pd.DataFrame:
     """Every committed score row of OUT (of one model / run when given) as a DataFrame.
 
-    `frame.attrs["heatmap"]` holds the heatmap description (shape, dtype, classes, ...) and
-    `frame.attrs["feature_attributions"]` the feature names and `frame.attrs["split_hash"]` the split the
-    model was trained on, when all runs share one.
+    One row per (image_index, model_id): should two commits hold the same image for one model, the earliest
+    committed row is kept. `frame.attrs["heatmap"]` holds the heatmap description (shape, dtype, classes,
+    ...) and `frame.attrs["feature_attributions"]` the feature names and `frame.attrs["split_hash"]` the split
+    the model was trained on, when all runs share one.
     """
-    uris = committed_files(out, model_id=model_id, run_id=run_id, endpoint_url=endpoint_url)
-    tables = _read_tables(uris, columns, endpoint_url)
+    uris = committed_files(out, model_id=model_id, run_id=run_id, endpoint_url=endpoint_url)  # commit order
+    key = ["image_index", "model_id"]
+    read = None if columns is None else [*columns, *(c for c in key if c not in columns)]
+    tables = _read_tables(uris, read, endpoint_url)
     if not tables:
         names = columns or score_schema(maps=True, feature_attributions=False).names
         return pd.DataFrame({name: pd.Series(dtype=object) for name in names})
     frame = pa.concat_tables(tables, promote_options="default").to_pandas()
+    frame = frame.drop_duplicates(key, keep="first").reset_index(drop=True)
+    if columns is not None:
+        frame = frame[list(columns)]
     described = {}
     for record in committed_runs(out, model_id=model_id, endpoint_url=endpoint_url):
         if run_id is None or record["run_id"] == run_id:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from thorax_ray.cluster import parse_use_gpu
 from thorax_ray.config import from_dict, load_yaml, merge, to_dict
 from thorax_ray.losses import LossConfig
 from thorax_ray.models.metadata import DEFAULT_FEATURES
@@ -65,12 +66,21 @@ class RunSettings:
     name: str | None = None  # default: thorax-<model>
     storage: str = "runs"  # local folder or s3:// URI for checkpoints and metrics
     workers: int = 2
-    use_gpu: bool | None = None  # None: use GPUs when the cluster has them
+    # auto: one GPU per worker when the cluster has GPUs or its autoscaler can launch GPU nodes; true: GPUs
+    # (an error at start when the cluster can never provide them); false: CPUs.
+    use_gpu: str | bool = "auto"
+    cluster_config: str | None = None  # autoscaler config (default: $THORAX_CLUSTER_CONFIG, ~/ray_bootstrap_config.yaml)
+    shared_fs: bool = False  # local --storage/--data paths are on a filesystem every node mounts (NFS, EFS)
     cpus_per_worker: float = 1.0
     seed: int = 0
     max_failures: int = 2  # worker-group restarts from the latest checkpoint
     threads_per_worker: int | None = None  # torch intra-op threads (None: cpus_per_worker)
     compile: bool | None = None  # torch.compile the model: None = on when training on GPU (never on CPU)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "use_gpu", parse_use_gpu(self.use_gpu))
+        if self.workers < 1 or self.cpus_per_worker <= 0:
+            raise ValueError(f"bad run config: workers={self.workers} (>= 1), cpus_per_worker={self.cpus_per_worker} (> 0)")
 
 
 @dataclass(frozen=True)

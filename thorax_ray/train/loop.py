@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from thorax_ray.accel import FastPath, prefetch_to_device
+from thorax_ray.cluster import fake_gpus
 from thorax_ray.losses import build_loss
 from thorax_ray.metrics import mean_auroc, per_class_auroc
 from thorax_ray.models import MetadataFeatures, create_model
@@ -17,6 +18,7 @@ from thorax_ray.train.augment import augment_batch
 from thorax_ray.train.batches import batch_from_arrow, normalise_images
 from thorax_ray.train.checkpoint import (checkpoint_dir_name, latest_loadable,
                                          save_checkpoint, write_run_metrics)
+from thorax_ray.train.collectives import Collectives
 from thorax_ray.train.config import TrainConfig, preprocessing_contract
 
 
@@ -64,17 +66,33 @@ def restore_state(run_dir: str, endpoint: str | None) -> dict | None:
     return latest_loadable(run_dir, endpoint_url=endpoint)
 
 
+def training_device() -> torch.device:
+    """The worker's device as Ray Train assigns it (a GPU when the worker holds one). With fake GPUs (tests of
+    the autoscaling path: GPUs as Ray resources only) the arithmetic stays on the CPU."""
+    import ray.train.torch
+
+    return torch.device("cpu") if fake_gpus() else ray.train.torch.get_device()
+
+
+def distributed(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """DDP over Ray Train's process group at every world size (one worker included, so a single-GPU run
+    exercises the same NCCL path as many); `model` is already on `device`."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+
+
 def train_loop_per_worker(loop_config: dict) -> None:
     import ray.train
-    import ray.train.torch
 
     config = TrainConfig.from_dict(loop_config["config"])
     info = loop_config["info"]
     context = ray.train.get_context()
-    rank, world = context.get_world_rank(), context.get_world_size()
+    rank = context.get_world_rank()
     torch.set_num_threads(max(1, int(config.run.threads_per_worker or config.run.cpus_per_worker)))
     torch.manual_seed(config.run.seed)
-    device = ray.train.torch.get_device()
+    device = training_device()
+    collectives = Collectives(device)
 
     features = MetadataFeatures(tuple(config.model.metadata_features))
     model = create_model(config.model.name, metadata_features=features, pretrained=config.model.pretrained,
@@ -88,7 +106,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     if state is not None:
         model.load_state_dict(state["model_state"], strict=True)
     model = fast.prepare_model(model)  # on the device; channels_last for image models on GPU
-    trained = fast.maybe_compile(ray.train.torch.prepare_model(model))
+    trained = fast.maybe_compile(distributed(model, device))
     optimizer = torch.optim.Adam(model.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay)
     scheduler = build_scheduler(config, optimizer)
     if state is not None:
@@ -131,10 +149,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
             loss_sum += loss.detach().double() * len(batch.labels)
             seen += len(batch.labels)
         train_seconds = time.monotonic() - started
-        totals = torch.tensor([float(loss_sum), seen], dtype=torch.float64)
-        if world > 1:
-            torch.distributed.all_reduce(totals)
-        train_loss = float(totals[0] / max(totals[1], 1))
+        total_loss, total_seen = collectives.sum_values(loss_sum, seen)  # on the device: NCCL has no CPU backend
+        train_loss = total_loss / max(total_seen, 1)
 
         # Validation on rank 0 alone, with the unwrapped model and the unsplit dataset: every
         # validation row exactly once, no DDP padding, no collectives inside.
@@ -144,11 +160,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
                                   contract=contract, stored_size=info["stored_size"], device=device,
                                   autocast_dtype=fast.autocast_dtype)
             aurocs = per_class_auroc(predictions.labels, predictions.probabilities) if len(predictions.labels) else {}
-            record = {"epoch": epoch, "train_loss": train_loss, "train_images": int(totals[1]),
+            record = {"epoch": epoch, "train_loss": train_loss, "train_images": int(total_seen),
                       "train_seconds": train_seconds,
                       "val_images": len(predictions.image_index), "val": {"auroc": aurocs, "mean_auroc": mean_auroc(aurocs)},
                       "lr": optimizer.param_groups[0]["lr"], "seconds": time.monotonic() - started}
-        record = _broadcast(record, world)
+        record = collectives.broadcast_object(record)
         val_mean = record["val"]["mean_auroc"]
         if config.optim.scheduler == "plateau":
             scheduler.step(val_mean if val_mean is not None else 0.0)
@@ -204,14 +220,6 @@ def run_summary(config: TrainConfig, info: dict, history: list[dict], best: dict
             "best_checkpoint": best["checkpoint"] if best else None,
             "val": best["val"] if best else None, "epochs_run": len(history), "history": history, "resumes": resumes,
             "config": config.to_dict()}
-
-
-def _broadcast(record: dict | None, world: int) -> dict:
-    if world == 1:
-        return record
-    box = [record]
-    torch.distributed.broadcast_object_list(box, src=0)
-    return box[0]
 
 
 def _fmt(value: float | None) -> str:

@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass
 
 from thorax_ray import storage
+from thorax_ray.cluster import (ClusterCapacity, check_shared_storage, cluster_capacity, fake_gpus,
+                                resolve_use_gpu)
 from thorax_ray.models import get_model_spec
 from thorax_ray.train.checkpoint import run_metrics
 from thorax_ray.train.config import TrainConfig
@@ -55,13 +57,16 @@ def cache_if_small(dataset, size_bytes: int, budget_mb: int):
     return dataset.materialize()
 
 
-def fit(config: TrainConfig, *, callbacks: list | None = None) -> TrainResult:
+def fit(config: TrainConfig, *, callbacks: list | None = None, capacity: ClusterCapacity | None = None) -> TrainResult:
     """Trains `config` to the end (or resumes its run). `callbacks`: extra Ray Train callbacks for the
-    RunConfig, e.g. Tune's `TuneReportCallback` when a Tune trial runs this (thorax_ray/tune)."""
-    import ray
+    RunConfig, e.g. Tune's `TuneReportCallback` when a Tune trial runs this (thorax_ray/tune). `capacity`:
+    what the cluster has and can launch (default: read now); GPU use and storage are checked against it
+    before any data is opened."""
     import ray.train
-    from ray.train.torch import TorchTrainer
+    from ray.train.torch import TorchConfig, TorchTrainer
 
+    capacity = capacity or cluster_capacity(config.run.cluster_config)
+    use_gpu = check_cluster(config, capacity)
     spec = get_model_spec(config.model.name)
     source = open_source(config.data)
     label_counts, train_rows = source.label_counts("train")
@@ -74,17 +79,16 @@ def fit(config: TrainConfig, *, callbacks: list | None = None) -> TrainResult:
                                         estimated_bytes(train_rows, source.stored_size if spec.uses_images else 0),
                                         config.data.cache_train_mb),
                 "val": source.dataset("val", images=spec.uses_images)}
-    use_gpu = config.run.use_gpu
-    if use_gpu is None:
-        use_gpu = ray.cluster_resources().get("GPU", 0) > 0
     resources = {"CPU": config.run.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}
     storage_path, storage_filesystem = ray_storage(config.run.storage, config.data.s3_endpoint)
     print(f"[train] {config.model.name} on {source.kind} data {config.data.data} ({train_rows} train rows, "
-          f"split {source.split_hash}), {config.run.workers} workers{' with GPUs' if use_gpu else ''}, run {run_dir}",
-          flush=True)
+          f"split {source.split_hash}), {config.run.workers} workers on {'GPUs' if use_gpu else 'CPUs'}, "
+          f"run {run_dir}", flush=True)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": config.to_dict(), "info": info},
+        # Fake GPUs (tests of the autoscaling path): GPUs are scheduled, the process group is gloo on the CPU.
+        torch_config=TorchConfig(backend="gloo") if use_gpu and fake_gpus() else None,
         scaling_config=ray.train.ScalingConfig(num_workers=config.run.workers, use_gpu=use_gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
@@ -99,3 +103,13 @@ def fit(config: TrainConfig, *, callbacks: list | None = None) -> TrainResult:
     result = trainer.fit()
     metrics = run_metrics(run_dir, endpoint_url=config.data.s3_endpoint) or {}
     return TrainResult(run_dir=run_dir, metrics=metrics, error=getattr(result, "error", None))
+
+
+def check_cluster(config: TrainConfig, capacity: ClusterCapacity) -> bool:
+    """Fails now, with one line, when the cluster can never run `config` (GPUs it cannot provide, local
+    paths on a multi-node cluster); returns whether the workers use GPUs."""
+    use_gpu = resolve_use_gpu(config.run.use_gpu, capacity, gpus_needed=config.run.workers,
+                              what=f"training with {config.run.workers} worker(s)")
+    check_shared_storage(config.run.storage, capacity, what="--storage", shared_fs=config.run.shared_fs)
+    check_shared_storage(config.data.data, capacity, what="--data", shared_fs=config.run.shared_fs)
+    return use_gpu

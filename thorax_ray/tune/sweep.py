@@ -1,5 +1,6 @@
 """Runs (or resumes) a Tune experiment over a `SearchSpace`: ASHA on the validation mean AUROC,
-concurrency bounded by the cluster's CPUs, results written by `thorax_ray.tune.results`."""
+concurrency bounded by the CPUs and GPUs the cluster has or can launch, results written by
+`thorax_ray.tune.results`."""
 from __future__ import annotations
 
 import json
@@ -8,6 +9,7 @@ import os
 from dataclasses import dataclass
 
 from thorax_ray import storage
+from thorax_ray.cluster import ClusterCapacity, check_shared_storage, cluster_capacity, resolve_use_gpu
 from thorax_ray.train.trainer import ray_storage
 from thorax_ray.tune import results as results_mod
 from thorax_ray.train.config import TrainConfig
@@ -30,9 +32,15 @@ class SweepOutcome:
     resumed: bool
 
 
-def max_concurrent_trials(workers: int, cpus_per_worker: float, cluster_cpus: float) -> int:
-    """floor(cluster CPUs / (Train workers' CPUs + 1 for the trial's driver)), at least 1."""
-    return max(1, math.floor(cluster_cpus / (workers * cpus_per_worker + 1)))
+def max_concurrent_trials(workers: int, cpus_per_worker: float, *, cpus: float, gpus: float = 0.0,
+                          use_gpu: bool = False) -> int:
+    """How many trials fit at once: floor(CPUs / (Train workers' CPUs + 1 for the trial's driver)) and, with
+    GPUs, floor(GPUs / workers) (one GPU per worker); at least 1. `cpus`/`gpus`: what the cluster has or its
+    autoscaler can launch."""
+    bound = math.floor(cpus / (workers * cpus_per_worker + TRIAL_DRIVER_CPUS))
+    if use_gpu:
+        bound = min(bound, math.floor(gpus / workers))
+    return max(1, bound)
 
 
 def _read_setup(experiment_path: str, endpoint: str | None) -> TrialSetup | None:
@@ -51,33 +59,39 @@ def _write_setup(experiment_path: str, setup: TrialSetup, endpoint: str | None) 
 
 
 def run_sweep(space: SearchSpace, *, storage_uri: str, name: str, out_dir: str, trials: int | None = None,
-              max_concurrent: int | None = None, verbose: int = 1) -> SweepOutcome:
-    import ray
+              max_concurrent: int | None = None, verbose: int = 1, capacity: ClusterCapacity | None = None) -> SweepOutcome:
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import BasicVariantGenerator
 
     base_config = space.base_config()
+    capacity = capacity or cluster_capacity(base_config.run.cluster_config)
+    run = base_config.run
+    use_gpu = resolve_use_gpu(run.use_gpu, capacity, gpus_needed=run.workers, what=f"each trial's {run.workers} worker(s)")
+    check_shared_storage(storage_uri, capacity, what="--storage", shared_fs=run.shared_fs)
+    check_shared_storage(base_config.data.data, capacity, what="--data", shared_fs=run.shared_fs)
+    space = space.with_base({"run": {"use_gpu": "true" if use_gpu else "false"}})  # every trial decides alike
     endpoint = base_config.data.s3_endpoint
     root = storage_uri if storage.is_remote(storage_uri) else os.path.abspath(storage_uri)
     experiment_path = storage.join(root, name)
     storage_path, storage_filesystem = ray_storage(root, endpoint)
     restore_path = storage.join(storage_path, name) if storage_filesystem is None else f"{storage_path}/{name}"
 
-    setup = TrialSetup(base=space.base, runs_root=storage.join(experiment_path, "runs"))
+    setup = TrialSetup(base=space.base, runs_root=storage.join(experiment_path, "runs"), capacity=capacity)
     saved = _read_setup(experiment_path, endpoint)
     resumed = saved is not None and tune.Tuner.can_restore(restore_path, storage_filesystem=storage_filesystem)
     if resumed:
         if saved.base != setup.base:
             print(f"[tune] {name}: resuming with the settings the experiment started with "
                   f"({storage.join(experiment_path, SETUP_FILE)}); changed flags are ignored", flush=True)
-        setup = saved
+        setup = TrialSetup(base=saved.base, runs_root=saved.runs_root, capacity=capacity)
         base_config = TrainConfig.from_dict(resolve(saved.base, {}))
     else:
         _write_setup(experiment_path, setup, endpoint)
 
-    cpus = ray.cluster_resources().get("CPU", 1)
-    bound = max_concurrent_trials(base_config.run.workers, base_config.run.cpus_per_worker, cpus)
+    cpus, gpus = capacity.most("CPU"), capacity.most("GPU")
+    bound = max_concurrent_trials(base_config.run.workers, base_config.run.cpus_per_worker, cpus=cpus, gpus=gpus,
+                                  use_gpu=use_gpu)
     concurrent = min(max_concurrent, bound) if max_concurrent else bound
     settings = space.tune
     trainable = tune.with_resources(make_trainable(setup), {"cpu": TRIAL_DRIVER_CPUS})
@@ -96,7 +110,8 @@ def run_sweep(space: SearchSpace, *, storage_uri: str, name: str, out_dir: str, 
                                    reduction_factor=settings.reduction_factor)
                      if settings.scheduler == "asha" else FIFOScheduler())
         print(f"[tune] experiment {experiment_path}: {samples * space.grid_size} trials of "
-              f"{base_config.run.workers} worker(s), up to {concurrent} at a time ({cpus:g} CPUs), "
+              f"{base_config.run.workers} worker(s) on {'GPUs' if use_gpu else 'CPUs'}, up to {concurrent} at a time "
+              f"({cpus:g} CPUs{f', {gpus:g} GPUs' if use_gpu else ''} up or launchable), "
               f"{settings.scheduler.upper()} on {settings.metric} ({settings.mode}), max {max_t} epochs", flush=True)
         tuner = tune.Tuner(
             trainable,
@@ -110,7 +125,7 @@ def run_sweep(space: SearchSpace, *, storage_uri: str, name: str, out_dir: str, 
                                       failure_config=tune.FailureConfig(max_failures=0), verbose=verbose),
         )
     grid = tuner.fit()
-    trials_list = grid._experiment_analysis.trials
+    trials_list = tune.ExperimentAnalysis(grid.experiment_path, storage_filesystem=grid.filesystem).trials
     rows = results_mod.collect(trials_list, setup, settings.metric, settings.mode)
     interrupted = any(r.status not in results_mod.FINISHED for r in rows)
     results_csv = results_mod.write_results(rows, out_dir)

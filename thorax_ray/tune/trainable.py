@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 
 from thorax_ray import storage
+from thorax_ray.cluster import ClusterCapacity
 from thorax_ray.train.config import TrainConfig
 from thorax_ray.tune.space import resolve
 
@@ -27,6 +28,7 @@ class TrialSetup:
 
     base: dict  # nested TrainConfig overrides (space base + command-line flags)
     runs_root: str  # local folder or s3:// URI; trial runs land in RUNS_ROOT/<trial_id>
+    capacity: ClusterCapacity | None = None  # what the cluster had and could launch when the sweep started
 
 
 def trial_config(setup: TrialSetup, sample: dict, trial_id: str) -> TrainConfig:
@@ -45,32 +47,15 @@ def make_trainable(setup: TrialSetup):
 
         from thorax_ray.train.trainer import fit
 
-        _pin_cluster_address()
         trial_id = ray.tune.get_context().get_trial_id()
         config = trial_config(setup, sample, trial_id)
         record = _record_execution(config, trial_id, sample)
-        result = fit(config, callbacks=[TuneReportCallback()])
+        result = fit(config, callbacks=[TuneReportCallback()], capacity=setup.capacity)
         _finish_execution(record, result.metrics)
         if result.error is not None:
             raise RuntimeError(f"trial {trial_id}: training failed: {result.error}")
 
     return thorax_trial
-
-
-def _pin_cluster_address() -> None:
-    """Points the Train controller (and the detached PlacementGroupCleaner it starts) at this cluster.
-
-    When Tune stops a trial (ASHA, or max_t reached) it kills the trial's actor and with it the Train
-    controller, so the worker group's placement group is released only by Train's PlacementGroupCleaner,
-    which finds the cluster through the State API with address "auto". On a host running several Ray
-    clusters "auto" picks the newest one, the lookup fails and the CPUs stay reserved until the sweep
-    starves. Propagating RAY_ADDRESS (this cluster's GCS) to the controller's runtime environment, which
-    the cleaner inherits, makes the lookup exact."""
-    import ray
-    from ray.train.v2._internal import constants
-
-    os.environ.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
-    constants.ENV_VARS_TO_PROPAGATE.add("RAY_ADDRESS")
 
 
 def _record_execution(config: TrainConfig, trial_id: str, sample: dict) -> dict:

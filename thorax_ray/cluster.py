@@ -1,0 +1,172 @@
+"""What the Ray cluster has now and what its autoscaler can launch, and the decisions taken from it before
+any work starts: whether to use GPUs, how many actors or trials fit, and whether local paths may be used.
+
+Every node type of `cluster.yaml` starts at zero workers, so the cluster a job sees at start-up is usually
+just the head: deciding from `ray.cluster_resources()` alone would train on CPUs and never start a GPU node.
+The worker node types come from the autoscaler's config file: `--cluster-config FILE`, else
+`$THORAX_CLUSTER_CONFIG`, else `~/ray_bootstrap_config.yaml` (where `ray up` puts it on the head node, and
+where `ray job submit` runs a job's driver).
+
+    capacity = cluster_capacity(config_path)          # Ray must be initialised
+    use_gpu = resolve_use_gpu("auto", capacity)       # True when GPUs are up or launchable
+    check_shared_storage("runs", capacity, what="--storage")   # ClusterError on a multi-node cluster
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import yaml
+
+from thorax_ray import storage
+
+CLUSTER_CONFIG_ENV = "THORAX_CLUSTER_CONFIG"
+BOOTSTRAP_CONFIG = "~/ray_bootstrap_config.yaml"
+# Test-only: GPUs exist as Ray resources (a fake autoscaling cluster) but not as devices; workers and actors
+# then compute on the CPU with gloo. Never set it on a real cluster.
+FAKE_GPUS_ENV = "THORAX_TEST_FAKE_GPUS"
+USE_GPU_CHOICES = ("auto", "true", "false")
+
+
+class ClusterError(ValueError):
+    """The cluster cannot run the job as asked (raised before any work starts)."""
+
+
+@dataclass(frozen=True)
+class NodeType:
+    name: str
+    resources: dict[str, float]
+    max_workers: int
+
+
+@dataclass(frozen=True)
+class ClusterCapacity:
+    alive_nodes: int
+    resources_up: dict[str, float]  # summed over the alive nodes
+    node_types: tuple[NodeType, ...] = ()  # worker node types the autoscaler can launch (max_workers > 0)
+    config_path: str | None = None  # the autoscaler config they were read from
+    local: bool = False  # a private local Ray started by this job
+    max_worker_nodes: int | None = None  # the config's global max_workers
+
+    def launchable(self, resource: str) -> float:
+        """How much of `resource` the autoscaler can add (each type at its max_workers, capped by the
+        global max_workers)."""
+        cap = self.max_worker_nodes if self.max_worker_nodes is not None else math.inf
+        return sum(t.resources.get(resource, 0.0) * min(t.max_workers, cap) for t in self.node_types)
+
+    def most(self, resource: str) -> float:
+        """An upper bound of `resource` in the cluster: what is up plus what the autoscaler can launch."""
+        return self.resources_up.get(resource, 0.0) + self.launchable(resource)
+
+    @property
+    def gpus_up(self) -> float:
+        return self.resources_up.get("GPU", 0.0)
+
+    @property
+    def multi_node(self) -> bool:
+        return self.alive_nodes > 1 or any(t.max_workers > 0 for t in self.node_types)
+
+    def describe(self) -> str:
+        up = ", ".join(f"{k} {v:g}" for k, v in sorted(self.resources_up.items()) if k in ("CPU", "GPU"))
+        types = "; ".join(f"{t.name} x{t.max_workers} ({', '.join(f'{k} {v:g}' for k, v in sorted(t.resources.items()))})"
+                          for t in self.node_types)
+        source = "private local Ray" if self.local else f"{self.alive_nodes} node(s) up"
+        return f"{source} ({up or 'no CPU/GPU'})" + (f"; can launch {types} ({self.config_path})" if types else "")
+
+
+def find_cluster_config(path: str | None = None) -> str | None:
+    """The autoscaler config to read: `path`, else $THORAX_CLUSTER_CONFIG, else the head's bootstrap config
+    when it exists. A given path that does not exist is an error."""
+    given = path or os.environ.get(CLUSTER_CONFIG_ENV)
+    if given:
+        if not os.path.exists(os.path.expanduser(given)):
+            raise ClusterError(f"{given}: cluster config not found")
+        return os.path.expanduser(given)
+    default = os.path.expanduser(BOOTSTRAP_CONFIG)
+    return default if os.path.exists(default) else None
+
+
+def read_node_types(path: str) -> tuple[tuple[NodeType, ...], int | None]:
+    """Worker node types (resources, max_workers) and the global max_workers of an autoscaler config
+    (`cluster.yaml` or Ray's bootstrap config, YAML or JSON)."""
+    try:
+        with open(path) as handle:
+            config = yaml.safe_load(handle) or {}
+    except (OSError, yaml.YAMLError) as error:
+        raise ClusterError(f"{path}: cannot read the cluster config: {error}") from None
+    types = config.get("available_node_types") or {}
+    if not isinstance(types, dict):
+        raise ClusterError(f"{path}: available_node_types is not a mapping")
+    head = config.get("head_node_type")
+    found = []
+    for name, spec in types.items():
+        spec = spec or {}
+        max_workers = int(spec.get("max_workers", 0) or 0)
+        if name == head or max_workers <= 0:
+            continue
+        resources = {str(k): float(v) for k, v in (spec.get("resources") or {}).items()}
+        found.append(NodeType(name=str(name), resources=resources, max_workers=max_workers))
+    global_max = config.get("max_workers")
+    return tuple(found), (int(global_max) if global_max is not None else None)
+
+
+def cluster_capacity(config_path: str | None = None, *, local: bool = False) -> ClusterCapacity:
+    """What the connected Ray cluster has and can launch. A private local Ray (`local`) launches nothing."""
+    import ray
+
+    alive = [n for n in ray.nodes() if n.get("Alive")]
+    up = {k: float(v) for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU", "memory")}
+    if local:
+        return ClusterCapacity(alive_nodes=len(alive), resources_up=up, local=True)
+    path = find_cluster_config(config_path)
+    node_types, max_worker_nodes = read_node_types(path) if path else ((), None)
+    return ClusterCapacity(alive_nodes=len(alive), resources_up=up, node_types=node_types, config_path=path,
+                           max_worker_nodes=max_worker_nodes)
+
+
+def parse_use_gpu(value: str | bool | None) -> str:
+    """'auto' | 'true' | 'false' from a flag, YAML bool or None (auto)."""
+    if value is None:
+        return "auto"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    text = str(value).strip().lower()
+    aliases = {"yes": "true", "1": "true", "on": "true", "no": "false", "0": "false", "off": "false"}
+    text = aliases.get(text, text)
+    if text not in USE_GPU_CHOICES:
+        raise ClusterError(f"use_gpu must be one of {', '.join(USE_GPU_CHOICES)}; got {value!r}")
+    return text
+
+
+def resolve_use_gpu(setting: str | bool | None, capacity: ClusterCapacity, *, gpus_needed: float = 1.0,
+                    what: str = "the job") -> bool:
+    """`auto`: GPUs when the cluster has or can launch them; `true`: GPUs, and an error now when the cluster
+    can never provide `gpus_needed` of them; `false`: CPUs."""
+    setting = parse_use_gpu(setting)
+    if setting == "false":
+        return False
+    most = capacity.most("GPU")
+    if setting == "auto":
+        return most > 0
+    if most < gpus_needed:
+        hint = ("a private local Ray has only this machine's GPUs" if capacity.local else
+                "no autoscaler config found: pass --cluster-config (the cluster.yaml it was started with)"
+                if capacity.config_path is None else f"none of the node types in {capacity.config_path} has enough")
+        raise ClusterError(f"{what} asks for {gpus_needed:g} GPU(s) but the cluster can never provide them: "
+                           f"{capacity.describe()}; {hint}")
+    return True
+
+
+def check_shared_storage(uri: str, capacity: ClusterCapacity, *, what: str, shared_fs: bool = False) -> None:
+    """A local path is only seen by the node that wrote it: on a cluster with (or able to launch) more than one
+    node, workers' checkpoints and outputs must go to object storage, or to a filesystem every node mounts
+    (`shared_fs`, e.g. NFS/EFS)."""
+    if storage.is_remote(uri) or shared_fs or not capacity.multi_node:
+        return
+    raise ClusterError(f"{what} {uri} is a local path, but the cluster has more than one node "
+                       f"({capacity.describe()}): use s3://... or pass --shared-fs if every node mounts it")
+
+
+def fake_gpus() -> bool:
+    return os.environ.get(FAKE_GPUS_ENV) == "1"
