@@ -35,7 +35,8 @@ def test_good_variants_written_bad_ones_quarantined(ray_local, messy_dataset, tm
     data, expected = messy_dataset
     summary = prepare(PrepareConfig(data=str(data), out=str(tmp_path / "out"), image=ImageConfig(size=48)))
     shards = read_all(tmp_path / "out")
-    quarantine = pd.read_parquet(tmp_path / "out" / "quarantine.parquet")
+    record = read_commit(str(tmp_path / "out"))
+    quarantine = pd.read_parquet(tmp_path / "out" / "versions" / record["version"] / "quarantine.parquet")
     good = sorted(n for n, r in expected.items() if not r)
     assert sorted(shards["image_index"]) == good
     assert dict(zip(quarantine["image_index"], quarantine["reason"])) == {n: r for n, r in expected.items() if r}
@@ -49,21 +50,40 @@ def test_good_variants_written_bad_ones_quarantined(ray_local, messy_dataset, tm
 
 
 def test_rerun_refuses_or_replaces_atomically(ray_local, messy_dataset, tmp_path):
+    """--overwrite writes everything of the new version under its own folder and swaps it in with the commit
+    record alone: a reader holding the old record still reads the old version whole; the replaced version
+    is kept for the retention period, then deleted, and a folder of a prepare that never committed goes."""
     data, _ = messy_dataset
-    config = PrepareConfig(data=str(data), out=str(tmp_path / "out"), image=ImageConfig(size=32))
+    out = tmp_path / "out"
+    config = PrepareConfig(data=str(data), out=str(out), image=ImageConfig(size=32))
     first = prepare(config)
+    old_record = read_commit(str(out))
     with pytest.raises(PreparedError, match="already holds a prepared dataset.*--overwrite"):
         prepare(config)
-    second = prepare(PrepareConfig(**{**config.__dict__, "overwrite": True}))
-    assert second.version != first.version
-    assert os.listdir(tmp_path / "out" / "shards") == [second.version]
-    assert len(read_all(tmp_path / "out")) == 4
+    top_level = sorted(os.listdir(out))
+    orphan = out / "versions" / "20200101T000000Z-dead00" / "shards" / "split=train"  # a killed prepare's
+    orphan.mkdir(parents=True)
+    second = prepare(PrepareConfig(**{**config.__dict__, "overwrite": True, "image": ImageConfig(size=24)}))
+    assert second.version != first.version and sorted(os.listdir(out)) == top_level  # nothing rewritten in place
+    assert sorted(os.listdir(out / "versions")) == sorted([first.version, second.version])
+    assert second.removed_versions == ["20200101T000000Z-dead00"]
+    old_files = [f["path"] for f in old_record["files"]]
+    assert all(os.path.exists(p) for p in old_files)  # a job that started on the old version finishes on it
+    assert {len(v) for v in read_prepared(str(out)).to_pandas()["image"]} == {24 * 24}
+    from thorax_ray.data.shards import read_prepared_tables
+    assert len(read_prepared_tables(str(out), old_record)[0]) == 8  # the old manifest, still whole
+    record = read_commit(str(out))
+    assert [v["version"] for v in record["previous_versions"]] == [first.version]
+    third = prepare(PrepareConfig(**{**config.__dict__, "overwrite": True, "keep_previous_hours": 0}))
+    assert sorted(os.listdir(out / "versions")) == sorted([second.version, third.version])  # the latest replaced
+    assert first.version in third.removed_versions and not any(os.path.exists(p) for p in old_files)
+    assert len(read_all(out)) == 4
 
 
 def test_reader_ignores_uncommitted_files(ray_local, messy_dataset, tmp_path):
     data, _ = messy_dataset
     prepare(PrepareConfig(data=str(data), out=str(tmp_path / "out"), image=ImageConfig(size=32)))
-    stray = tmp_path / "out" / "shards" / "half-written" / "split=train"
+    stray = tmp_path / "out" / "versions" / "half-written" / "shards" / "split=train"
     stray.mkdir(parents=True)
     (stray / "part-x.parquet").write_bytes(b"PAR1garbage")
     assert len(read_all(tmp_path / "out")) == 4
@@ -92,7 +112,8 @@ def test_transient_read_error_is_retried_not_quarantined(ray_local, tmp_path):
         marker.unlink()
     single = ImageConfig(size=32, read_attempts=1)
     prepare(PrepareConfig(data=str(folder), out=str(tmp_path / "out2"), image=single), filesystem=flaky)
-    quarantine = pd.read_parquet(tmp_path / "out2" / "quarantine.parquet")
+    quarantine = pd.read_parquet(tmp_path / "out2" / "versions" / read_commit(str(tmp_path / "out2"))["version"]
+                                 / "quarantine.parquet")
     assert set(quarantine["reason"]) == {"read_error"} and len(quarantine) == len(names)
 
 
@@ -100,7 +121,8 @@ def test_round_trip_pixels_and_labels(ray_local, synthetic_small, tmp_path):
     prepare(PrepareConfig(data=str(synthetic_small), out=str(tmp_path / "out"), image=ImageConfig(size=64)))
     record = read_commit(str(tmp_path / "out"))
     shards = read_all(tmp_path / "out")
-    manifest = pd.read_parquet(tmp_path / "out" / "manifest.parquet").set_index("image_index")
+    manifest = pd.read_parquet(tmp_path / "out" / "versions" / read_commit(str(tmp_path / "out"))["version"]
+                               / "manifest.parquet").set_index("image_index")
     assert len(shards) == len(manifest) == sum(record["written"].values())
     sample = shards.sample(10, random_state=0)
     for row in sample.itertuples():
@@ -119,7 +141,7 @@ def test_s3_in_and_out(ray_local, synthetic_small, s3_bucket, tmp_path):
     summary = prepare(PrepareConfig(data=f"{s3_bucket}/nih", out=out, image=ImageConfig(size=32)))
     assert sum(summary.written.values()) == 120 and not summary.quarantined
     record, files = prepared_files(out)
-    assert all(f.startswith(f"{s3_bucket}/prepared/shards/{record['version']}/") for f in files)
+    assert all(f.startswith(f"{s3_bucket}/prepared/versions/{record['version']}/shards/") for f in files)
     shards = read_prepared(out, ["val", "test"]).to_pandas()
     assert set(shards["split"]) <= {"val", "test"} and len(shards) == record["written"]["val"] + record["written"]["test"]
     assert images_to_array(shards["image"].tolist(), 32).shape == (len(shards), 32, 32)

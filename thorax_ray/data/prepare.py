@@ -9,12 +9,15 @@ import pandas as pd
 
 from thorax_ray import storage
 from thorax_ray.data.pipeline import ImageConfig, load_images
-from thorax_ray.data.shards import (QUARANTINE_COLUMNS, PreparedError, PreparedShardsDatasink, new_version,
-                                    read_commit, shard_contract, write_commit, write_table)
+from thorax_ray.data.shards import (FORMAT_VERSION, QUARANTINE_COLUMNS, VERSIONS_DIR, PreparedError,
+                                    PreparedShardsDatasink, new_version, read_commit, shard_contract, version_dir,
+                                    write_commit, write_table)
+from thorax_ray.lease import acquire_lease
 from thorax_ray.manifest import build_manifest, write_manifest
 from thorax_ray.splits import SPLITS, SplitConfig
 
 log = logging.getLogger(__name__)
+LOCK_FILE = "_lock.json"  # the lease of the prepare writing to OUT (thorax_ray.lease)
 
 
 @dataclass(frozen=True)
@@ -24,6 +27,9 @@ class PrepareConfig:
     image: ImageConfig = field(default_factory=ImageConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
     overwrite: bool = False
+    keep_previous_hours: float = 72.0  # a replaced version stays readable this long (jobs reading it finish)
+    seed: int = 0  # of the shards' random row order
+    lock_ttl_s: float = 600.0  # a crashed prepare's lease is taken over after this long
     target_file_mb: int = 256
     compression: str = "none"  # 8-bit radiograph pixels barely compress with fast codecs; "zstd"/"lz4" to trade CPU for bytes
 
@@ -36,6 +42,7 @@ class PrepareSummary:
     quarantined: dict[str, int]
     manifest_rows: int
     elapsed_s: float
+    removed_versions: list[str] = field(default_factory=list)
 
     def format(self) -> str:
         total = sum(self.written.values())
@@ -44,11 +51,22 @@ class PrepareSummary:
                  "quarantined: " + (", ".join(f"{r} {n}" for r, n in sorted(self.quarantined.items())) or "none")
                  + f" (total {sum(self.quarantined.values())})",
                  f"elapsed {self.elapsed_s:.1f} s, {self.manifest_rows / max(self.elapsed_s, 1e-9):.1f} images/s"]
+        if self.removed_versions:
+            lines.append(f"removed {len(self.removed_versions)} old or unfinished version(s): "
+                         + ", ".join(self.removed_versions[:5]))
         return "\n".join(lines)
 
 
 def prepare(config: PrepareConfig, *, filesystem=None) -> PrepareSummary:
-    """Writes OUT/shards, OUT/manifest.parquet, OUT/quarantine.parquet and, last, OUT/prepared.json."""
+    """Writes version V under OUT/versions/V/ (shards, manifest, quarantine) and, last, OUT/prepared.json,
+    which swaps V in; holds OUT's lease meanwhile, so two prepares never write one output at once."""
+    endpoint = config.image.endpoint_url
+    with acquire_lease(storage.join(config.out, LOCK_FILE), ttl_s=config.lock_ttl_s, endpoint_url=endpoint,
+                       about={"job": "prepare", "source": config.data}) as lease:
+        return _prepare_locked(config, lease, filesystem)
+
+
+def _prepare_locked(config: PrepareConfig, lease, filesystem) -> PrepareSummary:
     started = time.monotonic()
     endpoint = config.image.endpoint_url
     previous = read_commit(config.out, endpoint_url=endpoint)
@@ -64,7 +82,10 @@ def prepare(config: PrepareConfig, *, filesystem=None) -> PrepareSummary:
     sink = PreparedShardsDatasink(config.out, version, shard_contract(size, manifest_summary.split_hash),
                                   rows_per_file=rows_per_file, compression=config.compression,
                                   endpoint_url=endpoint)
-    load_images(manifest, config.image, filesystem=filesystem).write_datasink(sink)
+    # A seeded random row order: the CSV is sorted by patient and follow-up, and training mixes rows only
+    # within a shuffle buffer, so shards in CSV order would give batches of one or two patients.
+    shuffled = manifest.sample(frac=1.0, random_state=config.seed).reset_index(drop=True)
+    load_images(shuffled, config.image, filesystem=filesystem).write_datasink(sink)
 
     files = [{"split": split, "path": path, "rows": rows} for w in sink.result for split, path, rows in w.files]
     quarantine = pd.concat([w.quarantined for w in sink.result] + [pd.DataFrame(columns=list(QUARANTINE_COLUMNS))],
@@ -72,21 +93,58 @@ def prepare(config: PrepareConfig, *, filesystem=None) -> PrepareSummary:
     written = {s: sum(f["rows"] for f in files if f["split"] == s) for s in SPLITS}
     _check_every_row_once(manifest, written, quarantine)
 
-    write_manifest(manifest, storage.join(config.out, "manifest.parquet"), manifest_summary, endpoint_url=endpoint)
-    write_table(quarantine, storage.join(config.out, "quarantine.parquet"), endpoint_url=endpoint)
+    folder = storage.join(config.out, version_dir(version))
+    write_manifest(manifest, storage.join(folder, "manifest.parquet"), manifest_summary, endpoint_url=endpoint)
+    write_table(quarantine, storage.join(folder, "quarantine.parquet"), endpoint_url=endpoint)
     summary = PrepareSummary(out=config.out, version=version, written=written,
                              quarantined=quarantine["reason"].value_counts().to_dict(),
                              manifest_rows=len(manifest), elapsed_s=time.monotonic() - started)
+    kept = _kept_versions(previous, config.keep_previous_hours)
+    lease.check()
     write_commit(config.out, {
-        "version": version, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "format_version": FORMAT_VERSION, "version": version,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "source": config.data, "size": size, "contract": shard_contract(size, manifest_summary.split_hash),
-        "split_hash": manifest_summary.split_hash, "files": files, "written": written,
-        "quarantined": summary.quarantined, "manifest_rows": len(manifest),
+        "split_hash": manifest_summary.split_hash, "seed": config.seed, "files": files, "written": written,
+        "quarantined": summary.quarantined, "manifest_rows": len(manifest), "previous_versions": kept,
     }, endpoint_url=endpoint)
-    if previous is not None and previous["version"] != version:
-        _remove_version(config.out, previous["version"], endpoint)
+    summary.removed_versions = remove_unused_versions(config.out, keep={version, *(k["version"] for k in kept)},
+                                                      endpoint_url=endpoint)
     summary.elapsed_s = time.monotonic() - started
     return summary
+
+
+def _kept_versions(previous: dict | None, keep_hours: float) -> list[dict]:
+    """The versions the new commit record keeps: the one it replaces (from now) and earlier replaced ones
+    still inside the retention period."""
+    if previous is None:
+        return []
+    now = time.time()
+    replaced = {"version": previous["version"], "format_version": previous.get("format_version", 1),
+                "replaced_at": now}
+    earlier = [v for v in previous.get("previous_versions", []) if now - v["replaced_at"] < keep_hours * 3600]
+    return [replaced, *earlier]
+
+
+def remove_unused_versions(root: str, *, keep: set[str], endpoint_url: str | None = None) -> list[str]:
+    """Deletes every version folder of `root` not in `keep`: versions past their retention and folders of
+    runs that never committed (the caller holds the output's lease, so no prepare is writing one now).
+    Format-1 folders (shards/<version>) are handled alike. Returns the removed versions."""
+    fs, base = storage.filesystem(root, endpoint_url=endpoint_url)
+    removed = []
+    for parent in (f"{base}/{VERSIONS_DIR}", f"{base}/shards"):
+        try:
+            entries = fs.ls(parent, detail=True)
+        except FileNotFoundError:
+            continue
+        for entry in entries:
+            name = entry["name"].rstrip("/").rsplit("/", 1)[-1]
+            if entry.get("type") == "directory" and name not in keep:
+                fs.rm(entry["name"], recursive=True)
+                removed.append(name)
+    if removed:
+        log.info("removed %d unused prepared version(s) of %s: %s", len(removed), root, removed[:5])
+    return removed
 
 
 def _check_every_row_once(manifest: pd.DataFrame, written: dict[str, int], quarantine: pd.DataFrame) -> None:
@@ -94,10 +152,3 @@ def _check_every_row_once(manifest: pd.DataFrame, written: dict[str, int], quara
     if total != len(manifest) or quarantine["image_index"].duplicated().any():
         raise PreparedError(f"row accounting failed: {sum(written.values())} written + {len(quarantine)} quarantined "
                             f"!= {len(manifest)} manifest rows; nothing was committed")
-
-
-def _remove_version(root: str, version: str, endpoint: str | None) -> None:
-    fs, base = storage.filesystem(root, endpoint_url=endpoint)
-    path = f"{base}/shards/{version}"
-    if fs.exists(path):
-        fs.rm(path, recursive=True)

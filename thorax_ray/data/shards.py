@@ -1,11 +1,16 @@
 """Prepared Parquet shards: resized uint8 images with labels, metadata and split, one row per image.
 
 Layout of a prepared output `OUT/`:
-    OUT/prepared.json                     commit record (written last): version, size, files, counts
-    OUT/manifest.parquet                  the manifest the shards were made from
-    OUT/quarantine.parquet                image_index, path, stage, reason of every image not written
-    OUT/shards/<version>/split=<s>/*.parquet
-Readers go through prepared.json, so files of an unfinished or failed run are never read.
+    OUT/prepared.json                                   commit record (written last): version, size, files,
+                                                        counts, and the earlier versions still kept
+    OUT/versions/<version>/shards/split=<s>/*.parquet   the images, in a seeded random row order
+    OUT/versions/<version>/manifest.parquet             the manifest the shards were made from
+    OUT/versions/<version>/quarantine.parquet           image_index, path, stage, reason of every image not written
+Everything of a version lives under its folder and the commit record alone swaps versions in, so readers
+(which go through prepared.json) see one whole version or the previous one, never a mix, and never the
+files of an unfinished or failed run. A replaced version is kept for a retention period (readers that
+started before the swap finish on it), then deleted. Outputs of format 1 (shards/<version>/ and
+OUT/manifest.parquet) are still read.
 """
 from __future__ import annotations
 
@@ -21,14 +26,16 @@ import pyarrow.parquet as pq
 from ray.data import Datasink
 
 from thorax_ray import storage
-from thorax_ray.manifest import MANIFEST_SCHEMA
+from thorax_ray.manifest import MANIFEST_SCHEMA, read_manifest
 
 SHARD_SCHEMA = MANIFEST_SCHEMA.append(pa.field("image", pa.binary()))
 
 COMMIT_FILE = "prepared.json"
 QUARANTINE_COLUMNS = ("image_index", "path", "stage", "reason")
 SHARD_METADATA_KEY = b"thorax_ray"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+VERSIONS_DIR = "versions"
+ROW_GROUP_ROWS = 256  # small row groups: readers can split files and mix them when shuffling
 
 
 class PreparedError(ValueError):
@@ -81,13 +88,13 @@ class PreparedShardsDatasink(Datasink):
                 for split, rows in good.groupby("split"):
                     table = pa.Table.from_pandas(rows.reset_index(drop=True), schema=SHARD_SCHEMA, preserve_index=False)
                     if split not in writers:
-                        path = f"{base}/shards/{self.version}/split={split}/part-{task}.parquet"
+                        path = f"{base}/{version_dir(self.version)}/shards/split={split}/part-{task}.parquet"
                         fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
                         handle = fs.open(path, "wb")
                         schema = SHARD_SCHEMA.with_metadata({SHARD_METADATA_KEY: json.dumps(self.contract).encode()})
                         writers[split] = (pq.ParquetWriter(handle, schema, compression=self.compression), handle, path, [0])
                     writer, _, _, count = writers[split]
-                    writer.write_table(table.replace_schema_metadata(writer.schema.metadata), row_group_size=1024)
+                    writer.write_table(table.replace_schema_metadata(writer.schema.metadata), row_group_size=ROW_GROUP_ROWS)
                     count[0] += len(table)
         finally:
             for writer, handle, _, _ in writers.values():
@@ -102,7 +109,27 @@ class PreparedShardsDatasink(Datasink):
 
 
 def new_version() -> str:
-    return time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    """`YYYYMMDDTHHMMSSZ-xxxxxx`: UTC start time (sortable) and a random suffix."""
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
+
+
+def version_dir(version: str) -> str:
+    """Folder of a version, relative to the output root."""
+    return f"{VERSIONS_DIR}/{version}"
+
+
+def version_file(root: str, record: dict, name: str) -> str:
+    """URI of a version's `manifest.parquet` / `quarantine.parquet` (format 1: beside prepared.json)."""
+    if record.get("format_version", 1) < 2:
+        return storage.join(root, name)
+    return storage.join(root, version_dir(record["version"]), name)
+
+
+def read_prepared_tables(root: str, record: dict, *, endpoint_url: str | None = None):
+    """(manifest, manifest info, quarantine) of the committed version of a prepared output."""
+    manifest, info = read_manifest(version_file(root, record, "manifest.parquet"), endpoint_url=endpoint_url)
+    quarantine = storage.read_parquet(version_file(root, record, "quarantine.parquet"), endpoint_url=endpoint_url)
+    return manifest, info, quarantine.reindex(columns=list(QUARANTINE_COLUMNS))
 
 
 def read_commit(root: str, *, endpoint_url: str | None = None) -> dict | None:

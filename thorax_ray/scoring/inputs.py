@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from thorax_ray import storage
-from thorax_ray.data.shards import read_commit
+from thorax_ray.data.shards import read_commit, read_prepared_tables
 from thorax_ray.labels import FINDING_COLUMNS
 from thorax_ray.locate import MAX_IMAGE_DEPTH, METADATA_PATTERNS
 from thorax_ray.manifest import MANIFEST_COLUMNS, build_manifest, read_manifest
@@ -144,9 +144,7 @@ def _file_input(uri: str, fs, path: str, endpoint_url: str | None) -> ScoringInp
 
 
 def _prepared_input(uri: str, record: dict, endpoint_url: str | None) -> ScoringInput:
-    manifest, info = read_manifest(storage.join(uri, "manifest.parquet"), endpoint_url=endpoint_url)
-    quarantine = storage.read_parquet(storage.join(uri, "quarantine.parquet"), endpoint_url=endpoint_url)
-    quarantine = quarantine.reindex(columns=["image_index", "path", "stage", "reason"])
+    manifest, info, quarantine = read_prepared_tables(uri, record, endpoint_url=endpoint_url)
     usable = manifest[~manifest["image_index"].isin(quarantine["image_index"])]
     log.info("prepared input %s: %d images in shards (size %d), %d quarantined by prepare",
              uri, len(usable), record["size"], len(quarantine))

@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 
 from thorax_ray.data.pipeline import ImageConfig, load_images, manifest_dataset
-from thorax_ray.data.shards import read_commit, read_prepared
+from thorax_ray.data.shards import read_commit, read_prepared, read_prepared_tables
 from thorax_ray.labels import FINDING_COLUMNS
-from thorax_ray.manifest import build_manifest, read_manifest
+from thorax_ray.manifest import build_manifest
 from thorax_ray import storage
 from thorax_ray.train.config import DataConfig
 
@@ -69,9 +69,7 @@ def open_source(config: DataConfig) -> DataSource:
     """Resolves `config.data`: a prepared output (prepared.json) or a dataset folder/prefix."""
     record = read_commit(config.data, endpoint_url=config.s3_endpoint)
     if record is not None:
-        manifest, info = read_manifest(storage.join(config.data, "manifest.parquet"), endpoint_url=config.s3_endpoint)
-        quarantine = storage.read_parquet(storage.join(config.data, "quarantine.parquet"), columns=["image_index"],
-                                          endpoint_url=config.s3_endpoint)
+        manifest, _, quarantine = read_prepared_tables(config.data, record, endpoint_url=config.s3_endpoint)
         usable = manifest[~manifest["image_index"].isin(quarantine["image_index"])]
         return DataSource(config, usable.reset_index(drop=True), record["split_hash"], record, "prepared")
     manifest, summary = build_manifest(config.data, endpoint_url=config.s3_endpoint)
