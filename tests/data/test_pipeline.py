@@ -32,7 +32,7 @@ def test_loader_records_source_width_and_height_when_asked(tmp_path):
     batch = pd.DataFrame({"path": [str(tmp_path / "wide.png"), str(tmp_path / "bad.png"), None]})
     sized = ImageLoader(ImageConfig(size=8), sizes=True)(batch)
     assert list(sized["width"]) == [70, 0, 0] and list(sized["height"]) == [40, 0, 0]
-    assert list(sized["ok"]) == [True, False, False] and list(sized["reason"]) == ["", "not_png", "missing"]
+    assert list(sized["ok"]) == [True, False, False] and list(sized["reason"]) == ["", "unsupported_format", "missing"]
     plain = ImageLoader(ImageConfig(size=8))(batch)
     assert "width" not in plain.columns and "height" not in plain.columns
     assert list(plain["image"]) == list(sized["image"]) and len(plain["image"][0]) == 64
