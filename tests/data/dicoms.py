@@ -70,3 +70,34 @@ def three_forms(picture: np.ndarray) -> dict[str, bytes]:
         "mono1_8bit": dicom_bytes(255 - picture, photometric="MONOCHROME1"),
         "mono2_12bit": dicom_bytes(twelve, bits_stored=12),
     }
+
+
+def write_mixed_folder(folder, size: int = 96) -> dict[str, str]:
+    """What a hospital sends, in one folder: PNG variants (8-bit gray, RGB, RGBA, 16-bit), JPEGs (gray,
+    colour), three forms of one DICOM picture, a JPEG-compressed DICOM, an RGB and a multi-frame DICOM,
+    a text file and a hidden file. Returns file name -> expected quarantine reason ("" = scored),
+    hidden files excluded."""
+    import os
+
+    from tests.data.pngs import gray_image, variants
+
+    picture = gray_image(size)
+    files = {f"png_{name}.png": data for name, data in variants(picture).items()}
+    for name, array in (("gray", picture), ("colour", np.repeat(picture[..., None], 3, axis=2))):
+        buffer = io.BytesIO()
+        Image.fromarray(array).save(buffer, format="JPEG", quality=95)
+        files[f"export_{name}.jpg"] = buffer.getvalue()
+    files.update({f"{name}.dcm": data for name, data in three_forms(picture).items()})
+    files["compressed.dcm"] = dicom_bytes(picture, jpeg_quality=95, age="045Y", sex="M", view="PA")
+    files["colour_photo.dcm"] = dicom_bytes(np.repeat(picture[..., None], 3, axis=2), photometric="RGB")
+    files["cine.dcm"] = dicom_bytes(picture, frames=2)
+    files["README.txt"] = b"images from ward 3\n"
+    expected = {name: "" for name in files}
+    expected.update({"colour_photo.dcm": "not_a_radiograph", "cine.dcm": "multi_frame",
+                     "README.txt": "unsupported_format"})
+    files[".DS_Store"] = b"\x00\x00\x00\x01Bud1"
+    os.makedirs(folder, exist_ok=True)
+    for name, data in files.items():
+        with open(os.path.join(folder, name), "wb") as handle:
+            handle.write(data)
+    return expected
