@@ -70,7 +70,8 @@ def test_schema_metadata_round_trip_and_size(ray_local, checkpoint, synthetic_sm
     schema = pq.read_schema(files[0])
     assert schema.names[:8] == ["image_index", "path", "model_id", "run_id", "batch_date", "scored_at", "width",
                                 "height"]
-    assert schema.names[8:22] == list(FINDING_COLUMNS) and schema.names[22:] == ["heatmap", "boxes"]
+    assert schema.names[8] == "metadata_source"
+    assert schema.names[9:23] == list(FINDING_COLUMNS) and schema.names[23:] == ["heatmap", "boxes"]
     assert all(schema.field(c).type == pa.float32() for c in FINDING_COLUMNS)
     assert schema.field("heatmap").type == pa.binary() and schema.field("boxes").type == BOXES_TYPE
     assert schema.field("scored_at").type == pa.timestamp("us", tz="UTC")
@@ -84,6 +85,7 @@ def test_schema_metadata_round_trip_and_size(ray_local, checkpoint, synthetic_sm
     assert len(frame) == 120 and frame["image_index"].is_unique
     assert (frame["model_id"] == summary.model_id).all() and (frame["run_id"] == summary.run_id).all()
     assert (frame["width"] == 64).all() and (frame["height"] == 64).all()
+    assert (frame["metadata_source"] == "csv").all()  # every image has its Data_Entry row
     assert frame.attrs["heatmap"]["shape"] == [14, 4, 4]
     assert frame.attrs["split_hash"] == CHECKPOINT_SPLIT_HASH  # what evaluation checks against its split
     # Decode round trip: the stored maps are exactly normalise_maps(fast CAM) of the same images.
