@@ -5,8 +5,10 @@ overlays.
 * PNG: every variant of the real data: 8-bit gray, RGB, RGBA, 16-bit (and palette/LA/1-bit); 16-bit is
   scaled by 1/257 with rounding, colour reduced by luma.
 * JPEG (baseline/progressive, gray or colour) through Pillow, reduced the same way.
-* DICOM through pydicom: see `thorax_ray.data.dicom` (modality LUT, VOI LUT/window or min-max
-  normalisation, MONOCHROME1 inverted); the tags' patient information travels along (`Decoded.tags`).
+* DICOM Part 10 files (128-byte preamble, then `DICM`) through pydicom: see `thorax_ray.data.dicom`
+  (modality LUT, VOI LUT/window or min-max normalisation, MONOCHROME1 inverted); the tags' patient
+  information travels along (`Decoded.tags`). A bare data set without the preamble is not a DICOM
+  file by the standard and is quarantined as `unsupported_format`.
 
 Pixels stay uint8 from here until the training worker. Failures raise DecodeError with a stable reason
 code from QUARANTINE_REASONS, which ends up in the quarantine tables.
@@ -22,7 +24,8 @@ from PIL import Image, UnidentifiedImageError
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 JPEG_SIGNATURE = b"\xff\xd8\xff"
 MIN_SIDE = 32
-HEADER_BYTES = 64 * 1024  # enough for the size of a PNG/JPEG, and the header of nearly every DICOM
+PNG_HEADER_BYTES = 24  # signature (8) + IHDR length/type (8) + width (4) + height (4)
+HEADER_BYTES = 64 * 1024  # enough for the size of a JPEG, and the header of nearly every DICOM
 
 QUARANTINE_REASONS: dict[str, str] = {
     # stage locate / read (thorax_ray.data.read)
@@ -136,7 +139,7 @@ def image_size(head: bytes) -> tuple[int, int]:
     nearly every DICOM header); DecodeError when they do not say."""
     kind = sniff(head)
     if kind == "png":
-        if len(head) < 24:
+        if len(head) < PNG_HEADER_BYTES:
             raise DecodeError("truncated_or_corrupt", "no PNG header")
         return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
     if kind == "dicom":

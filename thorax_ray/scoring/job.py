@@ -9,8 +9,9 @@ Every input row (every file of a folder input, see thorax_ray.scoring.inputs) en
 scored (a row in the scores), skipped (already scored by the same model_id in a committed run),
 quarantined (could not be read/decoded, with its reason), or deferred (left for the next run by
 `max_images`); hidden files are ignored and counted. A model trained on synthetic data that scores
-real-world images gets a warning, printed and recorded in the scores' metadata (thorax_ray.origin). A run that fails or is killed commits nothing; the next run scores its
-images again, so every image appears once per model_id.
+real-world images gets a warning, printed and recorded in the scores' metadata (thorax_ray.origin).
+A run that fails or is killed commits nothing; the next run scores its images again, so every image
+appears once per model_id.
 """
 from __future__ import annotations
 

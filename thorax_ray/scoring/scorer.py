@@ -18,7 +18,7 @@ from thorax_ray import storage
 from thorax_ray.accel import FastPath
 from thorax_ray.attribution import (DEFAULT_MAX_BOXES, DEFAULT_THRESHOLD, HEATMAP_SCHEMA_METADATA, boxes_for_batch,
                                     encode_heatmaps, get_method, normalise_maps)
-from thorax_ray.data.decode import HEADER_BYTES, image_size
+from thorax_ray.data.decode import HEADER_BYTES, PNG_HEADER_BYTES, DecodeError, image_size
 from thorax_ray.data.pipeline import images_to_array
 from thorax_ray.labels import FINDING_COLUMNS
 from thorax_ray.scoring.output import pipeline_schema, score_schema
@@ -83,7 +83,10 @@ def prepared_batch(table: pa.Table, wanted_ref, stored_size: int, endpoint_url: 
         if uri:
             try:
                 fs, path = storage.filesystem(uri, endpoint_url=endpoint_url)
-                return image_size(fs.cat_file(path, start=0, end=HEADER_BYTES))
+                try:  # a PNG says its size in its first 24 bytes; JPEG and DICOM need more
+                    return image_size(fs.cat_file(path, start=0, end=PNG_HEADER_BYTES))
+                except DecodeError:
+                    return image_size(fs.cat_file(path, start=0, end=HEADER_BYTES))
             except Exception:  # noqa: BLE001 - source moved/deleted: fall back to the stored frame
                 pass
         return stored_size, stored_size
