@@ -16,8 +16,6 @@ from thorax_ray import storage
 from thorax_ray.data.decode import DecodeError, decode_image
 from thorax_ray.data.read import ReadError, read_bytes
 
-METADATA_SOURCES = ("csv", "dicom", "none")
-
 
 @dataclass(frozen=True)
 class ImageConfig:
