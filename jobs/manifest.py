@@ -17,6 +17,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="dataset folder or s3:// prefix")
     parser.add_argument("--out", required=True, help="manifest Parquet file (local path or s3:// URI)")
+    parser.add_argument("--metadata", metavar="FILE",
+                        help="metadata CSV (default: Data_Entry_2017*.csv, sample_labels.csv or sample.csv within "
+                             "two levels of --data)")
     parser.add_argument("--val-fraction", type=float, default=0.1, help="share of patients for validation")
     parser.add_argument("--test-fraction", type=float, default=0.2,
                         help="share of patients for test when the dataset has no test_list.txt")
@@ -29,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     args = parse_args(argv)
     split = SplitConfig(val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.split_seed)
-    frame, summary = build_manifest(args.data, split, endpoint_url=args.s3_endpoint)
+    frame, summary = build_manifest(args.data, split, metadata_csv=args.metadata, endpoint_url=args.s3_endpoint)
     write_manifest(frame, args.out, summary, endpoint_url=args.s3_endpoint)
     print(summary.format())
     print(f"\nmanifest: {args.out} ({len(frame)} rows)")

@@ -18,6 +18,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="dataset folder or s3:// prefix (any accepted layout)")
     parser.add_argument("--out", required=True, help="output folder or s3:// prefix")
+    parser.add_argument("--metadata", metavar="FILE", help="metadata CSV (default: found by its usual names)")
     parser.add_argument("--size", type=int, default=224, help="side of the stored images in pixels (default 224)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing prepared output atomically")
     parser.add_argument("--read-attempts", type=int, default=3, help="tries per image on transient storage errors")
@@ -34,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     init_ray(args.address)
     config = PrepareConfig(
-        data=args.data, out=args.out, overwrite=args.overwrite, target_file_mb=args.target_file_mb,
+        data=args.data, out=args.out, metadata=args.metadata, overwrite=args.overwrite,
+        target_file_mb=args.target_file_mb,
         image=ImageConfig(size=args.size, read_attempts=args.read_attempts,
                           expected_source_size=args.expected_source_size, endpoint_url=args.s3_endpoint),
         split=SplitConfig(val_fraction=args.val_fraction, test_fraction=args.test_fraction),

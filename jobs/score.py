@@ -29,8 +29,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="checkpoint folder, or a training run folder (its best)")
     parser.add_argument("--input", required=True,
-                        help="folder or s3:// prefix of PNGs (NIH layout, or new images without a CSV), "
-                             "a manifest .parquet, or a prepared output")
+                        help="folder or s3:// prefix of images: PNG, JPEG, DICOM (NIH layout, or new files with or "
+                             "without a CSV; every file is scored or quarantined), a manifest .parquet, or a "
+                             "prepared output")
+    parser.add_argument("--metadata", metavar="FILE",
+                        help="metadata CSV of a folder input (default: Data_Entry_2017*.csv, sample_labels.csv or "
+                             "sample.csv within two levels); files without a row take DICOM tags")
     parser.add_argument("--out", required=True, help="output folder or s3:// prefix (shared by all runs)")
     parser.add_argument("--method", choices=[*list_methods(), NO_METHOD],
                         help="attribution method (default: fast_cam for image models, metadata_ig for the MLP; "
@@ -73,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     args = parse_args(argv)
     config = ScoreConfig(
-        checkpoint=args.checkpoint, input=args.input, out=args.out, method=args.method,
+        checkpoint=args.checkpoint, input=args.input, out=args.out, metadata=args.metadata, method=args.method,
         batch_size=args.batch_size, use_gpu=args.use_gpu or "auto", gpus_per_actor=args.gpus_per_actor,
         min_actors=args.min_actors, max_actors=args.max_actors, actor_cpus=args.actor_cpus,
         cluster_config=args.cluster_config, shared_fs=bool(args.shared_fs), lock_wait_s=args.wait_for_lock,

@@ -74,5 +74,26 @@ def test_missing_folder_or_metadata(tmp_path):
     with pytest.raises(LayoutError, match="not found"):
         discover(str(tmp_path / "nope"))
     write_text(tmp_path / "x.png", "png")
-    with pytest.raises(LayoutError, match="no Data_Entry_2017.csv or sample_labels.csv"):
+    with pytest.raises(LayoutError, match="no Data_Entry_2017.csv, sample_labels.csv or sample.csv"):
         discover(str(tmp_path))
+
+
+def test_sample_csv_is_the_kaggle_sample_metadata(tmp_path):
+    make_layout(tmp_path, "sample")
+    os.rename(tmp_path / "sample_labels.csv", tmp_path / "sample.csv")
+    files = discover(str(tmp_path))
+    assert files.metadata_csv.endswith("/sample.csv") and len(files.images) == 4
+
+
+def test_metadata_named_explicitly_and_images_of_every_format(tmp_path):
+    make_layout(tmp_path / "data", "flat")
+    os.rename(tmp_path / "data" / "Data_Entry_2017.csv", tmp_path / "labels.csv")
+    for name in ("00000009_000.dcm", "00000010_000.jpg", "notes.txt"):
+        write_text(tmp_path / "data" / name, "x")
+    with pytest.raises(LayoutError, match="sample.csv found.*--metadata FILE"):
+        discover(str(tmp_path / "data"))
+    files = discover(str(tmp_path / "data"), metadata_csv=str(tmp_path / "labels.csv"))
+    assert files.metadata_csv == str(tmp_path / "labels.csv") and not files.synthetic
+    assert sorted(files.images) == sorted([*NAMES, "00000009_000.dcm", "00000010_000.jpg"])
+    with pytest.raises(LayoutError, match="metadata file not found"):
+        discover(str(tmp_path / "data"), metadata_csv=str(tmp_path / "nope.csv"))

@@ -126,3 +126,34 @@ def test_bbox_list(tmp_path):
     boxes = read_bbox_list(path)
     assert boxes["finding"].tolist() == ["Atelectasis", "Infiltration"]
     assert np.allclose(boxes.loc[1, ["x", "y", "w", "h"]].to_numpy(dtype=float), [100, 200, 50, 60])
+
+
+@pytest.mark.parametrize("header", [
+    "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
+    "Original Image Width,Original Image Height,Original Image Pixel Spacing x,Original Image Pixel Spacing y",
+    "image_index,finding_labels,follow_up,patient_id,patient_age,patient_sex,view_position,"
+    "OriginalImageWidth,OriginalImageHeight,OriginalImagePixelSpacing_x,OriginalImagePixelSpacing_y",
+    "Finding Labels,Image Index,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
+    "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y],Comment",
+])
+def test_header_variants_are_matched_by_name(header):
+    row = "00000013_005.png,Emphysema,5,13,060Y,M,AP,3056,2544,0.139,0.141"
+    if header.startswith("Finding"):
+        row = "Emphysema,00000013_005.png,5,13,060Y,M,AP,3056,2544,0.139,0.141,a comment"
+    table = parse_metadata_text(f"{header}\n{row}\n", source="export.csv")
+    frame = table.frame
+    assert table.layout == "variant" and frame["image_index"].tolist() == ["00000013_005.png"]
+    assert frame["age_years"].tolist() == [60.0] and frame["sex"].tolist() == ["M"]
+    assert frame["original_height"].tolist() == [2544] and frame["pixel_spacing_y"].tolist() == [0.141]
+    assert frame["emphysema"].tolist() == [1] and frame["follow_up"].tolist() == [5]
+
+
+def test_optional_columns_may_be_absent_and_ambiguous_headers_are_errors():
+    table = parse_metadata_text("Image Index,Finding Labels,Patient ID\na.dcm,Mass,3\n", source="min.csv")
+    frame = table.frame
+    assert frame["patient_id"].tolist() == [3] and frame["mass"].tolist() == [1]
+    assert frame["follow_up"].isna().all() and frame["age_years"].isna().all() and frame["sex"].tolist() == [None]
+    with pytest.raises(MetadataError, match=r"ambiguous header: 'Patient Gender' and 'Patient Sex'"):
+        parse_metadata_text("Image Index,Finding Labels,Patient ID,Patient Gender,Patient Sex\n", source="x.csv")
+    with pytest.raises(MetadataError, match="missing columns Patient ID"):
+        parse_metadata_text("Image Index,Finding Labels\na.png,Mass\n", source="x.csv")

@@ -58,6 +58,7 @@ class ManifestSummary:
     unknown_view_position: int
     split_source: str
     split_hash: str
+    data_origin: str = "real"  # "synthetic" when the dataset carries thorax_ray.synthetic's record
     split_rows: dict[str, int] = field(default_factory=dict)
     split_patients: dict[str, int] = field(default_factory=dict)
     finding_counts: dict[str, dict[str, int]] = field(default_factory=dict)  # split -> finding -> positives
@@ -75,6 +76,7 @@ class ManifestSummary:
             f"unknown sex      {self.unknown_sex}",
             f"unknown view     {self.unknown_view_position}",
             f"split            {self.split_source}, hash {self.split_hash}",
+            f"data origin      {self.data_origin}",
         ]
         if self.images_found == 0:
             lines.append("NOTE: no images at all: a metadata-only dataset (the metadata network can train on it)")
@@ -87,10 +89,12 @@ class ManifestSummary:
 
 
 def build_manifest(
-    data: str, split_config: SplitConfig = SplitConfig(), *, endpoint_url: str | None = None
+    data: str, split_config: SplitConfig = SplitConfig(), *, metadata_csv: str | None = None,
+    endpoint_url: str | None = None,
 ) -> tuple[pd.DataFrame, ManifestSummary]:
-    """Validates a dataset and returns its manifest and a summary of what was found."""
-    files = discover(data, endpoint_url=endpoint_url)
+    """Validates a dataset and returns its manifest and a summary of what was found; `metadata_csv`
+    names the metadata file (default: found by its usual names, see thorax_ray.locate)."""
+    files = discover(data, metadata_csv=metadata_csv, endpoint_url=endpoint_url)
     table = read_metadata(files.metadata_csv, endpoint_url=endpoint_url)
     frame = table.frame.copy()
     frame["path"] = frame["image_index"].map(files.images).astype(object)
@@ -138,6 +142,7 @@ def _summarise(frame: pd.DataFrame, files: DatasetFiles, table: MetadataTable, s
         unknown_view_position=table.unknown_view_position,
         split_source=split_source,
         split_hash=split_hash(frame["image_index"], frame["split"]),
+        data_origin="synthetic" if files.synthetic else "real",
         split_rows={s: int(n) for s, n in by_split.size().items()},
         split_patients={s: int(n) for s, n in by_split["patient_id"].nunique().items()},
         finding_counts={s: {c: int(v) for c, v in g[list(FINDING_COLUMNS)].sum().items()} for s, g in by_split},
@@ -147,7 +152,8 @@ def _summarise(frame: pd.DataFrame, files: DatasetFiles, table: MetadataTable, s
 def write_manifest(frame: pd.DataFrame, uri: str, summary: ManifestSummary, *, endpoint_url: str | None = None) -> None:
     """Writes the manifest Parquet with the split hash and source in its schema metadata (one PUT / rename)."""
     table = pa.Table.from_pandas(frame[list(MANIFEST_COLUMNS)], schema=MANIFEST_SCHEMA, preserve_index=False)
-    info = {"split_hash": summary.split_hash, "source": summary.source, "split_source": summary.split_source}
+    info = {"split_hash": summary.split_hash, "source": summary.source, "split_source": summary.split_source,
+            "data_origin": summary.data_origin}
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), METADATA_KEY: json.dumps(info).encode()})
     fs, path = storage.filesystem(uri, endpoint_url=endpoint_url)
     parent = path.rsplit("/", 1)[0] if "/" in path else path
@@ -163,7 +169,8 @@ def write_manifest(frame: pd.DataFrame, uri: str, summary: ManifestSummary, *, e
 
 
 def read_manifest(uri: str, *, endpoint_url: str | None = None) -> tuple[pd.DataFrame, dict]:
-    """Returns the manifest frame and its stored info ({"split_hash", "source", ...})."""
+    """Returns the manifest frame and its stored info ({"split_hash", "source", "data_origin", ...};
+    manifests written before data_origin was recorded lack that key)."""
     fs, path = storage.filesystem(uri, endpoint_url=endpoint_url)
     if not fs.exists(path):
         raise ManifestError(f"{uri}: manifest not found")

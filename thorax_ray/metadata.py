@@ -1,6 +1,14 @@
-"""Readers for the NIH metadata files: Data_Entry_2017.csv (both revisions), sample_labels.csv and
-BBox_List_2017.csv. Everything is normalised here, once: ages in years, sex as M/F/None, view
-position as PA/AP/other/None, labels as 0/1 columns in FINDINGS order."""
+"""Readers for the NIH metadata files: Data_Entry_2017.csv (both revisions), sample_labels.csv (also
+met as sample.csv), exports of them with other header spellings, and BBox_List_2017.csv. Everything
+is normalised here, once: ages in years, sex as M/F/None, view position as PA/AP/other/None, labels
+as 0/1 columns in FINDINGS order.
+
+Headers are matched by name, not by position: each name is compared with case, spaces and punctuation
+removed (`Original Image Pixel Spacing y` = `OriginalImagePixelSpacing_y`), a bracketed pair such as
+`OriginalImagePixelSpacing[x,y]` names two columns, and COLUMN_ALIASES lists the accepted spellings.
+`Image Index`, `Finding Labels` and `Patient ID` are required; the other columns may be absent (their
+values are then missing). Columns with other names are ignored; two columns that mean the same thing
+are an error naming both."""
 from __future__ import annotations
 
 import csv
@@ -32,6 +40,22 @@ _RAW_COLUMNS = (
     "image_index", "finding_labels", "follow_up", "patient_id", "age", "sex", "view_position",
     "original_width", "original_height", "pixel_spacing_x", "pixel_spacing_y",
 )
+COLUMN_ALIASES: dict[str, tuple[str, ...]] = {
+    # column -> accepted header names, compared lower-case with everything but letters and digits removed
+    "image_index": ("imageindex", "imagename", "image"),
+    "finding_labels": ("findinglabels", "findings", "labels"),
+    "follow_up": ("followup", "followupnumber"),
+    "patient_id": ("patientid",),
+    "age": ("patientage", "age"),
+    "sex": ("patientgender", "patientsex", "gender", "sex"),
+    "view_position": ("viewposition", "view"),
+    "original_width": ("originalimagewidth", "originalwidth", "imagewidth"),
+    "original_height": ("originalimageheight", "originalheight", "imageheight"),
+    "pixel_spacing_x": ("originalimagepixelspacingx", "pixelspacingx"),
+    "pixel_spacing_y": ("originalimagepixelspacingy", "pixelspacingy"),
+}
+REQUIRED_COLUMNS = ("image_index", "finding_labels", "patient_id")
+_TITLES = {"image_index": "Image Index", "finding_labels": "Finding Labels", "patient_id": "Patient ID"}
 _AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([YMDymd]?)\s*$")
 _AGE_UNIT_YEARS = {"": 1.0, "Y": 1.0, "M": 1.0 / 12.0, "D": 1.0 / 365.25}
 MAX_AGE_YEARS = 120.0
@@ -47,7 +71,7 @@ class MetadataTable:
 
     frame: pd.DataFrame
     source: str
-    layout: str  # "data_entry" or "sample_labels"
+    layout: str  # "data_entry", "sample_labels" or "variant" (other header spellings)
     impossible_ages: int = 0
     missing_ages: int = 0
     unknown_sex: int = 0
@@ -86,7 +110,7 @@ def check_image_index(name: str, *, source: str, row: int) -> None:
 
 
 def read_metadata(uri: str, *, endpoint_url: str | None = None) -> MetadataTable:
-    """Reads Data_Entry_2017.csv (with or without trailing empty column) or sample_labels.csv."""
+    """Reads Data_Entry_2017.csv (with or without trailing empty column), sample_labels.csv or a variant."""
     fs, path = storage.filesystem(uri, endpoint_url=endpoint_url)
     if not fs.exists(path):
         raise MetadataError(f"{uri}: metadata file not found")
@@ -95,35 +119,77 @@ def read_metadata(uri: str, *, endpoint_url: str | None = None) -> MetadataTable
     return parse_metadata_text(text, source=uri)
 
 
-def parse_metadata_text(text: str, *, source: str) -> MetadataTable:
-    header = text.split("\n", 1)[0].strip().rstrip(",").strip()
-    if header == DATA_ENTRY_HEADER:
-        layout = "data_entry"
-    elif header == SAMPLE_LABELS_HEADER:
-        layout = "sample_labels"
-    else:
+def _squash(name: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
+def header_names(fields: list[str]) -> list[str]:
+    """Header fields (as a CSV reader splits them) -> one name per data column: a bracketed group that
+    the reader split at its commas (`OriginalImage[Width`, `Height]`) becomes `OriginalImageWidth`,
+    `OriginalImageHeight`."""
+    names, i = [], 0
+    while i < len(fields):
+        field = fields[i]
+        if "[" in field:
+            group = [field]
+            while "]" not in group[-1] and i + 1 < len(fields):
+                i += 1
+                group.append(fields[i])
+            prefix, _, first = ",".join(group).partition("[")
+            names += [prefix + part for part in first.rstrip().rstrip("]").split(",")]
+        else:
+            names.append(field)
+        i += 1
+    return names
+
+
+def match_header(names: list[str], *, source: str) -> dict[str, int]:
+    """Column -> position of the header names that COLUMN_ALIASES recognise; MetadataError when a
+    required column is missing or two names mean the same column."""
+    lookup = {alias: column for column, aliases in COLUMN_ALIASES.items() for alias in aliases}
+    found: dict[str, int] = {}
+    for position, name in enumerate(names):
+        column = lookup.get(_squash(name))
+        if column is None:
+            continue
+        if column in found:
+            raise MetadataError(f"{source}, row 1: ambiguous header: {names[found[column]]!r} and {name!r} "
+                                f"both name the column {column}")
+        found[column] = position
+    missing = [_TITLES[c] for c in REQUIRED_COLUMNS if c not in found]
+    if missing:
         raise MetadataError(
-            f"{source}, row 1: unrecognised header {header[:200]!r}; expected the header of "
-            "Data_Entry_2017.csv or sample_labels.csv"
-        )
-    rows = list(csv.reader(io.StringIO(text)))[1:]
+            f"{source}, row 1: unrecognised header {','.join(names)[:200]!r}; missing columns "
+            f"{', '.join(missing)} (expected the header of Data_Entry_2017.csv or sample_labels.csv, or a "
+            "variant of it)")
+    return found
+
+
+def parse_metadata_text(text: str, *, source: str) -> MetadataTable:
+    rows = list(csv.reader(io.StringIO(text)))
+    header = text.split("\n", 1)[0].strip().rstrip(",").strip()
+    layout = {DATA_ENTRY_HEADER: "data_entry", SAMPLE_LABELS_HEADER: "sample_labels"}.get(header, "variant")
+    names = header_names(rows[0] if rows else [])
+    while names and not names[-1].strip():
+        names.pop()  # the 2017 file's trailing comma
+    positions = match_header(names, source=source)
     records = []
-    for offset, fields in enumerate(rows):
+    for offset, fields in enumerate(rows[1:]):
         line = offset + 2
         if not fields or all(not f.strip() for f in fields):
             continue
-        extra = fields[len(_RAW_COLUMNS):]
-        if len(fields) < len(_RAW_COLUMNS) or any(f.strip() for f in extra):
+        extra = fields[len(names):]
+        if len(fields) < len(names) or any(f.strip() for f in extra):
             raise MetadataError(
-                f"{source}, row {line}: expected {len(_RAW_COLUMNS)} fields "
+                f"{source}, row {line}: expected {len(names)} fields "
                 f"(plus an optional empty one), got {len(fields)}"
             )
-        records.append([line, *fields[: len(_RAW_COLUMNS)]])
-    raw = pd.DataFrame(records, columns=["line", *_RAW_COLUMNS])
-    return _normalise(raw, source=source, layout=layout)
+        records.append([line, *(fields[positions[c]] if c in positions else "" for c in _RAW_COLUMNS)])
+    raw = pd.DataFrame(records, columns=["line", *_RAW_COLUMNS]).astype({c: object for c in _RAW_COLUMNS})
+    return _normalise(raw, source=source, layout=layout, present=set(positions))
 
 
-def _normalise(raw: pd.DataFrame, *, source: str, layout: str) -> MetadataTable:
+def _normalise(raw: pd.DataFrame, *, source: str, layout: str, present: set[str]) -> MetadataTable:
     lines = raw["line"].to_numpy()
     for name, line in zip(raw["image_index"], lines):
         check_image_index(name, source=source, row=int(line))
@@ -137,7 +203,8 @@ def _normalise(raw: pd.DataFrame, *, source: str, layout: str) -> MetadataTable:
     frame = pd.DataFrame({"image_index": raw["image_index"].astype(str)})
     frame["finding_labels"] = raw["finding_labels"].str.strip()
     frame["patient_id"] = _integers(raw, "patient_id", "Patient ID", source)
-    frame["follow_up"] = _integers(raw, "follow_up", "Follow-up #", source)
+    frame["follow_up"] = (_integers(raw, "follow_up", "Follow-up #", source) if "follow_up" in present
+                          else pd.array([pd.NA] * len(raw), dtype="Int64"))
 
     ages = []
     for value, line in zip(raw["age"], lines):

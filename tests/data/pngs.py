@@ -40,7 +40,7 @@ def write_bad_and_good(folder: str | os.PathLike, size: int = 96) -> dict[str, s
     files["00000013_000.png"] = b"this is not a png\n"  # text file named .png
     expected = {name: "" for name in list(files)[:4]}
     expected.update({"00000011_000.png": "truncated_or_corrupt", "00000012_000.png": "zero_bytes",
-                     "00000013_000.png": "not_png", "00000014_000.png": "missing"})
+                     "00000013_000.png": "unsupported_format", "00000014_000.png": "missing"})
     for name, data in files.items():
         with open(os.path.join(folder, name), "wb") as handle:
             handle.write(data)

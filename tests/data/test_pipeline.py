@@ -32,7 +32,31 @@ def test_loader_records_source_width_and_height_when_asked(tmp_path):
     batch = pd.DataFrame({"path": [str(tmp_path / "wide.png"), str(tmp_path / "bad.png"), None]})
     sized = ImageLoader(ImageConfig(size=8), sizes=True)(batch)
     assert list(sized["width"]) == [70, 0, 0] and list(sized["height"]) == [40, 0, 0]
-    assert list(sized["ok"]) == [True, False, False] and list(sized["reason"]) == ["", "not_png", "missing"]
+    assert list(sized["ok"]) == [True, False, False] and list(sized["reason"]) == ["", "unsupported_format", "missing"]
     plain = ImageLoader(ImageConfig(size=8))(batch)
     assert "width" not in plain.columns and "height" not in plain.columns
     assert list(plain["image"]) == list(sized["image"]) and len(plain["image"][0]) == 64
+
+
+def test_rows_without_a_csv_row_take_dicom_tags_and_metadata_models_skip_csv_rows(tmp_path):
+    import pandas as pd
+
+    from tests.data.dicoms import dicom_bytes
+    from tests.data.pngs import gray_image, png_bytes
+
+    (tmp_path / "a.dcm").write_bytes(dicom_bytes(gray_image(64), age="030Y", sex="M", view="PA"))
+    (tmp_path / "b.dcm").write_bytes(dicom_bytes(gray_image(64), age="070Y", sex="F", view="AP"))
+    (tmp_path / "c.png").write_bytes(png_bytes(gray_image(64)))
+    batch = pd.DataFrame({"path": [str(tmp_path / n) for n in ("a.dcm", "b.dcm", "c.png")] + ["/gone/d.png"],
+                          "metadata_source": ["none", "csv", "none", "csv"], "age_years": [None, 51.0, None, 40.0],
+                          "sex": [None, "M", None, "F"], "original_width": pd.array([None, 2500, None, 2048], "Int64")})
+    loaded = ImageLoader(ImageConfig(size=32))(batch)
+    assert list(loaded["metadata_source"]) == ["dicom", "csv", "none", "csv"]  # a CSV row wins over the tags
+    ages = loaded["age_years"]
+    assert (ages[0], ages[1]) == (30.0, 51.0) and pd.isna(ages[2]) and ages[3] == 40.0
+    assert list(loaded["sex"][:2]) == ["M", "M"] and list(loaded["original_width"][:2]) == [64, 2500]
+    assert list(loaded["reason"]) == ["", "", "", "missing"] and "view_position" not in loaded.columns
+    metadata_only = ImageLoader(ImageConfig(size=32), images=False)(batch)
+    assert list(metadata_only["ok"]) == [True, True, True, True]  # CSV rows are not read (d.png is gone)
+    assert list(metadata_only["metadata_source"]) == ["dicom", "csv", "none", "csv"]
+    assert set(metadata_only["image"]) == {b""}

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from thorax_ray.data.decode import decode_png
+from thorax_ray.data.decode import decode_image
 from thorax_ray.data.pipeline import ImageConfig, images_to_array
 from thorax_ray.data.prepare import PrepareConfig, prepare
 from thorax_ray.data.shards import PreparedError, prepared_files, read_commit, read_prepared
@@ -44,7 +44,7 @@ def test_good_variants_written_bad_ones_quarantined(ray_local, messy_dataset, tm
     assert len(shards) + len(quarantine) == len(expected)
     assert sum(summary.written.values()) == 4 and sum(summary.quarantined.values()) == 4
     images = images_to_array(shards.sort_values("image_index")["image"].tolist(), 48)
-    twin = decode_png(variants(gray_image(96))["gray"], 48)
+    twin = decode_image(variants(gray_image(96))["gray"], 48).pixels
     assert all(np.abs(img.astype(int) - twin.astype(int)).max() <= 1 for img in images)
     assert (shards["effusion"] == 1).all()
 
@@ -126,7 +126,7 @@ def test_round_trip_pixels_and_labels(ray_local, synthetic_small, tmp_path):
     assert len(shards) == len(manifest) == sum(record["written"].values())
     sample = shards.sample(10, random_state=0)
     for row in sample.itertuples():
-        original = decode_png(open(manifest.loc[row.image_index, "path"], "rb").read(), 64)
+        original = decode_image(open(manifest.loc[row.image_index, "path"], "rb").read(), 64).pixels
         assert np.array_equal(np.frombuffer(row.image, np.uint8).reshape(64, 64), original)
         assert row.split == manifest.loc[row.image_index, "split"]
         for column in FINDING_COLUMNS:

@@ -122,3 +122,21 @@ def test_scores_of_a_model_trained_on_another_split_are_flagged(synthetic_small,
     scores.attrs["split_hash"] = metrics["split_hash"]  # the same split: no warning
     again = evaluate_scores(config, lambda uri: scores)
     assert not any("trained on split" in note for note in again["notes"])
+
+
+def test_scores_of_a_synthetic_model_on_real_images_are_flagged_in_the_report_header(synthetic_small, tmp_path):
+    from thorax_ray.origin import ood_check
+
+    manifest, _ = build_manifest(str(synthetic_small))
+    scores = fake_scores(manifest, read_bbox_list(str(synthetic_small / "BBox_List_2017.csv")), noise=0.1, seed=1,
+                         with_maps=False)
+    scores.attrs["data_origin"] = ood_check("synthetic", "real")
+    config = EvaluationConfig(scores=(("cnn", "cnn-uri"),), data=str(synthetic_small), out=str(tmp_path), n_boot=20,
+                              overlays=0)
+    metrics = evaluate_scores(config, lambda uri: scores)
+    assert any(note.startswith("cnn: out of distribution: this model was trained on synthetic images")
+               for note in metrics["notes"])
+    header = open(metrics["report"]).read().split("<h2>", 1)[0]
+    assert "out of distribution" in header
+    scores.attrs["data_origin"] = ood_check("synthetic", "synthetic")
+    assert not any("out of distribution" in n for n in evaluate_scores(config, lambda uri: scores)["notes"])

@@ -13,7 +13,7 @@ import torch
 
 from thorax_ray.attribution import (BOXES_TYPE, HEATMAP_METADATA_KEY, HEATMAP_SCHEMA_METADATA, decode_heatmaps,
                                     get_method, normalise_maps)
-from thorax_ray.data.decode import decode_png
+from thorax_ray.data.decode import decode_image
 from thorax_ray.labels import BOXED_FINDINGS, FINDING_COLUMNS, FINDINGS
 from thorax_ray.metadata import DATA_ENTRY_HEADER
 from thorax_ray.scoring import (FEATURES_METADATA_KEY, SCORES_METADATA_KEY, ScoreConfig, committed_runs,
@@ -70,7 +70,8 @@ def test_schema_metadata_round_trip_and_size(ray_local, checkpoint, synthetic_sm
     schema = pq.read_schema(files[0])
     assert schema.names[:8] == ["image_index", "path", "model_id", "run_id", "batch_date", "scored_at", "width",
                                 "height"]
-    assert schema.names[8:22] == list(FINDING_COLUMNS) and schema.names[22:] == ["heatmap", "boxes"]
+    assert schema.names[8] == "metadata_source"
+    assert schema.names[9:23] == list(FINDING_COLUMNS) and schema.names[23:] == ["heatmap", "boxes"]
     assert all(schema.field(c).type == pa.float32() for c in FINDING_COLUMNS)
     assert schema.field("heatmap").type == pa.binary() and schema.field("boxes").type == BOXES_TYPE
     assert schema.field("scored_at").type == pa.timestamp("us", tz="UTC")
@@ -84,11 +85,12 @@ def test_schema_metadata_round_trip_and_size(ray_local, checkpoint, synthetic_sm
     assert len(frame) == 120 and frame["image_index"].is_unique
     assert (frame["model_id"] == summary.model_id).all() and (frame["run_id"] == summary.run_id).all()
     assert (frame["width"] == 64).all() and (frame["height"] == 64).all()
+    assert (frame["metadata_source"] == "csv").all()  # every image has its Data_Entry row
     assert frame.attrs["heatmap"]["shape"] == [14, 4, 4]
     assert frame.attrs["split_hash"] == CHECKPOINT_SPLIT_HASH  # what evaluation checks against its split
     # Decode round trip: the stored maps are exactly normalise_maps(fast CAM) of the same images.
     rows = frame.sort_values("image_index").head(6)
-    pixels = np.stack([decode_png(open(p, "rb").read(), SIZE) for p in rows["path"]])
+    pixels = np.stack([decode_image(open(p, "rb").read(), SIZE).pixels for p in rows["path"]])
     images = normalise_images(torch.from_numpy(pixels).unsqueeze(1), CONTRACT, device=torch.device("cpu"))
     local = get_method("fast_cam")(model).attribute(images)
     stored = decode_heatmaps(rows["heatmap"].tolist(), (4, 4))
@@ -162,7 +164,7 @@ def test_corrupt_inputs_quarantined_and_counts_add_up(ray_local, checkpoint, tmp
         assert summary.input_rows == 8
         assert summary.scored + summary.skipped + summary.quarantined_total == summary.input_rows
         assert (summary.scored, summary.skipped) == ((4, 0) if run == 0 else (0, 4))
-        assert summary.quarantined == {"truncated_or_corrupt": 1, "zero_bytes": 1, "not_png": 1, "missing": 1}
+        assert summary.quarantined == {"truncated_or_corrupt": 1, "zero_bytes": 1, "unsupported_format": 1, "missing": 1}
     quarantine = read_quarantine(str(out))
     assert len(quarantine) == 8 and quarantine["run_id"].nunique() == 2
     first = quarantine[quarantine["run_id"] == quarantine["run_id"].min()]
@@ -238,7 +240,7 @@ def test_boxes_traced_on_a_coarse_grid_match_full_resolution(checkpoint, synthet
     paths = list(image_paths(synthetic_small).values())[:8]
     table = pa.table({
         "image_index": [os.path.basename(p) for p in paths], "path": paths,
-        "image": [decode_png(open(p, "rb").read(), SIZE).tobytes() for p in paths],
+        "image": [decode_image(open(p, "rb").read(), SIZE).pixels.tobytes() for p in paths],
         "width": [1024] * 8, "height": [768] * 8, "ok": [True] * 8, "stage": [""] * 8, "reason": [""] * 8})
     common = dict(checkpoint_dir=ckpt, model_id=checkpoint_model_id(ckpt), method="fast_cam", run_id="r",
                   batch_date="2024-01-01", max_map_side=8, box_min_probability=None)

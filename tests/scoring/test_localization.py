@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from thorax_ray.attribution import decode_heatmaps
 from thorax_ray.attribution.boxes import upsample_maps
-from thorax_ray.data.decode import decode_png
+from thorax_ray.data.decode import decode_image
 from thorax_ray.labels import FINDING_COLUMNS, FINDINGS
 from thorax_ray.manifest import build_manifest
 from thorax_ray.metadata import read_bbox_list
@@ -51,7 +51,7 @@ def test_heatmaps_concentrate_inside_truth_boxes(ray_local, tmp_path):
                                             workers=2), progress=False)
     manifest, _ = build_manifest(str(data))
     train = manifest[manifest["split"] != "test"]
-    pixels = np.stack([decode_png(open(p, "rb").read(), SIZE) for p in train["path"]])
+    pixels = np.stack([decode_image(open(p, "rb").read(), SIZE).pixels for p in train["path"]])
     model = train_small_cnn(pixels, train[list(FINDING_COLUMNS)].to_numpy())
     make_checkpoint(tmp_path / "ckpt", "small_cnn", size=SIZE, model=model)
 

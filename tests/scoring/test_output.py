@@ -25,12 +25,12 @@ def block(names, ok, model_id="m1", run_id="r"):
         "image_index": names, "path": [f"/x/{name}" for name in names], "model_id": [model_id] * n,
         "run_id": [run_id] * n, "batch_date": ["2024-05-01"] * n,
         "scored_at": [dt.datetime(2024, 5, 1, tzinfo=dt.timezone.utc)] * n,
-        "width": [1024] * n, "height": [1024] * n,
+        "width": [1024] * n, "height": [1024] * n, "metadata_source": ["dicom", "csv", "none"][:n] + ["csv"] * (n - 3),
         **{c: np.full(n, 0.25, np.float32) for c in FINDING_COLUMNS},
         "heatmap": [bytes(14 * 4)] * n,
         "boxes": [[{"finding": "Mass", "x": 1, "y": 2, "w": 3, "h": 4, "score": 0.9}]] * n,
         "ok": ok, "stage": ["" if good else "decode" for good in ok],
-        "reason": ["" if good else "not_png" for good in ok], "_compute_s": [0.5] * n, "_model_s": [0.25] * n,
+        "reason": ["" if good else "unsupported_format" for good in ok], "_compute_s": [0.5] * n, "_model_s": [0.25] * n,
     }
     return pa.table(columns, schema=pipeline_schema(SCHEMA))
 
@@ -56,7 +56,8 @@ def test_datasink_writes_good_rows_and_returns_failed_ones(tmp_path):
     result = sink.write([block(["a.png", "b.png"], [True, False]), block(["c.png"], [True])],
                         SimpleNamespace(task_idx=3))
     assert result.compute_s == 1.5 and result.model_s == 0.75
-    assert list(result.quarantined["image_index"]) == ["b.png"] and list(result.quarantined["reason"]) == ["not_png"]
+    assert result.metadata_sources == {"dicom": 2}  # counted over the written rows (a.png and c.png)
+    assert list(result.quarantined["image_index"]) == ["b.png"] and list(result.quarantined["reason"]) == ["unsupported_format"]
     (uri, rows, size), = result.files
     assert "/_staging/run1/scores/part-00003-" in uri and rows == 2
     table = pq.read_table(uri)
@@ -84,6 +85,20 @@ def test_readers_see_committed_files_only_and_index_is_per_model(tmp_path):
     assert scored_index(str(out), "m3") == set()
     quarantine = read_quarantine(str(out))
     assert list(quarantine.columns) == list(QUARANTINE_COLUMNS) and list(quarantine["image_index"]) == ["c.png"]
+
+
+def test_files_of_runs_before_metadata_source_are_read_alongside(tmp_path):
+    out = tmp_path / "out"
+    commit_run(out, "20240501T000000Z-aaaaaa", "m1", ["a.png"])
+    old_schema = pa.schema([f for f in SCHEMA if f.name != "metadata_source"])
+    old = block(["z.png"], [True]).select(old_schema.names).cast(old_schema)
+    path = staging_uri(str(out), "20240401T000000Z-oooooo", "scores", "part-0.parquet")
+    size = write_table_file(old, path)
+    write_commit(str(out), {"run_id": "20240401T000000Z-oooooo", "batch_date": "2024-04-01", "model_id": "m1",
+                            "files": publish(str(out), "20240401T000000Z-oooooo", "2024-04-01",
+                                             [(path, 1, size)], "scores"), "quarantine_files": []})
+    frame = read_scores(str(out)).set_index("image_index")
+    assert frame.loc["a.png", "metadata_source"] == "dicom" and frame["metadata_source"].isna()["z.png"]
 
 
 def test_clean_uncommitted_removes_only_old_dead_runs(tmp_path):

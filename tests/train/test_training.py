@@ -53,6 +53,7 @@ def test_small_cnn_learns_findings_far_above_the_mlp(ray_local, learnable_images
     assert payload["split_hash"] == metrics["split_hash"] and payload["preprocessing"]["size"] == 64
     assert set(payload) >= {"model_state", "optimizer_state", "scheduler_state", "epoch", "config", "labels",
                             "seed", "versions"}
+    assert payload["data_origin"] == "synthetic"  # prepared from thorax_ray.synthetic's data (its record)
     evaluation = evaluate_checkpoint(cnn.run_dir, str(prepared), "test")
     assert evaluation["mean_auroc"] > 0.65 and evaluation["model"] == "small_cnn"
 

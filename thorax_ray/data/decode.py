@@ -1,17 +1,50 @@
-"""PNG bytes -> one-channel uint8 image of a fixed size.
+"""Image bytes (PNG, JPEG or DICOM, told apart by their content, never by the file name) -> one-channel
+uint8 image of a fixed size. One decoder for every stage: prepare, training from raw files, scoring,
+overlays.
 
-Accepts every PNG variant of the real data: 8-bit gray, RGB, RGBA, 16-bit (and palette/LA). Pixels
-stay uint8 from here until the training worker. Failures raise DecodeError with a stable reason code
-that ends up in the quarantine table."""
+* PNG: every variant of the real data: 8-bit gray, RGB, RGBA, 16-bit (and palette/LA/1-bit); 16-bit is
+  scaled by 1/257 with rounding, colour reduced by luma.
+* JPEG (baseline/progressive, gray or colour) through Pillow, reduced the same way.
+* DICOM Part 10 files (128-byte preamble, then `DICM`) through pydicom: see `thorax_ray.data.dicom`
+  (modality LUT, VOI LUT/window or min-max normalisation, MONOCHROME1 inverted); the tags' patient
+  information travels along (`Decoded.tags`). A bare data set without the preamble is not a DICOM
+  file by the standard and is quarantined as `unsupported_format`.
+
+Pixels stay uint8 from here until the training worker. Failures raise DecodeError with a stable reason
+code from QUARANTINE_REASONS, which ends up in the quarantine tables.
+"""
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+JPEG_SIGNATURE = b"\xff\xd8\xff"
 MIN_SIDE = 32
+PNG_HEADER_BYTES = 24  # signature (8) + IHDR length/type (8) + width (4) + height (4)
+HEADER_BYTES = 64 * 1024  # enough for the size of a JPEG, and the header of nearly every DICOM
+
+QUARANTINE_REASONS: dict[str, str] = {
+    # stage locate / read (thorax_ray.data.read)
+    "missing": "a metadata row names an image that is not there, or the file vanished before it was read",
+    "read_error": "storage kept failing after the retries",
+    # stage decode (this module and thorax_ray.data.dicom)
+    "zero_bytes": "an empty file",
+    "unsupported_format": "neither PNG, JPEG nor DICOM (e.g. a text or PDF file)",
+    "truncated_or_corrupt": "a PNG/JPEG/DICOM that cannot be decoded completely",
+    "wrong_size": "smaller than 32 px on a side, or not --expected-source-size",
+    "not_a_radiograph": "DICOM that is not one grayscale projection radiograph (RGB/YBR/palette colour, "
+                        "or a modality such as CT, MR, US)",
+    "multi_frame": "DICOM with more than one frame",
+    "no_pixel_data": "DICOM without an image (structured report, key-object note, DICOMDIR...)",
+    "unsupported_transfer_syntax": "DICOM compressed with a codec none of the installed decoders reads",
+    # older runs only
+    "not_png": "(runs before DICOM/JPEG support) content not PNG; now reported as unsupported_format",
+}
+"""The fixed vocabulary of quarantine reasons (reason -> meaning)."""
 
 
 class DecodeError(ValueError):
@@ -21,8 +54,35 @@ class DecodeError(ValueError):
         self.detail = detail
 
 
+@dataclass(frozen=True)
+class Decoded:
+    """One decoded image: `pixels` (size, size) uint8, the source's width and height before resizing,
+    its format and, for DICOM, the metadata columns read from its tags (`dicom.metadata_from_tags`)."""
+
+    pixels: np.ndarray
+    width: int
+    height: int
+    format: str  # "png" | "jpeg" | "dicom"
+    tags: dict | None = field(default=None)
+
+
+def sniff(data: bytes) -> str:
+    """"png", "jpeg" or "dicom" from the first bytes; DecodeError otherwise."""
+    from thorax_ray.data.dicom import is_dicom
+
+    if len(data) == 0:
+        raise DecodeError("zero_bytes")
+    if data.startswith(PNG_SIGNATURE):
+        return "png"
+    if data.startswith(JPEG_SIGNATURE):
+        return "jpeg"
+    if is_dicom(data):
+        return "dicom"
+    raise DecodeError("unsupported_format", f"starts with {data[:8]!r}")
+
+
 def to_gray8(image: Image.Image) -> Image.Image:
-    """Reduces any PNG mode to 8-bit gray (16-bit scaled by 1/257 with rounding, colour by luma)."""
+    """Reduces any PNG/JPEG mode to 8-bit gray (16-bit scaled by 1/257 with rounding, colour by luma)."""
     if image.mode == "L":
         return image
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
@@ -33,24 +93,61 @@ def to_gray8(image: Image.Image) -> Image.Image:
     return image.convert("L")
 
 
-def decode_png(data: bytes, size: int, *, expected_source_size: int | None = None) -> np.ndarray:
-    """Decodes PNG bytes to a (size, size) uint8 array, resizing in uint8 (box-filtered reduction)."""
-    if len(data) == 0:
-        raise DecodeError("zero_bytes")
-    if not data.startswith(PNG_SIGNATURE):
-        raise DecodeError("not_png", f"starts with {data[:8]!r}")
+def _open_pil(data: bytes, kind: str) -> Image.Image:
     try:
-        image = Image.open(io.BytesIO(data), formats=["PNG"])
+        image = Image.open(io.BytesIO(data), formats=["PNG" if kind == "png" else "JPEG"])
         image.load()
     except (UnidentifiedImageError, SyntaxError, OSError, ValueError) as error:
         raise DecodeError("truncated_or_corrupt", str(error)[:200]) from None
-    width, height = image.size
+    return image
+
+
+def decode_full(data: bytes) -> tuple[Image.Image, str, dict | None]:
+    """Any accepted image at full resolution: (8-bit gray PIL image, format, DICOM tags or None)."""
+    kind = sniff(data)
+    if kind == "dicom":
+        from thorax_ray.data.dicom import decode_dicom
+
+        decoded = decode_dicom(data)
+        gray = np.rint(decoded.pixels * 255.0).astype(np.uint8)
+        return Image.fromarray(gray, mode="L"), kind, decoded.tags
+    return to_gray8(_open_pil(data, kind)), kind, None
+
+
+def decode_gray8(data: bytes) -> np.ndarray:
+    """Any accepted image at full resolution as an (H, W) uint8 array (overlays)."""
+    return np.asarray(decode_full(data)[0], dtype=np.uint8)
+
+
+def decode_image(data: bytes, size: int, *, expected_source_size: int | None = None) -> Decoded:
+    """Decodes PNG/JPEG/DICOM bytes to (size, size) uint8 pixels, resizing in uint8 (bilinear with
+    box-filtered reduction)."""
+    gray, kind, tags = decode_full(data)
+    width, height = gray.size
     if min(width, height) < MIN_SIDE or (expected_source_size and (width, height) != (expected_source_size,) * 2):
         raise DecodeError("wrong_size", f"{width}x{height}")
-    gray = to_gray8(image)
     if gray.size != (size, size):
         gray = gray.resize((size, size), Image.BILINEAR, reducing_gap=2.0)
     array = np.asarray(gray, dtype=np.uint8)
     if array.shape != (size, size):
         raise DecodeError("wrong_size", f"decoded to {array.shape}")
-    return array
+    return Decoded(pixels=array, width=width, height=height, format=kind, tags=tags)
+
+
+def image_size(head: bytes) -> tuple[int, int]:
+    """(width, height) from the first bytes of an image (HEADER_BYTES are enough for PNG/JPEG and
+    nearly every DICOM header); DecodeError when they do not say."""
+    kind = sniff(head)
+    if kind == "png":
+        if len(head) < PNG_HEADER_BYTES:
+            raise DecodeError("truncated_or_corrupt", "no PNG header")
+        return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+    if kind == "dicom":
+        from thorax_ray.data.dicom import dicom_size
+
+        return dicom_size(head)
+    try:
+        with Image.open(io.BytesIO(head), formats=["JPEG"]) as image:  # the size comes from the SOF marker
+            return image.size
+    except (UnidentifiedImageError, SyntaxError, OSError, ValueError) as error:
+        raise DecodeError("truncated_or_corrupt", str(error)[:200]) from None

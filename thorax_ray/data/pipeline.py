@@ -1,5 +1,8 @@
 """The manifest-driven Ray Data image pipeline: no listing of storage, bounded memory, one row out
-per manifest row (decoded image, or the stage and reason it failed)."""
+per manifest row (decoded image, or the stage and reason it failed).
+
+Rows whose `metadata_source` is not "csv" (files without a metadata row) take their metadata columns
+from the tags of a DICOM image (`metadata_source` becomes "dicom"); see `fill_from_tags`."""
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
@@ -10,10 +13,8 @@ import numpy as np
 import pandas as pd
 
 from thorax_ray import storage
-from thorax_ray.data.decode import PNG_SIGNATURE, DecodeError, decode_png
+from thorax_ray.data.decode import DecodeError, decode_image
 from thorax_ray.data.read import ReadError, read_bytes
-
-PNG_HEADER_BYTES = 24  # signature (8) + IHDR length/type (8) + width (4) + height (4)
 
 
 @dataclass(frozen=True)
@@ -27,65 +28,99 @@ class ImageConfig:
     endpoint_url: str | None = None
 
 
-def png_size(data: bytes) -> tuple[int, int]:
-    """(width, height) from a PNG's IHDR chunk."""
-    if len(data) < PNG_HEADER_BYTES or not data.startswith(PNG_SIGNATURE):
-        raise DecodeError("not_png", "no PNG header")
-    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+@dataclass(frozen=True)
+class Loaded:
+    """What loading one row gave: pixels (b"" on failure), the source's width/height (0 on failure),
+    stage/reason ("" on success) and the DICOM tags (None unless a DICOM decoded)."""
+
+    pixels: bytes = b""
+    width: int = 0
+    height: int = 0
+    stage: str = ""
+    reason: str = ""
+    tags: dict | None = None
+
+
+def fill_from_tags(batch: pd.DataFrame, tags: list[dict | None]) -> None:
+    """In place: rows without a CSV row (`metadata_source` != "csv") whose image was a DICOM get the
+    batch's metadata columns from its tags and `metadata_source` "dicom"."""
+    if "metadata_source" not in batch.columns:
+        return
+    for position, found in enumerate(tags):
+        if found is None or batch["metadata_source"].iat[position] == "csv":
+            continue
+        for column, value in found.items():
+            if column in batch.columns:
+                if batch[column].dtype.kind in "iu" and value is None:
+                    batch[column] = batch[column].astype("Int64")
+                batch.iloc[position, batch.columns.get_loc(column)] = value
+        batch.iloc[position, batch.columns.get_loc("metadata_source")] = "dicom"
 
 
 class ImageLoader:
     """Reads each row's `path`, decodes and resizes it into `image` (raw uint8 bytes of size*size), and
-    sets `ok`/`stage`/`reason`; with `sizes`, also `width`/`height` of the decoded PNG before resizing
-    (0 for failed rows). Never raises for one bad image."""
+    sets `ok`/`stage`/`reason`; with `sizes`, also `width`/`height` of the source image before resizing
+    (0 for failed rows); rows without a CSV row take metadata from DICOM tags (`fill_from_tags`).
+    With `images=False` (metadata models) rows from the CSV are passed through unread and `image` is
+    empty; other rows are still read and decoded (their format is checked, their tags read). Never
+    raises for one bad image."""
 
     def __init__(self, config: ImageConfig, filesystem: fsspec.AbstractFileSystem | None = None, *,
-                 sizes: bool = False):
+                 sizes: bool = False, images: bool = True):
         self.config = config
         self.filesystem = filesystem
         self.sizes = sizes
+        self.images = images
 
     def _fs_and_path(self, uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
         if self.filesystem is not None:
             return self.filesystem, uri.split("://", 1)[-1]
         return storage.filesystem(uri, endpoint_url=self.config.endpoint_url)
 
-    def load_sized(self, uri: str | None) -> tuple[bytes, int, int, str, str]:
-        """Returns (pixels, source width, source height, stage, reason); stage and reason are "" on
-        success, width and height 0 on failure."""
+    def load(self, uri: str | None) -> Loaded:
         if uri is None or (isinstance(uri, float) and np.isnan(uri)):
-            return b"", 0, 0, "locate", "missing"
+            return Loaded(stage="locate", reason="missing")
         fs, path = self._fs_and_path(uri)
         try:
             data = read_bytes(fs, path, attempts=self.config.read_attempts, backoff_s=self.config.read_backoff_s)
         except ReadError as error:
-            return b"", 0, 0, "read", error.reason
+            return Loaded(stage="read", reason=error.reason)
         try:
-            pixels = decode_png(data, self.config.size, expected_source_size=self.config.expected_source_size)
-            width, height = png_size(data)
+            decoded = decode_image(data, self.config.size, expected_source_size=self.config.expected_source_size)
         except DecodeError as error:
-            return b"", 0, 0, "decode", error.reason
-        return pixels.tobytes(), width, height, "", ""
+            return Loaded(stage="decode", reason=error.reason)
+        return Loaded(decoded.pixels.tobytes(), decoded.width, decoded.height, tags=decoded.tags)
 
     def load_one(self, uri: str | None) -> tuple[bytes, str, str]:
         """Returns (pixels, stage, reason); stage and reason are "" on success."""
-        pixels, _, _, stage, reason = self.load_sized(uri)
-        return pixels, stage, reason
+        loaded = self.load(uri)
+        return loaded.pixels, loaded.stage, loaded.reason
+
+    def _needs_read(self, batch: pd.DataFrame) -> list[bool]:
+        if self.images or "metadata_source" not in batch.columns:
+            return [self.images] * len(batch)
+        return [source != "csv" for source in batch["metadata_source"]]
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        paths, needed = batch["path"].tolist(), self._needs_read(batch)
         with ThreadPoolExecutor(max_workers=min(self.config.io_threads, max(1, len(batch)))) as pool:
-            results = list(pool.map(self.load_sized, batch["path"].tolist()))
+            results = list(pool.map(lambda i: self.load(paths[i]) if needed[i] else Loaded(),
+                                    range(len(batch))))
         out = batch.copy()
-        names = ("image", "width", "height", "stage", "reason") if self.sizes else ("image", None, None, "stage", "reason")
-        for i, name in enumerate(names):
-            if name is not None:
-                out[name] = [r[i] for r in results]
+        out["image"] = [r.pixels if self.images else b"" for r in results]
+        if self.sizes:
+            out["width"] = [r.width for r in results]
+            out["height"] = [r.height for r in results]
+        out["stage"] = [r.stage for r in results]
+        out["reason"] = [r.reason for r in results]
         out["ok"] = out["reason"] == ""
+        fill_from_tags(out, [r.tags for r in results])
         return out
 
 
-def _load_batch(batch: pd.DataFrame, config: ImageConfig, filesystem, sizes: bool = False) -> pd.DataFrame:
-    return ImageLoader(config, filesystem, sizes=sizes)(batch)
+def _load_batch(batch: pd.DataFrame, config: ImageConfig, filesystem, sizes: bool = False,
+                images: bool = True) -> pd.DataFrame:
+    return ImageLoader(config, filesystem, sizes=sizes, images=images)(batch)
 
 
 def manifest_dataset(manifest: pd.DataFrame, *, rows_per_block: int = 256):
@@ -97,11 +132,11 @@ def manifest_dataset(manifest: pd.DataFrame, *, rows_per_block: int = 256):
 
 
 def load_images(manifest: pd.DataFrame, config: ImageConfig, *, filesystem=None, num_cpus: float = 1.0,
-                sizes: bool = False):
+                sizes: bool = False, images: bool = True):
     """Manifest -> Ray dataset of decoded images with `ok`/`stage`/`reason` columns (streaming); with
-    `sizes`, also the source PNG's `width`/`height`."""
+    `sizes`, also the source image's `width`/`height`; `images=False`: see ImageLoader."""
     return manifest_dataset(manifest, rows_per_block=config.batch_size * 4).map_batches(
-        _load_batch, fn_args=(config, filesystem, sizes), batch_size=config.batch_size, batch_format="pandas",
+        _load_batch, fn_args=(config, filesystem, sizes, images), batch_size=config.batch_size, batch_format="pandas",
         num_cpus=num_cpus,
     )
 

@@ -24,6 +24,7 @@ LOCK_FILE = "_lock.json"  # the lease of the prepare writing to OUT (thorax_ray.
 class PrepareConfig:
     data: str
     out: str
+    metadata: str | None = None  # metadata CSV (default: found by its usual names, thorax_ray.locate)
     image: ImageConfig = field(default_factory=ImageConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
     overwrite: bool = False
@@ -75,7 +76,8 @@ def _prepare_locked(config: PrepareConfig, lease, filesystem) -> PrepareSummary:
             f"{config.out} already holds a prepared dataset (version {previous['version']}, "
             f"{sum(previous['written'].values())} images); pass --overwrite to replace it atomically"
         )
-    manifest, manifest_summary = build_manifest(config.data, config.split, endpoint_url=endpoint)
+    manifest, manifest_summary = build_manifest(config.data, config.split, metadata_csv=config.metadata,
+                                                endpoint_url=endpoint)
     version = new_version()
     size = config.image.size
     rows_per_file = max(64, config.target_file_mb * 2**20 // (size * size))

@@ -120,6 +120,9 @@ def evaluate_scores(config: EvaluationConfig, load_scores) -> dict:
             note = ((note + "; ") if note else "") + (
                 f"{uri}: the model was trained on split {trained_on}, this evaluation uses split "
                 f"{source.split_hash}: its {config.split} rows may include images it was trained on")
+        ood = (loaded.attrs.get("data_origin") or {}).get("warning")  # thorax_ray.origin.ood_check
+        if ood:
+            note = ((note + "; ") if note else "") + f"{name}: {ood}"
         if note:
             log.warning(note)
             warnings.append(note)

@@ -1,10 +1,18 @@
-"""What `--input` can be, resolved once on the driver into one row per input image.
+"""What `--input` can be, resolved once on the driver into one row per input file.
 
-* a folder or s3:// prefix in any NIH layout (Data_Entry_2017*.csv or sample_labels.csv within two
-  levels): the manifest of `thorax_ray.manifest.build_manifest` (metadata, labels, image paths; rows
-  whose image is missing stay, and are quarantined as `locate/missing`);
-* a folder or prefix of new PNGs with no metadata CSV: every `*.png` up to three levels deep, named by
-  its file name (`image_index`), with null metadata and unknown labels;
+* a folder or s3:// prefix: EVERY file under it, at any depth, is one row, named by its file name
+  (`image_index`, extension included) and decoded by its content (PNG, JPEG, DICOM; anything else is
+  quarantined as `unsupported_format` when it is read), except
+  - the dataset files of the NIH layouts (metadata CSVs, BBox_List_2017.csv, split lists, the
+    synthetic generator's record; `thorax_ray.locate.DATASET_FILE_PATTERNS`), and
+  - hidden files: any path part starting with "." or "_" (`.DS_Store`, `_SUCCESS`), which are
+    ignored and counted (`ScoringInput.ignored`).
+  When the folder has a metadata CSV (Data_Entry_2017*.csv, sample_labels.csv or sample.csv within two
+  levels, or the file named by `--metadata`), its rows come first, with their metadata, labels and
+  `metadata_source` "csv" (rows whose image is missing stay, and are quarantined as `locate/missing`);
+  files without a row follow with null metadata, unknown labels and `metadata_source` "none" (filled
+  from the tags of DICOM files when they are read: "dicom"). Two files with one name are an error
+  naming both;
 * a manifest Parquet file (`jobs/manifest.py` output), or any Parquet file with a `path` column;
 * a prepared output (`prepared.json`, `jobs/prepare.py`): images are read from its shards (already
   decoded, at its stored size); images it quarantined count as input rows and are quarantined again.
@@ -14,7 +22,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 import posixpath
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -22,13 +30,16 @@ import pandas as pd
 from thorax_ray import storage
 from thorax_ray.data.shards import read_commit, read_prepared_tables
 from thorax_ray.labels import FINDING_COLUMNS
-from thorax_ray.locate import MAX_IMAGE_DEPTH, METADATA_PATTERNS
+from thorax_ray.locate import BBOX_FILE, METADATA_PATTERNS, SYNTHETIC_RECORD, is_dataset_file
 from thorax_ray.manifest import MANIFEST_COLUMNS, build_manifest, read_manifest
+from thorax_ray.origin import data_origin
 
 log = logging.getLogger(__name__)
 
-BBOX_FILE = "BBox_List_2017.csv"
 EXAMPLES = 5
+ROW_COLUMNS = (*MANIFEST_COLUMNS, "metadata_source")
+_METADATA = ("patient_id", "follow_up", "age_years", "sex", "view_position", "original_width", "original_height",
+             "pixel_spacing_x", "pixel_spacing_y")
 
 
 class InputError(ValueError):
@@ -37,7 +48,7 @@ class InputError(ValueError):
 
 @dataclass
 class ScoringInput:
-    """The resolved input: `rows` has every MANIFEST_COLUMNS column (null where unknown)."""
+    """The resolved input: `rows` has every ROW_COLUMNS column (null where unknown)."""
 
     uri: str
     kind: str  # "dataset" | "folder" | "manifest" | "list" | "prepared"
@@ -46,6 +57,8 @@ class ScoringInput:
     bbox_csv: str | None = None
     prepared: dict | None = None  # commit record of a prepared input
     prepared_quarantine: pd.DataFrame | None = None  # image_index, path, stage, reason
+    ignored: list[str] = field(default_factory=list)  # hidden files (a path part starting with . or _)
+    data_origin: str = "real"  # "synthetic" for data made by thorax_ray.synthetic (thorax_ray.origin)
 
     @property
     def total_rows(self) -> int:
@@ -54,7 +67,8 @@ class ScoringInput:
         return len(self.rows) + extra
 
     def describe(self) -> str:
-        return f"{self.kind} {self.uri} ({self.total_rows} images)"
+        ignored = f", {len(self.ignored)} hidden files ignored" if self.ignored else ""
+        return f"{self.kind} {self.uri} ({self.total_rows} images{ignored})"
 
 
 def _depth(relative: str) -> int:
@@ -65,18 +79,25 @@ def _relative(path: str, base: str) -> str:
     return posixpath.relpath(path.replace("\\", "/"), base.replace("\\", "/"))
 
 
-def _complete(rows: pd.DataFrame) -> pd.DataFrame:
-    """Adds missing MANIFEST_COLUMNS as nulls (labels: NaN = unknown) and checks image_index."""
+def _complete(rows: pd.DataFrame, metadata_source: str = "csv") -> pd.DataFrame:
+    """Adds missing ROW_COLUMNS as nulls (labels: NaN = unknown; `metadata_source` as given) and checks
+    that image_index is unique (scores are keyed by it), naming both files of a collision."""
     rows = rows.copy()
-    for column in MANIFEST_COLUMNS:
+    for column in ROW_COLUMNS:
         if column not in rows.columns:
-            rows[column] = np.nan if column in FINDING_COLUMNS else None
+            rows[column] = (np.nan if column in FINDING_COLUMNS
+                            else metadata_source if column == "metadata_source" else None)
     if rows["image_index"].isna().any():
         raise InputError("input rows without image_index")
-    duplicated = rows.loc[rows["image_index"].duplicated(), "image_index"]
-    if len(duplicated):
-        raise InputError(f"{len(duplicated)} image names occur more than once (scores are keyed by image_index), "
-                         f"e.g. {list(duplicated[:EXAMPLES])}")
+    duplicated = rows["image_index"].duplicated(keep=False)
+    if duplicated.any():
+        clashes = rows.loc[duplicated].groupby("image_index", sort=True)["path"].apply(list)
+        name, paths = next(iter(clashes.items()))
+        raise InputError(
+            f"{len(clashes)} image names occur more than once (scores are keyed by the file name): {name!r} is "
+            f"{' and '.join(str(p) if p else '(a metadata row without image)' for p in paths[:2])}"
+            + (f"; also {list(clashes.index[1:EXAMPLES])}" if len(clashes) > 1 else "")
+            + "; rename one of each pair")
     rows["path"] = rows["path"].astype(object).where(rows["path"].notna(), None)
     return rows.reset_index(drop=True)
 
@@ -93,38 +114,74 @@ def sibling_bbox_list(source: str | None, endpoint_url: str | None) -> str | Non
         return None
 
 
-def resolve_input(uri: str, *, endpoint_url: str | None = None) -> ScoringInput:
+def resolve_input(uri: str, *, metadata_csv: str | None = None, endpoint_url: str | None = None) -> ScoringInput:
+    """Resolves `--input` (see the module docstring); `metadata_csv` names the metadata CSV of a folder."""
     fs, base = storage.filesystem(uri, endpoint_url=endpoint_url)
     if not fs.exists(base):
         raise InputError(f"{uri}: input not found")
     if not fs.isdir(base):
+        if metadata_csv:
+            raise InputError(f"{uri}: --metadata applies to a folder input, not to a file")
         return _file_input(uri, fs, base, endpoint_url)
     record = read_commit(uri, endpoint_url=endpoint_url)
     if record is not None:
+        if metadata_csv:
+            raise InputError(f"{uri}: a prepared output carries its metadata; --metadata does not apply")
         return _prepared_input(uri, record, endpoint_url)
-    listing = [p for p in fs.find(base) if not _relative(p, base).startswith("..")]
-    relative = {_relative(p, base): p for p in listing}
-    if any(_depth(rel) < 2 and fnmatch.fnmatch(posixpath.basename(rel), pattern)
-           for rel in relative for pattern in METADATA_PATTERNS):
-        manifest, _ = build_manifest(uri, endpoint_url=endpoint_url)
+    return _folder_input(uri, fs, base, metadata_csv, endpoint_url)
+
+
+def _folder_input(uri: str, fs, base: str, metadata_csv: str | None, endpoint_url: str | None) -> ScoringInput:
+    relative = {_relative(p, base): p for p in fs.find(base) if not _relative(p, base).startswith("..")}
+    hidden = sorted(rel for rel in relative if any(part.startswith(("_", ".")) for part in rel.split("/")))
+    named = storage.filesystem(metadata_csv, endpoint_url=endpoint_url)[1] if metadata_csv else None
+    files = {rel: storage.to_uri(fs, path) for rel, path in sorted(relative.items())
+             if rel not in set(hidden) and not is_dataset_file(rel) and path != named}
+    if hidden:
+        log.info("%s: %d hidden files ignored (a path part starts with '.' or '_'), e.g. %s",
+                 uri, len(hidden), hidden[:EXAMPLES])
+    has_csv = metadata_csv is not None or any(
+        _depth(rel) < 2 and fnmatch.fnmatch(posixpath.basename(rel), pattern)
+        for rel in relative for pattern in METADATA_PATTERNS)
+    table = pd.DataFrame(columns=list(ROW_COLUMNS))
+    bbox_csv = None
+    if has_csv:
+        manifest, _ = build_manifest(uri, metadata_csv=metadata_csv, endpoint_url=endpoint_url)
+        table = _complete(manifest, "csv")
         boxes = sorted((_depth(rel), rel) for rel in relative
                        if _depth(rel) < 2 and posixpath.basename(rel) == BBOX_FILE)
         bbox_csv = storage.to_uri(fs, relative[boxes[0][1]]) if boxes else None
-        return ScoringInput(uri, "dataset", _complete(manifest), has_labels=True, bbox_csv=bbox_csv)
-    images = sorted((posixpath.basename(rel), storage.to_uri(fs, path)) for rel, path in relative.items()
-                    if _depth(rel) < MAX_IMAGE_DEPTH and rel.lower().endswith(".png")
-                    and not any(part.startswith(("_", ".")) for part in rel.split("/")))
-    if not images:
-        raise InputError(f"{uri}: no PNG images and no Data_Entry_2017.csv / sample_labels.csv "
-                         f"(looked {MAX_IMAGE_DEPTH} levels deep)")
-    rows = pd.DataFrame(images, columns=["image_index", "path"])
-    return ScoringInput(uri, "folder", _complete(rows), has_labels=False)
+    others = _files_without_row(table, files)
+    if not len(table) and not others:
+        raise InputError(f"{uri}: no files to score (hidden files ignored: {len(hidden)})")
+    unlisted = _complete(pd.DataFrame(others, columns=["image_index", "path"]), "none")
+    rows = pd.concat([frame for frame in (table, unlisted) if len(frame)], ignore_index=True)
+    return ScoringInput(uri, "dataset" if has_csv else "folder", _complete(rows), has_labels=has_csv,
+                        bbox_csv=bbox_csv, ignored=[storage.to_uri(fs, relative[rel]) for rel in hidden],
+                        data_origin="synthetic" if SYNTHETIC_RECORD in relative else "real")
+
+
+def _files_without_row(table: pd.DataFrame, files: dict[str, str]) -> list[tuple[str, str]]:
+    """(name, URI) of the files no metadata row points at. A row whose image the dataset layout did not
+    find (deeper, or with another extension) gets the file of its name when exactly one has it."""
+    used = set(table["path"].dropna())
+    spare: dict[str, list[str]] = {}
+    for path in files.values():
+        if path not in used:
+            spare.setdefault(posixpath.basename(path.split("://", 1)[-1]), []).append(path)
+    if len(table):
+        missing = table["path"].isna()
+        for i in table.index[missing]:
+            found = spare.get(table.at[i, "image_index"], [])
+            if len(found) == 1:
+                table.at[i, "path"] = found.pop()
+    return [(name, path) for name, paths in sorted(spare.items()) for path in paths]
 
 
 def _file_input(uri: str, fs, path: str, endpoint_url: str | None) -> ScoringInput:
     if not path.lower().endswith(".parquet"):
-        raise InputError(f"{uri}: is a file; expected a folder of PNGs, a dataset folder, a manifest "
-                         "Parquet file or a prepared output")
+        raise InputError(f"{uri}: is a file; expected a folder of images (PNG, JPEG, DICOM), a dataset folder, "
+                         "a manifest Parquet file or a prepared output")
     import pyarrow.parquet as pq
 
     with fs.open(path, "rb") as handle:
@@ -132,7 +189,8 @@ def _file_input(uri: str, fs, path: str, endpoint_url: str | None) -> ScoringInp
     if set(MANIFEST_COLUMNS) <= set(schema.names):
         manifest, info = read_manifest(uri, endpoint_url=endpoint_url)
         return ScoringInput(uri, "manifest", _complete(manifest), has_labels=True,
-                            bbox_csv=sibling_bbox_list(info.get("source"), endpoint_url))
+                            bbox_csv=sibling_bbox_list(info.get("source"), endpoint_url),
+                            data_origin=info.get("data_origin") or "real")
     if "path" not in schema.names:
         raise InputError(f"{uri}: neither a thorax-ray manifest nor a table with a `path` column")
     rows = storage.read_parquet(uri, endpoint_url=endpoint_url)
@@ -140,7 +198,8 @@ def _file_input(uri: str, fs, path: str, endpoint_url: str | None) -> ScoringInp
         rows["image_index"] = [posixpath.basename(str(p).replace("\\", "/")) if p else None for p in rows["path"]]
     keep = [c for c in rows.columns if c in MANIFEST_COLUMNS]
     has_labels = all(c in rows.columns for c in FINDING_COLUMNS)
-    return ScoringInput(uri, "list", _complete(rows[keep]), has_labels=has_labels)
+    source = "csv" if any(c in rows.columns for c in _METADATA) else "none"
+    return ScoringInput(uri, "list", _complete(rows[keep], source), has_labels=has_labels)
 
 
 def _prepared_input(uri: str, record: dict, endpoint_url: str | None) -> ScoringInput:
@@ -150,5 +209,6 @@ def _prepared_input(uri: str, record: dict, endpoint_url: str | None) -> Scoring
              uri, len(usable), record["size"], len(quarantine))
     return ScoringInput(uri, "prepared", _complete(usable), has_labels=True, prepared=record,
                         prepared_quarantine=quarantine.reset_index(drop=True),
-                        bbox_csv=sibling_bbox_list(record.get("source") or info.get("source"), endpoint_url))
+                        bbox_csv=sibling_bbox_list(record.get("source") or info.get("source"), endpoint_url),
+                        data_origin=data_origin(uri, endpoint_url=endpoint_url))
 

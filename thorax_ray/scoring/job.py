@@ -5,10 +5,13 @@ and commit. Decoding runs as CPU tasks; when the actors hold only CPUs, Ray Data
     summary = score(ScoreConfig(checkpoint="runs/cnn", input="s3://bucket/incoming/", out="s3://bucket/scores"))
     print(summary.format())
 
-Every input row ends in exactly one of: scored (a row in the scores), skipped (already scored by the
-same model_id in a committed run), quarantined (could not be read/decoded), or deferred (left for the
-next run by `max_images`). A run that fails or is killed commits nothing; the next run scores its
-images again, so every image appears once per model_id.
+Every input row (every file of a folder input, see thorax_ray.scoring.inputs) ends in exactly one of:
+scored (a row in the scores), skipped (already scored by the same model_id in a committed run),
+quarantined (could not be read/decoded, with its reason), or deferred (left for the next run by
+`max_images`); hidden files are ignored and counted. A model trained on synthetic data that scores
+real-world images gets a warning, printed and recorded in the scores' metadata (thorax_ray.origin).
+A run that fails or is killed commits nothing; the next run scores its images again, so every image
+appears once per model_id.
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ from thorax_ray.lease import Lease, acquire_lease
 from thorax_ray.attribution import DEFAULT_MAX_BOXES, DEFAULT_THRESHOLD, default_method_name, get_method
 from thorax_ray.data.pipeline import ImageConfig, load_images, manifest_dataset
 from thorax_ray.labels import FINDING_COLUMNS, FINDINGS
+from thorax_ray.origin import ood_check
 from thorax_ray.scoring.inputs import ScoringInput, resolve_input
 from thorax_ray.scoring.output import (FORMAT_VERSION, LOCK_FILE, QUARANTINE_DIR, SCORES_DIR, ScoresDatasink, ScoresError,
                                        clean_uncommitted, feature_attribution_metadata, new_run_id, publish,
@@ -42,6 +46,7 @@ class ScoreConfig:
     checkpoint: str  # checkpoint folder, or a training run folder (its best checkpoint)
     input: str  # see thorax_ray.scoring.inputs
     out: str
+    metadata: str | None = None  # metadata CSV of a folder input (default: found by its usual names)
     method: str | None = None  # fast_cam (default for image models) | gradcam | integrated_gradients | occlusion
     #                            | metadata_ig (default for the metadata MLP) | none (probabilities only)
     method_options: dict = field(default_factory=dict)
@@ -98,6 +103,9 @@ class ScoreSummary:
     actors: str  # the pool's "min..max" actors, with "GPU" when on GPUs
     commit: str | None = None
     overlays: list[str] = field(default_factory=list)
+    ignored: int = 0  # hidden files of a folder input
+    metadata_sources: dict[str, int] = field(default_factory=dict)  # scored rows per metadata_source
+    ood_warning: str | None = None
 
     @property
     def quarantined_total(self) -> int:
@@ -121,8 +129,11 @@ class ScoreSummary:
         lines = [
             f"run {self.run_id} (batch_date {self.batch_date}), model {self.model_name} model_id {self.model_id}, "
             f"method {self.method}",
-            f"input            {self.input} ({self.input_rows} images)",
-            f"scored           {self.scored}",
+            f"input            {self.input} ({self.input_rows} files"
+            + (f"; {self.ignored} hidden files ignored)" if self.ignored else ")"),
+            f"scored           {self.scored}"
+            + (" (metadata: " + ", ".join(f"{k} {v}" for k, v in sorted(self.metadata_sources.items())) + ")"
+               if self.metadata_sources else ""),
             f"skipped          {self.skipped} (already scored by this model_id)",
             f"quarantined      {self.quarantined_total} ({quarantine})",
         ]
@@ -136,6 +147,8 @@ class ScoreSummary:
             f"{self.compute_images_per_s:.1f} images/s of scorer time ({self.compute_s:.2f} s in {self.actors} "
             f"actors, of which model/attribution {self.model_s:.2f} s)",
         ]
+        if self.ood_warning:
+            lines.append(f"WARNING          {self.ood_warning}")
         if self.overlays:
             lines.append(f"overlays         {len(self.overlays)} PNGs in {self.overlays[0].rsplit('/', 1)[0]}")
         return "\n".join(lines)
@@ -191,16 +204,20 @@ def score(config: ScoreConfig, *, filesystem=None, capacity: ClusterCapacity | N
     method = config.method or default_method_name(model)
     if method != NO_METHOD:
         get_method(method)(model, **config.method_options)  # fails early on a method the model cannot use
-    source = resolve_input(config.input, endpoint_url=endpoint)
+    source = resolve_input(config.input, metadata_csv=config.metadata, endpoint_url=endpoint)
     log.info("scoring %s with %s (model_id %s, method %s) into %s, run %s",
              source.describe(), payload.get("model_name"), model_id, method, config.out, run_id)
+    origin = ood_check(payload.get("data_origin"), source.data_origin)
+    if origin["warning"]:
+        log.warning("%s: %s", config.input, origin["warning"])
 
+    run = _Run(config=config, source=source, payload=payload, model=model, model_id=model_id,
+               checkpoint_dir=checkpoint_dir, method=method, actor_plan=actor_plan, run_id=run_id,
+               batch_date=batch_date, started=started, now=now, origin=origin)
     lease = acquire_lease(storage.join(config.out, LOCK_FILE), ttl_s=config.lock_ttl_s, wait_s=config.lock_wait_s,
                           about={"run_id": run_id, "model_id": model_id}, endpoint_url=endpoint)
     try:
-        summary = _score_locked(config, lease, source=source, payload=payload, model=model, model_id=model_id,
-                                checkpoint_dir=checkpoint_dir, method=method, actor_plan=actor_plan, run_id=run_id,
-                                batch_date=batch_date, started=started, now=now, filesystem=filesystem)
+        summary = _score_locked(run, lease, filesystem)
     finally:
         lease.release()
     if config.overlays:
@@ -212,10 +229,31 @@ def score(config: ScoreConfig, *, filesystem=None, capacity: ClusterCapacity | N
     return summary
 
 
-def _score_locked(config: ScoreConfig, lease: Lease, *, source: ScoringInput, payload: dict, model, model_id: str,
-                  checkpoint_dir: str, method: str, actor_plan: ActorPlan, run_id: str, batch_date: str,
-                  started: float, now: float, filesystem) -> ScoreSummary:
+@dataclass(frozen=True)
+class _Run:
+    """What one scoring run resolved before taking the output's lease."""
+
+    config: ScoreConfig
+    source: ScoringInput
+    payload: dict
+    model: object
+    model_id: str
+    checkpoint_dir: str
+    method: str
+    actor_plan: ActorPlan
+    run_id: str
+    batch_date: str
+    started: float
+    now: float
+    origin: dict
+
+
+def _score_locked(run: _Run, lease: Lease, filesystem) -> ScoreSummary:
     """The part of a run that needs the output's lease: what is already scored, the scoring, the commit."""
+    config, source, payload, model, model_id = run.config, run.source, run.payload, run.model, run.model_id
+    checkpoint_dir, method, actor_plan, run_id, batch_date = (run.checkpoint_dir, run.method, run.actor_plan,
+                                                               run.run_id, run.batch_date)
+    started, now, origin = run.started, run.now, run.origin
     endpoint = config.endpoint_url
     contract = payload["preprocessing"]
     if config.keep_uncommitted_hours is not None:
@@ -251,7 +289,7 @@ def _score_locked(config: ScoreConfig, lease: Lease, *, source: ScoringInput, pa
         "checkpoint": checkpoint_dir, "method": method, "preprocessing": contract,
         "classes": list(FINDINGS), "probability_columns": list(FINDING_COLUMNS),
         "probabilities": "sigmoid of the model's logits, float32", "boxes": box_settings, "run_id": run_id,
-        "batch_date": batch_date,
+        "batch_date": batch_date, "data_origin": origin,
     }
     metadata = schema_metadata(scores=description, heatmap=heatmap, features=features)
 
@@ -312,6 +350,7 @@ def _score_locked(config: ScoreConfig, lease: Lease, *, source: ScoringInput, pa
             "counts": {"input": source.total_rows, "scored": scored, "skipped": skipped,
                        "quarantined": len(failed), "deferred": deferred},
             "quarantined": quarantined, "heatmap": heatmap, "feature_attributions": features,
+            "data_origin": origin, "ignored": len(source.ignored),
             "elapsed_s": round(elapsed, 3), "compute_s": round(compute_s, 3), "model_s": round(model_s, 3),
         }, endpoint_url=endpoint)
     except BaseException:
@@ -325,6 +364,8 @@ def _score_locked(config: ScoreConfig, lease: Lease, *, source: ScoringInput, pa
         skipped=skipped, quarantined=quarantined, deferred=deferred, files=len(entries),
         bytes=sum(e["bytes"] for e in entries), elapsed_s=time.monotonic() - started, compute_s=compute_s,
         model_s=model_s, actors=actor_plan.describe() if len(pending) else "0", commit=commit,
+        ignored=len(source.ignored), metadata_sources=_sum_counts(write.metadata_sources for write in sink.result),
+        ood_warning=origin["warning"],
     )
     return summary
 
@@ -359,8 +400,16 @@ def _prepared_quarantine(source: ScoringInput, done: set[str]) -> pd.DataFrame:
     return frame.loc[~frame["image_index"].isin(done), columns].reset_index(drop=True)
 
 
+def _sum_counts(counts) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for count in counts:
+        for key, value in count.items():
+            total[key] = total.get(key, 0) + value
+    return total
+
+
 def _row_columns(model) -> list[str]:
-    columns = ["image_index", "path"]
+    columns = ["image_index", "path", "metadata_source"]
     if model.spec.uses_metadata:
         columns += [c for c in model.metadata_features.columns if c not in columns]
     return columns
@@ -372,16 +421,21 @@ def _input_dataset(config: ScoreConfig, source: ScoringInput, pending: pd.DataFr
     import ray
 
     columns = _row_columns(model)
+    image_config = ImageConfig(size=int(contract["size"]), batch_size=config.batch_size,
+                               read_attempts=config.read_attempts, endpoint_url=config.endpoint_url)
     if not model.spec.uses_images:
-        return manifest_dataset(pending[columns].reset_index(drop=True), rows_per_block=config.batch_size * 8)
+        rows = pending[columns].reset_index(drop=True)
+        if (rows["metadata_source"] == "csv").all():
+            return manifest_dataset(rows, rows_per_block=config.batch_size * 8)
+        # Files without a metadata row are read: their format checked, DICOM tags taken as metadata.
+        return load_images(rows, image_config, filesystem=filesystem, num_cpus=config.decode_cpus, images=False)
     if source.kind == "prepared":
         from thorax_ray.data.shards import read_prepared
 
         wanted = ray.put(frozenset(pending["image_index"]))
-        dataset = read_prepared(source.uri, columns=[*columns, "image"], endpoint_url=config.endpoint_url)
+        stored = [c for c in columns if c != "metadata_source"]  # added by prepared_batch
+        dataset = read_prepared(source.uri, columns=[*stored, "image"], endpoint_url=config.endpoint_url)
         return dataset.map_batches(prepared_batch, fn_args=(wanted, int(source.prepared["size"]), config.endpoint_url),
                                    batch_format="pyarrow", batch_size=config.batch_size * 4)
-    image_config = ImageConfig(size=int(contract["size"]), batch_size=config.batch_size,
-                               read_attempts=config.read_attempts, endpoint_url=config.endpoint_url)
     return load_images(pending[columns].reset_index(drop=True), image_config, filesystem=filesystem,
                        num_cpus=config.decode_cpus, sizes=True)

@@ -81,7 +81,11 @@ def run_started(run_id: str) -> float | None:
 
 
 def score_schema(*, maps: bool, feature_attributions: bool) -> pa.Schema:
-    """Columns of the score files (without schema metadata); `maps` adds heatmap and boxes."""
+    """Columns of the score files (without schema metadata); `maps` adds heatmap and boxes.
+
+    `metadata_source` (since DICOM support; null in files of older runs, which `read_scores` reads
+    alongside): where the row's patient metadata came from, "csv" (a metadata table row), "dicom" (the
+    image's tags) or "none"."""
     fields = [
         ("image_index", pa.string()),
         ("path", pa.string()),
@@ -91,6 +95,7 @@ def score_schema(*, maps: bool, feature_attributions: bool) -> pa.Schema:
         ("scored_at", pa.timestamp("us", tz="UTC")),
         ("width", pa.int32()),
         ("height", pa.int32()),
+        ("metadata_source", pa.string()),
         *[(column, pa.float32()) for column in FINDING_COLUMNS],
     ]
     if maps:
@@ -148,6 +153,7 @@ class ScoresWrite:
     quarantined: pd.DataFrame
     compute_s: float = 0.0  # time inside the scorer's batch calls
     model_s: float = 0.0  # of which: model forward / attribution (the rest: maps, encoding, boxes)
+    metadata_sources: dict[str, int] = field(default_factory=dict)  # scored rows per metadata_source
 
 
 class ScoresDatasink(Datasink):
@@ -175,7 +181,7 @@ class ScoresDatasink(Datasink):
         names = self.schema.names
         writer = handle = None
         path = f"{base}/{STAGING_DIR}/{self.run_id}/scores/part-{ctx.task_idx:05d}-{uuid.uuid4().hex[:8]}.parquet"
-        rows, compute_s, model_s, quarantined = 0, 0.0, 0.0, []
+        rows, compute_s, model_s, quarantined, sources = 0, 0.0, 0.0, [], {}
         try:
             for block in blocks:
                 table = BlockAccessor.for_block(block).to_arrow()
@@ -196,6 +202,8 @@ class ScoresDatasink(Datasink):
                     writer = pq.ParquetWriter(handle, self.schema, compression=self.compression)
                 writer.write_table(good.cast(self.schema), row_group_size=self.rows_per_file)
                 rows += good.num_rows
+                for entry in pc.value_counts(good.column("metadata_source").fill_null("none")).to_pylist():
+                    sources[entry["values"]] = sources.get(entry["values"], 0) + entry["counts"]
         finally:
             if writer is not None:
                 writer.close()
@@ -206,7 +214,8 @@ class ScoresDatasink(Datasink):
             files.append((storage.to_uri(fs, path), rows, int(fs.size(path))))
         frame = (pd.concat(quarantined, ignore_index=True) if quarantined
                  else pd.DataFrame({c: pd.Series(dtype=object) for c in ("image_index", "path", "stage", "reason")}))
-        return ScoresWrite(files=files, quarantined=frame, compute_s=compute_s, model_s=model_s)
+        return ScoresWrite(files=files, quarantined=frame, compute_s=compute_s, model_s=model_s,
+                           metadata_sources=sources)
 
     def on_write_complete(self, write_result) -> None:
         self.result = list(write_result.write_returns)
@@ -368,8 +377,9 @@ def read_scores(out: str, model_id: str | None = None, *, columns: list[str] | N
 
     One row per (image_index, model_id): should two commits hold the same image for one model, the earliest
     committed row is kept. `frame.attrs["heatmap"]` holds the heatmap description (shape, dtype, classes,
-    ...) and `frame.attrs["feature_attributions"]` the feature names and `frame.attrs["split_hash"]` the split
-    the model was trained on, when all runs share one.
+    ...) and `frame.attrs["feature_attributions"]` the feature names, `frame.attrs["split_hash"]` the split
+    the model was trained on and `frame.attrs["data_origin"]` what the model was trained on and what it
+    scored ({"model": "synthetic"|"real"|"unknown", "input": ..., "warning": str|None}), when all runs share one.
     """
     uris = committed_files(out, model_id=model_id, run_id=run_id, endpoint_url=endpoint_url)  # commit order
     key = ["image_index", "model_id"]
@@ -385,7 +395,7 @@ def read_scores(out: str, model_id: str | None = None, *, columns: list[str] | N
     described = {}
     for record in committed_runs(out, model_id=model_id, endpoint_url=endpoint_url):
         if run_id is None or record["run_id"] == run_id:
-            for key in ("heatmap", "feature_attributions", "split_hash"):
+            for key in ("heatmap", "feature_attributions", "split_hash", "data_origin"):
                 if record.get(key) is not None:
                     described.setdefault(key, []).append(json.dumps(record[key], sort_keys=True))
     for key, values in described.items():

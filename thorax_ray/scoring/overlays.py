@@ -33,15 +33,11 @@ def _pyplot():
 
 
 def read_original(uri: str, *, endpoint_url: str | None = None) -> np.ndarray:
-    """The image at full resolution as 8-bit gray (H, W)."""
-    from PIL import Image
-
-    from thorax_ray.data.decode import to_gray8
+    """The image (PNG, JPEG or DICOM) at full resolution as 8-bit gray (H, W), decoded as for scoring."""
+    from thorax_ray.data.decode import decode_gray8
 
     fs, path = storage.filesystem(uri, endpoint_url=endpoint_url)
-    with Image.open(io.BytesIO(fs.cat_file(path)), formats=["PNG"]) as image:
-        image.load()
-        return np.asarray(to_gray8(image), dtype=np.uint8)
+    return decode_gray8(fs.cat_file(path))
 
 
 def panel_findings(probabilities: np.ndarray, labels: np.ndarray | None, threshold: float) -> list[int]:

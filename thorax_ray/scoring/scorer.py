@@ -18,7 +18,8 @@ from thorax_ray import storage
 from thorax_ray.accel import FastPath
 from thorax_ray.attribution import (DEFAULT_MAX_BOXES, DEFAULT_THRESHOLD, HEATMAP_SCHEMA_METADATA, boxes_for_batch,
                                     encode_heatmaps, get_method, normalise_maps)
-from thorax_ray.data.pipeline import PNG_HEADER_BYTES, images_to_array, png_size
+from thorax_ray.data.decode import HEADER_BYTES, PNG_HEADER_BYTES, DecodeError, image_size
+from thorax_ray.data.pipeline import images_to_array
 from thorax_ray.labels import FINDING_COLUMNS
 from thorax_ray.scoring.output import pipeline_schema, score_schema
 from thorax_ray.train.batches import normalise_images
@@ -66,8 +67,8 @@ _WANTED_CACHE: dict[str, frozenset] = {}
 
 
 def prepared_batch(table: pa.Table, wanted_ref, stored_size: int, endpoint_url: str | None) -> pa.Table:
-    """Rows of prepared shards: keeps the wanted images and adds width/height of their source PNG (a
-    24-byte ranged read; the stored size when the source cannot be read) and ok/stage/reason."""
+    """Rows of prepared shards: keeps the wanted images and adds width/height of their source image (a
+    ranged read of its header; the stored size when the source cannot be read) and ok/stage/reason."""
     import ray
 
     key = wanted_ref.hex()
@@ -82,7 +83,10 @@ def prepared_batch(table: pa.Table, wanted_ref, stored_size: int, endpoint_url: 
         if uri:
             try:
                 fs, path = storage.filesystem(uri, endpoint_url=endpoint_url)
-                return png_size(fs.cat_file(path, start=0, end=PNG_HEADER_BYTES))
+                try:  # a PNG says its size in its first 24 bytes; JPEG and DICOM need more
+                    return image_size(fs.cat_file(path, start=0, end=PNG_HEADER_BYTES))
+                except DecodeError:
+                    return image_size(fs.cat_file(path, start=0, end=HEADER_BYTES))
             except Exception:  # noqa: BLE001 - source moved/deleted: fall back to the stored frame
                 pass
         return stored_size, stored_size
@@ -92,6 +96,7 @@ def prepared_batch(table: pa.Table, wanted_ref, stored_size: int, endpoint_url: 
     n = table.num_rows
     return (table.append_column("width", pa.array([s[0] for s in sizes], pa.int32()))
             .append_column("height", pa.array([s[1] for s in sizes], pa.int32()))
+            .append_column("metadata_source", pa.array(["csv"] * n, pa.string()))  # prepared from a manifest
             .append_column("ok", pa.array(np.ones(n, bool)))
             .append_column("stage", pa.array([""] * n, pa.string()))
             .append_column("reason", pa.array([""] * n, pa.string())))
@@ -103,8 +108,8 @@ def prepared_batch(table: pa.Table, wanted_ref, stored_size: int, endpoint_url: 
 class Scorer:
     """Ray Data actor: loads the checkpoint once, then scores pyarrow batches.
 
-    Input columns: image_index, path, image (raw uint8 `stored_size`^2 bytes; image models), width,
-    height, the model's metadata columns (metadata models), ok/stage/reason (failed rows are passed
+    Input columns: image_index, path, metadata_source, image (raw uint8 `stored_size`^2 bytes; image
+    models), width, height, the model's metadata columns (metadata models), ok/stage/reason (failed rows are passed
     through with null outputs). Output: `pipeline_schema(score_schema(...))`; `_compute_s` = the
     batch's wall time in this actor and `_model_s` = its model/attribution part, spread over its rows.
     """
@@ -235,7 +240,7 @@ class Scorer:
             name = field.name
             if name in values:
                 columns[name] = pa.array(values[name], type=field.type)
-            elif name in ("image_index", "path"):
+            elif name in ("image_index", "path", "metadata_source") and name in names:
                 columns[name] = rows.column(name).cast(field.type)
             elif name in ("width", "height") and name in names and ok:
                 columns[name] = rows.column(name).cast(field.type)

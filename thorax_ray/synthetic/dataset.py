@@ -1,8 +1,12 @@
 """Writes a synthetic dataset in the exact layout of the full NIH/Kaggle ChestX-ray14 release:
-Data_Entry_2017.csv, BBox_List_2017.csv, train_val_list.txt, test_list.txt, images_001..012/images/."""
+Data_Entry_2017.csv, BBox_List_2017.csv, train_val_list.txt, test_list.txt, images_001..012/images/,
+plus the generator's settings record `thorax_ray_synthetic.json` at its root, which marks the data as
+synthetic for the out-of-distribution guard (thorax_ray.origin)."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 import logging
 import math
 import os
@@ -14,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from thorax_ray.labels import FINDINGS
+from thorax_ray.locate import SYNTHETIC_RECORD
 from thorax_ray.metadata import BBOX_HEADER, DATA_ENTRY_HEADER
 from thorax_ray.synthetic.population import PopulationConfig, sample_population
 from thorax_ray.synthetic.render import BOXED_FINDINGS, Patient, render_chest_xray
@@ -87,6 +92,7 @@ def write_synthetic_dataset(config: SyntheticConfig, *, progress: bool = True) -
     population = sample_population(PopulationConfig(images=config.images, seed=config.seed))
     population["folder"] = assign_folders(len(population))
     os.makedirs(config.out, exist_ok=True)
+    _write_record(config, os.path.join(config.out, SYNTHETIC_RECORD))
     _write_data_entry(population, os.path.join(config.out, "Data_Entry_2017.csv"))
     test_patients = _test_patients(population, config)
     is_test = population["patient_id"].isin(test_patients)
@@ -113,6 +119,16 @@ def write_synthetic_dataset(config: SyntheticConfig, *, progress: bool = True) -
     boxed_test = set(population.loc[is_test, "image_index"])
     _write_boxes([r for r in rendered if r.image_index in boxed_test], os.path.join(config.out, "BBox_List_2017.csv"))
     return population
+
+
+def _write_record(config: SyntheticConfig, path: str) -> None:
+    """The generator settings: what made this dataset (and that it is synthetic)."""
+    from thorax_ray import __version__
+
+    settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("out", "workers")}
+    with open(path, "w") as handle:
+        json.dump({"generator": "thorax_ray.synthetic", "thorax_ray": __version__, "data_origin": "synthetic",
+                   "settings": settings}, handle, indent=2)
 
 
 def _test_patients(population: pd.DataFrame, config: SyntheticConfig) -> set[int]:

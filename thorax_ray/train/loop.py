@@ -184,7 +184,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
                        "model_state": model.state_dict(), "optimizer_state": optimizer.state_dict(),
                        "scheduler_state": scheduler.state_dict(), "epoch": epoch, "config": config.to_dict(),
                        "preprocessing": contract, "split_hash": info["split_hash"], "seed": config.run.seed,
-                       "history": history, "best": best, "resumes": resumes, "run_name": info["run_name"]}
+                       "history": history, "best": best, "resumes": resumes, "run_name": info["run_name"],
+                       "data_origin": info.get("data_origin")}
             with tempfile.TemporaryDirectory() as directory:
                 save_checkpoint(directory, payload)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory),

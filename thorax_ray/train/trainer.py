@@ -9,6 +9,7 @@ from thorax_ray import storage
 from thorax_ray.cluster import (ClusterCapacity, check_shared_storage, cluster_capacity, fake_gpus,
                                 resolve_use_gpu)
 from thorax_ray.models import get_model_spec
+from thorax_ray.origin import data_origin
 from thorax_ray.train.checkpoint import run_metrics
 from thorax_ray.train.config import TrainConfig
 from thorax_ray.train.data import open_source
@@ -74,7 +75,8 @@ def fit(config: TrainConfig, *, callbacks: list | None = None, capacity: Cluster
                            else os.path.abspath(config.run.storage), config.run_name)
     info = {"run_name": config.run_name, "run_dir": run_dir, "split_hash": source.split_hash,
             "label_counts": label_counts.tolist(), "train_rows": int(train_rows),
-            "stored_size": source.stored_size}
+            "stored_size": source.stored_size,
+            "data_origin": data_origin(config.data.data, endpoint_url=config.data.s3_endpoint)}
     datasets = {"train": cache_if_small(source.dataset("train", images=spec.uses_images),
                                         estimated_bytes(train_rows, source.stored_size if spec.uses_images else 0),
                                         config.data.cache_train_mb),
