@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 
 from thorax_ray.cli import add_cluster_arguments, run_main, setup_logging
+from thorax_ray.cluster import cluster_capacity
 from thorax_ray.data.pipeline import ImageConfig
 from thorax_ray.data.prepare import PrepareConfig, prepare
 from thorax_ray.ray_setup import init_ray
@@ -26,6 +27,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--target-file-mb", type=int, default=256, help="approximate size of one shard file")
     parser.add_argument("--val-fraction", type=float, default=0.1)
     parser.add_argument("--test-fraction", type=float, default=0.2)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the shards' random row order (default 0)")
+    parser.add_argument("--keep-previous-hours", type=float, default=72.0,
+                        help="with --overwrite: hours the replaced version stays readable (default 72)")
+    parser.add_argument("--cluster-config", help="the autoscaler's cluster config (default: $THORAX_CLUSTER_CONFIG, "
+                                                 "else ~/ray_bootstrap_config.yaml)")
+    parser.add_argument("--shared-fs", action="store_true",
+                        help="local paths are on a filesystem every node mounts (NFS, EFS)")
     add_cluster_arguments(parser)
     return parser.parse_args(argv)
 
@@ -33,15 +41,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     setup_logging()
     args = parse_args(argv)
-    init_ray(args.address)
     config = PrepareConfig(
         data=args.data, out=args.out, metadata=args.metadata, overwrite=args.overwrite,
-        target_file_mb=args.target_file_mb,
+        target_file_mb=args.target_file_mb, seed=args.seed, keep_previous_hours=args.keep_previous_hours,
+        shared_fs=args.shared_fs,
         image=ImageConfig(size=args.size, read_attempts=args.read_attempts,
                           expected_source_size=args.expected_source_size, endpoint_url=args.s3_endpoint),
         split=SplitConfig(val_fraction=args.val_fraction, test_fraction=args.test_fraction),
     )
-    print(prepare(config).format())
+    local = init_ray(args.address)
+    print(prepare(config, capacity=cluster_capacity(args.cluster_config, local=local)).format())
     return 0
 
 

@@ -23,14 +23,14 @@ UNKNOWN = "unknown"  # checkpoints written before the origin was recorded
 def data_origin(uri: str, *, endpoint_url: str | None = None) -> str:
     """"synthetic" or "real" for a dataset folder/prefix, a prepared output (the origin its manifest
     recorded, else that of its source) or a manifest Parquet file."""
-    from thorax_ray.data.shards import read_commit  # imports Ray Data
+    from thorax_ray.data.shards import read_commit, version_file  # imports Ray Data
 
     fs, path = storage.filesystem(uri, endpoint_url=endpoint_url)
     if fs.isdir(path):
         record = read_commit(uri, endpoint_url=endpoint_url)
         if record is None:
             return "synthetic" if fs.exists(f"{path}/{SYNTHETIC_RECORD}") else "real"
-        _, info = read_manifest(storage.join(uri, "manifest.parquet"), endpoint_url=endpoint_url)
+        _, info = read_manifest(version_file(uri, record, "manifest.parquet"), endpoint_url=endpoint_url)
         if info.get("data_origin") in ORIGINS:
             return info["data_origin"]
         source = record.get("source")

@@ -1,23 +1,32 @@
-"""`jobs/train.py` submitted through Ray's Jobs API to a two-node cluster started with `ray start`
-(head + worker node on this machine), as `ray job submit --working-dir . -- python jobs/train.py` does."""
+"""The runbook's path on a cluster that scales from zero: `ray job submit` with Ray's token authentication
+to a head started with an autoscaler (Ray's fake multi-node provider, the one Ray's own autoscaler tests
+use) whose only GPU node type has `min_workers: 0`. Training and scoring must ask for GPUs and the
+autoscaler must start the GPU node; data, checkpoints and scores live on a real S3-protocol server (moto),
+as a multi-node cluster needs.
+
+The GPUs are Ray resources only (THORAX_TEST_FAKE_GPUS=1): jobs schedule GPU workers and actors exactly as on
+a real cluster, and the arithmetic stays on the CPU with gloo."""
 from __future__ import annotations
 
 import json
 import os
-import shutil
+import re
+import secrets
+import shlex
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 
 import pytest
+import yaml
 
-from thorax_ray.train.checkpoint import epoch_checkpoints, load_payload
+from thorax_ray.cluster import FAKE_GPUS_ENV
 
 pytestmark = pytest.mark.slow
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+VENV_BIN = os.path.dirname(sys.executable)
 
 
 def free_ports(count: int) -> list[int]:
@@ -30,136 +39,151 @@ def free_ports(count: int) -> list[int]:
     return ports
 
 
-def node_ports() -> list[str]:
-    manager, objects, agent, agent_grpc, runtime_env, metrics = free_ports(6)
-    return [f"--node-manager-port={manager}", f"--object-manager-port={objects}",
-            f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={agent_grpc}",
-            f"--runtime-env-agent-port={runtime_env}", f"--metrics-export-port={metrics}"]
+def autoscaler_config(gcs_address: str) -> dict:
+    """A head without GPUs and one GPU node type that starts at zero (as every type of cluster.yaml)."""
+    return {
+        "cluster_name": "thorax-test", "max_workers": 1, "upscaling_speed": 1.0, "idle_timeout_minutes": 10,
+        "provider": {"type": "fake_multinode", "use_node_id_as_ip": True, "disable_node_updaters": True,
+                     "disable_launch_config_check": True, "gcs_address": gcs_address},
+        "available_node_types": {
+            "ray.head.default": {"resources": {"CPU": 3}, "node_config": {}, "max_workers": 0},
+            "gpu_node": {"resources": {"CPU": 2, "GPU": 1}, "node_config": {}, "min_workers": 0, "max_workers": 1},
+        },
+        "head_node_type": "ray.head.default", "auth": {}, "docker": {}, "file_mounts": {},
+        "cluster_synced_files": [], "file_mounts_sync_continuously": False, "rsync_exclude": [], "rsync_filter": [],
+        "initialization_commands": [], "setup_commands": [], "head_setup_commands": [], "worker_setup_commands": [],
+        "head_start_ray_commands": [], "worker_start_ray_commands": [],
+    }
+
+
+class Cluster:
+    def __init__(self, dashboard: str, token: str, config_path: str):
+        self.dashboard, self.token, self.config_path = dashboard, token, config_path
+
+    def submit(self, entrypoint: str, *, token: str | None = "own", timeout: float = 900) -> tuple[int, str]:
+        """`ray job submit --working-dir . -- ENTRYPOINT` as the README says, from a client environment
+        with the cluster's token (RAY_AUTH_MODE=token, RAY_AUTH_TOKEN); returns (exit code, output)."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+        env.update(PATH=VENV_BIN + os.pathsep + env["PATH"], RAY_AUTH_MODE="token" if token else "disabled")
+        if token:
+            env["RAY_AUTH_TOKEN"] = self.token if token == "own" else token
+        command = [os.path.join(VENV_BIN, "ray"), "job", "submit", "--address", self.dashboard,
+                   "--working-dir", REPO, "--", *shlex.split(entrypoint)]
+        result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+        return result.returncode, result.stdout + result.stderr
 
 
 @pytest.fixture(scope="module")
-def two_node_cluster():
-    """`ray start --head` and a second `ray start --address` node, from this virtualenv (jobs inherit its PATH)."""
-    venv_bin = os.path.dirname(sys.executable)
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": venv_bin + os.pathsep + os.environ["PATH"]}
-    env.pop("RAY_ADDRESS", None)
+def autoscaling_cluster(tmp_path_factory, s3_server):
+    """`ray start --head --autoscaling-config` with token auth (started after the S3 server, so its nodes
+    see the AWS variables as a real cluster's nodes see their instance role)."""
+    folder = tmp_path_factory.mktemp("autoscaler")
     gcs, dashboard = free_ports(2)
-    worker_temp = tempfile.mkdtemp(prefix="rw-", dir="/tmp")  # short: Unix socket paths live under it
-    ray = os.path.join(venv_bin, "ray")
-    head = subprocess.Popen([ray, "start", "--head", "--block", f"--port={gcs}", "--num-cpus=3",
-                             "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
-                             *node_ports()], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    worker = None
+    config_path = str(folder / "cluster.yaml")
+    with open(config_path, "w") as handle:
+        yaml.safe_dump(autoscaler_config(f"127.0.0.1:{gcs}"), handle)
+    token = secrets.token_hex(32)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(PATH=VENV_BIN + os.pathsep + env["PATH"], RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token,
+               RAY_FAKE_CLUSTER="1", AUTOSCALER_UPDATE_INTERVAL_S="1", **{FAKE_GPUS_ENV: "1"})
+    head = subprocess.Popen([os.path.join(VENV_BIN, "ray"), "start", "--head", "--block", f"--port={gcs}",
+                             f"--autoscaling-config={config_path}", "--num-cpus=3", "--include-dashboard=true",
+                             "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        from ray.job_submission import JobSubmissionClient
-
-        address = f"http://127.0.0.1:{dashboard}"
-        client = None
-        deadline = time.monotonic() + 120
-        while client is None:
-            try:
-                client = JobSubmissionClient(address)
-            except Exception:  # noqa: BLE001 - dashboard not up yet
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(1)
-        # Its own temp dir, as on a separate machine: nodes sharing one session dir also share the unpacked
-        # `working_dir` packages, and one node's runtime-env GC deletes a package that jobs on the other
-        # node still run in (seen as `[Errno 2] No such file or directory` from a job's getcwd).
-        worker = subprocess.Popen([ray, "start", "--block", f"--address=127.0.0.1:{gcs}", "--num-cpus=2",
-                                   f"--temp-dir={worker_temp}", *node_ports()],
-                                  env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        yield client
+        cluster = Cluster(f"http://127.0.0.1:{dashboard}", token, config_path)
+        deadline = time.monotonic() + 180
+        while True:
+            code, output = cluster.submit("python -c \"print('up')\"", timeout=120)
+            if code == 0:
+                break
+            assert time.monotonic() < deadline and head.poll() is None, output[-2000:]
+            time.sleep(3)
+        yield cluster
     finally:
-        for process in (worker, head):
-            if process is not None:
-                process.send_signal(signal.SIGTERM)
-        for process in (worker, head):
-            if process is not None:
-                try:
-                    process.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-        shutil.rmtree(worker_temp, ignore_errors=True)
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
 
 
-def run_job(client, entrypoint: str, timeout_s: float = 600) -> tuple[str, str]:
-    from ray.job_submission import JobStatus
-
-    job_id = client.submit_job(entrypoint=entrypoint, runtime_env={"working_dir": REPO,
-                                                                   "env_vars": {"RAY_AUTH_MODE": "disabled"}})
-    deadline = time.monotonic() + timeout_s
-    while (status := client.get_job_status(job_id)) not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
-        assert time.monotonic() < deadline, f"job {job_id} still {status} after {timeout_s} s"
-        time.sleep(2)
-    return status, client.get_job_logs(job_id)
+NODES = ("python -c \"import ray, json; ray.init(); "
+         "print('NODES', json.dumps([n['Resources'].get('GPU', 0) for n in ray.nodes() if n['Alive']]))\"")
 
 
-def wait_for_two_nodes(client) -> None:
-    from ray.job_submission import JobStatus
-
-    deadline = time.monotonic() + 120
-    while True:
-        status, logs = run_job(client, "python -c \"import ray; ray.init(); "
-                                       "print('alive nodes:', sum(n['Alive'] for n in ray.nodes()))\"")
-        assert status == JobStatus.SUCCEEDED, logs
-        if "alive nodes: 2" in logs:
-            return
-        assert time.monotonic() < deadline, logs
-        time.sleep(2)
+def alive_gpus(cluster: Cluster) -> list[float]:
+    code, output = cluster.submit(NODES)
+    assert code == 0, output[-2000:]
+    return json.loads(re.search(r"^NODES (\[.*\])$", output, re.MULTILINE).group(1))
 
 
-def test_train_job_submitted_to_two_node_cluster(two_node_cluster, learnable_images, tmp_path):
-    from ray.job_submission import JobStatus
+@pytest.fixture(scope="module")
+def s3_prepared(ray_local, learnable_images, s3_server):
+    """The learnable images prepared straight to s3:// (as a cluster user stores them)."""
+    import boto3
 
-    wait_for_two_nodes(two_node_cluster)
+    from thorax_ray.data.pipeline import ImageConfig
+    from thorax_ray.data.prepare import PrepareConfig, prepare
+    from thorax_ray.splits import SplitConfig
 
-    storage = tmp_path / "runs"
-    status, logs = run_job(two_node_cluster, f"python jobs/train.py --data {learnable_images / 'prepared'} "
-                                             f"--model small_cnn --size 64 --epochs 2 --workers 2 "
-                                             f"--storage {storage} --name submitted")
-    assert status == JobStatus.SUCCEEDED, logs[-3000:]
-    assert "[submitted] epoch 2/2" in logs and "[train] done" in logs
-    run_dir = storage / "submitted"
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["model"] == "small_cnn" and metrics["epochs_run"] == 2
-    assert metrics["val"]["mean_auroc"] is not None and 0 <= metrics["best_epoch"] <= 1
-    checkpoints = epoch_checkpoints(str(run_dir))
-    assert [epoch for epoch, _ in checkpoints] == [0, 1]
-    assert load_payload(checkpoints[-1][1])["split_hash"] == metrics["split_hash"]
+    boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1").create_bucket(Bucket="thorax-cluster")
+    prepare(PrepareConfig(data=str(learnable_images / "raw"), out="s3://thorax-cluster/prepared",
+                          image=ImageConfig(size=64), split=SplitConfig(val_fraction=0.25)))
+    return "s3://thorax-cluster"
 
 
-def test_train_score_evaluate_chain_through_jobs_api(two_node_cluster, learnable_images, tmp_path):
-    """The runbook's pipeline as three Jobs API submissions on the two-node cluster: train -> score (every
-    prepared image exactly once) -> evaluate the scores."""
-    from ray.job_submission import JobStatus
+def test_the_jobs_api_refuses_a_client_without_the_token(autoscaling_cluster):
+    code, output = autoscaling_cluster.submit("python -c print(1)", token=None, timeout=120)
+    assert code != 0 and "uthenticat" in output  # AuthenticationError / Unauthenticated
+    code, output = autoscaling_cluster.submit("python -c print(1)", token="0" * 64, timeout=120)
+    assert code != 0
 
+
+def test_local_storage_on_a_cluster_that_can_grow_fails_at_once(autoscaling_cluster, s3_prepared):
+    started = time.monotonic()
+    code, output = autoscaling_cluster.submit(
+        f"python jobs/train.py --data {s3_prepared}/prepared --model mlp --storage /tmp/thorax-runs "
+        f"--cluster-config {autoscaling_cluster.config_path}")
+    assert code != 0 and "--storage /tmp/thorax-runs is a local path" in output, output[-3000:]
+    assert "gpu_node x1" in output  # the node type the job counted
+    assert time.monotonic() - started < 120
+
+
+def test_train_score_evaluate_start_the_gpu_node_from_zero(autoscaling_cluster, s3_prepared, tmp_path):
+    """The runbook's chain: the jobs ask for GPUs (auto), the autoscaler starts the GPU node type from zero
+    workers, training runs on it, scoring's actor pool asks for GPU actors, evaluation reads the scores."""
     from thorax_ray.scoring import read_scores
+    from thorax_ray.train.checkpoint import epoch_checkpoints, load_payload, run_metrics
     from thorax_ray.train.config import DataConfig
     from thorax_ray.train.data import open_source
 
-    wait_for_two_nodes(two_node_cluster)
-    prepared = learnable_images / "prepared"
-    storage, scores, evaluation = tmp_path / "runs", tmp_path / "scores", tmp_path / "evaluation"
+    cluster, bucket = autoscaling_cluster, s3_prepared
+    assert alive_gpus(cluster) == [0]  # only the head, no GPU up
+    flags = f"--cluster-config {cluster.config_path}"
+    code, logs = cluster.submit(f"python jobs/train.py --data {bucket}/prepared --model small_cnn --size 64 "
+                                f"--epochs 1 --workers 1 --storage {bucket}/runs --name chain {flags}")
+    assert code == 0, logs[-4000:]
+    assert "1 workers on GPUs" in logs and "[chain] epoch 1/1" in logs and "[train] done" in logs
+    assert sorted(alive_gpus(cluster)) == [0, 1]  # the GPU node was started for the job
+    metrics = run_metrics(f"{bucket}/runs/chain")
+    assert metrics["epochs_run"] == 1 and metrics["val"]["mean_auroc"] is not None
+    checkpoints = epoch_checkpoints(f"{bucket}/runs/chain")
+    assert [e for e, _ in checkpoints] == [0] and load_payload(checkpoints[0][1])["split_hash"] == metrics["split_hash"]
 
-    status, logs = run_job(two_node_cluster, f"python jobs/train.py --data {prepared} --model small_cnn --size 64 "
-                                             f"--epochs 1 --workers 2 --storage {storage} --name chain")
-    assert status == JobStatus.SUCCEEDED, logs[-3000:]
-    checkpoints = epoch_checkpoints(str(storage / "chain"))
-    assert [epoch for epoch, _ in checkpoints] == [0] and os.path.exists(os.path.join(checkpoints[0][1], "model.pt"))
-
-    status, logs = run_job(two_node_cluster, f"python jobs/score.py --checkpoint {storage / 'chain'} "
-                                             f"--input {prepared} --out {scores} --batch-size 64")
-    assert status == JobStatus.SUCCEEDED, logs[-3000:]
-    frame = read_scores(str(scores))
-    rows = open_source(DataConfig(data=str(prepared))).manifest
+    code, logs = cluster.submit(f"python jobs/score.py --checkpoint {bucket}/runs/chain --input {bucket}/prepared "
+                                f"--out {bucket}/scores --batch-size 64 {flags}")
+    assert code == 0, logs[-4000:]
+    assert "x 1 GPU actors" in logs  # the autoscaling pool asked for GPU actors
+    frame = read_scores(f"{bucket}/scores")
+    rows = open_source(DataConfig(data=f"{bucket}/prepared")).manifest
     assert len(frame) == len(rows) and frame["image_index"].is_unique  # every input image exactly once
     assert set(frame["image_index"]) == set(rows["image_index"]) and frame["heatmap"].notna().all()
 
-    status, logs = run_job(two_node_cluster, f"python jobs/evaluate.py --scores cnn={scores} --data {prepared} "
-                                             f"--out {evaluation} --bootstrap 20")
-    assert status == JobStatus.SUCCEEDED, logs[-3000:]
-    metrics = json.loads((evaluation / "metrics.json").read_text())
-    model = metrics["models"]["cnn"]
-    assert len(model["auroc"]) == 14 and model["mean_auroc"] is not None and 0 <= model["mean_auroc"] <= 1
+    evaluation = tmp_path / "evaluation"
+    code, logs = cluster.submit(f"python jobs/evaluate.py --scores cnn={bucket}/scores --data {bucket}/prepared "
+                                f"--out {evaluation} --bootstrap 20")
+    assert code == 0, logs[-4000:]
+    model = json.loads((evaluation / "metrics.json").read_text())["models"]["cnn"]
+    assert len(model["auroc"]) == 14 and 0 <= model["mean_auroc"] <= 1
     assert model["n_images"] == int((rows["split"] == "test").sum())

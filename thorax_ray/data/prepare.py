@@ -8,9 +8,10 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from thorax_ray import storage
+from thorax_ray.cluster import ClusterCapacity, check_shared_storage, cluster_capacity
 from thorax_ray.data.pipeline import ImageConfig, load_images
 from thorax_ray.data.shards import (FORMAT_VERSION, QUARANTINE_COLUMNS, VERSIONS_DIR, PreparedError,
-                                    PreparedShardsDatasink, new_version, read_commit, shard_contract, version_dir,
+                                    PreparedShardsDatasink, new_version, read_commit, relative_to, shard_contract, version_dir,
                                     write_commit, write_table)
 from thorax_ray.lease import acquire_lease
 from thorax_ray.manifest import build_manifest, write_manifest
@@ -31,6 +32,7 @@ class PrepareConfig:
     keep_previous_hours: float = 72.0  # a replaced version stays readable this long (jobs reading it finish)
     seed: int = 0  # of the shards' random row order
     lock_ttl_s: float = 600.0  # a crashed prepare's lease is taken over after this long
+    shared_fs: bool = False  # local --data/--out paths are on a filesystem every node mounts
     target_file_mb: int = 256
     compression: str = "none"  # 8-bit radiograph pixels barely compress with fast codecs; "zstd"/"lz4" to trade CPU for bytes
 
@@ -58,10 +60,14 @@ class PrepareSummary:
         return "\n".join(lines)
 
 
-def prepare(config: PrepareConfig, *, filesystem=None) -> PrepareSummary:
+def prepare(config: PrepareConfig, *, filesystem=None, capacity: ClusterCapacity | None = None) -> PrepareSummary:
     """Writes version V under OUT/versions/V/ (shards, manifest, quarantine) and, last, OUT/prepared.json,
-    which swaps V in; holds OUT's lease meanwhile, so two prepares never write one output at once."""
+    which swaps V in; holds OUT's lease meanwhile, so two prepares never write one output at once.
+    `capacity` (default: read now): local paths are refused on a multi-node cluster before any work."""
     endpoint = config.image.endpoint_url
+    capacity = capacity or cluster_capacity()
+    for uri, what in ((config.data, "--data"), (config.out, "--out")):
+        check_shared_storage(uri, capacity, what=what, shared_fs=config.shared_fs)
     with acquire_lease(storage.join(config.out, LOCK_FILE), ttl_s=config.lock_ttl_s, endpoint_url=endpoint,
                        about={"job": "prepare", "source": config.data}) as lease:
         return _prepare_locked(config, lease, filesystem)
@@ -89,7 +95,8 @@ def _prepare_locked(config: PrepareConfig, lease, filesystem) -> PrepareSummary:
     shuffled = manifest.sample(frac=1.0, random_state=config.seed).reset_index(drop=True)
     load_images(shuffled, config.image, filesystem=filesystem).write_datasink(sink)
 
-    files = [{"split": split, "path": path, "rows": rows} for w in sink.result for split, path, rows in w.files]
+    files = [{"split": split, "path": relative_to(config.out, path, endpoint_url=endpoint), "rows": rows}
+             for w in sink.result for split, path, rows in w.files]
     quarantine = pd.concat([w.quarantined for w in sink.result] + [pd.DataFrame(columns=list(QUARANTINE_COLUMNS))],
                            ignore_index=True)
     written = {s: sum(f["rows"] for f in files if f["split"] == s) for s in SPLITS}

@@ -147,8 +147,25 @@ def prepared_files(root: str, splits: Iterable[str] | None = None, *, endpoint_u
     if record is None:
         raise PreparedError(f"{root}: no {COMMIT_FILE}; not a prepared dataset (run jobs/prepare.py) or an unfinished one")
     wanted = set(splits) if splits is not None else None
-    files = [f["path"] for f in record["files"] if wanted is None or f["split"] in wanted]
+    files = [shard_uri(root, f["path"]) for f in record["files"] if wanted is None or f["split"] in wanted]
     return record, files
+
+
+def shard_uri(root: str, path: str) -> str:
+    """A shard file of the commit record as a URI: format 2 records paths relative to the output (so a
+    prepared output can be copied or moved whole); format 1 recorded full paths."""
+    if storage.is_remote(path) or path.startswith("/"):
+        return path
+    return storage.join(root, path)
+
+
+def relative_to(root: str, uri: str, *, endpoint_url: str | None = None) -> str:
+    """`uri` (inside `root`) relative to `root`, with `/` separators."""
+    base = storage.filesystem(root, endpoint_url=endpoint_url)[1].rstrip("/") + "/"
+    path = uri.split("://", 1)[-1] if storage.is_remote(uri) else uri
+    if not path.startswith(base):
+        raise PreparedError(f"{uri} is not inside {root}")
+    return path[len(base):]
 
 
 def read_prepared(root: str, splits: Iterable[str] | None = None, *, columns: list[str] | None = None,

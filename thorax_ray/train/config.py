@@ -22,11 +22,15 @@ class DataConfig:
     limit: int | None = None  # at most this many rows per split (smoke runs)
     val_cache_mb: int = 1024  # validation rows kept in rank 0's memory after the first epoch when they fit
     cache_train_mb: int = 2048  # training rows materialized once in the object store when they fit (0: always stream)
+    # Training rows are shuffled every epoch: the block order (reseeded each epoch from run.seed) and, within a
+    # worker, a buffer of this many rows (0: block order only).
+    shuffle_buffer_rows: int = 2048
     s3_endpoint: str | None = None
 
     def __post_init__(self) -> None:
-        if not 16 <= self.size <= 2048 or self.batch_size < 1 or self.eval_batch_size < 1:
-            raise ValueError(f"bad data config: size={self.size}, batch_size={self.batch_size}")
+        if not 16 <= self.size <= 2048 or self.batch_size < 1 or self.eval_batch_size < 1 or self.shuffle_buffer_rows < 0:
+            raise ValueError(f"bad data config: size={self.size} (16..2048), batch_size={self.batch_size}, "
+                             f"eval_batch_size={self.eval_batch_size} (>= 1), shuffle_buffer_rows={self.shuffle_buffer_rows} (>= 0)")
 
 
 @dataclass(frozen=True)

@@ -44,15 +44,19 @@ class DataSource:
         rows = self.rows(split)
         return rows[list(FINDING_COLUMNS)].to_numpy().sum(axis=0), len(rows)
 
-    def dataset(self, split: str, *, images: bool):
-        """A Ray dataset of the split's rows; with `images`, an `image` column of raw uint8 bytes."""
+    def dataset(self, split: str, *, images: bool, shuffle_seed: int | None = None):
+        """A Ray dataset of the split's rows; with `images`, an `image` column of raw uint8 bytes. With
+        `shuffle_seed`, rows read from the manifest come in a seeded random order instead of the CSV's
+        (sorted by patient); prepared shards are already stored in one."""
+        rows = self.rows(split)
+        if shuffle_seed is not None:
+            rows = rows.sample(frac=1.0, random_state=shuffle_seed)
         if not images:
-            return manifest_dataset(self.rows(split)[list(ROW_COLUMNS)].reset_index(drop=True))
+            return manifest_dataset(rows[list(ROW_COLUMNS)].reset_index(drop=True))
         if self.kind == "prepared":
             ds = read_prepared(self.config.data, [split], columns=[*ROW_COLUMNS, "image"],
                                endpoint_url=self.config.s3_endpoint)
             return ds.limit(self.config.limit) if self.config.limit else ds
-        rows = self.rows(split)
         if rows["path"].isna().all():
             raise ValueError(f"{self.config.data}: the {split} split has no images; only the metadata model (mlp) "
                              "can train on a metadata-only dataset")

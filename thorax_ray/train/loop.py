@@ -141,8 +141,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         model.train()
         # Summed on the device: no host synchronisation per step (the GPU never waits for the CPU to read it).
         loss_sum, seen = torch.zeros((), dtype=torch.float64, device=device), 0
-        tables = train_shard.iter_batches(batch_size=config.data.batch_size, batch_format="pyarrow",
-                                          drop_last=True, prefetch_batches=fast.prefetch_batches)
+        tables = epoch_batches(train_shard, config, epoch=epoch, rank=rank, prefetch_batches=fast.prefetch_batches)
         for batch in prefetch_to_device(tables, fast, make=host_batch):
             loss = train_step(trained, optimizer, loss_fn, batch, spec=spec, contract=contract,
                               augment=config.augment, generator=generator, fast=fast)
@@ -194,6 +193,20 @@ def train_loop_per_worker(loop_config: dict) -> None:
                               endpoint_url=config.data.s3_endpoint)
         else:
             ray.train.report(metrics)
+
+
+def epoch_batches(shard, config: TrainConfig, *, epoch: int, rank: int, prefetch_batches: int = 2):
+    """The worker's training batches of one epoch (pyarrow tables): rows mixed in a shuffle buffer seeded
+    from (run seed, epoch, rank), so the order differs every epoch and is the same for the same seed; the
+    last partial batch is dropped (different rows every epoch)."""
+    buffer = config.data.shuffle_buffer_rows or None
+    return shard.iter_batches(batch_size=config.data.batch_size, batch_format="pyarrow", drop_last=True,
+                              prefetch_batches=prefetch_batches, local_shuffle_buffer_size=buffer,
+                              local_shuffle_seed=None if buffer is None else epoch_seed(config.run.seed, epoch, rank))
+
+
+def epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    return (seed * 1_000_003 + epoch * 7919 + rank) % 2**31
 
 
 def train_step(trained: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_fn, batch, *, spec, contract: dict,

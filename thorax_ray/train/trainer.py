@@ -58,6 +58,28 @@ def cache_if_small(dataset, size_bytes: int, budget_mb: int):
     return dataset.materialize()
 
 
+def shuffled_every_epoch(dataset, seed: int):
+    """The dataset's blocks in a new random order at every execution (every epoch), reproducible from the
+    run's seed, and delivered in that order (`preserve_order`; otherwise the order blocks finish in would
+    decide); the training loop also shuffles rows within a buffer (`data.shuffle_buffer_rows`)."""
+    from ray.data import RandomSeedConfig
+
+    shuffled = dataset.randomize_block_order(seed=RandomSeedConfig(seed=seed, reseed_after_execution=True))
+    shuffled.context.execution_options.preserve_order = True
+    return shuffled
+
+
+def ingest_config():
+    """Ray Train's data config: the training rows split between workers, in the order they come (so one
+    worker's order is reproducible from the seed; with several, which rows go to which worker depends on
+    timing); validation rows unsplit (rank 0 scores every one exactly once)."""
+    import ray.train
+
+    ordered = ray.train.DataConfig.default_ingest_options()
+    ordered.preserve_order = True
+    return ray.train.DataConfig(datasets_to_split=["train"], execution_options={"train": ordered})
+
+
 def fit(config: TrainConfig, *, callbacks: list | None = None, capacity: ClusterCapacity | None = None) -> TrainResult:
     """Trains `config` to the end (or resumes its run). `callbacks`: extra Ray Train callbacks for the
     RunConfig, e.g. Tune's `TuneReportCallback` when a Tune trial runs this (thorax_ray/tune). `capacity`:
@@ -77,9 +99,10 @@ def fit(config: TrainConfig, *, callbacks: list | None = None, capacity: Cluster
             "label_counts": label_counts.tolist(), "train_rows": int(train_rows),
             "stored_size": source.stored_size,
             "data_origin": data_origin(config.data.data, endpoint_url=config.data.s3_endpoint)}
-    datasets = {"train": cache_if_small(source.dataset("train", images=spec.uses_images),
-                                        estimated_bytes(train_rows, source.stored_size if spec.uses_images else 0),
-                                        config.data.cache_train_mb),
+    train = cache_if_small(source.dataset("train", images=spec.uses_images, shuffle_seed=config.run.seed),
+                           estimated_bytes(train_rows, source.stored_size if spec.uses_images else 0),
+                           config.data.cache_train_mb)
+    datasets = {"train": shuffled_every_epoch(train, config.run.seed),
                 "val": source.dataset("val", images=spec.uses_images)}
     resources = {"CPU": config.run.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}
     storage_path, storage_filesystem = ray_storage(config.run.storage, config.data.s3_endpoint)
@@ -100,7 +123,7 @@ def fit(config: TrainConfig, *, callbacks: list | None = None, capacity: Cluster
             callbacks=list(callbacks or []),
         ),
         datasets=datasets,
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+        dataset_config=ingest_config(),
     )
     result = trainer.fit()
     metrics = run_metrics(run_dir, endpoint_url=config.data.s3_endpoint) or {}
