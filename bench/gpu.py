@@ -216,7 +216,6 @@ def main() -> None:
     parser.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = parser.parse_args()
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
     import torch
 
@@ -238,6 +237,9 @@ def main() -> None:
     from thorax_ray.synthetic.dataset import SyntheticConfig, write_synthetic_dataset
 
     started = time.monotonic()
+    from thorax_ray.ray_setup import use_private_token
+
+    use_private_token()  # a private Ray, with token authentication like every job's
     ray.init(address="local", include_dashboard=False, log_to_driver=False, num_cpus=(os.cpu_count() or 1) + 1)
     ray.data.DataContext.get_current().enable_progress_bars = False
     with tempfile.TemporaryDirectory() as work:

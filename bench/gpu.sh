@@ -12,7 +12,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-.venv/bin/python}"
 [ -x "$PY" ] || PY="$(command -v python3)"
-export RAY_AUTH_MODE="${RAY_AUTH_MODE:-disabled}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 if command -v nvidia-smi >/dev/null 2>&1; then
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true

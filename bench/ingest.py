@@ -66,7 +66,6 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--data", default="data/bench-ingest", help="where the 1024 px PNGs are kept between runs")
     args = parser.parse_args()
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     cores = os.cpu_count() or 1
 
     from thorax_ray.manifest import build_manifest

@@ -65,7 +65,6 @@ def main() -> None:
     parser.add_argument("--data", default="data/bench-score", help="where the PNGs are kept between runs")
     parser.add_argument("--memory-only", action="store_true", help="only the N vs 4N peak-memory runs")
     args = parser.parse_args()
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
     from thorax_ray.ray_setup import init_ray
     from thorax_ray.scoring import ScoreConfig, score

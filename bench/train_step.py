@@ -85,7 +85,6 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
     from thorax_ray.data.pipeline import ImageConfig
     from thorax_ray.data.prepare import PrepareConfig, prepare

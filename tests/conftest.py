@@ -78,7 +78,9 @@ def ray_local(s3_server):
     server so that its workers inherit the AWS variables, as workers on a real cluster inherit theirs."""
     import ray
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    from thorax_ray.ray_setup import use_private_token
+
+    use_private_token()  # token authentication on, as for every job's private Ray
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": repo}})

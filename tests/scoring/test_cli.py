@@ -18,7 +18,7 @@ def test_score_job_prints_counts_and_writes_overlays(ray_local, synthetic_small,
         [sys.executable, "jobs/score.py", "--checkpoint", str(tmp_path / "ckpt"), "--input", str(synthetic_small),
          "--out", str(tmp_path / "out"), "--batch-size", "16", "--overlays", str(tmp_path / "overlays"),
          "--limit", "3", "--address", address],
-        cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+        cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ})
     assert result.returncode == 0, result.stdout + result.stderr
     assert "scored           120" in result.stdout and "quarantined      0" in result.stdout
     assert "skipped          0" in result.stdout and f"output           {tmp_path / 'out' / 'scores'}" in result.stdout
