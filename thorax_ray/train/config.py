@@ -8,6 +8,9 @@ from thorax_ray.cluster import parse_use_gpu
 from thorax_ray.config import from_dict, load_yaml, merge, to_dict
 from thorax_ray.losses import LossConfig
 from thorax_ray.models.metadata import DEFAULT_FEATURES
+# Per-worker batch size when data.batch_size is not set: CheXNet's 16 for models that read images; the
+# metadata MLP's step is tiny, so small batches would leave it dominated by per-step overhead.
+DEFAULT_BATCH_SIZE = {"image": 16, "both": 16, "metadata": 256}
 # One-channel version of the ImageNet statistics (mean of the RGB values), so ImageNet stems summed to one
 # channel see familiar input.
 IMAGE_MEAN, IMAGE_STD = 0.449, 0.226
@@ -17,7 +20,7 @@ IMAGE_MEAN, IMAGE_STD = 0.449, 0.226
 class DataConfig:
     data: str = "data/demo"  # dataset folder/URI (raw PNGs or metadata only) or a prepared output (has prepared.json)
     size: int = 224
-    batch_size: int = 16
+    batch_size: int | None = None  # per worker; default by model kind: DEFAULT_BATCH_SIZE
     eval_batch_size: int = 64
     limit: int | None = None  # at most this many rows per split (smoke runs)
     val_cache_mb: int = 1024  # validation rows kept in rank 0's memory after the first epoch when they fit
@@ -28,7 +31,8 @@ class DataConfig:
     s3_endpoint: str | None = None
 
     def __post_init__(self) -> None:
-        if not 16 <= self.size <= 2048 or self.batch_size < 1 or self.eval_batch_size < 1 or self.shuffle_buffer_rows < 0:
+        if (not 16 <= self.size <= 2048 or (self.batch_size is not None and self.batch_size < 1)
+                or self.eval_batch_size < 1 or self.shuffle_buffer_rows < 0):
             raise ValueError(f"bad data config: size={self.size} (16..2048), batch_size={self.batch_size}, "
                              f"eval_batch_size={self.eval_batch_size} (>= 1), shuffle_buffer_rows={self.shuffle_buffer_rows} (>= 0)")
 
@@ -95,6 +99,13 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     run: RunSettings = field(default_factory=RunSettings)
+
+    @property
+    def batch_size(self) -> int:
+        """The per-worker training batch: data.batch_size, else the model kind's default."""
+        from thorax_ray.models import get_model_spec
+
+        return self.data.batch_size or DEFAULT_BATCH_SIZE[get_model_spec(self.model.name).input_kind]
 
     @property
     def run_name(self) -> str:

@@ -1,25 +1,34 @@
-"""The per-worker training loop: a pure function of its config dict (the Ray boundary)."""
+"""The per-worker training loop: a pure function of its config dict (the Ray boundary).
+
+Each epoch: train on this worker's rows (DDP; the loss summed over workers on the training device),
+score this worker's share of the validation rows, gather them on rank 0 (every row exactly once) for the
+AUROCs, step the scheduler, and on rank 0 save a checkpoint, uploaded while the next epoch trains, and
+metrics.json. Epochs are numbered from 1 everywhere: on screen, in checkpoint folders (`epoch_0001`), in
+checkpoints and in metrics.json.
+"""
 from __future__ import annotations
 
 import math
 import tempfile
 import time
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from thorax_ray.accel import FastPath, prefetch_to_device
+from thorax_ray.accel import FastPath
 from thorax_ray.cluster import fake_gpus
 from thorax_ray.losses import build_loss
 from thorax_ray.metrics import mean_auroc, per_class_auroc
 from thorax_ray.models import MetadataFeatures, create_model
-from thorax_ray.predict import predict
+from thorax_ray.predict import Predictions, predict_batches
 from thorax_ray.train.augment import augment_batch
-from thorax_ray.train.batches import batch_from_arrow, normalise_images
+from thorax_ray.train.batches import normalise_images
 from thorax_ray.train.checkpoint import (checkpoint_dir_name, latest_loadable,
                                          save_checkpoint, write_run_metrics)
 from thorax_ray.train.collectives import Collectives
 from thorax_ray.train.config import TrainConfig, preprocessing_contract
+from thorax_ray.train.feeds import DatasetFeed, TensorFeed, epoch_seed
 
 
 def model_kwargs(config: TrainConfig) -> dict:
@@ -34,36 +43,22 @@ def build_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0)
 
 
-class ValidationRows:
-    """The validation rows as pyarrow batches; kept in memory after the first pass when they fit in
-    `cache_bytes`, so later epochs skip re-reading (and re-executing) the validation dataset."""
-
-    def __init__(self, iterator, batch_size: int, cache_bytes: int):
-        self.iterator, self.batch_size, self.cache_bytes = iterator, batch_size, cache_bytes
-        self.cached: list | None = None
-
-    def __iter__(self):
-        if self.cached is not None:
-            yield from self.cached
-            return
-        kept, size = [], 0
-        for table in self.iterator.iter_batches(batch_size=self.batch_size, batch_format="pyarrow"):
-            size += table.nbytes
-            if kept is not None and size <= self.cache_bytes:
-                kept.append(table)
-            else:
-                kept = None
-            yield table
-        self.cached = kept
-
-
 def restore_state(run_dir: str, endpoint: str | None) -> dict | None:
     """The checkpoint to resume from: the newest complete one in the run's storage. Ray's registered
     checkpoint (`ray.train.get_checkpoint()`) is one of these folders (`RUN_DIR/epoch_NNNN`), but Ray
     registers a checkpoint only after its upload, so when a worker dies right after a report the
     registered one can lag an epoch behind what is already durable; reading storage covers both and
-    loads one checkpoint (a torn upload is skipped)."""
-    return latest_loadable(run_dir, endpoint_url=endpoint)
+    loads one checkpoint (a torn upload is skipped). Epochs of checkpoints written before epochs were
+    numbered from 1 are renumbered."""
+    state = latest_loadable(run_dir, endpoint_url=endpoint)
+    if state is None or state.get("epochs_from") == 1:
+        return state
+
+    def shift(entry: dict | None) -> dict | None:
+        return None if entry is None else {**entry, "epoch": entry["epoch"] + 1}
+
+    return {**state, "epoch": state["epoch"] + 1, "history": [shift(h) for h in state.get("history", [])],
+            "best": shift(state.get("best"))}
 
 
 def training_device() -> torch.device:
@@ -82,18 +77,56 @@ def distributed(model: torch.nn.Module, device: torch.device) -> torch.nn.Module
     return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
 
 
+@dataclass
+class Worker:
+    """Everything one training worker holds across epochs."""
+
+    config: TrainConfig
+    info: dict
+    rank: int
+    world: int
+    device: torch.device
+    collectives: Collectives
+    fast: FastPath
+    model: torch.nn.Module  # unwrapped (validation, checkpoints)
+    trained: torch.nn.Module  # DDP (and compiled on GPU)
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    loss_fn: torch.nn.Module
+    contract: dict
+    generator: torch.Generator
+    feed: object  # DatasetFeed | TensorFeed
+    history: list = field(default_factory=list)
+    best: dict | None = None
+    resumes: list = field(default_factory=list)
+    start_epoch: int = 1
+
+    def say(self, text: str) -> None:
+        if self.rank == 0:
+            print(f"[{self.info['run_name']}] {text}", flush=True)
+
+
 def train_loop_per_worker(loop_config: dict) -> None:
+    worker = start_worker(loop_config)
+    for epoch in range(worker.start_epoch, worker.config.optim.epochs + 1):
+        started = time.monotonic()
+        train_loss, train_images, train_seconds = train_epoch(worker, epoch)
+        record = validate(worker, epoch, train_loss=train_loss, train_images=train_images,
+                          train_seconds=train_seconds, started=started)
+        end_epoch(worker, record, started)
+
+
+def start_worker(loop_config: dict) -> Worker:
+    """Model, optimiser, scheduler and data feed of this worker, resumed from the run's newest checkpoint."""
     import ray.train
 
     config = TrainConfig.from_dict(loop_config["config"])
     info = loop_config["info"]
     context = ray.train.get_context()
-    rank = context.get_world_rank()
+    rank, world = context.get_world_rank(), context.get_world_size()
     torch.set_num_threads(max(1, int(config.run.threads_per_worker or config.run.cpus_per_worker)))
     torch.manual_seed(config.run.seed)
     device = training_device()
-    collectives = Collectives(device)
-
     features = MetadataFeatures(tuple(config.model.metadata_features))
     model = create_model(config.model.name, metadata_features=features, pretrained=config.model.pretrained,
                          **model_kwargs(config))
@@ -106,107 +139,116 @@ def train_loop_per_worker(loop_config: dict) -> None:
     if state is not None:
         model.load_state_dict(state["model_state"], strict=True)
     model = fast.prepare_model(model)  # on the device; channels_last for image models on GPU
-    trained = fast.maybe_compile(distributed(model, device))
     optimizer = torch.optim.Adam(model.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay)
     scheduler = build_scheduler(config, optimizer)
     if state is not None:
         optimizer.load_state_dict(state["optimizer_state"])
         scheduler.load_state_dict(state["scheduler_state"])
-    loss_fn = build_loss(config.loss, label_counts=np.asarray(info["label_counts"]), num_samples=info["train_rows"]).to(device)
-    contract = preprocessing_contract(config.data.size)
-    generator = torch.Generator().manual_seed(config.run.seed * 1000 + rank)
-    history = list(state["history"]) if state else []
-    best = state.get("best") if state else None
-    start_epoch = state["epoch"] + 1 if state else 0
-    resumes = list(state.get("resumes", [])) if state else []
+    if "encoded_rows" in info:
+        import ray
+
+        feed = TensorFeed(config, ray.get(info["encoded_rows"]), device=device, rank=rank, world=world)
+    else:
+        feed = DatasetFeed(config, stored_size=info["stored_size"], features=features, spec=spec, fast=fast,
+                           rank=rank, world=world)
+    worker = Worker(
+        config=config, info=info, rank=rank, world=world, device=device, collectives=Collectives(device), fast=fast,
+        model=model, trained=fast.maybe_compile(distributed(model, device)), optimizer=optimizer,
+        scheduler=scheduler, contract=preprocessing_contract(config.data.size), feed=feed,
+        loss_fn=build_loss(config.loss, label_counts=np.asarray(info["label_counts"]),
+                           num_samples=info["train_rows"]).to(device),
+        generator=torch.Generator())
     if state is not None:
-        resumes.append({"after_epoch": state["epoch"], "at": time.strftime("%Y-%m-%dT%H:%M:%S")})
-        if rank == 0:
-            print(f"[{info['run_name']}] resuming after epoch {state['epoch'] + 1} (checkpoint history: "
-                  f"{[h['epoch'] + 1 for h in history]})", flush=True)
-
-    if rank == 0:
-        print(f"[{info['run_name']}] device {fast.describe()}", flush=True)
-
-    def host_batch(table):
-        return batch_from_arrow(table, stored_size=info["stored_size"],
-                                features=features if spec.uses_metadata else None, images=spec.uses_images)
-
-    train_shard = ray.train.get_dataset_shard("train")
-    val_rows = ValidationRows(ray.train.get_dataset_shard("val"), config.data.eval_batch_size,
-                              config.data.val_cache_mb * 2**20)
-    for epoch in range(start_epoch, config.optim.epochs):
-        started = time.monotonic()
-        generator.manual_seed(config.run.seed * 1000 + rank + 7919 * epoch)
-        model.train()
-        # Summed on the device: no host synchronisation per step (the GPU never waits for the CPU to read it).
-        loss_sum, seen = torch.zeros((), dtype=torch.float64, device=device), 0
-        tables = epoch_batches(train_shard, config, epoch=epoch, rank=rank, prefetch_batches=fast.prefetch_batches)
-        for batch in prefetch_to_device(tables, fast, make=host_batch):
-            loss = train_step(trained, optimizer, loss_fn, batch, spec=spec, contract=contract,
-                              augment=config.augment, generator=generator, fast=fast)
-            loss_sum += loss.detach().double() * len(batch.labels)
-            seen += len(batch.labels)
-        train_seconds = time.monotonic() - started
-        total_loss, total_seen = collectives.sum_values(loss_sum, seen)  # on the device: NCCL has no CPU backend
-        train_loss = total_loss / max(total_seen, 1)
-
-        # Validation on rank 0 alone, with the unwrapped model and the unsplit dataset: every
-        # validation row exactly once, no DDP padding, no collectives inside.
-        record = None
-        if rank == 0:
-            predictions = predict(model, val_rows,
-                                  contract=contract, stored_size=info["stored_size"], device=device,
-                                  autocast_dtype=fast.autocast_dtype)
-            aurocs = per_class_auroc(predictions.labels, predictions.probabilities) if len(predictions.labels) else {}
-            record = {"epoch": epoch, "train_loss": train_loss, "train_images": int(total_seen),
-                      "train_seconds": train_seconds,
-                      "val_images": len(predictions.image_index), "val": {"auroc": aurocs, "mean_auroc": mean_auroc(aurocs)},
-                      "lr": optimizer.param_groups[0]["lr"], "seconds": time.monotonic() - started}
-        record = collectives.broadcast_object(record)
-        val_mean = record["val"]["mean_auroc"]
-        if config.optim.scheduler == "plateau":
-            scheduler.step(val_mean if val_mean is not None else 0.0)
-        else:
-            scheduler.step()
-        history.append(record)
-        if val_mean is not None and (best is None or val_mean > best["val"]["mean_auroc"]):
-            best = {"epoch": epoch, "checkpoint": checkpoint_dir_name(epoch), "val": record["val"]}
-        metrics = {"epoch": epoch, "train_loss": train_loss,
-                   "val_mean_auroc": val_mean if val_mean is not None else float("nan"),
-                   **{f"val_auroc_{k.lower()}": (v if v is not None else float("nan")) for k, v in record["val"]["auroc"].items()}}
-        if rank == 0:
-            print(f"[{info['run_name']}] epoch {epoch + 1}/{config.optim.epochs} train_loss {train_loss:.4f} "
-                  f"val_mean_auroc {_fmt(val_mean)} ({record['val_images']} images) lr {record['lr']:.1e} "
-                  f"{record['seconds']:.1f}s", flush=True)
-            payload = {"model_name": config.model.name, "model_build_config": model.build_config,
-                       "model_state": model.state_dict(), "optimizer_state": optimizer.state_dict(),
-                       "scheduler_state": scheduler.state_dict(), "epoch": epoch, "config": config.to_dict(),
-                       "preprocessing": contract, "split_hash": info["split_hash"], "seed": config.run.seed,
-                       "history": history, "best": best, "resumes": resumes, "run_name": info["run_name"],
-                       "data_origin": info.get("data_origin")}
-            with tempfile.TemporaryDirectory() as directory:
-                save_checkpoint(directory, payload)
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory),
-                                 checkpoint_dir_name=checkpoint_dir_name(epoch))
-            write_run_metrics(info["run_dir"], run_summary(config, info, history, best, resumes),
-                              endpoint_url=config.data.s3_endpoint)
-        else:
-            ray.train.report(metrics)
+        worker.history, worker.best = list(state["history"]), state.get("best")
+        worker.start_epoch = state["epoch"] + 1
+        worker.resumes = [*state.get("resumes", []), {"after_epoch": state["epoch"],
+                                                      "at": time.strftime("%Y-%m-%dT%H:%M:%S")}]
+        worker.say(f"resuming after epoch {state['epoch']} (checkpoints of epochs {[h['epoch'] for h in worker.history]})")
+    worker.say(f"device {fast.describe()}; {world} worker(s) x batch {config.batch_size}")
+    return worker
 
 
-def epoch_batches(shard, config: TrainConfig, *, epoch: int, rank: int, prefetch_batches: int = 2):
-    """The worker's training batches of one epoch (pyarrow tables): rows mixed in a shuffle buffer seeded
-    from (run seed, epoch, rank), so the order differs every epoch and is the same for the same seed; the
-    last partial batch is dropped (different rows every epoch)."""
-    buffer = config.data.shuffle_buffer_rows or None
-    return shard.iter_batches(batch_size=config.data.batch_size, batch_format="pyarrow", drop_last=True,
-                              prefetch_batches=prefetch_batches, local_shuffle_buffer_size=buffer,
-                              local_shuffle_seed=None if buffer is None else epoch_seed(config.run.seed, epoch, rank))
+def train_epoch(worker: Worker, epoch: int) -> tuple[float, int, float]:
+    """One pass over this worker's training rows; returns (mean loss over all workers, rows, seconds)."""
+    started = time.monotonic()
+    worker.generator.manual_seed(epoch_seed(worker.config.run.seed, epoch, worker.rank))
+    worker.model.train()
+    spec = worker.model.spec
+    # Summed on the device: no host synchronisation per step (the GPU never waits for the CPU to read it).
+    loss_sum, seen = torch.zeros((), dtype=torch.float64, device=worker.device), 0
+    for batch in worker.feed.train_batches(epoch):
+        loss = train_step(worker.trained, worker.optimizer, worker.loss_fn, batch, spec=spec,
+                          contract=worker.contract, augment=worker.config.augment, generator=worker.generator,
+                          fast=worker.fast)
+        loss_sum += loss.detach().double() * len(batch.labels)
+        seen += len(batch.labels)
+    seconds = time.monotonic() - started
+    total_loss, total_seen = worker.collectives.sum_values(loss_sum, seen)  # on the device: NCCL has no CPU backend
+    return total_loss / max(total_seen, 1), int(total_seen), seconds
 
 
-def epoch_seed(seed: int, epoch: int, rank: int) -> int:
-    return (seed * 1_000_003 + epoch * 7919 + rank) % 2**31
+def validate(worker: Worker, epoch: int, *, train_loss: float, train_images: int, train_seconds: float,
+             started: float) -> dict:
+    """Every worker scores its share of the validation rows with the unwrapped model (no DDP, no padding);
+    rank 0 gathers them (every row exactly once), computes the AUROCs, and every worker gets the record."""
+    began = time.monotonic()
+    mine = predict_batches(worker.model, worker.feed.val_batches(), contract=worker.contract, device=worker.device,
+                           autocast_dtype=worker.fast.autocast_dtype)
+    shares = worker.collectives.gather_objects(mine)
+    record = None
+    if worker.rank == 0:
+        predictions = Predictions.concatenate(shares)
+        predictions.check_unique()
+        aurocs = per_class_auroc(predictions.labels, predictions.probabilities) if len(predictions.labels) else {}
+        now = time.monotonic()
+        record = {"epoch": epoch, "train_loss": train_loss, "train_images": train_images,
+                  "train_seconds": train_seconds, "val_seconds": now - began,
+                  "val_images": len(predictions.image_index), "val": {"auroc": aurocs, "mean_auroc": mean_auroc(aurocs)},
+                  "lr": worker.optimizer.param_groups[0]["lr"], "seconds": now - started}
+    return worker.collectives.broadcast_object(record)
+
+
+def end_epoch(worker: Worker, record: dict, started: float) -> None:
+    """Scheduler step, best epoch, the epoch line, and rank 0's checkpoint (uploaded while the next epoch
+    trains) and metrics.json; every worker reports (Ray Train's report is a barrier)."""
+    import ray.train
+
+    config, epoch = worker.config, record["epoch"]
+    val_mean = record["val"]["mean_auroc"]
+    if config.optim.scheduler == "plateau":
+        worker.scheduler.step(val_mean if val_mean is not None else 0.0)
+    else:
+        worker.scheduler.step()
+    worker.history.append(record)
+    if val_mean is not None and (worker.best is None or val_mean > worker.best["val"]["mean_auroc"]):
+        worker.best = {"epoch": epoch, "checkpoint": checkpoint_dir_name(epoch), "val": record["val"]}
+    metrics = {"epoch": epoch, "train_loss": record["train_loss"],
+               "val_mean_auroc": val_mean if val_mean is not None else float("nan"),
+               **{f"val_auroc_{k.lower()}": (v if v is not None else float("nan"))
+                  for k, v in record["val"]["auroc"].items()}}
+    if worker.rank != 0:
+        ray.train.report(metrics)
+        return
+    worker.say(f"epoch {epoch}/{config.optim.epochs} train_loss {record['train_loss']:.4f} val_mean_auroc "
+               f"{_fmt(val_mean)} ({record['val_images']} images) lr {record['lr']:.1e} {record['seconds']:.1f}s")
+    directory = tempfile.mkdtemp(prefix="thorax-checkpoint-")  # Ray deletes it once uploaded
+    save_checkpoint(directory, checkpoint_payload(worker, epoch))
+    ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory),
+                     checkpoint_dir_name=checkpoint_dir_name(epoch),
+                     checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC)
+    record["wall_seconds"] = time.monotonic() - started
+    write_run_metrics(worker.info["run_dir"], run_summary(config, worker.info, worker.history, worker.best,
+                                                          worker.resumes), endpoint_url=config.data.s3_endpoint)
+
+
+def checkpoint_payload(worker: Worker, epoch: int) -> dict:
+    config, info = worker.config, worker.info
+    return {"model_name": config.model.name, "model_build_config": worker.model.build_config,
+            "model_state": worker.model.state_dict(), "optimizer_state": worker.optimizer.state_dict(),
+            "scheduler_state": worker.scheduler.state_dict(), "epoch": epoch, "epochs_from": 1,
+            "config": config.to_dict(), "preprocessing": worker.contract, "split_hash": info["split_hash"],
+            "seed": config.run.seed, "history": worker.history, "best": worker.best, "resumes": worker.resumes,
+            "run_name": info["run_name"], "data_origin": info.get("data_origin")}
 
 
 def train_step(trained: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_fn, batch, *, spec, contract: dict,

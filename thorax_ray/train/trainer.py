@@ -69,6 +69,18 @@ def shuffled_every_epoch(dataset, seed: int):
     return shuffled
 
 
+def encoded_rows(source, config: TrainConfig):
+    """The training and validation rows' encoded metadata features and labels, in the object store
+    (a few MB for the 112k NIH rows)."""
+    import ray
+
+    from thorax_ray.models import MetadataFeatures
+    from thorax_ray.train.feeds import encode_rows
+
+    features = MetadataFeatures(tuple(config.model.metadata_features))
+    return ray.put({split: encode_rows(source.rows(split), features) for split in ("train", "val")})
+
+
 def ingest_config():
     """Ray Train's data config: the training rows split between workers, in the order they come (so one
     worker's order is reproducible from the seed; with several, which rows go to which worker depends on
@@ -99,11 +111,13 @@ def fit(config: TrainConfig, *, callbacks: list | None = None, capacity: Cluster
             "label_counts": label_counts.tolist(), "train_rows": int(train_rows),
             "stored_size": source.stored_size,
             "data_origin": data_origin(config.data.data, endpoint_url=config.data.s3_endpoint)}
-    train = cache_if_small(source.dataset("train", images=spec.uses_images, shuffle_seed=config.run.seed),
-                           estimated_bytes(train_rows, source.stored_size if spec.uses_images else 0),
-                           config.data.cache_train_mb)
-    datasets = {"train": shuffled_every_epoch(train, config.run.seed),
-                "val": source.dataset("val", images=spec.uses_images)}
+    if spec.uses_images:
+        train = cache_if_small(source.dataset("train", images=True, shuffle_seed=config.run.seed),
+                               estimated_bytes(train_rows, source.stored_size), config.data.cache_train_mb)
+        datasets = {"train": shuffled_every_epoch(train, config.run.seed), "val": source.dataset("val", images=True)}
+    else:  # the metadata model: rows encoded once here, sliced as tensors by the workers (thorax_ray/train/feeds)
+        datasets = {}
+        info["encoded_rows"] = encoded_rows(source, config)
     resources = {"CPU": config.run.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}
     storage_path, storage_filesystem = ray_storage(config.run.storage, config.data.s3_endpoint)
     print(f"[train] {config.model.name} on {source.kind} data {config.data.data} ({train_rows} train rows, "
@@ -122,8 +136,8 @@ def fit(config: TrainConfig, *, callbacks: list | None = None, capacity: Cluster
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=None),
             callbacks=list(callbacks or []),
         ),
-        datasets=datasets,
-        dataset_config=ingest_config(),
+        datasets=datasets or None,
+        dataset_config=ingest_config() if datasets else None,
     )
     result = trainer.fit()
     metrics = run_metrics(run_dir, endpoint_url=config.data.s3_endpoint) or {}
