@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import pyarrow as pa
 
 from thorax_ray.data.pipeline import ImageConfig, ImageLoader, images_to_array
@@ -36,3 +37,14 @@ def test_loader_records_source_width_and_height_when_asked(tmp_path):
     plain = ImageLoader(ImageConfig(size=8))(batch)
     assert "width" not in plain.columns and "height" not in plain.columns
     assert list(plain["image"]) == list(sized["image"]) and len(plain["image"][0]) == 64
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"size": 0}, "image size must be between 1 and 4096 pixels, got 0"),  # was a ZeroDivisionError in prepare
+    ({"size": -8}, "image size must be between 1 and 4096 pixels, got -8"),  # was a 73-line Ray traceback
+    ({"read_attempts": 0}, "read_attempts must be >= 1"),
+    ({"batch_size": 0}, "batch_size must be >= 1"),
+])
+def test_bad_image_settings_fail_when_the_config_is_built(settings, message):
+    with pytest.raises(ValueError, match=message):
+        ImageConfig(**settings)

@@ -1,9 +1,13 @@
 """The data jobs as a user runs them (subprocesses, real command lines)."""
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pandas as pd
+import psutil
+import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -32,3 +36,24 @@ def test_manifest_job_bad_input_is_one_clear_line(tmp_path):
     assert result.returncode == 2
     assert "error:" in result.stderr and "Data_Entry_2017.csv, row 1: unrecognised header" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_make_synthetic_interrupted_stops_its_workers_and_leaves_nothing(tmp_path, signum, code):
+    """Before: Ctrl-C left the pool rendering every image into --out, and SIGTERM left the CSVs of a
+    dataset that later runs took for a finished one."""
+    process = subprocess.Popen([sys.executable, "jobs/make_synthetic.py", "--out", str(tmp_path / "d"), "--images",
+                                "3000", "--size", "128", "--workers", "2"], cwd=REPO, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while not any(name.endswith(".png") for _, _, names in os.walk(tmp_path) for name in names):
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.1)
+    workers = psutil.Process(process.pid).children(recursive=True)
+    assert workers
+    process.send_signal(signum)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == code, stderr
+    assert stderr.strip().splitlines() == [stderr.strip()] and "interrupted" in stderr and "removed" in stderr
+    assert os.listdir(tmp_path) == []  # neither --out nor a staging folder
+    assert not [p for p in workers if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]

@@ -98,7 +98,7 @@ def test_bad_params_name_the_path(params, message):
     ({"base": {"model": {"name": "mlp"}}}, "params: expected a non-empty mapping"),
     ({"params": [1, 2]}, "params: expected a non-empty mapping"),
     ({"base": {"optim": {"lrr": 1}}, "params": {"optim.lr": {"choice": [0.1]}}}, "base: config.optim: unknown key(s) ['lrr']"),
-    ({"base": {"model": {"name": "vgg"}}, "params": {"optim.lr": {"choice": [0.1]}}}, "base: unknown architecture 'vgg'"),
+    ({"base": {"model": {"name": "vgg"}}, "params": {"optim.lr": {"choice": [0.1]}}}, "base: config.model: unknown architecture 'vgg'"),
     ({"base": [1], "params": {"optim.lr": {"choice": [0.1]}}}, "base: expected a mapping"),
     ({"params": {"optim.lr": {"choice": [0.1]}}, "tune": {"metrc": "x"}}, "tune: unknown key(s) ['metrc']"),
     ({"params": {"optim.lr": {"choice": [0.1]}}, "tune": {"metric": "accuracy"}}, "tune.metric: unknown metric"),

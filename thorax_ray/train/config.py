@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from thorax_ray.config import from_dict, load_yaml, merge, to_dict
 from thorax_ray.losses import LossConfig
 from thorax_ray.models.metadata import DEFAULT_FEATURES
+from thorax_ray.names import safe_name
 # One-channel version of the ImageNet statistics (mean of the RGB values), so ImageNet stems summed to one
 # channel see familiar input.
 IMAGE_MEAN, IMAGE_STD = 0.449, 0.226
@@ -26,6 +27,11 @@ class DataConfig:
     def __post_init__(self) -> None:
         if not 16 <= self.size <= 2048 or self.batch_size < 1 or self.eval_batch_size < 1:
             raise ValueError(f"bad data config: size={self.size}, batch_size={self.batch_size}")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"limit must be >= 1 row per split (or unset), got {self.limit}")
+        if self.val_cache_mb < 0 or self.cache_train_mb < 0:
+            raise ValueError(f"cache sizes must be >= 0 MB, got val_cache_mb={self.val_cache_mb}, "
+                             f"cache_train_mb={self.cache_train_mb}")
 
 
 @dataclass(frozen=True)
@@ -44,6 +50,19 @@ class ModelConfig:
     backbone: str = "densenet121"  # image part of `fusion`
     pretrained: str | None = None  # path or URI of ImageNet-style weights; never downloaded
     metadata_features: tuple[str, ...] = DEFAULT_FEATURES
+
+    def __post_init__(self) -> None:
+        """Names checked against the model registry, so a typo fails before Ray starts."""
+        from thorax_ray.models import MetadataFeatures, list_models
+
+        if self.name not in list_models():
+            raise ValueError(f"unknown architecture {self.name!r}; registered: {list_models()}")
+        if self.backbone not in list_models("image"):
+            raise ValueError(f"unknown fusion backbone {self.backbone!r}; image CNNs: {list_models('image')}")
+        try:
+            MetadataFeatures(tuple(self.metadata_features))
+        except ValueError as error:
+            raise ValueError(f"metadata_features: {error}") from None
 
 
 @dataclass(frozen=True)
@@ -71,6 +90,17 @@ class RunSettings:
     max_failures: int = 2  # worker-group restarts from the latest checkpoint
     threads_per_worker: int | None = None  # torch intra-op threads (None: cpus_per_worker)
     compile: bool | None = None  # torch.compile the model: None = on when training on GPU (never on CPU)
+
+    def __post_init__(self) -> None:
+        if self.name is not None:
+            safe_name("run name", self.name)
+        if self.workers < 1:
+            raise ValueError(f"workers must be >= 1 (Ray Train workers), got {self.workers}")
+        if self.cpus_per_worker <= 0 or (self.threads_per_worker is not None and self.threads_per_worker < 1):
+            raise ValueError(f"cpus_per_worker must be > 0 and threads_per_worker >= 1, got "
+                             f"{self.cpus_per_worker} and {self.threads_per_worker}")
+        if self.max_failures < -1:
+            raise ValueError(f"max_failures must be >= 0 (or -1: no limit), got {self.max_failures}")
 
 
 @dataclass(frozen=True)
