@@ -9,16 +9,30 @@ Incremental and idempotent: run it on a schedule; each image is scored once per 
 from __future__ import annotations
 
 import argparse
+import datetime
+import re
 
-from thorax_ray.cli import add_cluster_arguments, run_main, setup_logging
+from thorax_ray.attribution import list_methods
+from thorax_ray.cli import (add_cluster_arguments, job_parser, non_negative_float, non_negative_int, positive_float,
+                            positive_int, run_main, setup_logging)
+from thorax_ray.preflight import require_inputs
 from thorax_ray.ray_setup import init_ray
-from thorax_ray.attribution import DEFAULT_MAX_BOXES, DEFAULT_THRESHOLD, list_methods
 from thorax_ray.scoring import NO_METHOD, ScoreConfig, score
-from thorax_ray.scoring.scorer import DEFAULT_BOX_GRID, DEFAULT_MAX_MAP_SIDE
+from thorax_ray.train.checkpoint import resolve_checkpoint
+
+
+def iso_date(text: str) -> str:
+    try:
+        datetime.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a date YYYY-MM-DD, got {text!r}") from None
+    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+        raise argparse.ArgumentTypeError(f"expected a date YYYY-MM-DD, got {text!r}")
+    return text
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = job_parser(__doc__)
     parser.add_argument("--checkpoint", required=True, help="checkpoint folder, or a training run folder (its best)")
     parser.add_argument("--input", required=True,
                         help="folder or s3:// prefix of PNGs (NIH layout, or new images without a CSV), "
@@ -27,29 +41,31 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--method", choices=[*list_methods(), NO_METHOD],
                         help="attribution method (default: fast_cam for image models, metadata_ig for the MLP; "
                              "none: probabilities only)")
-    parser.add_argument("--batch-size", type=int, default=32, help="images per model call (default 32)")
-    parser.add_argument("--actors", type=int, help="model actors (default: one per GPU, else 1)")
-    parser.add_argument("--actor-cpus", type=float, default=1.0, help="CPUs per actor (torch threads on CPU)")
-    parser.add_argument("--box-min-probability", type=float, default=0.5,
-                        help="box only findings with at least this probability (default 0.5; negative: all)")
-    parser.add_argument("--box-threshold", type=float, default=DEFAULT_THRESHOLD,
-                        help=f"map level (0..255) of a box (default {DEFAULT_THRESHOLD})")
-    parser.add_argument("--max-boxes", type=int, default=DEFAULT_MAX_BOXES,
-                        help=f"boxes per finding (default {DEFAULT_MAX_BOXES})")
-    parser.add_argument("--box-grid", type=int, default=DEFAULT_BOX_GRID,
+    parser.add_argument("--batch-size", type=positive_int, default=ScoreConfig.batch_size, help="images per model call")
+    parser.add_argument("--actors", type=positive_int, help="model actors (default: one per GPU, else 1)")
+    parser.add_argument("--actor-cpus", type=positive_float, default=ScoreConfig.actor_cpus,
+                        help="CPUs per actor (torch threads on CPU)")
+    parser.add_argument("--box-min-probability", type=float, default=ScoreConfig.box_min_probability,
+                        help="box only findings with at least this probability (negative: all)")
+    parser.add_argument("--box-threshold", type=non_negative_float, default=ScoreConfig.box_threshold,
+                        help="map level (0..255) of a box")
+    parser.add_argument("--max-boxes", type=positive_int, default=ScoreConfig.max_boxes, help="boxes per finding")
+    parser.add_argument("--box-grid", type=non_negative_int, default=ScoreConfig.box_grid,
                         help="trace boxes on a grid of at most this many pixels per side, then scale to the "
-                             f"original (default {DEFAULT_BOX_GRID}; 0: at full size)")
-    parser.add_argument("--max-map-side", type=int, default=DEFAULT_MAX_MAP_SIDE,
-                        help=f"pool maps to at most this many cells per side (default {DEFAULT_MAX_MAP_SIDE}; 0: keep)")
-    parser.add_argument("--max-images", type=int, help="score at most this many new images in this run")
-    parser.add_argument("--in-flight-mb", type=int,
+                             "original (0: at full size)")
+    parser.add_argument("--max-map-side", type=non_negative_int, default=ScoreConfig.max_map_side,
+                        help="pool maps to at most this many cells per side (0: keep)")
+    parser.add_argument("--max-images", type=positive_int,
+                        help="score at most this many new images in this run (default: all)")
+    parser.add_argument("--in-flight-mb", type=positive_int,
                         help="object-store MB the run may hold at once (default: 16 batches per actor, >= 64)")
-    parser.add_argument("--batch-date", help="partition date YYYY-MM-DD (default: today, UTC)")
-    parser.add_argument("--overlays", help="folder for overlay PNGs of --limit scored images")
-    parser.add_argument("--limit", type=int, default=8, help="overlay PNGs to write (default 8)")
-    parser.add_argument("--overlay-threshold", type=float, default=0.5, help="probability that shows a finding")
-    parser.add_argument("--keep-uncommitted-hours", type=float, default=24.0,
-                        help="delete files of runs that never committed once older than this (default 24)")
+    parser.add_argument("--batch-date", type=iso_date, help="partition date YYYY-MM-DD (default: today, UTC)")
+    parser.add_argument("--overlays", help="folder for overlay PNGs of --limit scored images (default: none)")
+    parser.add_argument("--limit", type=non_negative_int, default=ScoreConfig.overlay_limit, help="overlay PNGs to write")
+    parser.add_argument("--overlay-threshold", type=float, default=ScoreConfig.overlay_threshold,
+                        help="probability that shows a finding")
+    parser.add_argument("--keep-uncommitted-hours", type=non_negative_float, default=ScoreConfig.keep_uncommitted_hours,
+                        help="delete files of runs that never committed once older than this")
     add_cluster_arguments(parser)
     return parser.parse_args(argv)
 
@@ -57,7 +73,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     setup_logging()
     args = parse_args(argv)
-    init_ray(args.address)
     config = ScoreConfig(
         checkpoint=args.checkpoint, input=args.input, out=args.out, method=args.method,
         batch_size=args.batch_size, actors=args.actors, actor_cpus=args.actor_cpus,
@@ -68,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
         overlay_threshold=args.overlay_threshold, keep_uncommitted_hours=args.keep_uncommitted_hours,
         endpoint_url=args.s3_endpoint,
     )
+    require_inputs({"--checkpoint": config.checkpoint, "--input": config.input}, endpoint_url=config.endpoint_url)
+    resolve_checkpoint(config.checkpoint, endpoint_url=config.endpoint_url)  # a folder with no checkpoint: fail now
+    init_ray(args.address)
     print(score(config).format())
     return 0
 

@@ -66,7 +66,8 @@ def show_config_defaults(parser: argparse.ArgumentParser, flags: dict[str, tuple
     for action in parser._actions:
         if action.dest in flags and action.default is None and "(default" not in (action.help or ""):
             section, key = flags[action.dest]
-            value = str(getattr(getattr(config, section), key)).replace("%", "%%")
+            value = getattr(getattr(config, section), key)
+            value = "none" if value is None else str(value).replace("%", "%%")
             action.help = f"{action.help or ''} (default: {value})".lstrip()
 
 

@@ -9,10 +9,11 @@ from thorax_ray import storage
 
 def require_inputs(inputs: dict[str, str | None], *, endpoint_url: str | None = None) -> None:
     """Raises FileNotFoundError `FLAG URI: not found` for the first of `inputs` (`flag -> path or URI`;
-    None: not given) that does not exist."""
+    None: not given) that does not exist. A flag ending in `=` is written without a space
+    (`--scores cnn=` -> `--scores cnn=out/x: not found`)."""
     for flag, uri in inputs.items():
         if uri is None:
             continue
         fs, path = storage.filesystem(uri, endpoint_url=endpoint_url)
         if not fs.exists(path):
-            raise FileNotFoundError(f"{flag} {uri}: not found")
+            raise FileNotFoundError(f"{flag}{'' if flag.endswith('=') else ' '}{uri}: not found")

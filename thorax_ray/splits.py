@@ -11,6 +11,7 @@ import pandas as pd
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
+TRAINING_SPLITS = ("train", "val")  # what training data must have patients in (model selection needs val)
 
 
 class SplitError(ValueError):

@@ -24,6 +24,7 @@ from thorax_ray.data.shards import read_commit
 from thorax_ray.labels import FINDING_COLUMNS
 from thorax_ray.locate import MAX_IMAGE_DEPTH, METADATA_PATTERNS
 from thorax_ray.manifest import MANIFEST_COLUMNS, build_manifest, read_manifest
+from thorax_ray.names import check_names
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,13 @@ def sibling_bbox_list(source: str | None, endpoint_url: str | None) -> str | Non
 
 
 def resolve_input(uri: str, *, endpoint_url: str | None = None) -> ScoringInput:
+    """The input's rows; every image name is checked once here (it names overlay files later)."""
+    found = _resolve_input(uri, endpoint_url=endpoint_url)
+    check_names("image name", found.rows["image_index"], where=uri)
+    return found
+
+
+def _resolve_input(uri: str, *, endpoint_url: str | None = None) -> ScoringInput:
     fs, base = storage.filesystem(uri, endpoint_url=endpoint_url)
     if not fs.exists(base):
         raise InputError(f"{uri}: input not found")

@@ -177,7 +177,7 @@ def _parse_param(path: str, spec: Any, where: str) -> Param:
         return Param(path, kind, values=tuple(args))
     if not isinstance(args, list) or len(args) != 2:
         raise ConfigError(f"{where}: {kind} needs [low, high], got {args!r}")
-    low, high = args
+    low, high = (_number(bound) for bound in args)  # PyYAML reads 1e-3 (no dot) as text
     for bound in (low, high):
         if isinstance(bound, bool) or not isinstance(bound, (int, float)) or not math.isfinite(bound):
             raise ConfigError(f"{where}: {kind} bounds must be finite numbers, got {args!r}")
@@ -188,6 +188,16 @@ def _parse_param(path: str, spec: Any, where: str) -> Param:
     if kind == "loguniform" and low <= 0:
         raise ConfigError(f"{where}: loguniform needs low > 0, got [{low}, {high}]")
     return Param(path, kind, low=low, high=high)
+
+
+def _number(value: Any) -> Any:
+    """A number written as text (`'1e-3'`) as a float; anything else unchanged (checked by the caller)."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def _parse_tune(data: Any, where: str) -> TuneSettings:
