@@ -64,13 +64,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     require_inputs({"--data": args.data, "--checkpoint": args.checkpoint}, endpoint_url=args.s3_endpoint)
     if args.scores:  # reads Parquet and computes on this process: no Ray needed
-        from thorax_ray.evaluation.run import evaluate_scores
-        from thorax_ray.scoring import read_scores
-
         config = EvaluationConfig(scores=named_scores(args.scores), data=args.data, out=args.out, split=args.split,
                                   n_boot=args.bootstrap, threshold_rule=args.threshold_rule,
                                   dataset_kind=args.dataset_kind, s3_endpoint=args.s3_endpoint)
         require_inputs({f"--scores {name}=": uri for name, uri in config.scores}, endpoint_url=args.s3_endpoint)
+        from thorax_ray.evaluation.run import evaluate_scores
+        from thorax_ray.scoring import read_scores
+
         metrics = evaluate_scores(config, lambda uri: read_scores(uri, endpoint_url=args.s3_endpoint))
         print(metrics["table"])
         print(f"metrics: {os.path.join(args.out, 'metrics.json')}\nreport: {os.path.abspath(metrics['report'])}")

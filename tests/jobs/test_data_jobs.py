@@ -24,7 +24,13 @@ def test_make_synthetic_and_manifest_jobs(tmp_path):
     run_job("jobs/make_synthetic.py", "--out", str(tmp_path / "d"), "--images", "40", "--size", "64",
             "--preview", str(tmp_path / "sheet.png"))
     assert (tmp_path / "sheet.png").stat().st_size > 10_000
-    result = run_job("jobs/manifest.py", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "m.parquet"))
+    # 40 images of 12 patients: the default 10% leaves validation without a patient, which is an error
+    refused = run_job("jobs/manifest.py", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "m.parquet"),
+                      check=False)
+    assert refused.returncode == 2 and "the val split has no patients" in refused.stderr
+    assert not (tmp_path / "m.parquet").exists()
+    result = run_job("jobs/manifest.py", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "m.parquet"),
+                     "--val-fraction", "0.3")
     assert "rows             40" in result.stdout and "missing images   0" in result.stdout
     assert "official lists" in result.stdout and "pleural_thickening" in result.stdout
     assert len(pd.read_parquet(tmp_path / "m.parquet")) == 40
