@@ -36,9 +36,9 @@ def add_cluster_arguments(parser) -> None:
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """The job's docstring as written, and every option's default after its help. A flag whose value
-    only overrides a config (default None) shows the config dataclass's default instead, given with
-    `show_config_defaults`; an option whose help already says `(default ...)` is left as it is."""
+    """The job's docstring as written, and every option's default after its help. An option whose
+    default is None (a flag that only overrides a config, or one whose default is computed) shows what
+    its help says: `(default: ...)` written there, or added from the config by `show_config_defaults`."""
 
     def _get_help_string(self, action):
         help_text = action.help or ""
@@ -72,11 +72,13 @@ def show_config_defaults(parser: argparse.ArgumentParser, flags: dict[str, tuple
 
 
 def _bounded(kind: type, low, inclusive: bool):
+    """An argparse `type` that parses `kind` and rejects values below `low` (or equal, unless inclusive)."""
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}")
+            raise argparse.ArgumentTypeError(
+                f"expected {'an integer' if kind is int else 'a number'}, got {text!r}") from None
         if value < low or (value == low and not inclusive) or value != value:
             raise argparse.ArgumentTypeError(f"must be {'>=' if inclusive else '>'} {low}, got {text}")
         return value

@@ -206,7 +206,10 @@ def _move_into_place(staging: str, out: str) -> None:
     previous = f"{staging}-previous"
     os.rename(out, previous)
     os.rename(staging, out)
-    shutil.rmtree(previous) if os.path.isdir(previous) else os.remove(previous)
+    if os.path.isdir(previous):
+        shutil.rmtree(previous)
+    else:
+        os.remove(previous)
 
 
 def _remove_abandoned_staging(out: str) -> None:
