@@ -54,12 +54,18 @@ def test_a_folder_of_other_files_is_an_error_and_left_alone(tmp_path):
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
 
 
-def test_a_dataset_of_an_earlier_version_is_generated_again(tmp_path):
+def test_a_dataset_recorded_by_an_earlier_version_is_adopted_or_made_again(tmp_path):
     path = tmp_path / "demo"
     path.mkdir()
     (path / "Data_Entry_2017.csv").write_text("Image Index\n")
-    with open(legacy_record_path(str(path)), "w") as handle:
+    with open(legacy_record_path(str(path)), "w") as handle:  # same settings: kept, its record moved inside
         handle.write('{"images": 12, "size": 32, "seed": 0, "difficulty": 0.0}')
+    assert ensure_demo_dataset(str(path), images=12, size=32) is False
+    assert recorded_settings(str(path))["images"] == 12 and not os.path.exists(legacy_record_path(str(path)))
+    assert (path / "Data_Entry_2017.csv").read_text() == "Image Index\n"
+    os.remove(path / RECORD_FILE)
+    with open(legacy_record_path(str(path)), "w") as handle:  # other settings: made again
+        handle.write('{"images": 10, "size": 32, "seed": 0, "difficulty": 0.0}')
     assert ensure_demo_dataset(str(path), images=12, size=32) is True
     assert recorded_settings(str(path))["images"] == 12 and not os.path.exists(legacy_record_path(str(path)))
 

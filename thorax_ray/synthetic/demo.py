@@ -1,9 +1,11 @@
 """The embedded demo dataset: generated on first use, reused afterwards."""
 from __future__ import annotations
 
+import json
 import os
 
-from thorax_ray.synthetic.dataset import SyntheticConfig, recorded_settings, write_preview, write_synthetic_dataset
+from thorax_ray.synthetic.dataset import (RECORD_FILE, SyntheticConfig, recorded_settings, write_preview,
+                                          write_synthetic_dataset)
 
 DEMO_DATA = "data/demo"
 DEMO_IMAGES = 6000  # enough positives of the small findings for their maps to localize (3,000: Mass 0.0 at IoBB 0.5)
@@ -20,8 +22,27 @@ def preview_path(path: str) -> str:
 
 
 def legacy_record_path(path: str) -> str:
-    """Where earlier versions recorded the settings (beside the dataset, written after it)."""
+    """Where earlier versions recorded the settings (beside the dataset, written after it was complete)."""
     return os.path.normpath(path) + "_synthetic.json"
+
+
+def _adopt_legacy_record(config: SyntheticConfig) -> dict | None:
+    """The settings of a dataset recorded by an earlier version (only after it was complete), moved into
+    the dataset as its RECORD_FILE when they are this config's, so the dataset is not made again; None
+    when there is no such record. Other settings are returned as they are (the dataset is remade)."""
+    legacy = legacy_record_path(config.out)
+    if not os.path.exists(legacy):
+        return None
+    with open(legacy) as handle:
+        recorded = json.load(handle)
+    settings = config.settings()
+    same = recorded == {key: settings[key] for key in ("images", "size", "seed", "difficulty")}
+    if same and os.path.exists(os.path.join(config.out, "Data_Entry_2017.csv")):
+        with open(os.path.join(config.out, RECORD_FILE), "w") as handle:
+            json.dump(settings, handle)
+        os.remove(legacy)
+        return settings
+    return recorded
 
 
 def ensure_demo_dataset(path: str = DEMO_DATA, *, images: int = DEMO_IMAGES, size: int = DEMO_SIZE, seed: int = 0,
@@ -33,19 +54,18 @@ def ensure_demo_dataset(path: str = DEMO_DATA, *, images: int = DEMO_IMAGES, siz
     `path` (see `write_synthetic_dataset`). A dataset folder without that record (e.g. the real
     dataset) is used as it is; any other non-empty folder is an error, never overwritten."""
     config = SyntheticConfig(out=path, images=images, size=size, seed=seed, difficulty=difficulty)
-    wanted, recorded = config.settings(), recorded_settings(path)
-    legacy = os.path.exists(legacy_record_path(path))
+    wanted = config.settings()
+    recorded = recorded_settings(path) or _adopt_legacy_record(config)
     if recorded == wanted:
         return False
-    if recorded is None and not legacy and os.path.exists(os.path.join(path, "Data_Entry_2017.csv")):
+    if recorded is None and os.path.exists(os.path.join(path, "Data_Entry_2017.csv")):
         return False
-    if recorded is not None or legacy:
-        print(f"[demo] {path} was generated with {recorded or 'an earlier version'}; generating it again with "
-              f"{wanted}", flush=True)
+    if recorded is not None:
+        print(f"[demo] {path} was generated with {recorded}; generating it again with {wanted}", flush=True)
     print(f"[demo] generating {images} synthetic images of {size} px (difficulty {difficulty:g}) in {path} "
           "(first run only)", flush=True)
-    population = write_synthetic_dataset(config, replace=recorded is not None or legacy)
-    if legacy:
+    population = write_synthetic_dataset(config, replace=recorded is not None)
+    if os.path.exists(legacy_record_path(path)):
         os.remove(legacy_record_path(path))
     preview = preview_path(path)
     write_preview(config, population, preview)
