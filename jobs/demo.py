@@ -14,7 +14,7 @@ import os
 import shutil
 import time
 
-from thorax_ray.cli import run_main, setup_logging
+from thorax_ray.cli import job_parser, run_main, setup_logging
 from thorax_ray.ray_setup import init_ray
 from thorax_ray.synthetic.demo import DEMO_DATA, DEMO_DIFFICULTY, DEMO_IMAGES, DEMO_SIZE, ensure_demo_dataset
 
@@ -26,17 +26,17 @@ DEMO_MODELS = {  # name -> model section
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=DEMO_DATA, help=f"dataset folder (default {DEMO_DATA}, generated if missing)")
+    parser = job_parser(__doc__)
+    parser.add_argument("--data", default=DEMO_DATA, help="dataset folder (generated if missing)")
     parser.add_argument("--images", type=int, default=DEMO_IMAGES, help="images to generate on first use")
     parser.add_argument("--image-size", type=int, default=DEMO_SIZE, help="side of the generated PNGs")
     parser.add_argument("--difficulty", type=float, default=DEMO_DIFFICULTY,
                         help="synthetic signature difficulty on first use (0 easy .. 3 hard; 1 = NIH-like)")
     parser.add_argument("--size", type=int, default=128, help="model input side (prepared shards)")
-    parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=20, help="epochs of each model")
+    parser.add_argument("--workers", type=int, default=2, help="Ray Train workers of each model")
     parser.add_argument("--out", default="out/demo", help="runs, scores and the evaluation go here")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the data and the models")
     return parser.parse_args(argv)
 
 

@@ -1,31 +1,35 @@
 """Generate a synthetic ChestX-ray14 dataset in the exact NIH/Kaggle layout.
 
     python jobs/make_synthetic.py --out data/synthetic --images 2000 --size 512 --seed 0 [--preview sheet.png]
+
+The dataset is written beside --out and renamed into place when complete, so --out holds a whole
+dataset or nothing; Ctrl-C (or SIGTERM) stops the worker processes and removes what was written.
+--out must be new, empty, or a complete dataset generated with the same settings (then kept as it is).
 """
 from __future__ import annotations
 
-import argparse
+import sys
 import time
 
-from thorax_ray.cli import run_main, setup_logging
-from thorax_ray.synthetic.dataset import SyntheticConfig, write_preview, write_synthetic_dataset
+from thorax_ray.cli import job_parser, non_negative_int, run_main, setup_logging
+from thorax_ray.interrupts import Interrupted, interruptible
+from thorax_ray.synthetic.dataset import SyntheticConfig, recorded_settings, write_preview, write_synthetic_dataset
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv: list[str] | None):
+    parser = job_parser(__doc__)
     parser.add_argument("--out", required=True, help="output folder (created)")
-    parser.add_argument("--images", type=int, default=2000, help="number of images (default 2000)")
-    parser.add_argument("--size", type=int, default=1024, help="image side in pixels (default 1024, as the real set)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--difficulty", type=float, default=1.0,
-                        help="0 = obvious findings, 1 = default (a good CNN is not perfect), 2 = very subtle")
-    parser.add_argument("--workers", type=int, default=0, help="processes (default: one per core)")
+    parser.add_argument("--images", type=int, default=SyntheticConfig.images, help="number of images")
+    parser.add_argument("--size", type=int, default=SyntheticConfig.size, help="image side in pixels (1024 as the real set)")
+    parser.add_argument("--seed", type=int, default=SyntheticConfig.seed, help="random seed (same seed, same files)")
+    parser.add_argument("--difficulty", type=float, default=SyntheticConfig.difficulty,
+                        help="0 = obvious findings, 1 = NIH-like (a good CNN is not perfect), 2 = very subtle; max 3")
+    parser.add_argument("--workers", type=non_negative_int, default=SyntheticConfig.workers,
+                        help="processes (0: one per core)")
     parser.add_argument("--metadata-only", action="store_true", help="write CSVs and split lists but no images")
-    parser.add_argument("--preview", metavar="FILE.png", help="also write a contact sheet of 16 images with labels and boxes")
-    args = parser.parse_args(argv)
-    if args.images < 1 or not 32 <= args.size <= 4096:
-        parser.error("--images must be >= 1 and --size between 32 and 4096")
-    return args
+    parser.add_argument("--preview", metavar="FILE.png",
+                        help="also write a contact sheet of 16 images with labels and boxes (default: none)")
+    return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,7 +38,16 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     config = SyntheticConfig(out=args.out, images=args.images, size=args.size, seed=args.seed,
                              difficulty=args.difficulty, workers=args.workers, metadata_only=args.metadata_only)
-    population = write_synthetic_dataset(config)
+    if recorded_settings(args.out) == config.settings():
+        print(f"{args.out} already holds a complete synthetic dataset with these settings; nothing to do")
+        return 0
+    with interruptible():
+        try:
+            population = write_synthetic_dataset(config)
+        except Interrupted as stop:
+            print(f"interrupted ({stop.name}): stopped the workers and removed the partial dataset; "
+                  f"{args.out} is as it was", file=sys.stderr)
+            return stop.exit_code
     elapsed = time.monotonic() - started
     print(f"wrote {len(population)} images of {population['patient_id'].nunique()} patients to {args.out} "
           f"in {elapsed:.1f} s ({len(population) / elapsed:.0f} images/s)")

@@ -7,29 +7,35 @@ from __future__ import annotations
 
 import argparse
 
-from thorax_ray.cli import add_cluster_arguments, run_main, setup_logging
+from thorax_ray.cli import add_cluster_arguments, job_parser, positive_int, run_main, setup_logging
 from thorax_ray.cluster import cluster_capacity
 from thorax_ray.data.pipeline import ImageConfig
 from thorax_ray.data.prepare import PrepareConfig, prepare
+from thorax_ray.preflight import require_inputs
 from thorax_ray.ray_setup import init_ray
-from thorax_ray.splits import SplitConfig
+from thorax_ray.splits import TRAINING_SPLITS, SplitConfig
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = job_parser(__doc__)
     parser.add_argument("--data", required=True, help="dataset folder or s3:// prefix (any accepted layout)")
     parser.add_argument("--out", required=True, help="output folder or s3:// prefix")
     parser.add_argument("--metadata", metavar="FILE", help="metadata CSV (default: found by its usual names)")
-    parser.add_argument("--size", type=int, default=224, help="side of the stored images in pixels (default 224)")
+    parser.add_argument("--size", type=int, default=ImageConfig.size, help="side of the stored images in pixels")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing prepared output atomically")
-    parser.add_argument("--read-attempts", type=int, default=3, help="tries per image on transient storage errors")
-    parser.add_argument("--expected-source-size", type=int, help="quarantine images whose decoded size differs (e.g. 1024)")
-    parser.add_argument("--target-file-mb", type=int, default=256, help="approximate size of one shard file")
-    parser.add_argument("--val-fraction", type=float, default=0.1)
-    parser.add_argument("--test-fraction", type=float, default=0.2)
-    parser.add_argument("--seed", type=int, default=0, help="seed of the shards' random row order (default 0)")
-    parser.add_argument("--keep-previous-hours", type=float, default=72.0,
-                        help="with --overwrite: hours the replaced version stays readable (default 72)")
+    parser.add_argument("--read-attempts", type=int, default=ImageConfig.read_attempts,
+                        help="tries per image on transient storage errors")
+    parser.add_argument("--expected-source-size", type=int,
+                        help="quarantine images whose decoded size differs, e.g. 1024 (default: any size)")
+    parser.add_argument("--target-file-mb", type=positive_int, default=PrepareConfig.target_file_mb,
+                        help="approximate size of one shard file")
+    parser.add_argument("--val-fraction", type=float, default=SplitConfig.val_fraction,
+                        help="share of patients for validation (training needs at least one)")
+    parser.add_argument("--test-fraction", type=float, default=SplitConfig.test_fraction,
+                        help="share of patients for test when the dataset has no test_list.txt")
+    parser.add_argument("--seed", type=int, default=PrepareConfig.seed, help="seed of the shards' random row order")
+    parser.add_argument("--keep-previous-hours", type=float, default=PrepareConfig.keep_previous_hours,
+                        help="with --overwrite: hours the replaced version stays readable")
     parser.add_argument("--cluster-config", help="the autoscaler's cluster config (default: $THORAX_CLUSTER_CONFIG, "
                                                  "else ~/ray_bootstrap_config.yaml)")
     parser.add_argument("--shared-fs", action="store_true",
@@ -41,14 +47,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     setup_logging()
     args = parse_args(argv)
-    config = PrepareConfig(
+    config = PrepareConfig(  # the typed configs check sizes and fractions before Ray starts
         data=args.data, out=args.out, metadata=args.metadata, overwrite=args.overwrite,
         target_file_mb=args.target_file_mb, seed=args.seed, keep_previous_hours=args.keep_previous_hours,
         shared_fs=args.shared_fs,
         image=ImageConfig(size=args.size, read_attempts=args.read_attempts,
                           expected_source_size=args.expected_source_size, endpoint_url=args.s3_endpoint),
-        split=SplitConfig(val_fraction=args.val_fraction, test_fraction=args.test_fraction),
+        split=SplitConfig(val_fraction=args.val_fraction, test_fraction=args.test_fraction,
+                          required=TRAINING_SPLITS),
     )
+    require_inputs({"--data": args.data}, endpoint_url=args.s3_endpoint)
     local = init_ray(args.address)
     print(prepare(config, capacity=cluster_capacity(args.cluster_config, local=local)).format())
     return 0

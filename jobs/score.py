@@ -11,63 +11,78 @@ with code 75 and one line naming the run that holds it.
 from __future__ import annotations
 
 import argparse
+import datetime
+import re
 import sys
 
-from thorax_ray.cli import add_cluster_arguments, add_gpu_arguments, run_main, setup_logging
+from thorax_ray.attribution import list_methods
+from thorax_ray.cli import (add_cluster_arguments, add_gpu_arguments, job_parser, non_negative_float,
+                            non_negative_int, positive_float, positive_int, run_main, setup_logging)
 from thorax_ray.cluster import cluster_capacity
 from thorax_ray.lease import LeaseBusy
+from thorax_ray.preflight import require_inputs
 from thorax_ray.ray_setup import init_ray
-from thorax_ray.attribution import DEFAULT_MAX_BOXES, DEFAULT_THRESHOLD, list_methods
 from thorax_ray.scoring import NO_METHOD, ScoreConfig, score
-from thorax_ray.scoring.scorer import DEFAULT_BOX_GRID, DEFAULT_MAX_MAP_SIDE
-
+from thorax_ray.train.checkpoint import resolve_checkpoint
 
 EXIT_BUSY = 75  # EX_TEMPFAIL: another run holds the output; try again later
 
 
+def iso_date(text: str) -> str:
+    try:
+        datetime.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a date YYYY-MM-DD, got {text!r}") from None
+    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+        raise argparse.ArgumentTypeError(f"expected a date YYYY-MM-DD, got {text!r}")
+    return text
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = job_parser(__doc__)
     parser.add_argument("--checkpoint", required=True, help="checkpoint folder, or a training run folder (its best)")
     parser.add_argument("--input", required=True,
-                        help="folder or s3:// prefix of images: PNG, JPEG, DICOM (NIH layout, or new files with or "
-                             "without a CSV; every file is scored or quarantined), a manifest .parquet, or a "
-                             "prepared output")
-    parser.add_argument("--metadata", metavar="FILE",
-                        help="metadata CSV of a folder input (default: Data_Entry_2017*.csv, sample_labels.csv or "
-                             "sample.csv within two levels); files without a row take DICOM tags")
+                        help="folder or s3:// prefix of PNGs (NIH layout, or new images without a CSV), "
+                             "a manifest .parquet, or a prepared output")
     parser.add_argument("--out", required=True, help="output folder or s3:// prefix (shared by all runs)")
+    parser.add_argument("--metadata", metavar="FILE",
+                        help="metadata CSV of a folder input (default: found by its usual names)")
     parser.add_argument("--method", choices=[*list_methods(), NO_METHOD],
                         help="attribution method (default: fast_cam for image models, metadata_ig for the MLP; "
                              "none: probabilities only)")
-    parser.add_argument("--batch-size", type=int, default=32, help="images per model call (default 32)")
-    parser.add_argument("--min-actors", type=int, default=1, help="model actors kept running (default 1)")
-    parser.add_argument("--max-actors", type=int,
+    parser.add_argument("--batch-size", type=positive_int, default=ScoreConfig.batch_size, help="images per model call")
+    parser.add_argument("--min-actors", type=positive_int, default=ScoreConfig.min_actors,
+                        help="model actors kept running")
+    parser.add_argument("--max-actors", type=positive_int,
                         help="model actors the pool may grow to while work is queued (default: on GPUs, the GPUs the "
                              "cluster has or can launch / --gpus-per-actor; on CPUs 1)")
-    parser.add_argument("--gpus-per-actor", type=float, default=1.0, help="GPUs per model actor on GPUs (default 1)")
-    parser.add_argument("--actor-cpus", type=float, default=1.0, help="CPUs per actor (torch threads on CPU)")
-    parser.add_argument("--wait-for-lock", type=float, default=0.0,
-                        help="seconds to wait when another run is writing to --out (default 0: exit at once, code 75)")
-    parser.add_argument("--box-min-probability", type=float, default=0.5,
-                        help="box only findings with at least this probability (default 0.5; negative: all)")
-    parser.add_argument("--box-threshold", type=float, default=DEFAULT_THRESHOLD,
-                        help=f"map level (0..255) of a box (default {DEFAULT_THRESHOLD})")
-    parser.add_argument("--max-boxes", type=int, default=DEFAULT_MAX_BOXES,
-                        help=f"boxes per finding (default {DEFAULT_MAX_BOXES})")
-    parser.add_argument("--box-grid", type=int, default=DEFAULT_BOX_GRID,
+    parser.add_argument("--gpus-per-actor", type=positive_float, default=ScoreConfig.gpus_per_actor,
+                        help="GPUs per model actor on GPUs")
+    parser.add_argument("--actor-cpus", type=positive_float, default=ScoreConfig.actor_cpus,
+                        help="CPUs per actor (torch threads on CPU)")
+    parser.add_argument("--box-min-probability", type=float, default=ScoreConfig.box_min_probability,
+                        help="box only findings with at least this probability (negative: all)")
+    parser.add_argument("--box-threshold", type=non_negative_float, default=ScoreConfig.box_threshold,
+                        help="map level (0..255) of a box")
+    parser.add_argument("--max-boxes", type=positive_int, default=ScoreConfig.max_boxes, help="boxes per finding")
+    parser.add_argument("--box-grid", type=non_negative_int, default=ScoreConfig.box_grid,
                         help="trace boxes on a grid of at most this many pixels per side, then scale to the "
-                             f"original (default {DEFAULT_BOX_GRID}; 0: at full size)")
-    parser.add_argument("--max-map-side", type=int, default=DEFAULT_MAX_MAP_SIDE,
-                        help=f"pool maps to at most this many cells per side (default {DEFAULT_MAX_MAP_SIDE}; 0: keep)")
-    parser.add_argument("--max-images", type=int, help="score at most this many new images in this run")
-    parser.add_argument("--in-flight-mb", type=int,
+                             "original (0: at full size)")
+    parser.add_argument("--max-map-side", type=non_negative_int, default=ScoreConfig.max_map_side,
+                        help="pool maps to at most this many cells per side (0: keep)")
+    parser.add_argument("--max-images", type=positive_int,
+                        help="score at most this many new images in this run (default: all)")
+    parser.add_argument("--in-flight-mb", type=positive_int,
                         help="object-store MB the run may hold at once (default: 16 batches per actor, >= 64)")
-    parser.add_argument("--batch-date", help="partition date YYYY-MM-DD (default: today, UTC)")
-    parser.add_argument("--overlays", help="folder for overlay PNGs of --limit scored images")
-    parser.add_argument("--limit", type=int, default=8, help="overlay PNGs to write (default 8)")
-    parser.add_argument("--overlay-threshold", type=float, default=0.5, help="probability that shows a finding")
-    parser.add_argument("--keep-uncommitted-hours", type=float, default=24.0,
-                        help="delete files of runs that never committed once older than this (default 24)")
+    parser.add_argument("--batch-date", type=iso_date, help="partition date YYYY-MM-DD (default: today, UTC)")
+    parser.add_argument("--overlays", help="folder for overlay PNGs of --limit scored images (default: none)")
+    parser.add_argument("--limit", type=non_negative_int, default=ScoreConfig.overlay_limit, help="overlay PNGs to write")
+    parser.add_argument("--overlay-threshold", type=float, default=ScoreConfig.overlay_threshold,
+                        help="probability that shows a finding")
+    parser.add_argument("--wait-for-lock", type=non_negative_float, default=ScoreConfig.lock_wait_s,
+                        help="seconds to wait when another run is writing to --out (0: exit at once, code 75)")
+    parser.add_argument("--keep-uncommitted-hours", type=non_negative_float, default=ScoreConfig.keep_uncommitted_hours,
+                        help="delete files of runs that never committed once older than this")
     add_cluster_arguments(parser)
     add_gpu_arguments(parser, "model actors with --gpus-per-actor GPUs")
     return parser.parse_args(argv)
@@ -83,11 +98,13 @@ def main(argv: list[str] | None = None) -> int:
         cluster_config=args.cluster_config, shared_fs=bool(args.shared_fs), lock_wait_s=args.wait_for_lock,
         box_min_probability=None if args.box_min_probability < 0 else args.box_min_probability,
         box_threshold=args.box_threshold, max_boxes=args.max_boxes, box_grid=args.box_grid or None,
-        max_map_side=args.max_map_side or None,
-        max_images=args.max_images, in_flight_mb=args.in_flight_mb, batch_date=args.batch_date, overlays=args.overlays, overlay_limit=args.limit,
+        max_map_side=args.max_map_side or None, max_images=args.max_images, in_flight_mb=args.in_flight_mb,
+        batch_date=args.batch_date, overlays=args.overlays, overlay_limit=args.limit,
         overlay_threshold=args.overlay_threshold, keep_uncommitted_hours=args.keep_uncommitted_hours,
         endpoint_url=args.s3_endpoint,
     )
+    require_inputs({"--checkpoint": config.checkpoint, "--input": config.input}, endpoint_url=config.endpoint_url)
+    resolve_checkpoint(config.checkpoint, endpoint_url=config.endpoint_url)  # a folder with no checkpoint: fail now
     local = init_ray(args.address)
     try:
         summary = score(config, capacity=cluster_capacity(config.cluster_config, local=local))

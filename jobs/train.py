@@ -7,18 +7,22 @@
 
 `--data` is a prepared output (jobs/prepare.py), a dataset folder/prefix (PNGs decoded on the fly) or,
 for `--model mlp`, a metadata-only dataset. A run named like an earlier one resumes from its latest
-checkpoint; checkpoints and metrics.json land in STORAGE/NAME.
+checkpoint; checkpoints and metrics.json land in STORAGE/NAME. With none of --data, --config and
+--model on a cluster without GPUs, the CPU demo profile applies (small_cnn, 128 px, 4 epochs).
+The defaults below are TrainConfig's (thorax_ray/train/config.py); a --config YAML overrides them
+and flags override both. Inputs and settings are checked before Ray starts.
 """
 from __future__ import annotations
 
 import argparse
 import json
 
-from thorax_ray.cli import add_cluster_arguments, add_gpu_arguments, run_main, setup_logging
+from thorax_ray.cli import add_cluster_arguments, add_gpu_arguments, job_parser, run_main, setup_logging, show_config_defaults
 from thorax_ray.cluster import cluster_capacity, resolve_use_gpu
 from thorax_ray.config import overrides_from_flags
 from thorax_ray.losses import LOSS_KINDS
 from thorax_ray.models import list_models
+from thorax_ray.preflight import require_inputs
 from thorax_ray.ray_setup import init_ray
 from thorax_ray.synthetic.demo import ensure_demo_dataset
 from thorax_ray.train.config import TrainConfig
@@ -35,26 +39,28 @@ FLAGS = {  # flag -> (section, key)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="YAML file with sections data/model/loss/optim/augment/run")
-    parser.add_argument("--data", help="prepared output, dataset folder or s3:// prefix (default: the demo dataset)")
-    parser.add_argument("--model", choices=list_models(), help="architecture (default densenet121)")
+    parser = job_parser(__doc__)
+    parser.add_argument("--config", help="YAML file with sections data/model/loss/optim/augment/run (default: none)")
+    parser.add_argument("--data", help="prepared output, dataset folder or s3:// prefix "
+                                       "(default: the demo dataset, data/demo, generated if missing)")
+    parser.add_argument("--model", choices=list_models(), help="architecture")
     parser.add_argument("--backbone", choices=list_models("image"), help="CNN of fusion")
     parser.add_argument("--pretrained", help="path/URI of ImageNet-style weights (never downloaded)")
-    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--epochs", type=int, help="epochs to train")
     parser.add_argument("--workers", type=int, help="Ray Train workers (DDP ranks)")
-    parser.add_argument("--storage", help="folder or s3:// URI for checkpoints (default runs/)")
-    parser.add_argument("--name", help="run name; the same name resumes (default thorax-MODEL)")
+    parser.add_argument("--storage", help="folder or s3:// URI for checkpoints")
+    parser.add_argument("--name", help="run name, a plain file name; the same name resumes (default: thorax-MODEL)")
     parser.add_argument("--size", type=int, help="input side in pixels")
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--lr", type=float)
-    parser.add_argument("--weight-decay", type=float)
-    parser.add_argument("--loss", choices=list(LOSS_KINDS))
+    parser.add_argument("--batch-size", type=int, help="rows per worker per step")
+    parser.add_argument("--lr", type=float, help="learning rate")
+    parser.add_argument("--weight-decay", type=float, help="Adam weight decay")
+    parser.add_argument("--loss", choices=list(LOSS_KINDS), help="loss kind")
     parser.add_argument("--limit", type=int, help="at most this many rows per split (smoke runs)")
-    parser.add_argument("--seed", type=int)
+    parser.add_argument("--seed", type=int, help="random seed")
     parser.add_argument("--max-failures", type=int, help="worker-group restarts from the latest checkpoint")
     add_cluster_arguments(parser)
     add_gpu_arguments(parser, "one GPU per worker")
+    show_config_defaults(parser, FLAGS, TrainConfig())
     return parser.parse_args(argv)
 
 
@@ -75,14 +81,23 @@ def cpu_demo_profile(config: TrainConfig, args: argparse.Namespace, capacity) ->
                           optim={"epochs": args.epochs or 4})
 
 
+def check_inputs(config: TrainConfig, args: argparse.Namespace) -> None:
+    """Before Ray starts: the data (unless it is the demo dataset, generated below) and weights exist."""
+    demo = args.data is None and not args.config
+    require_inputs({"--data": None if demo else config.data.data, "--pretrained": config.model.pretrained},
+                   endpoint_url=config.data.s3_endpoint)
+
+
 def main(argv: list[str] | None = None) -> int:
     setup_logging()
     args = parse_args(argv)
-    config = build_config(args)
+    config = build_config(args)  # validated (values, names, YAML) before anything starts
+    check_inputs(config, args)
+    if args.data is None and not args.config:
+        ensure_demo_dataset(config.data.data)
     local = init_ray(args.address)
     capacity = cluster_capacity(config.run.cluster_config, local=local)
     if args.data is None and not args.config:
-        ensure_demo_dataset(config.data.data)
         config = cpu_demo_profile(config, args, capacity)
     from thorax_ray.train.trainer import fit
 

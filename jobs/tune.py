@@ -16,9 +16,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from thorax_ray.cli import add_cluster_arguments, add_gpu_arguments, run_main, setup_logging
+from thorax_ray.cli import (add_cluster_arguments, add_gpu_arguments, job_parser, non_negative_int, positive_int,
+                            run_main, setup_logging)
 from thorax_ray.cluster import cluster_capacity
 from thorax_ray.config import overrides_from_flags
+from thorax_ray.names import safe_name
+from thorax_ray.preflight import require_inputs
 from thorax_ray.ray_setup import init_ray
 from thorax_ray.tune.results import format_table
 from thorax_ray.tune.space import load_space
@@ -31,20 +34,25 @@ FLAGS = {  # flag -> (section, key): fixed overrides of the space's base
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = job_parser(__doc__)
     parser.add_argument("--space", required=True, help="search space YAML (tune_spaces/*.yaml)")
     parser.add_argument("--data", help="dataset for every trial (default: the space's base data.data)")
-    parser.add_argument("--trials", type=int, help="number of trials (default: the space's tune.num_samples; "
-                                                   "rounded up to a multiple of the grid size)")
-    parser.add_argument("--storage", default="runs/tune", help="folder or s3:// URI of Tune experiments (default runs/tune)")
-    parser.add_argument("--name", help="experiment name; the same name resumes (default: the space's file name)")
-    parser.add_argument("--out", help="where results.csv and best_config.yaml go (default out/tune-NAME)")
-    parser.add_argument("--epochs", type=int, help="epochs per trial (ASHA's max_t), overriding the space's base")
-    parser.add_argument("--workers", type=int, help="Ray Train workers per trial, overriding the space's base")
-    parser.add_argument("--limit", type=int, help="at most this many rows per split in every trial")
-    parser.add_argument("--max-concurrent", type=int,
-                        help="at most this many trials at a time (default: by the CPUs and GPUs the cluster has or can launch)")
-    parser.add_argument("--top", type=int, default=5, help="trials printed at the end (default 5)")
+    parser.add_argument("--trials", type=positive_int, help="number of trials, rounded up to a multiple of the "
+                                                            "grid size (default: the space's tune.num_samples)")
+    parser.add_argument("--storage", default="runs/tune", help="folder or s3:// URI of Tune experiments")
+    parser.add_argument("--name", help="experiment name, a plain file name; the same name resumes "
+                                       "(default: the space's file name)")
+    parser.add_argument("--out", help="where results.csv and best_config.yaml go (default: out/tune-NAME)")
+    parser.add_argument("--epochs", type=int, help="epochs per trial (ASHA's max_t), overriding the space's base "
+                                                   "(default: its optim.epochs)")
+    parser.add_argument("--workers", type=int, help="Ray Train workers per trial, overriding the space's base "
+                                                    "(default: its run.workers)")
+    parser.add_argument("--limit", type=int, help="at most this many rows per split in every trial "
+                                                  "(default: the space's data.limit)")
+    parser.add_argument("--max-concurrent", type=positive_int,
+                        help="at most this many trials at a time (default: by the CPUs and GPUs the cluster has or can "
+                             "launch)")
+    parser.add_argument("--top", type=non_negative_int, default=5, help="trials printed at the end")
     add_cluster_arguments(parser)
     add_gpu_arguments(parser, "one GPU per Train worker of each trial")
     return parser.parse_args(argv)
@@ -57,10 +65,12 @@ def main(argv: list[str] | None = None) -> int:
     overrides = overrides_from_flags(args, FLAGS)
     if overrides:
         space = space.with_base(overrides)
-    name = args.name or space.name
+    name = safe_name("experiment name", args.name or space.name, where="--name" if args.name else args.space)
     out = args.out or f"out/tune-{name}"
+    base = space.base_config()
+    require_inputs({"--data": base.data.data}, endpoint_url=base.data.s3_endpoint)  # before Ray starts
     local = init_ray(args.address)
-    capacity = cluster_capacity(space.base_config().run.cluster_config, local=local)
+    capacity = cluster_capacity(base.run.cluster_config, local=local)
     from thorax_ray.tune.sweep import run_sweep
 
     outcome = run_sweep(space, storage_uri=args.storage, name=name, out_dir=out, trials=args.trials,

@@ -5,7 +5,9 @@ import pytest
 
 from thorax_ray.labels import FINDING_COLUMNS
 from thorax_ray.manifest import MANIFEST_COLUMNS, ManifestError, build_manifest, read_manifest, write_manifest
-from thorax_ray.splits import check_patient_disjoint
+from thorax_ray.metadata import DATA_ENTRY_HEADER
+from thorax_ray.splits import SplitConfig, SplitError, check_patient_disjoint
+from thorax_ray.storage import NotTextError
 from tests.helpers import upload_tree
 from tests.test_locate import NAMES, make_layout
 
@@ -80,3 +82,29 @@ def test_manifest_split_is_patient_disjoint_on_synthetic(synthetic_small):
     assert summary.missing_images == 0 and summary.orphan_images == 0 and summary.images_found == len(frame)
     test_list = set((synthetic_small / "test_list.txt").read_text().split())
     assert set(frame.loc[frame["split"] == "test", "image_index"]) == test_list
+
+
+def test_a_csv_with_only_a_header_is_an_error(tmp_path):
+    """Before: rc 0 and a 0-row manifest beside the dataset's PNGs."""
+    make_layout(tmp_path, "flat")
+    (tmp_path / "Data_Entry_2017.csv").write_text(DATA_ENTRY_HEADER + "\n")
+    with pytest.raises(ManifestError, match=r"Data_Entry_2017.csv: no data rows \(only a header\)"):
+        build_manifest(str(tmp_path))
+
+
+def test_training_data_without_validation_patients_is_an_error_naming_the_split(tmp_path):
+    """Before: committed, and training failed about 50 s later."""
+    make_layout(tmp_path, "full")  # 3 patients: one in test_list.txt, two in train_val_list.txt
+    build_manifest(str(tmp_path), SplitConfig(val_fraction=0.01))  # scoring or evaluation: any split may be empty
+    with pytest.raises(SplitError, match="the val split has no patients .* raise --val-fraction"):
+        build_manifest(str(tmp_path), SplitConfig(val_fraction=0.01, required=("train", "val")))
+
+
+def test_a_binary_csv_is_an_error_naming_the_file(tmp_path):
+    make_layout(tmp_path, "flat")
+    (tmp_path / "Data_Entry_2017.csv").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe")
+    with pytest.raises(NotTextError, match=r"Data_Entry_2017.csv: not UTF-8 text \(byte 0 is b'\\x89'\)"):
+        build_manifest(str(tmp_path))
+    (tmp_path / "Data_Entry_2017.csv").write_bytes(b"Image Index\x00\x00\x01")
+    with pytest.raises(NotTextError, match=r"Data_Entry_2017.csv: a binary file \(NUL byte"):
+        build_manifest(str(tmp_path))

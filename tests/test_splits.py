@@ -79,3 +79,15 @@ def test_disjointness_check_catches_leaks():
 def test_bad_fractions():
     with pytest.raises(SplitError):
         SplitConfig(val_fraction=0.6, test_fraction=0.5)
+
+
+def test_a_required_split_without_patients_names_the_split_and_the_fix():
+    from thorax_ray.splits import check_required_splits
+
+    frame = pd.DataFrame({"patient_id": [1, 1, 2, 3], "split": ["train", "train", "test", "train"]})
+    check_required_splits(frame, SplitConfig(), source="data/x")  # nothing required
+    with pytest.raises(SplitError, match=r"data/x: the val split has no patients \(patients per split: "
+                                         r"train 2, val 0, test 1\); raise --val-fraction \(now 0.1\)"):
+        check_required_splits(frame, SplitConfig(required=("train", "val")), source="data/x")
+    with pytest.raises(SplitError, match="unknown split"):
+        SplitConfig(required=("validation",))

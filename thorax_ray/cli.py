@@ -1,6 +1,7 @@
 """Shared command-line plumbing for the jobs: logging set-up and friendly failure on known errors."""
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 from collections.abc import Callable
@@ -46,3 +47,60 @@ def add_gpu_arguments(parser, per_unit: str) -> None:
     parser.add_argument("--shared-fs", action="store_true", default=None,
                         help="local paths are on a filesystem every node mounts (NFS, EFS); otherwise a multi-node "
                              "cluster needs s3:// storage")
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """The job's docstring as written, and every option's default after its help. An option whose
+    default is None (a flag that only overrides a config, or one whose default is computed) shows what
+    its help says: `(default: ...)` written there, or added from the config by `show_config_defaults`."""
+
+    def _get_help_string(self, action):
+        help_text = action.help or ""
+        if "(default" in help_text or action.default is None:
+            return help_text
+        return super()._get_help_string(action)
+
+
+class JobArgumentParser(argparse.ArgumentParser):
+    """A usage error is one line on stderr (and exit 2), like every other bad-input error of a job."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def job_parser(description: str | None) -> JobArgumentParser:
+    """The argument parser of a job: its docstring as description, defaults shown, one-line errors."""
+    return JobArgumentParser(description=description, formatter_class=HelpFormatter)
+
+
+def show_config_defaults(parser: argparse.ArgumentParser, flags: dict[str, tuple[str, str]], config) -> None:
+    """Appends `(default: V)` to the help of every flag of `flags` (`dest -> (section, key)`, as for
+    `thorax_ray.config.overrides_from_flags`) whose argparse default is None, V being the field's value
+    in `config` (the config dataclass's defaults): the default is stated once, in the dataclass."""
+    for action in parser._actions:
+        if action.dest in flags and action.default is None and "(default" not in (action.help or ""):
+            section, key = flags[action.dest]
+            value = getattr(getattr(config, section), key)
+            value = "none" if value is None else str(value).replace("%", "%%")
+            action.help = f"{action.help or ''} (default: {value})".lstrip()
+
+
+def _bounded(kind: type, low, inclusive: bool):
+    """An argparse `type` that parses `kind` and rejects values below `low` (or equal, unless inclusive)."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected {'an integer' if kind is int else 'a number'}, got {text!r}") from None
+        if value < low or (value == low and not inclusive) or value != value:
+            raise argparse.ArgumentTypeError(f"must be {'>=' if inclusive else '>'} {low}, got {text}")
+        return value
+    parse.__name__ = kind.__name__
+    return parse
+
+
+positive_int = _bounded(int, 1, inclusive=True)
+non_negative_int = _bounded(int, 0, inclusive=True)
+positive_float = _bounded(float, 0.0, inclusive=False)
+non_negative_float = _bounded(float, 0.0, inclusive=True)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from typing import Any, TypeVar
@@ -60,19 +61,41 @@ def _coerce(hint, value, where: str):
         return tuple(value)
     if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str):
+        return _float_from_text(value, where)
     if hint in (int, float, str, bool) and not isinstance(value, hint):
         raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
     return value
 
 
+def _float_from_text(value: str, where: str) -> float:
+    """PyYAML reads `1e-3` (no dot in the mantissa) as text: a number written as text is accepted."""
+    try:
+        number = float(value.strip())
+    except ValueError:
+        raise ConfigError(f"{where}: expected float, got {value!r}") from None
+    if not math.isfinite(number):
+        raise ConfigError(f"{where}: expected a finite float, got {value!r}")
+    return number
+
+
 def load_yaml(path: str) -> dict:
+    """A YAML file holding a mapping; a missing, unreadable or malformed file is a ConfigError naming
+    the file (and the line of a syntax error)."""
     from thorax_ray import storage
 
     fs, local = storage.filesystem(path)
-    if not fs.exists(local):
-        raise ConfigError(f"{path}: config file not found")
-    with fs.open(local, "r") as handle:
-        data = yaml.safe_load(handle) or {}
+    if not fs.exists(local) or fs.isdir(local):
+        raise ConfigError(f"{path}: config file not found" + (" (it is a folder)" if fs.exists(local) else ""))
+    try:
+        data = yaml.safe_load(storage.read_text(path)) or {}
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        at = f", line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ConfigError(f"{path}{at}: not valid YAML ({problem})") from None
+    except storage.NotTextError as error:
+        raise ConfigError(str(error)) from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     return data

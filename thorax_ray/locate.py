@@ -114,6 +114,4 @@ def check_metadata_file(uri: str, *, endpoint_url: str | None = None) -> None:
 
 def read_name_list(uri: str, *, endpoint_url: str | None = None) -> set[str]:
     """Reads train_val_list.txt / test_list.txt (one image name per line)."""
-    fs, path = storage.filesystem(uri, endpoint_url=endpoint_url)
-    with fs.open(path, "rb") as handle:
-        return {line.strip() for line in handle.read().decode("utf-8-sig").splitlines() if line.strip()}
+    return {line.strip() for line in storage.read_text(uri, endpoint_url=endpoint_url).splitlines() if line.strip()}

@@ -15,7 +15,8 @@ from thorax_ray import storage
 from thorax_ray.labels import FINDING_COLUMNS
 from thorax_ray.locate import DatasetFiles, discover, read_name_list
 from thorax_ray.metadata import MetadataTable, read_metadata
-from thorax_ray.splits import SPLITS, SplitConfig, assign_splits, check_patient_disjoint, split_hash
+from thorax_ray.splits import (SPLITS, SplitConfig, assign_splits, check_patient_disjoint, check_required_splits,
+                               split_hash)
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,8 @@ def build_manifest(
     names the metadata file (default: found by its usual names, see thorax_ray.locate)."""
     files = discover(data, metadata_csv=metadata_csv, endpoint_url=endpoint_url)
     table = read_metadata(files.metadata_csv, endpoint_url=endpoint_url)
+    if table.frame.empty:
+        raise ManifestError(f"{files.metadata_csv}: no data rows (only a header); nothing to build a manifest of")
     frame = table.frame.copy()
     frame["path"] = frame["image_index"].map(files.images).astype(object)
     frame["path"] = frame["path"].where(frame["path"].notna(), None)
@@ -103,6 +106,7 @@ def build_manifest(
     split_source, lists = _split_lists(files, endpoint_url)
     frame["split"] = assign_splits(frame, split_config, **lists)
     check_patient_disjoint(frame)
+    check_required_splits(frame, split_config, source=data)
     frame = frame[list(MANIFEST_COLUMNS)]
     return frame, _summarise(frame, files, table, split_source)
 

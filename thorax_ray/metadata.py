@@ -23,6 +23,7 @@ import pandas as pd
 
 from thorax_ray import storage
 from thorax_ray.labels import FINDING_COLUMNS, parse_finding_labels, normalise_bbox_label
+from thorax_ray.names import UnsafeNameError, safe_name
 
 log = logging.getLogger(__name__)
 
@@ -95,18 +96,11 @@ def parse_age(text: str | float | int | None) -> float | None:
 
 
 def check_image_index(name: str, *, source: str, row: int) -> None:
-    """An `Image Index` is joined to storage paths, so it must be a plain file name."""
-    if (
-        not name
-        or name in (".", "..")
-        or "/" in name
-        or "\\" in name
-        or "\x00" in name
-        or ":" in name
-        or name.startswith("~")
-        or name != name.strip()
-    ):
-        raise MetadataError(f"{source}, row {row}: 'Image Index' {name!r} is not a plain file name")
+    """An `Image Index` is joined to storage paths, so it must be a plain file name (thorax_ray.names)."""
+    try:
+        safe_name("'Image Index'", name, where=f"{source}, row {row}")
+    except UnsafeNameError as error:
+        raise MetadataError(str(error)) from None
 
 
 def read_metadata(uri: str, *, endpoint_url: str | None = None) -> MetadataTable:
@@ -114,9 +108,7 @@ def read_metadata(uri: str, *, endpoint_url: str | None = None) -> MetadataTable
     fs, path = storage.filesystem(uri, endpoint_url=endpoint_url)
     if not fs.exists(path):
         raise MetadataError(f"{uri}: metadata file not found")
-    with fs.open(path, "rb") as handle:
-        text = handle.read().decode("utf-8-sig")
-    return parse_metadata_text(text, source=uri)
+    return parse_metadata_text(storage.read_text(uri, endpoint_url=endpoint_url), source=uri)
 
 
 def _squash(name: str) -> str:
@@ -271,10 +263,7 @@ def _integers(raw: pd.DataFrame, column: str, title: str, source: str) -> np.nda
 
 def read_bbox_list(uri: str, *, endpoint_url: str | None = None) -> pd.DataFrame:
     """Reads BBox_List_2017.csv into columns image_index, finding (FINDINGS spelling), x, y, w, h."""
-    fs, path = storage.filesystem(uri, endpoint_url=endpoint_url)
-    with fs.open(path, "rb") as handle:
-        text = handle.read().decode("utf-8-sig")
-    lines = text.splitlines()
+    lines = storage.read_text(uri, endpoint_url=endpoint_url).splitlines()
     if not lines or lines[0].strip() != BBOX_HEADER:
         raise MetadataError(f"{uri}, row 1: unrecognised header; expected {BBOX_HEADER!r}")
     records = []

@@ -11,6 +11,7 @@ import pandas as pd
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
+TRAINING_SPLITS = ("train", "val")  # what training data must have patients in (model selection needs val)
 
 
 class SplitError(ValueError):
@@ -25,10 +26,14 @@ class SplitConfig:
     val_fraction: float = 0.1
     test_fraction: float = 0.2
     seed: int = 0
+    required: tuple[str, ...] = ()  # splits that must get at least one patient (training data: train and val)
 
     def __post_init__(self) -> None:
         if not (0 <= self.val_fraction < 1 and 0 <= self.test_fraction < 1 and self.val_fraction + self.test_fraction < 1):
             raise SplitError(f"bad split fractions: val={self.val_fraction}, test={self.test_fraction}")
+        unknown = set(self.required) - set(SPLITS)
+        if unknown:
+            raise SplitError(f"unknown split(s) {sorted(unknown)}; known: {list(SPLITS)}")
 
 
 def patient_uniform(patient_ids: np.ndarray, *, seed: int, salt: str) -> np.ndarray:
@@ -104,3 +109,20 @@ def check_patient_disjoint(frame: pd.DataFrame) -> None:
     leaking = per_patient[per_patient > 1]
     if len(leaking):
         raise SplitError(f"{len(leaking)} patients appear in more than one split, e.g. {list(leaking.index[:3])}")
+
+
+FRACTION_FLAGS = {"val": "--val-fraction", "test": "--test-fraction"}
+
+
+def check_required_splits(frame: pd.DataFrame, config: SplitConfig, *, source: str) -> None:
+    """Raises SplitError naming the first of `config.required` that got no patient, and how to fix it
+    (a model cannot be selected without validation rows, nor trained without training rows)."""
+    patients = frame.groupby("split")["patient_id"].nunique()
+    for split in config.required:
+        if patients.get(split, 0):
+            continue
+        counts = ", ".join(f"{s} {int(patients.get(s, 0))}" for s in SPLITS)
+        fix = (f"raise {FRACTION_FLAGS[split]} (now {getattr(config, f'{split}_fraction')})" if split in FRACTION_FLAGS
+               else "lower --val-fraction / --test-fraction")
+        raise SplitError(f"{source}: the {split} split has no patients (patients per split: {counts}); "
+                         f"{fix} or use a dataset with more patients")

@@ -70,6 +70,27 @@ def read_parquet(uri: str, *, columns: list[str] | None = None, endpoint_url: st
         return pq.read_table(handle, columns=columns).to_pandas()
 
 
+class NotTextError(ValueError):
+    """A file that should be UTF-8 text (CSV, split list) but is binary; the message names it."""
+
+
+def read_text(uri: str, *, endpoint_url: str | None = None) -> str:
+    """A UTF-8 text file (local or s3://) as a string, a leading BOM dropped; a file that is not UTF-8
+    text (or holds NUL bytes) is a NotTextError naming the file and the first bad byte."""
+    fs, path = filesystem(uri, endpoint_url=endpoint_url)
+    with fs.open(path, "rb") as handle:
+        data = handle.read()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise NotTextError(f"{uri}: not UTF-8 text (byte {error.start} is {data[error.start:error.start + 1]!r}); "
+                           "expected a text file such as a CSV") from None
+    if "\x00" in text:
+        raise NotTextError(f"{uri}: a binary file (NUL byte at position {text.index(chr(0))}); "
+                           "expected a text file such as a CSV")
+    return text
+
+
 def read_json(uri: str, *, endpoint_url: str | None = None) -> dict | None:
     """A JSON file (local or s3://) parsed, or None when it does not exist."""
     fs, path = filesystem(uri, endpoint_url=endpoint_url)

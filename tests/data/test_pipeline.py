@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import pyarrow as pa
 
 from thorax_ray.data.pipeline import ImageConfig, ImageLoader, images_to_array
@@ -60,3 +61,14 @@ def test_rows_without_a_csv_row_take_dicom_tags_and_metadata_models_skip_csv_row
     assert list(metadata_only["ok"]) == [True, True, True, True]  # CSV rows are not read (d.png is gone)
     assert list(metadata_only["metadata_source"]) == ["dicom", "csv", "none", "csv"]
     assert set(metadata_only["image"]) == {b""}
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"size": 0}, "image size must be between 1 and 4096 pixels, got 0"),  # was a ZeroDivisionError in prepare
+    ({"size": -8}, "image size must be between 1 and 4096 pixels, got -8"),  # was a 73-line Ray traceback
+    ({"read_attempts": 0}, "read_attempts must be >= 1"),
+    ({"batch_size": 0}, "batch_size must be >= 1"),
+])
+def test_bad_image_settings_fail_when_the_config_is_built(settings, message):
+    with pytest.raises(ValueError, match=message):
+        ImageConfig(**settings)

@@ -140,3 +140,33 @@ def test_scores_of_a_synthetic_model_on_real_images_are_flagged_in_the_report_he
     assert "out of distribution" in header
     scores.attrs["data_origin"] = ood_check("synthetic", "synthetic")
     assert not any("out of distribution" in n for n in evaluate_scores(config, lambda uri: scores)["notes"])
+
+
+def test_an_empty_or_missing_scores_output_is_an_error_and_nothing_is_written(synthetic_small, tmp_path):
+    """Before: exit 0 and a full report with every AUROC n/a; beside a good model, the good one was zeroed."""
+    from thorax_ray.evaluation.run import EvaluationError
+    from thorax_ray.scoring import read_scores
+
+    manifest, _ = build_manifest(str(synthetic_small))
+    boxes = read_bbox_list(str(synthetic_small / "BBox_List_2017.csv"))
+    good = fake_scores(manifest, boxes, noise=0.1, seed=1, with_maps=False)
+    load = {"good-uri": lambda: good, str(tmp_path / "typo"): lambda: read_scores(str(tmp_path / "typo"))}
+    config = EvaluationConfig(scores=(("good", "good-uri"), ("cnn", str(tmp_path / "typo"))),
+                              data=str(synthetic_small), out=str(tmp_path / "eval"), n_boot=20, overlays=0)
+    with pytest.raises(EvaluationError, match=r"--scores cnn=.*typo: no committed scores there"):
+        evaluate_scores(config, lambda uri: load[uri]())
+    other = good.assign(image_index="other_" + good["image_index"])  # scores of another dataset
+    config = EvaluationConfig(scores=(("good", "good-uri"), ("other", "other-uri")), data=str(synthetic_small),
+                              out=str(tmp_path / "eval"), n_boot=20, overlays=0)
+    with pytest.raises(EvaluationError, match=r"--scores other=other-uri: none of its 120 scored images is in"):
+        evaluate_scores(config, lambda uri: {"good-uri": good, "other-uri": other}[uri])
+    assert not (tmp_path / "eval").exists()
+
+
+@pytest.mark.parametrize("name", ["../up", "/abs", "a/b", "..", "m:1", ""])
+def test_model_names_that_would_leave_the_output_folder_are_rejected(name, tmp_path):
+    """Before: `--scores ../x=URI` wrote its thresholds file outside --out."""
+    with pytest.raises(ValueError, match="model name .* is not a plain file name"):
+        EvaluationConfig(scores=((name, "uri"),), data="d", out=str(tmp_path))
+    with pytest.raises(ValueError, match="must be distinct"):
+        EvaluationConfig(scores=(("a", "u1"), ("a", "u2")), data="d", out=str(tmp_path))

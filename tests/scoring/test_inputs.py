@@ -103,3 +103,16 @@ def test_bad_inputs_are_clear_errors(tmp_path):
     pd.DataFrame({"a": [1]}).to_parquet(tmp_path / "t.parquet")
     with pytest.raises(InputError, match="path"):
         resolve_input(str(tmp_path / "t.parquet"))
+
+
+@pytest.mark.parametrize("name", ["../../../x.png", "/tmp/x.png", "sub/x.png", "..", "C:x.png"])
+def test_image_names_that_would_leave_the_overlay_folder_are_rejected(synthetic_small, tmp_path, name):
+    """Before: an image_index of ../../../x.png in a manifest wrote its overlay outside --overlays."""
+    manifest, _ = build_manifest(str(synthetic_small))
+    manifest.loc[1, "image_index"] = name
+    manifest.head(3).to_parquet(tmp_path / "manifest.parquet")
+    with pytest.raises(ValueError, match=r"manifest.parquet, row 2: image name .* is not a plain file name"):
+        resolve_input(str(tmp_path / "manifest.parquet"))
+    pd.DataFrame({"image_index": ["a.png", name], "path": manifest["path"].head(2)}).to_parquet(tmp_path / "l.parquet")
+    with pytest.raises(ValueError, match=r"l.parquet, row 2: image name"):
+        resolve_input(str(tmp_path / "l.parquet"))

@@ -98,7 +98,7 @@ def test_bad_params_name_the_path(params, message):
     ({"base": {"model": {"name": "mlp"}}}, "params: expected a non-empty mapping"),
     ({"params": [1, 2]}, "params: expected a non-empty mapping"),
     ({"base": {"optim": {"lrr": 1}}, "params": {"optim.lr": {"choice": [0.1]}}}, "base: config.optim: unknown key(s) ['lrr']"),
-    ({"base": {"model": {"name": "vgg"}}, "params": {"optim.lr": {"choice": [0.1]}}}, "base: unknown architecture 'vgg'"),
+    ({"base": {"model": {"name": "vgg"}}, "params": {"optim.lr": {"choice": [0.1]}}}, "base: config.model: unknown architecture 'vgg'"),
     ({"base": [1], "params": {"optim.lr": {"choice": [0.1]}}}, "base: expected a mapping"),
     ({"params": {"optim.lr": {"choice": [0.1]}}, "tune": {"metrc": "x"}}, "tune: unknown key(s) ['metrc']"),
     ({"params": {"optim.lr": {"choice": [0.1]}}, "tune": {"metric": "accuracy"}}, "tune.metric: unknown metric"),
@@ -172,3 +172,12 @@ def test_shipped_spaces_cover_the_issue_and_validate():
     assert kinds == {"bce", "weighted_bce", "focal"}
     assert any(p.path in ("loss", "loss.per_class_pos_weight") for p in loss.params)
     assert spaces["smoke.yaml"].base_config().run.workers == 1
+
+
+def test_numbers_yaml_reads_as_text_are_accepted_in_ranges_and_choices():
+    """PyYAML reads `1e-3` (no dot in the mantissa) as the string '1e-3'; before, the space was rejected."""
+    s = parse_space(yaml.safe_load("params:\n  optim.lr: {loguniform: [1e-5, 1e-2]}\n"
+                                   "  optim.weight_decay: {choice: [1e-6, 1e-4]}\n"), name="t", where="t.yaml")
+    lr = next(p for p in s.params if p.path == "optim.lr")
+    assert (lr.low, lr.high) == (1e-5, 1e-2)
+    assert TrainConfig.from_dict(resolve(s.base, {"optim.weight_decay": "1e-4"})).optim.weight_decay == 1e-4

@@ -16,6 +16,7 @@ from thorax_ray import storage
 from thorax_ray.data.decode import DecodeError, decode_image
 from thorax_ray.data.read import ReadError, read_bytes
 
+MAX_SIDE = 4096  # stored/decoded image side: beyond the largest NIH original (3,827 px)
 
 @dataclass(frozen=True)
 class ImageConfig:
@@ -26,6 +27,16 @@ class ImageConfig:
     io_threads: int = 8  # concurrent reads per batch (object stores reward concurrency)
     expected_source_size: int | None = None  # e.g. 1024 for the real data: other sizes are quarantined
     endpoint_url: str | None = None
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.size <= MAX_SIDE:
+            raise ValueError(f"image size must be between 1 and {MAX_SIDE} pixels, got {self.size}")
+        for name in ("batch_size", "read_attempts", "io_threads", "expected_source_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        if self.read_backoff_s < 0:
+            raise ValueError(f"read_backoff_s must be >= 0, got {self.read_backoff_s}")
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,13 @@ from thorax_ray.evaluation.report import comparison_ci, comparison_table, format
 from thorax_ray.labels import FINDING_COLUMNS, FINDINGS, column_name
 from thorax_ray.locate import discover
 from thorax_ray.metadata import read_bbox_list
+from thorax_ray.names import safe_name
 
 log = logging.getLogger(__name__)
+
+
+class EvaluationError(ValueError):
+    """Scores that cannot be evaluated (missing, empty, of another dataset); the message names them."""
 
 
 @dataclass(frozen=True)
@@ -35,6 +40,28 @@ class EvaluationConfig:
     overlays: int = 8
     dataset_kind: str = "synthetic"  # says where the numbers come from, in every column label
     s3_endpoint: str | None = None
+
+    def __post_init__(self) -> None:
+        """Model names become file and folder names (thresholds/<name>.vN.json) and column prefixes."""
+        if not self.scores:
+            raise EvaluationError("no scores to evaluate: give at least one --scores NAME=URI")
+        names = [safe_name("model name", name, where=f"--scores {name}={uri}") for name, uri in self.scores]
+        if len(set(names)) != len(names):
+            raise EvaluationError(f"--scores names must be distinct: {names}")
+
+
+def load_outputs(config: EvaluationConfig, load_scores) -> dict[str, pd.DataFrame]:
+    """Every model's committed scores, read before anything is written; an output with no committed
+    row (a mistyped path, a folder that is not a jobs/score.py output) is an error naming it, never a
+    model with every AUROC n/a that also empties the rows every model shares."""
+    loaded = {}
+    for name, uri in config.scores:
+        frame = load_scores(uri)
+        if not len(frame):
+            raise EvaluationError(f"--scores {name}={uri}: no committed scores there (no such output, or not "
+                                  "an output of jobs/score.py, or no run of it has committed yet)")
+        loaded[name] = frame
+    return loaded
 
 
 def _labels(frame: pd.DataFrame) -> np.ndarray:
@@ -103,7 +130,7 @@ def evaluate_scores(config: EvaluationConfig, load_scores) -> dict:
     from thorax_ray.train.config import DataConfig
     from thorax_ray.train.data import open_source
 
-    os.makedirs(config.out, exist_ok=True)
+    outputs = load_outputs(config, load_scores)
     source = open_source(DataConfig(data=config.data, s3_endpoint=config.s3_endpoint))
     manifest = source.manifest.set_index("image_index", drop=False)
     raw_root = source.prepared["source"] if source.prepared else config.data
@@ -114,7 +141,7 @@ def evaluate_scores(config: EvaluationConfig, load_scores) -> dict:
     map_shapes: dict[str, tuple[int, int] | None] = {}  # (h, w) from the scores' heatmap metadata
     warnings: list[str] = []
     for name, uri in config.scores:
-        loaded, note = newest_model_rows(load_scores(uri), uri)
+        loaded, note = newest_model_rows(outputs[name], uri)
         trained_on = loaded.attrs.get("split_hash")
         if trained_on and trained_on != source.split_hash:
             note = ((note + "; ") if note else "") + (
@@ -132,9 +159,13 @@ def evaluate_scores(config: EvaluationConfig, load_scores) -> dict:
         if unknown:
             log.warning("%s: %d scored images are not in %s; ignored", uri, unknown, config.data)
         frame = frame[frame.index.isin(joined.index)]
+        if not len(frame):
+            raise EvaluationError(f"--scores {name}={uri}: none of its {len(loaded)} scored images is in "
+                                  f"{config.data}")
         scored[name] = frame
         for column in FINDING_COLUMNS:
             joined[f"{name}:{column}"] = frame[column].reindex(joined.index)
+    os.makedirs(config.out, exist_ok=True)
     columns = [f"{n}:{c}" for n in scored for c in FINDING_COLUMNS]
     complete = joined[columns].notna().all(axis=1)
     rows = joined[complete]
@@ -231,6 +262,7 @@ def _overlays(config: EvaluationConfig, frame: pd.DataFrame, name: str, shape: t
         row, path = frame.loc[image_index], test.loc[image_index, "path"]
         if path is None or row.get("heatmap") is None:
             continue
+        stem = os.path.splitext(safe_name("image name", image_index))[0]  # the overlay's file name
         pixels = read_original(path, endpoint_url=config.s3_endpoint)
         truth = truth_boxes[truth_boxes["image_index"] == image_index]
         finding = truth["finding"].iloc[0]
@@ -239,7 +271,7 @@ def _overlays(config: EvaluationConfig, frame: pd.DataFrame, name: str, shape: t
         predicted = [box for box in predicted_boxes.get(image_index, []) if box["finding"] == finding]
         probability = float(row[column_name(finding)])
         overlays[f"{name}: {image_index} {finding} (p={probability:.2f})"] = plot_heatmap_overlay(
-            pixels, heatmap, os.path.join(folder, f"{os.path.splitext(image_index)[0]}_{finding}.png"),
+            pixels, heatmap, os.path.join(folder, f"{stem}_{finding}.png"),
             truth_boxes=truth.to_dict("records"), predicted_boxes=predicted,
             title=f"{image_index}: {finding} p={probability:.2f}")
     return overlays

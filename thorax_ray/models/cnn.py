@@ -23,7 +23,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
-import torchvision
 from torch import nn
 
 from thorax_ray import storage
@@ -227,7 +226,7 @@ class ImageCNN(nn.Module):
 
 @dataclass(frozen=True)
 class _TorchvisionArch:
-    constructor: Callable[..., nn.Module]
+    constructor: str  # name in torchvision.models, imported when a model is built (not when names are listed)
     stem_key: str
     classifier_key: str
     feature_dim: int
@@ -253,11 +252,11 @@ def _wrap_efficientnet(tv: nn.Module) -> tuple[nn.Module, nn.Module]:
 
 
 _TORCHVISION: dict[str, _TorchvisionArch] = {
-    "densenet121": _TorchvisionArch(torchvision.models.densenet121, "features.conv0", "classifier", 1024, 0.0,
+    "densenet121": _TorchvisionArch("densenet121", "features.conv0", "classifier", 1024, 0.0,
                                     _wrap_densenet),
-    "resnet50": _TorchvisionArch(torchvision.models.resnet50, "conv1", "fc", 2048, 0.0, _wrap_resnet),
-    "resnet18": _TorchvisionArch(torchvision.models.resnet18, "conv1", "fc", 512, 0.0, _wrap_resnet),
-    "efficientnet_b0": _TorchvisionArch(torchvision.models.efficientnet_b0, "features.0.0", "classifier.1", 1280,
+    "resnet50": _TorchvisionArch("resnet50", "conv1", "fc", 2048, 0.0, _wrap_resnet),
+    "resnet18": _TorchvisionArch("resnet18", "conv1", "fc", 512, 0.0, _wrap_resnet),
+    "efficientnet_b0": _TorchvisionArch("efficientnet_b0", "features.0.0", "classifier.1", 1280,
                                         0.2, _wrap_efficientnet),
 }
 
@@ -265,8 +264,10 @@ _TORCHVISION: dict[str, _TorchvisionArch] = {
 def build_torchvision_cnn(arch: str, *, pretrained: str | None = None, in_chans: int = 1,
                           num_classes: int = NUM_FINDINGS, drop_rate: float | None = None) -> ImageCNN:
     """A torchvision CNN (weights=None) with an `in_chans` stem, optional local/URI weights, 14-way head."""
+    import torchvision  # here, not at import: listing registered names (config checks) stays fast
+
     spec = _TORCHVISION[arch]
-    tv = spec.constructor(weights=None)
+    tv = getattr(torchvision.models, spec.constructor)(weights=None)
     _set(tv, spec.stem_key, _adapted_conv(_get(tv, spec.stem_key), in_chans))
     _set(tv, spec.classifier_key, nn.Linear(spec.feature_dim, num_classes))
     if pretrained is not None:

@@ -32,6 +32,7 @@ from thorax_ray.data.shards import read_commit, read_prepared_tables
 from thorax_ray.labels import FINDING_COLUMNS
 from thorax_ray.locate import BBOX_FILE, METADATA_PATTERNS, SYNTHETIC_RECORD, is_dataset_file
 from thorax_ray.manifest import MANIFEST_COLUMNS, build_manifest, read_manifest
+from thorax_ray.names import check_names
 from thorax_ray.origin import data_origin
 
 log = logging.getLogger(__name__)
@@ -115,7 +116,14 @@ def sibling_bbox_list(source: str | None, endpoint_url: str | None) -> str | Non
 
 
 def resolve_input(uri: str, *, metadata_csv: str | None = None, endpoint_url: str | None = None) -> ScoringInput:
-    """Resolves `--input` (see the module docstring); `metadata_csv` names the metadata CSV of a folder."""
+    """Resolves `--input` (see the module docstring); `metadata_csv` names the metadata CSV of a folder.
+    Every image name is checked once here (it names overlay files later)."""
+    found = _resolve_input(uri, metadata_csv=metadata_csv, endpoint_url=endpoint_url)
+    check_names("image name", found.rows["image_index"], where=uri)
+    return found
+
+
+def _resolve_input(uri: str, *, metadata_csv: str | None = None, endpoint_url: str | None = None) -> ScoringInput:
     fs, base = storage.filesystem(uri, endpoint_url=endpoint_url)
     if not fs.exists(base):
         raise InputError(f"{uri}: input not found")

@@ -14,6 +14,7 @@ from thorax_ray import storage
 from thorax_ray.attribution import decode_heatmaps
 from thorax_ray.attribution.boxes import upsample_maps
 from thorax_ray.labels import FINDING_COLUMNS, FINDINGS
+from thorax_ray.names import safe_name
 from thorax_ray.scoring.inputs import ScoringInput
 from thorax_ray.scoring.output import read_scores
 
@@ -128,7 +129,7 @@ def write_overlays(out: str, source: ScoringInput, folder: str, *, model_id: str
         buffer = io.BytesIO()
         fig.savefig(buffer, dpi=_DPI, format="png", metadata={"Software": None})
         plt.close(fig)
-        path = f"{base}/{row.image_index.rsplit('.', 1)[0]}.overlay.png"
+        path = f"{base}/{safe_name('image name', row.image_index, where=out).rsplit('.', 1)[0]}.overlay.png"
         fs.pipe_file(path, buffer.getvalue())
         written.append(storage.to_uri(fs, path))
     return written

@@ -31,6 +31,9 @@ class Patient:
     view_position: str  # "PA" or "AP"
 
 
+MIN_DIFFICULTY, MAX_DIFFICULTY = 0.0, 3.0  # 0: signatures at twice the NIH-like contrast of 1; 3: at a quarter
+
+
 def finding_strength(difficulty: float) -> float:
     """Contrast multiplier of the signatures: 2 at difficulty 0, 1 at 1, 0.5 at 2."""
     return float(2.0 ** (1.0 - difficulty))
@@ -46,8 +49,8 @@ def _validate(findings: Sequence[str], patient: Patient, size: int, difficulty: 
         raise ValueError(f"size must be an integer >= {MIN_SIZE}, got {size!r}")
     if patient.sex not in ("M", "F") or patient.view_position not in ("PA", "AP"):
         raise ValueError(f"patient sex must be M or F and view PA or AP, got {patient!r}")
-    if not 0.0 <= difficulty <= 3.0:
-        raise ValueError(f"difficulty must be within [0, 3], got {difficulty!r}")
+    if not MIN_DIFFICULTY <= difficulty <= MAX_DIFFICULTY:
+        raise ValueError(f"difficulty must be within [{MIN_DIFFICULTY:g}, {MAX_DIFFICULTY:g}], got {difficulty!r}")
     return list(dict.fromkeys(f for f in findings if f != NO_FINDING))  # de-duplicated, order kept
 
 

@@ -8,6 +8,8 @@ from thorax_ray.cluster import parse_use_gpu
 from thorax_ray.config import from_dict, load_yaml, merge, to_dict
 from thorax_ray.losses import LossConfig
 from thorax_ray.models.metadata import DEFAULT_FEATURES
+from thorax_ray.names import safe_name
+
 # Per-worker batch size when data.batch_size is not set: CheXNet's 16 for models that read images; the
 # metadata MLP's step is tiny, so small batches would leave it dominated by per-step overhead.
 DEFAULT_BATCH_SIZE = {"image": 16, "both": 16, "metadata": 256}
@@ -35,6 +37,11 @@ class DataConfig:
                 or self.eval_batch_size < 1 or self.shuffle_buffer_rows < 0):
             raise ValueError(f"bad data config: size={self.size} (16..2048), batch_size={self.batch_size}, "
                              f"eval_batch_size={self.eval_batch_size} (>= 1), shuffle_buffer_rows={self.shuffle_buffer_rows} (>= 0)")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"limit must be >= 1 row per split (or unset), got {self.limit}")
+        if self.val_cache_mb < 0 or self.cache_train_mb < 0:
+            raise ValueError(f"cache sizes must be >= 0 MB, got val_cache_mb={self.val_cache_mb}, "
+                             f"cache_train_mb={self.cache_train_mb}")
 
 
 @dataclass(frozen=True)
@@ -53,6 +60,19 @@ class ModelConfig:
     backbone: str = "densenet121"  # image part of `fusion`
     pretrained: str | None = None  # path or URI of ImageNet-style weights; never downloaded
     metadata_features: tuple[str, ...] = DEFAULT_FEATURES
+
+    def __post_init__(self) -> None:
+        """Names checked against the model registry, so a typo fails before Ray starts."""
+        from thorax_ray.models import MetadataFeatures, list_models
+
+        if self.name not in list_models():
+            raise ValueError(f"unknown architecture {self.name!r}; registered: {list_models()}")
+        if self.backbone not in list_models("image"):
+            raise ValueError(f"unknown fusion backbone {self.backbone!r}; image CNNs: {list_models('image')}")
+        try:
+            MetadataFeatures(tuple(self.metadata_features))
+        except ValueError as error:
+            raise ValueError(f"metadata_features: {error}") from None
 
 
 @dataclass(frozen=True)
@@ -87,8 +107,15 @@ class RunSettings:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "use_gpu", parse_use_gpu(self.use_gpu))
-        if self.workers < 1 or self.cpus_per_worker <= 0:
-            raise ValueError(f"bad run config: workers={self.workers} (>= 1), cpus_per_worker={self.cpus_per_worker} (> 0)")
+        if self.name is not None:
+            safe_name("run name", self.name)
+        if self.workers < 1:
+            raise ValueError(f"workers must be >= 1 (Ray Train workers), got {self.workers}")
+        if self.cpus_per_worker <= 0 or (self.threads_per_worker is not None and self.threads_per_worker < 1):
+            raise ValueError(f"cpus_per_worker must be > 0 and threads_per_worker >= 1, got "
+                             f"{self.cpus_per_worker} and {self.threads_per_worker}")
+        if self.max_failures < -1:
+            raise ValueError(f"max_failures must be >= 0 (or -1: no limit), got {self.max_failures}")
 
 
 @dataclass(frozen=True)

@@ -177,7 +177,7 @@ def _parse_param(path: str, spec: Any, where: str) -> Param:
         return Param(path, kind, values=tuple(args))
     if not isinstance(args, list) or len(args) != 2:
         raise ConfigError(f"{where}: {kind} needs [low, high], got {args!r}")
-    low, high = args
+    low, high = (_number(bound) for bound in args)  # PyYAML reads 1e-3 (no dot) as text
     for bound in (low, high):
         if isinstance(bound, bool) or not isinstance(bound, (int, float)) or not math.isfinite(bound):
             raise ConfigError(f"{where}: {kind} bounds must be finite numbers, got {args!r}")
@@ -188,6 +188,16 @@ def _parse_param(path: str, spec: Any, where: str) -> Param:
     if kind == "loguniform" and low <= 0:
         raise ConfigError(f"{where}: loguniform needs low > 0, got [{low}, {high}]")
     return Param(path, kind, low=low, high=high)
+
+
+def _number(value: Any) -> Any:
+    """A number written as text (`'1e-3'`) as a float; anything else unchanged (checked by the caller)."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def _parse_tune(data: Any, where: str) -> TuneSettings:
@@ -223,7 +233,6 @@ def _check_space(space: SearchSpace, where: str) -> None:
         base_config = TrainConfig.from_dict(resolve(space.base, {}))
     except ConfigError as error:
         raise ConfigError(f"{where}: base: {error}") from None
-    _check_semantics(base_config, f"{where}: base")
     sections = _section_types()
     seen = set()
     for param in space.params:
@@ -300,10 +309,9 @@ def _check_value(base: dict, section: str, key: str, value: Any, where: str) -> 
             _check_architecture(value["name"], where)
         overrides, sample = {}, {section: value}
     try:
-        config = TrainConfig.from_dict(resolve(merge(base, overrides), sample))
+        TrainConfig.from_dict(resolve(merge(base, overrides), sample))
     except ConfigError as error:
         raise ConfigError(f"{where}: value {value!r}: {error}") from None
-    _check_semantics(config, f"{where}: value {value!r}")
 
 
 def _check_architecture(name: Any, where: str) -> None:
@@ -311,17 +319,3 @@ def _check_architecture(name: Any, where: str) -> None:
 
     if name not in list_models():
         raise ConfigError(f"{where}: unknown architecture {name!r}; registered: {list_models()}")
-
-
-def _check_semantics(config: TrainConfig, where: str) -> None:
-    """What TrainConfig itself does not check: registry names and metadata feature names."""
-    from thorax_ray.models import MetadataFeatures, list_models
-
-    _check_architecture(config.model.name, where)
-    cnns = list_models("image")
-    if config.model.name == "fusion" and config.model.backbone not in cnns:
-        raise ConfigError(f"{where}: unknown fusion backbone {config.model.backbone!r}; image CNNs: {cnns}")
-    try:
-        MetadataFeatures(tuple(config.model.metadata_features))
-    except ValueError as error:
-        raise ConfigError(f"{where}: model.metadata_features: {error}") from None

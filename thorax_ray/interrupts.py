@@ -1,0 +1,58 @@
+"""Ctrl-C and SIGTERM as one exception, so a job can stop its workers, remove what it staged, say so in
+one line and exit with the shell's code for the signal (130 for SIGINT, 143 for SIGTERM).
+
+    with interruptible():
+        try:
+            work()
+        except Interrupted as stop:
+            print(f"interrupted ({stop.name}): ...", file=sys.stderr)
+            return stop.exit_code
+
+Python turns SIGINT into KeyboardInterrupt by itself, but SIGTERM ends the process at once, skipping
+every `finally`; inside `interruptible()` both raise `Interrupted` (a KeyboardInterrupt, so code that
+already cleans up on KeyboardInterrupt cleans up on SIGTERM too). Install it in a job's main thread only.
+"""
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Interrupted(KeyboardInterrupt):
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = int(signum)
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+def _raise(signum: int, frame) -> None:
+    raise Interrupted(signum)
+
+
+@contextmanager
+def interruptible() -> Iterator[None]:
+    """SIGINT and SIGTERM raise `Interrupted` in the main thread while inside; the previous handlers
+    come back on the way out."""
+    previous = {signum: signal.signal(signum, _raise) for signum in SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def leave_signals_to_parent() -> None:
+    """For worker processes (a pool's initializer): a terminal's Ctrl-C reaches the whole process
+    group, but only the parent decides; SIGTERM (how the parent stops its pool) ends a worker at once."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
