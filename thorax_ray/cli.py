@@ -46,7 +46,7 @@ def add_gpu_arguments(parser, per_unit: str) -> None:
                                                  "yet (default: $THORAX_CLUSTER_CONFIG, else ~/ray_bootstrap_config.yaml)")
     parser.add_argument("--shared-fs", action="store_true", default=None,
                         help="local paths are on a filesystem every node mounts (NFS, EFS); otherwise a multi-node "
-                             "cluster needs s3:// storage")
+                             "cluster needs s3:// storage (default: off, or the config's run.shared_fs)")
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
