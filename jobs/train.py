@@ -27,6 +27,7 @@ FLAGS = {  # flag -> (section, key)
     "limit": ("data", "limit"), "s3_endpoint": ("data", "s3_endpoint"),
     "model": ("model", "name"), "backbone": ("model", "backbone"), "pretrained": ("model", "pretrained"),
     "epochs": ("optim", "epochs"), "lr": ("optim", "lr"), "weight_decay": ("optim", "weight_decay"),
+    "lr_scaling": ("optim", "lr_scaling"), "warmup_epochs": ("optim", "warmup_epochs"), "hflip": ("augment", "hflip"),
     "loss": ("loss", "kind"), "workers": ("run", "workers"), "storage": ("run", "storage"), "name": ("run", "name"),
     "seed": ("run", "seed"), "max_failures": ("run", "max_failures"),
 }
@@ -38,14 +39,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--data", help="prepared output, dataset folder or s3:// prefix (default: the demo dataset)")
     parser.add_argument("--model", choices=list_models(), help="architecture (default densenet121)")
     parser.add_argument("--backbone", choices=list_models("image"), help="CNN of fusion")
-    parser.add_argument("--pretrained", help="path/URI of ImageNet-style weights (never downloaded)")
+    parser.add_argument("--pretrained", metavar="imagenet|PATH_OR_URI",
+                        help="'imagenet': torchvision's ImageNet weights of the CNN (from the torch hub cache, "
+                             "downloaded there on first use); or a path/URI of ImageNet-style weights. "
+                             "Default: random init")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--workers", type=int, help="Ray Train workers (DDP ranks)")
     parser.add_argument("--storage", help="folder or s3:// URI for checkpoints (default runs/)")
     parser.add_argument("--name", help="run name; the same name resumes (default thorax-MODEL)")
     parser.add_argument("--size", type=int, help="input side in pixels")
     parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--lr", type=float)
+    parser.add_argument("--lr", type=float, help="learning rate at --base-batch images per step (see --lr-scaling)")
+    parser.add_argument("--lr-scaling", choices=["none", "linear", "sqrt"],
+                        help="scale lr to the global batch (workers x batch size): none (default), linear, sqrt")
+    parser.add_argument("--warmup-epochs", type=int, help="linear warm-up epochs to the scaled lr (default 0)")
+    parser.add_argument("--hflip", action="store_true", default=None,
+                        help="random horizontal flips (off by default: a flip mirrors the heart)")
     parser.add_argument("--weight-decay", type=float)
     parser.add_argument("--loss", choices=list(LOSS_KINDS))
     parser.add_argument("--limit", type=int, help="at most this many rows per split (smoke runs)")

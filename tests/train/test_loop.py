@@ -86,3 +86,14 @@ def test_augment_batch_reproducible_and_in_distribution():
     generator = torch.Generator().manual_seed(0)
     state = generator.get_state()
     assert augment_batch(images, none, generator) is images and torch.equal(generator.get_state(), state)
+
+
+def test_run_metrics_say_how_the_model_was_initialised():
+    from thorax_ray.train.config import TrainConfig
+    from thorax_ray.train.loop import run_summary
+
+    info = {"run_name": "r", "split_hash": "h"}
+    imagenet = TrainConfig().replace(model={"name": "densenet121", "pretrained": "imagenet"})
+    assert run_summary(imagenet, info, [], None, [])["init"]["label"] == "ImageNet init"
+    fusion = TrainConfig().replace(model={"name": "fusion", "backbone": "small_cnn"})
+    assert run_summary(fusion, info, [], None, [])["init"]["label"] == "small_cnn random init"

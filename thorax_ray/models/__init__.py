@@ -10,6 +10,7 @@ from thorax_ray.models.registry import (
     forward_model,
     get_model_spec,
     list_models,
+    model_initialisation,
     register_model,
 )
 from thorax_ray.models.metadata import (
@@ -20,6 +21,7 @@ from thorax_ray.models.metadata import (
 )
 from thorax_ray.models.cnn import (
     IMAGE_CNNS,
+    IMAGENET,
     ImageCNN,
     PretrainedWeightsError,
     adapt_input_conv,
@@ -35,6 +37,7 @@ __all__ = [
     "DEFAULT_MODEL",
     "FusionModel",
     "IMAGE_CNNS",
+    "IMAGENET",
     "INPUT_KINDS",
     "ImageCNN",
     "MetadataFeatures",
@@ -49,6 +52,7 @@ __all__ = [
     "get_model_spec",
     "list_models",
     "load_backbone_state_dict",
+    "model_initialisation",
     "read_state_dict",
     "register_model",
 ]

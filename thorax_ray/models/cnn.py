@@ -10,13 +10,18 @@ so a class activation map for every class at once is `einsum("kc,nchw->nkhw", W,
 and no in-place activation runs on or after it (all activation modules are set to
 `inplace=False`; DenseNet's functional in-place ReLU is replaced by a non-inplace `nn.ReLU`).
 
-Torchvision architectures are always built with `weights=None`; ImageNet-style weights can be
-loaded from a local path or URI (`pretrained=`): the 3-channel stem is summed over its input
-channels (timm's `adapt_input_conv`), the old classifier is dropped, the rest must match exactly.
+Torchvision architectures are always built with `weights=None`; ImageNet-style weights are loaded
+after (`pretrained=`): "imagenet" takes torchvision's own ImageNet weights for the architecture
+(`<Arch>_Weights.IMAGENET1K_V1`, read from the torch hub cache `$TORCH_HOME/hub/checkpoints/`, which
+torchvision fills by downloading them on first use), any other value is a local path or URI of a
+state_dict. The 3-channel stem is summed over its input channels (timm's `adapt_input_conv`), the old
+classifier is dropped, the rest must match exactly. Every model built here records how it was
+initialised in `model.init` (`initialisation`).
 """
 from __future__ import annotations
 
 import io
+import os
 import re
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -168,6 +173,58 @@ def load_backbone_state_dict(module: nn.Module, state_dict: Mapping[str, torch.T
     assert not result.unexpected_keys and set(result.missing_keys) <= set(target) - expected
 
 
+IMAGENET = "imagenet"  # `pretrained=` value meaning torchvision's ImageNet weights of the architecture
+
+
+def imagenet_weights(arch: str):
+    """torchvision's ImageNet weights enum member of a torchvision architecture (no download)."""
+    if arch not in _TORCHVISION:
+        raise ValueError(f"no ImageNet weights for {arch!r}: torchvision publishes them for "
+                         f"{', '.join(sorted(_TORCHVISION))}; pass --pretrained PATH for other weights")
+    return torchvision.models.get_model_weights(arch).IMAGENET1K_V1
+
+
+def imagenet_cache_path(arch: str) -> str:
+    """Where torchvision keeps (and looks for) the ImageNet weights file of `arch`."""
+    return os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(imagenet_weights(arch).url))
+
+
+def read_imagenet_state_dict(arch: str) -> dict[str, torch.Tensor]:
+    """torchvision's ImageNet state_dict of `arch` through its weights API (`get_state_dict`, i.e.
+    `torch.hub.load_state_dict_from_url` with weights_only=True): read from the torch hub cache, downloaded
+    there first when absent (needs internet once per machine; offline, copy the file to the cache)."""
+    weights = imagenet_weights(arch)
+    try:
+        return weights.get_state_dict(progress=False, weights_only=True)
+    except (OSError, RuntimeError) as exc:  # URLError is an OSError; a torn file fails to unzip
+        raise PretrainedWeightsError(
+            f"cannot load torchvision's ImageNet weights {weights} for {arch}: {type(exc).__name__}: {exc}. "
+            f"They are read from {imagenet_cache_path(arch)} (downloaded from {weights.url} when absent): on a "
+            "machine without internet, copy that file there (or set TORCH_HOME), or pass --pretrained PATH"
+        ) from exc
+
+
+def initialisation(arch: str, pretrained: str | None) -> dict[str, str]:
+    """How a CNN of `arch` built with `pretrained` starts: {"kind": "imagenet" | "weights_file" | "random",
+    "source": what was loaded, "label": a short phrase for column labels}."""
+    if pretrained is None:
+        return {"kind": "random", "source": "", "label": "random init"}
+    if str(pretrained).lower() == IMAGENET:
+        name = f"torchvision {imagenet_weights(arch)}"
+        return {"kind": "imagenet", "source": name, "label": "ImageNet init"}
+    return {"kind": "weights_file", "source": str(pretrained),
+            "label": f"init from {str(pretrained).rstrip('/').rsplit('/', 1)[-1]}"}
+
+
+def load_pretrained(module: nn.Module, arch: str, pretrained: str, *, stem_key: str, classifier_key: str) -> None:
+    """Loads `pretrained` ("imagenet" or a path/URI) into `module` with `load_backbone_state_dict`."""
+    if str(pretrained).lower() == IMAGENET:
+        state, source = read_imagenet_state_dict(arch), f"torchvision {imagenet_weights(arch)}"
+    else:
+        state, source = read_state_dict(pretrained), str(pretrained)
+    load_backbone_state_dict(module, state, stem_key=stem_key, classifier_key=classifier_key, source=source)
+
+
 # ----- the common interface --------------------------------------------------------------------------
 
 
@@ -264,19 +321,21 @@ _TORCHVISION: dict[str, _TorchvisionArch] = {
 
 def build_torchvision_cnn(arch: str, *, pretrained: str | None = None, in_chans: int = 1,
                           num_classes: int = NUM_FINDINGS, drop_rate: float | None = None) -> ImageCNN:
-    """A torchvision CNN (weights=None) with an `in_chans` stem, optional local/URI weights, 14-way head."""
+    """A torchvision CNN (weights=None) with an `in_chans` stem, optional weights ("imagenet" or a
+    path/URI), 14-way head."""
     spec = _TORCHVISION[arch]
     tv = spec.constructor(weights=None)
     _set(tv, spec.stem_key, _adapted_conv(_get(tv, spec.stem_key), in_chans))
     _set(tv, spec.classifier_key, nn.Linear(spec.feature_dim, num_classes))
     if pretrained is not None:
-        load_backbone_state_dict(tv, read_state_dict(pretrained), stem_key=spec.stem_key,
-                                 classifier_key=spec.classifier_key, source=str(pretrained))
+        load_pretrained(tv, arch, pretrained, stem_key=spec.stem_key, classifier_key=spec.classifier_key)
     stem = _get(tv, spec.stem_key)
     body, target = spec.wrap(tv)
-    return ImageCNN(arch=arch, body=body, target_layer=target, stem=stem, feature_dim=spec.feature_dim,
-                    num_classes=num_classes,
-                    drop_rate=spec.default_drop_rate if drop_rate is None else drop_rate)
+    model = ImageCNN(arch=arch, body=body, target_layer=target, stem=stem, feature_dim=spec.feature_dim,
+                     num_classes=num_classes,
+                     drop_rate=spec.default_drop_rate if drop_rate is None else drop_rate)
+    model.init = initialisation(arch, pretrained)
+    return model
 
 
 # ----- small CNN for CPU runs ------------------------------------------------------------------------
@@ -313,8 +372,11 @@ def build_small_cnn(*, pretrained: str | None = None, in_chans: int = 1, num_cla
     model = ImageCNN(arch="small_cnn", body=body, target_layer=body[-1], stem=body[0].conv,
                      feature_dim=widths[-1], num_classes=num_classes, drop_rate=drop_rate)
     if pretrained is not None:
+        if str(pretrained).lower() == IMAGENET:
+            imagenet_weights("small_cnn")  # raises: there are none
         load_backbone_state_dict(model, read_state_dict(pretrained), stem_key="body.block1.conv",
                                  classifier_key="classifier", source=str(pretrained))
+    model.init = initialisation("small_cnn", pretrained)
     return model
 
 

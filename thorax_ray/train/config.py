@@ -42,22 +42,37 @@ class AugmentConfig:
 class ModelConfig:
     name: str = "densenet121"
     backbone: str = "densenet121"  # image part of `fusion`
-    pretrained: str | None = None  # path or URI of ImageNet-style weights; never downloaded
+    pretrained: str | None = None  # "imagenet" (torchvision's weights, via the torch hub cache) or a path/URI; None: random
     metadata_features: tuple[str, ...] = DEFAULT_FEATURES
 
 
 @dataclass(frozen=True)
 class OptimConfig:
+    """Adam and its learning-rate schedule (thorax_ray/train/lr_schedule.py)."""
+
     epochs: int = 10
-    lr: float = 1e-3
+    lr: float = 1e-3  # at base_batch images per step (CheXNet: 1e-3 at 16); see lr_scaling
+    betas: tuple[float, float] = (0.9, 0.999)  # Adam's (CheXNet: the defaults)
     weight_decay: float = 1e-5
     scheduler: str = "plateau"  # plateau (CheXNet: lr/10 on plateau) | cosine | none
+    lr_scaling: str = "none"  # none | linear | sqrt: lr for the global batch = lr x (1 | B/base | sqrt(B/base))
+    base_batch: int = 16  # the batch `lr` is meant for
+    warmup_epochs: int = 0  # linear warm-up to the scaled lr over this many epochs
 
     def __post_init__(self) -> None:
         if self.scheduler not in ("plateau", "cosine", "none"):
             raise ValueError(f"unknown scheduler {self.scheduler!r}; expected plateau, cosine or none")
         if self.epochs < 1 or self.lr <= 0 or self.weight_decay < 0:
             raise ValueError(f"bad optimiser config: epochs={self.epochs}, lr={self.lr}, weight_decay={self.weight_decay}")
+        if self.lr_scaling not in ("none", "linear", "sqrt"):
+            raise ValueError(f"unknown lr_scaling {self.lr_scaling!r}; expected none, linear or sqrt")
+        if self.base_batch < 1 or not 0 <= self.warmup_epochs < self.epochs:
+            raise ValueError(f"bad optimiser config: base_batch={self.base_batch} (>= 1), "
+                             f"warmup_epochs={self.warmup_epochs} (0 .. epochs - 1 = {self.epochs - 1})")
+        betas = tuple(float(b) for b in self.betas)
+        if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
+        object.__setattr__(self, "betas", betas)
 
 
 @dataclass(frozen=True)

@@ -11,25 +11,18 @@ import torch
 from thorax_ray.accel import FastPath, prefetch_to_device
 from thorax_ray.losses import build_loss
 from thorax_ray.metrics import mean_auroc, per_class_auroc
-from thorax_ray.models import MetadataFeatures, create_model
+from thorax_ray.models import MetadataFeatures, create_model, model_initialisation
 from thorax_ray.predict import predict
 from thorax_ray.train.augment import augment_batch
 from thorax_ray.train.batches import batch_from_arrow, normalise_images
 from thorax_ray.train.checkpoint import (checkpoint_dir_name, latest_loadable,
                                          save_checkpoint, write_run_metrics)
 from thorax_ray.train.config import TrainConfig, preprocessing_contract
+from thorax_ray.train.lr_schedule import build_scheduler, describe_lr, effective_lr
 
 
 def model_kwargs(config: TrainConfig) -> dict:
     return {"backbone": config.model.backbone} if config.model.name == "fusion" else {}
-
-
-def build_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer):
-    if config.optim.scheduler == "plateau":
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.1, patience=1)
-    if config.optim.scheduler == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.optim.epochs)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0)
 
 
 class ValidationRows:
@@ -89,8 +82,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
         model.load_state_dict(state["model_state"], strict=True)
     model = fast.prepare_model(model)  # on the device; channels_last for image models on GPU
     trained = fast.maybe_compile(ray.train.torch.prepare_model(model))
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay)
-    scheduler = build_scheduler(config, optimizer)
+    global_batch = config.data.batch_size * world  # lr rule: thorax_ray/train/lr_schedule.py
+    optimizer = torch.optim.Adam(model.parameters(), lr=effective_lr(config.optim, global_batch),
+                                 betas=config.optim.betas, weight_decay=config.optim.weight_decay)
+    scheduler = build_scheduler(config.optim, optimizer)
     if state is not None:
         optimizer.load_state_dict(state["optimizer_state"])
         scheduler.load_state_dict(state["scheduler_state"])
@@ -108,7 +103,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
                   f"{[h['epoch'] + 1 for h in history]})", flush=True)
 
     if rank == 0:
-        print(f"[{info['run_name']}] device {fast.describe()}", flush=True)
+        print(f"[{info['run_name']}] device {fast.describe()}; {describe_lr(config.optim, global_batch)} "
+              f"({world} x {config.data.batch_size})", flush=True)
 
     def host_batch(table):
         return batch_from_arrow(table, stored_size=info["stored_size"],
@@ -203,6 +199,7 @@ def run_summary(config: TrainConfig, info: dict, history: list[dict], best: dict
             "data": config.data.data, "best_epoch": best["epoch"] if best else None,
             "best_checkpoint": best["checkpoint"] if best else None,
             "val": best["val"] if best else None, "epochs_run": len(history), "history": history, "resumes": resumes,
+            "init": model_initialisation(config.model.name, config.model.pretrained, config.model.backbone),
             "config": config.to_dict()}
 
 
