@@ -97,3 +97,27 @@ def test_run_metrics_say_how_the_model_was_initialised():
     assert run_summary(imagenet, info, [], None, [])["init"]["label"] == "ImageNet init"
     fusion = TrainConfig().replace(model={"name": "fusion", "backbone": "small_cnn"})
     assert run_summary(fusion, info, [], None, [])["init"]["label"] == "small_cnn random init"
+
+
+def test_no_horizontal_flip_unless_asked():
+    """A flip mirrors the heart; the default augmentation never flips, `--hflip` turns flips on."""
+    import importlib.util
+    import os
+
+    import torch
+
+    from thorax_ray.train.augment import augment_batch
+    from thorax_ray.train.config import AugmentConfig
+
+    assert AugmentConfig().hflip is False
+    images = torch.rand(64, 1, 8, 8)
+    default_flip_only = AugmentConfig(rotate_degrees=0, scale=0, translate=0, brightness=0, contrast=0)
+    assert torch.equal(augment_batch(images, default_flip_only, torch.Generator().manual_seed(0)), images)
+    spec = importlib.util.spec_from_file_location(
+        "train_job", os.path.join(os.path.dirname(__file__), "..", "..", "jobs", "train.py"))
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    assert job.build_config(job.parse_args(["--hflip"])).augment.hflip is True
+    assert job.build_config(job.parse_args([])).augment.hflip is False
+    chosen = job.build_config(job.parse_args(["--lr-scaling", "sqrt", "--warmup-epochs", "2", "--pretrained", "imagenet"]))
+    assert (chosen.optim.lr_scaling, chosen.optim.warmup_epochs, chosen.model.pretrained) == ("sqrt", 2, "imagenet")

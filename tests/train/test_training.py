@@ -28,7 +28,8 @@ def small_config(dataset, storage, name, **sections):
 
 
 def test_mlp_learns_from_metadata_alone(ray_local, metadata_only, tmp_path):
-    config = small_config(metadata_only, tmp_path, "mlp", model={"name": "mlp"}, optim={"epochs": 6, "lr": 3e-3},
+    config = small_config(metadata_only, tmp_path, "mlp", optim={"epochs": 6, "lr": 3e-3},
+                          model={"name": "mlp", "metadata_features": ["age", "sex", "view_position", "follow_up"]},
                           data={"batch_size": 128})
     result = fit(config)
     assert result.metrics["model"] == "mlp" and result.metrics["epochs_run"] == 6

@@ -16,6 +16,7 @@ from thorax_ray.models.registry import (
 from thorax_ray.models.metadata import (
     AVAILABLE_FEATURES,
     DEFAULT_FEATURES,
+    FOLLOW_UP_FEATURES,
     MetadataFeatures,
     MetadataMLP,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "AVAILABLE_FEATURES",
     "DEFAULT_FEATURES",
     "DEFAULT_MODEL",
+    "FOLLOW_UP_FEATURES",
     "FusionModel",
     "IMAGE_CNNS",
     "IMAGENET",

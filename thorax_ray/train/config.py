@@ -30,7 +30,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    hflip: bool = True  # CheXNet's only augmentation
+    hflip: bool = False  # CheXNet flips; off here: a flip mirrors the heart (torchxrayvision does not flip)
     rotate_degrees: float = 5.0
     scale: float = 0.05  # random zoom in [1 - scale, 1 + scale]
     translate: float = 0.03  # fraction of the side
