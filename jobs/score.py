@@ -14,6 +14,7 @@ from thorax_ray.cli import add_cluster_arguments, run_main, setup_logging
 from thorax_ray.ray_setup import init_ray
 from thorax_ray.attribution import DEFAULT_MAX_BOXES, DEFAULT_THRESHOLD, list_methods
 from thorax_ray.scoring import NO_METHOD, ScoreConfig, score
+from thorax_ray.scoring.gate import CALIBRATED, parse_gate
 from thorax_ray.scoring.scorer import DEFAULT_BOX_GRID, DEFAULT_MAX_MAP_SIDE
 
 
@@ -30,8 +31,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=32, help="images per model call (default 32)")
     parser.add_argument("--actors", type=int, help="model actors (default: one per GPU, else 1)")
     parser.add_argument("--actor-cpus", type=float, default=1.0, help="CPUs per actor (torch threads on CPU)")
-    parser.add_argument("--box-min-probability", type=float, default=0.5,
-                        help="box only findings with at least this probability (default 0.5; negative: all)")
+    parser.add_argument("--box-min-probability", type=parse_gate, default=CALIBRATED,
+                        help="which findings get boxes: 'calibrated' (default: each finding's operating point, "
+                             "chosen on validation when the checkpoint was trained), a probability for every "
+                             "finding, or 'none' (or a negative number): every boxed finding")
     parser.add_argument("--box-threshold", type=float, default=DEFAULT_THRESHOLD,
                         help=f"map level (0..255) of a box (default {DEFAULT_THRESHOLD})")
     parser.add_argument("--max-boxes", type=int, default=DEFAULT_MAX_BOXES,
@@ -47,7 +50,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-date", help="partition date YYYY-MM-DD (default: today, UTC)")
     parser.add_argument("--overlays", help="folder for overlay PNGs of --limit scored images")
     parser.add_argument("--limit", type=int, default=8, help="overlay PNGs to write (default 8)")
-    parser.add_argument("--overlay-threshold", type=float, default=0.5, help="probability that shows a finding")
+    parser.add_argument("--overlay-threshold", type=parse_gate, default=CALIBRATED,
+                        help="which predicted findings an overlay shows (same values as --box-min-probability)")
     parser.add_argument("--keep-uncommitted-hours", type=float, default=24.0,
                         help="delete files of runs that never committed once older than this (default 24)")
     add_cluster_arguments(parser)
@@ -61,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     config = ScoreConfig(
         checkpoint=args.checkpoint, input=args.input, out=args.out, method=args.method,
         batch_size=args.batch_size, actors=args.actors, actor_cpus=args.actor_cpus,
-        box_min_probability=None if args.box_min_probability < 0 else args.box_min_probability,
+        box_min_probability=args.box_min_probability,
         box_threshold=args.box_threshold, max_boxes=args.max_boxes, box_grid=args.box_grid or None,
         max_map_side=args.max_map_side or None,
         max_images=args.max_images, in_flight_mb=args.in_flight_mb, batch_date=args.batch_date, overlays=args.overlays, overlay_limit=args.limit,

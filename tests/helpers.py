@@ -27,9 +27,9 @@ CHECKPOINT_SPLIT_HASH = "split-of-the-test-checkpoints"
 
 
 def make_checkpoint(folder: str | os.PathLike, name: str = "small_cnn", *, size: int = 64, seed: int = 0,
-                    model=None, **kwargs):
+                    model=None, payload: dict | None = None, **kwargs):
     """Saves a scoring-ready checkpoint of `model` (default: a new `name` model with seed `seed` and
-    `kwargs`) with the preprocessing contract of `size`; returns the model."""
+    `kwargs`) with the preprocessing contract of `size` and any extra `payload` keys; returns the model."""
     import torch
 
     from thorax_ray.models import create_model
@@ -42,5 +42,5 @@ def make_checkpoint(folder: str | os.PathLike, name: str = "small_cnn", *, size:
     os.makedirs(folder, exist_ok=True)
     save_checkpoint(str(folder), {"model_name": name, "model_build_config": model.build_config,
                                   "model_state": model.state_dict(), "preprocessing": preprocessing_contract(size),
-                                  "epoch": 0, "split_hash": CHECKPOINT_SPLIT_HASH})
+                                  "epoch": 0, "split_hash": CHECKPOINT_SPLIT_HASH, **(payload or {})})
     return model

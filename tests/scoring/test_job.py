@@ -29,10 +29,16 @@ SIZE = 64
 CONTRACT = preprocessing_contract(SIZE)
 
 
+# Operating points as training stores them: four boxed findings always pass, the other findings never do.
+OPEN = BOXED_FINDINGS[:4]
+OPERATING_POINTS = {"rule": "youden", "chosen_on": "validation",
+                    "thresholds": {f: (0.0 if f in OPEN else 1.0) for f in FINDINGS}}
+
+
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     folder = tmp_path_factory.mktemp("checkpoint")
-    return str(folder), make_checkpoint(folder, size=SIZE)
+    return str(folder), make_checkpoint(folder, size=SIZE, payload={"operating_points": OPERATING_POINTS})
 
 
 def image_paths(root):
@@ -96,13 +102,17 @@ def test_schema_metadata_round_trip_and_size(ray_local, checkpoint, synthetic_sm
     assert np.abs(stored.astype(int) - normalise_maps(local.maps).astype(int)).max() <= 1
     np.testing.assert_allclose(rows[list(FINDING_COLUMNS)].to_numpy(), torch.sigmoid(local.logits).numpy(),
                                atol=1e-5)
-    # Boxes: only boxed findings with probability >= 0.5, inside the 64x64 original frame.
-    probabilities = dict(zip(FINDINGS, FINDING_COLUMNS))
+    # Boxes: by default only boxed findings whose probability reaches the checkpoint's operating point for
+    # that finding (here: OPEN always, the rest never), inside the 64x64 original frame; the metadata says so.
     for row in frame.itertuples():
         for box in row.boxes:
-            assert box["finding"] in BOXED_FINDINGS and getattr(row, probabilities[box["finding"]]) >= 0.5
+            assert box["finding"] in OPEN
             assert 0 <= box["x"] and box["x"] + box["w"] <= 64 and 0 <= box["y"] and box["y"] + box["h"] <= 64
-    assert 0 < sum(len(b) for b in frame["boxes"]) < 120 * len(BOXED_FINDINGS) * 2
+    assert {box["finding"] for boxes in frame["boxes"] for box in boxes} == set(OPEN)
+    gate = described["boxes"]["min_probability"]
+    assert gate["kind"] == "calibrated" and gate["rule"] == "youden" and gate["thresholds"]["Mass"] == 1.0
+    assert frame.attrs["box_gate"] == gate and frame.attrs["model_init"]["label"] == "random init"
+    assert described["model_init"] == frame.attrs["model_init"]
     # Size: every Parquet file of the output, in bytes on disk, per scored image.
     total = sum(os.path.getsize(f) for f in parquet_files(out))
     assert total / len(frame) <= 2048, f"{total / len(frame):.0f} bytes per image"

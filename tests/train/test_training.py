@@ -53,7 +53,16 @@ def test_small_cnn_learns_findings_far_above_the_mlp(ray_local, learnable_images
     payload = load_payload(checkpoints[-1][1])  # torch.load(weights_only=True) inside
     assert payload["split_hash"] == metrics["split_hash"] and payload["preprocessing"]["size"] == 64
     assert set(payload) >= {"model_state", "optimizer_state", "scheduler_state", "epoch", "config", "labels",
-                            "seed", "versions"}
+                            "seed", "versions", "operating_points"}
+    # operating points chosen on the validation predictions of each epoch travel with its checkpoint, and the
+    # best epoch's in metrics.json; how the model started is recorded in both
+    points = payload["operating_points"]
+    assert points["rule"] == "youden" and points["chosen_on"] == "validation" and points["n_images"] > 0
+    defined = [v for v in points["thresholds"].values() if v is not None]
+    assert len(defined) >= 8 and all(0.0 < v < 1.0 for v in defined)
+    best = load_payload(os.path.join(cnn.run_dir, metrics["best_checkpoint"]))
+    assert metrics["val"]["operating_points"] == best["operating_points"]
+    assert metrics["init"]["label"] == "random init" and payload["model_build_config"]["init"]["kind"] == "random"
     evaluation = evaluate_checkpoint(cnn.run_dir, str(prepared), "test")
     assert evaluation["mean_auroc"] > 0.65 and evaluation["model"] == "small_cnn"
 

@@ -79,13 +79,14 @@ def component_boxes(upsampled: np.ndarray, *, threshold: float = DEFAULT_THRESHO
 def boxes_for_image(maps: np.ndarray, width: int, height: int, *,
                     findings: Sequence[str] | str | None = None,
                     probabilities: Sequence[float] | np.ndarray | None = None,
-                    min_probability: float | None = None, threshold: float = DEFAULT_THRESHOLD,
-                    max_boxes: int = DEFAULT_MAX_BOXES,
+                    min_probability: float | Sequence[float] | None = None, threshold: float = DEFAULT_THRESHOLD,
+                    max_boxes: int | None = DEFAULT_MAX_BOXES,
                     score: Literal["mean", "max"] = "mean") -> list[dict]:
     """Boxes of one image from its uint8 maps (14, h, w), in pixels of a `width` x `height` image.
 
     findings: names to box (default `BOXED_FINDINGS`, the 8 with ground-truth boxes; "all" = 14).
-    probabilities / min_probability: skip findings whose probability (FINDINGS order) is lower.
+    probabilities / min_probability: skip findings whose probability (FINDINGS order) is lower than
+    `min_probability` (one value for all findings, or one per finding in FINDINGS order).
     threshold: on the 0..255 map scale (Wang et al.: 180). Returns dicts
     `{finding, x, y, w, h, score}` in FINDINGS order, largest component first within a finding.
     """
@@ -105,7 +106,11 @@ def boxes_for_image(maps: np.ndarray, width: int, height: int, *,
         probs = np.asarray(probabilities, dtype=np.float64).reshape(-1)
         if probs.shape[0] != NUM_FINDINGS:
             raise ValueError(f"probabilities must have {NUM_FINDINGS} values, got {probs.shape[0]}")
-        indices = [i for i in indices if probs[i] >= min_probability]
+        gate = np.asarray(min_probability, dtype=np.float64).reshape(-1)
+        if gate.size not in (1, NUM_FINDINGS):
+            raise ValueError(f"min_probability must be one value or {NUM_FINDINGS}, got {gate.size}")
+        gate = np.broadcast_to(gate, (NUM_FINDINGS,))
+        indices = [i for i in indices if probs[i] >= gate[i]]
     # Bilinear interpolation never exceeds the largest cell value: skip maps below the threshold.
     indices = [i for i in indices if float(maps[i].max()) >= threshold]
     if not indices:

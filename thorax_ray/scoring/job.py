@@ -23,6 +23,7 @@ from thorax_ray import storage
 from thorax_ray.attribution import DEFAULT_MAX_BOXES, DEFAULT_THRESHOLD, default_method_name, get_method
 from thorax_ray.data.pipeline import ImageConfig, load_images, manifest_dataset
 from thorax_ray.labels import FINDING_COLUMNS, FINDINGS
+from thorax_ray.scoring.gate import CALIBRATED, resolve_gate
 from thorax_ray.scoring.inputs import ScoringInput, resolve_input
 from thorax_ray.scoring.output import (FORMAT_VERSION, QUARANTINE_DIR, SCORES_DIR, ScoresDatasink, ScoresError,
                                        clean_uncommitted, feature_attribution_metadata, new_run_id, publish,
@@ -48,7 +49,9 @@ class ScoreConfig:
     actor_cpus: float = 1.0  # CPUs per actor (= torch threads on CPU)
     num_gpus: float | None = None  # per actor; default 1 when the cluster has GPUs, else 0
     max_map_side: int | None = DEFAULT_MAX_MAP_SIDE  # pool larger maps to this many cells per side (None: keep)
-    box_min_probability: float | None = 0.5  # box only findings at least this probable (None: every boxed finding)
+    # Which findings get boxes (thorax_ray/scoring/gate.py): "calibrated" = the checkpoint's per-finding operating
+    # points chosen on validation; a probability = the same gate for every finding; None = every boxed finding.
+    box_min_probability: float | str | None = CALIBRATED
     box_threshold: float = DEFAULT_THRESHOLD  # on the 0..255 map scale
     max_boxes: int = DEFAULT_MAX_BOXES  # per finding
     box_grid: int | None = DEFAULT_BOX_GRID  # trace boxes on a grid of at most this side, then scale (None: full)
@@ -63,7 +66,7 @@ class ScoreConfig:
     batch_date: str | None = None  # YYYY-MM-DD (default: the run's UTC start date)
     overlays: str | None = None  # folder for overlay PNGs
     overlay_limit: int = 8
-    overlay_threshold: float = 0.5
+    overlay_threshold: float | str | None = CALIBRATED  # which findings an overlay shows (same values as boxes)
     endpoint_url: str | None = None
     fail_after_rows: int | None = None  # tests only: every actor raises after this many rows
 
@@ -187,10 +190,11 @@ def score(config: ScoreConfig, *, filesystem=None) -> ScoreSummary:
     schema = score_schema(maps=maps, feature_attributions=attributions)
     heatmap = heatmap_description(model, contract, method, config.max_map_side) if maps else None
     features = (feature_attribution_metadata(model.metadata_features.names, method) if attributions else None)
+    gate = resolve_gate(config.box_min_probability, payload)
     box_settings = {
         "frame": "pixels of the original image (the decoded PNG: columns width x height); x, y = top-left corner",
         "findings": "BOXED_FINDINGS (the 8 with ground-truth boxes in BBox_List_2017.csv)",
-        "min_probability": config.box_min_probability, "threshold": config.box_threshold,
+        "min_probability": gate.description, "threshold": config.box_threshold,
         "max_boxes_per_finding": config.max_boxes,
         "tracing": (f"map upsampled bilinearly (align_corners=False) to a grid of at most {config.box_grid} px "
                     "per side, components boxed there and scaled to original pixels" if config.box_grid
@@ -202,6 +206,7 @@ def score(config: ScoreConfig, *, filesystem=None) -> ScoreSummary:
         "checkpoint": checkpoint_dir, "method": method, "preprocessing": contract,
         "classes": list(FINDINGS), "probability_columns": list(FINDING_COLUMNS),
         "probabilities": "sigmoid of the model's logits, float32", "boxes": box_settings, "run_id": run_id,
+        "model_init": (payload.get("model_build_config") or {}).get("init"),
         "batch_date": batch_date,
     }
     metadata = schema_metadata(scores=description, heatmap=heatmap, features=features)
@@ -218,7 +223,7 @@ def score(config: ScoreConfig, *, filesystem=None) -> ScoreSummary:
                 checkpoint_dir=checkpoint_dir, model_id=model_id, method=method,
                 method_options=config.method_options, stored_size=stored_size,
                 run_id=run_id, batch_date=batch_date, max_map_side=config.max_map_side,
-                box_min_probability=config.box_min_probability, box_threshold=config.box_threshold,
+                box_min_probability=gate.thresholds, box_threshold=config.box_threshold,
                 max_boxes=config.max_boxes, box_grid=config.box_grid, endpoint_url=endpoint,
                 threads=max(1, int(config.actor_cpus)),
                 fail_after_rows=config.fail_after_rows,
@@ -261,6 +266,8 @@ def score(config: ScoreConfig, *, filesystem=None) -> ScoreSummary:
             "counts": {"input": source.total_rows, "scored": scored, "skipped": skipped,
                        "quarantined": len(failed), "deferred": deferred},
             "quarantined": quarantined, "heatmap": heatmap, "feature_attributions": features,
+            "box_gate": gate.description if maps else None,
+            "model_init": (payload.get("model_build_config") or {}).get("init"),
             "elapsed_s": round(elapsed, 3), "compute_s": round(compute_s, 3), "model_s": round(model_s, 3),
         }, endpoint_url=endpoint)
     except BaseException:
@@ -280,7 +287,8 @@ def score(config: ScoreConfig, *, filesystem=None) -> ScoreSummary:
         from thorax_ray.scoring.overlays import write_overlays
 
         summary.overlays = write_overlays(config.out, source, config.overlays, model_id=model_id, run_id=run_id,
-                                          limit=config.overlay_limit, threshold=config.overlay_threshold,
+                                          limit=config.overlay_limit,
+                                          threshold=resolve_gate(config.overlay_threshold, payload).thresholds,
                                           endpoint_url=endpoint)
     return summary
 

@@ -362,8 +362,9 @@ def read_scores(out: str, model_id: str | None = None, *, columns: list[str] | N
     """Every committed score row of OUT (of one model / run when given) as a DataFrame.
 
     `frame.attrs["heatmap"]` holds the heatmap description (shape, dtype, classes, ...) and
-    `frame.attrs["feature_attributions"]` the feature names and `frame.attrs["split_hash"]` the split the
-    model was trained on, when all runs share one.
+    `frame.attrs["feature_attributions"]` the feature names, `frame.attrs["split_hash"]` the split the
+    model was trained on, `frame.attrs["box_gate"]` which findings got boxes and `frame.attrs["model_init"]`
+    how the model was initialised, when all runs share one.
     """
     uris = committed_files(out, model_id=model_id, run_id=run_id, endpoint_url=endpoint_url)
     tables = _read_tables(uris, columns, endpoint_url)
@@ -374,7 +375,7 @@ def read_scores(out: str, model_id: str | None = None, *, columns: list[str] | N
     described = {}
     for record in committed_runs(out, model_id=model_id, endpoint_url=endpoint_url):
         if run_id is None or record["run_id"] == run_id:
-            for key in ("heatmap", "feature_attributions", "split_hash"):
+            for key in ("heatmap", "feature_attributions", "split_hash", "box_gate", "model_init"):
                 if record.get(key) is not None:
                     described.setdefault(key, []).append(json.dumps(record[key], sort_keys=True))
     for key, values in described.items():

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import logging
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -44,11 +45,15 @@ def read_original(uri: str, *, endpoint_url: str | None = None) -> np.ndarray:
         return np.asarray(to_gray8(image), dtype=np.uint8)
 
 
-def panel_findings(probabilities: np.ndarray, labels: np.ndarray | None, threshold: float) -> list[int]:
-    """Indices of the findings to draw: labelled ones first, then predicted, by probability."""
+def panel_findings(probabilities: np.ndarray, labels: np.ndarray | None,
+                   threshold: float | Sequence[float] | None) -> list[int]:
+    """Indices of the findings to draw: labelled ones first, then predicted (probability >= the finding's
+    threshold: one for all or one per finding; None: every finding), by probability."""
     order = [int(i) for i in np.argsort(-probabilities, kind="stable")]
     present = [i for i in order if labels is not None and labels[i] == 1]
-    predicted = [i for i in order if probabilities[i] >= threshold and i not in present]
+    gate = np.zeros(len(probabilities)) if threshold is None else np.broadcast_to(
+        np.asarray(threshold, dtype=np.float64), (len(probabilities),))
+    predicted = [i for i in order if probabilities[i] >= gate[i] and i not in present]
     chosen = (present + predicted)[:MAX_PANELS]
     return chosen or order[:1]
 
@@ -86,7 +91,8 @@ def draw_overlay(image: np.ndarray, maps: np.ndarray, probabilities: np.ndarray,
 
 
 def write_overlays(out: str, source: ScoringInput, folder: str, *, model_id: str, run_id: str | None = None,
-                   limit: int = 8, threshold: float = 0.5, endpoint_url: str | None = None) -> list[str]:
+                   limit: int = 8, threshold: float | Sequence[float] | None = 0.5,
+                   endpoint_url: str | None = None) -> list[str]:
     """Writes `limit` overlay PNGs (first images by name of this run, else of any committed run of the
     model that are in the input) to `folder` (local or s3://); returns their URIs."""
     if limit < 1:

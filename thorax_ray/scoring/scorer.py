@@ -111,7 +111,7 @@ class Scorer:
 
     def __init__(self, *, checkpoint_dir: str, model_id: str, method: str, method_options: dict | None = None,
                  stored_size: int | None = None, run_id: str, batch_date: str, max_map_side: int | None,
-                 box_min_probability: float | None = 0.5, box_threshold: float = DEFAULT_THRESHOLD,
+                 box_min_probability: float | tuple[float, ...] | None = 0.5, box_threshold: float = DEFAULT_THRESHOLD,
                  max_boxes: int = DEFAULT_MAX_BOXES, box_grid: int | None = DEFAULT_BOX_GRID,
                  endpoint_url: str | None = None, threads: int | None = None,
                  fail_after_rows: int | None = None):

@@ -13,6 +13,7 @@ from thorax_ray.losses import build_loss
 from thorax_ray.metrics import mean_auroc, per_class_auroc
 from thorax_ray.models import MetadataFeatures, create_model, model_initialisation
 from thorax_ray.predict import predict
+from thorax_ray.thresholds import operating_points
 from thorax_ray.train.augment import augment_batch
 from thorax_ray.train.batches import batch_from_arrow, normalise_images
 from thorax_ray.train.checkpoint import (checkpoint_dir_name, latest_loadable,
@@ -140,9 +141,12 @@ def train_loop_per_worker(loop_config: dict) -> None:
                                   contract=contract, stored_size=info["stored_size"], device=device,
                                   autocast_dtype=fast.autocast_dtype)
             aurocs = per_class_auroc(predictions.labels, predictions.probabilities) if len(predictions.labels) else {}
+            # Per-class thresholds for this epoch's weights, chosen on these validation predictions: the
+            # checkpoint carries them and scoring gates boxes and overlays with them (thorax_ray/thresholds.py).
+            points = operating_points(predictions.labels, predictions.probabilities) if len(predictions.labels) else None
             record = {"epoch": epoch, "train_loss": train_loss, "train_images": int(totals[1]),
-                      "train_seconds": train_seconds,
-                      "val_images": len(predictions.image_index), "val": {"auroc": aurocs, "mean_auroc": mean_auroc(aurocs)},
+                      "train_seconds": train_seconds, "val_images": len(predictions.image_index),
+                      "val": {"auroc": aurocs, "mean_auroc": mean_auroc(aurocs), "operating_points": points},
                       "lr": optimizer.param_groups[0]["lr"], "seconds": time.monotonic() - started}
         record = _broadcast(record, world)
         val_mean = record["val"]["mean_auroc"]
@@ -164,7 +168,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
                        "model_state": model.state_dict(), "optimizer_state": optimizer.state_dict(),
                        "scheduler_state": scheduler.state_dict(), "epoch": epoch, "config": config.to_dict(),
                        "preprocessing": contract, "split_hash": info["split_hash"], "seed": config.run.seed,
-                       "history": history, "best": best, "resumes": resumes, "run_name": info["run_name"]}
+                       "history": history, "best": best, "resumes": resumes, "run_name": info["run_name"],
+                       "operating_points": record["val"]["operating_points"]}
             with tempfile.TemporaryDirectory() as directory:
                 save_checkpoint(directory, payload)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory),
