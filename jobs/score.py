@@ -26,7 +26,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "a manifest .parquet, or a prepared output")
     parser.add_argument("--out", required=True, help="output folder or s3:// prefix (shared by all runs)")
     parser.add_argument("--method", choices=[*list_methods(), NO_METHOD],
-                        help="attribution method (default: fast_cam for image models, metadata_ig for the MLP; "
+                        help="attribution method (default: cam, the raw class activation map of Wang et al. 2017, "
+                             "for image models; fast_cam = its ReLU'd Grad-CAM form; metadata_ig for the MLP; "
                              "none: probabilities only)")
     parser.add_argument("--batch-size", type=int, default=32, help="images per model call (default 32)")
     parser.add_argument("--actors", type=int, help="model actors (default: one per GPU, else 1)")

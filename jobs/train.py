@@ -26,6 +26,7 @@ FLAGS = {  # flag -> (section, key)
     "data": ("data", "data"), "size": ("data", "size"), "batch_size": ("data", "batch_size"),
     "limit": ("data", "limit"), "s3_endpoint": ("data", "s3_endpoint"),
     "model": ("model", "name"), "backbone": ("model", "backbone"), "pretrained": ("model", "pretrained"),
+    "output_stride": ("model", "output_stride"),
     "epochs": ("optim", "epochs"), "lr": ("optim", "lr"), "weight_decay": ("optim", "weight_decay"),
     "lr_scaling": ("optim", "lr_scaling"), "warmup_epochs": ("optim", "warmup_epochs"), "hflip": ("augment", "hflip"),
     "loss": ("loss", "kind"), "workers": ("run", "workers"), "storage": ("run", "storage"), "name": ("run", "name"),
@@ -43,6 +44,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="'imagenet': torchvision's ImageNet weights of the CNN (from the torch hub cache, "
                              "downloaded there on first use); or a path/URI of ImageNet-style weights. "
                              "Default: random init")
+    parser.add_argument("--output-stride", type=int, choices=[1, 2, 4, 8, 16],
+                        help="small_cnn's feature-map stride (default 16; 8 gives 16x16 heatmaps at 128 px)")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--workers", type=int, help="Ray Train workers (DDP ranks)")
     parser.add_argument("--storage", help="folder or s3:// URI for checkpoints (default runs/)")

@@ -121,3 +121,20 @@ def test_no_horizontal_flip_unless_asked():
     assert job.build_config(job.parse_args([])).augment.hflip is False
     chosen = job.build_config(job.parse_args(["--lr-scaling", "sqrt", "--warmup-epochs", "2", "--pretrained", "imagenet"]))
     assert (chosen.optim.lr_scaling, chosen.optim.warmup_epochs, chosen.model.pretrained) == ("sqrt", 2, "imagenet")
+
+
+def test_output_stride_reaches_small_cnn_and_fusion_backbones():
+    import pytest
+
+    from thorax_ray.config import ConfigError
+    from thorax_ray.models import create_model
+    from thorax_ray.train.config import TrainConfig
+    from thorax_ray.train.loop import model_kwargs
+
+    config = TrainConfig().replace(model={"name": "small_cnn", "output_stride": 8})
+    assert create_model("small_cnn", **model_kwargs(config)).map_stride == 8
+    fusion = TrainConfig().replace(model={"name": "fusion", "backbone": "small_cnn", "output_stride": 8})
+    assert create_model("fusion", **model_kwargs(fusion)).backbone.map_stride == 8
+    assert model_kwargs(TrainConfig()) == {}
+    with pytest.raises(ConfigError, match="output_stride applies to small_cnn"):
+        TrainConfig().replace(model={"name": "densenet121", "output_stride": 8})

@@ -29,6 +29,7 @@ from thorax_ray.models.cnn import (
     build_cnn,
     load_backbone_state_dict,
     read_state_dict,
+    receptive_field_centres,
 )
 from thorax_ray.models.fusion import FusionModel
 
@@ -56,5 +57,6 @@ __all__ = [
     "load_backbone_state_dict",
     "model_initialisation",
     "read_state_dict",
+    "receptive_field_centres",
     "register_model",
 ]

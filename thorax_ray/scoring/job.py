@@ -41,7 +41,7 @@ class ScoreConfig:
     checkpoint: str  # checkpoint folder, or a training run folder (its best checkpoint)
     input: str  # see thorax_ray.scoring.inputs
     out: str
-    method: str | None = None  # fast_cam (default for image models) | gradcam | integrated_gradients | occlusion
+    method: str | None = None  # cam (raw CAM, default for image models) | fast_cam (ReLU'd) | gradcam | integrated_gradients | occlusion
     #                            | metadata_ig (default for the metadata MLP) | none (probabilities only)
     method_options: dict = field(default_factory=dict)
     batch_size: int = 32
@@ -92,6 +92,7 @@ class ScoreSummary:
     model_s: float
     actors: int
     commit: str | None = None
+    unknown_size: int = 0  # scored images whose original size was unknown: heatmaps but no boxes
     overlays: list[str] = field(default_factory=list)
 
     @property
@@ -121,6 +122,8 @@ class ScoreSummary:
             f"skipped          {self.skipped} (already scored by this model_id)",
             f"quarantined      {self.quarantined_total} ({quarantine})",
         ]
+        if self.unknown_size:
+            lines.append(f"no boxes         {self.unknown_size} (original size unknown: source PNG unreadable)")
         if self.deferred:
             lines.append(f"deferred         {self.deferred} (over --max-images; scored by a later run)")
         lines += [
@@ -240,6 +243,7 @@ def score(config: ScoreConfig, *, filesystem=None) -> ScoreSummary:
         files = [f for write in sink.result for f in write.files]
         compute_s = sum(write.compute_s for write in sink.result)
         model_s = sum(write.model_s for write in sink.result)
+        unknown_size = sum(write.unknown_size for write in sink.result)
         failed = pd.concat([w.quarantined for w in sink.result] + [earlier_quarantine], ignore_index=True)
         scored = sum(rows for _, rows, _ in files)
         if scored + len(failed) - len(earlier_quarantine) != len(pending) or failed["image_index"].duplicated().any():
@@ -264,10 +268,10 @@ def score(config: ScoreConfig, *, filesystem=None) -> ScoreSummary:
             "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "files": entries, "quarantine_files": quarantine_entries,
             "counts": {"input": source.total_rows, "scored": scored, "skipped": skipped,
-                       "quarantined": len(failed), "deferred": deferred},
+                       "quarantined": len(failed), "deferred": deferred, "no_boxes_unknown_size": unknown_size},
             "quarantined": quarantined, "heatmap": heatmap, "feature_attributions": features,
-            "box_gate": gate.description if maps else None,
-            "model_init": (payload.get("model_build_config") or {}).get("init"),
+            "boxes": box_settings, "model_init": (payload.get("model_build_config") or {}).get("init"),
+            "metadata_features": ((payload.get("model_build_config") or {}).get("metadata_features") or {}).get("features"),
             "elapsed_s": round(elapsed, 3), "compute_s": round(compute_s, 3), "model_s": round(model_s, 3),
         }, endpoint_url=endpoint)
     except BaseException:
@@ -280,7 +284,7 @@ def score(config: ScoreConfig, *, filesystem=None) -> ScoreSummary:
         model_name=str(payload.get("model_name")), method=method, input_rows=source.total_rows, scored=scored,
         skipped=skipped, quarantined=quarantined, deferred=deferred, files=len(entries),
         bytes=sum(e["bytes"] for e in entries), elapsed_s=time.monotonic() - started, compute_s=compute_s,
-        model_s=model_s,
+        model_s=model_s, unknown_size=unknown_size,
         actors=actors if len(pending) else 0, commit=commit,
     )
     if config.overlays:
@@ -343,7 +347,7 @@ def _input_dataset(config: ScoreConfig, source: ScoringInput, pending: pd.DataFr
 
         wanted = ray.put(frozenset(pending["image_index"]))
         dataset = read_prepared(source.uri, columns=[*columns, "image"], endpoint_url=config.endpoint_url)
-        return dataset.map_batches(prepared_batch, fn_args=(wanted, int(source.prepared["size"]), config.endpoint_url),
+        return dataset.map_batches(prepared_batch, fn_args=(wanted, config.endpoint_url),
                                    batch_format="pyarrow", batch_size=config.batch_size * 4)
     image_config = ImageConfig(size=int(contract["size"]), batch_size=config.batch_size,
                                read_attempts=config.read_attempts, endpoint_url=config.endpoint_url)

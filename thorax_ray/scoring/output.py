@@ -143,6 +143,7 @@ class ScoresWrite:
     quarantined: pd.DataFrame
     compute_s: float = 0.0  # time inside the scorer's batch calls
     model_s: float = 0.0  # of which: model forward / attribution (the rest: maps, encoding, boxes)
+    unknown_size: int = 0  # scored rows with heatmaps whose original size was unknown (so no boxes)
 
 
 class ScoresDatasink(Datasink):
@@ -170,7 +171,7 @@ class ScoresDatasink(Datasink):
         names = self.schema.names
         writer = handle = None
         path = f"{base}/{STAGING_DIR}/{self.run_id}/scores/part-{ctx.task_idx:05d}-{uuid.uuid4().hex[:8]}.parquet"
-        rows, compute_s, model_s, quarantined = 0, 0.0, 0.0, []
+        rows, compute_s, model_s, quarantined, unknown_size = 0, 0.0, 0.0, [], 0
         try:
             for block in blocks:
                 table = BlockAccessor.for_block(block).to_arrow()
@@ -191,6 +192,8 @@ class ScoresDatasink(Datasink):
                     writer = pq.ParquetWriter(handle, self.schema, compression=self.compression)
                 writer.write_table(good.cast(self.schema), row_group_size=self.rows_per_file)
                 rows += good.num_rows
+                if "boxes" in names:
+                    unknown_size += good.column("width").null_count
         finally:
             if writer is not None:
                 writer.close()
@@ -201,7 +204,8 @@ class ScoresDatasink(Datasink):
             files.append((storage.to_uri(fs, path), rows, int(fs.size(path))))
         frame = (pd.concat(quarantined, ignore_index=True) if quarantined
                  else pd.DataFrame({c: pd.Series(dtype=object) for c in ("image_index", "path", "stage", "reason")}))
-        return ScoresWrite(files=files, quarantined=frame, compute_s=compute_s, model_s=model_s)
+        return ScoresWrite(files=files, quarantined=frame, compute_s=compute_s, model_s=model_s,
+                           unknown_size=unknown_size)
 
     def on_write_complete(self, write_result) -> None:
         self.result = list(write_result.write_returns)
@@ -363,8 +367,9 @@ def read_scores(out: str, model_id: str | None = None, *, columns: list[str] | N
 
     `frame.attrs["heatmap"]` holds the heatmap description (shape, dtype, classes, ...) and
     `frame.attrs["feature_attributions"]` the feature names, `frame.attrs["split_hash"]` the split the
-    model was trained on, `frame.attrs["box_gate"]` which findings got boxes and `frame.attrs["model_init"]`
-    how the model was initialised, when all runs share one.
+    model was trained on, `frame.attrs["boxes"]` how boxes were made (incl. "min_probability": which
+    findings got them), `frame.attrs["model_init"]` how the model was initialised and
+    `frame.attrs["metadata_features"]` the metadata it saw, when all runs share one.
     """
     uris = committed_files(out, model_id=model_id, run_id=run_id, endpoint_url=endpoint_url)
     tables = _read_tables(uris, columns, endpoint_url)
@@ -375,7 +380,7 @@ def read_scores(out: str, model_id: str | None = None, *, columns: list[str] | N
     described = {}
     for record in committed_runs(out, model_id=model_id, endpoint_url=endpoint_url):
         if run_id is None or record["run_id"] == run_id:
-            for key in ("heatmap", "feature_attributions", "split_hash", "box_gate", "model_init"):
+            for key in ("heatmap", "feature_attributions", "split_hash", "boxes", "model_init", "metadata_features"):
                 if record.get(key) is not None:
                     described.setdefault(key, []).append(json.dumps(record[key], sort_keys=True))
     for key, values in described.items():

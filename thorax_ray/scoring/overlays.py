@@ -1,6 +1,6 @@
 """Overlay PNGs of scored images: for each image, one panel per finding that is predicted
 (probability >= threshold) or labelled present (when the input has labels), showing the image with the
-finding's heatmap (upsampled like the boxes: bilinear, align_corners=False), its predicted boxes (red,
+finding's heatmap (upsampled like the boxes: bilinear between the cells' centres), its predicted boxes (red,
 dashed) and its ground-truth boxes (green, from BBox_List_2017.csv when the input dataset has one).
 An image with no such finding shows its most probable finding. matplotlib (Agg) is imported inside."""
 from __future__ import annotations
@@ -12,8 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from thorax_ray import storage
-from thorax_ray.attribution import decode_heatmaps
-from thorax_ray.attribution.boxes import upsample_maps
+from thorax_ray.attribution import centres_from_metadata, decode_heatmaps, upsample_maps
 from thorax_ray.labels import FINDING_COLUMNS, FINDINGS
 from thorax_ray.scoring.inputs import ScoringInput
 from thorax_ray.scoring.output import read_scores
@@ -59,15 +58,15 @@ def panel_findings(probabilities: np.ndarray, labels: np.ndarray | None,
 
 
 def draw_overlay(image: np.ndarray, maps: np.ndarray, probabilities: np.ndarray, findings: list[int], *,
-                 predicted_boxes, truth_boxes, labels: np.ndarray | None, title: str):
-    """A figure with one panel per finding index in `findings`."""
+                 predicted_boxes, truth_boxes, labels: np.ndarray | None, title: str, centres=None):
+    """A figure with one panel per finding index in `findings` (`centres`: where the map cells sit)."""
     plt = _pyplot()
     from matplotlib.patches import Rectangle
 
     height, width = image.shape
     fig, axes = plt.subplots(1, len(findings), figsize=(4 * len(findings), 4.3), squeeze=False,
                              constrained_layout=True)
-    upsampled = upsample_maps(maps[findings], width, height)
+    upsampled = upsample_maps(maps[findings], width, height, centres)
     for ax, k, heat in zip(axes[0], findings, upsampled):
         name = FINDINGS[k]
         ax.imshow(image, cmap="gray", extent=(0, width, height, 0))
@@ -133,7 +132,7 @@ def write_overlays(out: str, source: ScoringInput, folder: str, *, model_id: str
         predicted = list(row.boxes) if getattr(row, "boxes", None) is not None else []
         findings = panel_findings(probabilities[i], labels, threshold)
         fig = draw_overlay(image, maps[i], probabilities[i], findings, predicted_boxes=predicted,
-                           truth_boxes=truth_boxes, labels=labels,
+                           truth_boxes=truth_boxes, labels=labels, centres=centres_from_metadata(frame.attrs["heatmap"]),
                            title=f"{row.image_index} ({image.shape[1]}x{image.shape[0]}), model {model_id}")
         buffer = io.BytesIO()
         fig.savefig(buffer, dpi=_DPI, format="png", metadata={"Software": None})

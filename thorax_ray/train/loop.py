@@ -23,7 +23,11 @@ from thorax_ray.train.lr_schedule import build_scheduler, describe_lr, effective
 
 
 def model_kwargs(config: TrainConfig) -> dict:
-    return {"backbone": config.model.backbone} if config.model.name == "fusion" else {}
+    kwargs = {"backbone": config.model.backbone} if config.model.name == "fusion" else {}
+    if config.model.output_stride is not None:  # small_cnn's map resolution (ModelConfig)
+        stride = {"output_stride": config.model.output_stride}
+        kwargs.update({"backbone_kwargs": stride} if config.model.name == "fusion" else stride)
+    return kwargs
 
 
 class ValidationRows:
