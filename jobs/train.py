@@ -17,7 +17,7 @@ import json
 from thorax_ray.cli import add_cluster_arguments, run_main, setup_logging
 from thorax_ray.config import overrides_from_flags
 from thorax_ray.losses import LOSS_KINDS
-from thorax_ray.models import list_models
+from thorax_ray.models import AVAILABLE_FEATURES, DEFAULT_FEATURES, list_models
 from thorax_ray.ray_setup import init_ray
 from thorax_ray.synthetic.demo import ensure_demo_dataset
 from thorax_ray.train.config import TrainConfig
@@ -26,7 +26,7 @@ FLAGS = {  # flag -> (section, key)
     "data": ("data", "data"), "size": ("data", "size"), "batch_size": ("data", "batch_size"),
     "limit": ("data", "limit"), "s3_endpoint": ("data", "s3_endpoint"),
     "model": ("model", "name"), "backbone": ("model", "backbone"), "pretrained": ("model", "pretrained"),
-    "output_stride": ("model", "output_stride"),
+    "output_stride": ("model", "output_stride"), "metadata_features": ("model", "metadata_features"),
     "epochs": ("optim", "epochs"), "lr": ("optim", "lr"), "weight_decay": ("optim", "weight_decay"),
     "lr_scaling": ("optim", "lr_scaling"), "warmup_epochs": ("optim", "warmup_epochs"), "hflip": ("augment", "hflip"),
     "loss": ("loss", "kind"), "workers": ("run", "workers"), "storage": ("run", "storage"), "name": ("run", "name"),
@@ -44,6 +44,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="'imagenet': torchvision's ImageNet weights of the CNN (from the torch hub cache, "
                              "downloaded there on first use); or a path/URI of ImageNet-style weights. "
                              "Default: random init")
+    parser.add_argument("--metadata-features", type=lambda text: [f.strip() for f in text.split(",") if f.strip()],
+                        metavar="F1,F2,...",
+                        help=f"what mlp / fusion read (default {','.join(DEFAULT_FEATURES)}; add follow_up to "
+                             f"include Follow-up #; known: {','.join(AVAILABLE_FEATURES)})")
     parser.add_argument("--output-stride", type=int, choices=[1, 2, 4, 8, 16],
                         help="small_cnn's feature-map stride (default 16; 8 gives 16x16 heatmaps at 128 px)")
     parser.add_argument("--epochs", type=int)

@@ -57,15 +57,18 @@ def test_encode_decode_roundtrip_and_errors():
         decode_heatmaps([values[0][:-1]], (7, 7))
 
 
-def test_planar6_is_the_default_and_decodes_within_two_levels():
-    """64 levels stored as planar-predictor residuals: smooth maps compress (16x16 maps fit 2 KB/image)."""
+def test_planar5_is_the_default_and_decodes_within_half_a_level():
+    """32 levels stored as planar-predictor residuals: smooth maps compress (16x16 maps fit 2 KB/image)."""
     rng = np.random.default_rng(1)
     maps = rng.integers(0, 256, size=(4, NUM_FINDINGS, 16, 16), dtype=np.uint8)
     maps[0, 0] = np.arange(256).reshape(16, 16)  # every value once
     values = encode_heatmaps(maps)
-    assert [len(v) for v in values] == [1 + NUM_FINDINGS * 256] * 4 and values[0][0] == 1
+    assert [len(v) for v in values] == [1 + NUM_FINDINGS * 256] * 4 and values[0][0] == 5
     back = decode_heatmaps(values, (16, 16))
-    assert back.dtype == np.uint8 and np.abs(back.astype(int) - maps).max() <= 2
+    assert back.dtype == np.uint8 and np.abs(back.astype(int) - maps).max() <= 5  # half of 255 / 31, rounded
+    assert len(np.unique(back)) == 32
+    six = decode_heatmaps(encode_heatmaps(maps, encoding="planar6"), (16, 16))
+    assert np.abs(six.astype(int) - maps).max() <= 3
     assert back.min() == 0 and back.max() == 255
     # both encodings in one column (an output written by an older and a newer run) decode together
     mixed = decode_heatmaps([values[0], encode_heatmaps(maps[1:2], encoding="uint8")[0]], (16, 16))
@@ -97,7 +100,7 @@ def test_bytes_per_image_from_real_maps(name, size, cells):
     stored = normalise_maps(maps)
     (value,) = encode_heatmaps(stored)
     assert len(value) <= 1024  # 1 + 686 bytes (7x7) / 1 + 896 bytes (8x8): within the per-image budget
-    assert np.abs(decode_heatmaps([value], (cells, cells)).astype(int) - stored).max() <= 2
+    assert np.abs(decode_heatmaps([value], (cells, cells)).astype(int) - stored).max() <= 5
 
 
 def test_parquet_row_fits_two_kilobytes():
@@ -119,5 +122,5 @@ def test_parquet_row_fits_two_kilobytes():
     pq.write_table(table, buffer)
     assert buffer.tell() / n <= 2048
     back = pq.read_table(io.BytesIO(buffer.getvalue()))
-    assert np.abs(decode_heatmaps(back["heatmap"], (8, 8)).astype(int) - maps).max() <= 2
+    assert np.abs(decode_heatmaps(back["heatmap"], (8, 8)).astype(int) - maps).max() <= 5
     assert back["boxes"].type == BOXES_TYPE

@@ -149,4 +149,4 @@ def test_heatmap_boxes_follow_wang_every_region_both_thresholds_and_skip_unknown
     assert unknown == 1 and list(boxes) == ["a.png"]  # b's original size is unknown: no boxes, counted
     # threshold 60: all three regions; threshold 180: the two bright ones (not only the 2 largest overall)
     assert len(boxes["a.png"]) == 5
-    assert np.allclose(decode_heatmaps(scores["heatmap"], (8, 8))[0, mass], maps[0, mass], atol=2)
+    assert np.allclose(decode_heatmaps(scores["heatmap"], (8, 8))[0, mass], maps[0, mass], atol=5)

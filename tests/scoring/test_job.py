@@ -103,7 +103,7 @@ def test_schema_metadata_round_trip_and_size(ray_local, checkpoint, synthetic_sm
     local = get_method("cam")(model).attribute(images)
     stored = decode_heatmaps(rows["heatmap"].tolist(), (4, 4))
     assert stored.shape == (6, 14, 4, 4) and stored.dtype == np.uint8
-    assert np.abs(stored.astype(int) - normalise_maps(local.maps).astype(int)).max() <= 1
+    assert np.abs(stored.astype(int) - normalise_maps(local.maps).astype(int)).max() <= 5  # 32 stored levels
     np.testing.assert_allclose(rows[list(FINDING_COLUMNS)].to_numpy(), torch.sigmoid(local.logits).numpy(),
                                atol=1e-5)
     # Boxes: by default only boxed findings whose probability reaches the checkpoint's operating point for
@@ -133,7 +133,7 @@ def test_schema_metadata_round_trip_and_size(ray_local, checkpoint, synthetic_sm
     assert list(naive["image_index"]) == list(fast["image_index"])
     np.testing.assert_allclose(naive[list(FINDING_COLUMNS)], fast[list(FINDING_COLUMNS)], atol=1e-5)
     a, b = (decode_heatmaps(f["heatmap"].tolist(), (4, 4)).astype(int) for f in (fast, naive))
-    assert np.abs(a - b).max() <= 1
+    assert np.abs(a - b).max() <= 9  # at most one of the 32 stored levels apart
 
 
 def test_killed_run_and_next_batch_give_each_image_once(ray_local, checkpoint, synthetic_small, tmp_path):

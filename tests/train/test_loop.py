@@ -121,6 +121,9 @@ def test_no_horizontal_flip_unless_asked():
     assert job.build_config(job.parse_args([])).augment.hflip is False
     chosen = job.build_config(job.parse_args(["--lr-scaling", "sqrt", "--warmup-epochs", "2", "--pretrained", "imagenet"]))
     assert (chosen.optim.lr_scaling, chosen.optim.warmup_epochs, chosen.model.pretrained) == ("sqrt", 2, "imagenet")
+    with_follow_up = job.build_config(job.parse_args(["--model", "mlp", "--metadata-features",
+                                                      "age,sex,view_position,follow_up"]))
+    assert with_follow_up.model.metadata_features == ("age", "sex", "view_position", "follow_up")
 
 
 def test_output_stride_reaches_small_cnn_and_fusion_backbones():
