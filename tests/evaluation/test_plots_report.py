@@ -195,3 +195,11 @@ def test_report_says_init_features_protocol_and_cis(tmp_path):
             "checkpoint&#x27;s operating points (youden, chosen on validation)") in text
     mass_ci = protocols["wang2017"]["ci"]["Mass"]["0.5"]
     assert f"[{mass_ci[0]:.3f}, {mass_ci[1]:.3f}]" in text
+
+
+def test_auroc_bars_accept_a_ci_that_excludes_the_point(tmp_path):
+    """A percentile CI can lie beside its point (the mean's CI is over complete resamples only)."""
+    table = {"m": {f: 0.7 for f in FINDINGS} | {"mean": 0.7}}
+    ci = {"m": {"mean": [0.72, 0.8], "Mass": [0.5, 0.65]}}
+    path = plots.plot_auroc_comparison(table, tmp_path / "bars.png", ci=ci)
+    assert open(path, "rb").read().startswith(PNG_MAGIC)

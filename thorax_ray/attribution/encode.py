@@ -136,6 +136,5 @@ def HEATMAP_SCHEMA_METADATA(h: int, w: int, method: str,  # noqa: N802 (a schema
         "method": str(method),
     }
     if centres is not None:
-        description["cell_centres"] = {"rows": [round(float(c), 6) for c in centres[0]],
-                                       "cols": [round(float(c), 6) for c in centres[1]]}
+        description["cell_centres"] = {"rows": [float(c) for c in centres[0]], "cols": [float(c) for c in centres[1]]}
     return description
