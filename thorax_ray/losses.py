@@ -74,7 +74,8 @@ class LossConfig:
             if any(not math.isfinite(w) or w < 0 for w in weights):
                 raise ValueError(f"per_class_pos_weight values must be finite and >= 0, got {weights}")
             object.__setattr__(self, "per_class_pos_weight", weights)
-        if self.kind != "class_balanced_bce" and (self.pos_weight_scale != 1.0 or self.per_class_pos_weight is not None):
+        weighted = self.pos_weight_scale != 1.0 or self.per_class_pos_weight is not None
+        if self.kind != "class_balanced_bce" and weighted:
             raise ValueError(
                 f"pos_weight_scale / per_class_pos_weight apply to kind 'class_balanced_bce' only, not {self.kind!r}"
             )

@@ -255,7 +255,8 @@ def paired_bootstrap_difference(labels, scores_a, scores_b, groups, n_boot: int 
         out[f] = entry(delta, point_a[f], point_b[f], boot_a[:, i] - boot_b[:, i])
     mean_a, mean_b = mean_auroc(point_a), mean_auroc(point_b)
     delta_mean = mean_a - mean_b if mean_a is not None and mean_b is not None else None
-    out[MEAN_KEY] = entry(delta_mean, mean_a, mean_b, complete_row_means(boot_a, defined) - complete_row_means(boot_b, defined))
+    deltas = complete_row_means(boot_a, defined) - complete_row_means(boot_b, defined)
+    out[MEAN_KEY] = entry(delta_mean, mean_a, mean_b, deltas)
     return out
 
 

@@ -219,19 +219,12 @@ def evaluate_scores(config: EvaluationConfig, load_scores) -> dict:
     predicted_boxes: dict[str, dict[str, list[dict]]] = {}  # model -> image -> boxes from its heatmaps
     patients = dict(zip(test.index, test["patient_id"]))
     for name in scored:
-        entry = summarize_model(_labels(test), _scores(test, name), test["patient_id"].to_numpy(),
-                                labels_val=_labels(val) if len(val) else None,
-                                scores_val=_scores(val, name) if len(val) else None,
-                                view_position=test["view_position"].fillna("missing").to_numpy(),
-                                follow_up=pd.to_numeric(test["follow_up"], errors="coerce").to_numpy(dtype=float),
-                                rule=config.threshold_rule, n_boot=config.n_boot)
-        entry.update(_provenance(described[name]))
+        entry = _model_summary(config, name, test, val, described[name])
         if test_truth is not None and "heatmap" in scored[name] and scored[name]["heatmap"].notna().any():
             protocols, predicted_boxes[name], unknown_size = _localize(
                 scored[name], described[name].get("heatmap"), described[name].get("boxes"), test_truth, patients,
                 config.n_boot)
-            entry["localization"] = protocols["wang2017"]["result"]
-            entry["localization_protocols"] = protocols
+            entry.update(localization=protocols["wang2017"]["result"], localization_protocols=protocols)
             metrics["localization"][name] = entry["localization"]
             if unknown_size:
                 notes.append(f"{name}: {unknown_size} annotated test images have no known original size "
@@ -291,6 +284,19 @@ def _image_size(frames) -> tuple[int, int]:
         if {"width", "height"} <= set(frame.columns) and frame["width"].notna().any():
             return int(frame["width"].median()), int(frame["height"].median())
     return NIH_IMAGE_SIZE, NIH_IMAGE_SIZE
+
+
+def _model_summary(config: EvaluationConfig, name: str, test: pd.DataFrame, val: pd.DataFrame, attrs: dict) -> dict:
+    """summarize_model on the test rows (thresholds from the validation rows, subgroups by view position and
+    follow-up #), with the model's provenance for its column label."""
+    entry = summarize_model(_labels(test), _scores(test, name), test["patient_id"].to_numpy(),
+                            labels_val=_labels(val) if len(val) else None,
+                            scores_val=_scores(val, name) if len(val) else None,
+                            view_position=test["view_position"].fillna("missing").to_numpy(),
+                            follow_up=pd.to_numeric(test["follow_up"], errors="coerce").to_numpy(dtype=float),
+                            rule=config.threshold_rule, n_boot=config.n_boot)
+    entry.update(_provenance(attrs))
+    return entry
 
 
 def _provenance(attrs: dict) -> dict:

@@ -40,7 +40,8 @@ def parse_gate(value: str | float | None) -> str | float | None:
     try:
         probability = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"a probability gate is 'calibrated', a probability in [0, 1] or 'none'; got {value!r}") from None
+        raise ValueError(f"a probability gate is 'calibrated', a probability in [0, 1] or 'none'; "
+                         f"got {value!r}") from None
     if probability < 0:
         return None
     if not probability <= 1:

@@ -41,7 +41,8 @@ class ScoreConfig:
     checkpoint: str  # checkpoint folder, or a training run folder (its best checkpoint)
     input: str  # see thorax_ray.scoring.inputs
     out: str
-    method: str | None = None  # cam (raw CAM, default for image models) | fast_cam (ReLU'd) | gradcam | integrated_gradients | occlusion
+    method: str | None = None  # cam (raw CAM, default for image models) | fast_cam (ReLU'd) | gradcam
+    #                            | integrated_gradients | occlusion
     #                            | metadata_ig (default for the metadata MLP) | none (probabilities only)
     method_options: dict = field(default_factory=dict)
     batch_size: int = 32
@@ -199,9 +200,9 @@ def score(config: ScoreConfig, *, filesystem=None) -> ScoreSummary:
         "findings": "BOXED_FINDINGS (the 8 with ground-truth boxes in BBox_List_2017.csv)",
         "min_probability": gate.description, "threshold": config.box_threshold,
         "max_boxes_per_finding": config.max_boxes,
-        "tracing": (f"map upsampled bilinearly (align_corners=False) to a grid of at most {config.box_grid} px "
-                    "per side, components boxed there and scaled to original pixels" if config.box_grid
-                    else "map upsampled bilinearly (align_corners=False) to the original size"),
+        "tracing": ("map upsampled bilinearly between its cell centres (heatmap cell_centres) "
+                    + (f"to a grid of at most {config.box_grid} px per side, components boxed there and scaled to "
+                       "original pixels" if config.box_grid else "to the original size")),
         "score": "mean map value (0..1) inside the box's connected component",
     } if maps else None
     description = {

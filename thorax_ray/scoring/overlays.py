@@ -107,6 +107,7 @@ def write_overlays(out: str, source: ScoringInput, folder: str, *, model_id: str
     if not len(frame):
         return []
     maps = decode_heatmaps(frame["heatmap"].tolist(), frame.attrs["heatmap"]["shape"])
+    centres = centres_from_metadata(frame.attrs["heatmap"])
     probabilities = frame[list(FINDING_COLUMNS)].to_numpy(dtype=np.float64)
     rows = source.rows.set_index("image_index")
     truth = None
@@ -132,7 +133,7 @@ def write_overlays(out: str, source: ScoringInput, folder: str, *, model_id: str
         predicted = list(row.boxes) if getattr(row, "boxes", None) is not None else []
         findings = panel_findings(probabilities[i], labels, threshold)
         fig = draw_overlay(image, maps[i], probabilities[i], findings, predicted_boxes=predicted,
-                           truth_boxes=truth_boxes, labels=labels, centres=centres_from_metadata(frame.attrs["heatmap"]),
+                           truth_boxes=truth_boxes, labels=labels, centres=centres,
                            title=f"{row.image_index} ({image.shape[1]}x{image.shape[0]}), model {model_id}")
         buffer = io.BytesIO()
         fig.savefig(buffer, dpi=_DPI, format="png", metadata={"Software": None})

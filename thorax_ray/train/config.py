@@ -42,7 +42,7 @@ class AugmentConfig:
 class ModelConfig:
     name: str = "densenet121"
     backbone: str = "densenet121"  # image part of `fusion`
-    pretrained: str | None = None  # "imagenet" (torchvision's weights, via the torch hub cache) or a path/URI; None: random
+    pretrained: str | None = None  # "imagenet" (torchvision's, via the torch hub cache), a path/URI, None (random)
     metadata_features: tuple[str, ...] = DEFAULT_FEATURES
     # small_cnn (or fusion on small_cnn) only: feature-map stride, a power of two up to 16 (None: 16). 8 gives
     # 16x16 heatmaps at 128 px instead of 8x8, fine enough to box small findings, for ~2.5x the compute.

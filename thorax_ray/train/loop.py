@@ -147,7 +147,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
             aurocs = per_class_auroc(predictions.labels, predictions.probabilities) if len(predictions.labels) else {}
             # Per-class thresholds for this epoch's weights, chosen on these validation predictions: the
             # checkpoint carries them and scoring gates boxes and overlays with them (thorax_ray/thresholds.py).
-            points = operating_points(predictions.labels, predictions.probabilities) if len(predictions.labels) else None
+            points = (operating_points(predictions.labels, predictions.probabilities)
+                      if len(predictions.labels) else None)
             record = {"epoch": epoch, "train_loss": train_loss, "train_images": int(totals[1]),
                       "train_seconds": train_seconds, "val_images": len(predictions.image_index),
                       "val": {"auroc": aurocs, "mean_auroc": mean_auroc(aurocs), "operating_points": points},
