@@ -45,7 +45,7 @@ class ModelConfig:
     pretrained: str | None = None  # "imagenet" (torchvision's, via the torch hub cache), a path/URI, None (random)
     metadata_features: tuple[str, ...] = DEFAULT_FEATURES
     # small_cnn (or fusion on small_cnn) only: feature-map stride, a power of two up to 16 (None: 16). 8 gives
-    # 16x16 heatmaps at 128 px instead of 8x8, fine enough to box small findings, for ~2.5x the compute.
+    # 16x16 heatmaps at 128 px instead of 8x8, fine enough to box small findings (2.4x the multiply-adds).
     output_stride: int | None = None
 
     def __post_init__(self) -> None:
