@@ -378,7 +378,8 @@ def build_small_cnn(*, pretrained: str | None = None, in_chans: int = 1, num_cla
 
     Every block has stride 2 (feature map = input / 2**len(widths)), unless `output_stride` (a power of
     two) asks for a finer map: the first log2(output_stride) blocks have stride 2, the rest stride 1
-    (e.g. 8: 16x16 maps at 128 px instead of 8x8, 2.4x the multiply-adds; a CPU training step at batch 32 took 1.15x as long).
+    (e.g. 8: 16x16 maps at 128 px instead of 8x8, for 2.4x the multiply-adds; a CPU training step at batch 32
+    took 1.15x as long in one measurement).
     `pretrained`: a state_dict of an `ImageCNN` small_cnn with the same widths (its `classifier.*`
     is dropped, a 3-channel stem is summed).
     """
