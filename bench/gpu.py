@@ -54,7 +54,7 @@ def train_objects(args, fast, label_counts, rows):
     model.train()
     trained = fast.maybe_compile(model)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    loss_fn = build_loss(LossConfig(kind="weighted_bce"), label_counts=np.asarray(label_counts),
+    loss_fn = build_loss(LossConfig(kind="class_balanced_bce"), label_counts=np.asarray(label_counts),
                          num_samples=rows).to(fast.device)
     return {"trained": trained, "optimizer": optimizer, "loss_fn": loss_fn, "spec": model.spec,
             "contract": preprocessing_contract(args.size), "augment": AugmentConfig(),

@@ -23,6 +23,7 @@ from thorax_ray.lease import LeaseBusy
 from thorax_ray.preflight import require_inputs
 from thorax_ray.ray_setup import init_ray
 from thorax_ray.scoring import NO_METHOD, ScoreConfig, score
+from thorax_ray.scoring.gate import parse_gate
 from thorax_ray.train.checkpoint import resolve_checkpoint
 
 EXIT_BUSY = 75  # EX_TEMPFAIL: another run holds the output; try again later
@@ -48,7 +49,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--metadata", metavar="FILE",
                         help="metadata CSV of a folder input (default: found by its usual names)")
     parser.add_argument("--method", choices=[*list_methods(), NO_METHOD],
-                        help="attribution method (default: fast_cam for image models, metadata_ig for the MLP; "
+                        help="attribution method (default: cam, the raw class activation map of Wang et al. 2017, "
+                             "for image models; fast_cam = its ReLU'd Grad-CAM form; metadata_ig for the MLP; "
                              "none: probabilities only)")
     parser.add_argument("--batch-size", type=positive_int, default=ScoreConfig.batch_size, help="images per model call")
     parser.add_argument("--min-actors", type=positive_int, default=ScoreConfig.min_actors,
@@ -60,8 +62,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="GPUs per model actor on GPUs")
     parser.add_argument("--actor-cpus", type=positive_float, default=ScoreConfig.actor_cpus,
                         help="CPUs per actor (torch threads on CPU)")
-    parser.add_argument("--box-min-probability", type=float, default=ScoreConfig.box_min_probability,
-                        help="box only findings with at least this probability (negative: all)")
+    parser.add_argument("--box-min-probability", type=parse_gate, default=ScoreConfig.box_min_probability,
+                        help="which findings get boxes: 'calibrated' (each finding's operating point, chosen on "
+                             "validation when the checkpoint was trained), a probability for every finding, or "
+                             "'none' (or a negative number): every boxed finding")
     parser.add_argument("--box-threshold", type=non_negative_float, default=ScoreConfig.box_threshold,
                         help="map level (0..255) of a box")
     parser.add_argument("--max-boxes", type=positive_int, default=ScoreConfig.max_boxes, help="boxes per finding")
@@ -77,8 +81,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-date", type=iso_date, help="partition date YYYY-MM-DD (default: today, UTC)")
     parser.add_argument("--overlays", help="folder for overlay PNGs of --limit scored images (default: none)")
     parser.add_argument("--limit", type=non_negative_int, default=ScoreConfig.overlay_limit, help="overlay PNGs to write")
-    parser.add_argument("--overlay-threshold", type=float, default=ScoreConfig.overlay_threshold,
-                        help="probability that shows a finding")
+    parser.add_argument("--overlay-threshold", type=parse_gate, default=ScoreConfig.overlay_threshold,
+                        help="which predicted findings an overlay shows (same values as --box-min-probability)")
     parser.add_argument("--wait-for-lock", type=non_negative_float, default=ScoreConfig.lock_wait_s,
                         help="seconds to wait when another run is writing to --out (0: exit at once, code 75)")
     parser.add_argument("--keep-uncommitted-hours", type=non_negative_float, default=ScoreConfig.keep_uncommitted_hours,
@@ -96,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         batch_size=args.batch_size, use_gpu=args.use_gpu or "auto", gpus_per_actor=args.gpus_per_actor,
         min_actors=args.min_actors, max_actors=args.max_actors, actor_cpus=args.actor_cpus,
         cluster_config=args.cluster_config, shared_fs=bool(args.shared_fs), lock_wait_s=args.wait_for_lock,
-        box_min_probability=None if args.box_min_probability < 0 else args.box_min_probability,
+        box_min_probability=args.box_min_probability,
         box_threshold=args.box_threshold, max_boxes=args.max_boxes, box_grid=args.box_grid or None,
         max_map_side=args.max_map_side or None, max_images=args.max_images, in_flight_mb=args.in_flight_mb,
         batch_date=args.batch_date, overlays=args.overlays, overlay_limit=args.limit,

@@ -21,7 +21,7 @@ from thorax_ray.cli import add_cluster_arguments, add_gpu_arguments, job_parser,
 from thorax_ray.cluster import cluster_capacity, resolve_use_gpu
 from thorax_ray.config import overrides_from_flags
 from thorax_ray.losses import LOSS_KINDS
-from thorax_ray.models import list_models
+from thorax_ray.models import AVAILABLE_FEATURES, DEFAULT_FEATURES, list_models
 from thorax_ray.preflight import require_inputs
 from thorax_ray.ray_setup import init_ray
 from thorax_ray.synthetic.demo import ensure_demo_dataset
@@ -31,7 +31,9 @@ FLAGS = {  # flag -> (section, key)
     "data": ("data", "data"), "size": ("data", "size"), "batch_size": ("data", "batch_size"),
     "limit": ("data", "limit"), "s3_endpoint": ("data", "s3_endpoint"),
     "model": ("model", "name"), "backbone": ("model", "backbone"), "pretrained": ("model", "pretrained"),
+    "output_stride": ("model", "output_stride"), "metadata_features": ("model", "metadata_features"),
     "epochs": ("optim", "epochs"), "lr": ("optim", "lr"), "weight_decay": ("optim", "weight_decay"),
+    "lr_scaling": ("optim", "lr_scaling"), "warmup_epochs": ("optim", "warmup_epochs"), "hflip": ("augment", "hflip"),
     "loss": ("loss", "kind"), "workers": ("run", "workers"), "storage": ("run", "storage"), "name": ("run", "name"),
     "seed": ("run", "seed"), "max_failures": ("run", "max_failures"), "use_gpu": ("run", "use_gpu"),
     "cluster_config": ("run", "cluster_config"), "shared_fs": ("run", "shared_fs"),
@@ -45,14 +47,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                        "(default: the demo dataset, data/demo, generated if missing)")
     parser.add_argument("--model", choices=list_models(), help="architecture")
     parser.add_argument("--backbone", choices=list_models("image"), help="CNN of fusion")
-    parser.add_argument("--pretrained", help="path/URI of ImageNet-style weights (never downloaded)")
+    parser.add_argument("--pretrained", metavar="imagenet|PATH_OR_URI",
+                        help="'imagenet': torchvision's ImageNet weights of the CNN (from the torch hub cache, "
+                             "downloaded there on first use); or a path/URI of ImageNet-style weights "
+                             "(default: random init)")
+    parser.add_argument("--metadata-features", type=lambda text: [f.strip() for f in text.split(",") if f.strip()],
+                        metavar="F1,F2,...",
+                        help=f"what mlp / fusion read (default {','.join(DEFAULT_FEATURES)}; add follow_up to "
+                             f"include Follow-up #; known: {','.join(AVAILABLE_FEATURES)})")
+    parser.add_argument("--output-stride", type=int, choices=[1, 2, 4, 8, 16],
+                        help="small_cnn's feature-map stride (default 16; 8 gives 16x16 heatmaps at 128 px)")
     parser.add_argument("--epochs", type=int, help="epochs to train")
     parser.add_argument("--workers", type=int, help="Ray Train workers (DDP ranks)")
     parser.add_argument("--storage", help="folder or s3:// URI for checkpoints")
     parser.add_argument("--name", help="run name, a plain file name; the same name resumes (default: thorax-MODEL)")
     parser.add_argument("--size", type=int, help="input side in pixels")
-    parser.add_argument("--batch-size", type=int, help="rows per worker per step")
-    parser.add_argument("--lr", type=float, help="learning rate")
+    parser.add_argument("--batch-size", type=int,
+                        help="rows per worker per step (default: 16 for models that read images, 256 for mlp)")
+    parser.add_argument("--lr", type=float, help="learning rate at --base-batch images per step (see --lr-scaling)")
+    parser.add_argument("--lr-scaling", choices=["none", "linear", "sqrt"],
+                        help="scale lr to the global batch (workers x batch size): none, linear, sqrt")
+    parser.add_argument("--warmup-epochs", type=int, help="linear warm-up epochs to the scaled lr")
+    parser.add_argument("--hflip", action="store_true", default=None,
+                        help="random horizontal flips (default: off; a flip mirrors the heart)")
     parser.add_argument("--weight-decay", type=float, help="Adam weight decay")
     parser.add_argument("--loss", choices=list(LOSS_KINDS), help="loss kind")
     parser.add_argument("--limit", type=int, help="at most this many rows per split (smoke runs)")

@@ -27,9 +27,10 @@ CHECKPOINT_SPLIT_HASH = "split-of-the-test-checkpoints"
 
 
 def make_checkpoint(folder: str | os.PathLike, name: str = "small_cnn", *, size: int = 64, seed: int = 0,
-                    model=None, data_origin: str | None = None, **kwargs):
+                    model=None, data_origin: str | None = None, payload: dict | None = None, **kwargs):
     """Saves a scoring-ready checkpoint of `model` (default: a new `name` model with seed `seed` and
-    `kwargs`) with the preprocessing contract of `size` (and `data_origin` when given); returns the model."""
+    `kwargs`) with the preprocessing contract of `size`, `data_origin` when given and any extra `payload`
+    keys; returns the model."""
     import torch
 
     from thorax_ray.models import create_model
@@ -43,5 +44,5 @@ def make_checkpoint(folder: str | os.PathLike, name: str = "small_cnn", *, size:
     save_checkpoint(str(folder), {"model_name": name, "model_build_config": model.build_config,
                                   "model_state": model.state_dict(), "preprocessing": preprocessing_contract(size),
                                   "epoch": 0, "split_hash": CHECKPOINT_SPLIT_HASH,
-                                  **({"data_origin": data_origin} if data_origin else {})})
+                                  **({"data_origin": data_origin} if data_origin else {}), **(payload or {})})
     return model

@@ -88,3 +88,17 @@ def test_batch_and_arrow_type():
         assert box["finding"] == original["finding"]
         assert all(box[k] == pytest.approx(original[k], rel=1e-6) for k in ("x", "y", "w", "h", "score"))
     assert stored[0][0]["finding"] == "Mass"
+
+
+def test_per_finding_probability_gate():
+    maps = _two_blobs()
+    maps[FINDINGS.index("Nodule")] = maps[FINDINGS.index("Mass")]
+    probs = np.full(NUM_FINDINGS, 0.3)
+    gate = np.full(NUM_FINDINGS, 0.9)
+    gate[FINDINGS.index("Nodule")] = 0.25  # Nodule's operating point is low, Mass's high
+    boxes = boxes_for_image(maps, 64, 64, probabilities=probs, min_probability=gate)
+    assert {b["finding"] for b in boxes} == {"Nodule"}
+    assert {b["finding"] for b in boxes_for_image(maps, 64, 64, probabilities=probs, min_probability=0.2)} == \
+        {"Mass", "Nodule"}
+    with pytest.raises(ValueError, match="one value or 14"):
+        boxes_for_image(maps, 64, 64, probabilities=probs, min_probability=[0.1, 0.2])

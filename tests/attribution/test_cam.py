@@ -72,6 +72,7 @@ def test_fast_cam_equals_captum_gradcam(model, relu):
         images, features = _inputs(double, torch.float64)
         fast = get_method("fast_cam")(double, relu=relu).attribute(images, features)
         reference = _captum_gradcam(double, images, features, relu=relu)
+        raw = get_method("cam")(double).attribute(images, features)
     finally:
         model.float()
     assert (fast.maps < 0).any() != relu  # raw maps keep negative evidence
@@ -81,6 +82,8 @@ def test_fast_cam_equals_captum_gradcam(model, relu):
     torch.testing.assert_close(_minmax(fast.maps), _minmax(reference), atol=1e-4, rtol=0)
     # fast_cam's scaling is Grad-CAM's exactly (W / (h*w)), so the raw maps agree too.
     torch.testing.assert_close(fast.maps, reference, atol=1e-8, rtol=1e-6)
+    if not relu:  # `cam` is the raw map: Captum's LayerGradCam without its ReLU
+        torch.testing.assert_close(raw.maps, reference, atol=1e-8, rtol=1e-6)
 
 
 def test_fast_cam_float32_and_logits_from_one_forward(model):

@@ -19,7 +19,7 @@ from thorax_ray.attribution import (
 from thorax_ray.labels import NUM_FINDINGS
 from thorax_ray.models import MetadataFeatures, create_model
 
-BUILTIN = {"fast_cam", "gradcam", "integrated_gradients", "occlusion", "metadata_ig"}
+BUILTIN = {"cam", "fast_cam", "gradcam", "integrated_gradients", "occlusion", "metadata_ig"}
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -79,7 +79,7 @@ def test_register_custom_method(cnn):
 
 def test_defaults_and_kind_checks(cnn, fusion):
     mlp = create_model("mlp")
-    assert default_method_name(cnn) == default_method_name(fusion) == "fast_cam"
+    assert default_method_name(cnn) == default_method_name(fusion) == "cam"  # raw CAM (Wang et al. 2017)
     assert default_method_name(mlp) == "metadata_ig"
     with pytest.raises(ValueError, match="fast_cam.*'metadata'"):
         get_method("fast_cam")(mlp)
@@ -92,7 +92,7 @@ def test_defaults_and_kind_checks(cnn, fusion):
     with pytest.raises(ValueError, match="metadata features"):
         get_method("fast_cam")(fusion).attribute(torch.zeros(1, 1, 32, 32), None)
     result = attribute(cnn, torch.zeros(1, 1, 32, 32))
-    assert result.method == "fast_cam" and result.maps.shape == (1, NUM_FINDINGS, 2, 2)
+    assert result.method == "cam" and result.maps.shape == (1, NUM_FINDINGS, 2, 2)
 
 
 # ----- integrated gradients --------------------------------------------------------------------------

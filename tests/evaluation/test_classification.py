@@ -280,3 +280,50 @@ def test_summarize_model_layout():
     assert summary["threshold_rule"] == "youden" and set(summary["thresholds"]) == set(FINDINGS)
     assert summary["auroc_ci"]["mean"][0] <= summary["mean_auroc"] <= summary["auroc_ci"]["mean"][1]
     assert not math.isnan(summary["average_precision"]["Mass"])
+
+
+def test_mean_auroc_ci_is_always_over_the_same_classes():
+    """A class defined on all rows but missing from a resample makes that resample skip the mean (never a
+    13-class mean beside 14-class ones); the number used is reported."""
+    labels, scores, groups = _random_case(n_patients=30, per_patient=2, seed=4)
+    labels[:, 0] = 0
+    labels[0, 0] = 1  # Atelectasis: one positive patient, absent from ~37% of the resamples
+    boot = C.bootstrap_aurocs(labels, [scores], groups, n_boot=200, seed=0)[0]
+    complete = ~np.isnan(boot).any(axis=1)
+    assert 0 < complete.sum() < 200
+    summary = C.summarize_model(labels, scores, groups, n_boot=200)
+    assert summary["auroc_ci_resamples"] == {"used": int(complete.sum()), "of": 200, "classes": 14}
+    means = boot[complete].mean(axis=1)
+    assert summary["auroc_ci"]["mean"] == pytest.approx(list(np.percentile(means, [2.5, 97.5])))
+    # the paired mean difference uses the same rule
+    paired = C.paired_bootstrap_difference(labels, scores, scores + 0.1 * labels, groups, n_boot=200, seed=0)
+    assert paired["mean"]["n_resamples"] == int(complete.sum())
+
+
+def test_average_precision_ci_resamples_match_sklearn_with_weights():
+    from sklearn.metrics import average_precision_score
+
+    labels, scores, groups = _random_case(n_patients=25, per_patient=2, seed=9)
+    scores = np.round(scores, 1)  # ties
+    weights = C.bootstrap_image_weights(groups, n_boot=5, seed=3)
+    for c in (0, 5):
+        ours = C._weighted_average_precision(labels[:, c], scores[:, c], weights.astype(float))
+        theirs = [average_precision_score(labels[:, c], scores[:, c], sample_weight=w) for w in weights]
+        np.testing.assert_allclose(ours, theirs, rtol=1e-12)
+    labels[:, 13] = 0
+    ci, resamples = C.bootstrap_average_precision_ci(labels, scores, groups, n_boot=100, seed=0)
+    point = C.average_precision(labels, scores)
+    assert ci["Hernia"] is None and resamples["classes"] == 13
+    assert ci["Mass"][0] <= point["Mass"] <= ci["Mass"][1] and ci["mean"] is not None
+    summary = C.summarize_model(labels, scores, groups, n_boot=100)
+    assert summary["average_precision_ci"] == ci and summary["average_precision_ci_resamples"] == resamples
+
+
+def test_auroc_by_follow_up_bucket():
+    labels, scores, groups = _random_case(n_patients=40, per_patient=3, seed=2)
+    follow_up = np.tile([0, 2, 15], 40).astype(float)
+    follow_up[:3] = np.nan
+    summary = C.summarize_model(labels, scores, groups, follow_up=follow_up, n_boot=20)
+    buckets = summary["follow_up"]
+    assert list(buckets) == ["0", "1-3", "10+", "missing"]  # 4-9 is empty: left out
+    assert [buckets[b]["n"] for b in buckets] == [39, 39, 39, 3]

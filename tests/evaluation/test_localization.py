@@ -134,3 +134,31 @@ def test_chance_baselines():
     # median nodule position ((100+800)/2 = 450) is on neither nodule
     assert median["Nodule"]["iobb"]["0.1"] == 0.0
     assert L.mean_accuracy(whole)["0.1"] == pytest.approx(0.5)  # Cardiomegaly 1, Nodule 0; others have no boxes
+
+
+def test_localization_ci_is_the_patient_bootstrap_of_the_accuracy():
+    """Per resample: localized boxes / boxes over the drawn patients' images (the resamples of the AUROC CIs)."""
+    from thorax_ray.evaluation import classification as C
+
+    rng = np.random.default_rng(0)
+    rows, predicted, patients = [], {}, {}
+    for k in range(40):
+        image = f"{k:03d}.png"
+        patients[image] = f"p{k // 2}"  # two images per patient
+        for finding in ("Mass", "Effusion"):
+            rows.append({"image_index": image, "finding": finding, "x": 0, "y": 0, "w": 10, "h": 10})
+            hit = finding == "Effusion" or rng.random() < 0.5
+            predicted.setdefault(image, []).append(_box(finding, 0 if hit else 50, 0, 10, 10))
+    truth = pd.DataFrame(rows)
+    hits = L.truth_box_hits(predicted, truth)
+    assert len(hits) == 80 and hits.loc[hits["finding"] == "Effusion", "0.5"].all()
+    ci = L.localization_ci(predicted, truth, patients, n_boot=300, seed=1)
+    mass = hits[hits["finding"] == "Mass"]
+    weights = C.bootstrap_image_weights(mass["image_index"].map(patients).to_numpy(), n_boot=300, seed=1)
+    brute = (weights * mass["0.5"].to_numpy()).sum(1) / weights.sum(1)
+    assert ci["Mass"]["0.5"] == pytest.approx(list(np.percentile(brute, [2.5, 97.5])))
+    point = L.localization_accuracy(predicted, truth)["Mass"]["iobb"]["0.5"]
+    assert ci["Mass"]["0.5"][0] < point < ci["Mass"]["0.5"][1]
+    assert ci["Effusion"]["0.5"] == [1.0, 1.0] and ci["Nodule"]["0.5"] is None  # no Nodule boxes
+    assert ci["resamples"] == {"used": 300, "of": 300, "classes": 2}
+    assert ci["mean"]["0.5"] == pytest.approx(list(np.percentile((brute + 1) / 2, [2.5, 97.5])))

@@ -149,3 +149,57 @@ def test_format_comparison_table(case):
     assert "(1) small_cnn (synthetic, test split)" in text
     assert f"(3) {report.WANG_2017}" in text
     assert any(line.startswith("mean") for line in lines)
+
+
+def test_report_says_init_features_protocol_and_cis(tmp_path):
+    """Column labels say how each model started and what metadata it read; the MLP with and without
+    follow-up # sit side by side with AUROC by follow-up bucket; AP and localization carry CIs; every
+    localization row names its map method, resolution, thresholds and gate."""
+    from thorax_ray.evaluation.run import localization_protocols
+
+    rng = np.random.default_rng(1)
+    groups = np.repeat(np.arange(60), 2)
+    labels = (rng.random((120, K)) < 0.3).astype(np.int8)
+    follow_up = np.tile([0, 5], 60)
+    models = {}
+    for name, features in (("mlp", ["age", "sex", "view_position"]),
+                           ("mlp_fu", ["age", "sex", "view_position", "follow_up"])):
+        models[name] = C.summarize_model(labels, labels + rng.normal(size=labels.shape), groups, follow_up=follow_up,
+                                         n_boot=50)
+        models[name].update(init="random init", metadata_features=features)
+    truth = pd.DataFrame([{"image_index": f"{i}.png", "finding": "Mass", "x": 0, "y": 0, "w": 10, "h": 10}
+                          for i in range(6)])
+    predicted = {f"{i}.png": [{"finding": "Mass", "x": 0 if i % 2 else 50, "y": 0, "w": 10, "h": 10, "score": 1}]
+                 for i in range(6)}
+    protocols = localization_protocols(
+        {"method": "cam", "shape": [14, 16, 16], "cell_centres": {"rows": [0.1], "cols": [0.1]}},
+        {"threshold": 180, "max_boxes_per_finding": 2, "min_probability": {"kind": "calibrated", "rule": "youden"}})
+    for protocol in protocols.values():
+        protocol["result"] = L.localization_accuracy(predicted, truth)
+        protocol["ci"] = L.localization_ci(predicted, truth, {f"{i}.png": i for i in range(6)}, n_boot=50)
+    models["small_cnn"] = dict(models["mlp"], init="ImageNet init", localization=protocols["wang2017"]["result"],
+                               localization_protocols=protocols)
+    models["small_cnn"].pop("metadata_features")
+    metrics = {"split": "test", "dataset": "synthetic", "models": models}
+    text = open(report.write_report(tmp_path / "r.html", metrics), encoding="utf-8").read()
+    assert "mlp (random init; age, sex, view position; synthetic, test split)" in text
+    assert "mlp_fu (random init; age, sex, view position, follow-up #; synthetic, test split)" in text
+    assert "small_cnn (ImageNet init; synthetic, test split)" in text
+    assert "AUROC by follow-up # bucket" in text and "0 (n = 60)" in text and "4-9 (n = 60)" in text
+    assert "AP [95% CI]" in text
+    resamples = models["mlp"]["auroc_ci_resamples"]
+    assert f"from {resamples['used']} of 50 resamples" in text
+    assert ("Wang et al. 2017 protocol: cam maps 16x16 (receptive-field centres), thresholds 60 and 180 of 255, "
+            "every region, no probability gate") in text
+    assert ("boxes as scored: cam maps 16x16, threshold 180 of 255, at most 2 regions, findings gated by the "
+            "checkpoint&#x27;s operating points (youden, chosen on validation)") in text
+    mass_ci = protocols["wang2017"]["ci"]["Mass"]["0.5"]
+    assert f"[{mass_ci[0]:.3f}, {mass_ci[1]:.3f}]" in text
+
+
+def test_auroc_bars_accept_a_ci_that_excludes_the_point(tmp_path):
+    """A percentile CI can lie beside its point (the mean's CI is over complete resamples only)."""
+    table = {"m": {f: 0.7 for f in FINDINGS} | {"mean": 0.7}}
+    ci = {"m": {"mean": [0.72, 0.8], "Mass": [0.5, 0.65]}}
+    path = plots.plot_auroc_comparison(table, tmp_path / "bars.png", ci=ci)
+    assert open(path, "rb").read().startswith(PNG_MAGIC)

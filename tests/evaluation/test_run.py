@@ -54,6 +54,14 @@ def test_two_models_compared_with_report(synthetic_small, tmp_path):
     assert np.mean([saved["localization"]["good"][f]["iobb"]["0.25"] for f in boxed]) > \
         np.mean([chance[f]["iobb"]["0.25"] for f in boxed]) + 0.3
     assert "weak" not in saved["localization"]
+    # beside Wang's protocol, the boxes as scored (all wrong here), each with patient-bootstrap CIs
+    protocols = good["localization_protocols"]
+    assert protocols["wang2017"]["result"] == saved["localization"]["good"]
+    assert "thresholds 60 and 180 of 255, every region" in protocols["wang2017"]["label"]
+    assert all(protocols["scored_boxes"]["result"][f]["iobb"]["0.1"] == 0.0 for f in boxed)
+    assert all(protocols[k]["ci"]["resamples"]["of"] == 200 for k in protocols)
+    assert set(good["follow_up"]) >= {"0"} and good["init"] == "init unknown"
+    assert good["average_precision_ci"]["mean"] and good["auroc_ci_resamples"]["of"] == 200
     assert saved["paired"][0]["result"]["mean"]["delta"] > 0
     # patients, not images, are the bootstrap unit; thresholds are chosen on the validation rows only
     test_rows = metrics_rows(config, manifest, "test")
@@ -170,3 +178,23 @@ def test_model_names_that_would_leave_the_output_folder_are_rejected(name, tmp_p
         EvaluationConfig(scores=((name, "uri"),), data="d", out=str(tmp_path))
     with pytest.raises(ValueError, match="must be distinct"):
         EvaluationConfig(scores=(("a", "u1"), ("a", "u2")), data="d", out=str(tmp_path))
+
+
+def test_heatmap_boxes_follow_wang_every_region_both_thresholds_and_skip_unknown_sizes():
+    from thorax_ray.attribution import HEATMAP_SCHEMA_METADATA, decode_heatmaps
+    from thorax_ray.evaluation.run import heatmap_boxes
+
+    maps = np.zeros((2, 14, 8, 8), dtype=np.uint8)
+    mass = FINDINGS.index("Mass")
+    maps[:, mass, 0:2, 0:2] = 255  # three separate regions, the third only above 60
+    maps[:, mass, 4:6, 0:2] = 255
+    maps[:, mass, 0:2, 5:7] = 120
+    scores = pd.DataFrame({"image_index": ["a.png", "b.png"], "width": [64, None], "height": [64, None],
+                           "heatmap": encode_heatmaps(maps)}).set_index("image_index")
+    truth = pd.DataFrame([{"image_index": i, "finding": "Mass", "x": 0, "y": 0, "w": 16, "h": 16}
+                          for i in ("a.png", "b.png")])
+    boxes, unknown = heatmap_boxes(scores, truth, HEATMAP_SCHEMA_METADATA(8, 8, "cam"))
+    assert unknown == 1 and list(boxes) == ["a.png"]  # b's original size is unknown: no boxes, counted
+    # threshold 60: all three regions; threshold 180: the two bright ones (not only the 2 largest overall)
+    assert len(boxes["a.png"]) == 5
+    assert np.allclose(decode_heatmaps(scores["heatmap"], (8, 8))[0, mass], maps[0, mass], atol=5)

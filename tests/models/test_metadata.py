@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from thorax_ray.labels import NUM_FINDINGS
-from thorax_ray.models import AVAILABLE_FEATURES, DEFAULT_FEATURES, MetadataFeatures, MetadataMLP, create_model
+from thorax_ray.models import (AVAILABLE_FEATURES, DEFAULT_FEATURES, FOLLOW_UP_FEATURES, MetadataFeatures,
+                               MetadataMLP, create_model)
 
 FU3 = (math.log1p(3) - 1.5) / 1.3
 FU0 = (0.0 - 1.5) / 1.3
@@ -30,9 +31,19 @@ def _frame() -> pd.DataFrame:
     })
 
 
-def test_default_features_and_names():
-    features = MetadataFeatures()
-    assert features.features == DEFAULT_FEATURES == ("age", "sex", "view_position", "follow_up")
+def test_default_features_leave_follow_up_out():
+    """Follow-up # (a care-intensity proxy) is opt-in; the default is age, sex and view position."""
+    assert MetadataFeatures().features == DEFAULT_FEATURES == ("age", "sex", "view_position")
+    assert "follow_up" not in MetadataFeatures().names and MetadataFeatures().dim == 9
+    assert create_model("mlp").metadata_features == MetadataFeatures()
+    from thorax_ray.train.config import ModelConfig
+
+    assert ModelConfig().metadata_features == DEFAULT_FEATURES
+
+
+def test_features_with_follow_up_and_names():
+    features = MetadataFeatures(FOLLOW_UP_FEATURES)
+    assert features.features == FOLLOW_UP_FEATURES == ("age", "sex", "view_position", "follow_up")
     assert features.names == [
         "age", "age_missing", "sex_M", "sex_F", "sex_missing",
         "view_PA", "view_AP", "view_other", "view_missing", "follow_up", "follow_up_missing",
@@ -41,7 +52,7 @@ def test_default_features_and_names():
 
 
 def test_known_rows_encode_to_hand_computed_vectors():
-    encoded = MetadataFeatures().encode(_frame())
+    encoded = MetadataFeatures(FOLLOW_UP_FEATURES).encode(_frame())
     assert encoded.dtype == np.float32 and encoded.shape == (4, 11)
     expected = np.array([
         # age, miss, M, F, miss, PA, AP, other, miss, follow_up, miss
@@ -60,8 +71,8 @@ def test_missing_values_set_indicator_and_zero_value():
         "view_position": [np.nan, " ", "LL"],
         "follow_up": pd.array([None, -1, 2], dtype="Int64"),
     })
-    encoded = MetadataFeatures().encode(frame)
-    names = MetadataFeatures().names
+    encoded = MetadataFeatures(FOLLOW_UP_FEATURES).encode(frame)
+    names = MetadataFeatures(FOLLOW_UP_FEATURES).names
     col = {n: encoded[:, i] for i, n in enumerate(names)}
     np.testing.assert_array_equal(col["age"], [0, 0, 0])
     np.testing.assert_array_equal(col["age_missing"], [1, 1, 1])
@@ -118,7 +129,7 @@ def test_to_dict_from_dict_round_trip():
 
 
 def test_encode_single_mapping_and_empty_frame():
-    features = MetadataFeatures()
+    features = MetadataFeatures(FOLLOW_UP_FEATURES)
     row = {"age_years": 63.2, "sex": "M", "view_position": "PA", "follow_up": 0}
     np.testing.assert_allclose(features.encode(row), features.encode(_frame().iloc[:1]), atol=1e-6)
     assert features.encode(_frame().iloc[:0]).shape == (0, 11)

@@ -308,3 +308,62 @@ def test_create_model_from_config_round_trip():
     rebuilt = create_model_from_config(model.build_config)
     assert rebuilt.spec == model.spec and rebuilt.metadata_features == model.metadata_features
     rebuilt.load_state_dict(model.state_dict())  # same architecture, strict
+
+
+def _legacy_densenet_keys(state: dict) -> dict:
+    """torchvision's published densenet121 file spells `denselayerN.norm1` as `denselayerN.norm.1`."""
+    import re
+
+    pattern = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+    return {(m.group(1) + "." + m.group(2) if (m := pattern.match(k)) else k): v for k, v in state.items()}
+
+
+@pytest.fixture
+def offline_torch_hub(tmp_path, monkeypatch):
+    """A temporary TORCH_HOME; any download attempt fails as it would without internet."""
+    import urllib.error
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+
+    def no_internet(url, *args, **kwargs):
+        raise urllib.error.URLError(f"no network in tests ({url})")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_internet)
+    return tmp_path / "torch_home" / "hub" / "checkpoints"
+
+
+def test_imagenet_weights_come_from_torchvisions_cache_file(offline_torch_hub):
+    """`pretrained="imagenet"` reads torchvision's own weights file (its exact name, in the torch hub cache
+    of TORCH_HOME), sums the RGB stem and records the initialisation; nothing is downloaded."""
+    from thorax_ray.models.cnn import imagenet_cache_path
+
+    torch.manual_seed(3)
+    source = torchvision.models.densenet121(weights=None).state_dict()
+    path = imagenet_cache_path("densenet121")
+    assert path == str(offline_torch_hub / "densenet121-a639ec97.pth")  # the name torchvision expects
+    offline_torch_hub.mkdir(parents=True)
+    torch.save(_legacy_densenet_keys(source), path)
+    model = create_model("densenet121", pretrained="imagenet")
+    torch.testing.assert_close(model.stem.weight, source["features.conv0.weight"].sum(dim=1, keepdim=True))
+    torch.testing.assert_close(model.body.features.denseblock1.denselayer1.norm1.weight,
+                               source["features.denseblock1.denselayer1.norm1.weight"])
+    assert model.build_config["init"] == {"kind": "imagenet", "label": "ImageNet init",
+                                          "source": "torchvision DenseNet121_Weights.IMAGENET1K_V1"}
+    fusion = create_model("fusion", backbone="densenet121", pretrained="imagenet")
+    torch.testing.assert_close(fusion.backbone.stem.weight, model.stem.weight)
+    assert fusion.build_config["init"]["label"] == "densenet121 ImageNet init"
+    # rebuilding from a checkpoint's build_config keeps saying how the trained weights started
+    assert create_model_from_config(model.build_config).build_config["init"]["kind"] == "imagenet"
+    assert create_model("densenet121").build_config["init"]["label"] == "random init"
+
+
+def test_imagenet_weights_missing_offline_is_one_clear_error(offline_torch_hub):
+    from thorax_ray.models import model_initialisation
+
+    with pytest.raises(PretrainedWeightsError, match=r"ImageNet weights .*resnet18.*resnet18-f37072fd\.pth.*copy"):
+        create_model("resnet18", pretrained="imagenet")
+    with pytest.raises(ValueError, match="no ImageNet weights for 'small_cnn'"):
+        create_model("small_cnn", pretrained="imagenet")
+    assert model_initialisation("resnet18", "imagenet")["kind"] == "imagenet"  # described without any read
+    assert model_initialisation("mlp")["label"] == "random init"
+    assert model_initialisation("fusion", "/w/r18.pth", backbone="resnet18")["label"] == "resnet18 init from r18.pth"

@@ -29,10 +29,16 @@ SIZE = 64
 CONTRACT = preprocessing_contract(SIZE)
 
 
+# Operating points as training stores them: four boxed findings always pass, the other findings never do.
+OPEN = BOXED_FINDINGS[:4]
+OPERATING_POINTS = {"rule": "youden", "chosen_on": "validation",
+                    "thresholds": {f: (0.0 if f in OPEN else 1.0) for f in FINDINGS}}
+
+
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     folder = tmp_path_factory.mktemp("checkpoint")
-    return str(folder), make_checkpoint(folder, size=SIZE)
+    return str(folder), make_checkpoint(folder, size=SIZE, payload={"operating_points": OPERATING_POINTS})
 
 
 def image_paths(root):
@@ -76,8 +82,12 @@ def test_schema_metadata_round_trip_and_size(ray_local, checkpoint, synthetic_sm
     assert schema.field("heatmap").type == pa.binary() and schema.field("boxes").type == BOXES_TYPE
     assert schema.field("scored_at").type == pa.timestamp("us", tz="UTC")
     heatmap = json.loads(schema.metadata[HEATMAP_METADATA_KEY.encode()])
-    expected = HEATMAP_SCHEMA_METADATA(4, 4, "fast_cam")  # small_cnn: 64 px / 16 = 4x4 cells
+    # small_cnn: 64 px / 16 = 4x4 cells of the raw CAM (the default), centred where the receptive fields are:
+    # (16·i + 0.5) / 64, not (i + 0.5) / 4
+    centres = [(16 * i + 0.5) / 64 for i in range(4)]
+    expected = HEATMAP_SCHEMA_METADATA(4, 4, "cam", (centres, centres))
     assert {k: heatmap[k] for k in expected} == expected and heatmap["classes"] == list(FINDINGS)
+    assert heatmap["cell_centres"]["rows"] == centres
     described = read_file_metadata(files[0])[SCORES_METADATA_KEY]
     assert described["model_id"] == summary.model_id and described["preprocessing"]["size"] == SIZE
 
@@ -88,38 +98,44 @@ def test_schema_metadata_round_trip_and_size(ray_local, checkpoint, synthetic_sm
     assert (frame["metadata_source"] == "csv").all()  # every image has its Data_Entry row
     assert frame.attrs["heatmap"]["shape"] == [14, 4, 4]
     assert frame.attrs["split_hash"] == CHECKPOINT_SPLIT_HASH  # what evaluation checks against its split
-    # Decode round trip: the stored maps are exactly normalise_maps(fast CAM) of the same images.
+    # Decode round trip: the stored maps are exactly normalise_maps(raw CAM) of the same images.
     rows = frame.sort_values("image_index").head(6)
     pixels = np.stack([decode_image(open(p, "rb").read(), SIZE).pixels for p in rows["path"]])
     images = normalise_images(torch.from_numpy(pixels).unsqueeze(1), CONTRACT, device=torch.device("cpu"))
-    local = get_method("fast_cam")(model).attribute(images)
+    local = get_method("cam")(model).attribute(images)
     stored = decode_heatmaps(rows["heatmap"].tolist(), (4, 4))
     assert stored.shape == (6, 14, 4, 4) and stored.dtype == np.uint8
-    assert np.abs(stored.astype(int) - normalise_maps(local.maps).astype(int)).max() <= 1
+    assert np.abs(stored.astype(int) - normalise_maps(local.maps).astype(int)).max() <= 5  # 32 stored levels
     np.testing.assert_allclose(rows[list(FINDING_COLUMNS)].to_numpy(), torch.sigmoid(local.logits).numpy(),
                                atol=1e-5)
-    # Boxes: only boxed findings with probability >= 0.5, inside the 64x64 original frame.
-    probabilities = dict(zip(FINDINGS, FINDING_COLUMNS))
+    # Boxes: by default only boxed findings whose probability reaches the checkpoint's operating point for
+    # that finding (here: OPEN always, the rest never), inside the 64x64 original frame; the metadata says so.
     for row in frame.itertuples():
         for box in row.boxes:
-            assert box["finding"] in BOXED_FINDINGS and getattr(row, probabilities[box["finding"]]) >= 0.5
+            assert box["finding"] in OPEN
             assert 0 <= box["x"] and box["x"] + box["w"] <= 64 and 0 <= box["y"] and box["y"] + box["h"] <= 64
-    assert 0 < sum(len(b) for b in frame["boxes"]) < 120 * len(BOXED_FINDINGS) * 2
+    assert {box["finding"] for boxes in frame["boxes"] for box in boxes} == set(OPEN)
+    gate = described["boxes"]["min_probability"]
+    assert gate["kind"] == "calibrated" and gate["rule"] == "youden" and gate["thresholds"]["Mass"] == 1.0
+    assert frame.attrs["boxes"]["min_probability"] == gate and frame.attrs["model_init"]["label"] == "random init"
+    assert described["model_init"] == frame.attrs["model_init"]
     # Size: every Parquet file of the output, in bytes on disk, per scored image.
     total = sum(os.path.getsize(f) for f in parquet_files(out))
     assert total / len(frame) <= 2048, f"{total / len(frame):.0f} bytes per image"
     assert output_size(str(out)).bytes == sum(os.path.getsize(f) for f in files)
 
-    # The fast path (one forward) equals Captum's per-class LayerGradCam (14 backward passes), end to end.
+    # The fast path (one forward) equals Captum's per-class LayerGradCam (14 backward passes; without its
+    # ReLU for the raw CAM), end to end.
     pd.DataFrame({"path": rows["path"].head(3)}).to_parquet(tmp_path / "three.parquet")
-    naive = score(config(ckpt, tmp_path / "three.parquet", tmp_path / "gradcam", method="gradcam"))
+    naive = score(config(ckpt, tmp_path / "three.parquet", tmp_path / "gradcam", method="gradcam",
+                         method_options={"relu": False}))
     assert naive.method == "gradcam" and naive.scored == 3
     naive = read_scores(str(tmp_path / "gradcam")).sort_values("image_index").reset_index(drop=True)
     fast = rows.head(3).reset_index(drop=True)
     assert list(naive["image_index"]) == list(fast["image_index"])
     np.testing.assert_allclose(naive[list(FINDING_COLUMNS)], fast[list(FINDING_COLUMNS)], atol=1e-5)
     a, b = (decode_heatmaps(f["heatmap"].tolist(), (4, 4)).astype(int) for f in (fast, naive))
-    assert np.abs(a - b).max() <= 1
+    assert np.abs(a - b).max() <= 9  # at most one of the 32 stored levels apart
 
 
 def test_killed_run_and_next_batch_give_each_image_once(ray_local, checkpoint, synthetic_small, tmp_path):
@@ -205,13 +221,23 @@ def test_prepared_input(ray_local, checkpoint, tmp_path, monkeypatch):
     rows = [f"{n},Mass,0,{int(n[:8])},40,F,AP,2500,2048,0.143,0.143" for n in expected]
     write_text(str(data / "Data_Entry_2017.csv"), "\n".join([DATA_ENTRY_HEADER, *rows]) + "\n")
     prepare(PrepareConfig(data=str(data), out=str(tmp_path / "prepared"), image=ImageConfig(size=48)))
-    summary = score(config(ckpt, tmp_path / "prepared", tmp_path / "out"))
+    # a source PNG gone since prepare: its original size is unknown, so it is scored without boxes (counted),
+    # never boxed in the 48 px stored frame
+    gone = sorted(n for n, r in expected.items() if not r)[0]
+    os.remove(image_paths(data)[gone])
+    summary = score(config(ckpt, tmp_path / "prepared", tmp_path / "out", box_min_probability=None))
     assert (summary.input_rows, summary.scored, summary.quarantined_total) == (8, 4, 4)
+    assert summary.unknown_size == 1 and "no boxes         1" in summary.format()
+    assert committed_runs(str(tmp_path / "out"))[0]["counts"]["no_boxes_unknown_size"] == 1
     # the prepared images travel at their prepared side (48), not at the contract's (64)
     assert summary.actors == "1..1 CPU" and bounds == [IN_FLIGHT_BATCHES_PER_ACTOR * 1 * 8 * 48 * 48]
     frame = read_scores(str(tmp_path / "out"))
     assert sorted(frame["image_index"]) == sorted(n for n, r in expected.items() if not r)
-    assert (frame["width"] == 96).all()  # read from the source PNG's header
+    known = frame[frame["image_index"] != gone]
+    assert (known["width"] == 96).all()  # read from the source PNG's header
+    assert all(len(boxes) > 0 for boxes in known["boxes"])  # every boxed finding is boxed (no gate)
+    missing = frame[frame["image_index"] == gone].iloc[0]
+    assert pd.isna(missing["width"]) and missing["boxes"] is None and missing["heatmap"] is not None
     again = score(config(ckpt, tmp_path / "prepared", tmp_path / "out"))
     assert (again.scored, again.skipped, again.quarantined_total) == (0, 4, 4)
 

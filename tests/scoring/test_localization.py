@@ -1,12 +1,13 @@
 """A real localization check: a small CNN trained (plain PyTorch, in process) on synthetic radiographs
-whose findings are clearly drawn, then scored by the job; its stored heatmaps put their mass inside
-the ground-truth boxes of the findings present far more than chance (the boxes' share of the image)."""
+whose findings are clearly drawn, then scored by the job with 16x16 maps; its stored ReLU'd maps put their
+mass inside the ground-truth boxes of the findings present far more than chance (the boxes' share of the
+image), Wang et al. 2017's protocol on its raw CAM beats a whole-image box, and the output stays within
+2 KB per image."""
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from thorax_ray.attribution import decode_heatmaps
-from thorax_ray.attribution.boxes import upsample_maps
+from thorax_ray.attribution import centres_from_metadata, decode_heatmaps, upsample_maps
 from thorax_ray.data.decode import decode_image
 from thorax_ray.labels import FINDING_COLUMNS, FINDINGS
 from thorax_ray.manifest import build_manifest
@@ -17,7 +18,7 @@ from thorax_ray.synthetic.dataset import SyntheticConfig, write_synthetic_datase
 from thorax_ray.train.config import preprocessing_contract
 from tests.helpers import make_checkpoint
 
-SIZE = 96  # written and scored at 96 px; small_cnn with 3 blocks -> 12x12 maps
+SIZE = 96  # written and scored at 96 px; small_cnn with 3 blocks at output stride 4 -> 24x24, stored pooled to 16x16
 LARGE = ("Cardiomegaly", "Effusion", "Pneumothorax", "Mass")
 CONTRACT = preprocessing_contract(SIZE)
 
@@ -26,7 +27,7 @@ def train_small_cnn(images: np.ndarray, labels: np.ndarray, *, epochs: int = 10,
     """BCE on the four large boxed findings (others masked out), positives up-weighted (at most 10x)."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    model = create_model("small_cnn", widths=(16, 32, 64))
+    model = create_model("small_cnn", widths=(16, 32, 64), output_stride=4)
     x = ((torch.from_numpy(images).float().unsqueeze(1) / 255.0) - CONTRACT["mean"]) / CONTRACT["std"]
     y = torch.from_numpy(labels.astype(np.float32))
     mask = torch.zeros(len(FINDINGS))
@@ -58,11 +59,13 @@ def test_heatmaps_concentrate_inside_truth_boxes(ray_local, tmp_path):
     test = manifest[manifest["split"] == "test"]
     test.to_parquet(tmp_path / "test.parquet")  # a manifest Parquet as the job's input
     summary = score(ScoreConfig(checkpoint=str(tmp_path / "ckpt"), input=str(tmp_path / "test.parquet"),
-                                out=str(tmp_path / "out"), batch_size=64, max_map_side=None))
+                                out=str(tmp_path / "out"), batch_size=64, method="fast_cam"))
     assert summary.scored == len(test)
+    assert summary.bytes_per_image <= 2048, f"{summary.bytes_per_image:.0f} bytes per image with 16x16 maps"
     frame = read_scores(str(tmp_path / "out")).set_index("image_index")
     shape = frame.attrs["heatmap"]["shape"]
-    assert shape == [14, 12, 12]
+    assert shape == [14, 16, 16]
+    centres = centres_from_metadata(frame.attrs["heatmap"])
 
     boxes = read_bbox_list(str(data / "BBox_List_2017.csv"))
     boxes = boxes[boxes["finding"].isin(LARGE) & boxes["image_index"].isin(frame.index)]
@@ -71,7 +74,7 @@ def test_heatmaps_concentrate_inside_truth_boxes(ray_local, tmp_path):
     for box in boxes.itertuples():
         row = frame.loc[box.image_index]
         heat = decode_heatmaps([row["heatmap"]], shape)[0, FINDINGS.index(box.finding)]
-        up = upsample_maps(heat[None], int(row["width"]), int(row["height"]))[0]
+        up = upsample_maps(heat[None], int(row["width"]), int(row["height"]), centres)[0]
         if up.sum() == 0:  # no positive evidence for the finding anywhere
             empty += 1
             continue
@@ -86,3 +89,18 @@ def test_heatmaps_concentrate_inside_truth_boxes(ray_local, tmp_path):
     effusion = frame.loc[test["image_index"], "effusion"].to_numpy()
     labelled = test["effusion"].to_numpy() == 1
     assert effusion[labelled].mean() > effusion[~labelled].mean() + 0.2
+
+    # Wang et al. 2017's protocol on the default raw CAM (thresholds 60 and 180, every region) beats a box
+    # over the whole image at T(IoBB) = 0.25 for the four large findings.
+    from thorax_ray.evaluation.localization import chance_localization, localization_accuracy, mean_accuracy
+    from thorax_ray.evaluation.run import heatmap_boxes
+
+    raw = score(ScoreConfig(checkpoint=str(tmp_path / "ckpt"), input=str(tmp_path / "test.parquet"),
+                            out=str(tmp_path / "raw"), batch_size=64))
+    assert raw.method == "cam" and raw.bytes_per_image <= 2048
+    scored = read_scores(str(tmp_path / "raw")).set_index("image_index")
+    predicted, unknown = heatmap_boxes(scored, boxes, scored.attrs["heatmap"])
+    assert unknown == 0
+    ours = mean_accuracy(localization_accuracy(predicted, boxes))["0.25"]
+    whole = mean_accuracy(chance_localization(boxes, SIZE, SIZE)["whole_image"])["0.25"]
+    assert ours > whole + 0.1, (ours, whole)

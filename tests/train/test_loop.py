@@ -107,3 +107,58 @@ def test_augment_batch_reproducible_and_in_distribution():
     generator = torch.Generator().manual_seed(0)
     state = generator.get_state()
     assert augment_batch(images, none, generator) is images and torch.equal(generator.get_state(), state)
+
+
+def test_run_metrics_say_how_the_model_was_initialised():
+    from thorax_ray.train.config import TrainConfig
+    from thorax_ray.train.loop import run_summary
+
+    info = {"run_name": "r", "split_hash": "h"}
+    imagenet = TrainConfig().replace(model={"name": "densenet121", "pretrained": "imagenet"})
+    assert run_summary(imagenet, info, [], None, [])["init"]["label"] == "ImageNet init"
+    fusion = TrainConfig().replace(model={"name": "fusion", "backbone": "small_cnn"})
+    assert run_summary(fusion, info, [], None, [])["init"]["label"] == "small_cnn random init"
+
+
+def test_no_horizontal_flip_unless_asked():
+    """A flip mirrors the heart; the default augmentation never flips, `--hflip` turns flips on."""
+    import importlib.util
+    import os
+
+    import torch
+
+    from thorax_ray.train.augment import augment_batch
+    from thorax_ray.train.config import AugmentConfig
+
+    assert AugmentConfig().hflip is False
+    images = torch.rand(64, 1, 8, 8)
+    default_flip_only = AugmentConfig(rotate_degrees=0, scale=0, translate=0, brightness=0, contrast=0)
+    assert torch.equal(augment_batch(images, default_flip_only, torch.Generator().manual_seed(0)), images)
+    spec = importlib.util.spec_from_file_location(
+        "train_job", os.path.join(os.path.dirname(__file__), "..", "..", "jobs", "train.py"))
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    assert job.build_config(job.parse_args(["--hflip"])).augment.hflip is True
+    assert job.build_config(job.parse_args([])).augment.hflip is False
+    chosen = job.build_config(job.parse_args(["--lr-scaling", "sqrt", "--warmup-epochs", "2", "--pretrained", "imagenet"]))
+    assert (chosen.optim.lr_scaling, chosen.optim.warmup_epochs, chosen.model.pretrained) == ("sqrt", 2, "imagenet")
+    with_follow_up = job.build_config(job.parse_args(["--model", "mlp", "--metadata-features",
+                                                      "age,sex,view_position,follow_up"]))
+    assert with_follow_up.model.metadata_features == ("age", "sex", "view_position", "follow_up")
+
+
+def test_output_stride_reaches_small_cnn_and_fusion_backbones():
+    import pytest
+
+    from thorax_ray.config import ConfigError
+    from thorax_ray.models import create_model
+    from thorax_ray.train.config import TrainConfig
+    from thorax_ray.train.loop import model_kwargs
+
+    config = TrainConfig().replace(model={"name": "small_cnn", "output_stride": 8})
+    assert create_model("small_cnn", **model_kwargs(config)).map_stride == 8
+    fusion = TrainConfig().replace(model={"name": "fusion", "backbone": "small_cnn", "output_stride": 8})
+    assert create_model("fusion", **model_kwargs(fusion)).backbone.map_stride == 8
+    assert model_kwargs(TrainConfig()) == {}
+    with pytest.raises(ConfigError, match="output_stride applies to small_cnn"):
+        TrainConfig().replace(model={"name": "densenet121", "output_stride": 8})

@@ -28,7 +28,8 @@ def small_config(dataset, storage, name, **sections):
 
 
 def test_mlp_learns_from_metadata_alone(ray_local, metadata_only, tmp_path):
-    config = small_config(metadata_only, tmp_path, "mlp", model={"name": "mlp"}, optim={"epochs": 6, "lr": 3e-3},
+    config = small_config(metadata_only, tmp_path, "mlp", optim={"epochs": 6, "lr": 3e-3},
+                          model={"name": "mlp", "metadata_features": ["age", "sex", "view_position", "follow_up"]},
                           data={"batch_size": 128})
     result = fit(config)
     assert result.metrics["model"] == "mlp" and result.metrics["epochs_run"] == 6
@@ -54,8 +55,17 @@ def test_small_cnn_learns_findings_far_above_the_mlp(ray_local, learnable_images
     payload = load_payload(checkpoints[-1][1])  # torch.load(weights_only=True) inside
     assert payload["split_hash"] == metrics["split_hash"] and payload["preprocessing"]["size"] == 64
     assert set(payload) >= {"model_state", "optimizer_state", "scheduler_state", "epoch", "config", "labels",
-                            "seed", "versions"}
+                            "seed", "versions", "operating_points"}
     assert payload["data_origin"] == "synthetic"  # prepared from thorax_ray.synthetic's data (its record)
+    # operating points chosen on the validation predictions of each epoch travel with its checkpoint, and the
+    # best epoch's in metrics.json; how the model started is recorded in both
+    points = payload["operating_points"]
+    assert points["rule"] == "youden" and points["chosen_on"] == "validation" and points["n_images"] > 0
+    defined = [v for v in points["thresholds"].values() if v is not None]
+    assert len(defined) >= 8 and all(0.0 < v < 1.0 for v in defined)
+    best = load_payload(os.path.join(cnn.run_dir, metrics["best_checkpoint"]))
+    assert metrics["val"]["operating_points"] == best["operating_points"]
+    assert metrics["init"]["label"] == "random init" and payload["model_build_config"]["init"]["kind"] == "random"
     evaluation = evaluate_checkpoint(cnn.run_dir, str(prepared), "test")
     assert evaluation["mean_auroc"] > 0.65 and evaluation["model"] == "small_cnn"
 

@@ -36,7 +36,7 @@ def test_grammar_maps_to_tune_domains():
 
 
 def test_resolve_drops_fields_inactive_for_the_chosen_loss_and_model():
-    base = {"model": {"name": "mlp", "backbone": "resnet18"}, "loss": {"kind": "weighted_bce", "pos_weight_scale": 2.0}}
+    base = {"model": {"name": "mlp", "backbone": "resnet18"}, "loss": {"kind": "class_balanced_bce", "pos_weight_scale": 2.0}}
     focal = TrainConfig.from_dict(resolve(base, {"loss.kind": "focal", "loss.focal_gamma": 1.0}))
     assert focal.loss.kind == "focal" and focal.loss.pos_weight_scale == 1.0 and focal.loss.focal_gamma == 1.0
     weighted = TrainConfig.from_dict(resolve(base, {"loss.focal_gamma": 3.0, "model.name": "fusion"}))
@@ -169,7 +169,7 @@ def test_shipped_spaces_cover_the_issue_and_validate():
             kinds |= {v["kind"] for v in p.values}
         if p.path == "loss.kind":
             kinds |= set(p.values)
-    assert kinds == {"bce", "weighted_bce", "focal"}
+    assert kinds == {"bce", "wang_bce", "class_balanced_bce", "focal"}
     assert any(p.path in ("loss", "loss.per_class_pos_weight") for p in loss.params)
     assert spaces["smoke.yaml"].base_config().run.workers == 1
 

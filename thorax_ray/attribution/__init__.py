@@ -1,7 +1,7 @@
 """Attributions for the 14 findings: one method registry (`get_method(name)(model, **options)`),
 the one-forward CAM fast path, compact uint8 heatmap storage and Wang et al. 2017 style boxes.
 
-    method = get_method("fast_cam")(model)
+    method = get_method("cam")(model)
     result = method.attribute(images, features)       # maps (N, 14, h, w), logits (N, 14)
     values = encode_heatmaps(normalise_maps(result.maps))
     boxes = boxes_for_image(normalise_maps(result.maps)[0], width=1024, height=1024)
@@ -17,7 +17,7 @@ from thorax_ray.attribution.registry import (
     list_methods,
     register_method,
 )
-from thorax_ray.attribution.cam import FastCAM, GradCAM, cam_weight, class_activation_maps
+from thorax_ray.attribution.cam import FastCAM, GradCAM, RawCAM, cam_weight, class_activation_maps
 from thorax_ray.attribution.encode import (
     HEATMAP_METADATA_KEY,
     HEATMAP_SCHEMA_METADATA,
@@ -25,11 +25,13 @@ from thorax_ray.attribution.encode import (
     encode_heatmaps,
     normalise_maps,
 )
+from thorax_ray.attribution.geometry import centres_from_metadata, upsample_maps
 from thorax_ray.attribution.boxes import (
     BOX_STRUCT,
     BOXES_TYPE,
     DEFAULT_MAX_BOXES,
     DEFAULT_THRESHOLD,
+    WANG_THRESHOLDS,
     boxes_for_batch,
     boxes_for_image,
 )
@@ -45,12 +47,15 @@ __all__ = [
     "DEFAULT_THRESHOLD",
     "FastCAM",
     "GradCAM",
+    "RawCAM",
+    "WANG_THRESHOLDS",
     "HEATMAP_METADATA_KEY",
     "HEATMAP_SCHEMA_METADATA",
     "attribute",
     "boxes_for_batch",
     "boxes_for_image",
     "cam_weight",
+    "centres_from_metadata",
     "class_activation_maps",
     "decode_heatmaps",
     "default_method_name",
@@ -59,4 +64,5 @@ __all__ = [
     "list_methods",
     "normalise_maps",
     "register_method",
+    "upsample_maps",
 ]

@@ -1,10 +1,16 @@
-"""Bounding boxes from uint8 heatmaps, in the style of Wang et al. 2017 (ChestX-ray8, section 4.3).
+"""Bounding boxes from uint8 heatmaps as Wang et al. 2017 (ChestX-ray8, section 3.2, "Bounding Box
+Generation") make them: "The intensities in heatmaps are first normalized to [0, 255] and then
+thresholded by {60, 180} individually. Finally, B-Boxes are generated to cover the isolated regions in
+the resulting binary maps."
 
-For each finding: upsample its map (h, w) bilinearly (cell-centre aligned, `align_corners=False`)
-to the original image size, keep pixels >= `threshold` (of 255), label connected components
-(`scipy.ndimage.label`, 4-connectivity) and box each component: `(x, y, w, h)` in original-image
-pixels (x, y = top-left corner; w, h = extent), `score` = mean (or max) map value inside the
-component / 255. The `max_boxes` largest components (by pixel count) are kept per finding.
+For each finding: upsample its map (h, w) bilinearly to the original image size, with each cell's value
+placed at its centre (`centres`: where the feature-map positions' receptive fields are centred, from the
+heatmap metadata; default: the middle of equal cells, i.e. `align_corners=False`) and held constant
+beyond the outermost centres; keep pixels >= each threshold (of 255), label connected components
+(`scipy.ndimage.label`, 4-connectivity) and box each component: `(x, y, w, h)` in original-image pixels
+(x, y = top-left corner; w, h = extent), `score` = mean (or max) map value inside the component / 255.
+`max_boxes` keeps the largest components (by pixel count) per finding and threshold; None keeps every one
+(Wang's protocol, `WANG_THRESHOLDS` with `max_boxes=None`).
 """
 from __future__ import annotations
 
@@ -13,14 +19,14 @@ from typing import Literal
 
 import numpy as np
 import pyarrow as pa
-import torch
-import torch.nn.functional as F
 from scipy import ndimage
 
+from thorax_ray.attribution.geometry import Centres, upsample_maps
 from thorax_ray.labels import BOXED_FINDINGS, FINDINGS, NUM_FINDINGS
 
-DEFAULT_THRESHOLD = 180
+DEFAULT_THRESHOLD = 180  # the scoring job's boxes: one threshold, the largest regions
 DEFAULT_MAX_BOXES = 2
+WANG_THRESHOLDS = (60, 180)  # Wang et al. 2017: both thresholds, every isolated region
 
 BOX_STRUCT = pa.struct([
     ("finding", pa.string()),
@@ -49,17 +55,11 @@ def _finding_indices(findings: Sequence[str] | str | None) -> list[int]:
     return [_INDEX[f] for f in findings]
 
 
-def upsample_maps(maps: np.ndarray, width: int, height: int) -> np.ndarray:
-    """(K, h, w) uint8/float maps -> float32 (K, height, width), bilinear, align_corners=False."""
-    tensor = torch.from_numpy(np.ascontiguousarray(maps, dtype=np.float32))[None]
-    return F.interpolate(tensor, size=(int(height), int(width)), mode="bilinear",
-                         align_corners=False)[0].numpy()
-
-
 def component_boxes(upsampled: np.ndarray, *, threshold: float = DEFAULT_THRESHOLD,
-                    max_boxes: int = DEFAULT_MAX_BOXES,
+                    max_boxes: int | None = DEFAULT_MAX_BOXES,
                     score: Literal["mean", "max"] = "mean") -> list[tuple[float, float, float, float, float]]:
-    """Boxes `(x, y, w, h, score)` of the largest `max_boxes` components of `upsampled >= threshold`."""
+    """Boxes `(x, y, w, h, score)` of the largest `max_boxes` components of `upsampled >= threshold`
+    (None: every component)."""
     mask = upsampled >= threshold
     labels, count = ndimage.label(mask)
     if count == 0:
@@ -79,15 +79,19 @@ def component_boxes(upsampled: np.ndarray, *, threshold: float = DEFAULT_THRESHO
 def boxes_for_image(maps: np.ndarray, width: int, height: int, *,
                     findings: Sequence[str] | str | None = None,
                     probabilities: Sequence[float] | np.ndarray | None = None,
-                    min_probability: float | None = None, threshold: float = DEFAULT_THRESHOLD,
-                    max_boxes: int = DEFAULT_MAX_BOXES,
-                    score: Literal["mean", "max"] = "mean") -> list[dict]:
+                    min_probability: float | Sequence[float] | None = None,
+                    threshold: float | Sequence[float] = DEFAULT_THRESHOLD,
+                    max_boxes: int | None = DEFAULT_MAX_BOXES,
+                    score: Literal["mean", "max"] = "mean", centres: Centres | None = None) -> list[dict]:
     """Boxes of one image from its uint8 maps (14, h, w), in pixels of a `width` x `height` image.
 
     findings: names to box (default `BOXED_FINDINGS`, the 8 with ground-truth boxes; "all" = 14).
-    probabilities / min_probability: skip findings whose probability (FINDINGS order) is lower.
-    threshold: on the 0..255 map scale (Wang et al.: 180). Returns dicts
-    `{finding, x, y, w, h, score}` in FINDINGS order, largest component first within a finding.
+    probabilities / min_probability: skip findings whose probability (FINDINGS order) is lower than
+    `min_probability` (one value for all findings, or one per finding in FINDINGS order).
+    threshold: on the 0..255 map scale, one value or several (Wang et al.: 60 and 180, boxes of each).
+    max_boxes: largest components kept per finding and threshold (None: all). centres: where the cells sit
+    (module docstring). Returns dicts `{finding, x, y, w, h, score}` in FINDINGS order, then by
+    threshold (ascending), largest component first.
     """
     maps = np.asarray(maps)
     if maps.ndim != 3 or maps.shape[0] != NUM_FINDINGS:
@@ -96,8 +100,9 @@ def boxes_for_image(maps: np.ndarray, width: int, height: int, *,
         raise ValueError(f"width and height must be positive, got {width} x {height}")
     if score not in ("mean", "max"):
         raise ValueError(f"score must be 'mean' or 'max', got {score!r}")
-    if max_boxes < 1:
+    if max_boxes is not None and max_boxes < 1:
         return []
+    thresholds = sorted({float(t) for t in np.atleast_1d(threshold)})
     indices = _finding_indices(findings)
     if min_probability is not None:
         if probabilities is None:
@@ -105,16 +110,21 @@ def boxes_for_image(maps: np.ndarray, width: int, height: int, *,
         probs = np.asarray(probabilities, dtype=np.float64).reshape(-1)
         if probs.shape[0] != NUM_FINDINGS:
             raise ValueError(f"probabilities must have {NUM_FINDINGS} values, got {probs.shape[0]}")
-        indices = [i for i in indices if probs[i] >= min_probability]
-    # Bilinear interpolation never exceeds the largest cell value: skip maps below the threshold.
-    indices = [i for i in indices if float(maps[i].max()) >= threshold]
+        gate = np.asarray(min_probability, dtype=np.float64).reshape(-1)
+        if gate.size not in (1, NUM_FINDINGS):
+            raise ValueError(f"min_probability must be one value or {NUM_FINDINGS}, got {gate.size}")
+        gate = np.broadcast_to(gate, (NUM_FINDINGS,))
+        indices = [i for i in indices if probs[i] >= gate[i]]
+    # Bilinear interpolation never exceeds the largest cell value: skip maps below every threshold.
+    indices = [i for i in indices if float(maps[i].max()) >= thresholds[0]]
     if not indices:
         return []
-    upsampled = upsample_maps(maps[indices], width, height)
+    upsampled = upsample_maps(maps[indices], width, height, centres)
     out = []
     for row, i in zip(upsampled, indices):
-        for x, y, w, h, value in component_boxes(row, threshold=threshold, max_boxes=max_boxes, score=score):
-            out.append({"finding": FINDINGS[i], "x": x, "y": y, "w": w, "h": h, "score": value})
+        for level in thresholds:
+            for x, y, w, h, value in component_boxes(row, threshold=level, max_boxes=max_boxes, score=score):
+                out.append({"finding": FINDINGS[i], "x": x, "y": y, "w": w, "h": h, "score": value})
     return out
 
 

@@ -1,4 +1,4 @@
-"""Class activation maps: the one-forward fast path (`fast_cam`) and Captum Grad-CAM (`gradcam`).
+"""Class activation maps from one forward pass (`cam`: raw, `fast_cam`: ReLU'd) and Captum Grad-CAM (`gradcam`).
 
 For a network ending in global average pooling and a linear layer,
 
@@ -13,7 +13,9 @@ which is CAM (Zhou et al. 2016) up to the positive constant 1/(h·w). `fast_cam`
 that scaled map for all 14 classes from ONE forward pass (no backward), together with the logits
 of the same pass: its raw maps equal Captum's `LayerGradCam(model, model.target_layer)` per-class
 maps (relu_attributions=True), and before the ReLU a map sums to logit_c - b_c (image part only,
-for fusion). For `fusion` W is `model.image_classifier_weight`.
+for fusion). `cam` is the same map without the ReLU: the class activation map of Zhou et al. 2016 that
+Wang et al. 2017 (ChestX-ray8, section 3.2) normalise to [0, 255] and threshold into boxes; it equals
+Captum's LayerGradCam with relu_attributions=False. For `fusion` W is `model.image_classifier_weight`.
 """
 from __future__ import annotations
 
@@ -81,6 +83,16 @@ class FastCAM(AttributionMethod):
         with evaluation(self.model), torch.no_grad():
             logits, maps = class_activation_maps(self.model, images, features, relu=self.relu)
         return Attribution(self.name, logits=logits, maps=maps)
+
+
+@register_method("cam")
+class RawCAM(FastCAM):
+    """`fast_cam` without the ReLU (Zhou et al. 2016's CAM, the heatmap of Wang et al. 2017): where the
+    evidence for a class is strongest, even when it is negative everywhere (a ReLU'd map is then all zero,
+    and no box can be drawn from it)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__(model, relu=False)
 
 
 @register_method("gradcam")

@@ -13,7 +13,12 @@ unless `map_size` says otherwise; `metadata_ig` returns `feature_attributions` (
 
 Every method runs the model in eval mode and restores each module's `training` flag afterwards;
 Captum removes the hooks it registers; parameters' `.grad` are never written (gradients are taken
-with respect to inputs only). `fast_cam` and `gradcam` live in `cam.py`.
+with respect to inputs only). `cam`, `fast_cam` and `gradcam` live in `cam.py`.
+
+Map geometry: `AttributionMethod.map_cells` says where a map's cells sit in the image. "receptive_fields"
+(the CAM family): cell (i, j) is feature-map position (i, j), centred where the network's receptive field
+of that position is (`thorax_ray.models.map_centres`); "bins" (pixel methods): cell (i, j) is the average
+over an equal bin of pixels, centred in its bin.
 """
 from __future__ import annotations
 
@@ -26,7 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-DEFAULT_IMAGE_METHOD = "fast_cam"
+DEFAULT_IMAGE_METHOD = "cam"  # raw CAM, the heatmap of Wang et al. 2017 (cam.py)
+ONE_FORWARD_METHODS = ("cam", "fast_cam")  # maps from the forward pass that gives the logits
 DEFAULT_METADATA_METHOD = "metadata_ig"
 
 
@@ -68,6 +74,7 @@ class AttributionMethod:
 
     name: ClassVar[str] = ""
     input_kinds: ClassVar[tuple[str, ...]] = ("image", "both")
+    map_cells: ClassVar[str] = "receptive_fields"
 
     def __init__(self, model: nn.Module) -> None:
         kind = input_kind(model)
@@ -118,7 +125,7 @@ def register_method(name: str) -> Callable[[type[AttributionMethod]], type[Attri
 
 
 def _load_builtins() -> None:
-    import thorax_ray.attribution.cam  # noqa: F401  (registers fast_cam, gradcam)
+    import thorax_ray.attribution.cam  # noqa: F401  (registers cam, fast_cam, gradcam)
 
 
 def list_methods() -> list[str]:
@@ -136,7 +143,7 @@ def get_method(name: str) -> type[AttributionMethod]:
 
 
 def default_method_name(model: nn.Module) -> str:
-    """`fast_cam` for models using images, `metadata_ig` for the metadata-only MLP."""
+    """`cam` for models using images, `metadata_ig` for the metadata-only MLP."""
     return DEFAULT_METADATA_METHOD if input_kind(model) == "metadata" else DEFAULT_IMAGE_METHOD
 
 
@@ -169,6 +176,8 @@ def _pair(value: int | tuple[int, int] | None, default: tuple[int, int], what: s
 
 class _PixelMapMethod(AttributionMethod):
     """Methods attributing to input pixels: maps are pooled to `map_size` (default feature-map size)."""
+
+    map_cells = "bins"
 
     def __init__(self, model: nn.Module, *, map_size: int | tuple[int, int] | None = None) -> None:
         super().__init__(model)

@@ -7,13 +7,15 @@ Conventions
   drawn patient comes along (as many times as the patient was drawn). `groups=None` gives an
   image-level bootstrap (each image its own group) - only for comparison, never for reporting.
 - An AUROC is undefined (None) when the evaluated rows lack positives or negatives of a class. A
-  bootstrap resample where a class has one label value is skipped for that class only.
+  bootstrap resample where a class has one label value is skipped for that class's CI only.
+- The mean AUROC (and mean AP) and its CI are always over the same classes: those defined on all the
+  evaluated rows. A resample where one of them is undefined is skipped for the mean (never a mean of
+  fewer classes); `mean_resamples` counts the resamples used.
 - Resampled AUROCs are computed with a weighted Mann-Whitney statistic (an image drawn k times has
   weight k; ties count one half), which equals sklearn's roc_auc_score on the expanded rows.
 """
 from __future__ import annotations
 
-import datetime as _dt
 import math
 from collections.abc import Iterator, Mapping
 
@@ -21,28 +23,17 @@ import numpy as np
 from scipy import sparse
 from sklearn.metrics import average_precision_score
 
-from thorax_ray.labels import FINDING_COLUMNS, FINDINGS
+from thorax_ray.labels import FINDINGS
 from thorax_ray.metrics import mean_auroc, per_class_auroc
+from thorax_ray.thresholds import (THRESHOLD_RULES, THRESHOLDS_KIND, choose_thresholds,  # noqa: F401 (re-exported)
+                                   thresholds_document, thresholds_from_document)
+from thorax_ray.thresholds import check_labels_and_scores as _check
 
 MEAN_KEY = "mean"
 _CHUNK_CELLS = 4_000_000  # resamples x patients per chunk of bootstrap counts (~32 MB of float64)
-THRESHOLD_RULES = ("youden", "f1")
-THRESHOLDS_KIND = "thorax_ray.thresholds"
 
 
 # ----------------------------------------------------------------------------------------------- input
-
-def _check(labels, scores, name: str = "scores") -> tuple[np.ndarray, np.ndarray]:
-    labels = np.asarray(labels)
-    scores = np.asarray(scores, dtype=np.float64)
-    if labels.ndim != 2 or labels.shape[1] != len(FINDINGS) or labels.shape != scores.shape:
-        raise ValueError(f"expected (N, {len(FINDINGS)}) labels and {name}, got {labels.shape} and {scores.shape}")
-    if labels.size and not np.isin(labels, (0, 1)).all():
-        raise ValueError("labels must be 0/1")
-    if not np.isfinite(scores).all():
-        raise ValueError(f"{name} contain NaN or infinite values")
-    return labels.astype(np.int8), scores
-
 
 def _groups(groups, n: int) -> tuple[np.ndarray, int]:
     """Patient index (0..P-1) of every image and the number of patients P."""
@@ -135,8 +126,9 @@ def _weighted_aurocs(matrices, counts: np.ndarray) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------- bootstrap
 
-def _count_chunks(n_patients: int, n_boot: int, seed: int) -> Iterator[np.ndarray]:
-    """(b, P) draw counts of every patient, chunk by chunk; the same stream for a given seed."""
+def patient_resample_counts(n_patients: int, n_boot: int, seed: int) -> Iterator[np.ndarray]:
+    """(b, P) draw counts of every patient, chunk by chunk; the same stream for a given seed (every
+    bootstrap of this package, AUROC, AP and localization, draws these resamples)."""
     rng = np.random.default_rng(seed)
     chunk = max(1, min(n_boot, _CHUNK_CELLS // max(n_patients, 1)))
     done = 0
@@ -155,7 +147,8 @@ def bootstrap_image_weights(groups, n_boot: int = 1000, seed: int = 0) -> np.nda
     For inspection and tests; the bootstrap itself never materialises this (n_boot, N) array."""
     groups = np.asarray(groups)
     patient, n_patients = _groups(groups, len(groups))
-    return np.concatenate([counts[:, patient] for counts in _count_chunks(n_patients, n_boot, seed)], axis=0)
+    return np.concatenate([counts[:, patient] for counts in patient_resample_counts(n_patients, n_boot, seed)],
+                          axis=0)
 
 
 def bootstrap_aurocs(labels, scores_list, groups, n_boot: int = 1000, seed: int = 0) -> list[np.ndarray]:
@@ -170,24 +163,29 @@ def bootstrap_aurocs(labels, scores_list, groups, n_boot: int = 1000, seed: int 
     parts: list[list[np.ndarray]] = [[] for _ in checked]
     if labels.shape[0] == 0:
         return [np.full((n_boot, len(FINDINGS)), np.nan) for _ in checked]
-    for counts in _count_chunks(n_patients, n_boot, seed):
+    for counts in patient_resample_counts(n_patients, n_boot, seed):
         for k, m in enumerate(matrices):
             parts[k].append(_weighted_aurocs(m, counts))
     return [np.concatenate(p, axis=0) for p in parts]
 
 
-def _row_means(values: np.ndarray, columns: np.ndarray) -> np.ndarray:
-    """Mean over `columns` of each row ignoring NaN; NaN for a row without any value (no warnings)."""
+def complete_row_means(values: np.ndarray, columns: np.ndarray) -> np.ndarray:
+    """Mean over `columns` of each row that has ALL of them; NaN for a row missing any (so every mean is
+    over the same classes), and for every row when no column is chosen."""
     if not columns.any():
         return np.full(values.shape[0], np.nan)
     sub = values[:, columns]
-    present = ~np.isnan(sub)
-    n = present.sum(axis=1)
-    total = np.where(present, sub, 0.0).sum(axis=1)
-    return np.divide(total, n, out=np.full(len(n), np.nan), where=n > 0)
+    complete = ~np.isnan(sub).any(axis=1)
+    return np.where(complete, np.where(np.isnan(sub), 0.0, sub).mean(axis=1), np.nan)
 
 
-def _percentile_ci(values: np.ndarray, alpha: float) -> list[float] | None:
+def mean_resamples(values: np.ndarray, columns: np.ndarray) -> dict[str, int]:
+    """How many resamples a mean's CI used: {"used", "of", "classes"} (`complete_row_means`'s rule)."""
+    return {"used": int(np.isfinite(complete_row_means(values, columns)).sum()), "of": int(values.shape[0]),
+            "classes": int(np.asarray(columns).sum())}
+
+
+def percentile_ci(values: np.ndarray, alpha: float) -> list[float] | None:
     values = values[~np.isnan(values)]
     if len(values) == 0:
         return None
@@ -200,19 +198,24 @@ def bootstrap_auroc_ci(labels, scores, groups, n_boot: int = 1000, seed: int = 0
     """Percentile (1 - alpha) CI of each finding's AUROC by the patient bootstrap.
 
     Returns finding -> [lo, hi], or None where the AUROC on all rows is undefined (no positives or
-    no negatives) or no resample has both. With `include_mean`, also "mean" -> CI of the mean AUROC
-    (per resample, the mean over the findings defined on all rows that the resample defines too).
+    no negatives) or no resample has both. With `include_mean`, also "mean" -> CI of the mean AUROC over
+    the findings defined on all rows, from the resamples that define every one of them.
     """
+    return _auroc_ci_and_resamples(labels, scores, groups, n_boot, seed, alpha, include_mean=include_mean)[0]
+
+
+def _auroc_ci_and_resamples(labels, scores, groups, n_boot: int, seed: int, alpha: float, *,
+                            include_mean: bool = True) -> tuple[dict[str, list[float] | None], dict[str, int]]:
     labels_arr, scores_arr = _check(labels, scores)
     point = per_class_auroc(labels_arr, scores_arr)
     boot = bootstrap_aurocs(labels_arr, [scores_arr], groups, n_boot=n_boot, seed=seed)[0]
     defined = np.array([point[f] is not None for f in FINDINGS])
     out: dict[str, list[float] | None] = {
-        f: _percentile_ci(boot[:, i], alpha) if defined[i] else None for i, f in enumerate(FINDINGS)
+        f: percentile_ci(boot[:, i], alpha) if defined[i] else None for i, f in enumerate(FINDINGS)
     }
     if include_mean:
-        out[MEAN_KEY] = _percentile_ci(_row_means(boot, defined), alpha)
-    return out
+        out[MEAN_KEY] = percentile_ci(complete_row_means(boot, defined), alpha)
+    return out, mean_resamples(boot, defined)
 
 
 def _two_sided_p(deltas: np.ndarray) -> float:
@@ -243,7 +246,7 @@ def paired_bootstrap_difference(labels, scores_a, scores_b, groups, n_boot: int 
         if delta_point is None or len(deltas) == 0:
             return {"delta": None, "ci": None, "p_value": None, "auroc_a": auroc_a, "auroc_b": auroc_b,
                     "n_resamples": int(len(deltas))}
-        return {"delta": float(delta_point), "ci": _percentile_ci(deltas, alpha), "p_value": _two_sided_p(deltas),
+        return {"delta": float(delta_point), "ci": percentile_ci(deltas, alpha), "p_value": _two_sided_p(deltas),
                 "auroc_a": auroc_a, "auroc_b": auroc_b, "n_resamples": int(len(deltas))}
 
     out: dict[str, dict | None] = {}
@@ -252,7 +255,8 @@ def paired_bootstrap_difference(labels, scores_a, scores_b, groups, n_boot: int 
         out[f] = entry(delta, point_a[f], point_b[f], boot_a[:, i] - boot_b[:, i])
     mean_a, mean_b = mean_auroc(point_a), mean_auroc(point_b)
     delta_mean = mean_a - mean_b if mean_a is not None and mean_b is not None else None
-    out[MEAN_KEY] = entry(delta_mean, mean_a, mean_b, _row_means(boot_a, defined) - _row_means(boot_b, defined))
+    deltas = complete_row_means(boot_a, defined) - complete_row_means(boot_b, defined)
+    out[MEAN_KEY] = entry(delta_mean, mean_a, mean_b, deltas)
     return out
 
 
@@ -269,41 +273,42 @@ def average_precision(labels, scores) -> dict[str, float | None]:
     return out
 
 
-def _choose_one(y: np.ndarray, s: np.ndarray, rule: str) -> float | None:
-    n_pos = int(y.sum())
-    n_neg = len(y) - n_pos
-    if n_pos == 0 or n_neg == 0:
-        return None
-    distinct = np.unique(s)  # ascending
-    # Candidate k predicts positive for scores >= distinct[k]; the threshold is the midpoint between
-    # distinct[k-1] and distinct[k] (distinct[0] itself for k = 0), so it lies between the classes.
-    mids = distinct[:-1] + (distinct[1:] - distinct[:-1]) / 2
-    mids = np.where(mids > distinct[:-1], mids, distinct[1:])
-    candidates = np.r_[distinct[0], mids]
-    # Positives / negatives with score >= distinct[k]: suffix sums over the sorted distinct values.
-    index = np.searchsorted(distinct, s)
-    pos_at = np.bincount(index, weights=y, minlength=len(distinct))
-    neg_at = np.bincount(index, weights=1 - y, minlength=len(distinct))
-    tp = np.cumsum(pos_at[::-1])[::-1]
-    fp = np.cumsum(neg_at[::-1])[::-1]
-    if rule == "youden":
-        objective = tp / n_pos - fp / n_neg
-    elif rule == "f1":
-        objective = 2 * tp / (2 * tp + fp + (n_pos - tp))
-    else:
-        raise ValueError(f"unknown threshold rule {rule!r}; known: {', '.join(THRESHOLD_RULES)}")
-    return float(candidates[int(np.argmax(objective))])
+def _weighted_average_precision(y: np.ndarray, s: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """(b,) average precision of one class for (b, N) image weights (sklearn's step definition, the same
+    as `average_precision_score(y, s, sample_weight=w)`); NaN where a resample has no positive weight."""
+    order = np.argsort(-s, kind="stable")
+    y, s, w = y[order].astype(np.float64), s[order], weights[:, order]
+    last = np.r_[s[1:] != s[:-1], True]  # the last row of each group of tied scores: one threshold each
+    tp = np.cumsum(w * y, axis=1)[:, last]
+    fp = np.cumsum(w * (1.0 - y), axis=1)[:, last]
+    positives = tp[:, -1:]
+    precision = np.divide(tp, tp + fp, out=np.zeros_like(tp), where=tp + fp > 0)
+    recall = np.divide(tp, positives, out=np.zeros_like(tp), where=positives > 0)
+    gained = np.diff(recall, axis=1, prepend=0.0)
+    return np.where(positives[:, 0] > 0, (gained * precision).sum(axis=1), np.nan)
 
 
-def choose_thresholds(labels_val, scores_val, rule: str = "youden") -> dict[str, float | None]:
-    """Operating threshold per finding, chosen on the VALIDATION split: "youden" maximises
-    sensitivity + specificity - 1, "f1" maximises F1. A row is predicted positive when
-    score >= threshold; the threshold lies midway between two neighbouring distinct scores. None
-    where the validation rows lack positives or negatives of the class (no made-up default)."""
-    if rule not in THRESHOLD_RULES:
-        raise ValueError(f"unknown threshold rule {rule!r}; known: {', '.join(THRESHOLD_RULES)}")
-    labels_arr, scores_arr = _check(labels_val, scores_val)
-    return {f: _choose_one(labels_arr[:, i].astype(np.float64), scores_arr[:, i], rule) for i, f in enumerate(FINDINGS)}
+def bootstrap_average_precision_ci(labels, scores, groups, n_boot: int = 1000, seed: int = 0,
+                                   alpha: float = 0.05) -> tuple[dict[str, list[float] | None], dict[str, int]]:
+    """Percentile CI of each finding's average precision (and of their mean, "mean") by the same patient
+    bootstrap as the AUROC CIs; None where the class has no positives. Also returns the mean's
+    `mean_resamples` counts (the mean is over the findings with positives on all rows)."""
+    labels_arr, scores_arr = _check(labels, scores)
+    patient, n_patients = _groups(groups, labels_arr.shape[0])
+    defined = labels_arr.sum(axis=0) > 0
+    parts = []
+    if labels_arr.shape[0]:
+        step = max(1, _CHUNK_CELLS // labels_arr.shape[0])
+        for counts in patient_resample_counts(n_patients, n_boot, seed):
+            for start in range(0, counts.shape[0], step):
+                weights = counts[start:start + step, patient].astype(np.float64)
+                parts.append(np.stack([_weighted_average_precision(labels_arr[:, c], scores_arr[:, c], weights)
+                                       if defined[c] else np.full(len(weights), np.nan)
+                                       for c in range(len(FINDINGS))], axis=1))
+    boot = np.concatenate(parts) if parts else np.full((n_boot, len(FINDINGS)), np.nan)
+    out = {f: percentile_ci(boot[:, i], alpha) if defined[i] else None for i, f in enumerate(FINDINGS)}
+    out[MEAN_KEY] = percentile_ci(complete_row_means(boot, defined), alpha)
+    return out, mean_resamples(boot, defined)
 
 
 def _ratio(num: int, den: int) -> float | None:
@@ -334,43 +339,6 @@ def threshold_metrics(labels, scores, thresholds: Mapping[str, float | None]) ->
     return out
 
 
-def thresholds_document(thresholds: Mapping[str, float | None], *, model: str, split_hash: str, rule: str,
-                        version: int = 1, chosen_on: str = "validation",
-                        created: str | None = None) -> dict:
-    """Content of the separate, versioned thresholds file (write it with json.dump)."""
-    if rule not in THRESHOLD_RULES:
-        raise ValueError(f"unknown threshold rule {rule!r}; known: {', '.join(THRESHOLD_RULES)}")
-    unknown = set(thresholds) - set(FINDINGS)
-    if unknown:
-        raise ValueError(f"thresholds for unknown findings {sorted(unknown)}; known: {', '.join(FINDINGS)}")
-    values = {}
-    for f in FINDINGS:
-        v = thresholds.get(f)
-        values[f] = None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
-    return {
-        "kind": THRESHOLDS_KIND,
-        "version": int(version),
-        "created": created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "model": str(model),
-        "split_hash": str(split_hash),
-        "rule": rule,
-        "chosen_on": chosen_on,
-        "decision": "positive when probability >= threshold",
-        "label_order": list(FINDINGS),
-        "columns": list(FINDING_COLUMNS),
-        "thresholds": values,
-    }
-
-
-def thresholds_from_document(document: Mapping) -> dict[str, float | None]:
-    """Reads back thresholds_document's content, checking its kind and label order."""
-    if document.get("kind") != THRESHOLDS_KIND:
-        raise ValueError(f"not a thresholds document (kind {document.get('kind')!r}, expected {THRESHOLDS_KIND!r})")
-    if list(document.get("label_order", [])) != list(FINDINGS):
-        raise ValueError("thresholds document has a different label order than thorax_ray.labels.FINDINGS")
-    return {f: (None if document["thresholds"].get(f) is None else float(document["thresholds"][f])) for f in FINDINGS}
-
-
 # ------------------------------------------------------------------------------------------ subgroups
 
 def subgroup_auroc(labels, scores, mask_by_name: Mapping[str, np.ndarray]) -> dict[str, dict]:
@@ -392,22 +360,46 @@ def subgroup_auroc(labels, scores, mask_by_name: Mapping[str, np.ndarray]) -> di
 
 # ------------------------------------------------------------------------------------------ summary
 
+FOLLOW_UP_BUCKETS: tuple[tuple[str, int, float], ...] = (("0", 0, 0), ("1-3", 1, 3), ("4-9", 4, 9),
+                                                         ("10+", 10, math.inf))
+"""Follow-up # buckets (name, lowest, highest): the first film, a few, several, many earlier films."""
+
+
+def follow_up_buckets(follow_up) -> dict[str, np.ndarray]:
+    """Masks of the `FOLLOW_UP_BUCKETS` (and "missing") over a (N,) follow-up # array; empty ones dropped."""
+    values = np.asarray(follow_up, dtype=np.float64)
+    masks = {name: (values >= low) & (values <= high) for name, low, high in FOLLOW_UP_BUCKETS}
+    masks["missing"] = ~np.isfinite(values)
+    return {name: mask for name, mask in masks.items() if mask.any()}
+
+
 def summarize_model(labels, scores, groups, *, labels_val=None, scores_val=None, view_position=None,
-                    rule: str = "youden", n_boot: int = 1000, seed: int = 0, alpha: float = 0.05) -> dict:
+                    follow_up=None, rule: str = "youden", n_boot: int = 1000, seed: int = 0,
+                    alpha: float = 0.05) -> dict:
     """Everything the report shows for one model on one split, in the layout report.write_report reads:
-    {"n_images", "n_patients", "auroc", "mean_auroc", "auroc_ci" (with "mean"), "average_precision",
-    and, given validation rows, "threshold_rule", "thresholds" (chosen on validation) and
-    "threshold_metrics" (on these rows); given view_position (N,), "view_position" (subgroup_auroc
-    over its distinct values)}."""
+    {"n_images", "n_patients", "auroc", "mean_auroc", "auroc_ci" (with "mean"), "auroc_ci_resamples"
+    (the mean's: used / of / classes), "average_precision", "average_precision_ci" (with "mean"),
+    "average_precision_ci_resamples", and, given validation rows, "threshold_rule", "thresholds" (chosen on
+    validation) and "threshold_metrics" (on these rows); given view_position (N,), "view_position"
+    (subgroup_auroc over its distinct values); given follow_up (N,), "follow_up" (subgroup_auroc over
+    FOLLOW_UP_BUCKETS)}."""
     labels_arr, scores_arr = _check(labels, scores)
     aurocs = per_class_auroc(labels_arr, scores_arr)
+    auroc_ci, auroc_resamples = _auroc_ci_and_resamples(labels_arr, scores_arr, groups, n_boot, seed, alpha)
+    ap_ci, ap_resamples = bootstrap_average_precision_ci(labels_arr, scores_arr, groups, n_boot=n_boot, seed=seed,
+                                                         alpha=alpha)
+    precision = average_precision(labels_arr, scores_arr)
     out = {
         "n_images": int(labels_arr.shape[0]),
         "n_patients": int(len(np.unique(np.asarray(groups)))) if groups is not None else int(labels_arr.shape[0]),
         "auroc": aurocs,
         "mean_auroc": mean_auroc(aurocs),
-        "auroc_ci": bootstrap_auroc_ci(labels_arr, scores_arr, groups, n_boot=n_boot, seed=seed, alpha=alpha),
-        "average_precision": average_precision(labels_arr, scores_arr),
+        "auroc_ci": auroc_ci,
+        "auroc_ci_resamples": auroc_resamples,
+        "average_precision": precision,
+        "mean_average_precision": mean_auroc(precision),  # the mean of the defined values, as for AUROC
+        "average_precision_ci": ap_ci,
+        "average_precision_ci_resamples": ap_resamples,
         "positives": {f: int(labels_arr[:, i].sum()) for i, f in enumerate(FINDINGS)},
     }
     if labels_val is not None and scores_val is not None:
@@ -418,4 +410,6 @@ def summarize_model(labels, scores, groups, *, labels_val=None, scores_val=None,
     if view_position is not None:
         view = np.asarray(view_position).astype(str)
         out["view_position"] = subgroup_auroc(labels_arr, scores_arr, {v: view == v for v in sorted(set(view.tolist()))})
+    if follow_up is not None:
+        out["follow_up"] = subgroup_auroc(labels_arr, scores_arr, follow_up_buckets(follow_up))
     return out

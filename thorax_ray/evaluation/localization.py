@@ -22,9 +22,12 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from thorax_ray.evaluation.classification import (complete_row_means, mean_resamples, patient_resample_counts,
+                                                  percentile_ci)
 from thorax_ray.labels import BBOX_LABEL_ALIASES, BOXED_FINDINGS, FINDINGS
 
 IOBB_THRESHOLDS = (0.1, 0.25, 0.5, 0.75, 0.9)
+MEAN_ROW = "mean"
 IOU_THRESHOLDS = (0.1, 0.3, 0.5)
 NIH_IMAGE_SIZE = 1024
 
@@ -169,6 +172,69 @@ def localization_accuracy(predicted: Mapping[str, Sequence[Mapping]], truth: pd.
             "avg_false_positives": {m: per_threshold(false_pos[m], measures[m][1], n_pairs) for m in measures},
             "avg_predicted_boxes": float(n_predicted / n_pairs) if n_pairs else None,
         }
+    return out
+
+
+# --------------------------------------------------------------------------------- confidence intervals
+
+def truth_box_hits(predicted: Mapping[str, Sequence[Mapping]], truth: pd.DataFrame,
+                   thresholds: Sequence[float] = IOBB_THRESHOLDS, measure: str = "iobb") -> pd.DataFrame:
+    """One row per ground-truth box of a boxed finding: image_index, finding and, per threshold key, whether
+    it is localized (`localization_accuracy`'s rule: some predicted box of its class on its image overlaps
+    it above T)."""
+    overlap = {"iobb": iobb_array, "iou": iou_array}[measure]
+    frame = _truth_frame(truth).reset_index(drop=True)
+    pairs = _predicted_by_pair(predicted)
+    hits = np.zeros((len(frame), len(thresholds)), dtype=bool)
+    for row, (image, finding, *box) in enumerate(frame[["image_index", "finding", "x", "y", "w", "h"]].itertuples(
+            index=False)):
+        preds = pairs.get((str(image), finding))
+        if preds is not None and len(preds):
+            values = overlap(preds, np.asarray(box, dtype=np.float64)[None, :])
+            hits[row] = [bool((values > t).any()) for t in thresholds]
+    out = frame[["image_index", "finding"]].copy()
+    for k, t in enumerate(thresholds):
+        out[threshold_key(t)] = hits[:, k]
+    return out
+
+
+def localization_ci(predicted: Mapping[str, Sequence[Mapping]], truth: pd.DataFrame, patients: Mapping[str, object],
+                    thresholds: Sequence[float] = IOBB_THRESHOLDS, *, n_boot: int = 1000, seed: int = 0,
+                    alpha: float = 0.05) -> dict:
+    """Percentile CIs of the T(IoBB) accuracies by the patient bootstrap of the classification CIs (the same
+    resamples for the same patients, n_boot and seed): per resample, accuracy = localized boxes / boxes over
+    the drawn patients' images. `patients`: image_index -> patient id (truth boxes of other images are
+    left out). Returns {finding: {T: [lo, hi] | None}, "mean": {T: [lo, hi] | None}, "resamples": {"used",
+    "of", "classes"}}; the mean is over the findings with boxes, from the resamples that have boxes of all
+    of them."""
+    hits = truth_box_hits(predicted, truth, thresholds)
+    hits = hits[hits["image_index"].astype(str).isin({str(k) for k in patients})]
+    keys = [threshold_key(t) for t in thresholds]
+    ids = hits["image_index"].astype(str).map({str(k): v for k, v in patients.items()})
+    _, patient = np.unique(ids.to_numpy().astype(str), return_inverse=True)
+    n_patients = int(patient.max()) + 1 if len(hits) else 0
+    findings = list(BOXED_FINDINGS)
+    boxes = np.zeros((n_patients, len(findings)))
+    localized = np.zeros((len(keys), n_patients, len(findings)))
+    for j, finding in enumerate(findings):
+        mine = (hits["finding"] == finding).to_numpy()
+        boxes[:, j] = np.bincount(patient[mine], minlength=n_patients)
+        for k, key in enumerate(keys):
+            localized[k, :, j] = np.bincount(patient[mine], weights=hits.loc[mine, key].to_numpy(float),
+                                             minlength=n_patients)
+    boot = np.full((len(keys), n_boot, len(findings)), np.nan)
+    done = 0
+    for counts in patient_resample_counts(max(n_patients, 1), n_boot, seed) if n_patients else ():
+        drawn_boxes = counts @ boxes
+        for k in range(len(keys)):
+            boot[k, done:done + len(counts)] = np.divide(counts @ localized[k], drawn_boxes,
+                                                         out=np.full(drawn_boxes.shape, np.nan), where=drawn_boxes > 0)
+        done += len(counts)
+    present = boxes.sum(axis=0) > 0
+    out: dict = {f: {key: (percentile_ci(boot[k, :, j], alpha) if present[j] else None) for k, key in enumerate(keys)}
+                 for j, f in enumerate(findings)}
+    out[MEAN_ROW] = {key: percentile_ci(complete_row_means(boot[k], present), alpha) for k, key in enumerate(keys)}
+    out["resamples"] = mean_resamples(boot[0], present)
     return out
 
 

@@ -147,7 +147,8 @@ def plot_auroc_comparison(table, path, *, reference_columns: Sequence[str] | Non
         if ci and ci.get(name):
             lo = np.array([_value((ci[name].get(r) or [None, None])[0]) for r in rows])
             hi = np.array([_value((ci[name].get(r) or [None, None])[1]) for r in rows])
-            yerr = np.vstack([np.nan_to_num(values - lo), np.nan_to_num(hi - values)])
+            # a percentile CI may exclude the point estimate (skewed or few resamples): no bar below 0
+            yerr = np.clip(np.vstack([np.nan_to_num(values - lo), np.nan_to_num(hi - values)]), 0.0, None)
         ax.bar(offset, np.nan_to_num(values), width=width * 0.95, yerr=yerr, capsize=2, label=name)
     markers = ["D", "^", "s", "v", "o", "P", "X"]
     for k, name in enumerate(references):

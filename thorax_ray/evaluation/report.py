@@ -10,15 +10,21 @@ marked; jobs/evaluate.py builds it, mostly from classification.summarize_model):
       "split_hash": "...",                  # optional, shown in the header
       "models": {                           # required; insertion order = column order
         name: {
-          "label": optional column label (default "<name> (<dataset>, <split> split)"),
+          "label": optional column label (default "<name> (<init>[; <features>]; <dataset>, <split> split)"),
+          "init": how the model was initialised ("ImageNet init", "random init", ...),
+          "metadata_features": [feature, ...] of models that read metadata,
           "n_images", "n_patients", "positives": {finding: int},
           "auroc": {finding: float | None}, "mean_auroc": float | None,
           "auroc_ci": {finding | "mean": [lo, hi] | None},        # bootstrap_auroc_ci
-          "average_precision": {finding: float | None},
+          "auroc_ci_resamples": {"used", "of", "classes"},       # the mean's CI
+          "average_precision": {finding: float | None}, "mean_average_precision",
+          "average_precision_ci": {finding | "mean": [lo, hi] | None}, "average_precision_ci_resamples",
+          "follow_up": {bucket: {...}},                          # subgroup_auroc by Follow-up # bucket
           "threshold_rule": "youden", "thresholds": {finding: float | None},
           "threshold_metrics": {finding: {...}},                 # threshold_metrics
           "view_position": {"AP": {...}, "PA": {...}},           # subgroup_auroc
-          "localization": {finding: {...}},                      # localization_accuracy
+          "localization": {finding: {...}},                      # localization_accuracy (Wang's protocol)
+          "localization_protocols": {key: {"label", "result", "ci", ...}},  # evaluation.run._localize
         }
       },
       "paired": [{"model_a": name, "model_b": name, "result": paired_bootstrap_difference(...)}],
@@ -127,11 +133,20 @@ def _p(value) -> str:
     return "< 0.001" if value < 0.001 else f"{value:.3f}"
 
 
+FEATURE_NAMES = {"age": "age", "sex": "sex", "view_position": "view position", "follow_up": "follow-up #",
+                 "original_size": "original size", "pixel_spacing": "pixel spacing"}
+
+
 def model_label(name: str, entry: Mapping, metrics: Mapping) -> str:
-    """Column label of one of our models: its "label", else "<name> (<dataset>, <split> split)"."""
+    """Column label of one of our models: its "label", else "<name> (<init>[; <metadata features>];
+    <dataset>, <split> split)" (the init and features parts when the entry has them)."""
     if entry.get("label"):
         return str(entry["label"])
-    return f"{name} ({metrics.get('dataset', 'synthetic')}, {metrics.get('split', 'test')} split)"
+    details = [str(entry["init"])] if entry.get("init") else []
+    if entry.get("metadata_features"):
+        details.append(", ".join(FEATURE_NAMES.get(f, f) for f in entry["metadata_features"]))
+    details.append(f"{metrics.get('dataset', 'synthetic')}, {metrics.get('split', 'test')} split")
+    return f"{name} ({'; '.join(details)})"
 
 
 def _models(metrics: Mapping) -> dict[str, Mapping]:
@@ -216,17 +231,43 @@ def _headline(metrics: Mapping) -> str:
             "(patients resampled with replacement, all their images kept). Reference columns are published "
             "numbers on the real NIH ChestX-ray14 data with the split named in the column; they are context, "
             "not a like-for-like comparison when our data or split differ. n/a: the split has no positives "
-            "(or no negatives) of the finding.</p>")
+            "(or no negatives) of the finding.</p>" + _mean_note(models, metrics, "auroc_ci_resamples", "AUROC"))
     return _table(header, rows, raw=True, ref_columns=ref_cols, row_classes=classes) + note
+
+
+def _mean_note(models: Mapping, metrics: Mapping, key: str, what: str) -> str:
+    """Which classes and how many resamples each model's mean CI is over."""
+    parts = []
+    for name, entry in models.items():
+        counts = entry.get(key)
+        if counts:
+            parts.append(f"{model_label(name, entry, metrics)}: over the {counts['classes']} findings with positives "
+                         f"(and negatives) in the split, from {counts['used']} of {counts['of']} resamples (the "
+                         "others lack one of them)")
+    if not parts:
+        return ""
+    return (f"<p class=note>Mean {_e(what)} and its CI are always over the same findings: "
+            + _e("; ".join(parts)) + ".</p>")
 
 
 def _average_precision(metrics: Mapping) -> str:
     models = _models(metrics)
     if not any(e.get("average_precision") for e in models.values()):
         return ""
-    header = ["finding"] + [model_label(n, e, metrics) for n, e in models.items()]
-    rows = [[f] + [_num((e.get("average_precision") or {}).get(f)) for e in models.values()] for f in FINDINGS]
-    return "<h2>Average precision</h2>" + _table(header, rows)
+    header = ["finding"] + [f"{model_label(n, e, metrics)}: AP [95% CI]" for n, e in models.items()]
+    rows, classes = [], []
+    for f in list(FINDINGS) + [MEAN_ROW]:
+        row = [_e(f)]
+        for entry in models.values():
+            value = (entry.get("mean_average_precision") if f == MEAN_ROW
+                     else (entry.get("average_precision") or {}).get(f))
+            ci = (entry.get("average_precision_ci") or {}).get(f)
+            row.append(f'{_e(_num(value))} <span class="ci">{_e(_ci(ci))}</span>')
+        rows.append(row)
+        classes.append("mean" if f == MEAN_ROW else "")
+    return ("<h2>Average precision</h2>" + _table(header, rows, raw=True, row_classes=classes)
+            + "<p class=note>95% CI from the same patient bootstrap as the AUROC.</p>"
+            + _mean_note(models, metrics, "average_precision_ci_resamples", "AP"))
 
 
 def _paired(metrics: Mapping) -> str:
@@ -256,10 +297,22 @@ def _paired(metrics: Mapping) -> str:
 
 
 def _view_position(metrics: Mapping) -> str:
+    return _subgroups(metrics, "view_position", "AUROC by view position")
+
+
+def _follow_up(metrics: Mapping) -> str:
+    section = _subgroups(metrics, "follow_up", "AUROC by follow-up # bucket")
+    note = ("<p class=note>Follow-up # counts a patient's earlier films: a proxy of care intensity, not of what "
+            "the image shows. Compare the metadata model with and without it (two columns above, scored "
+            "separately) to see how much of its AUROC comes from it.</p>")
+    return section + note if section else ""
+
+
+def _subgroups(metrics: Mapping, key: str, title: str) -> str:
     models = _models(metrics)
     parts = []
     for name, entry in models.items():
-        groups = entry.get("view_position") or {}
+        groups = entry.get(key) or {}
         if not groups:
             continue
         parts.append(f"<h3>{_e(model_label(name, entry, metrics))}</h3>")
@@ -274,7 +327,7 @@ def _view_position(metrics: Mapping) -> str:
             rows.append([f] + cells)
             classes.append("mean" if f == MEAN_ROW else "")
         parts.append(_table(header, rows, row_classes=classes))
-    return "<h2>AUROC by view position</h2>" + "".join(parts) if parts else ""
+    return f"<h2>{_e(title)}</h2>" + "".join(parts) if parts else ""
 
 
 def _thresholds(metrics: Mapping) -> str:
@@ -297,39 +350,59 @@ def _thresholds(metrics: Mapping) -> str:
     return "<h2>Operating thresholds</h2>" + "".join(parts) if parts else ""
 
 
-def _loc_row(result: Mapping, measure: str, key: str) -> list[str]:
+def _loc_row(result: Mapping, measure: str, key: str, ci: Mapping | None = None) -> list[str]:
+    """Cells of one accuracy row (escaped): each finding and the mean, with its CI when `ci` has one."""
     values = [(result.get(f) or {}).get(measure, {}).get(key) for f in BOXED_FINDINGS]
-    return [_num(v) for v in values] + [_num(mean_accuracy(result, measure).get(key))]
+    values.append(mean_accuracy(result, measure).get(key))
+    intervals = [((ci or {}).get(f) or {}).get(key) for f in (*BOXED_FINDINGS, MEAN_ROW)]
+    return [f'{_e(_num(v))} <span class="ci">{_e(_ci(c))}</span>' if c else _e(_num(v))
+            for v, c in zip(values, intervals)]
 
 
 _MEASURE = {"iobb": "IoBB", "iou": "IoU"}
+_CHANCE_LABELS = {"whole_image": "chance: one whole-image box", "median_box": "chance: the class's median box"}
+
+
+def _loc_sources(models: Mapping, metrics: Mapping) -> list[tuple[str, Mapping, Mapping | None]]:
+    """(label, result, IoBB CIs) per model and protocol (each label says which map method, resolution,
+    thresholds and gate produced it), then the chance baselines."""
+    sources = []
+    for name, entry in models.items():
+        protocols = entry.get("localization_protocols") or {
+            "wang2017": {"label": "Wang et al. 2017 protocol", "result": entry["localization"]}}
+        for protocol in protocols.values():
+            sources.append((f"{model_label(name, entry, metrics)}; {protocol.get('label', '')}", protocol["result"],
+                            protocol.get("ci")))
+    chance = metrics.get("chance_localization") or {}
+    return sources + [(_CHANCE_LABELS.get(k, f"chance: {k}"), v, None) for k, v in chance.items()]
 
 
 def _localization(metrics: Mapping) -> str:
     models = {n: e for n, e in _models(metrics).items() if e.get("localization")}
     if not models:
         return ""
-    chance = metrics.get("chance_localization") or {}
-    sources: list[tuple[str, Mapping, bool]] = [(model_label(n, e, metrics), e["localization"], False) for n, e in models.items()]
-    chance_labels = {"whole_image": "chance: one whole-image box", "median_box": "chance: the class's median box"}
-    sources += [(chance_labels.get(k, f"chance: {k}"), v, False) for k, v in chance.items()]
+    sources = _loc_sources(models, metrics)
     first = next(iter(models.values()))["localization"]
     iobb_keys = list(next(iter(first.values()))["iobb"]) if first else []
     iou_keys = list(next(iter(first.values()))["iou"]) if first else []
     header = ["T", "source"] + list(BOXED_FINDINGS) + ["mean"]
-    ref_cols: list[int] = []
 
-    parts = ["<h2>Localization (Wang et al. 2017 protocol)</h2>",
+    parts = ["<h2>Localization</h2>",
              "<p class=note>A ground-truth box counts as localized at T when any predicted box of its class on the "
              "image has IoBB = area(pred &amp; truth) / area(pred) (or IoU) above T; accuracy = localized boxes / "
-             "ground-truth boxes. Chance rows predict one box per annotated image without looking at it.</p>"]
+             "ground-truth boxes, [95% CI] from the patient bootstrap. Each row names what produced it: Wang et "
+             "al. 2017's protocol (the stored heatmap of every annotated (image, finding), normalised to 0..255, "
+             "thresholded at 60 and at 180, a box around every isolated region, whatever the probability) or the "
+             "boxes as the scoring job wrote them (its gate, threshold and region count). Chance rows predict one "
+             "box per annotated image without looking at it.</p>"]
     counts = [["ground-truth boxes"] + [_num((first.get(f) or {}).get("n")) for f in BOXED_FINDINGS]]
     parts.append(_table(["", *BOXED_FINDINGS], counts))
     for measure, keys in (("iobb", iobb_keys), ("iou", iou_keys)):
         rows, classes = [], []
         for key in keys:
-            for label, result, _ in sources:
-                rows.append([f"{_MEASURE[measure]} &gt; {_e(key)}", _e(label)] + [_e(c) for c in _loc_row(result, measure, key)])
+            for label, result, ci in sources:
+                rows.append([f"{_MEASURE[measure]} &gt; {_e(key)}", _e(label)]
+                            + _loc_row(result, measure, key, ci if measure == "iobb" else None))
                 classes.append("")
             if measure == "iobb" and key in REFERENCE_LOCALIZATION_IOBB:
                 ref = REFERENCE_LOCALIZATION_IOBB[key]
@@ -338,9 +411,11 @@ def _localization(metrics: Mapping) -> str:
                             + [_e(_num(v)) for v in vals] + [_e(_num(sum(vals) / len(vals)))])
                 classes.append("ref")
         parts.append(f"<h3>Accuracy by T({_MEASURE[measure]})</h3>")
-        parts.append(_table(header, rows, raw=True, ref_columns=ref_cols, row_classes=classes))
+        parts.append(_table(header, rows, raw=True, row_classes=classes))
     fp_rows = []
-    for label, result, _ in sources[: len(models)]:
+    for label, result, ci in sources:
+        if ci is None and label in _CHANCE_LABELS.values():
+            continue
         for key in iobb_keys:
             values = [((result.get(f) or {}).get("avg_false_positives") or {}).get("iobb", {}).get(key) for f in BOXED_FINDINGS]
             fp_rows.append([f"IoBB > {key}", label] + [_num(v, 2) for v in values])
@@ -394,6 +469,7 @@ def write_report(path, metrics: Mapping, *, title: str = "thorax-ray evaluation"
     body.append(_headline(metrics))
     body.append(_paired(metrics))
     body.append(_view_position(metrics))
+    body.append(_follow_up(metrics))
     body.append(_thresholds(metrics))
     body.append(_average_precision(metrics))
     body.append(_localization(metrics))

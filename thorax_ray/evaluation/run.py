@@ -14,7 +14,8 @@ import pandas as pd
 
 from thorax_ray.evaluation.classification import (paired_bootstrap_difference, summarize_model,
                                                   thresholds_document)
-from thorax_ray.evaluation.localization import NIH_IMAGE_SIZE, chance_localization, localization_accuracy
+from thorax_ray.evaluation.localization import (NIH_IMAGE_SIZE, chance_localization, localization_accuracy,
+                                                localization_ci)
 from thorax_ray.evaluation.plots import plot_auroc_comparison, plot_heatmap_overlay, plot_pr_curves, plot_roc_curves
 from thorax_ray.evaluation.report import comparison_ci, comparison_table, format_comparison_table, write_report
 from thorax_ray.labels import FINDING_COLUMNS, FINDINGS, column_name
@@ -72,21 +73,91 @@ def _scores(frame: pd.DataFrame, name: str) -> np.ndarray:
     return frame[[f"{name}:{c}" for c in FINDING_COLUMNS]].to_numpy(dtype=np.float64)
 
 
-def heatmap_boxes(scores: pd.DataFrame, truth: pd.DataFrame, shape: tuple[int, int] | None = None) -> dict[str, list[dict]]:
+def heatmap_boxes(scores: pd.DataFrame, truth: pd.DataFrame, heatmap: dict | None = None,
+                  thresholds=None) -> tuple[dict[str, list[dict]], int]:
     """Wang et al. 2017's protocol: for every (image, finding) with a ground-truth box, boxes from that
-    finding's heatmap (normalised to 0..255, thresholded, one box per connected region), whatever the
-    predicted probability; in pixels of the scored PNG (`width` x `height`)."""
-    from thorax_ray.attribution import boxes_for_image, decode_heatmaps
+    finding's heatmap (stored normalised to 0..255; thresholded at each of `thresholds`, default
+    WANG_THRESHOLDS = 60 and 180; one box per isolated region, every region), whatever the predicted
+    probability; in pixels of the scored PNG (`width` x `height`), the cells placed at the centres the
+    heatmap description gives. Returns (boxes by image, images left out because their original size is
+    unknown: they get no boxes)."""
+    from thorax_ray.attribution import WANG_THRESHOLDS, boxes_for_image, centres_from_metadata, decode_heatmaps
 
+    shape = tuple(heatmap["shape"][-2:]) if heatmap and heatmap.get("shape") else None
+    centres = centres_from_metadata(heatmap)
     out: dict[str, list[dict]] = {}
+    unknown_size = 0
     for image_index, findings in truth.groupby("image_index")["finding"]:
         if image_index not in scores.index or scores.at[image_index, "heatmap"] is None:
             continue
         row = scores.loc[image_index]
+        if pd.isna(row.get("width")) or pd.isna(row.get("height")):
+            unknown_size += 1
+            continue
         maps = decode_heatmaps([row["heatmap"]], shape or _square_map_shape(row["heatmap"]))[0]
         out[image_index] = boxes_for_image(maps, int(row["width"]), int(row["height"]),
-                                           findings=sorted(set(findings)))
+                                           findings=sorted(set(findings)), max_boxes=None, centres=centres,
+                                           threshold=WANG_THRESHOLDS if thresholds is None else thresholds)
+    return out, unknown_size
+
+
+def scored_boxes(scores: pd.DataFrame, truth: pd.DataFrame) -> dict[str, list[dict]]:
+    """The boxes the scoring job wrote (its own gate, threshold and region count), for the truth images."""
+    out: dict[str, list[dict]] = {}
+    for image_index in truth["image_index"].drop_duplicates():
+        if image_index in scores.index:
+            boxes = scores.at[image_index, "boxes"]
+            out[image_index] = [] if boxes is None else [dict(box) for box in boxes]
     return out
+
+
+def _gate_text(gate: dict | None) -> str:
+    gate = gate or {}
+    if gate.get("kind") == "calibrated":
+        return f"findings gated by the checkpoint's operating points ({gate.get('rule')}, chosen on validation)"
+    if gate.get("kind") == "fixed":
+        return f"findings gated at probability >= {gate.get('probability')}"
+    if gate.get("kind") == "none":
+        return "no probability gate"
+    return f"probability gate {gate}" if gate else "probability gate unknown"
+
+
+def localization_protocols(heatmap: dict | None, boxes: dict | None) -> dict[str, dict]:
+    """What produced each localization figure: Wang et al. 2017's protocol on the stored maps, and the
+    boxes as the scoring job wrote them. Each: {"label", "method", "map", "thresholds", "regions", "gate"}."""
+    from thorax_ray.attribution import WANG_THRESHOLDS
+
+    heatmap, boxes = heatmap or {}, boxes or {}
+    method = heatmap.get("method", "unknown method")
+    shape = heatmap.get("shape") or []
+    grid = f"{shape[-2]}x{shape[-1]}" if len(shape) >= 2 else "unknown size"
+    centred = "receptive-field centres" if heatmap.get("cell_centres") else "equal-cell centres"
+    wang = {"method": method, "map": grid, "thresholds": list(WANG_THRESHOLDS), "regions": "every", "gate": "none",
+            "label": (f"Wang et al. 2017 protocol: {method} maps {grid} ({centred}), thresholds "
+                      f"{' and '.join(str(t) for t in WANG_THRESHOLDS)} of 255, every region, no probability gate")}
+    scored = {"method": method, "map": grid, "thresholds": [boxes.get("threshold")],
+              "regions": boxes.get("max_boxes_per_finding"), "gate": boxes.get("min_probability"),
+              "label": (f"boxes as scored: {method} maps {grid}, threshold {boxes.get('threshold', '?')} of 255, "
+                        f"at most {boxes.get('max_boxes_per_finding', '?')} regions, "
+                        f"{_gate_text(boxes.get('min_probability'))}")}
+    return {"wang2017": wang, "scored_boxes": scored}
+
+
+def _localize(frame: pd.DataFrame, heatmap: dict | None, boxes: dict | None, truth: pd.DataFrame,
+              patients: dict, n_boot: int) -> tuple[dict, dict[str, list[dict]], int]:
+    """Localization of one model under each protocol, with patient-bootstrap CIs: (protocols with "result"
+    and "ci", Wang-protocol boxes by image, images without a known original size)."""
+    predicted, unknown_size = heatmap_boxes(frame, truth, heatmap)
+    protocols = localization_protocols(heatmap, boxes)
+    sources = {"wang2017": predicted}
+    if "boxes" in frame.columns:
+        sources["scored_boxes"] = scored_boxes(frame, truth)
+    else:
+        protocols.pop("scored_boxes")
+    for key, boxes_by_image in sources.items():
+        protocols[key]["result"] = localization_accuracy(boxes_by_image, truth)
+        protocols[key]["ci"] = localization_ci(boxes_by_image, truth, patients, n_boot=n_boot)
+    return protocols, predicted, unknown_size
 
 
 THRESHOLD_KEYS = ("model", "split_hash", "rule", "thresholds")  # what makes two threshold files the same
@@ -136,9 +207,10 @@ def evaluate_scores(config: EvaluationConfig, load_scores) -> dict:
     raw_root = source.prepared["source"] if source.prepared else config.data
     truth_boxes = _truth_boxes(raw_root, config.s3_endpoint)
 
-    joined = manifest[["image_index", "patient_id", "split", "view_position", "path", *FINDING_COLUMNS]].copy()
+    joined = manifest[["image_index", "patient_id", "split", "view_position", "follow_up", "path",
+                       *FINDING_COLUMNS]].copy()
     scored: dict[str, pd.DataFrame] = {}
-    map_shapes: dict[str, tuple[int, int] | None] = {}  # (h, w) from the scores' heatmap metadata
+    described: dict[str, dict] = {}  # the scores' attrs: heatmap, boxes, model_init, metadata_features
     warnings: list[str] = []
     for name, uri in config.scores:
         loaded, note = newest_model_rows(outputs[name], uri)
@@ -153,7 +225,7 @@ def evaluate_scores(config: EvaluationConfig, load_scores) -> dict:
         if note:
             log.warning(note)
             warnings.append(note)
-        map_shapes[name] = tuple(loaded.attrs.get("heatmap", {}).get("shape", ())[-2:]) or None
+        described[name] = dict(loaded.attrs)
         frame = loaded.drop_duplicates("image_index", keep="last").set_index("image_index")
         unknown = len(set(frame.index) - set(joined.index))
         if unknown:
@@ -179,16 +251,18 @@ def evaluate_scores(config: EvaluationConfig, load_scores) -> dict:
                      "models": {}, "localization": {}, "notes": notes}
     test_truth = None if truth_boxes is None else truth_boxes[truth_boxes["image_index"].isin(test.index)]
     predicted_boxes: dict[str, dict[str, list[dict]]] = {}  # model -> image -> boxes from its heatmaps
+    patients = dict(zip(test.index, test["patient_id"]))
     for name in scored:
-        entry = summarize_model(_labels(test), _scores(test, name), test["patient_id"].to_numpy(),
-                                labels_val=_labels(val) if len(val) else None,
-                                scores_val=_scores(val, name) if len(val) else None,
-                                view_position=test["view_position"].fillna("missing").to_numpy(),
-                                rule=config.threshold_rule, n_boot=config.n_boot)
+        entry = _model_summary(config, name, test, val, described[name])
         if test_truth is not None and "heatmap" in scored[name] and scored[name]["heatmap"].notna().any():
-            predicted_boxes[name] = heatmap_boxes(scored[name], test_truth, map_shapes[name])
-            entry["localization"] = localization_accuracy(predicted_boxes[name], test_truth)
+            protocols, predicted_boxes[name], unknown_size = _localize(
+                scored[name], described[name].get("heatmap"), described[name].get("boxes"), test_truth, patients,
+                config.n_boot)
+            entry.update(localization=protocols["wang2017"]["result"], localization_protocols=protocols)
             metrics["localization"][name] = entry["localization"]
+            if unknown_size:
+                notes.append(f"{name}: {unknown_size} annotated test images have no known original size "
+                             "(source PNG unreadable when scored): no boxes, counted as misses")
         metrics["models"][name] = entry
         if entry.get("thresholds") is not None:
             write_thresholds(os.path.join(config.out, "thresholds"), name, entry["thresholds"],
@@ -213,7 +287,7 @@ def evaluate_scores(config: EvaluationConfig, load_scores) -> dict:
     }
     overlay_model = next(iter(predicted_boxes), None)  # the first model with localization
     overlays = {} if overlay_model is None else _overlays(
-        config, scored[overlay_model], overlay_model, map_shapes[overlay_model], test, test_truth,
+        config, scored[overlay_model], overlay_model, described[overlay_model].get("heatmap"), test, test_truth,
         predicted_boxes[overlay_model])
     _write_json(os.path.join(config.out, "metrics.json"), metrics)
     report = write_report(os.path.join(config.out, "report.html"), metrics, images=images, overlays=overlays,
@@ -246,10 +320,34 @@ def _image_size(frames) -> tuple[int, int]:
     return NIH_IMAGE_SIZE, NIH_IMAGE_SIZE
 
 
-def _overlays(config: EvaluationConfig, frame: pd.DataFrame, name: str, shape: tuple[int, int] | None,
+def _model_summary(config: EvaluationConfig, name: str, test: pd.DataFrame, val: pd.DataFrame, attrs: dict) -> dict:
+    """summarize_model on the test rows (thresholds from the validation rows, subgroups by view position and
+    follow-up #), with the model's provenance for its column label."""
+    entry = summarize_model(_labels(test), _scores(test, name), test["patient_id"].to_numpy(),
+                            labels_val=_labels(val) if len(val) else None,
+                            scores_val=_scores(val, name) if len(val) else None,
+                            view_position=test["view_position"].fillna("missing").to_numpy(),
+                            follow_up=pd.to_numeric(test["follow_up"], errors="coerce").to_numpy(dtype=float),
+                            rule=config.threshold_rule, n_boot=config.n_boot)
+    entry.update(_provenance(attrs))
+    return entry
+
+
+def _provenance(attrs: dict) -> dict:
+    """What the report labels a model's column with: how it was initialised and, for models that read
+    metadata, which features (from the scores' commit records)."""
+    init = (attrs.get("model_init") or {}).get("label") or "init unknown"
+    out = {"init": init}
+    if attrs.get("metadata_features"):
+        out["metadata_features"] = list(attrs["metadata_features"])
+    return out
+
+
+def _overlays(config: EvaluationConfig, frame: pd.DataFrame, name: str, heatmap_description: dict | None,
               test: pd.DataFrame, truth_boxes: pd.DataFrame, predicted_boxes: dict[str, list[dict]]) -> dict[str, str]:
-    """Heatmap overlays of one model (the first with localization) on test images with ground-truth boxes."""
-    from thorax_ray.attribution import decode_heatmaps
+    """Heatmap overlays of one model (the first with localization) on test images with ground-truth boxes:
+    the finding's map upsampled between its cells' centres, the Wang-protocol boxes and the truth boxes."""
+    from thorax_ray.attribution import centres_from_metadata, decode_heatmaps, upsample_maps
     from thorax_ray.scoring.overlays import read_original
 
     if config.overlays <= 0:
@@ -257,6 +355,9 @@ def _overlays(config: EvaluationConfig, frame: pd.DataFrame, name: str, shape: t
     folder = os.path.join(config.out, "overlays")
     os.makedirs(folder, exist_ok=True)
     chosen = [i for i in truth_boxes["image_index"].drop_duplicates() if i in frame.index]
+    shape = tuple(heatmap_description["shape"][-2:]) if heatmap_description else None
+    centres = centres_from_metadata(heatmap_description)
+    protocol = localization_protocols(heatmap_description, None)["wang2017"]["label"]
     overlays = {}
     for image_index in chosen[: config.overlays]:
         row, path = frame.loc[image_index], test.loc[image_index, "path"]
@@ -267,10 +368,10 @@ def _overlays(config: EvaluationConfig, frame: pd.DataFrame, name: str, shape: t
         truth = truth_boxes[truth_boxes["image_index"] == image_index]
         finding = truth["finding"].iloc[0]
         maps = decode_heatmaps([row["heatmap"]], shape or _square_map_shape(row["heatmap"]))[0]
-        heatmap = maps[FINDINGS.index(finding)]
+        heatmap = upsample_maps(maps[[FINDINGS.index(finding)]], pixels.shape[1], pixels.shape[0], centres)[0]
         predicted = [box for box in predicted_boxes.get(image_index, []) if box["finding"] == finding]
         probability = float(row[column_name(finding)])
-        overlays[f"{name}: {image_index} {finding} (p={probability:.2f})"] = plot_heatmap_overlay(
+        overlays[f"{name}: {image_index} {finding} (p={probability:.2f}); {protocol}"] = plot_heatmap_overlay(
             pixels, heatmap, os.path.join(folder, f"{stem}_{finding}.png"),
             truth_boxes=truth.to_dict("records"), predicted_boxes=predicted,
             title=f"{image_index}: {finding} p={probability:.2f}")

@@ -10,22 +10,26 @@ from thorax_ray.models.registry import (
     forward_model,
     get_model_spec,
     list_models,
+    model_initialisation,
     register_model,
 )
 from thorax_ray.models.metadata import (
     AVAILABLE_FEATURES,
     DEFAULT_FEATURES,
+    FOLLOW_UP_FEATURES,
     MetadataFeatures,
     MetadataMLP,
 )
 from thorax_ray.models.cnn import (
     IMAGE_CNNS,
+    IMAGENET,
     ImageCNN,
     PretrainedWeightsError,
     adapt_input_conv,
     build_cnn,
     load_backbone_state_dict,
     read_state_dict,
+    receptive_field_centres,
 )
 from thorax_ray.models.fusion import FusionModel
 
@@ -33,8 +37,10 @@ __all__ = [
     "AVAILABLE_FEATURES",
     "DEFAULT_FEATURES",
     "DEFAULT_MODEL",
+    "FOLLOW_UP_FEATURES",
     "FusionModel",
     "IMAGE_CNNS",
+    "IMAGENET",
     "INPUT_KINDS",
     "ImageCNN",
     "MetadataFeatures",
@@ -49,6 +55,8 @@ __all__ = [
     "get_model_spec",
     "list_models",
     "load_backbone_state_dict",
+    "model_initialisation",
     "read_state_dict",
+    "receptive_field_centres",
     "register_model",
 ]

@@ -6,17 +6,29 @@ Every CNN here satisfies, in eval mode,
              == model.classifier(model.features(x).mean((2, 3)))
 
 so a class activation map for every class at once is `einsum("kc,nchw->nkhw", W, fmap) + b`.
+
+Map geometry: feature-map position i (along either axis) is centred on input pixel
+`map_offset + map_stride * i` (pixel indices; pixel j spans [j, j + 1)). A chain of layers with kernel k,
+stride s and padding p maps output position o to input position s·o + (k - 1)/2 - p, so stride-2 3x3
+convolutions with padding 1 (small_cnn, ResNet, EfficientNet) give offset 0, i.e. half a cell before the
+cell-centre convention ((i + 0.5)·stride), and DenseNet's 2x2 average-pooling transitions give 14 px.
+`receptive_field_centres` turns this into fractions of the input side for upsampling.
 `target_layer` is the submodule whose forward output IS `features(x)` (for Captum LayerGradCam),
 and no in-place activation runs on or after it (all activation modules are set to
 `inplace=False`; DenseNet's functional in-place ReLU is replaced by a non-inplace `nn.ReLU`).
 
-Torchvision architectures are always built with `weights=None`; ImageNet-style weights can be
-loaded from a local path or URI (`pretrained=`): the 3-channel stem is summed over its input
-channels (timm's `adapt_input_conv`), the old classifier is dropped, the rest must match exactly.
+Torchvision architectures are always built with `weights=None`; ImageNet-style weights are loaded
+after (`pretrained=`): "imagenet" takes torchvision's own ImageNet weights for the architecture
+(`<Arch>_Weights.IMAGENET1K_V1`, read from the torch hub cache `$TORCH_HOME/hub/checkpoints/`, which
+torchvision fills by downloading them on first use), any other value is a local path or URI of a
+state_dict. The 3-channel stem is summed over its input channels (timm's `adapt_input_conv`), the old
+classifier is dropped, the rest must match exactly. Every model built here records how it was
+initialised in `model.init` (`initialisation`).
 """
 from __future__ import annotations
 
 import io
+import os
 import re
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -167,6 +179,60 @@ def load_backbone_state_dict(module: nn.Module, state_dict: Mapping[str, torch.T
     assert not result.unexpected_keys and set(result.missing_keys) <= set(target) - expected
 
 
+IMAGENET = "imagenet"  # `pretrained=` value meaning torchvision's ImageNet weights of the architecture
+
+
+def imagenet_weights(arch: str):
+    """torchvision's ImageNet weights enum member of a torchvision architecture (no download)."""
+    if arch not in _TORCHVISION:
+        raise ValueError(f"no ImageNet weights for {arch!r}: torchvision publishes them for "
+                         f"{', '.join(sorted(_TORCHVISION))}; pass --pretrained PATH for other weights")
+    import torchvision  # here, not at import (see build_torchvision_cnn)
+
+    return torchvision.models.get_model_weights(arch).IMAGENET1K_V1
+
+
+def imagenet_cache_path(arch: str) -> str:
+    """Where torchvision keeps (and looks for) the ImageNet weights file of `arch`."""
+    return os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(imagenet_weights(arch).url))
+
+
+def read_imagenet_state_dict(arch: str) -> dict[str, torch.Tensor]:
+    """torchvision's ImageNet state_dict of `arch` through its weights API (`get_state_dict`, i.e.
+    `torch.hub.load_state_dict_from_url` with weights_only=True): read from the torch hub cache, downloaded
+    there first when absent (needs internet once per machine; offline, copy the file to the cache)."""
+    weights = imagenet_weights(arch)
+    try:
+        return weights.get_state_dict(progress=False, weights_only=True)
+    except (OSError, RuntimeError) as exc:  # URLError is an OSError; a torn file fails to unzip
+        raise PretrainedWeightsError(
+            f"cannot load torchvision's ImageNet weights {weights} for {arch}: {type(exc).__name__}: {exc}. "
+            f"They are read from {imagenet_cache_path(arch)} (downloaded from {weights.url} when absent): on a "
+            "machine without internet, copy that file there (or set TORCH_HOME), or pass --pretrained PATH"
+        ) from exc
+
+
+def initialisation(arch: str, pretrained: str | None) -> dict[str, str]:
+    """How a CNN of `arch` built with `pretrained` starts: {"kind": "imagenet" | "weights_file" | "random",
+    "source": what was loaded, "label": a short phrase for column labels}."""
+    if pretrained is None:
+        return {"kind": "random", "source": "", "label": "random init"}
+    if str(pretrained).lower() == IMAGENET:
+        name = f"torchvision {imagenet_weights(arch)}"
+        return {"kind": "imagenet", "source": name, "label": "ImageNet init"}
+    return {"kind": "weights_file", "source": str(pretrained),
+            "label": f"init from {str(pretrained).rstrip('/').rsplit('/', 1)[-1]}"}
+
+
+def load_pretrained(module: nn.Module, arch: str, pretrained: str, *, stem_key: str, classifier_key: str) -> None:
+    """Loads `pretrained` ("imagenet" or a path/URI) into `module` with `load_backbone_state_dict`."""
+    if str(pretrained).lower() == IMAGENET:
+        state, source = read_imagenet_state_dict(arch), f"torchvision {imagenet_weights(arch)}"
+    else:
+        state, source = read_state_dict(pretrained), str(pretrained)
+    load_backbone_state_dict(module, state, stem_key=stem_key, classifier_key=classifier_key, source=source)
+
+
 # ----- the common interface --------------------------------------------------------------------------
 
 
@@ -174,11 +240,13 @@ class ImageCNN(nn.Module):
     """`body` (images -> feature map), global average pooling, dropout, one linear layer.
 
     Attributes: `stem` (first conv), `target_layer` (module whose output is the feature map),
-    `classifier` (final nn.Linear), `feature_dim` (channels of the feature map), `arch`.
+    `classifier` (final nn.Linear), `feature_dim` (channels of the feature map), `arch`, `map_stride` and
+    `map_offset` (where feature-map positions sit in the input; module docstring).
     """
 
     def __init__(self, *, arch: str, body: nn.Module, target_layer: nn.Module, stem: nn.Conv2d,
-                 feature_dim: int, num_classes: int = NUM_FINDINGS, drop_rate: float = 0.0) -> None:
+                 feature_dim: int, num_classes: int = NUM_FINDINGS, drop_rate: float = 0.0,
+                 map_stride: int = 32, map_offset: float = 0.0) -> None:
         super().__init__()
         if not 0.0 <= drop_rate < 1.0:
             raise ValueError(f"drop_rate must be in [0, 1), got {drop_rate}")
@@ -187,6 +255,7 @@ class ImageCNN(nn.Module):
         self.feature_dim = feature_dim
         self.num_classes = num_classes
         self.drop_rate = drop_rate
+        self.map_stride, self.map_offset = int(map_stride), float(map_offset)
         self.dropout = nn.Dropout(drop_rate)
         self.classifier = nn.Linear(feature_dim, num_classes)
         # Plain attributes would register the modules twice under other names; keep names only.
@@ -232,6 +301,7 @@ class _TorchvisionArch:
     feature_dim: int
     default_drop_rate: float
     wrap: Callable[[nn.Module], tuple[nn.Module, nn.Module]]  # tv model -> (body, target_layer)
+    map_offset: float = 0.0  # input pixel of feature position 0 (the stride is 32 for all of them)
 
 
 def _wrap_densenet(tv: nn.Module) -> tuple[nn.Module, nn.Module]:
@@ -252,8 +322,10 @@ def _wrap_efficientnet(tv: nn.Module) -> tuple[nn.Module, nn.Module]:
 
 
 _TORCHVISION: dict[str, _TorchvisionArch] = {
+    # DenseNet: conv0 and pool0 keep centres (2·o); each 2x2 average-pooling transition adds half a cell of its
+    # input grid, whose cells are 4, 8 and 16 input pixels: 0.5·(4 + 8 + 16) = 14.
     "densenet121": _TorchvisionArch("densenet121", "features.conv0", "classifier", 1024, 0.0,
-                                    _wrap_densenet),
+                                    _wrap_densenet, map_offset=14.0),
     "resnet50": _TorchvisionArch("resnet50", "conv1", "fc", 2048, 0.0, _wrap_resnet),
     "resnet18": _TorchvisionArch("resnet18", "conv1", "fc", 512, 0.0, _wrap_resnet),
     "efficientnet_b0": _TorchvisionArch("efficientnet_b0", "features.0.0", "classifier.1", 1280,
@@ -263,7 +335,8 @@ _TORCHVISION: dict[str, _TorchvisionArch] = {
 
 def build_torchvision_cnn(arch: str, *, pretrained: str | None = None, in_chans: int = 1,
                           num_classes: int = NUM_FINDINGS, drop_rate: float | None = None) -> ImageCNN:
-    """A torchvision CNN (weights=None) with an `in_chans` stem, optional local/URI weights, 14-way head."""
+    """A torchvision CNN (weights=None) with an `in_chans` stem, optional weights ("imagenet" or a
+    path/URI), 14-way head."""
     import torchvision  # here, not at import: listing registered names (config checks) stays fast
 
     spec = _TORCHVISION[arch]
@@ -271,24 +344,25 @@ def build_torchvision_cnn(arch: str, *, pretrained: str | None = None, in_chans:
     _set(tv, spec.stem_key, _adapted_conv(_get(tv, spec.stem_key), in_chans))
     _set(tv, spec.classifier_key, nn.Linear(spec.feature_dim, num_classes))
     if pretrained is not None:
-        load_backbone_state_dict(tv, read_state_dict(pretrained), stem_key=spec.stem_key,
-                                 classifier_key=spec.classifier_key, source=str(pretrained))
+        load_pretrained(tv, arch, pretrained, stem_key=spec.stem_key, classifier_key=spec.classifier_key)
     stem = _get(tv, spec.stem_key)
     body, target = spec.wrap(tv)
-    return ImageCNN(arch=arch, body=body, target_layer=target, stem=stem, feature_dim=spec.feature_dim,
-                    num_classes=num_classes,
-                    drop_rate=spec.default_drop_rate if drop_rate is None else drop_rate)
+    model = ImageCNN(arch=arch, body=body, target_layer=target, stem=stem, feature_dim=spec.feature_dim,
+                     num_classes=num_classes, drop_rate=spec.default_drop_rate if drop_rate is None else drop_rate,
+                     map_stride=32, map_offset=spec.map_offset)
+    model.init = initialisation(arch, pretrained)
+    return model
 
 
 # ----- small CNN for CPU runs ------------------------------------------------------------------------
 
 
-def _small_cnn_body(in_chans: int, widths: tuple[int, ...]) -> nn.Sequential:
+def _small_cnn_body(in_chans: int, widths: tuple[int, ...], strides: tuple[int, ...]) -> nn.Sequential:
     blocks = OrderedDict()
     width_in = in_chans
-    for i, width in enumerate(widths):
+    for i, (width, stride) in enumerate(zip(widths, strides)):
         blocks[f"block{i + 1}"] = nn.Sequential(OrderedDict(
-            conv=nn.Conv2d(width_in, width, 3, stride=2, padding=1, bias=False),
+            conv=nn.Conv2d(width_in, width, 3, stride=stride, padding=1, bias=False),
             bn=nn.BatchNorm2d(width),
             relu=nn.ReLU(inplace=False),
         ))
@@ -301,25 +375,48 @@ def _small_cnn_body(in_chans: int, widths: tuple[int, ...]) -> nn.Sequential:
 
 
 def build_small_cnn(*, pretrained: str | None = None, in_chans: int = 1, num_classes: int = NUM_FINDINGS,
-                    widths: tuple[int, ...] = (16, 32, 64, 128), drop_rate: float = 0.0) -> ImageCNN:
-    """Conv3x3(stride 2)-BN-ReLU blocks (16 -> 32 -> 64 -> 128), GAP, linear: fast on 64-128 px on CPU.
+                    widths: tuple[int, ...] = (16, 32, 64, 128), drop_rate: float = 0.0,
+                    output_stride: int | None = None) -> ImageCNN:
+    """Conv3x3-BN-ReLU blocks (16 -> 32 -> 64 -> 128), GAP, linear: fast on 64-128 px on CPU.
 
+    Every block has stride 2 (feature map = input / 2**len(widths)), unless `output_stride` (a power of
+    two) asks for a finer map: the first log2(output_stride) blocks have stride 2, the rest stride 1
+    (e.g. 8: 16x16 maps at 128 px instead of 8x8, for 2.4x the multiply-adds; a CPU training step at batch 32
+    took 1.15x as long in one measurement).
     `pretrained`: a state_dict of an `ImageCNN` small_cnn with the same widths (its `classifier.*`
     is dropped, a 3-channel stem is summed).
     """
     widths = tuple(int(w) for w in widths)
     if not widths or min(widths) < 1:
         raise ValueError(f"widths must be positive, got {widths}")
-    body = _small_cnn_body(in_chans, widths)
+    full = 2 ** len(widths)
+    stride = full if output_stride is None else int(output_stride)
+    if stride < 1 or stride > full or stride & (stride - 1):
+        raise ValueError(f"output_stride must be a power of two from 1 to {full} for {len(widths)} blocks, "
+                         f"got {output_stride}")
+    halvings = stride.bit_length() - 1
+    body = _small_cnn_body(in_chans, widths, tuple(2 if i < halvings else 1 for i in range(len(widths))))
     model = ImageCNN(arch="small_cnn", body=body, target_layer=body[-1], stem=body[0].conv,
-                     feature_dim=widths[-1], num_classes=num_classes, drop_rate=drop_rate)
+                     feature_dim=widths[-1], num_classes=num_classes, drop_rate=drop_rate,
+                     map_stride=stride, map_offset=0.0)
     if pretrained is not None:
+        if str(pretrained).lower() == IMAGENET:
+            imagenet_weights("small_cnn")  # raises: there are none
         load_backbone_state_dict(model, read_state_dict(pretrained), stem_key="body.block1.conv",
                                  classifier_key="classifier", source=str(pretrained))
+    model.init = initialisation("small_cnn", pretrained)
     return model
 
 
 IMAGE_CNNS: tuple[str, ...] = ("densenet121", "resnet50", "resnet18", "efficientnet_b0", "small_cnn")
+
+
+def receptive_field_centres(model: nn.Module, cells: int, size: int) -> list[float]:
+    """Where `cells` feature-map positions of `model` (an ImageCNN, or fusion through its backbone) sit
+    along one axis of a `size`-pixel input, as fractions of the side: (offset + stride·i + 0.5) / size."""
+    cnn = getattr(model, "backbone", model)
+    stride, offset = cnn.map_stride, cnn.map_offset
+    return [(offset + stride * i + 0.5) / size for i in range(int(cells))]
 
 
 def build_cnn(arch: str, *, pretrained: str | None = None, **kwargs) -> ImageCNN:

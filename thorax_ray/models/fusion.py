@@ -84,4 +84,6 @@ def fusion(*, metadata_features: MetadataFeatures | None = None, pretrained: str
     cnn = build_cnn(backbone, pretrained=pretrained, **dict(backbone_kwargs or {}))
     meta = MetadataMLP(metadata_features, hidden=hidden, depth=depth, dropout=dropout)
     meta.classifier = nn.Identity()  # only its embedding is used
-    return FusionModel(cnn, meta, drop_rate=drop_rate)
+    model = FusionModel(cnn, meta, drop_rate=drop_rate)
+    model.init = {**cnn.init, "label": f"{backbone} {cnn.init['label']}"}
+    return model

@@ -53,7 +53,11 @@ AVAILABLE_FEATURES: tuple[str, ...] = (
     "age", "sex", "view_position", "follow_up", "original_size", "pixel_spacing",
 )
 """Every feature group, in the fixed order used by the encoding."""
-DEFAULT_FEATURES: tuple[str, ...] = ("age", "sex", "view_position", "follow_up")
+DEFAULT_FEATURES: tuple[str, ...] = ("age", "sex", "view_position")
+"""What the metadata model sees unless told otherwise. `follow_up` (Follow-up #) is opt-in: it counts a
+patient's earlier films, a proxy of care intensity whose distribution differs between NIH's official
+train and test lists, so it would confound a CNN-vs-metadata comparison."""
+FOLLOW_UP_FEATURES: tuple[str, ...] = (*DEFAULT_FEATURES, "follow_up")
 
 _GROUP_NAMES: dict[str, tuple[str, ...]] = {
     "age": ("age", "age_missing"),

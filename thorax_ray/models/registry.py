@@ -13,7 +13,8 @@ input_kind     models       call                           inputs
 `features` are `MetadataFeatures.encode(manifest_rows)` for the model's own
 `model.metadata_features`. Every model returns logits (N, 14) in `FINDINGS` order and carries
 `model.spec` (a `ModelSpec`) and `model.build_config` (what `create_model_from_config` needs to
-rebuild the architecture, e.g. from a checkpoint).
+rebuild the architecture, e.g. from a checkpoint, plus "init": how the model was initialised, a dict
+{"kind": "imagenet" | "weights_file" | "random", "source", "label"} kept through rebuilding).
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ if TYPE_CHECKING:  # metadata.py registers "mlp", so it imports this module, not
     from thorax_ray.models.metadata import MetadataFeatures
 
 InputKind = Literal["image", "metadata", "both"]
+RANDOM_INIT = {"kind": "random", "source": "", "label": "random init"}
 INPUT_KINDS: tuple[str, ...] = ("image", "metadata", "both")
 DEFAULT_MODEL = "densenet121"
 
@@ -120,7 +122,8 @@ def create_model(name: str, *, metadata_features: MetadataFeatures | None = None
     """Builds a registered model; logits (N, 14).
 
     metadata_features: for models using metadata (default `MetadataFeatures()`); ignored by image models.
-    pretrained: local path or URI of an ImageNet-style torchvision state_dict for the CNN (backbone).
+    pretrained: "imagenet" (torchvision's ImageNet weights) or a local path / URI of an ImageNet-style
+        torchvision state_dict for the CNN (backbone).
     kwargs: architecture options (e.g. `drop_rate`, `hidden`, `dropout`, `backbone` for fusion).
     """
     from thorax_ray.models.metadata import MetadataFeatures
@@ -143,8 +146,23 @@ def create_model(name: str, *, metadata_features: MetadataFeatures | None = None
         "name": name,
         "metadata_features": metadata_features.to_dict() if metadata_features is not None else None,
         "kwargs": dict(kwargs),
+        "init": dict(getattr(model, "init", None) or RANDOM_INIT),
     }
     return model
+
+
+def model_initialisation(name: str, pretrained: str | None = None, backbone: str = DEFAULT_MODEL) -> dict:
+    """`model.build_config["init"]` of `create_model(name, pretrained=..., backbone=...)`, without building
+    it (no weights read): the CNN's (for fusion, its backbone's) initialisation; random for the MLP."""
+    from thorax_ray.models.cnn import initialisation
+
+    spec = get_model_spec(name)
+    if not spec.uses_images:
+        return dict(RANDOM_INIT)
+    if spec.input_kind == "both":
+        init = initialisation(backbone, pretrained)
+        return {**init, "label": f"{backbone} {init['label']}"}
+    return initialisation(name, pretrained)
 
 
 def create_model_from_config(config: Mapping[str, Any]) -> nn.Module:
@@ -152,8 +170,11 @@ def create_model_from_config(config: Mapping[str, Any]) -> nn.Module:
     from thorax_ray.models.metadata import MetadataFeatures
 
     features = config.get("metadata_features")
-    return create_model(
+    model = create_model(
         config["name"],
         metadata_features=MetadataFeatures.from_dict(features) if features else None,
         **dict(config.get("kwargs") or {}),
     )
+    if config.get("init"):  # the weights loaded next are those of that initialisation, trained
+        model.build_config["init"] = dict(config["init"])
+    return model

@@ -29,6 +29,7 @@ from thorax_ray.attribution import DEFAULT_MAX_BOXES, DEFAULT_THRESHOLD, default
 from thorax_ray.data.pipeline import ImageConfig, load_images, manifest_dataset
 from thorax_ray.labels import FINDING_COLUMNS, FINDINGS
 from thorax_ray.origin import ood_check
+from thorax_ray.scoring.gate import CALIBRATED, resolve_gate
 from thorax_ray.scoring.inputs import ScoringInput, resolve_input
 from thorax_ray.scoring.output import (FORMAT_VERSION, LOCK_FILE, QUARANTINE_DIR, SCORES_DIR, ScoresDatasink, ScoresError,
                                        clean_uncommitted, feature_attribution_metadata, new_run_id, publish,
@@ -47,7 +48,8 @@ class ScoreConfig:
     input: str  # see thorax_ray.scoring.inputs
     out: str
     metadata: str | None = None  # metadata CSV of a folder input (default: found by its usual names)
-    method: str | None = None  # fast_cam (default for image models) | gradcam | integrated_gradients | occlusion
+    method: str | None = None  # cam (raw CAM, default for image models) | fast_cam (ReLU'd) | gradcam
+    #                            | integrated_gradients | occlusion
     #                            | metadata_ig (default for the metadata MLP) | none (probabilities only)
     method_options: dict = field(default_factory=dict)
     batch_size: int = 32
@@ -61,7 +63,9 @@ class ScoreConfig:
     lock_wait_s: float = 0.0  # wait this long for another run on the same --out to finish (then: LeaseBusy)
     lock_ttl_s: float = 600.0  # a crashed run's lock is taken over after this long without renewal
     max_map_side: int | None = DEFAULT_MAX_MAP_SIDE  # pool larger maps to this many cells per side (None: keep)
-    box_min_probability: float | None = 0.5  # box only findings at least this probable (None: every boxed finding)
+    # Which findings get boxes (thorax_ray/scoring/gate.py): "calibrated" = the checkpoint's per-finding operating
+    # points chosen on validation; a probability = the same gate for every finding; None = every boxed finding.
+    box_min_probability: float | str | None = CALIBRATED
     box_threshold: float = DEFAULT_THRESHOLD  # on the 0..255 map scale
     max_boxes: int = DEFAULT_MAX_BOXES  # per finding
     box_grid: int | None = DEFAULT_BOX_GRID  # trace boxes on a grid of at most this side, then scale (None: full)
@@ -76,7 +80,7 @@ class ScoreConfig:
     batch_date: str | None = None  # YYYY-MM-DD (default: the run's UTC start date)
     overlays: str | None = None  # folder for overlay PNGs
     overlay_limit: int = 8
-    overlay_threshold: float = 0.5
+    overlay_threshold: float | str | None = CALIBRATED  # which findings an overlay shows (same values as boxes)
     endpoint_url: str | None = None
     fail_after_rows: int | None = None  # tests only: every actor raises after this many rows
 
@@ -102,6 +106,7 @@ class ScoreSummary:
     model_s: float
     actors: str  # the pool's "min..max" actors, with "GPU" when on GPUs
     commit: str | None = None
+    unknown_size: int = 0  # scored images whose original size was unknown: heatmaps but no boxes
     overlays: list[str] = field(default_factory=list)
     ignored: int = 0  # hidden files of a folder input
     metadata_sources: dict[str, int] = field(default_factory=dict)  # scored rows per metadata_source
@@ -137,6 +142,8 @@ class ScoreSummary:
             f"skipped          {self.skipped} (already scored by this model_id)",
             f"quarantined      {self.quarantined_total} ({quarantine})",
         ]
+        if self.unknown_size:
+            lines.append(f"no boxes         {self.unknown_size} (original size unknown: source PNG unreadable)")
         if self.deferred:
             lines.append(f"deferred         {self.deferred} (over --max-images; scored by a later run)")
         lines += [
@@ -224,7 +231,8 @@ def score(config: ScoreConfig, *, filesystem=None, capacity: ClusterCapacity | N
         from thorax_ray.scoring.overlays import write_overlays
 
         summary.overlays = write_overlays(config.out, source, config.overlays, model_id=model_id, run_id=run_id,
-                                          limit=config.overlay_limit, threshold=config.overlay_threshold,
+                                          limit=config.overlay_limit,
+                                          threshold=resolve_gate(config.overlay_threshold, payload).thresholds,
                                           endpoint_url=endpoint)
     return summary
 
@@ -274,14 +282,15 @@ def _score_locked(run: _Run, lease: Lease, filesystem) -> ScoreSummary:
     schema = score_schema(maps=maps, feature_attributions=attributions)
     heatmap = heatmap_description(model, contract, method, config.max_map_side) if maps else None
     features = (feature_attribution_metadata(model.metadata_features.names, method) if attributions else None)
+    gate = resolve_gate(config.box_min_probability, payload)
     box_settings = {
         "frame": "pixels of the original image (the decoded PNG: columns width x height); x, y = top-left corner",
         "findings": "BOXED_FINDINGS (the 8 with ground-truth boxes in BBox_List_2017.csv)",
-        "min_probability": config.box_min_probability, "threshold": config.box_threshold,
+        "min_probability": gate.description, "threshold": config.box_threshold,
         "max_boxes_per_finding": config.max_boxes,
-        "tracing": (f"map upsampled bilinearly (align_corners=False) to a grid of at most {config.box_grid} px "
-                    "per side, components boxed there and scaled to original pixels" if config.box_grid
-                    else "map upsampled bilinearly (align_corners=False) to the original size"),
+        "tracing": ("map upsampled bilinearly between its cell centres (heatmap cell_centres) "
+                    + (f"to a grid of at most {config.box_grid} px per side, components boxed there and scaled to "
+                       "original pixels" if config.box_grid else "to the original size")),
         "score": "mean map value (0..1) inside the box's connected component",
     } if maps else None
     description = {
@@ -289,6 +298,7 @@ def _score_locked(run: _Run, lease: Lease, filesystem) -> ScoreSummary:
         "checkpoint": checkpoint_dir, "method": method, "preprocessing": contract,
         "classes": list(FINDINGS), "probability_columns": list(FINDING_COLUMNS),
         "probabilities": "sigmoid of the model's logits, float32", "boxes": box_settings, "run_id": run_id,
+        "model_init": (payload.get("model_build_config") or {}).get("init"),
         "batch_date": batch_date, "data_origin": origin,
     }
     metadata = schema_metadata(scores=description, heatmap=heatmap, features=features)
@@ -304,7 +314,7 @@ def _score_locked(run: _Run, lease: Lease, filesystem) -> ScoreSummary:
                 checkpoint_dir=checkpoint_dir, model_id=model_id, method=method,
                 method_options=config.method_options, stored_size=stored_size,
                 run_id=run_id, batch_date=batch_date, max_map_side=config.max_map_side,
-                box_min_probability=config.box_min_probability, box_threshold=config.box_threshold,
+                box_min_probability=gate.thresholds, box_threshold=config.box_threshold,
                 max_boxes=config.max_boxes, box_grid=config.box_grid, endpoint_url=endpoint,
                 threads=max(1, int(config.actor_cpus)),
                 fail_after_rows=config.fail_after_rows,
@@ -323,6 +333,7 @@ def _score_locked(run: _Run, lease: Lease, filesystem) -> ScoreSummary:
         files = [f for write in sink.result for f in write.files]
         compute_s = sum(write.compute_s for write in sink.result)
         model_s = sum(write.model_s for write in sink.result)
+        unknown_size = sum(write.unknown_size for write in sink.result)
         failed = pd.concat([w.quarantined for w in sink.result] + [earlier_quarantine], ignore_index=True)
         scored = sum(rows for _, rows, _ in files)
         if scored + len(failed) - len(earlier_quarantine) != len(pending) or failed["image_index"].duplicated().any():
@@ -348,9 +359,11 @@ def _score_locked(run: _Run, lease: Lease, filesystem) -> ScoreSummary:
             "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "files": entries, "quarantine_files": quarantine_entries,
             "counts": {"input": source.total_rows, "scored": scored, "skipped": skipped,
-                       "quarantined": len(failed), "deferred": deferred},
+                       "quarantined": len(failed), "deferred": deferred, "no_boxes_unknown_size": unknown_size},
             "quarantined": quarantined, "heatmap": heatmap, "feature_attributions": features,
             "data_origin": origin, "ignored": len(source.ignored),
+            "boxes": box_settings, "model_init": (payload.get("model_build_config") or {}).get("init"),
+            "metadata_features": ((payload.get("model_build_config") or {}).get("metadata_features") or {}).get("features"),
             "elapsed_s": round(elapsed, 3), "compute_s": round(compute_s, 3), "model_s": round(model_s, 3),
         }, endpoint_url=endpoint)
     except BaseException:
@@ -363,9 +376,9 @@ def _score_locked(run: _Run, lease: Lease, filesystem) -> ScoreSummary:
         model_name=str(payload.get("model_name")), method=method, input_rows=source.total_rows, scored=scored,
         skipped=skipped, quarantined=quarantined, deferred=deferred, files=len(entries),
         bytes=sum(e["bytes"] for e in entries), elapsed_s=time.monotonic() - started, compute_s=compute_s,
-        model_s=model_s, actors=actor_plan.describe() if len(pending) else "0", commit=commit,
-        ignored=len(source.ignored), metadata_sources=_sum_counts(write.metadata_sources for write in sink.result),
-        ood_warning=origin["warning"],
+        model_s=model_s, unknown_size=unknown_size, actors=actor_plan.describe() if len(pending) else "0",
+        commit=commit, ignored=len(source.ignored),
+        metadata_sources=_sum_counts(write.metadata_sources for write in sink.result), ood_warning=origin["warning"],
     )
     return summary
 
@@ -435,7 +448,7 @@ def _input_dataset(config: ScoreConfig, source: ScoringInput, pending: pd.DataFr
         wanted = ray.put(frozenset(pending["image_index"]))
         stored = [c for c in columns if c != "metadata_source"]  # added by prepared_batch
         dataset = read_prepared(source.uri, columns=[*stored, "image"], endpoint_url=config.endpoint_url)
-        return dataset.map_batches(prepared_batch, fn_args=(wanted, int(source.prepared["size"]), config.endpoint_url),
+        return dataset.map_batches(prepared_batch, fn_args=(wanted, config.endpoint_url),
                                    batch_format="pyarrow", batch_size=config.batch_size * 4)
     return load_images(pending[columns].reset_index(drop=True), image_config, filesystem=filesystem,
                        num_cpus=config.decode_cpus, sizes=True)

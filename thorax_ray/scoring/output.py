@@ -154,6 +154,7 @@ class ScoresWrite:
     compute_s: float = 0.0  # time inside the scorer's batch calls
     model_s: float = 0.0  # of which: model forward / attribution (the rest: maps, encoding, boxes)
     metadata_sources: dict[str, int] = field(default_factory=dict)  # scored rows per metadata_source
+    unknown_size: int = 0  # scored rows with heatmaps whose original size was unknown (so no boxes)
 
 
 class ScoresDatasink(Datasink):
@@ -181,7 +182,7 @@ class ScoresDatasink(Datasink):
         names = self.schema.names
         writer = handle = None
         path = f"{base}/{STAGING_DIR}/{self.run_id}/scores/part-{ctx.task_idx:05d}-{uuid.uuid4().hex[:8]}.parquet"
-        rows, compute_s, model_s, quarantined, sources = 0, 0.0, 0.0, [], {}
+        rows, compute_s, model_s, quarantined, sources, unknown_size = 0, 0.0, 0.0, [], {}, 0
         try:
             for block in blocks:
                 table = BlockAccessor.for_block(block).to_arrow()
@@ -204,6 +205,8 @@ class ScoresDatasink(Datasink):
                 rows += good.num_rows
                 for entry in pc.value_counts(good.column("metadata_source").fill_null("none")).to_pylist():
                     sources[entry["values"]] = sources.get(entry["values"], 0) + entry["counts"]
+                if "boxes" in names:
+                    unknown_size += good.column("width").null_count
         finally:
             if writer is not None:
                 writer.close()
@@ -215,7 +218,7 @@ class ScoresDatasink(Datasink):
         frame = (pd.concat(quarantined, ignore_index=True) if quarantined
                  else pd.DataFrame({c: pd.Series(dtype=object) for c in ("image_index", "path", "stage", "reason")}))
         return ScoresWrite(files=files, quarantined=frame, compute_s=compute_s, model_s=model_s,
-                           metadata_sources=sources)
+                           metadata_sources=sources, unknown_size=unknown_size)
 
     def on_write_complete(self, write_result) -> None:
         self.result = list(write_result.write_returns)
@@ -377,9 +380,12 @@ def read_scores(out: str, model_id: str | None = None, *, columns: list[str] | N
 
     One row per (image_index, model_id): should two commits hold the same image for one model, the earliest
     committed row is kept. `frame.attrs["heatmap"]` holds the heatmap description (shape, dtype, classes,
-    ...) and `frame.attrs["feature_attributions"]` the feature names, `frame.attrs["split_hash"]` the split
-    the model was trained on and `frame.attrs["data_origin"]` what the model was trained on and what it
-    scored ({"model": "synthetic"|"real"|"unknown", "input": ..., "warning": str|None}), when all runs share one.
+    ...), `frame.attrs["feature_attributions"]` the feature names, `frame.attrs["split_hash"]` the split the
+    model was trained on, `frame.attrs["boxes"]` how boxes were made (incl. "min_probability": which
+    findings got them), `frame.attrs["model_init"]` how the model was initialised,
+    `frame.attrs["metadata_features"]` the metadata it saw and `frame.attrs["data_origin"]` what the model
+    was trained on and what it scored ({"model": "synthetic"|"real"|"unknown", "input": ..., "warning":
+    str|None}), when all runs share one.
     """
     uris = committed_files(out, model_id=model_id, run_id=run_id, endpoint_url=endpoint_url)  # commit order
     key = ["image_index", "model_id"]
@@ -395,7 +401,8 @@ def read_scores(out: str, model_id: str | None = None, *, columns: list[str] | N
     described = {}
     for record in committed_runs(out, model_id=model_id, endpoint_url=endpoint_url):
         if run_id is None or record["run_id"] == run_id:
-            for key in ("heatmap", "feature_attributions", "split_hash", "data_origin"):
+            for key in ("heatmap", "feature_attributions", "split_hash", "data_origin", "boxes", "model_init",
+                        "metadata_features"):
                 if record.get(key) is not None:
                     described.setdefault(key, []).append(json.dumps(record[key], sort_keys=True))
     for key, values in described.items():

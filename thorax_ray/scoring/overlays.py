@@ -1,18 +1,18 @@
 """Overlay PNGs of scored images: for each image, one panel per finding that is predicted
 (probability >= threshold) or labelled present (when the input has labels), showing the image with the
-finding's heatmap (upsampled like the boxes: bilinear, align_corners=False), its predicted boxes (red,
+finding's heatmap (upsampled like the boxes: bilinear between the cells' centres), its predicted boxes (red,
 dashed) and its ground-truth boxes (green, from BBox_List_2017.csv when the input dataset has one).
 An image with no such finding shows its most probable finding. matplotlib (Agg) is imported inside."""
 from __future__ import annotations
 
 import io
 import logging
+from collections.abc import Sequence
 
 import numpy as np
 
 from thorax_ray import storage
-from thorax_ray.attribution import decode_heatmaps
-from thorax_ray.attribution.boxes import upsample_maps
+from thorax_ray.attribution import centres_from_metadata, decode_heatmaps, upsample_maps
 from thorax_ray.labels import FINDING_COLUMNS, FINDINGS
 from thorax_ray.names import safe_name
 from thorax_ray.scoring.inputs import ScoringInput
@@ -41,25 +41,29 @@ def read_original(uri: str, *, endpoint_url: str | None = None) -> np.ndarray:
     return decode_gray8(fs.cat_file(path))
 
 
-def panel_findings(probabilities: np.ndarray, labels: np.ndarray | None, threshold: float) -> list[int]:
-    """Indices of the findings to draw: labelled ones first, then predicted, by probability."""
+def panel_findings(probabilities: np.ndarray, labels: np.ndarray | None,
+                   threshold: float | Sequence[float] | None) -> list[int]:
+    """Indices of the findings to draw: labelled ones first, then predicted (probability >= the finding's
+    threshold: one for all or one per finding; None: every finding), by probability."""
     order = [int(i) for i in np.argsort(-probabilities, kind="stable")]
     present = [i for i in order if labels is not None and labels[i] == 1]
-    predicted = [i for i in order if probabilities[i] >= threshold and i not in present]
+    gate = np.zeros(len(probabilities)) if threshold is None else np.broadcast_to(
+        np.asarray(threshold, dtype=np.float64), (len(probabilities),))
+    predicted = [i for i in order if probabilities[i] >= gate[i] and i not in present]
     chosen = (present + predicted)[:MAX_PANELS]
     return chosen or order[:1]
 
 
 def draw_overlay(image: np.ndarray, maps: np.ndarray, probabilities: np.ndarray, findings: list[int], *,
-                 predicted_boxes, truth_boxes, labels: np.ndarray | None, title: str):
-    """A figure with one panel per finding index in `findings`."""
+                 predicted_boxes, truth_boxes, labels: np.ndarray | None, title: str, centres=None):
+    """A figure with one panel per finding index in `findings` (`centres`: where the map cells sit)."""
     plt = _pyplot()
     from matplotlib.patches import Rectangle
 
     height, width = image.shape
     fig, axes = plt.subplots(1, len(findings), figsize=(4 * len(findings), 4.3), squeeze=False,
                              constrained_layout=True)
-    upsampled = upsample_maps(maps[findings], width, height)
+    upsampled = upsample_maps(maps[findings], width, height, centres)
     for ax, k, heat in zip(axes[0], findings, upsampled):
         name = FINDINGS[k]
         ax.imshow(image, cmap="gray", extent=(0, width, height, 0))
@@ -83,7 +87,8 @@ def draw_overlay(image: np.ndarray, maps: np.ndarray, probabilities: np.ndarray,
 
 
 def write_overlays(out: str, source: ScoringInput, folder: str, *, model_id: str, run_id: str | None = None,
-                   limit: int = 8, threshold: float = 0.5, endpoint_url: str | None = None) -> list[str]:
+                   limit: int = 8, threshold: float | Sequence[float] | None = 0.5,
+                   endpoint_url: str | None = None) -> list[str]:
     """Writes `limit` overlay PNGs (first images by name of this run, else of any committed run of the
     model that are in the input) to `folder` (local or s3://); returns their URIs."""
     if limit < 1:
@@ -99,6 +104,7 @@ def write_overlays(out: str, source: ScoringInput, folder: str, *, model_id: str
     if not len(frame):
         return []
     maps = decode_heatmaps(frame["heatmap"].tolist(), frame.attrs["heatmap"]["shape"])
+    centres = centres_from_metadata(frame.attrs["heatmap"])
     probabilities = frame[list(FINDING_COLUMNS)].to_numpy(dtype=np.float64)
     rows = source.rows.set_index("image_index")
     truth = None
@@ -124,7 +130,7 @@ def write_overlays(out: str, source: ScoringInput, folder: str, *, model_id: str
         predicted = list(row.boxes) if getattr(row, "boxes", None) is not None else []
         findings = panel_findings(probabilities[i], labels, threshold)
         fig = draw_overlay(image, maps[i], probabilities[i], findings, predicted_boxes=predicted,
-                           truth_boxes=truth_boxes, labels=labels,
+                           truth_boxes=truth_boxes, labels=labels, centres=centres,
                            title=f"{row.image_index} ({image.shape[1]}x{image.shape[0]}), model {model_id}")
         buffer = io.BytesIO()
         fig.savefig(buffer, dpi=_DPI, format="png", metadata={"Software": None})

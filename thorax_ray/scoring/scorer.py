@@ -18,6 +18,8 @@ from thorax_ray import storage
 from thorax_ray.accel import FastPath
 from thorax_ray.attribution import (DEFAULT_MAX_BOXES, DEFAULT_THRESHOLD, HEATMAP_SCHEMA_METADATA, boxes_for_batch,
                                     encode_heatmaps, get_method, normalise_maps)
+from thorax_ray.attribution.geometry import Centres, bin_centres, pooled_centres
+from thorax_ray.attribution.registry import ONE_FORWARD_METHODS
 from thorax_ray.data.decode import HEADER_BYTES, PNG_HEADER_BYTES, DecodeError, image_size
 from thorax_ray.data.pipeline import images_to_array
 from thorax_ray.labels import FINDING_COLUMNS
@@ -28,7 +30,7 @@ from thorax_ray.train.checkpoint import build_model, load_payload_and_id
 log = logging.getLogger(__name__)
 
 NO_METHOD = "none"  # probabilities only: no maps, no boxes
-DEFAULT_MAX_MAP_SIDE = 8  # maps with more cells per side are average-pooled to this (storage budget)
+DEFAULT_MAX_MAP_SIDE = 16  # maps with more cells per side are average-pooled to this (storage budget)
 DEFAULT_BOX_GRID = 128  # boxes are traced on a grid of at most this many pixels per side, then scaled
 
 
@@ -47,10 +49,25 @@ def map_shape(model: torch.nn.Module, contract: dict, max_side: int | None) -> t
     return (h, w), (h, w)
 
 
+def map_centres(model: torch.nn.Module, contract: dict, method: str, max_side: int | None) -> Centres:
+    """Where the stored maps' cells sit, as fractions of the image side: the receptive-field centres of the
+    feature-map positions for the CAM family (pooled like the maps when they are pooled), bin centres for
+    pixel methods (and models that do not say where their positions sit)."""
+    from thorax_ray.models import receptive_field_centres
+
+    (fh, fw), (h, w) = map_shape(model, contract, max_side)
+    cnn = getattr(model, "backbone", model)
+    if get_method(method).map_cells != "receptive_fields" or not hasattr(cnn, "map_stride"):
+        return bin_centres(h), bin_centres(w)
+    size = int(contract["size"])
+    rows, cols = receptive_field_centres(model, fh, size), receptive_field_centres(model, fw, size)
+    return (pooled_centres(rows, h) if h != fh else rows), (pooled_centres(cols, w) if w != fw else cols)
+
+
 def heatmap_description(model: torch.nn.Module, contract: dict, method: str, max_side: int | None) -> dict:
     """HEATMAP_SCHEMA_METADATA of the stored maps, plus where they come from."""
     (fh, fw), (h, w) = map_shape(model, contract, max_side)
-    description = HEATMAP_SCHEMA_METADATA(h, w, method)
+    description = HEATMAP_SCHEMA_METADATA(h, w, method, map_centres(model, contract, method, max_side))
     description.update({
         "scored_image_size": int(contract["size"]),
         "feature_map": [fh, fw],
@@ -66,9 +83,11 @@ def heatmap_description(model: torch.nn.Module, contract: dict, method: str, max
 _WANTED_CACHE: dict[str, frozenset] = {}
 
 
-def prepared_batch(table: pa.Table, wanted_ref, stored_size: int, endpoint_url: str | None) -> pa.Table:
+def prepared_batch(table: pa.Table, wanted_ref, endpoint_url: str | None) -> pa.Table:
     """Rows of prepared shards: keeps the wanted images and adds width/height of their source image (a
-    ranged read of its header; the stored size when the source cannot be read) and ok/stage/reason."""
+    ranged read of its header: 24 bytes for a PNG, more for JPEG and DICOM) and ok/stage/reason. When the
+    source cannot be read its size is unknown (null): the row is scored (probabilities, heatmap) but gets
+    no boxes, and the run counts it."""
     import ray
 
     key = wanted_ref.hex()
@@ -79,7 +98,7 @@ def prepared_batch(table: pa.Table, wanted_ref, stored_size: int, endpoint_url: 
     mask = np.fromiter((name in wanted for name in table.column("image_index").to_pylist()), bool, table.num_rows)
     table = table.filter(pa.array(mask))
 
-    def size_of(uri: str | None) -> tuple[int, int]:
+    def size_of(uri: str | None) -> tuple[int | None, int | None]:
         if uri:
             try:
                 fs, path = storage.filesystem(uri, endpoint_url=endpoint_url)
@@ -87,9 +106,9 @@ def prepared_batch(table: pa.Table, wanted_ref, stored_size: int, endpoint_url: 
                     return image_size(fs.cat_file(path, start=0, end=PNG_HEADER_BYTES))
                 except DecodeError:
                     return image_size(fs.cat_file(path, start=0, end=HEADER_BYTES))
-            except Exception:  # noqa: BLE001 - source moved/deleted: fall back to the stored frame
+            except Exception:  # noqa: BLE001 - source moved/deleted: the original frame is unknown (counted)
                 pass
-        return stored_size, stored_size
+        return None, None
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         sizes = list(pool.map(size_of, table.column("path").to_pylist()))
@@ -116,7 +135,7 @@ class Scorer:
 
     def __init__(self, *, checkpoint_dir: str, model_id: str, method: str, method_options: dict | None = None,
                  stored_size: int | None = None, run_id: str, batch_date: str, max_map_side: int | None,
-                 box_min_probability: float | None = 0.5, box_threshold: float = DEFAULT_THRESHOLD,
+                 box_min_probability: float | tuple[float, ...] | None = 0.5, box_threshold: float = DEFAULT_THRESHOLD,
                  max_boxes: int = DEFAULT_MAX_BOXES, box_grid: int | None = DEFAULT_BOX_GRID,
                  endpoint_url: str | None = None, threads: int | None = None,
                  fail_after_rows: int | None = None):
@@ -129,7 +148,7 @@ class Scorer:
         self.model = build_model(payload).to(self.device)
         self.contract = payload["preprocessing"]
         self.spec = self.model.spec
-        # GPU: bf16 autocast (predictions and fast_cam), channels_last, pinned non-blocking copies; CPU: off.
+        # GPU: bf16 autocast (predictions and cam/fast_cam), channels_last, pinned non-blocking copies; CPU: off.
         self.fast = FastPath.for_device(self.device, compile=False, images=self.spec.uses_images)
         self.fast.setup()
         self.features = self.model.metadata_features if self.spec.uses_metadata else None
@@ -139,6 +158,7 @@ class Scorer:
         self.maps = uses_maps(self.model, method)
         self.attributions = method != NO_METHOD and not self.spec.uses_images
         self.map_size = map_shape(self.model.cpu(), self.contract, max_map_side)[1] if self.maps else None
+        self.centres = map_centres(self.model, self.contract, method, max_map_side) if self.maps else None
         self.model = self.fast.prepare_model(self.model)
         self.schema = pipeline_schema(score_schema(maps=self.maps, feature_attributions=self.attributions))
         self.model_id, self.run_id, self.batch_date = model_id, run_id, batch_date
@@ -168,7 +188,7 @@ class Scorer:
             attribution = None
         else:
             # bf16 for the one-forward maps; Captum's gradient/perturbation methods stay in fp32.
-            with self.fast.autocast() if self.method_name == "fast_cam" else contextlib.nullcontext():
+            with self.fast.autocast() if self.method_name in ONE_FORWARD_METHODS else contextlib.nullcontext():
                 attribution = self.method.attribute(images, features)
             logits = attribution.logits
         probabilities = torch.sigmoid(logits.detach().float()).cpu().numpy()
@@ -188,23 +208,33 @@ class Scorer:
             out["feature_attributions"] = [np.ascontiguousarray(v).tobytes() for v in values]
         return out, model_s
 
-    def _boxes(self, maps_uint8: np.ndarray, probabilities: np.ndarray, widths: list[int],
-               heights: list[int]) -> list[list[dict]]:
+    def _boxes(self, maps_uint8: np.ndarray, probabilities: np.ndarray, widths: list[int | None],
+               heights: list[int | None]) -> list[list[dict] | None]:
         """`boxes_for_batch` in original-image pixels, traced on a grid of at most `box_grid` pixels per
         side (the same bilinear upsampling, at lower resolution) and scaled: a 1024 px image costs as
-        much as a 128 px one, for a precision of 8 px (an 8x8 map cell spans 128 px)."""
+        much as a 128 px one, for a precision of 8 px (an 8x8 map cell spans 128 px). Rows whose original
+        size is unknown (None) get None: no boxes, rather than boxes in a frame they are not in."""
+        known = [i for i, (w, h) in enumerate(zip(widths, heights)) if w and h]
+        out: list[list[dict] | None] = [None] * len(widths)
+        if not known:
+            return out
+        maps_uint8, probabilities = maps_uint8[known], probabilities[known]
+        widths, heights = [widths[i] for i in known], [heights[i] for i in known]
         grid_w, grid_h = [], []
         for width, height in zip(widths, heights):
             scale = min(1.0, self.box_grid / max(width, height)) if self.box_grid else 1.0
             grid_w.append(max(1, round(width * scale)))
             grid_h.append(max(1, round(height * scale)))
-        boxes = boxes_for_batch(maps_uint8, grid_w, grid_h, probabilities=probabilities, **self.box_options)
+        boxes = boxes_for_batch(maps_uint8, grid_w, grid_h, probabilities=probabilities, centres=self.centres,
+                                **self.box_options)
         for image, width, height, gw, gh in zip(boxes, widths, heights, grid_w, grid_h):
             if (gw, gh) != (width, height):
                 sx, sy = width / gw, height / gh
                 for box in image:
                     box.update(x=box["x"] * sx, y=box["y"] * sy, w=box["w"] * sx, h=box["h"] * sy)
-        return boxes
+        for i, image in zip(known, boxes):
+            out[i] = image
+        return out
 
     def __call__(self, table: pa.Table) -> pa.Table:
         started = time.perf_counter()

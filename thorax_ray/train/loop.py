@@ -20,8 +20,9 @@ from thorax_ray.accel import FastPath
 from thorax_ray.cluster import fake_gpus
 from thorax_ray.losses import build_loss
 from thorax_ray.metrics import mean_auroc, per_class_auroc
-from thorax_ray.models import MetadataFeatures, create_model
+from thorax_ray.models import MetadataFeatures, create_model, model_initialisation
 from thorax_ray.predict import Predictions, predict_batches
+from thorax_ray.thresholds import operating_points
 from thorax_ray.train.augment import augment_batch
 from thorax_ray.train.batches import normalise_images
 from thorax_ray.train.checkpoint import (checkpoint_dir_name, latest_loadable,
@@ -29,18 +30,15 @@ from thorax_ray.train.checkpoint import (checkpoint_dir_name, latest_loadable,
 from thorax_ray.train.collectives import Collectives
 from thorax_ray.train.config import TrainConfig, preprocessing_contract
 from thorax_ray.train.feeds import DatasetFeed, TensorFeed, epoch_seed
+from thorax_ray.train.lr_schedule import build_scheduler, describe_lr, effective_lr
 
 
 def model_kwargs(config: TrainConfig) -> dict:
-    return {"backbone": config.model.backbone} if config.model.name == "fusion" else {}
-
-
-def build_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer):
-    if config.optim.scheduler == "plateau":
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.1, patience=1)
-    if config.optim.scheduler == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.optim.epochs)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0)
+    kwargs = {"backbone": config.model.backbone} if config.model.name == "fusion" else {}
+    if config.model.output_stride is not None:  # small_cnn's map resolution (ModelConfig)
+        stride = {"output_stride": config.model.output_stride}
+        kwargs.update({"backbone_kwargs": stride} if config.model.name == "fusion" else stride)
+    return kwargs
 
 
 def restore_state(run_dir: str, endpoint: str | None) -> dict | None:
@@ -139,8 +137,10 @@ def start_worker(loop_config: dict) -> Worker:
     if state is not None:
         model.load_state_dict(state["model_state"], strict=True)
     model = fast.prepare_model(model)  # on the device; channels_last for image models on GPU
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay)
-    scheduler = build_scheduler(config, optimizer)
+    global_batch = config.batch_size * world  # lr rule: thorax_ray/train/lr_schedule.py
+    optimizer = torch.optim.Adam(model.parameters(), lr=effective_lr(config.optim, global_batch),
+                                 betas=config.optim.betas, weight_decay=config.optim.weight_decay)
+    scheduler = build_scheduler(config.optim, optimizer)
     if state is not None:
         optimizer.load_state_dict(state["optimizer_state"])
         scheduler.load_state_dict(state["scheduler_state"])
@@ -164,7 +164,7 @@ def start_worker(loop_config: dict) -> Worker:
         worker.resumes = [*state.get("resumes", []), {"after_epoch": state["epoch"],
                                                       "at": time.strftime("%Y-%m-%dT%H:%M:%S")}]
         worker.say(f"resuming after epoch {state['epoch']} (checkpoints of epochs {[h['epoch'] for h in worker.history]})")
-    worker.say(f"device {fast.describe()}; {world} worker(s) x batch {config.batch_size}")
+    worker.say(f"device {fast.describe()}; {describe_lr(config.optim, global_batch)} ({world} x {config.batch_size})")
     return worker
 
 
@@ -200,10 +200,13 @@ def validate(worker: Worker, epoch: int, *, train_loss: float, train_images: int
         predictions = Predictions.concatenate(shares)
         predictions.check_unique()
         aurocs = per_class_auroc(predictions.labels, predictions.probabilities) if len(predictions.labels) else {}
+        # Per-class thresholds for this epoch's weights, chosen on these validation predictions: the
+        # checkpoint carries them and scoring gates boxes and overlays with them (thorax_ray/thresholds.py).
+        points = operating_points(predictions.labels, predictions.probabilities) if len(predictions.labels) else None
         now = time.monotonic()
         record = {"epoch": epoch, "train_loss": train_loss, "train_images": train_images,
-                  "train_seconds": train_seconds, "val_seconds": now - began,
-                  "val_images": len(predictions.image_index), "val": {"auroc": aurocs, "mean_auroc": mean_auroc(aurocs)},
+                  "train_seconds": train_seconds, "val_seconds": now - began, "val_images": len(predictions.image_index),
+                  "val": {"auroc": aurocs, "mean_auroc": mean_auroc(aurocs), "operating_points": points},
                   "lr": worker.optimizer.param_groups[0]["lr"], "seconds": now - started}
     return worker.collectives.broadcast_object(record)
 
@@ -215,10 +218,7 @@ def end_epoch(worker: Worker, record: dict, started: float) -> None:
 
     config, epoch = worker.config, record["epoch"]
     val_mean = record["val"]["mean_auroc"]
-    if config.optim.scheduler == "plateau":
-        worker.scheduler.step(val_mean if val_mean is not None else 0.0)
-    else:
-        worker.scheduler.step()
+    worker.scheduler.step(val_mean)  # warm-up, then plateau (on this metric), cosine or none
     worker.history.append(record)
     if val_mean is not None and (worker.best is None or val_mean > worker.best["val"]["mean_auroc"]):
         worker.best = {"epoch": epoch, "checkpoint": checkpoint_dir_name(epoch), "val": record["val"]}
@@ -248,7 +248,8 @@ def checkpoint_payload(worker: Worker, epoch: int) -> dict:
             "scheduler_state": worker.scheduler.state_dict(), "epoch": epoch, "epochs_from": 1,
             "config": config.to_dict(), "preprocessing": worker.contract, "split_hash": info["split_hash"],
             "seed": config.run.seed, "history": worker.history, "best": worker.best, "resumes": worker.resumes,
-            "run_name": info["run_name"], "data_origin": info.get("data_origin")}
+            "run_name": info["run_name"], "data_origin": info.get("data_origin"),
+            "operating_points": worker.history[-1]["val"]["operating_points"]}
 
 
 def train_step(trained: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_fn, batch, *, spec, contract: dict,
@@ -275,6 +276,7 @@ def run_summary(config: TrainConfig, info: dict, history: list[dict], best: dict
             "data": config.data.data, "best_epoch": best["epoch"] if best else None,
             "best_checkpoint": best["checkpoint"] if best else None,
             "val": best["val"] if best else None, "epochs_run": len(history), "history": history, "resumes": resumes,
+            "init": model_initialisation(config.model.name, config.model.pretrained, config.model.backbone),
             "config": config.to_dict()}
 
 

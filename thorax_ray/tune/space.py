@@ -32,10 +32,10 @@ NOT_SEARCHABLE = {"run.name": "set per trial", "run.storage": "set by --storage"
                   "data.data": "set by --data or base", "data.s3_endpoint": "set by --s3-endpoint",
                   "optim.epochs": "it is ASHA's budget; set it in base (or --epochs)"}
 # Fields that apply only when another field has a given value; elsewhere they are dropped (inactive),
-# so that e.g. `loss.kind: choice [bce, weighted_bce]` can be searched together with `loss.pos_weight_scale`.
+# so that e.g. `loss.kind: choice [bce, class_balanced_bce]` can be searched together with `loss.pos_weight_scale`.
 ACTIVE_WHEN: dict[tuple[str, str], tuple[str, str, str]] = {
-    ("loss", "pos_weight_scale"): ("loss", "kind", "weighted_bce"),
-    ("loss", "per_class_pos_weight"): ("loss", "kind", "weighted_bce"),
+    ("loss", "pos_weight_scale"): ("loss", "kind", "class_balanced_bce"),
+    ("loss", "per_class_pos_weight"): ("loss", "kind", "class_balanced_bce"),
     ("loss", "focal_gamma"): ("loss", "kind", "focal"),
     ("loss", "focal_alpha"): ("loss", "kind", "focal"),
     ("model", "backbone"): ("model", "name", "fusion"),
@@ -293,7 +293,7 @@ def _probe_values(param: Param) -> list:
 
 def _check_value(base: dict, section: str, key: str, value: Any, where: str) -> None:
     """Builds the TrainConfig `value` would give, with the field made active (e.g. loss.kind set to
-    weighted_bce for loss.pos_weight_scale), so that type and range errors surface now."""
+    class_balanced_bce for loss.pos_weight_scale), so that type and range errors surface now."""
     if key:
         if section == "model" and key == "name":
             _check_architecture(value, where)
