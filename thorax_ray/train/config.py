@@ -65,14 +65,12 @@ class ModelConfig:
     output_stride: int | None = None
 
     def __post_init__(self) -> None:
-        cnn = self.backbone if self.name == "fusion" else self.name
-        if self.output_stride is not None and cnn != "small_cnn":
-            raise ValueError(f"output_stride applies to small_cnn (or fusion with backbone small_cnn), not {cnn!r}")
-
-    def __post_init__(self) -> None:
         """Names checked against the model registry, so a typo fails before Ray starts."""
         from thorax_ray.models import MetadataFeatures, list_models
 
+        cnn = self.backbone if self.name == "fusion" else self.name
+        if self.output_stride is not None and cnn != "small_cnn":
+            raise ValueError(f"output_stride applies to small_cnn (or fusion with backbone small_cnn), not {cnn!r}")
         if self.name not in list_models():
             raise ValueError(f"unknown architecture {self.name!r}; registered: {list_models()}")
         if self.backbone not in list_models("image"):
