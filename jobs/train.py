@@ -128,4 +128,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    run_main(main)
+    run_main(main, on_interrupt="training stopped; the epochs already checkpointed stay in the run folder and the same command resumes after the last of them")

@@ -95,4 +95,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    run_main(main)
+    run_main(main, on_interrupt="the sweep stopped; finished trials are kept and the same command resumes the experiment")

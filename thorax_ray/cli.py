@@ -6,6 +6,8 @@ import logging
 import sys
 from collections.abc import Callable
 
+from thorax_ray.interrupts import Interrupted, interruptible
+
 
 def setup_logging(verbose: bool = False) -> None:
     logging.basicConfig(
@@ -15,13 +17,23 @@ def setup_logging(verbose: bool = False) -> None:
     )
 
 
-def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> None:
-    """Runs a job's main; a ValueError/FileNotFoundError (bad input) ends with one clear line, exit 2."""
-    try:
-        sys.exit(main(argv))
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+UNCOMMITTED = "nothing of this run was committed and what it had staged was removed; committed outputs are as they were"
+
+
+def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = None, *,
+             on_interrupt: str = UNCOMMITTED) -> None:
+    """Runs a job's main: a ValueError/FileNotFoundError (bad input) ends with one clear line and exit 2;
+    Ctrl-C or SIGTERM (see thorax_ray.interrupts) unwinds the job (its `finally`/`except BaseException`
+    clean-ups run, the private Ray stops with the process), prints one line saying so and exits 130/143."""
+    with interruptible():
+        try:
+            sys.exit(main(argv))
+        except Interrupted as stop:
+            print(f"interrupted ({stop.name}): {on_interrupt}", file=sys.stderr)
+            sys.exit(stop.exit_code)
+        except (ValueError, FileNotFoundError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(2)
 
 
 def add_s3_endpoint_argument(parser) -> None:

@@ -31,7 +31,7 @@ def probe(job: str, *args: str, names: tuple[str, ...], absent: tuple = (), afte
     `after_ray`: the job fails after joining Ray, whose INFO lines about connecting are not counted."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     result = subprocess.run([sys.executable, f"jobs/{job}.py", *map(str, args)], cwd=REPO, capture_output=True,
-                            text=True, timeout=timeout, env={**env, "RAY_AUTH_MODE": "disabled"})
+                            text=True, timeout=timeout, env=env)  # the session's token, for jobs joining its Ray
     lines = [line for line in result.stderr.strip().splitlines() if not (after_ray and RAY_LOG_LINE.match(line))]
     assert result.returncode != 0, result.stdout + result.stderr
     assert len(lines) == 1, result.stderr

@@ -39,6 +39,16 @@ def free_ports(count: int) -> list[int]:
     return ports
 
 
+def node_ports() -> list[str]:
+    """Free ports for the head's servers: the defaults (e.g. the dashboard agent's 52365) may be held by the
+    test session's own Ray, and a head whose agent cannot bind answers job submissions with "No available
+    agent to submit job"."""
+    manager, objects, agent, agent_grpc, runtime_env, metrics = free_ports(6)
+    return [f"--node-manager-port={manager}", f"--object-manager-port={objects}",
+            f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={agent_grpc}",
+            f"--runtime-env-agent-port={runtime_env}", f"--metrics-export-port={metrics}"]
+
+
 def autoscaler_config(gcs_address: str) -> dict:
     """A head without GPUs and one GPU node type that starts at zero (as every type of cluster.yaml)."""
     return {
@@ -88,7 +98,7 @@ def autoscaling_cluster(tmp_path_factory, s3_server):
                RAY_FAKE_CLUSTER="1", AUTOSCALER_UPDATE_INTERVAL_S="1", **{FAKE_GPUS_ENV: "1"})
     head = subprocess.Popen([os.path.join(VENV_BIN, "ray"), "start", "--head", "--block", f"--port={gcs}",
                              f"--autoscaling-config={config_path}", "--num-cpus=3", "--include-dashboard=true",
-                             "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}"],
+                             "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", *node_ports()],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         cluster = Cluster(f"http://127.0.0.1:{dashboard}", token, config_path)

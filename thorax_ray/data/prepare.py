@@ -86,25 +86,11 @@ def _prepare_locked(config: PrepareConfig, lease, filesystem) -> PrepareSummary:
                                                 endpoint_url=endpoint)
     version = new_version()
     size = config.image.size
-    rows_per_file = max(64, config.target_file_mb * 2**20 // (size * size))
-    sink = PreparedShardsDatasink(config.out, version, shard_contract(size, manifest_summary.split_hash),
-                                  rows_per_file=rows_per_file, compression=config.compression,
-                                  endpoint_url=endpoint)
-    # A seeded random row order: the CSV is sorted by patient and follow-up, and training mixes rows only
-    # within a shuffle buffer, so shards in CSV order would give batches of one or two patients.
-    shuffled = manifest.sample(frac=1.0, random_state=config.seed).reset_index(drop=True)
-    load_images(shuffled, config.image, filesystem=filesystem).write_datasink(sink)
-
-    files = [{"split": split, "path": relative_to(config.out, path, endpoint_url=endpoint), "rows": rows}
-             for w in sink.result for split, path, rows in w.files]
-    quarantine = pd.concat([w.quarantined for w in sink.result] + [pd.DataFrame(columns=list(QUARANTINE_COLUMNS))],
-                           ignore_index=True)
-    written = {s: sum(f["rows"] for f in files if f["split"] == s) for s in SPLITS}
-    _check_every_row_once(manifest, written, quarantine)
-
-    folder = storage.join(config.out, version_dir(version))
-    write_manifest(manifest, storage.join(folder, "manifest.parquet"), manifest_summary, endpoint_url=endpoint)
-    write_table(quarantine, storage.join(folder, "quarantine.parquet"), endpoint_url=endpoint)
+    try:
+        files, written, quarantine = _write_version(config, version, manifest, manifest_summary, filesystem)
+    except BaseException:  # an error, Ctrl-C or SIGTERM: this version was never committed; nothing of it stays
+        _remove_folder(storage.join(config.out, version_dir(version)), endpoint)
+        raise
     summary = PrepareSummary(out=config.out, version=version, written=written,
                              quarantined=quarantine["reason"].value_counts().to_dict(),
                              manifest_rows=len(manifest), elapsed_s=time.monotonic() - started)
@@ -121,6 +107,40 @@ def _prepare_locked(config: PrepareConfig, lease, filesystem) -> PrepareSummary:
                                                       endpoint_url=endpoint)
     summary.elapsed_s = time.monotonic() - started
     return summary
+
+
+def _write_version(config: PrepareConfig, version: str, manifest: pd.DataFrame, manifest_summary, filesystem):
+    """Shards, manifest and quarantine of `version` under OUT/versions/<version>/ (not committed yet);
+    returns (files of the commit record, rows written per split, quarantine)."""
+    endpoint = config.image.endpoint_url
+    size = config.image.size
+    rows_per_file = max(64, config.target_file_mb * 2**20 // (size * size))
+    sink = PreparedShardsDatasink(config.out, version, shard_contract(size, manifest_summary.split_hash),
+                                  rows_per_file=rows_per_file, compression=config.compression,
+                                  endpoint_url=endpoint)
+    # A seeded random row order: the CSV is sorted by patient and follow-up, and training mixes rows only
+    # within a shuffle buffer, so shards in CSV order would give batches of one or two patients.
+    shuffled = manifest.sample(frac=1.0, random_state=config.seed).reset_index(drop=True)
+    load_images(shuffled, config.image, filesystem=filesystem).write_datasink(sink)
+    files = [{"split": split, "path": relative_to(config.out, path, endpoint_url=endpoint), "rows": rows}
+             for w in sink.result for split, path, rows in w.files]
+    quarantine = pd.concat([w.quarantined for w in sink.result] + [pd.DataFrame(columns=list(QUARANTINE_COLUMNS))],
+                           ignore_index=True)
+    written = {s: sum(f["rows"] for f in files if f["split"] == s) for s in SPLITS}
+    _check_every_row_once(manifest, written, quarantine)
+    folder = storage.join(config.out, version_dir(version))
+    write_manifest(manifest, storage.join(folder, "manifest.parquet"), manifest_summary, endpoint_url=endpoint)
+    write_table(quarantine, storage.join(folder, "quarantine.parquet"), endpoint_url=endpoint)
+    return files, written, quarantine
+
+
+def _remove_folder(uri: str, endpoint: str | None) -> None:
+    fs, path = storage.filesystem(uri, endpoint_url=endpoint)
+    try:
+        if fs.exists(path):
+            fs.rm(path, recursive=True)
+    except FileNotFoundError:
+        pass
 
 
 def _kept_versions(previous: dict | None, keep_hours: float) -> list[dict]:
