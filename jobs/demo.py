@@ -19,9 +19,13 @@ from thorax_ray.ray_setup import init_ray
 from thorax_ray.synthetic.demo import DEMO_DATA, DEMO_DIFFICULTY, DEMO_IMAGES, DEMO_SIZE, ensure_demo_dataset
 
 DEMO_MODELS = {  # name -> model section
-    "small_cnn": {"name": "small_cnn"},
+    # output stride 8: 16x16 heatmaps at 128 px, fine enough to box the small findings (nodules, masses)
+    "small_cnn": {"name": "small_cnn", "output_stride": 8},
+    # patient information alone (age, sex, view position), and with follow-up # (a care-intensity proxy that
+    # differs between the official train and test lists; shown beside, not in, the CNN comparison)
     "mlp": {"name": "mlp"},
-    "fusion": {"name": "fusion", "backbone": "small_cnn"},
+    "mlp_follow_up": {"name": "mlp", "metadata_features": ["age", "sex", "view_position", "follow_up"]},
+    "fusion": {"name": "fusion", "backbone": "small_cnn", "output_stride": 8},
 }
 
 
@@ -37,6 +41,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=2, help="Ray Train workers of each model")
     parser.add_argument("--out", default="out/demo", help="runs, scores and the evaluation go here")
     parser.add_argument("--seed", type=int, default=0, help="seed of the data and the models")
+    parser.add_argument("--verbose", action="store_true", help="Ray's own output on the console too")
     return parser.parse_args(argv)
 
 
@@ -65,7 +70,7 @@ def train_models(prepared: str, args: argparse.Namespace) -> dict[str, str]:
     epochs = args.epochs
     for name, model in DEMO_MODELS.items():
         config = TrainConfig.from_dict({
-            "data": {"data": prepared, "size": args.size, "batch_size": 32},
+            "data": {"data": prepared, "size": args.size, "batch_size": 32 if model["name"] != "mlp" else 256},
             "model": model, "optim": {"epochs": epochs, "lr": 2e-3, "scheduler": "cosine"},
             "run": {"storage": os.path.join(args.out, "runs"), "name": f"demo-{name}", "workers": args.workers,
                     "seed": args.seed},
@@ -103,8 +108,8 @@ def evaluate(outputs: dict[str, str], data: str, args: argparse.Namespace) -> di
 
 
 def main(argv: list[str] | None = None) -> int:
-    setup_logging()
     args = parse_args(argv)
+    setup_logging(args.verbose)
     started = time.monotonic()
     stage("dataset", started)
     generated = ensure_demo_dataset(args.data, images=args.images, size=args.image_size, seed=args.seed,
@@ -115,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
             if os.path.exists(stale):
                 print(f"[demo] new dataset: removing {stale} (made from the previous one)")
                 shutil.rmtree(stale)
-    init_ray()
+    init_ray(verbose=args.verbose)
     stage(f"prepare -> {prepared}", started)
     prepare_shards(args.data, prepared, args.size)
     stage("train small_cnn, mlp, fusion", started)

@@ -60,8 +60,8 @@ def named_scores(values: list[str]) -> tuple[tuple[str, str], ...]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    setup_logging()
     args = parse_args(argv)
+    setup_logging(args.verbose)
     require_inputs({"--data": args.data, "--checkpoint": args.checkpoint}, endpoint_url=args.s3_endpoint)
     if args.scores:  # reads Parquet and computes on this process: no Ray needed
         config = EvaluationConfig(scores=named_scores(args.scores), data=args.data, out=args.out, split=args.split,
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     from thorax_ray.train.checkpoint import resolve_checkpoint
 
     resolve_checkpoint(args.checkpoint, endpoint_url=args.s3_endpoint)  # a folder without a checkpoint: fail now
-    init_ray(args.address)
+    init_ray(args.address, verbose=args.verbose)
     metrics = evaluate_checkpoint(args.checkpoint, args.data, args.split, s3_endpoint=args.s3_endpoint)
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "metrics.json")

@@ -45,8 +45,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    setup_logging()
     args = parse_args(argv)
+    setup_logging(args.verbose)
     config = PrepareConfig(  # the typed configs check sizes and fractions before Ray starts
         data=args.data, out=args.out, metadata=args.metadata, overwrite=args.overwrite,
         target_file_mb=args.target_file_mb, seed=args.seed, keep_previous_hours=args.keep_previous_hours,
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
                           required=TRAINING_SPLITS),
     )
     require_inputs({"--data": args.data}, endpoint_url=args.s3_endpoint)
-    local = init_ray(args.address)
+    local = init_ray(args.address, verbose=args.verbose)
     print(prepare(config, capacity=cluster_capacity(args.cluster_config, local=local)).format())
     return 0
 

@@ -93,8 +93,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    setup_logging()
     args = parse_args(argv)
+    setup_logging(args.verbose)
     config = ScoreConfig(
         checkpoint=args.checkpoint, input=args.input, out=args.out, metadata=args.metadata, method=args.method,
         batch_size=args.batch_size, use_gpu=args.use_gpu or "auto", gpus_per_actor=args.gpus_per_actor,
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     require_inputs({"--checkpoint": config.checkpoint, "--input": config.input}, endpoint_url=config.endpoint_url)
     resolve_checkpoint(config.checkpoint, endpoint_url=config.endpoint_url)  # a folder with no checkpoint: fail now
-    local = init_ray(args.address)
+    local = init_ray(args.address, verbose=args.verbose)
     try:
         summary = score(config, capacity=cluster_capacity(config.cluster_config, local=local))
     except LeaseBusy as busy:

@@ -106,13 +106,13 @@ def check_inputs(config: TrainConfig, args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    setup_logging()
     args = parse_args(argv)
+    setup_logging(args.verbose)
     config = build_config(args)  # validated (values, names, YAML) before anything starts
     check_inputs(config, args)
     if args.data is None and not args.config:
         ensure_demo_dataset(config.data.data)
-    local = init_ray(args.address)
+    local = init_ray(args.address, verbose=args.verbose)
     capacity = cluster_capacity(config.run.cluster_config, local=local)
     if args.data is None and not args.config:
         config = cpu_demo_profile(config, args, capacity)

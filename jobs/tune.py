@@ -59,8 +59,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    setup_logging()
     args = parse_args(argv)
+    setup_logging(args.verbose)
     space = load_space(args.space)
     overrides = overrides_from_flags(args, FLAGS)
     if overrides:
@@ -69,12 +69,12 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or f"out/tune-{name}"
     base = space.base_config()
     require_inputs({"--data": base.data.data}, endpoint_url=base.data.s3_endpoint)  # before Ray starts
-    local = init_ray(args.address)
+    local = init_ray(args.address, verbose=args.verbose)
     capacity = cluster_capacity(base.run.cluster_config, local=local)
     from thorax_ray.tune.sweep import run_sweep
 
     outcome = run_sweep(space, storage_uri=args.storage, name=name, out_dir=out, trials=args.trials,
-                        max_concurrent=args.max_concurrent, capacity=capacity)
+                        max_concurrent=args.max_concurrent, capacity=capacity, verbose=1 if args.verbose else 0)
     rows = outcome.rows
     early = sum(r.stopped_early for r in rows)
     print(f"\n[tune] {len(rows)} trials ({early} stopped early by ASHA, "

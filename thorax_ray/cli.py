@@ -6,15 +6,16 @@ import logging
 import sys
 from collections.abc import Callable
 
-from thorax_ray.interrupts import Interrupted, interruptible
+from thorax_ray.interrupts import as_interrupted, interruptible
 
 
 def setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
+    """thorax_ray's own INFO lines (what a stage is doing) on the console; other libraries' only from
+    WARNING up, or everything at DEBUG with --verbose."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s" if verbose else "%(message)s",
+                        datefmt="%H:%M:%S", force=True)
+    logging.getLogger("thorax_ray").setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
 UNCOMMITTED = "nothing of this run was committed and what it had staged was removed; committed outputs are as they were"
@@ -28,7 +29,8 @@ def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = N
     with interruptible():
         try:
             sys.exit(main(argv))
-        except Interrupted as stop:
+        except KeyboardInterrupt as error:  # Interrupted, or what Ray's blocking calls make of it
+            stop = as_interrupted(error)
             print(f"interrupted ({stop.name}): {on_interrupt}", file=sys.stderr)
             sys.exit(stop.exit_code)
         except (ValueError, FileNotFoundError) as error:
@@ -41,8 +43,11 @@ def add_s3_endpoint_argument(parser) -> None:
 
 
 def add_cluster_arguments(parser) -> None:
-    """--s3-endpoint and --address, shared by every job that runs on Ray."""
+    """--s3-endpoint, --address and --verbose, shared by every job that runs on Ray."""
     add_s3_endpoint_argument(parser)
+    parser.add_argument("--verbose", action="store_true",
+                        help="Ray's own output on the console too (workers' logs and report lines, progress bars) "
+                             "and DEBUG logging; it is always in Ray's log folder")
     parser.add_argument("--address", help="Ray cluster to join ('auto': the one `ray start` runs here; default: "
                                           "RAY_ADDRESS, set for jobs run by `ray job submit`, else a new local Ray)")
 

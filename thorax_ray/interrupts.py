@@ -35,8 +35,20 @@ class Interrupted(KeyboardInterrupt):
         return 128 + self.signum
 
 
+_received: list[int] = []  # signals seen by the handler, newest last
+
+
 def _raise(signum: int, frame) -> None:
+    _received.append(int(signum))
     raise Interrupted(signum)
+
+
+def as_interrupted(error: KeyboardInterrupt) -> Interrupted:
+    """An `Interrupted` for any KeyboardInterrupt: code that waits in C (Ray's `ray.get`) turns a pending
+    signal into a plain KeyboardInterrupt after our handler ran; the handler recorded which signal it was."""
+    if isinstance(error, Interrupted):
+        return error
+    return Interrupted(_received[-1] if _received else signal.SIGINT)
 
 
 @contextmanager

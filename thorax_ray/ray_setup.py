@@ -11,9 +11,12 @@ keeps other machines out while the job runs.
 """
 from __future__ import annotations
 
+import logging
 import os
 import secrets
+import signal
 import socket
+import threading
 
 # A local Ray advertises this many logical CPUs beyond the machine's cores, so that the Ray Data
 # pipeline (readers/decoders) can run beside training workers that each hold one CPU; otherwise a
@@ -32,12 +35,22 @@ def use_private_token() -> None:
     os.environ[AUTH_TOKEN_ENV] = secrets.token_hex(32)
 
 
-def init_ray(address: str | None = None, **kwargs) -> bool:
-    """Connects to Ray (see the module docstring); returns True when it started a private local Ray."""
+def init_ray(address: str | None = None, *, verbose: bool = False, **kwargs) -> bool:
+    """Connects to Ray (see the module docstring); returns True when it started a private local Ray.
+
+    Unless `verbose`, Ray stays off the console: its workers' output (per-rank report lines, progress bars
+    of the training workers' data iterators) is not forwarded to the driver, its driver-side progress bars
+    and INFO lines are off; the jobs print one progress line per stage and one line per epoch themselves
+    (thorax_ray.progress, train.trainer). Everything is still in Ray's log folder
+    (/tmp/ray/session_latest/logs)."""
     import ray
 
     if ray.is_initialized():
         return False
+    kwargs.setdefault("log_to_driver", verbose)
+    if not verbose:
+        kwargs.setdefault("logging_level", logging.WARNING)
+        logging.getLogger("ray").setLevel(logging.ERROR)  # start-up chatter (token warning, "Started ...")
     address = address or os.environ.get("RAY_ADDRESS")
     local = address is None
     if local:
@@ -46,12 +59,30 @@ def init_ray(address: str | None = None, **kwargs) -> bool:
         kwargs.setdefault("dashboard_host", "127.0.0.1")
         kwargs["runtime_env"] = _with_own_address(kwargs.get("runtime_env"))
         address = "local"
+    handlers = _python_signal_handlers()
     try:
         ray.init(address=address, **kwargs)
+        _restore(handlers)  # Ray's core installs a C handler that aborts on SIGTERM; the job's own comes first
     finally:
         os.environ.pop(GCS_PORT_ENV, None)
-    ray.data.DataContext.get_current().enable_progress_bars = True
+        if not verbose:
+            logging.getLogger("ray").setLevel(logging.WARNING)
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = verbose
+    context.print_on_execution_start = verbose
     return local
+
+
+def _python_signal_handlers() -> dict:
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)
+            if callable(signal.getsignal(signum))}
+
+
+def _restore(handlers: dict) -> None:
+    for signum, handler in handlers.items():
+        signal.signal(signum, handler)
 
 
 def _with_own_address(runtime_env: dict | None) -> dict:

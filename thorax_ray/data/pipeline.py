@@ -15,6 +15,7 @@ import pandas as pd
 from thorax_ray import storage
 from thorax_ray.data.decode import DecodeError, decode_image
 from thorax_ray.data.read import ReadError, read_bytes
+from thorax_ray.progress import count
 
 MAX_SIDE = 4096  # stored/decoded image side: beyond the largest NIH original (3,827 px)
 
@@ -130,8 +131,10 @@ class ImageLoader:
 
 
 def _load_batch(batch: pd.DataFrame, config: ImageConfig, filesystem, sizes: bool = False,
-                images: bool = True) -> pd.DataFrame:
-    return ImageLoader(config, filesystem, sizes=sizes, images=images)(batch)
+                images: bool = True, progress=None) -> pd.DataFrame:
+    loaded = ImageLoader(config, filesystem, sizes=sizes, images=images)(batch)
+    count(progress, len(batch))
+    return loaded
 
 
 def manifest_dataset(manifest: pd.DataFrame, *, rows_per_block: int = 256):
@@ -143,12 +146,13 @@ def manifest_dataset(manifest: pd.DataFrame, *, rows_per_block: int = 256):
 
 
 def load_images(manifest: pd.DataFrame, config: ImageConfig, *, filesystem=None, num_cpus: float = 1.0,
-                sizes: bool = False, images: bool = True):
+                sizes: bool = False, images: bool = True, progress=None):
     """Manifest -> Ray dataset of decoded images with `ok`/`stage`/`reason` columns (streaming); with
-    `sizes`, also the source image's `width`/`height`; `images=False`: see ImageLoader."""
+    `sizes`, also the source image's `width`/`height`; `images=False`: see ImageLoader; `progress`: a
+    thorax_ray.progress counter the loaded rows are counted on."""
     return manifest_dataset(manifest, rows_per_block=config.batch_size * 4).map_batches(
-        _load_batch, fn_args=(config, filesystem, sizes, images), batch_size=config.batch_size, batch_format="pandas",
-        num_cpus=num_cpus,
+        _load_batch, fn_args=(config, filesystem, sizes, images, progress), batch_size=config.batch_size,
+        batch_format="pandas", num_cpus=num_cpus,
     )
 
 

@@ -15,6 +15,7 @@ from thorax_ray.data.shards import (FORMAT_VERSION, QUARANTINE_COLUMNS, VERSIONS
                                     write_commit, write_table)
 from thorax_ray.lease import acquire_lease
 from thorax_ray.manifest import build_manifest, write_manifest
+from thorax_ray.progress import StageProgress
 from thorax_ray.splits import SPLITS, SplitConfig
 
 log = logging.getLogger(__name__)
@@ -121,7 +122,10 @@ def _write_version(config: PrepareConfig, version: str, manifest: pd.DataFrame, 
     # A seeded random row order: the CSV is sorted by patient and follow-up, and training mixes rows only
     # within a shuffle buffer, so shards in CSV order would give batches of one or two patients.
     shuffled = manifest.sample(frac=1.0, random_state=config.seed).reset_index(drop=True)
-    load_images(shuffled, config.image, filesystem=filesystem).write_datasink(sink)
+    with StageProgress("prepare", total=len(shuffled)) as progress:
+        load_images(shuffled, config.image, filesystem=filesystem, progress=progress.counter).write_datasink(sink)
+        progress.finish(sum(rows for w in sink.result for _, _, rows in w.files)
+                        + sum(len(w.quarantined) for w in sink.result))
     files = [{"split": split, "path": relative_to(config.out, path, endpoint_url=endpoint), "rows": rows}
              for w in sink.result for split, path, rows in w.files]
     quarantine = pd.concat([w.quarantined for w in sink.result] + [pd.DataFrame(columns=list(QUARANTINE_COLUMNS))],

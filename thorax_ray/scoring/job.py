@@ -29,6 +29,7 @@ from thorax_ray.attribution import DEFAULT_MAX_BOXES, DEFAULT_THRESHOLD, default
 from thorax_ray.data.pipeline import ImageConfig, load_images, manifest_dataset
 from thorax_ray.labels import FINDING_COLUMNS, FINDINGS
 from thorax_ray.origin import ood_check
+from thorax_ray.progress import StageProgress
 from thorax_ray.scoring.gate import CALIBRATED, resolve_gate
 from thorax_ray.scoring.inputs import ScoringInput, resolve_input
 from thorax_ray.scoring.output import (FORMAT_VERSION, LOCK_FILE, QUARANTINE_DIR, SCORES_DIR, ScoresDatasink, ScoresError,
@@ -307,29 +308,10 @@ def _score_locked(run: _Run, lease: Lease, filesystem) -> ScoreSummary:
                           compression=config.compression, endpoint_url=endpoint)
     try:
         if len(pending):
-            dataset = _input_dataset(config, source, pending, model, contract, filesystem)
-            # Prepared inputs travel at the size they were prepared at, raw PNGs are decoded to the contract's.
-            stored_size = int(source.prepared["size"]) if source.kind == "prepared" else int(contract["size"])
-            scorer_kwargs = dict(
-                checkpoint_dir=checkpoint_dir, model_id=model_id, method=method,
-                method_options=config.method_options, stored_size=stored_size,
-                run_id=run_id, batch_date=batch_date, max_map_side=config.max_map_side,
-                box_min_probability=gate.thresholds, box_threshold=config.box_threshold,
-                max_boxes=config.max_boxes, box_grid=config.box_grid, endpoint_url=endpoint,
-                threads=max(1, int(config.actor_cpus)),
-                fail_after_rows=config.fail_after_rows,
-            )
-            from ray.data import ActorPoolStrategy
-
-            scored_rows = dataset.map_batches(
-                Scorer, fn_constructor_kwargs=scorer_kwargs,
-                compute=ActorPoolStrategy(min_size=actor_plan.min_actors, max_size=actor_plan.max_actors),
-                batch_size=config.batch_size, batch_format="pyarrow", num_cpus=config.actor_cpus,
-                num_gpus=actor_plan.gpus or None,
-            )
-            bound_in_flight(scored_rows, in_flight_bytes(config, contract, actor_plan.max_actors,
-                                                         stored_size=stored_size))
-            scored_rows.write_datasink(sink)
+            with StageProgress("score", total=len(pending)) as progress:
+                _stream(run, pending, gate, sink, filesystem, progress.counter)
+                progress.finish(sum(rows for w in sink.result for _, rows, _ in w.files)
+                                + sum(len(w.quarantined) for w in sink.result))
         files = [f for write in sink.result for f in write.files]
         compute_s = sum(write.compute_s for write in sink.result)
         model_s = sum(write.model_s for write in sink.result)
@@ -381,6 +363,33 @@ def _score_locked(run: _Run, lease: Lease, filesystem) -> ScoreSummary:
         metadata_sources=_sum_counts(write.metadata_sources for write in sink.result), ood_warning=origin["warning"],
     )
     return summary
+
+
+def _stream(run: _Run, pending: pd.DataFrame, gate, sink, filesystem, counter) -> None:
+    """read/decode -> the autoscaling pool of model actors -> the staging datasink, memory bounded."""
+    from ray.data import ActorPoolStrategy
+
+    config, source, contract = run.config, run.source, run.payload["preprocessing"]
+    dataset = _input_dataset(config, source, pending, run.model, contract, filesystem)
+    # Prepared inputs travel at the size they were prepared at, raw PNGs are decoded to the contract's.
+    stored_size = int(source.prepared["size"]) if source.kind == "prepared" else int(contract["size"])
+    scorer_kwargs = dict(
+        checkpoint_dir=run.checkpoint_dir, model_id=run.model_id, method=run.method,
+        method_options=config.method_options, stored_size=stored_size, run_id=run.run_id,
+        batch_date=run.batch_date, max_map_side=config.max_map_side, box_min_probability=gate.thresholds,
+        box_threshold=config.box_threshold, max_boxes=config.max_boxes, box_grid=config.box_grid,
+        endpoint_url=config.endpoint_url, threads=max(1, int(config.actor_cpus)),
+        fail_after_rows=config.fail_after_rows, progress=counter,
+    )
+    plan = run.actor_plan
+    scored_rows = dataset.map_batches(
+        Scorer, fn_constructor_kwargs=scorer_kwargs,
+        compute=ActorPoolStrategy(min_size=plan.min_actors, max_size=plan.max_actors),
+        batch_size=config.batch_size, batch_format="pyarrow", num_cpus=config.actor_cpus,
+        num_gpus=plan.gpus or None,
+    )
+    bound_in_flight(scored_rows, in_flight_bytes(config, contract, plan.max_actors, stored_size=stored_size))
+    scored_rows.write_datasink(sink)
 
 
 MIN_IN_FLIGHT_BYTES = 64 * 2**20

@@ -23,6 +23,7 @@ from thorax_ray.attribution.registry import ONE_FORWARD_METHODS
 from thorax_ray.data.decode import HEADER_BYTES, PNG_HEADER_BYTES, DecodeError, image_size
 from thorax_ray.data.pipeline import images_to_array
 from thorax_ray.labels import FINDING_COLUMNS
+from thorax_ray.progress import count
 from thorax_ray.scoring.output import pipeline_schema, score_schema
 from thorax_ray.train.batches import normalise_images
 from thorax_ray.train.checkpoint import build_model, load_payload_and_id
@@ -138,7 +139,7 @@ class Scorer:
                  box_min_probability: float | tuple[float, ...] | None = 0.5, box_threshold: float = DEFAULT_THRESHOLD,
                  max_boxes: int = DEFAULT_MAX_BOXES, box_grid: int | None = DEFAULT_BOX_GRID,
                  endpoint_url: str | None = None, threads: int | None = None,
-                 fail_after_rows: int | None = None):
+                 fail_after_rows: int | None = None, progress=None):
         if threads:
             torch.set_num_threads(int(threads))
         payload, found = load_payload_and_id(checkpoint_dir, endpoint_url=endpoint_url)
@@ -166,6 +167,7 @@ class Scorer:
         self.box_grid = box_grid
         self.fail_after_rows = fail_after_rows  # tests: simulate a crash midway
         self.rows_seen = 0
+        self.progress = progress  # the run's thorax_ray.progress counter (None: not counted)
 
     def _inputs(self, good: pa.Table) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         images = features = None
@@ -255,6 +257,7 @@ class Scorer:
         if bad.num_rows:
             parts.append(self._table(bad, {}, now, ok=False))
         result = pa.concat_tables(parts) if parts else self.schema.empty_table()
+        count(self.progress, n)
         elapsed = time.perf_counter() - started
         share = max(1, result.num_rows)
         result = result.set_column(result.schema.get_field_index("_compute_s"), "_compute_s",

@@ -229,8 +229,6 @@ def end_epoch(worker: Worker, record: dict, started: float) -> None:
     if worker.rank != 0:
         ray.train.report(metrics)
         return
-    worker.say(f"epoch {epoch}/{config.optim.epochs} train_loss {record['train_loss']:.4f} val_mean_auroc "
-               f"{_fmt(val_mean)} ({record['val_images']} images) lr {record['lr']:.1e} {record['seconds']:.1f}s")
     directory = tempfile.mkdtemp(prefix="thorax-checkpoint-")  # Ray deletes it once uploaded
     save_checkpoint(directory, checkpoint_payload(worker, epoch))
     ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory),
@@ -278,6 +276,13 @@ def run_summary(config: TrainConfig, info: dict, history: list[dict], best: dict
             "val": best["val"] if best else None, "epochs_run": len(history), "history": history, "resumes": resumes,
             "init": model_initialisation(config.model.name, config.model.pretrained, config.model.backbone),
             "config": config.to_dict()}
+
+
+def epoch_line(record: dict, epochs: int) -> str:
+    """The console line of one epoch (printed by the driver from metrics.json, see trainer.watch_epochs)."""
+    return (f"epoch {record['epoch']}/{epochs} train_loss {record['train_loss']:.4f} val_mean_auroc "
+            f"{_fmt(record['val']['mean_auroc'])} ({record['val_images']} images) lr {record['lr']:.1e} "
+            f"{record.get('wall_seconds', record['seconds']):.1f}s")
 
 
 def _fmt(value: float | None) -> str:

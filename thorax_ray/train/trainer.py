@@ -1,8 +1,10 @@
 """Builds and runs the Ray Train `TorchTrainer` for a `TrainConfig` (driver side)."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import threading
 from dataclasses import dataclass
 
 from thorax_ray import storage
@@ -13,7 +15,8 @@ from thorax_ray.origin import data_origin
 from thorax_ray.train.checkpoint import run_metrics
 from thorax_ray.train.config import TrainConfig
 from thorax_ray.train.data import open_source
-from thorax_ray.train.loop import train_loop_per_worker
+from thorax_ray.train.loop import epoch_line, train_loop_per_worker
+from thorax_ray.train.lr_schedule import describe_lr
 
 log = logging.getLogger(__name__)
 
@@ -92,11 +95,12 @@ def ingest_config():
     return ray.train.DataConfig(datasets_to_split=["train"], execution_options={"train": ordered})
 
 
-def fit(config: TrainConfig, *, callbacks: list | None = None, capacity: ClusterCapacity | None = None) -> TrainResult:
+def fit(config: TrainConfig, *, callbacks: list | None = None, capacity: ClusterCapacity | None = None,
+        progress: bool = True) -> TrainResult:
     """Trains `config` to the end (or resumes its run). `callbacks`: extra Ray Train callbacks for the
     RunConfig, e.g. Tune's `TuneReportCallback` when a Tune trial runs this (thorax_ray/tune). `capacity`:
     what the cluster has and can launch (default: read now); GPU use and storage are checked against it
-    before any data is opened."""
+    before any data is opened. `progress`: one console line per epoch (from metrics.json)."""
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -122,7 +126,7 @@ def fit(config: TrainConfig, *, callbacks: list | None = None, capacity: Cluster
     storage_path, storage_filesystem = ray_storage(config.run.storage, config.data.s3_endpoint)
     print(f"[train] {config.model.name} on {source.kind} data {config.data.data} ({train_rows} train rows, "
           f"split {source.split_hash}), {config.run.workers} workers on {'GPUs' if use_gpu else 'CPUs'}, "
-          f"run {run_dir}", flush=True)
+          f"{describe_lr(config.optim, config.batch_size * config.run.workers)}, run {run_dir}", flush=True)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": config.to_dict(), "info": info},
@@ -139,9 +143,51 @@ def fit(config: TrainConfig, *, callbacks: list | None = None, capacity: Cluster
         datasets=datasets or None,
         dataset_config=ingest_config() if datasets else None,
     )
-    result = trainer.fit()
+    with watch_epochs(run_dir, config, enabled=progress):
+        result = trainer.fit()
     metrics = run_metrics(run_dir, endpoint_url=config.data.s3_endpoint) or {}
     return TrainResult(run_dir=run_dir, metrics=metrics, error=getattr(result, "error", None))
+
+
+@contextlib.contextmanager
+def watch_epochs(run_dir: str, config: TrainConfig, *, enabled: bool = True, interval_s: float = 2.0):
+    """Prints one line per finished epoch while the run trains, read from the run's metrics.json (rank 0
+    writes it after every epoch), so the lines come from the driver: no Ray prefix, no worker output."""
+    if not enabled:
+        yield
+        return
+    endpoint = config.data.s3_endpoint
+    shown = {"epochs": {h["epoch"] for h in (run_metrics(run_dir, endpoint_url=endpoint) or {}).get("history", [])},
+             "resumes": len((run_metrics(run_dir, endpoint_url=endpoint) or {}).get("resumes", []))}
+    stop = threading.Event()
+
+    def show() -> None:
+        try:
+            metrics = run_metrics(run_dir, endpoint_url=endpoint) or {}
+        except Exception:  # noqa: BLE001 - a line missed now is shown at the next poll
+            return
+        resumes = metrics.get("resumes", [])
+        for resume in resumes[shown["resumes"]:]:
+            print(f"[{config.run_name}] resumed after epoch {resume['after_epoch']} (a worker restarted or the run "
+                  "was started again)", flush=True)
+        shown["resumes"] = len(resumes)
+        for record in metrics.get("history", []):
+            if record["epoch"] not in shown["epochs"]:
+                shown["epochs"].add(record["epoch"])
+                print(f"[{config.run_name}] {epoch_line(record, config.optim.epochs)}", flush=True)
+
+    def poll() -> None:
+        while not stop.wait(interval_s):
+            show()
+
+    thread = threading.Thread(target=poll, name="thorax-epochs", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+        show()
 
 
 def check_cluster(config: TrainConfig, capacity: ClusterCapacity) -> bool:

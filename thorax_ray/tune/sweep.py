@@ -32,6 +32,27 @@ class SweepOutcome:
     resumed: bool
 
 
+def trial_lines_callback():
+    """A Tune callback on the driver: one console line per trial epoch and per trial end (Tune's own
+    progress tables only with --verbose)."""
+    from ray import tune
+
+    class TrialLines(tune.Callback):
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            auroc = result.get("val_mean_auroc")
+            shown = "n/a" if auroc is None or auroc != auroc else f"{auroc:.4f}"
+            print(f"[tune] {trial.trial_id} epoch {result.get('epoch')} val_mean_auroc {shown}", flush=True)
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            done = sum(t.status in ("TERMINATED", "ERROR") for t in trials)
+            print(f"[tune] {trial.trial_id} finished ({done}/{len(trials)} trials done)", flush=True)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            print(f"[tune] {trial.trial_id} failed: see {trial.local_path}", flush=True)
+
+    return TrialLines()
+
+
 def max_concurrent_trials(workers: int, cpus_per_worker: float, *, cpus: float, gpus: float = 0.0,
                           use_gpu: bool = False) -> int:
     """How many trials fit at once: floor(CPUs / (Train workers' CPUs + 1 for the trial's driver)) and, with
@@ -59,7 +80,7 @@ def _write_setup(experiment_path: str, setup: TrialSetup, endpoint: str | None) 
 
 
 def run_sweep(space: SearchSpace, *, storage_uri: str, name: str, out_dir: str, trials: int | None = None,
-              max_concurrent: int | None = None, verbose: int = 1, capacity: ClusterCapacity | None = None) -> SweepOutcome:
+              max_concurrent: int | None = None, verbose: int = 0, capacity: ClusterCapacity | None = None) -> SweepOutcome:
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import BasicVariantGenerator
@@ -122,7 +143,8 @@ def run_sweep(space: SearchSpace, *, storage_uri: str, name: str, out_dir: str, 
                 search_alg=BasicVariantGenerator(random_state=settings.seed, max_concurrent=concurrent),
             ),
             run_config=tune.RunConfig(name=name, storage_path=storage_path, storage_filesystem=storage_filesystem,
-                                      failure_config=tune.FailureConfig(max_failures=0), verbose=verbose),
+                                      failure_config=tune.FailureConfig(max_failures=0), verbose=verbose,
+                                      callbacks=[trial_lines_callback()]),
         )
     grid = tuner.fit()
     trials_list = tune.ExperimentAnalysis(grid.experiment_path, storage_filesystem=grid.filesystem).trials

@@ -50,7 +50,7 @@ def make_trainable(setup: TrialSetup):
         trial_id = ray.tune.get_context().get_trial_id()
         config = trial_config(setup, sample, trial_id)
         record = _record_execution(config, trial_id, sample)
-        result = fit(config, callbacks=[TuneReportCallback()], capacity=setup.capacity)
+        result = fit(config, callbacks=[TuneReportCallback()], capacity=setup.capacity, progress=False)
         _finish_execution(record, result.metrics)
         if result.error is not None:
             raise RuntimeError(f"trial {trial_id}: training failed: {result.error}")
