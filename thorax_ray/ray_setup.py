@@ -49,8 +49,7 @@ def init_ray(address: str | None = None, *, verbose: bool = False, **kwargs) -> 
         return False
     kwargs.setdefault("log_to_driver", verbose)
     if not verbose:
-        kwargs.setdefault("logging_level", logging.WARNING)
-        logging.getLogger("ray").setLevel(logging.ERROR)  # start-up chatter (token warning, "Started ...")
+        kwargs.setdefault("logging_level", logging.ERROR)  # start-up chatter (the token notice, "Started ...")
     address = address or os.environ.get("RAY_ADDRESS")
     local = address is None
     if local:
@@ -65,12 +64,23 @@ def init_ray(address: str | None = None, *, verbose: bool = False, **kwargs) -> 
         _restore(handlers)  # Ray's core installs a C handler that aborts on SIGTERM; the job's own comes first
     finally:
         os.environ.pop(GCS_PORT_ENV, None)
-        if not verbose:
-            logging.getLogger("ray").setLevel(logging.WARNING)
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = verbose
     context.print_on_execution_start = verbose
+    if not verbose:
+        quiet_ray_logs()
     return local
+
+
+def quiet_ray_logs() -> None:
+    """Ray's driver-side loggers from WARNING up (Ray Data logs every execution at INFO), without the notice
+    that its progress bars are off (the jobs print their own progress lines): Ray Data shows it once per
+    process (`log_once`), so that once is spent here."""
+    from ray.util.debug import log_once
+
+    logging.getLogger("ray").setLevel(logging.WARNING)
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    log_once("ray_data_progress_manager_disabled")
 
 
 def _python_signal_handlers() -> dict:

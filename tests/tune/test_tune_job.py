@@ -44,6 +44,8 @@ def test_smoke_space_end_to_end_asha_stops_trials_and_best_config_trains(metadat
     configs = [json.loads(c) for c in table["config"]]
     assert {c["optim.lr"] for c in configs} == {3e-3, 1e-5}  # the grid
     assert "top trials by val_mean_auroc" in result.stdout and table["trial"].iloc[0] in result.stdout
+    assert "Trial status" not in result.stdout and "\x1b[" not in result.stdout  # Tune's tables: --verbose only
+    assert result.stdout.count(" finished (") == len(table)  # one line per trial end
     print(f"smoke tune: {len(table)} trials, {len(early)} stopped early, best "
           f"{table['best_val_mean_auroc'].iloc[0]:.4f}, {tune_seconds:.0f}s")
 
@@ -53,6 +55,14 @@ def test_smoke_space_end_to_end_asha_stops_trials_and_best_config_trains(metadat
     assert exported["optim"]["lr"] == configs[0]["optim.lr"] and exported["loss"]["kind"] == configs[0]["loss.kind"]
     trained = job("jobs/train.py", "--config", str(best), "--storage", str(tmp_path / "runs"))
     assert "[train] done" in trained.stdout
+    # the console is for people: one line per epoch, the summary last, no Ray output (progress bars,
+    # per-rank report lines, colour codes) unless --verbose
+    output = trained.stdout + trained.stderr
+    epoch_lines = [line for line in output.splitlines() if " epoch " in line and "train_loss" in line]
+    assert [line.split(" epoch ")[1].split()[0] for line in epoch_lines] == [f"{e}/{max_epochs}" for e in
+                                                                             range(1, max_epochs + 1)]
+    assert "\x1b[" not in output and "TrainingReport" not in output and len(output.splitlines()) <= 12, output
+    assert trained.stdout.strip().splitlines()[-2].startswith("[train] done")
     metrics = json.loads((tmp_path / "runs" / "thorax-mlp" / "metrics.json").read_text())
     assert metrics["epochs_run"] == max_epochs and metrics["config"]["optim"]["lr"] == exported["optim"]["lr"]
     assert metrics["val"]["mean_auroc"] > 0.55

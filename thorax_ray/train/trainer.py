@@ -89,9 +89,11 @@ def ingest_config():
     worker's order is reproducible from the seed; with several, which rows go to which worker depends on
     timing); validation rows unsplit (rank 0 scores every one exactly once)."""
     import ray.train
+    from ray.data import DataContext, ExecutionOptions
 
-    ordered = ray.train.DataConfig.default_ingest_options()
-    ordered.preserve_order = True
+    current = DataContext.get_current().execution_options
+    ordered = ExecutionOptions(resource_limits=current.resource_limits, preserve_order=True,
+                               verbose_progress=current.verbose_progress)
     return ray.train.DataConfig(datasets_to_split=["train"], execution_options={"train": ordered})
 
 
