@@ -29,14 +29,24 @@ def run(prepared: str, storage: str, workers: int, args) -> list[dict]:
         "model": {"name": args.model}, "optim": {"epochs": args.epochs, "scheduler": "none"},
         "run": {"storage": storage, "name": f"overhead-{workers}", "workers": workers, "cpus_per_worker": 1.0},
     })
-    history = fit(config).metrics["history"]
+    result = fit(config)
+    history = result.metrics["history"]
+    walls = checkpoint_walls(result.run_dir)
     rows = []
-    for h in history:
-        wall = h.get("wall_seconds", h["seconds"])
+    for i, h in enumerate(history):
+        # older versions recorded no wall time: the time between two epochs' checkpoint folders instead
+        wall = h.get("wall_seconds") or walls.get(i) or h["seconds"]
         val = h.get("val_seconds", h["seconds"] - h["train_seconds"])
         rows.append({"epoch": h["epoch"], "wall_s": wall, "train_s": h["train_seconds"], "val_s": val,
                      "rest_s": wall - h["train_seconds"] - val})
     return rows
+
+
+def checkpoint_walls(run_dir: str) -> dict[int, float]:
+    """Epoch position -> seconds between its checkpoint folder and the previous one's (from the 2nd on)."""
+    folders = sorted(os.path.join(run_dir, d) for d in os.listdir(run_dir) if d.startswith("epoch_"))
+    times = [os.path.getmtime(f) for f in folders]
+    return {i: times[i] - times[i - 1] for i in range(1, len(times))}
 
 
 def main() -> None:

@@ -67,9 +67,12 @@ def training_device() -> torch.device:
     return torch.device("cpu") if fake_gpus() else ray.train.torch.get_device()
 
 
-def distributed(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """DDP over Ray Train's process group at every world size (one worker included, so a single-GPU run
-    exercises the same NCCL path as many); `model` is already on `device`."""
+def distributed(model: torch.nn.Module, device: torch.device, world: int) -> torch.nn.Module:
+    """DDP over Ray Train's process group; `model` is already on `device`. One worker trains the plain model
+    (as Ray's prepare_model does: DDP would all-reduce every gradient with itself); the loop's own
+    collectives (thorax_ray/train/collectives.py) still run at world size 1."""
+    if world == 1:
+        return model
     from torch.nn.parallel import DistributedDataParallel
 
     return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
@@ -153,7 +156,7 @@ def start_worker(loop_config: dict) -> Worker:
                            rank=rank, world=world)
     worker = Worker(
         config=config, info=info, rank=rank, world=world, device=device, collectives=Collectives(device), fast=fast,
-        model=model, trained=fast.maybe_compile(distributed(model, device)), optimizer=optimizer,
+        model=model, trained=fast.maybe_compile(distributed(model, device, world)), optimizer=optimizer,
         scheduler=scheduler, contract=preprocessing_contract(config.data.size), feed=feed,
         loss_fn=build_loss(config.loss, label_counts=np.asarray(info["label_counts"]),
                            num_samples=info["train_rows"]).to(device),

@@ -51,12 +51,12 @@ def estimated_bytes(rows: int, image_side: int) -> int:
     return rows * (image_side * image_side + ROW_OVERHEAD_BYTES)
 
 
-def cache_if_small(dataset, size_bytes: int, budget_mb: int):
-    """Materializes the training rows in the object store once when they fit the budget, so epochs after
-    the first re-read nothing (no read tasks competing with training for CPUs); larger data streams."""
+def cache_if_small(dataset, size_bytes: int, budget_mb: int, *, what: str = "training"):
+    """Materializes rows in the object store once when they fit the budget, so epochs after the first
+    re-read nothing (no read tasks competing with training for CPUs); larger data streams."""
     if size_bytes > budget_mb * 2**20:
         return dataset
-    print(f"[train] caching the training rows in the object store ({size_bytes / 2**20:.0f} MB <= {budget_mb} MB)",
+    print(f"[train] caching the {what} rows in the object store ({size_bytes / 2**20:.0f} MB <= {budget_mb} MB)",
           flush=True)
     return dataset.materialize()
 
@@ -120,7 +120,10 @@ def fit(config: TrainConfig, *, callbacks: list | None = None, capacity: Cluster
     if spec.uses_images:
         train = cache_if_small(source.dataset("train", images=True, shuffle_seed=config.run.seed),
                                estimated_bytes(train_rows, source.stored_size), config.data.cache_train_mb)
-        datasets = {"train": shuffled_every_epoch(train, config.run.seed), "val": source.dataset("val", images=True)}
+        # Every worker reads the validation rows (each keeps its share): read them once, here, when they fit.
+        val = cache_if_small(source.dataset("val", images=True), estimated_bytes(len(source.rows("val")),
+                             source.stored_size), config.data.val_cache_mb, what="validation")
+        datasets = {"train": shuffled_every_epoch(train, config.run.seed), "val": val}
     else:  # the metadata model: rows encoded once here, sliced as tensors by the workers (thorax_ray/train/feeds)
         datasets = {}
         info["encoded_rows"] = encoded_rows(source, config)
