@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import argparse
 
-from thorax_ray.cli import add_cluster_arguments, job_parser, positive_int, run_main, setup_logging
+from thorax_ray.cli import (add_cluster_arguments, add_placement_arguments, job_parser, positive_int, run_main,
+                            setup_logging)
 from thorax_ray.cluster import cluster_capacity
 from thorax_ray.data.pipeline import ImageConfig
 from thorax_ray.data.prepare import PrepareConfig, prepare
@@ -36,11 +37,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=PrepareConfig.seed, help="seed of the shards' random row order")
     parser.add_argument("--keep-previous-hours", type=float, default=PrepareConfig.keep_previous_hours,
                         help="with --overwrite: hours the replaced version stays readable")
-    parser.add_argument("--cluster-config", help="the autoscaler's cluster config (default: $THORAX_CLUSTER_CONFIG, "
-                                                 "else ~/ray_bootstrap_config.yaml)")
-    parser.add_argument("--shared-fs", action="store_true",
-                        help="local paths are on a filesystem every node mounts (NFS, EFS)")
     add_cluster_arguments(parser)
+    add_placement_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -50,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     config = PrepareConfig(  # the typed configs check sizes and fractions before Ray starts
         data=args.data, out=args.out, metadata=args.metadata, overwrite=args.overwrite,
         target_file_mb=args.target_file_mb, seed=args.seed, keep_previous_hours=args.keep_previous_hours,
-        shared_fs=args.shared_fs,
+        shared_fs=bool(args.shared_fs),
         image=ImageConfig(size=args.size, read_attempts=args.read_attempts,
                           expected_source_size=args.expected_source_size, endpoint_url=args.s3_endpoint),
         split=SplitConfig(val_fraction=args.val_fraction, test_fraction=args.test_fraction,

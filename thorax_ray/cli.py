@@ -53,17 +53,22 @@ def add_cluster_arguments(parser) -> None:
 
 
 def add_gpu_arguments(parser, per_unit: str) -> None:
-    """--use-gpu, --cluster-config and --shared-fs, shared by the jobs that place work on the cluster."""
+    """--use-gpu plus the placement arguments, for the jobs that place work on GPUs."""
     from thorax_ray.cluster import USE_GPU_CHOICES
 
     parser.add_argument("--use-gpu", choices=USE_GPU_CHOICES,
                         help=f"{per_unit}: auto (default) = when the cluster has GPUs or its autoscaler can launch "
                              "GPU nodes; true = GPUs, failing at once if the cluster can never provide them; false = CPUs")
+    add_placement_arguments(parser)
+
+
+def add_placement_arguments(parser) -> None:
+    """--cluster-config and --shared-fs: what the cluster can launch, and whether local paths are shared."""
     parser.add_argument("--cluster-config", help="the autoscaler's cluster config, to see node types that are not up "
                                                  "yet (default: $THORAX_CLUSTER_CONFIG, else ~/ray_bootstrap_config.yaml)")
     parser.add_argument("--shared-fs", action="store_true", default=None,
                         help="local paths are on a filesystem every node mounts (NFS, EFS); otherwise a multi-node "
-                             "cluster needs s3:// storage (default: off, or the config's run.shared_fs)")
+                             "cluster needs s3:// storage (default: off; train and tune: the config's run.shared_fs)")
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
