@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -46,7 +47,7 @@ def plain_loop(prepared: str, args) -> float:
     contract = preprocessing_contract(args.size)
     generator = torch.Generator().manual_seed(0)
     device = torch.device("cpu")
-    counted_images, counted_seconds = 0, 0.0
+    rates = []
     for epoch in range(args.epochs):
         started = time.monotonic()
         seen = 0
@@ -61,9 +62,8 @@ def plain_loop(prepared: str, args) -> float:
             optimizer.step()
             seen += len(batch.labels)
         if epoch > 0:
-            counted_images += seen
-            counted_seconds += time.monotonic() - started
-    return counted_images / counted_seconds
+            rates.append(seen / (time.monotonic() - started))
+    return rates
 
 
 def plain_mlp_epoch(data: str, args) -> tuple[float, float]:
@@ -167,7 +167,7 @@ def ray_loop(prepared: str, storage: str, args) -> float:
                 "threads_per_worker": args.threads},
     })
     history = fit(config).metrics["history"][1:]
-    return sum(h["train_images"] for h in history) / sum(h["train_seconds"] for h in history)
+    return [h["train_images"] / h["train_seconds"] for h in history]
 
 
 def main() -> None:
@@ -204,18 +204,23 @@ def main() -> None:
                                 progress=False)
         prepare(PrepareConfig(data=f"{work}/raw", out=f"{work}/prepared", image=ImageConfig(size=args.size)))
         plain_before = plain_loop(f"{work}/prepared", args)
-        ray_rate = ray_loop(f"{work}/prepared", f"{work}/runs", args)
+        ray_rates = ray_loop(f"{work}/prepared", f"{work}/runs", args)
         plain_after = plain_loop(f"{work}/prepared", args)
-    plain = max(plain_before, plain_after)  # the baseline is measured twice; the faster one counts (noisy machine)
     ray.shutdown()
+    # Medians of the timed epochs: this machine's neighbours make single epochs swing by +-30%; the plain loop
+    # runs before and after the Ray run, so both see the same conditions on average.
+    plain, ray_rate = statistics.median(plain_before + plain_after), statistics.median(ray_rates)
     ratio = ray_rate / plain
     print(f"\n{args.model} at {args.size} px, batch {args.batch_size}, {args.threads} threads, "
-          f"{args.epochs - 1} timed epochs (first is warm-up)")
+          f"{args.epochs - 1} timed epochs per loop (first is warm-up); medians of the epochs' images/s")
     print(f"{'loop':<40}{'images/s':>10}{'ratio':>8}")
-    print(f"{'plain PyTorch (in-memory data)':<40}{plain:>10.1f}{1.0:>8.2f}   (runs: {plain_before:.1f}, {plain_after:.1f})")
-    print(f"{'Ray Train (TorchTrainer + Ray Data)':<40}{ray_rate:>10.1f}{ratio:>8.2f}")
+    print(f"{'plain PyTorch (in-memory data)':<40}{plain:>10.1f}{1.0:>8.2f}   (epochs: "
+          f"{', '.join(f'{r:.0f}' for r in plain_before + plain_after)})")
+    print(f"{'Ray Train (TorchTrainer + Ray Data)':<40}{ray_rate:>10.1f}{ratio:>8.2f}   (epochs: "
+          f"{', '.join(f'{r:.0f}' for r in ray_rates)})")
     emit({"bench": "train_step", "model": args.model, "size": args.size, "batch_size": args.batch_size,
-          "threads": args.threads, "plain_images_s": round(plain, 1), "plain_runs": [round(plain_before, 1), round(plain_after, 1)], "ray_train_images_s": round(ray_rate, 1),
+          "threads": args.threads, "plain_images_s": round(plain, 1),
+          "plain_epochs": [round(r, 1) for r in plain_before + plain_after], "ray_train_images_s": round(ray_rate, 1),
           "ratio_ray_train": round(ratio, 3)})
 
 

@@ -49,9 +49,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--metadata", metavar="FILE",
                         help="metadata CSV of a folder input (default: found by its usual names)")
     parser.add_argument("--method", choices=[*list_methods(), NO_METHOD],
-                        help="attribution method (default: cam, the raw class activation map of Wang et al. 2017, "
-                             "for image models; fast_cam = its ReLU'd Grad-CAM form; metadata_ig for the MLP; "
-                             "none: probabilities only)")
+                        help="attribution method (default: fast_cam, all-class Grad-CAM maps from one forward pass, "
+                             "for image models; cam = the raw class activation maps of Wang et al. 2017; "
+                             "metadata_ig for the MLP; none: probabilities only)")
     parser.add_argument("--batch-size", type=positive_int, default=ScoreConfig.batch_size, help="images per model call")
     parser.add_argument("--min-actors", type=positive_int, default=ScoreConfig.min_actors,
                         help="model actors kept running")

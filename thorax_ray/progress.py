@@ -47,6 +47,7 @@ class StageProgress:
         self._thread: threading.Thread | None = None
         self._started = time.monotonic()
         self._printed_pct = -1
+        self._printed_done = -1
         self._final: int | None = None
 
     def finish(self, done: int) -> None:
@@ -74,8 +75,8 @@ class StageProgress:
             return
         pct = int(100 * done / self.total) if self.total else 100
         step = pct // self.every_pct * self.every_pct
-        if final or step > self._printed_pct:
-            self._printed_pct = step
+        if (final and done != self._printed_done) or step > self._printed_pct:
+            self._printed_pct, self._printed_done = step, done
             print(self.line(done), file=self.stream, flush=True)
 
     def _poll(self) -> None:

@@ -79,7 +79,7 @@ def test_register_custom_method(cnn):
 
 def test_defaults_and_kind_checks(cnn, fusion):
     mlp = create_model("mlp")
-    assert default_method_name(cnn) == default_method_name(fusion) == "cam"  # raw CAM (Wang et al. 2017)
+    assert default_method_name(cnn) == default_method_name(fusion) == "fast_cam"  # ReLU'd; raw `cam` on request
     assert default_method_name(mlp) == "metadata_ig"
     with pytest.raises(ValueError, match="fast_cam.*'metadata'"):
         get_method("fast_cam")(mlp)

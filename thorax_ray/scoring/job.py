@@ -49,7 +49,7 @@ class ScoreConfig:
     input: str  # see thorax_ray.scoring.inputs
     out: str
     metadata: str | None = None  # metadata CSV of a folder input (default: found by its usual names)
-    method: str | None = None  # cam (raw CAM, default for image models) | fast_cam (ReLU'd) | gradcam
+    method: str | None = None  # fast_cam (default for image models) | cam (raw CAM) | gradcam
     #                            | integrated_gradients | occlusion
     #                            | metadata_ig (default for the metadata MLP) | none (probabilities only)
     method_options: dict = field(default_factory=dict)
