@@ -50,6 +50,7 @@ def init_ray(address: str | None = None, *, verbose: bool = False, **kwargs) -> 
     kwargs.setdefault("log_to_driver", verbose)
     if not verbose:
         kwargs.setdefault("logging_level", logging.ERROR)  # start-up chatter (the token notice, "Started ...")
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # Ray's forwarded warnings (raylet) without ANSI colours
     address = address or os.environ.get("RAY_ADDRESS")
     local = address is None
     if local:

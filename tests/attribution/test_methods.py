@@ -92,7 +92,7 @@ def test_defaults_and_kind_checks(cnn, fusion):
     with pytest.raises(ValueError, match="metadata features"):
         get_method("fast_cam")(fusion).attribute(torch.zeros(1, 1, 32, 32), None)
     result = attribute(cnn, torch.zeros(1, 1, 32, 32))
-    assert result.method == "cam" and result.maps.shape == (1, NUM_FINDINGS, 2, 2)
+    assert result.method == "fast_cam" and result.maps.shape == (1, NUM_FINDINGS, 2, 2)
 
 
 # ----- integrated gradients --------------------------------------------------------------------------

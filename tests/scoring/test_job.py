@@ -82,10 +82,10 @@ def test_schema_metadata_round_trip_and_size(ray_local, checkpoint, synthetic_sm
     assert schema.field("heatmap").type == pa.binary() and schema.field("boxes").type == BOXES_TYPE
     assert schema.field("scored_at").type == pa.timestamp("us", tz="UTC")
     heatmap = json.loads(schema.metadata[HEATMAP_METADATA_KEY.encode()])
-    # small_cnn: 64 px / 16 = 4x4 cells of the raw CAM (the default), centred where the receptive fields are:
+    # small_cnn: 64 px / 16 = 4x4 cells of the ReLU'd CAM (the default), centred where the receptive fields are:
     # (16·i + 0.5) / 64, not (i + 0.5) / 4
     centres = [(16 * i + 0.5) / 64 for i in range(4)]
-    expected = HEATMAP_SCHEMA_METADATA(4, 4, "cam", (centres, centres))
+    expected = HEATMAP_SCHEMA_METADATA(4, 4, "fast_cam", (centres, centres))
     assert {k: heatmap[k] for k in expected} == expected and heatmap["classes"] == list(FINDINGS)
     assert heatmap["cell_centres"]["rows"] == centres
     described = read_file_metadata(files[0])[SCORES_METADATA_KEY]
@@ -98,11 +98,11 @@ def test_schema_metadata_round_trip_and_size(ray_local, checkpoint, synthetic_sm
     assert (frame["metadata_source"] == "csv").all()  # every image has its Data_Entry row
     assert frame.attrs["heatmap"]["shape"] == [14, 4, 4]
     assert frame.attrs["split_hash"] == CHECKPOINT_SPLIT_HASH  # what evaluation checks against its split
-    # Decode round trip: the stored maps are exactly normalise_maps(raw CAM) of the same images.
+    # Decode round trip: the stored maps are exactly normalise_maps(default method) of the same images.
     rows = frame.sort_values("image_index").head(6)
     pixels = np.stack([decode_image(open(p, "rb").read(), SIZE).pixels for p in rows["path"]])
     images = normalise_images(torch.from_numpy(pixels).unsqueeze(1), CONTRACT, device=torch.device("cpu"))
-    local = get_method("cam")(model).attribute(images)
+    local = get_method("fast_cam")(model).attribute(images)
     stored = decode_heatmaps(rows["heatmap"].tolist(), (4, 4))
     assert stored.shape == (6, 14, 4, 4) and stored.dtype == np.uint8
     assert np.abs(stored.astype(int) - normalise_maps(local.maps).astype(int)).max() <= 5  # 32 stored levels
@@ -124,11 +124,11 @@ def test_schema_metadata_round_trip_and_size(ray_local, checkpoint, synthetic_sm
     assert total / len(frame) <= 2048, f"{total / len(frame):.0f} bytes per image"
     assert output_size(str(out)).bytes == sum(os.path.getsize(f) for f in files)
 
-    # The fast path (one forward) equals Captum's per-class LayerGradCam (14 backward passes; without its
-    # ReLU for the raw CAM), end to end.
+    # The fast path (one forward) equals Captum's per-class LayerGradCam (14 backward passes, with its ReLU
+    # as fast_cam has it), end to end.
     pd.DataFrame({"path": rows["path"].head(3)}).to_parquet(tmp_path / "three.parquet")
     naive = score(config(ckpt, tmp_path / "three.parquet", tmp_path / "gradcam", method="gradcam",
-                         method_options={"relu": False}))
+                         method_options={"relu": True}))
     assert naive.method == "gradcam" and naive.scored == 3
     naive = read_scores(str(tmp_path / "gradcam")).sort_values("image_index").reset_index(drop=True)
     fast = rows.head(3).reset_index(drop=True)

@@ -90,14 +90,14 @@ def test_heatmaps_concentrate_inside_truth_boxes(ray_local, tmp_path):
     labelled = test["effusion"].to_numpy() == 1
     assert effusion[labelled].mean() > effusion[~labelled].mean() + 0.2
 
-    # Wang et al. 2017's protocol on the default raw CAM (thresholds 60 and 180, every region) beats a box
+    # Wang et al. 2017's protocol on the default heatmaps (ReLU'd CAM; thresholds 60 and 180, every region) beats a box
     # over the whole image at T(IoBB) = 0.25 for the four large findings.
     from thorax_ray.evaluation.localization import chance_localization, localization_accuracy, mean_accuracy
     from thorax_ray.evaluation.run import heatmap_boxes
 
     raw = score(ScoreConfig(checkpoint=str(tmp_path / "ckpt"), input=str(tmp_path / "test.parquet"),
                             out=str(tmp_path / "raw"), batch_size=64))
-    assert raw.method == "cam" and raw.bytes_per_image <= 2048
+    assert raw.method == "fast_cam" and raw.bytes_per_image <= 2048
     scored = read_scores(str(tmp_path / "raw")).set_index("image_index")
     predicted, unknown = heatmap_boxes(scored, boxes, scored.attrs["heatmap"])
     assert unknown == 0

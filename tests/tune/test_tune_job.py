@@ -44,7 +44,8 @@ def test_smoke_space_end_to_end_asha_stops_trials_and_best_config_trains(metadat
     configs = [json.loads(c) for c in table["config"]]
     assert {c["optim.lr"] for c in configs} == {3e-3, 1e-5}  # the grid
     assert "top trials by val_mean_auroc" in result.stdout and table["trial"].iloc[0] in result.stdout
-    assert "Trial status" not in result.stdout and "\x1b[" not in result.stdout  # Tune's tables: --verbose only
+    assert "Trial status" not in result.stdout and "Configuration for experiment" not in result.stdout  # --verbose only
+    assert "\x1b[" not in result.stdout
     assert result.stdout.count(" finished (") == len(table)  # one line per trial end
     print(f"smoke tune: {len(table)} trials, {len(early)} stopped early, best "
           f"{table['best_val_mean_auroc'].iloc[0]:.4f}, {tune_seconds:.0f}s")

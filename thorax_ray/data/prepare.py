@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -69,9 +70,16 @@ def prepare(config: PrepareConfig, *, filesystem=None, capacity: ClusterCapacity
     capacity = capacity or cluster_capacity()
     for uri, what in ((config.data, "--data"), (config.out, "--out")):
         check_shared_storage(uri, capacity, what=what, shared_fs=config.shared_fs)
-    with acquire_lease(storage.join(config.out, LOCK_FILE), ttl_s=config.lock_ttl_s, endpoint_url=endpoint,
-                       about={"job": "prepare", "source": config.data}) as lease:
-        return _prepare_locked(config, lease, filesystem)
+    out_fs, out_path = storage.filesystem(config.out, endpoint_url=endpoint)
+    new_out = not storage.is_remote(config.out) and not out_fs.exists(out_path)
+    try:
+        with acquire_lease(storage.join(config.out, LOCK_FILE), ttl_s=config.lock_ttl_s, endpoint_url=endpoint,
+                           about={"job": "prepare", "source": config.data}) as lease:
+            return _prepare_locked(config, lease, filesystem)
+    except BaseException:
+        if new_out:  # a failed first prepare leaves no empty OUT behind (the lease and version are gone)
+            _remove_empty_folders(out_path)
+        raise
 
 
 def _prepare_locked(config: PrepareConfig, lease, filesystem) -> PrepareSummary:
@@ -145,6 +153,15 @@ def _remove_folder(uri: str, endpoint: str | None) -> None:
             fs.rm(path, recursive=True)
     except FileNotFoundError:
         pass
+
+
+def _remove_empty_folders(path: str) -> None:
+    """Removes `path` and the folders below it, bottom up, while they are empty."""
+    for folder, _, _ in sorted(os.walk(path), key=lambda entry: -len(entry[0])):
+        try:
+            os.rmdir(folder)
+        except OSError:  # not empty, or gone
+            pass
 
 
 def _kept_versions(previous: dict | None, keep_hours: float) -> list[dict]:

@@ -3,6 +3,7 @@ concurrency bounded by the CPUs and GPUs the cluster has or can launch, results 
 `thorax_ray.tune.results`."""
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -20,6 +21,7 @@ SETUP_FILE = "sweep.json"  # the trial setup of the experiment, reused on resume
 # Logical CPUs held by each trial's driver (it only waits on its Train controller). A full CPU is
 # still counted per trial when bounding concurrency, so that Ray Data's read tasks find a free one.
 TRIAL_DRIVER_CPUS = 1.0
+AIR_OUTPUT_ENV = "RAY_AIR_NEW_OUTPUT"  # Tune's choice of console reporter, read at every fit()
 
 
 @dataclass
@@ -32,9 +34,28 @@ class SweepOutcome:
     resumed: bool
 
 
-def trial_lines_callback():
-    """A Tune callback on the driver: one console line per trial epoch and per trial end (Tune's own
-    progress tables only with --verbose)."""
+@contextlib.contextmanager
+def _tune_console(verbose: int):
+    """Without --verbose, Tune's own console output off: its reporter prints a configuration table and a
+    TensorBoard hint at the start whatever the verbosity; the legacy reporter it falls back to with
+    RAY_AIR_NEW_OUTPUT=0 prints nothing at verbosity 0. The job prints its own lines (TrialLines)."""
+    if verbose:
+        yield
+        return
+    before = os.environ.get(AIR_OUTPUT_ENV)
+    os.environ[AIR_OUTPUT_ENV] = "0"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(AIR_OUTPUT_ENV, None)
+        else:
+            os.environ[AIR_OUTPUT_ENV] = before
+
+
+def trial_lines_callback(total: int):
+    """A Tune callback on the driver: one console line per trial epoch and per trial end, counted against
+    the sweep's `total` trials (Tune's own progress tables only with --verbose)."""
     from ray import tune
 
     class TrialLines(tune.Callback):
@@ -44,8 +65,9 @@ def trial_lines_callback():
             print(f"[tune] {trial.trial_id} epoch {result.get('epoch')} val_mean_auroc {shown}", flush=True)
 
         def on_trial_complete(self, iteration, trials, trial, **info):
-            done = sum(t.status in ("TERMINATED", "ERROR") for t in trials)
-            print(f"[tune] {trial.trial_id} finished ({done}/{len(trials)} trials done)", flush=True)
+            # called before Tune marks `trial` TERMINATED, and while later trials may not exist yet
+            done = 1 + sum(t.status in ("TERMINATED", "ERROR") for t in trials if t is not trial)
+            print(f"[tune] {trial.trial_id} finished ({done}/{max(total, len(trials))} trials done)", flush=True)
 
         def on_trial_error(self, iteration, trials, trial, **info):
             print(f"[tune] {trial.trial_id} failed: see {trial.local_path}", flush=True)
@@ -139,14 +161,15 @@ def run_sweep(space: SearchSpace, *, storage_uri: str, name: str, out_dir: str, 
             param_space=space.param_space(),
             tune_config=tune.TuneConfig(
                 metric=settings.metric, mode=settings.mode, scheduler=scheduler, num_samples=samples,
-                max_concurrent_trials=concurrent, trial_dirname_creator=results_mod.trial_dirname,
+                trial_dirname_creator=results_mod.trial_dirname,  # concurrency: the search algorithm's own bound
                 search_alg=BasicVariantGenerator(random_state=settings.seed, max_concurrent=concurrent),
             ),
             run_config=tune.RunConfig(name=name, storage_path=storage_path, storage_filesystem=storage_filesystem,
                                       failure_config=tune.FailureConfig(max_failures=0), verbose=verbose,
-                                      callbacks=[trial_lines_callback()]),
+                                      callbacks=[trial_lines_callback(samples * space.grid_size)]),
         )
-    grid = tuner.fit()
+    with _tune_console(verbose):
+        grid = tuner.fit()
     trials_list = tune.ExperimentAnalysis(grid.experiment_path, storage_filesystem=grid.filesystem).trials
     rows = results_mod.collect(trials_list, setup, settings.metric, settings.mode)
     interrupted = any(r.status not in results_mod.FINISHED for r in rows)
