@@ -58,7 +58,7 @@ def train_once(args, seed: int, shuffled: bool, storage_dir: str) -> list[float]
     if result.error:
         raise RuntimeError(f"{name}: {result.error}")
     history = run_metrics(os.path.join(storage_dir, name))["history"]
-    return [epoch["val_mean_auroc"] for epoch in history]
+    return [epoch["val"]["mean_auroc"] for epoch in history]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -40,6 +40,7 @@ BOX_STRUCT = pa.struct([
 BOXES_TYPE = pa.list_(BOX_STRUCT)
 
 _INDEX = {name: i for i, name in enumerate(FINDINGS)}
+_FOUR_CONNECTED = ndimage.generate_binary_structure(2, 1)  # scipy's default for 2-D, built once
 
 
 def _finding_indices(findings: Sequence[str] | str | None) -> list[int]:
@@ -61,7 +62,7 @@ def component_boxes(upsampled: np.ndarray, *, threshold: float = DEFAULT_THRESHO
     """Boxes `(x, y, w, h, score)` of the largest `max_boxes` components of `upsampled >= threshold`
     (None: every component)."""
     mask = upsampled >= threshold
-    labels, count = ndimage.label(mask)
+    labels, count = ndimage.label(mask, structure=_FOUR_CONNECTED)
     if count == 0:
         return []
     areas = np.bincount(labels.ravel(), minlength=count + 1)[1:]

@@ -9,6 +9,7 @@ The centres travel in the heatmap metadata ("cell_centres": {"rows", "cols"}, fr
 """
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 
@@ -44,9 +45,18 @@ def upsample_maps(maps: np.ndarray, width: int, height: int, centres: Centres | 
     (`centres` = (rows, columns) as fractions of the side; default: the middle of equal cells)."""
     maps = np.asarray(maps, dtype=np.float32)
     h, w = maps.shape[-2:]
-    rows = interpolation_matrix(int(height), h, None if centres is None else centres[0]).astype(np.float32)
-    cols = interpolation_matrix(int(width), w, None if centres is None else centres[1]).astype(np.float32)
+    rows = _axis_weights(int(height), h, None if centres is None else tuple(map(float, centres[0])))
+    cols = _axis_weights(int(width), w, None if centres is None else tuple(map(float, centres[1])))
     return np.ascontiguousarray(rows @ (maps @ cols.T))
+
+
+@functools.lru_cache(maxsize=256)
+def _axis_weights(size: int, cells: int, centres: tuple[float, ...] | None) -> np.ndarray:
+    """`interpolation_matrix` as float32, computed once per (size, cells, centres): a scoring run boxes
+    thousands of maps of a handful of image sizes."""
+    weights = interpolation_matrix(size, cells, centres).astype(np.float32)
+    weights.flags.writeable = False
+    return weights
 
 
 def bin_centres(cells: int) -> list[float]:

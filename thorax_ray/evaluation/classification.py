@@ -31,6 +31,10 @@ from thorax_ray.thresholds import check_labels_and_scores as _check
 
 MEAN_KEY = "mean"
 _CHUNK_CELLS = 4_000_000  # resamples x patients per chunk of bootstrap counts (~32 MB of float64)
+# resamples x images (or score groups) per call of _weighted_average_precision / _weighted_aurocs, which hold
+# several float64 arrays of this size at once (tens of MB in all; with whole 4M-cell chunks the evaluation of
+# the 112k-image layout peaked ~0.35 GB higher)
+_WORK_CELLS = 500_000
 
 
 # ----------------------------------------------------------------------------------------------- input
@@ -163,9 +167,11 @@ def bootstrap_aurocs(labels, scores_list, groups, n_boot: int = 1000, seed: int 
     parts: list[list[np.ndarray]] = [[] for _ in checked]
     if labels.shape[0] == 0:
         return [np.full((n_boot, len(FINDINGS)), np.nan) for _ in checked]
+    step = max(1, _WORK_CELLS // labels.shape[0])
     for counts in patient_resample_counts(n_patients, n_boot, seed):
-        for k, m in enumerate(matrices):
-            parts[k].append(_weighted_aurocs(m, counts))
+        for start in range(0, counts.shape[0], step):
+            for k, m in enumerate(matrices):
+                parts[k].append(_weighted_aurocs(m, counts[start:start + step]))
     return [np.concatenate(p, axis=0) for p in parts]
 
 
@@ -298,7 +304,7 @@ def bootstrap_average_precision_ci(labels, scores, groups, n_boot: int = 1000, s
     defined = labels_arr.sum(axis=0) > 0
     parts = []
     if labels_arr.shape[0]:
-        step = max(1, _CHUNK_CELLS // labels_arr.shape[0])
+        step = max(1, _WORK_CELLS // labels_arr.shape[0])
         for counts in patient_resample_counts(n_patients, n_boot, seed):
             for start in range(0, counts.shape[0], step):
                 weights = counts[start:start + step, patient].astype(np.float64)

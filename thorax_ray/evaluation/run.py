@@ -87,15 +87,16 @@ def heatmap_boxes(scores: pd.DataFrame, truth: pd.DataFrame, heatmap: dict | Non
     centres = centres_from_metadata(heatmap)
     out: dict[str, list[dict]] = {}
     unknown_size = 0
+    rows = _rows_of(scores, truth, ["heatmap", "width", "height"])
     for image_index, findings in truth.groupby("image_index")["finding"]:
-        if image_index not in scores.index or scores.at[image_index, "heatmap"] is None:
+        heatmap_bytes, width, height = rows.get(image_index, (None, None, None))
+        if heatmap_bytes is None:
             continue
-        row = scores.loc[image_index]
-        if pd.isna(row.get("width")) or pd.isna(row.get("height")):
+        if pd.isna(width) or pd.isna(height):
             unknown_size += 1
             continue
-        maps = decode_heatmaps([row["heatmap"]], shape or _square_map_shape(row["heatmap"]))[0]
-        out[image_index] = boxes_for_image(maps, int(row["width"]), int(row["height"]),
+        maps = decode_heatmaps([heatmap_bytes], shape or _square_map_shape(heatmap_bytes))[0]
+        out[image_index] = boxes_for_image(maps, int(width), int(height),
                                            findings=sorted(set(findings)), max_boxes=None, centres=centres,
                                            threshold=WANG_THRESHOLDS if thresholds is None else thresholds)
     return out, unknown_size
@@ -103,12 +104,18 @@ def heatmap_boxes(scores: pd.DataFrame, truth: pd.DataFrame, heatmap: dict | Non
 
 def scored_boxes(scores: pd.DataFrame, truth: pd.DataFrame) -> dict[str, list[dict]]:
     """The boxes the scoring job wrote (its own gate, threshold and region count), for the truth images."""
-    out: dict[str, list[dict]] = {}
-    for image_index in truth["image_index"].drop_duplicates():
-        if image_index in scores.index:
-            boxes = scores.at[image_index, "boxes"]
-            out[image_index] = [] if boxes is None else [dict(box) for box in boxes]
-    return out
+    return {image_index: [] if boxes is None else [dict(box) for box in boxes]
+            for image_index, (boxes,) in _rows_of(scores, truth, ["boxes"]).items()}
+
+
+def _rows_of(scores: pd.DataFrame, truth: pd.DataFrame, columns: list[str]) -> dict[str, tuple]:
+    """image_index -> values of `columns` (None where a column is absent) for the scored images that have
+    truth boxes, read in one step: per-cell pandas lookups copy the frame's attrs on every call."""
+    present = scores.index.intersection(pd.Index(truth["image_index"].drop_duplicates()))
+    found = [c for c in columns if c in scores.columns]
+    values = scores.loc[present, found]
+    return {image: tuple(row.get(c) for c in columns)
+            for image, row in zip(present, values.to_dict("records"))}
 
 
 def _gate_text(gate: dict | None) -> str:
