@@ -254,14 +254,20 @@ def evaluate_scores(config: EvaluationConfig, load_scores) -> dict:
              "synthetic data: numbers are not comparable with the published real-data columns"
              if config.dataset_kind == "synthetic" else "real data", *warnings]
 
+    print(f"[evaluate] {len(test)} {config.split} rows scored by every model ({', '.join(scored)}); CIs from "
+          f"{config.n_boot} patient resamples", flush=True)
     metrics: dict = {"split": config.split, "dataset": config.dataset_kind, "split_hash": source.split_hash,
                      "models": {}, "localization": {}, "notes": notes}
     test_truth = None if truth_boxes is None else truth_boxes[truth_boxes["image_index"].isin(test.index)]
     predicted_boxes: dict[str, dict[str, list[dict]]] = {}  # model -> image -> boxes from its heatmaps
     patients = dict(zip(test.index, test["patient_id"]))
     for name in scored:
+        localize = test_truth is not None and "heatmap" in scored[name] and scored[name]["heatmap"].notna().any()
+        print(f"[evaluate] {name}: AUROC and AP with CIs, operating points"
+              + (f", localization on {test_truth['image_index'].nunique()} annotated images" if localize else ""),
+              flush=True)
         entry = _model_summary(config, name, test, val, described[name])
-        if test_truth is not None and "heatmap" in scored[name] and scored[name]["heatmap"].notna().any():
+        if localize:
             protocols, predicted_boxes[name], unknown_size = _localize(
                 scored[name], described[name].get("heatmap"), described[name].get("boxes"), test_truth, patients,
                 config.n_boot)
@@ -276,6 +282,7 @@ def evaluate_scores(config: EvaluationConfig, load_scores) -> dict:
                              split_hash=source.split_hash, rule=config.threshold_rule)
     if test_truth is not None and len(test_truth):
         metrics["chance_localization"] = chance_localization(test_truth, *_image_size(scored.values()))
+    print("[evaluate] paired comparisons, plots and report", flush=True)
     metrics["paired"] = [
         {"model_a": a, "model_b": b,
          "result": paired_bootstrap_difference(_labels(test), _scores(test, a), _scores(test, b),
