@@ -78,13 +78,13 @@ def ray_local(s3_server):
     server so that its workers inherit the AWS variables, as workers on a real cluster inherit theirs."""
     import ray
 
-    from thorax_ray.ray_setup import use_private_token
+    from thorax_ray.ray_setup import init_ray
 
-    use_private_token()  # token authentication on, as for every job's private Ray
+    # Started as every job starts its private Ray (token authentication, its own address for Ray's own
+    # lookups, the dashboard: Ray Train's placement-group cleaner asks the State API whether the run's
+    # controller lives, and without it every fit() waited ~15 s at its end for that answer to time out).
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": repo}})
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    init_ray(num_cpus=4, runtime_env={"env_vars": {"PYTHONPATH": repo}})
     yield ray
     ray.shutdown()
 

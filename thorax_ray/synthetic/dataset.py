@@ -181,7 +181,10 @@ def _render_all(population: pd.DataFrame, config: SyntheticConfig, root: str, *,
     render = functools.partial(_render_chunk, root=root, size=config.size, difficulty=config.difficulty,
                                seed=config.seed)
     rendered: list[RenderedImage] = []
-    pool = multiprocessing.Pool(min(workers, len(chunks)), initializer=leave_signals_to_parent)
+    # Workers forked from a fresh server process, not from this one: forking a process whose Ray (gRPC)
+    # threads are running (a driver or a test session with Ray up) can leave its Ray client hung for good.
+    context = multiprocessing.get_context("forkserver")
+    pool = context.Pool(min(workers, len(chunks)), initializer=leave_signals_to_parent)
     try:
         for done in pool.imap(render, chunks):
             rendered.extend(done)

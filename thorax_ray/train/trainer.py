@@ -148,10 +148,32 @@ def fit(config: TrainConfig, *, callbacks: list | None = None, capacity: Cluster
         datasets=datasets or None,
         dataset_config=ingest_config() if datasets else None,
     )
-    with watch_epochs(run_dir, config, enabled=progress):
+    with watch_epochs(run_dir, config, enabled=progress), report_polling():
         result = trainer.fit()
     metrics = run_metrics(run_dir, endpoint_url=config.data.s3_endpoint) or {}
     return TrainResult(run_dir=run_dir, metrics=metrics, error=getattr(result, "error", None))
+
+
+# How often Ray Train's controller polls the workers (Ray's default: 2 s). It takes at most one report per
+# worker and poll, and `ray.train.report` blocks while the previous report waits, so every epoch lasted at
+# least one interval: 2 s for the metadata MLP's 0.2-0.5 s epochs, plus one interval per queued report at
+# the end of a run. Polling is one small RPC per worker.
+REPORT_POLL_SECONDS = 0.5
+POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"  # read by the controller, which Ray gives the driver's value
+
+
+@contextlib.contextmanager
+def report_polling(seconds: float = REPORT_POLL_SECONDS):
+    """Ray Train's controller polls every `seconds` for the runs started inside (a value already set in the
+    environment by the user is kept): Ray Train hands this variable from the driver to its controller."""
+    if POLL_ENV in os.environ:
+        yield
+        return
+    os.environ[POLL_ENV] = str(seconds)
+    try:
+        yield
+    finally:
+        os.environ.pop(POLL_ENV, None)
 
 
 @contextlib.contextmanager
