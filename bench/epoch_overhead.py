@@ -65,7 +65,7 @@ def main() -> None:
     from thorax_ray.ray_setup import init_ray
     from thorax_ray.synthetic.dataset import SyntheticConfig, write_synthetic_dataset
 
-    init_ray(include_dashboard=False, log_to_driver=False)
+    init_ray()
     import ray
 
     ray.data.DataContext.get_current().enable_progress_bars = False

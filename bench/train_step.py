@@ -1,11 +1,12 @@
 """Training-loop benchmark: this project's Ray Train loop against a plain single-process PyTorch loop with
 the same model, batch size, threads, preprocessing and data, in one run.
 
-    python bench/train_step.py [--model resnet18] [--size 128] [--images 640] [--epochs 3] [--threads 2]
+    python bench/train_step.py [--model resnet18] [--size 128] [--images 2000] [--epochs 3] [--threads 2] [--rounds 3]
     python bench/train_step.py --model mlp [--rows 112120] [--workers 2] [--batch-size 256]
 
 Image models: images/s of the training loop (one worker, prepared shards streamed by Ray Data) against a
-plain loop over the same shards read into memory first. `--model mlp`: epoch time (training plus
+plain loop over the same shards read into memory first, in rounds plain, Ray, plain, ... (the ratio is the
+median of each Ray run against the plain runs around it). `--model mlp`: epoch time (training plus
 validation: every epoch of both loops scores the validation rows and computes the AUROCs; Ray's epoch also
 holds its checkpoint and report) on a metadata-only dataset with the NIH's row count, against a plain loop
 over the same encoded features. The first epoch of each loop is warm-up and not counted.
@@ -130,7 +131,7 @@ def mlp_main(args) -> None:
     from thorax_ray.ray_setup import init_ray
     from thorax_ray.synthetic.dataset import SyntheticConfig, write_synthetic_dataset
 
-    init_ray(include_dashboard=False, log_to_driver=False)
+    init_ray()
     import ray
 
     with tempfile.TemporaryDirectory() as work:
@@ -156,14 +157,14 @@ def mlp_main(args) -> None:
           "ratio_ray_over_plain": round(ratio, 3)})
 
 
-def ray_loop(prepared: str, storage: str, args) -> float:
+def ray_loop(prepared: str, storage: str, args, name: str = "bench") -> list[float]:
     from thorax_ray.train.config import TrainConfig
     from thorax_ray.train.trainer import fit
 
     config = TrainConfig.from_dict({
         "data": {"data": prepared, "size": args.size, "batch_size": args.batch_size},
         "model": {"name": args.model}, "optim": {"epochs": args.epochs, "scheduler": "none"},
-        "run": {"storage": storage, "name": "bench", "workers": 1, "cpus_per_worker": float(args.threads),
+        "run": {"storage": storage, "name": name, "workers": 1, "cpus_per_worker": float(args.threads),
                 "threads_per_worker": args.threads},
     })
     history = fit(config).metrics["history"][1:]
@@ -174,7 +175,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="resnet18")
     parser.add_argument("--size", type=int, default=128)
-    parser.add_argument("--images", type=int, default=640, help="images generated (about 70%% are train rows)")
+    parser.add_argument("--images", type=int, default=2000, help="images generated (about 70%% are train rows)")
+    parser.add_argument("--rounds", type=int, default=3, help="image models: Ray runs, each between two plain runs")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, help="per worker (default: 32; mlp: 256)")
     parser.add_argument("--threads", type=int, default=None,
@@ -195,7 +197,7 @@ def main() -> None:
     from thorax_ray.ray_setup import init_ray
     from thorax_ray.synthetic.dataset import SyntheticConfig, write_synthetic_dataset
 
-    init_ray(include_dashboard=False, log_to_driver=False)
+    init_ray()
     import ray
 
     ray.data.DataContext.get_current().enable_progress_bars = False
@@ -203,24 +205,32 @@ def main() -> None:
         write_synthetic_dataset(SyntheticConfig(out=f"{work}/raw", images=args.images, size=args.size, seed=3),
                                 progress=False)
         prepare(PrepareConfig(data=f"{work}/raw", out=f"{work}/prepared", image=ImageConfig(size=args.size)))
-        plain_before = plain_loop(f"{work}/prepared", args)
-        ray_rates = ray_loop(f"{work}/prepared", f"{work}/runs", args)
-        plain_after = plain_loop(f"{work}/prepared", args)
+        # Plain, Ray, plain, Ray, ..., plain: this machine's neighbours change its speed by up to 1.7x from one
+        # minute to the next, so each Ray run is compared with the plain runs right before and after it.
+        plain_runs = [plain_loop(f"{work}/prepared", args)]
+        ray_runs = []
+        for round_ in range(args.rounds):
+            ray_runs.append(ray_loop(f"{work}/prepared", f"{work}/runs", args, name=f"bench-{round_}"))
+            plain_runs.append(plain_loop(f"{work}/prepared", args))
     ray.shutdown()
-    # Medians of the timed epochs: this machine's neighbours make single epochs swing by +-30%; the plain loop
-    # runs before and after the Ray run, so both see the same conditions on average.
-    plain, ray_rate = statistics.median(plain_before + plain_after), statistics.median(ray_rates)
-    ratio = ray_rate / plain
+    # Per round: median images/s of the Ray run's timed epochs over the median of the plain epochs around it.
+    ratios = [statistics.median(ray_rates) / statistics.median(plain_runs[i] + plain_runs[i + 1])
+              for i, ray_rates in enumerate(ray_runs)]
+    plain = statistics.median([r for run in plain_runs for r in run])
+    ray_rate = statistics.median([r for run in ray_runs for r in run])
+    ratio = statistics.median(ratios)
     print(f"\n{args.model} at {args.size} px, batch {args.batch_size}, {args.threads} threads, "
-          f"{args.epochs - 1} timed epochs per loop (first is warm-up); medians of the epochs' images/s")
+          f"{args.epochs - 1} timed epochs per loop (first is warm-up), {args.rounds} round(s) of plain/Ray/plain")
     print(f"{'loop':<40}{'images/s':>10}{'ratio':>8}")
-    print(f"{'plain PyTorch (in-memory data)':<40}{plain:>10.1f}{1.0:>8.2f}   (epochs: "
-          f"{', '.join(f'{r:.0f}' for r in plain_before + plain_after)})")
-    print(f"{'Ray Train (TorchTrainer + Ray Data)':<40}{ray_rate:>10.1f}{ratio:>8.2f}   (epochs: "
-          f"{', '.join(f'{r:.0f}' for r in ray_rates)})")
+    print(f"{'plain PyTorch (in-memory data)':<40}{plain:>10.1f}{1.0:>8.2f}   (runs: "
+          f"{'; '.join(', '.join(f'{r:.0f}' for r in run) for run in plain_runs)})")
+    print(f"{'Ray Train (TorchTrainer + Ray Data)':<40}{ray_rate:>10.1f}{ratio:>8.2f}   (runs: "
+          f"{'; '.join(', '.join(f'{r:.0f}' for r in run) for run in ray_runs)}; per-round ratios "
+          f"{', '.join(f'{r:.2f}' for r in ratios)}; the ratio is their median)")
     emit({"bench": "train_step", "model": args.model, "size": args.size, "batch_size": args.batch_size,
           "threads": args.threads, "plain_images_s": round(plain, 1),
-          "plain_epochs": [round(r, 1) for r in plain_before + plain_after], "ray_train_images_s": round(ray_rate, 1),
+          "plain_epochs": [[round(r, 1) for r in run] for run in plain_runs], "ray_train_images_s": round(ray_rate, 1),
+          "ray_epochs": [[round(r, 1) for r in run] for run in ray_runs], "round_ratios": [round(r, 3) for r in ratios],
           "ratio_ray_train": round(ratio, 3)})
 
 
