@@ -55,14 +55,25 @@ def test_make_synthetic_interrupted_stops_its_workers_and_leaves_nothing(tmp_pat
     while not any(name.endswith(".png") for _, _, names in os.walk(tmp_path) for name in names):
         assert process.poll() is None and time.monotonic() < deadline, process.communicate()
         time.sleep(0.1)
-    workers = psutil.Process(process.pid).children(recursive=True)
-    assert workers
+    # the pool's workers (children of multiprocessing's forkserver) and its helpers (the forkserver and the
+    # resource tracker, children of the job itself)
+    children = psutil.Process(process.pid).children(recursive=True)
+    workers = [p for p in children if p.ppid() != process.pid]
+    helpers = [p for p in children if p.ppid() == process.pid]
+    assert workers and helpers
     process.send_signal(signum)
     stdout, stderr = process.communicate(timeout=60)
     assert process.returncode == code, stderr
     assert stderr.strip().splitlines() == [stderr.strip()] and "interrupted" in stderr and "removed" in stderr
     assert os.listdir(tmp_path) == []  # neither --out nor a staging folder
-    # The pool's workers are terminated before exit; multiprocessing's forkserver and resource tracker
-    # leave on their own once they read EOF from this process's pipe, which can take a moment under load.
-    _, alive = psutil.wait_procs(workers, timeout=15)
-    assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
+    assert not [p for p in workers if running(p)]  # terminated and joined before the job exits
+    # the helpers leave on their own once they read EOF from the job's pipes: a moment later under load
+    _, alive = psutil.wait_procs(helpers, timeout=15)
+    assert not [p for p in alive if running(p)]
+
+
+def running(process: psutil.Process) -> bool:
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False

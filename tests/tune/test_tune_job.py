@@ -85,7 +85,7 @@ def finished_trials(runs: str) -> dict[str, int]:
 
 def completed_by_tune(log_path) -> set[str]:
     """Trial ids whose completion the sweep's driver has processed (its on_trial_complete line)."""
-    return set(re.findall(r"^\[tune\] (\S+) finished \(", open(log_path).read(), flags=re.MULTILINE))
+    return set(re.findall(r"^\[tune\] (\S+) finished \(", log_path.read_text(), flags=re.MULTILINE))
 
 
 def test_interrupted_sweep_resumes_without_rerunning_finished_trials(metadata_only, tmp_path):
