@@ -11,9 +11,9 @@ import pandas as pd
 from thorax_ray import storage
 from thorax_ray.cluster import ClusterCapacity, check_shared_storage, cluster_capacity
 from thorax_ray.data.pipeline import ImageConfig, load_images
-from thorax_ray.data.shards import (FORMAT_VERSION, QUARANTINE_COLUMNS, VERSIONS_DIR, PreparedError,
-                                    PreparedShardsDatasink, new_version, read_commit, relative_to, shard_contract, version_dir,
-                                    write_commit, write_table)
+from thorax_ray.data.shard_sink import PreparedShardsDatasink
+from thorax_ray.data.shards import (QUARANTINE_COLUMNS, VERSIONS_DIR, PreparedError, commit_record, new_version,
+                                    read_commit, relative_to, shard_contract, version_dir, write_commit, write_table)
 from thorax_ray.lease import acquire_lease
 from thorax_ray.manifest import build_manifest, write_manifest
 from thorax_ray.progress import StageProgress
@@ -105,13 +105,10 @@ def _prepare_locked(config: PrepareConfig, lease, filesystem) -> PrepareSummary:
                              manifest_rows=len(manifest), elapsed_s=time.monotonic() - started)
     kept = _kept_versions(previous, config.keep_previous_hours)
     lease.check()
-    write_commit(config.out, {
-        "format_version": FORMAT_VERSION, "version": version,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "source": config.data, "size": size, "contract": shard_contract(size, manifest_summary.split_hash),
-        "split_hash": manifest_summary.split_hash, "seed": config.seed, "files": files, "written": written,
-        "quarantined": summary.quarantined, "manifest_rows": len(manifest), "previous_versions": kept,
-    }, endpoint_url=endpoint)
+    write_commit(config.out, commit_record(version, source=config.data, size=size, split_hash=manifest_summary.split_hash,
+                                           seed=config.seed, files=files, written=written,
+                                           quarantined=summary.quarantined, manifest_rows=len(manifest),
+                                           previous_versions=kept), endpoint_url=endpoint)
     summary.removed_versions = remove_unused_versions(config.out, keep={version, *(k["version"] for k in kept)},
                                                       endpoint_url=endpoint)
     summary.elapsed_s = time.monotonic() - started

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from ray.data import Datasink
 
 from thorax_ray import storage
 from thorax_ray.manifest import MANIFEST_SCHEMA, read_manifest
@@ -55,57 +54,41 @@ def shard_contract(size: int, split_hash: str) -> dict:
             "layout": "row-major HxW, one channel", "split_hash": split_hash}
 
 
-class PreparedShardsDatasink(Datasink):
-    """Ray Data datasink that writes good rows to Parquet files (one per split per write task) and
-    hands quarantined rows back to the driver."""
+def write_shard_files(frames: Iterable[pd.DataFrame], root: str, version: str, contract: dict, *, task: str,
+                      compression: str = "none", endpoint_url: str | None = None) -> ShardWrite:
+    """Writes the good rows (`ok`) of `frames` to one Parquet file per split under the version's folder
+    (`part-<task>.parquet`) and returns them with the rows not written (quarantined). The write task of
+    prepare's datasink (thorax_ray.data.shard_sink) and in-process writers both go through here."""
+    fs, base = storage.filesystem(root, endpoint_url=endpoint_url)
+    writers: dict[str, tuple[pq.ParquetWriter, object, str, list[int]]] = {}
+    quarantined = []
+    try:
+        for frame in frames:
+            quarantined.append(frame.loc[~frame["ok"], list(QUARANTINE_COLUMNS)])
+            good = frame.loc[frame["ok"], SHARD_SCHEMA.names]
+            for split, rows in good.groupby("split"):
+                table = pa.Table.from_pandas(rows.reset_index(drop=True), schema=SHARD_SCHEMA, preserve_index=False)
+                if split not in writers:
+                    path = f"{base}/{version_dir(version)}/shards/split={split}/part-{task}.parquet"
+                    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+                    handle = fs.open(path, "wb")
+                    schema = SHARD_SCHEMA.with_metadata({SHARD_METADATA_KEY: json.dumps(contract).encode()})
+                    writers[split] = (pq.ParquetWriter(handle, schema, compression=compression), handle, path, [0])
+                writer, _, _, count = writers[split]
+                writer.write_table(table.replace_schema_metadata(writer.schema.metadata), row_group_size=ROW_GROUP_ROWS)
+                count[0] += len(table)
+    finally:
+        for writer, handle, _, _ in writers.values():
+            writer.close()
+            handle.close()
+    files = [(split, storage.to_uri(fs, path), count[0]) for split, (_, _, path, count) in writers.items()]
+    frame = pd.concat(quarantined, ignore_index=True) if quarantined else pd.DataFrame(columns=list(QUARANTINE_COLUMNS))
+    return ShardWrite(files=files, quarantined=frame)
 
-    def __init__(self, root: str, version: str, contract: dict, *, rows_per_file: int, compression: str = "none",
-                 endpoint_url: str | None = None):
-        self.root = root
-        self.compression = compression
-        self.version = version
-        self.contract = contract
-        self.rows_per_file = rows_per_file
-        self.endpoint_url = endpoint_url
-        self.result: list[ShardWrite] = []
 
-    @property
-    def min_rows_per_write(self) -> int:
-        return self.rows_per_file
-
-    def write(self, blocks: Iterable, ctx) -> ShardWrite:
-        from ray.data.block import BlockAccessor
-
-        fs, base = storage.filesystem(self.root, endpoint_url=self.endpoint_url)
-        writers: dict[str, tuple[pq.ParquetWriter, object, str, list[int]]] = {}
-        quarantined = []
-        task = f"{ctx.task_idx:05d}-{uuid.uuid4().hex[:8]}"
-        try:
-            for block in blocks:
-                frame = BlockAccessor.for_block(block).to_pandas()
-                quarantined.append(frame.loc[~frame["ok"], list(QUARANTINE_COLUMNS)])
-                good = frame.loc[frame["ok"], SHARD_SCHEMA.names]
-                for split, rows in good.groupby("split"):
-                    table = pa.Table.from_pandas(rows.reset_index(drop=True), schema=SHARD_SCHEMA, preserve_index=False)
-                    if split not in writers:
-                        path = f"{base}/{version_dir(self.version)}/shards/split={split}/part-{task}.parquet"
-                        fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-                        handle = fs.open(path, "wb")
-                        schema = SHARD_SCHEMA.with_metadata({SHARD_METADATA_KEY: json.dumps(self.contract).encode()})
-                        writers[split] = (pq.ParquetWriter(handle, schema, compression=self.compression), handle, path, [0])
-                    writer, _, _, count = writers[split]
-                    writer.write_table(table.replace_schema_metadata(writer.schema.metadata), row_group_size=ROW_GROUP_ROWS)
-                    count[0] += len(table)
-        finally:
-            for writer, handle, _, _ in writers.values():
-                writer.close()
-                handle.close()
-        files = [(split, storage.to_uri(fs, path), count[0]) for split, (_, _, path, count) in writers.items()]
-        frame = pd.concat(quarantined, ignore_index=True) if quarantined else pd.DataFrame(columns=list(QUARANTINE_COLUMNS))
-        return ShardWrite(files=files, quarantined=frame)
-
-    def on_write_complete(self, write_result) -> None:
-        self.result = list(write_result.write_returns)
+def new_task_name(index: int) -> str:
+    """A write task's part of its file names: its index and a random suffix (retried tasks never collide)."""
+    return f"{index:05d}-{uuid.uuid4().hex[:8]}"
 
 
 def new_version() -> str:
@@ -134,6 +117,17 @@ def read_prepared_tables(root: str, record: dict, *, endpoint_url: str | None = 
 
 def read_commit(root: str, *, endpoint_url: str | None = None) -> dict | None:
     return storage.read_json(storage.join(root, COMMIT_FILE), endpoint_url=endpoint_url)
+
+
+def commit_record(version: str, *, source: str, size: int, split_hash: str, seed: int, files: list[dict],
+                  written: dict[str, int], quarantined: dict[str, int], manifest_rows: int,
+                  previous_versions: list[dict]) -> dict:
+    """The commit record (prepared.json) that swaps `version` in."""
+    return {"format_version": FORMAT_VERSION, "version": version,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "source": source, "size": size, "contract": shard_contract(size, split_hash),
+            "split_hash": split_hash, "seed": seed, "files": files, "written": written,
+            "quarantined": quarantined, "manifest_rows": manifest_rows, "previous_versions": previous_versions}
 
 
 def write_commit(root: str, record: dict, *, endpoint_url: str | None = None) -> None:

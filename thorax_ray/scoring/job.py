@@ -32,7 +32,7 @@ from thorax_ray.origin import ood_check
 from thorax_ray.progress import StageProgress
 from thorax_ray.scoring.gate import CALIBRATED, resolve_gate
 from thorax_ray.scoring.inputs import ScoringInput, resolve_input
-from thorax_ray.scoring.output import (FORMAT_VERSION, LOCK_FILE, QUARANTINE_DIR, SCORES_DIR, ScoresDatasink, ScoresError,
+from thorax_ray.scoring.output import (FORMAT_VERSION, LOCK_FILE, QUARANTINE_DIR, SCORES_DIR, ScoresError,
                                        clean_uncommitted, feature_attribution_metadata, new_run_id, publish,
                                        quarantine_table, remove_staging, schema_metadata, score_schema,
                                        scored_index, staging_uri, write_commit, write_table_file)
@@ -304,6 +304,8 @@ def _score_locked(run: _Run, lease: Lease, filesystem) -> ScoreSummary:
     }
     metadata = schema_metadata(scores=description, heatmap=heatmap, features=features)
 
+    from thorax_ray.scoring.sink import ScoresDatasink  # imports Ray: deferred so that scoring's modules import without it
+
     sink = ScoresDatasink(config.out, run_id, schema, metadata, rows_per_file=config.rows_per_file,
                           compression=config.compression, endpoint_url=endpoint)
     try:
@@ -365,6 +367,11 @@ def _score_locked(run: _Run, lease: Lease, filesystem) -> ScoreSummary:
     return summary
 
 
+def scorer_threads(config: ScoreConfig) -> int:
+    """torch threads of each scoring actor: one per CPU it holds (bench/gpu.py measures with the same)."""
+    return max(1, int(config.actor_cpus))
+
+
 def _stream(run: _Run, pending: pd.DataFrame, gate, sink, filesystem, counter) -> None:
     """read/decode -> the autoscaling pool of model actors -> the staging datasink, memory bounded."""
     from ray.data import ActorPoolStrategy
@@ -378,7 +385,7 @@ def _stream(run: _Run, pending: pd.DataFrame, gate, sink, filesystem, counter) -
         method_options=config.method_options, stored_size=stored_size, run_id=run.run_id,
         batch_date=run.batch_date, max_map_side=config.max_map_side, box_min_probability=gate.thresholds,
         box_threshold=config.box_threshold, max_boxes=config.max_boxes, box_grid=config.box_grid,
-        endpoint_url=config.endpoint_url, threads=max(1, int(config.actor_cpus)),
+        endpoint_url=config.endpoint_url, threads=scorer_threads(config),
         fail_after_rows=config.fail_after_rows, progress=counter,
     )
     plan = run.actor_plan

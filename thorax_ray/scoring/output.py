@@ -32,7 +32,6 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from ray.data import Datasink
 
 from thorax_ray import storage
 from thorax_ray.attribution import BOXES_TYPE, HEATMAP_METADATA_KEY
@@ -155,73 +154,6 @@ class ScoresWrite:
     model_s: float = 0.0  # of which: model forward / attribution (the rest: maps, encoding, boxes)
     metadata_sources: dict[str, int] = field(default_factory=dict)  # scored rows per metadata_source
     unknown_size: int = 0  # scored rows with heatmaps whose original size was unknown (so no boxes)
-
-
-class ScoresDatasink(Datasink):
-    """Writes the scored rows of each write task to one staging Parquet file and hands failed rows
-    (and the scorer's compute time) back to the driver."""
-
-    def __init__(self, out: str, run_id: str, schema: pa.Schema, metadata: dict[str, str], *,
-                 rows_per_file: int = 8192, compression: str = "zstd", endpoint_url: str | None = None):
-        self.out = out
-        self.run_id = run_id
-        self.schema = schema.with_metadata(metadata)
-        self.rows_per_file = rows_per_file
-        self.compression = compression
-        self.endpoint_url = endpoint_url
-        self.result: list[ScoresWrite] = []
-
-    @property
-    def min_rows_per_write(self) -> int:
-        return self.rows_per_file
-
-    def write(self, blocks: Iterable, ctx) -> ScoresWrite:
-        from ray.data.block import BlockAccessor
-
-        fs, base = storage.filesystem(self.out, endpoint_url=self.endpoint_url)
-        names = self.schema.names
-        writer = handle = None
-        path = f"{base}/{STAGING_DIR}/{self.run_id}/scores/part-{ctx.task_idx:05d}-{uuid.uuid4().hex[:8]}.parquet"
-        rows, compute_s, model_s, quarantined, sources, unknown_size = 0, 0.0, 0.0, [], {}, 0
-        try:
-            for block in blocks:
-                table = BlockAccessor.for_block(block).to_arrow()
-                if table.num_rows == 0:
-                    continue
-                compute_s += float(pc.sum(table.column("_compute_s")).as_py() or 0.0)
-                model_s += float(pc.sum(table.column("_model_s")).as_py() or 0.0)
-                ok = table.column("ok")
-                bad = table.filter(pc.invert(ok))
-                if bad.num_rows:
-                    quarantined.append(bad.select(["image_index", "path", "stage", "reason"]).to_pandas())
-                good = table.filter(ok).select(names)
-                if good.num_rows == 0:
-                    continue
-                if writer is None:
-                    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-                    handle = fs.open(path, "wb")
-                    writer = pq.ParquetWriter(handle, self.schema, compression=self.compression)
-                writer.write_table(good.cast(self.schema), row_group_size=self.rows_per_file)
-                rows += good.num_rows
-                for entry in pc.value_counts(good.column("metadata_source").fill_null("none")).to_pylist():
-                    sources[entry["values"]] = sources.get(entry["values"], 0) + entry["counts"]
-                if "boxes" in names:
-                    unknown_size += good.column("width").null_count
-        finally:
-            if writer is not None:
-                writer.close()
-            if handle is not None:
-                handle.close()
-        files = []
-        if writer is not None:
-            files.append((storage.to_uri(fs, path), rows, int(fs.size(path))))
-        frame = (pd.concat(quarantined, ignore_index=True) if quarantined
-                 else pd.DataFrame({c: pd.Series(dtype=object) for c in ("image_index", "path", "stage", "reason")}))
-        return ScoresWrite(files=files, quarantined=frame, compute_s=compute_s, model_s=model_s,
-                           metadata_sources=sources, unknown_size=unknown_size)
-
-    def on_write_complete(self, write_result) -> None:
-        self.result = list(write_result.write_returns)
 
 
 def staging_uri(out: str, run_id: str, *parts: str) -> str:

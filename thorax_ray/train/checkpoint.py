@@ -5,6 +5,7 @@ state-dict loading; a missing checkpoint is an error, never a random model."""
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import io
 import json
 import logging
@@ -30,15 +31,23 @@ class CheckpointError(FileNotFoundError):
 
 
 def package_versions() -> dict[str, str]:
+    """Versions of what made the checkpoint; Ray's from its installed metadata ("not installed" where a
+    checkpoint is saved without Ray, e.g. by bench/gpu.py on the GPU machine)."""
     import numpy
-    import ray
     import torchvision
 
     from thorax_ray import __version__
 
     versions = {"thorax_ray": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
-                "ray": ray.__version__, "numpy": numpy.__version__, "python": platform.python_version()}
+                "ray": _installed_version("ray"), "numpy": numpy.__version__, "python": platform.python_version()}
     return {name: str(version) for name, version in versions.items()}  # plain str: weights_only loading
+
+
+def _installed_version(distribution: str) -> str:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
 
 
 def checkpoint_dir_name(epoch: int) -> str:
