@@ -125,7 +125,8 @@ def new_trainer(args, fast, counts, rows: int, *, compiled: bool):
 
     from thorax_ray.losses import LossConfig, build_loss
     from thorax_ray.models import create_model
-    from thorax_ray.train.config import AugmentConfig, preprocessing_contract
+    from thorax_ray.train.config import AugmentConfig
+    from thorax_ray.data.preprocess import preprocessing_contract
     from thorax_ray.train.loop import train_step
 
     torch.manual_seed(0)
@@ -147,7 +148,7 @@ def synthetic_batches(args, fast, stored: int):
     """One uint8 batch already on the device, handed out forever."""
     import torch
 
-    from thorax_ray.train.batches import Batch
+    from thorax_ray.data.preprocess import Batch
 
     g = torch.Generator().manual_seed(1)
     batch = Batch(image_index=[str(i) for i in range(args.batch_size)],
@@ -164,7 +165,7 @@ def pyarrow_batches(files: list[str], args, fast, stored: int):
     from bench.gpu_data import shard_tables
     from thorax_ray.accel import prefetch_to_device
     from thorax_ray.labels import FINDING_COLUMNS
-    from thorax_ray.train.batches import batch_from_arrow
+    from thorax_ray.data.preprocess import batch_from_arrow
 
     tables = shard_tables(files, batch_size=args.batch_size, columns=["image_index", "image", *FINDING_COLUMNS])
     return prefetch_to_device(tables, fast, make=lambda table: batch_from_arrow(table, stored_size=stored))
@@ -175,7 +176,7 @@ def ray_data_batches(prepared: str, args, fast, stored: int):
     from thorax_ray.accel import prefetch_to_device
     from thorax_ray.data.shards import read_prepared
     from thorax_ray.labels import FINDING_COLUMNS
-    from thorax_ray.train.batches import batch_from_arrow
+    from thorax_ray.data.preprocess import batch_from_arrow
 
     dataset = read_prepared(prepared, ["train"], columns=["image_index", "image", *FINDING_COLUMNS])
     while True:
@@ -266,9 +267,9 @@ def measure_scoring(args, budget: Budget, rows: list[Row], prepared: str, record
                     goal: int | None) -> int:
     """Scoring rows; returns the torch threads each scorer had (the scoring job's, per actor)."""
     from bench.score import make_checkpoint
-    from thorax_ray.scoring.job import ScoreConfig, scorer_threads
+    from thorax_ray.scoring.config import ScoreConfig, scorer_threads
     from thorax_ray.scoring.scorer import NO_METHOD, Scorer
-    from thorax_ray.train.checkpoint import checkpoint_model_id
+    from thorax_ray.checkpoint import checkpoint_model_id
 
     checkpoint = os.path.join(work, "checkpoint")
     os.makedirs(checkpoint, exist_ok=True)
@@ -301,7 +302,7 @@ def check_collectives(device) -> str:
     import torch
     import torch.distributed as dist
 
-    from thorax_ray.predict import Predictions
+    from thorax_ray.models.predict import Predictions
     from thorax_ray.train.collectives import Collectives
 
     backend = "nccl" if device.type == "cuda" else "gloo"
@@ -331,8 +332,8 @@ def bf16_difference(args, fast, prepared: str, record: dict) -> float:
 
     from thorax_ray.data.pipeline import images_to_array
     from thorax_ray.models import create_model
-    from thorax_ray.train.batches import normalise_images
-    from thorax_ray.train.config import preprocessing_contract
+    from thorax_ray.data.preprocess import normalise_images
+    from thorax_ray.data.preprocess import preprocessing_contract
 
     table = scoring_batches(prepared, args.score_batch_size)[0]
     pixels = torch.from_numpy(images_to_array(table.column("image"), int(record["size"])).copy()).unsqueeze(1)

@@ -22,8 +22,8 @@ from thorax_ray.data.pipeline import ImageConfig, ImageLoader
 from thorax_ray.data.shards import (PreparedError, commit_record, new_task_name, new_version, relative_to,
                                     shard_contract, version_dir, write_commit, write_shard_files, write_table)
 from thorax_ray.labels import FINDING_COLUMNS
-from thorax_ray.manifest import build_manifest, write_manifest
-from thorax_ray.splits import SPLITS
+from thorax_ray.data.manifest import build_manifest, write_manifest
+from thorax_ray.data.splits import SPLITS
 
 CHUNK_ROWS = 256  # manifest rows per decode task
 

@@ -68,7 +68,7 @@ def main() -> None:
     args = parser.parse_args()
     cores = os.cpu_count() or 1
 
-    from thorax_ray.manifest import build_manifest
+    from thorax_ray.data.manifest import build_manifest
     from thorax_ray.synthetic.dataset import SyntheticConfig, write_synthetic_dataset
 
     data = f"{args.data}-{args.images}"

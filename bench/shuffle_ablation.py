@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 @contextlib.contextmanager
 def csv_order():
     """Training rows in the manifest's order every epoch (what training did before per-epoch shuffling)."""
-    from thorax_ray.train import data as data_mod
+    from thorax_ray.data import sources as data_mod
     from thorax_ray.train import trainer as trainer_mod
 
     original_dataset, original_shuffle = data_mod.DataSource.dataset, trainer_mod.shuffled_every_epoch
@@ -42,7 +42,7 @@ def csv_order():
 
 
 def train_once(args, seed: int, shuffled: bool, storage_dir: str) -> list[float]:
-    from thorax_ray.train.checkpoint import run_metrics
+    from thorax_ray.checkpoint import run_metrics
     from thorax_ray.train.config import TrainConfig
     from thorax_ray.train.trainer import fit
 

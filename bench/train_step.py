@@ -35,8 +35,9 @@ def plain_loop(prepared: str, args) -> float:
     from thorax_ray.losses import build_loss
     from thorax_ray.models import create_model
     from thorax_ray.train.augment import augment_batch
-    from thorax_ray.train.batches import batch_from_arrow, normalise_images
-    from thorax_ray.train.config import AugmentConfig, LossConfig, preprocessing_contract
+    from thorax_ray.data.preprocess import batch_from_arrow, normalise_images
+    from thorax_ray.train.config import AugmentConfig, LossConfig
+    from thorax_ray.data.preprocess import preprocessing_contract
     import pyarrow as pa
 
     torch.set_num_threads(args.threads)
@@ -75,8 +76,9 @@ def plain_mlp_epoch(data: str, args) -> tuple[float, float]:
     from thorax_ray.losses import build_loss
     from thorax_ray.metrics import per_class_auroc
     from thorax_ray.models import MetadataFeatures, create_model
-    from thorax_ray.train.config import DataConfig, LossConfig
-    from thorax_ray.train.data import open_source
+    from thorax_ray.train.config import LossConfig
+    from thorax_ray.data.sources import DataConfig
+    from thorax_ray.data.sources import open_source
     from thorax_ray.labels import FINDING_COLUMNS
 
     torch.set_num_threads(args.threads)

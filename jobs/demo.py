@@ -62,7 +62,7 @@ def prepare_shards(data: str, out: str, size: int) -> None:
 
 
 def train_models(prepared: str, args: argparse.Namespace) -> dict[str, str]:
-    from thorax_ray.train.checkpoint import run_metrics
+    from thorax_ray.checkpoint import run_metrics
     from thorax_ray.train.config import TrainConfig
     from thorax_ray.train.trainer import fit
 
@@ -88,7 +88,8 @@ def train_models(prepared: str, args: argparse.Namespace) -> dict[str, str]:
 
 
 def score_models(runs: dict[str, str], prepared: str, args: argparse.Namespace) -> dict[str, str]:
-    from thorax_ray.scoring.job import ScoreConfig, score
+    from thorax_ray.scoring.job import score
+    from thorax_ray.scoring.config import ScoreConfig
 
     outputs = {}
     for name, run_dir in runs.items():

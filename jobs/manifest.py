@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 
 from thorax_ray.cli import add_s3_endpoint_argument, job_parser, run_main, setup_logging
-from thorax_ray.manifest import build_manifest, write_manifest
-from thorax_ray.splits import TRAINING_SPLITS, SplitConfig
+from thorax_ray.data.manifest import build_manifest, write_manifest
+from thorax_ray.data.splits import TRAINING_SPLITS, SplitConfig
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -24,7 +24,7 @@ from thorax_ray.preflight import require_inputs
 from thorax_ray.ray_setup import init_ray
 from thorax_ray.scoring import NO_METHOD, ScoreConfig, score
 from thorax_ray.scoring.gate import parse_gate
-from thorax_ray.train.checkpoint import resolve_checkpoint
+from thorax_ray.checkpoint import resolve_checkpoint
 
 EXIT_BUSY = 75  # EX_TEMPFAIL: another run holds the output; try again later
 

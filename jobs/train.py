@@ -17,7 +17,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from thorax_ray.cli import add_cluster_arguments, add_gpu_arguments, job_parser, run_main, setup_logging, show_config_defaults
+from thorax_ray.cli import (add_cluster_arguments, add_gpu_arguments, job_parser, run_main, setup_logging,
+                            show_config_defaults)
 from thorax_ray.cluster import cluster_capacity, resolve_use_gpu
 from thorax_ray.config import overrides_from_flags
 from thorax_ray.losses import LOSS_KINDS

@@ -9,7 +9,7 @@ import pytest
 
 from thorax_ray.data.pipeline import ImageConfig
 from thorax_ray.data.prepare import PrepareConfig, prepare
-from thorax_ray.splits import SplitConfig
+from thorax_ray.data.splits import SplitConfig
 from thorax_ray.synthetic.dataset import SyntheticConfig, write_synthetic_dataset
 
 

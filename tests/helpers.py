@@ -34,8 +34,8 @@ def make_checkpoint(folder: str | os.PathLike, name: str = "small_cnn", *, size:
     import torch
 
     from thorax_ray.models import create_model
-    from thorax_ray.train.checkpoint import save_checkpoint
-    from thorax_ray.train.config import preprocessing_contract
+    from thorax_ray.checkpoint import save_checkpoint
+    from thorax_ray.data.preprocess import preprocessing_contract
 
     if model is None:
         torch.manual_seed(seed)

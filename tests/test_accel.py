@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from thorax_ray.accel import CPU_PREFETCH_BATCHES, FastPath, host_threads, prefetch_to_device
-from thorax_ray.train.batches import Batch
+from thorax_ray.data.preprocess import Batch
 from thorax_ray.train.config import RunSettings, TrainConfig
 
 

@@ -9,7 +9,8 @@ import pytest
 
 from thorax_ray.cluster import (ClusterCapacity, ClusterError, NodeType, check_shared_storage, find_cluster_config,
                                 parse_use_gpu, read_node_types, resolve_use_gpu)
-from thorax_ray.scoring.job import ScoreConfig, plan_actors
+from thorax_ray.scoring.config import ScoreConfig
+from thorax_ray.scoring.pipeline import plan_actors
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLUSTER_YAML = os.path.join(REPO, "cluster.yaml")

@@ -6,7 +6,7 @@ import torch
 from captum.attr import Occlusion
 from torch import nn
 
-from thorax_ray.attribution import registry as attribution_registry
+from thorax_ray.attribution import base as attribution_registry
 from thorax_ray.attribution import (
     Attribution,
     AttributionMethod,

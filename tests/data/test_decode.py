@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from thorax_ray.data.decode import (HEADER_BYTES, QUARANTINE_REASONS, DecodeError, decode_gray8, decode_image,
-                                    image_size, sniff)
+from thorax_ray.data.decode import HEADER_BYTES, DecodeError, decode_gray8, decode_image, image_size, sniff
+from thorax_ray.data.quarantine import QUARANTINE_REASONS
 from tests.data.dicoms import dicom_bytes
 from tests.data.pngs import gray_image, png_bytes, variants
 

@@ -8,7 +8,8 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import HTJ2KLossless
 
-from thorax_ray.data.decode import QUARANTINE_REASONS, DecodeError, decode_image
+from thorax_ray.data.decode import DecodeError, decode_image
+from thorax_ray.data.quarantine import QUARANTINE_REASONS
 from thorax_ray.data.dicom import decode_dicom, parse_dicom_age
 from tests.data.dicoms import dicom_bytes, three_forms
 from tests.data.pngs import gray_image

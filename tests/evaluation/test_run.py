@@ -10,8 +10,8 @@ from thorax_ray.attribution import encode_heatmaps
 from thorax_ray.evaluation.classification import choose_thresholds
 from thorax_ray.evaluation.run import EvaluationConfig, evaluate_scores
 from thorax_ray.labels import FINDING_COLUMNS, FINDINGS
-from thorax_ray.manifest import build_manifest
-from thorax_ray.metadata import read_bbox_list
+from thorax_ray.data.manifest import build_manifest
+from thorax_ray.data.nih_csv import read_bbox_list
 
 
 def fake_scores(manifest, boxes, *, noise, seed, with_maps):
@@ -83,8 +83,8 @@ def test_two_models_compared_with_report(synthetic_small, tmp_path):
 
 def metrics_rows(config, manifest, split):
     """The manifest rows of `split` as the evaluation assigns them (its own split of the dataset)."""
-    from thorax_ray.train.config import DataConfig
-    from thorax_ray.train.data import open_source
+    from thorax_ray.data.sources import DataConfig
+    from thorax_ray.data.sources import open_source
 
     source = open_source(DataConfig(data=config.data))
     return source.manifest[source.manifest["split"] == split]
@@ -133,7 +133,7 @@ def test_scores_of_a_model_trained_on_another_split_are_flagged(synthetic_small,
 
 
 def test_scores_of_a_synthetic_model_on_real_images_are_flagged_in_the_report_header(synthetic_small, tmp_path):
-    from thorax_ray.origin import ood_check
+    from thorax_ray.data.origin import ood_check
 
     manifest, _ = build_manifest(str(synthetic_small))
     scores = fake_scores(manifest, read_bbox_list(str(synthetic_small / "BBox_List_2017.csv")), noise=0.1, seed=1,

@@ -15,8 +15,8 @@ import pandas as pd
 import pytest
 
 from tests.helpers import make_checkpoint, write_text
-from tests.test_locate import make_layout
-from thorax_ray.metadata import DATA_ENTRY_HEADER
+from tests.data.test_locate import make_layout
+from thorax_ray.data.nih_csv import DATA_ENTRY_HEADER
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -153,7 +153,7 @@ def s3_prepared(ray_local, learnable_images, s3_server):
 
     from thorax_ray.data.pipeline import ImageConfig
     from thorax_ray.data.prepare import PrepareConfig, prepare
-    from thorax_ray.splits import SplitConfig
+    from thorax_ray.data.splits import SplitConfig
 
     boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1").create_bucket(Bucket="thorax-cluster")
     prepare(PrepareConfig(data=str(learnable_images / "raw"), out="s3://thorax-cluster/prepared",
@@ -182,9 +182,9 @@ def test_train_score_evaluate_start_the_gpu_node_from_zero(autoscaling_cluster, 
     """The runbook's chain: the jobs ask for GPUs (auto), the autoscaler starts the GPU node type from zero
     workers, training runs on it, scoring's actor pool asks for GPU actors, evaluation reads the scores."""
     from thorax_ray.scoring import read_scores
-    from thorax_ray.train.checkpoint import epoch_checkpoints, load_payload, run_metrics
-    from thorax_ray.train.config import DataConfig
-    from thorax_ray.train.data import open_source
+    from thorax_ray.checkpoint import epoch_checkpoints, load_payload, run_metrics
+    from thorax_ray.data.sources import DataConfig
+    from thorax_ray.data.sources import open_source
 
     cluster, bucket = autoscaling_cluster, s3_prepared
     assert alive_gpus(cluster) == [0]  # only the head, no GPU up

@@ -335,7 +335,7 @@ def offline_torch_hub(tmp_path, monkeypatch):
 def test_imagenet_weights_come_from_torchvisions_cache_file(offline_torch_hub):
     """`pretrained="imagenet"` reads torchvision's own weights file (its exact name, in the torch hub cache
     of TORCH_HOME), sums the RGB stem and records the initialisation; nothing is downloaded."""
-    from thorax_ray.models.cnn import imagenet_cache_path
+    from thorax_ray.models.pretrained import imagenet_cache_path
 
     torch.manual_seed(3)
     source = torchvision.models.densenet121(weights=None).state_dict()

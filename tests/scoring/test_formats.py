@@ -9,8 +9,8 @@ import torch
 from thorax_ray.data.decode import decode_image
 from thorax_ray.labels import FINDING_COLUMNS
 from thorax_ray.scoring import ScoreConfig, committed_runs, read_quarantine, read_scores, score
-from thorax_ray.train.batches import normalise_images
-from thorax_ray.train.config import preprocessing_contract
+from thorax_ray.data.preprocess import normalise_images
+from thorax_ray.data.preprocess import preprocessing_contract
 from tests.data.dicoms import write_mixed_folder
 from tests.helpers import make_checkpoint, upload_tree
 

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 from thorax_ray.labels import FINDING_COLUMNS
-from thorax_ray.manifest import MANIFEST_COLUMNS, build_manifest
-from thorax_ray.metadata import SAMPLE_LABELS_HEADER
+from thorax_ray.data.manifest import MANIFEST_COLUMNS, build_manifest
+from thorax_ray.data.nih_csv import SAMPLE_LABELS_HEADER
 from thorax_ray.scoring import InputError, resolve_input
 from tests.helpers import write_text
 

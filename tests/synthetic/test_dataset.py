@@ -4,8 +4,8 @@ import os
 import numpy as np
 from PIL import Image
 
-from thorax_ray.manifest import build_manifest
-from thorax_ray.metadata import read_bbox_list, read_metadata
+from thorax_ray.data.manifest import build_manifest
+from thorax_ray.data.nih_csv import read_bbox_list, read_metadata
 from thorax_ray.synthetic.dataset import SyntheticConfig, write_preview, write_synthetic_dataset
 
 

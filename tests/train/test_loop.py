@@ -44,7 +44,7 @@ def _save_epoch(run_dir, epoch, epochs_from=1):
 
     import torch
 
-    from thorax_ray.train.checkpoint import checkpoint_dir_name, save_checkpoint
+    from thorax_ray.checkpoint import checkpoint_dir_name, save_checkpoint
 
     directory = os.path.join(run_dir, checkpoint_dir_name(epoch))
     os.makedirs(directory)
@@ -54,7 +54,8 @@ def _save_epoch(run_dir, epoch, epochs_from=1):
 
 
 def test_restore_state_loads_one_checkpoint_the_newest_complete_one(monkeypatch, tmp_path):
-    from thorax_ray.train import checkpoint, loop
+    from thorax_ray import checkpoint
+    from thorax_ray.train import loop
 
     loaded = []
     real_load = checkpoint.load_payload

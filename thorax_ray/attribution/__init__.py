@@ -6,7 +6,7 @@ the one-forward CAM fast path, compact uint8 heatmap storage and Wang et al. 201
     values = encode_heatmaps(normalise_maps(result.maps))
     boxes = boxes_for_image(normalise_maps(result.maps)[0], width=1024, height=1024)
 """
-from thorax_ray.attribution.registry import (
+from thorax_ray.attribution.base import (
     DEFAULT_IMAGE_METHOD,
     DEFAULT_METADATA_METHOD,
     Attribution,
@@ -18,6 +18,8 @@ from thorax_ray.attribution.registry import (
     register_method,
 )
 from thorax_ray.attribution.cam import FastCAM, GradCAM, RawCAM, cam_weight, class_activation_maps
+from thorax_ray.attribution.gradients import IntegratedGradientsMaps, MetadataIntegratedGradients
+from thorax_ray.attribution.occlusion import OcclusionMaps
 from thorax_ray.attribution.encode import (
     HEATMAP_METADATA_KEY,
     HEATMAP_SCHEMA_METADATA,

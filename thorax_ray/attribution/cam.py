@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from thorax_ray.attribution.registry import (
+from thorax_ray.attribution.base import (
     Attribution,
     AttributionMethod,
     evaluation,
@@ -112,7 +112,7 @@ class GradCAM(AttributionMethod):
 
     def attribute(self, images: torch.Tensor | None = None,
                   features: torch.Tensor | None = None) -> Attribution:
-        from captum.attr import LayerGradCam
+        from captum.attr import LayerGradCam  # deferred: Captum is heavy and optional where only fast maps run
 
         images, features = self._checked(images, features)
         model = self.model

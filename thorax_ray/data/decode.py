@@ -11,7 +11,7 @@ overlays.
   file by the standard and is quarantined as `unsupported_format`.
 
 Pixels stay uint8 from here until the training worker. Failures raise DecodeError with a stable reason
-code from QUARANTINE_REASONS, which ends up in the quarantine tables.
+code from thorax_ray.data.quarantine.QUARANTINE_REASONS, which ends up in the quarantine tables.
 """
 from __future__ import annotations
 
@@ -21,38 +21,14 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from thorax_ray.data.dicom import decode_dicom, dicom_size, is_dicom
+from thorax_ray.data.quarantine import DecodeError
+
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 JPEG_SIGNATURE = b"\xff\xd8\xff"
 MIN_SIDE = 32
 PNG_HEADER_BYTES = 24  # signature (8) + IHDR length/type (8) + width (4) + height (4)
 HEADER_BYTES = 64 * 1024  # enough for the size of a JPEG, and the header of nearly every DICOM
-
-QUARANTINE_REASONS: dict[str, str] = {
-    # stage locate / read (thorax_ray.data.read)
-    "missing": "a metadata row names an image that is not there, or the file vanished before it was read",
-    "read_error": "storage kept failing after the retries",
-    # stage decode (this module and thorax_ray.data.dicom)
-    "zero_bytes": "an empty file",
-    "unsupported_format": "neither PNG, JPEG nor DICOM (e.g. a text or PDF file)",
-    "truncated_or_corrupt": "a PNG/JPEG/DICOM that cannot be decoded completely",
-    "wrong_size": "smaller than 32 px on a side, or not --expected-source-size",
-    "not_a_radiograph": "DICOM that is not one grayscale projection radiograph (RGB/YBR/palette colour, "
-                        "or a modality such as CT, MR, US)",
-    "multi_frame": "DICOM with more than one frame",
-    "no_pixel_data": "DICOM without an image (structured report, key-object note, DICOMDIR...)",
-    "unsupported_transfer_syntax": "DICOM compressed with a codec none of the installed decoders reads",
-    # older runs only
-    "not_png": "(runs before DICOM/JPEG support) content not PNG; now reported as unsupported_format",
-}
-"""The fixed vocabulary of quarantine reasons (reason -> meaning)."""
-
-
-class DecodeError(ValueError):
-    def __init__(self, reason: str, detail: str = ""):
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
-
 
 @dataclass(frozen=True)
 class Decoded:
@@ -68,8 +44,6 @@ class Decoded:
 
 def sniff(data: bytes) -> str:
     """"png", "jpeg" or "dicom" from the first bytes; DecodeError otherwise."""
-    from thorax_ray.data.dicom import is_dicom
-
     if len(data) == 0:
         raise DecodeError("zero_bytes")
     if data.startswith(PNG_SIGNATURE):
@@ -106,8 +80,6 @@ def decode_full(data: bytes) -> tuple[Image.Image, str, dict | None]:
     """Any accepted image at full resolution: (8-bit gray PIL image, format, DICOM tags or None)."""
     kind = sniff(data)
     if kind == "dicom":
-        from thorax_ray.data.dicom import decode_dicom
-
         decoded = decode_dicom(data)
         gray = np.rint(decoded.pixels * 255.0).astype(np.uint8)
         return Image.fromarray(gray, mode="L"), kind, decoded.tags
@@ -143,8 +115,6 @@ def image_size(head: bytes) -> tuple[int, int]:
             raise DecodeError("truncated_or_corrupt", "no PNG header")
         return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
     if kind == "dicom":
-        from thorax_ray.data.dicom import dicom_size
-
         return dicom_size(head)
     try:
         with Image.open(io.BytesIO(head), formats=["JPEG"]) as image:  # the size comes from the SOF marker

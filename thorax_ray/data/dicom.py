@@ -22,7 +22,7 @@ Pixel pipeline (the order of DICOM PS3.3 C.11, as torchxrayvision's `read_xray_d
 
 Accepted objects: one frame, one sample per pixel, MONOCHROME1/MONOCHROME2, and a projection-radiograph
 modality (CR, DX, DR, RG, OT or no Modality). Everything else raises DecodeError with a reason from
-`thorax_ray.data.decode.QUARANTINE_REASONS`: `not_a_radiograph` (RGB/YBR/palette colour, other modalities
+`thorax_ray.data.quarantine.QUARANTINE_REASONS`: `not_a_radiograph` (RGB/YBR/palette colour, other modalities
 such as CT or MR), `multi_frame`, `no_pixel_data` (structured reports, key-object notes, DICOMDIR...),
 `unsupported_transfer_syntax` (no installed decoder), `truncated_or_corrupt`.
 """
@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from thorax_ray.data.decode import DecodeError
+from thorax_ray.data.quarantine import DecodeError
 
 DICOM_MAGIC_OFFSET = 128
 DICOM_MAGIC = b"DICM"

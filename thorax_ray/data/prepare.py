@@ -15,9 +15,9 @@ from thorax_ray.data.shard_sink import PreparedShardsDatasink
 from thorax_ray.data.shards import (QUARANTINE_COLUMNS, VERSIONS_DIR, PreparedError, commit_record, new_version,
                                     read_commit, relative_to, shard_contract, version_dir, write_commit, write_table)
 from thorax_ray.lease import acquire_lease
-from thorax_ray.manifest import build_manifest, write_manifest
+from thorax_ray.data.manifest import build_manifest, write_manifest
 from thorax_ray.progress import StageProgress
-from thorax_ray.splits import SPLITS, SplitConfig
+from thorax_ray.data.splits import SPLITS, SplitConfig
 
 log = logging.getLogger(__name__)
 LOCK_FILE = "_lock.json"  # the lease of the prepare writing to OUT (thorax_ray.lease)
@@ -27,7 +27,7 @@ LOCK_FILE = "_lock.json"  # the lease of the prepare writing to OUT (thorax_ray.
 class PrepareConfig:
     data: str
     out: str
-    metadata: str | None = None  # metadata CSV (default: found by its usual names, thorax_ray.locate)
+    metadata: str | None = None  # metadata CSV (default: found by its usual names, thorax_ray.data.locate)
     image: ImageConfig = field(default_factory=ImageConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
     overwrite: bool = False

@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from thorax_ray import storage
-from thorax_ray.manifest import MANIFEST_SCHEMA, read_manifest
+from thorax_ray.data.manifest import MANIFEST_SCHEMA, read_manifest
 
 SHARD_SCHEMA = MANIFEST_SCHEMA.append(pa.field("image", pa.binary()))
 

@@ -19,8 +19,9 @@ from thorax_ray.evaluation.localization import (NIH_IMAGE_SIZE, chance_localizat
 from thorax_ray.evaluation.plots import plot_auroc_comparison, plot_heatmap_overlay, plot_pr_curves, plot_roc_curves
 from thorax_ray.evaluation.report import comparison_ci, comparison_table, format_comparison_table, write_report
 from thorax_ray.labels import FINDING_COLUMNS, FINDINGS, column_name
-from thorax_ray.locate import discover
-from thorax_ray.metadata import read_bbox_list
+from thorax_ray.data.locate import discover
+from thorax_ray.data.nih_csv import read_bbox_list
+from thorax_ray.data.sources import DataConfig, open_source
 from thorax_ray.names import safe_name
 
 log = logging.getLogger(__name__)
@@ -203,22 +204,49 @@ def newest_model_rows(scores: pd.DataFrame, uri: str) -> tuple[pd.DataFrame, str
                   f"model_id {newest} ({len(kept)} of {len(scores)} rows)")
 
 
+@dataclass
+class _Joined:
+    """The dataset's rows with every model's scores beside them (`joined`: one column per model and finding)."""
+
+    joined: pd.DataFrame
+    scored: dict[str, pd.DataFrame]  # model -> its scores, indexed by image_index
+    described: dict[str, dict]  # model -> its scores' attrs: heatmap, boxes, model_init, metadata_features
+    warnings: list[str]
+
+
 def evaluate_scores(config: EvaluationConfig, load_scores) -> dict:
     """`load_scores(uri) -> DataFrame` (image_index, probability columns, optional heatmap/boxes)."""
-    from thorax_ray.train.config import DataConfig
-    from thorax_ray.train.data import open_source
-
     outputs = load_outputs(config, load_scores)
     source = open_source(DataConfig(data=config.data, s3_endpoint=config.s3_endpoint))
-    manifest = source.manifest.set_index("image_index", drop=False)
     raw_root = source.prepared["source"] if source.prepared else config.data
     truth_boxes = _truth_boxes(raw_root, config.s3_endpoint)
+    scores = _join(config, source, outputs)
+    os.makedirs(config.out, exist_ok=True)
+    columns = [f"{n}:{c}" for n in scores.scored for c in FINDING_COLUMNS]
+    complete = scores.joined[columns].notna().all(axis=1)
+    rows = scores.joined[complete]
+    test, val = rows[rows["split"] == config.split], rows[rows["split"] == "val"]
+    missing = int((~complete & (scores.joined["split"] == config.split)).sum())
+    notes = [f"{config.split} rows with scores from every model: {len(test)} (missing for {missing})",
+             "synthetic data: numbers are not comparable with the published real-data columns"
+             if config.dataset_kind == "synthetic" else "real data", *scores.warnings]
+    print(f"[evaluate] {len(test)} {config.split} rows scored by every model ({', '.join(scores.scored)}); CIs "
+          f"from {config.n_boot} patient resamples", flush=True)
+    metrics: dict = {"split": config.split, "dataset": config.dataset_kind, "split_hash": source.split_hash,
+                     "models": {}, "localization": {}, "notes": notes}
+    test_truth = None if truth_boxes is None else truth_boxes[truth_boxes["image_index"].isin(test.index)]
+    predicted_boxes = _summarise(config, scores, test, val, test_truth, metrics, source.split_hash)
+    _compare(config, scores, test, test_truth, metrics)
+    rows.reset_index(drop=True).to_parquet(os.path.join(config.out, "predictions.parquet"), index=False)
+    return _write(config, scores, test, test_truth, predicted_boxes, metrics)
 
+
+def _join(config: EvaluationConfig, source, outputs: dict[str, pd.DataFrame]) -> _Joined:
+    """Every model's newest scores beside the dataset's rows; warnings for split or origin mismatches."""
+    manifest = source.manifest.set_index("image_index", drop=False)
     joined = manifest[["image_index", "patient_id", "split", "view_position", "follow_up", "path",
                        *FINDING_COLUMNS]].copy()
-    scored: dict[str, pd.DataFrame] = {}
-    described: dict[str, dict] = {}  # the scores' attrs: heatmap, boxes, model_init, metadata_features
-    warnings: list[str] = []
+    result = _Joined(joined=joined, scored={}, described={}, warnings=[])
     for name, uri in config.scores:
         loaded, note = newest_model_rows(outputs[name], uri)
         trained_on = loaded.attrs.get("split_hash")
@@ -226,13 +254,13 @@ def evaluate_scores(config: EvaluationConfig, load_scores) -> dict:
             note = ((note + "; ") if note else "") + (
                 f"{uri}: the model was trained on split {trained_on}, this evaluation uses split "
                 f"{source.split_hash}: its {config.split} rows may include images it was trained on")
-        ood = (loaded.attrs.get("data_origin") or {}).get("warning")  # thorax_ray.origin.ood_check
+        ood = (loaded.attrs.get("data_origin") or {}).get("warning")  # thorax_ray.data.origin.ood_check
         if ood:
             note = ((note + "; ") if note else "") + f"{name}: {ood}"
         if note:
             log.warning(note)
-            warnings.append(note)
-        described[name] = dict(loaded.attrs)
+            result.warnings.append(note)
+        result.described[name] = dict(loaded.attrs)
         frame = loaded.drop_duplicates("image_index", keep="last").set_index("image_index")
         unknown = len(set(frame.index) - set(joined.index))
         if unknown:
@@ -241,70 +269,72 @@ def evaluate_scores(config: EvaluationConfig, load_scores) -> dict:
         if not len(frame):
             raise EvaluationError(f"--scores {name}={uri}: none of its {len(loaded)} scored images is in "
                                   f"{config.data}")
-        scored[name] = frame
+        result.scored[name] = frame
         for column in FINDING_COLUMNS:
             joined[f"{name}:{column}"] = frame[column].reindex(joined.index)
-    os.makedirs(config.out, exist_ok=True)
-    columns = [f"{n}:{c}" for n in scored for c in FINDING_COLUMNS]
-    complete = joined[columns].notna().all(axis=1)
-    rows = joined[complete]
-    test, val = rows[rows["split"] == config.split], rows[rows["split"] == "val"]
-    missing = int((~complete & (joined["split"] == config.split)).sum())
-    notes = [f"{config.split} rows with scores from every model: {len(test)} (missing for {missing})",
-             "synthetic data: numbers are not comparable with the published real-data columns"
-             if config.dataset_kind == "synthetic" else "real data", *warnings]
+    return result
 
-    print(f"[evaluate] {len(test)} {config.split} rows scored by every model ({', '.join(scored)}); CIs from "
-          f"{config.n_boot} patient resamples", flush=True)
-    metrics: dict = {"split": config.split, "dataset": config.dataset_kind, "split_hash": source.split_hash,
-                     "models": {}, "localization": {}, "notes": notes}
-    test_truth = None if truth_boxes is None else truth_boxes[truth_boxes["image_index"].isin(test.index)]
-    predicted_boxes: dict[str, dict[str, list[dict]]] = {}  # model -> image -> boxes from its heatmaps
+
+def _summarise(config: EvaluationConfig, scores: _Joined, test: pd.DataFrame, val: pd.DataFrame,
+               test_truth: pd.DataFrame | None, metrics: dict, split_hash: str) -> dict[str, dict[str, list[dict]]]:
+    """Each model's CIs, operating points and localization into `metrics` (thresholds written beside);
+    returns model -> image -> the boxes traced from its heatmaps."""
+    predicted_boxes: dict[str, dict[str, list[dict]]] = {}
     patients = dict(zip(test.index, test["patient_id"]))
-    for name in scored:
-        localize = test_truth is not None and "heatmap" in scored[name] and scored[name]["heatmap"].notna().any()
+    for name, frame in scores.scored.items():
+        described = scores.described[name]
+        localize = test_truth is not None and "heatmap" in frame and frame["heatmap"].notna().any()
         print(f"[evaluate] {name}: AUROC and AP with CIs, operating points"
               + (f", localization on {test_truth['image_index'].nunique()} annotated images" if localize else ""),
               flush=True)
-        entry = _model_summary(config, name, test, val, described[name])
+        entry = _model_summary(config, name, test, val, described)
         if localize:
             protocols, predicted_boxes[name], unknown_size = _localize(
-                scored[name], described[name].get("heatmap"), described[name].get("boxes"), test_truth, patients,
-                config.n_boot)
+                frame, described.get("heatmap"), described.get("boxes"), test_truth, patients, config.n_boot)
             entry.update(localization=protocols["wang2017"]["result"], localization_protocols=protocols)
             metrics["localization"][name] = entry["localization"]
             if unknown_size:
-                notes.append(f"{name}: {unknown_size} annotated test images have no known original size "
-                             "(source PNG unreadable when scored): no boxes, counted as misses")
+                metrics["notes"].append(f"{name}: {unknown_size} annotated test images have no known original "
+                                        "size (source PNG unreadable when scored): no boxes, counted as misses")
         metrics["models"][name] = entry
         if entry.get("thresholds") is not None:
             write_thresholds(os.path.join(config.out, "thresholds"), name, entry["thresholds"],
-                             split_hash=source.split_hash, rule=config.threshold_rule)
+                             split_hash=split_hash, rule=config.threshold_rule)
+    return predicted_boxes
+
+
+def _compare(config: EvaluationConfig, scores: _Joined, test: pd.DataFrame, test_truth: pd.DataFrame | None,
+             metrics: dict) -> None:
+    """Chance localization and every pair of models' paired bootstrap difference, into `metrics`."""
     if test_truth is not None and len(test_truth):
-        metrics["chance_localization"] = chance_localization(test_truth, *_image_size(scored.values()))
+        metrics["chance_localization"] = chance_localization(test_truth, *_image_size(scores.scored.values()))
     print("[evaluate] paired comparisons, plots and report", flush=True)
     metrics["paired"] = [
         {"model_a": a, "model_b": b,
          "result": paired_bootstrap_difference(_labels(test), _scores(test, a), _scores(test, b),
                                                test["patient_id"].to_numpy(), n_boot=config.n_boot)}
-        for a, b in itertools.combinations(scored, 2)
+        for a, b in itertools.combinations(scores.scored, 2)
     ]
 
-    rows.reset_index(drop=True).to_parquet(os.path.join(config.out, "predictions.parquet"), index=False)
-    labels, by_model = _labels(test), {name: _scores(test, name) for name in scored}
+
+def _write(config: EvaluationConfig, scores: _Joined, test: pd.DataFrame, test_truth: pd.DataFrame | None,
+           predicted_boxes: dict, metrics: dict) -> dict:
+    """Plots, overlays, metrics.json and report.html; returns `metrics` with the report's path and table."""
+    labels, by_model = _labels(test), {name: _scores(test, name) for name in scores.scored}
+    out = config.out
     images = {
-        "ROC curves": plot_roc_curves(labels, by_model, os.path.join(config.out, "roc_curves.png"), split=config.split),
-        "Precision-recall curves": plot_pr_curves(labels, by_model, os.path.join(config.out, "pr_curves.png"),
+        "ROC curves": plot_roc_curves(labels, by_model, os.path.join(out, "roc_curves.png"), split=config.split),
+        "Precision-recall curves": plot_pr_curves(labels, by_model, os.path.join(out, "pr_curves.png"),
                                                   split=config.split),
-        "AUROC per finding": plot_auroc_comparison(comparison_table(metrics), os.path.join(config.out, "auroc.png"),
+        "AUROC per finding": plot_auroc_comparison(comparison_table(metrics), os.path.join(out, "auroc.png"),
                                                    ci=comparison_ci(metrics), split=config.split),
     }
     overlay_model = next(iter(predicted_boxes), None)  # the first model with localization
     overlays = {} if overlay_model is None else _overlays(
-        config, scored[overlay_model], overlay_model, described[overlay_model].get("heatmap"), test, test_truth,
-        predicted_boxes[overlay_model])
-    _write_json(os.path.join(config.out, "metrics.json"), metrics)
-    report = write_report(os.path.join(config.out, "report.html"), metrics, images=images, overlays=overlays,
+        config, scores.scored[overlay_model], overlay_model, scores.described[overlay_model].get("heatmap"), test,
+        test_truth, predicted_boxes[overlay_model])
+    _write_json(os.path.join(out, "metrics.json"), metrics)
+    report = write_report(os.path.join(out, "report.html"), metrics, images=images, overlays=overlays,
                           title="thorax-ray: CNN vs metadata MLP vs fusion")
     metrics["report"] = report
     metrics["table"] = format_comparison_table(metrics)

@@ -18,7 +18,8 @@ from torch import nn
 
 from thorax_ray.labels import NUM_FINDINGS
 from thorax_ray.models.cnn import ImageCNN, build_cnn
-from thorax_ray.models.metadata import MetadataFeatures, MetadataMLP
+from thorax_ray.models.features import MetadataFeatures
+from thorax_ray.models.mlp import MetadataMLP
 from thorax_ray.models.registry import DEFAULT_MODEL, register_model
 
 

@@ -20,13 +20,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
-if TYPE_CHECKING:  # metadata.py registers "mlp", so it imports this module, not the reverse
-    from thorax_ray.models.metadata import MetadataFeatures
+from thorax_ray.models.features import MetadataFeatures
 
 InputKind = Literal["image", "metadata", "both"]
 RANDOM_INIT = {"kind": "random", "source": "", "label": "random init"}
@@ -126,8 +125,6 @@ def create_model(name: str, *, metadata_features: MetadataFeatures | None = None
         torchvision state_dict for the CNN (backbone).
     kwargs: architecture options (e.g. `drop_rate`, `hidden`, `dropout`, `backbone` for fusion).
     """
-    from thorax_ray.models.metadata import MetadataFeatures
-
     entry = _entry(name)
     spec = ModelSpec(entry.name, entry.input_kind)
     if spec.uses_metadata:
@@ -151,24 +148,8 @@ def create_model(name: str, *, metadata_features: MetadataFeatures | None = None
     return model
 
 
-def model_initialisation(name: str, pretrained: str | None = None, backbone: str = DEFAULT_MODEL) -> dict:
-    """`model.build_config["init"]` of `create_model(name, pretrained=..., backbone=...)`, without building
-    it (no weights read): the CNN's (for fusion, its backbone's) initialisation; random for the MLP."""
-    from thorax_ray.models.cnn import initialisation
-
-    spec = get_model_spec(name)
-    if not spec.uses_images:
-        return dict(RANDOM_INIT)
-    if spec.input_kind == "both":
-        init = initialisation(backbone, pretrained)
-        return {**init, "label": f"{backbone} {init['label']}"}
-    return initialisation(name, pretrained)
-
-
 def create_model_from_config(config: Mapping[str, Any]) -> nn.Module:
     """Rebuilds an architecture from `model.build_config` (randomly initialised; load weights after)."""
-    from thorax_ray.models.metadata import MetadataFeatures
-
     features = config.get("metadata_features")
     model = create_model(
         config["name"],
@@ -178,3 +159,11 @@ def create_model_from_config(config: Mapping[str, Any]) -> nn.Module:
     if config.get("init"):  # the weights loaded next are those of that initialisation, trained
         model.build_config["init"] = dict(config["init"])
     return model
+
+
+def build_model(payload: Mapping[str, Any]) -> nn.Module:
+    """The architecture of a checkpoint's payload (thorax_ray.checkpoint), with its weights loaded strictly,
+    in eval mode."""
+    model = create_model_from_config(payload["model_build_config"])
+    model.load_state_dict(payload["model_state"], strict=True)
+    return model.eval()

@@ -9,7 +9,9 @@ image of a folder / prefix / manifest / prepared output, incremental per model, 
 Output layout and schema: `thorax_ray.scoring.output`; inputs: `thorax_ray.scoring.inputs`.
 """
 from thorax_ray.scoring.inputs import InputError, ScoringInput, resolve_input
-from thorax_ray.scoring.job import ScoreConfig, ScoreSummary, score
+from thorax_ray.scoring.job import score
+from thorax_ray.scoring.config import ScoreConfig
+from thorax_ray.scoring.summary import ScoreSummary
 from thorax_ray.scoring.output import (
     FEATURES_METADATA_KEY,
     SCORES_METADATA_KEY,
@@ -25,7 +27,7 @@ from thorax_ray.scoring.output import (
     scored_index,
 )
 from thorax_ray.scoring.scorer import NO_METHOD, Scorer
-from thorax_ray.train.checkpoint import checkpoint_model_id
+from thorax_ray.checkpoint import checkpoint_model_id
 
 __all__ = [
     "FEATURES_METADATA_KEY",

@@ -4,7 +4,7 @@
   (`image_index`, extension included) and decoded by its content (PNG, JPEG, DICOM; anything else is
   quarantined as `unsupported_format` when it is read), except
   - the dataset files of the NIH layouts (metadata CSVs, BBox_List_2017.csv, split lists, the
-    synthetic generator's record; `thorax_ray.locate.DATASET_FILE_PATTERNS`), and
+    synthetic generator's record; `thorax_ray.data.locate.DATASET_FILE_PATTERNS`), and
   - hidden files: any path part starting with "." or "_" (`.DS_Store`, `_SUCCESS`), which are
     ignored and counted (`ScoringInput.ignored`).
   When the folder has a metadata CSV (Data_Entry_2017*.csv, sample_labels.csv or sample.csv within two
@@ -30,10 +30,10 @@ import pandas as pd
 from thorax_ray import storage
 from thorax_ray.data.shards import read_commit, read_prepared_tables
 from thorax_ray.labels import FINDING_COLUMNS
-from thorax_ray.locate import BBOX_FILE, METADATA_PATTERNS, SYNTHETIC_RECORD, is_dataset_file
-from thorax_ray.manifest import MANIFEST_COLUMNS, build_manifest, read_manifest
+from thorax_ray.data.locate import BBOX_FILE, METADATA_PATTERNS, SYNTHETIC_RECORD, is_dataset_file
+from thorax_ray.data.manifest import MANIFEST_COLUMNS, build_manifest, read_manifest
 from thorax_ray.names import check_names
-from thorax_ray.origin import data_origin
+from thorax_ray.data.origin import data_origin
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class ScoringInput:
     prepared: dict | None = None  # commit record of a prepared input
     prepared_quarantine: pd.DataFrame | None = None  # image_index, path, stage, reason
     ignored: list[str] = field(default_factory=list)  # hidden files (a path part starting with . or _)
-    data_origin: str = "real"  # "synthetic" for data made by thorax_ray.synthetic (thorax_ray.origin)
+    data_origin: str = "real"  # "synthetic" for data made by thorax_ray.synthetic (thorax_ray.data.origin)
 
     @property
     def total_rows(self) -> int:

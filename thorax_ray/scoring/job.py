@@ -9,7 +9,7 @@ Every input row (every file of a folder input, see thorax_ray.scoring.inputs) en
 scored (a row in the scores), skipped (already scored by the same model_id in a committed run),
 quarantined (could not be read/decoded, with its reason), or deferred (left for the next run by
 `max_images`); hidden files are ignored and counted. A model trained on synthetic data that scores
-real-world images gets a warning, printed and recorded in the scores' metadata (thorax_ray.origin).
+real-world images gets a warning, printed and recorded in the scores' metadata (thorax_ray.data.origin).
 A run that fails or is killed commits nothing; the next run scores its images again, so every image
 appears once per model_id.
 """
@@ -18,172 +18,31 @@ from __future__ import annotations
 import logging
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pandas as pd
 
 from thorax_ray import storage
-from thorax_ray.cluster import ClusterCapacity, check_shared_storage, cluster_capacity, resolve_use_gpu
-from thorax_ray.lease import Lease, acquire_lease
-from thorax_ray.attribution import DEFAULT_MAX_BOXES, DEFAULT_THRESHOLD, default_method_name, get_method
-from thorax_ray.data.pipeline import ImageConfig, load_images, manifest_dataset
+from thorax_ray.attribution import default_method_name, get_method
+from thorax_ray.checkpoint import load_payload_and_id, resolve_checkpoint
+from thorax_ray.cluster import ClusterCapacity, check_shared_storage, cluster_capacity
+from thorax_ray.data.origin import ood_check
 from thorax_ray.labels import FINDING_COLUMNS, FINDINGS
-from thorax_ray.origin import ood_check
+from thorax_ray.lease import Lease, acquire_lease
+from thorax_ray.models import build_model
 from thorax_ray.progress import StageProgress
-from thorax_ray.scoring.gate import CALIBRATED, resolve_gate
+from thorax_ray.scoring.config import ScoreConfig
+from thorax_ray.scoring.gate import resolve_gate
 from thorax_ray.scoring.inputs import ScoringInput, resolve_input
 from thorax_ray.scoring.output import (FORMAT_VERSION, LOCK_FILE, QUARANTINE_DIR, SCORES_DIR, ScoresError,
                                        clean_uncommitted, feature_attribution_metadata, new_run_id, publish,
                                        quarantine_table, remove_staging, schema_metadata, score_schema,
                                        scored_index, staging_uri, write_commit, write_table_file)
-from thorax_ray.scoring.scorer import (DEFAULT_BOX_GRID, DEFAULT_MAX_MAP_SIDE, NO_METHOD, Scorer,
-                                       heatmap_description, prepared_batch, uses_maps)
-from thorax_ray.train.checkpoint import build_model, load_payload_and_id, resolve_checkpoint
+from thorax_ray.scoring.pipeline import ScoringRun, plan_actors, stream
+from thorax_ray.scoring.scorer import NO_METHOD, heatmap_description, uses_maps
+from thorax_ray.scoring.summary import ScoreSummary
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ScoreConfig:
-    checkpoint: str  # checkpoint folder, or a training run folder (its best checkpoint)
-    input: str  # see thorax_ray.scoring.inputs
-    out: str
-    metadata: str | None = None  # metadata CSV of a folder input (default: found by its usual names)
-    method: str | None = None  # fast_cam (default for image models) | cam (raw CAM) | gradcam
-    #                            | integrated_gradients | occlusion
-    #                            | metadata_ig (default for the metadata MLP) | none (probabilities only)
-    method_options: dict = field(default_factory=dict)
-    batch_size: int = 32
-    use_gpu: str | bool = "auto"  # auto: GPU actors when the cluster has or can launch GPUs | true | false
-    gpus_per_actor: float = 1.0  # when on GPUs (fractions share a GPU between actors)
-    min_actors: int = 1  # the actor pool grows from min to max with the work queued (the autoscaler adds nodes)
-    max_actors: int | None = None  # default: GPUs up or launchable / gpus_per_actor on GPUs, else 1
-    actor_cpus: float = 1.0  # CPUs per actor (= torch threads on CPU)
-    cluster_config: str | None = None  # autoscaler config (default: $THORAX_CLUSTER_CONFIG, ~/ray_bootstrap_config.yaml)
-    shared_fs: bool = False  # local --input/--out paths are on a filesystem every node mounts
-    lock_wait_s: float = 0.0  # wait this long for another run on the same --out to finish (then: LeaseBusy)
-    lock_ttl_s: float = 600.0  # a crashed run's lock is taken over after this long without renewal
-    max_map_side: int | None = DEFAULT_MAX_MAP_SIDE  # pool larger maps to this many cells per side (None: keep)
-    # Which findings get boxes (thorax_ray/scoring/gate.py): "calibrated" = the checkpoint's per-finding operating
-    # points chosen on validation; a probability = the same gate for every finding; None = every boxed finding.
-    box_min_probability: float | str | None = CALIBRATED
-    box_threshold: float = DEFAULT_THRESHOLD  # on the 0..255 map scale
-    max_boxes: int = DEFAULT_MAX_BOXES  # per finding
-    box_grid: int | None = DEFAULT_BOX_GRID  # trace boxes on a grid of at most this side, then scale (None: full)
-    max_images: int | None = None  # score at most this many new images per run (the rest: next run)
-    rows_per_file: int = 8192
-    compression: str = "zstd"
-    read_attempts: int = 3
-    decode_cpus: float = 1.0
-    in_flight_mb: int | None = None  # object-store bytes the run may hold at once (None: from batch size and actors)
-    keep_uncommitted_hours: float = 24.0  # files of runs that never committed are deleted after this
-    run_id: str | None = None
-    batch_date: str | None = None  # YYYY-MM-DD (default: the run's UTC start date)
-    overlays: str | None = None  # folder for overlay PNGs
-    overlay_limit: int = 8
-    overlay_threshold: float | str | None = CALIBRATED  # which findings an overlay shows (same values as boxes)
-    endpoint_url: str | None = None
-    fail_after_rows: int | None = None  # tests only: every actor raises after this many rows
-
-
-@dataclass
-class ScoreSummary:
-    out: str
-    input: str
-    run_id: str
-    batch_date: str
-    model_id: str
-    model_name: str
-    method: str
-    input_rows: int
-    scored: int
-    skipped: int
-    quarantined: dict[str, int]
-    deferred: int
-    files: int
-    bytes: int
-    elapsed_s: float
-    compute_s: float
-    model_s: float
-    actors: str  # the pool's "min..max" actors, with "GPU" when on GPUs
-    commit: str | None = None
-    unknown_size: int = 0  # scored images whose original size was unknown: heatmaps but no boxes
-    overlays: list[str] = field(default_factory=list)
-    ignored: int = 0  # hidden files of a folder input
-    metadata_sources: dict[str, int] = field(default_factory=dict)  # scored rows per metadata_source
-    ood_warning: str | None = None
-
-    @property
-    def quarantined_total(self) -> int:
-        return sum(self.quarantined.values())
-
-    @property
-    def images_per_s(self) -> float:
-        return self.scored / self.elapsed_s if self.elapsed_s > 0 else 0.0
-
-    @property
-    def compute_images_per_s(self) -> float:
-        """Images per second of actor time (time spent inside the scorer, summed over actors)."""
-        return self.scored / self.compute_s if self.compute_s > 0 else 0.0
-
-    @property
-    def bytes_per_image(self) -> float:
-        return self.bytes / self.scored if self.scored else 0.0
-
-    def format(self) -> str:
-        quarantine = ", ".join(f"{reason} {n}" for reason, n in sorted(self.quarantined.items())) or "none"
-        lines = [
-            f"run {self.run_id} (batch_date {self.batch_date}), model {self.model_name} model_id {self.model_id}, "
-            f"method {self.method}",
-            f"input            {self.input} ({self.input_rows} files"
-            + (f"; {self.ignored} hidden files ignored)" if self.ignored else ")"),
-            f"scored           {self.scored}"
-            + (" (metadata: " + ", ".join(f"{k} {v}" for k, v in sorted(self.metadata_sources.items())) + ")"
-               if self.metadata_sources else ""),
-            f"skipped          {self.skipped} (already scored by this model_id)",
-            f"quarantined      {self.quarantined_total} ({quarantine})",
-        ]
-        if self.unknown_size:
-            lines.append(f"no boxes         {self.unknown_size} (original size unknown: source PNG unreadable)")
-        if self.deferred:
-            lines.append(f"deferred         {self.deferred} (over --max-images; scored by a later run)")
-        lines += [
-            f"output           {storage.join(self.out, SCORES_DIR)} ({self.files} files, {self.bytes} bytes, "
-            f"{self.bytes_per_image:.0f} bytes/image); quarantine {storage.join(self.out, QUARANTINE_DIR)}",
-            f"commit           {self.commit or 'none'}",
-            f"elapsed {self.elapsed_s:.1f} s, {self.images_per_s:.1f} images/s end to end; "
-            f"{self.compute_images_per_s:.1f} images/s of scorer time ({self.compute_s:.2f} s in {self.actors} "
-            f"actors, of which model/attribution {self.model_s:.2f} s)",
-        ]
-        if self.ood_warning:
-            lines.append(f"WARNING          {self.ood_warning}")
-        if self.overlays:
-            lines.append(f"overlays         {len(self.overlays)} PNGs in {self.overlays[0].rsplit('/', 1)[0]}")
-        return "\n".join(lines)
-
-
-@dataclass(frozen=True)
-class ActorPlan:
-    """The model actors of a run: an autoscaling pool of `min_actors..max_actors`, each with `gpus` GPUs."""
-
-    min_actors: int
-    max_actors: int
-    gpus: float
-
-    def describe(self) -> str:
-        return f"{self.min_actors}..{self.max_actors}" + (f" x {self.gpus:g} GPU" if self.gpus else " CPU")
-
-
-def plan_actors(config: ScoreConfig, capacity: ClusterCapacity) -> ActorPlan:
-    """GPU use and pool size from what the cluster has or its autoscaler can launch (checked before work)."""
-    if config.gpus_per_actor <= 0 or config.min_actors < 1 or (config.max_actors is not None and config.max_actors < 1):
-        raise ValueError(f"bad actor settings: gpus_per_actor={config.gpus_per_actor} (> 0), "
-                         f"min_actors={config.min_actors}, max_actors={config.max_actors} (>= 1)")
-    use_gpu = resolve_use_gpu(config.use_gpu, capacity, gpus_needed=config.gpus_per_actor, what="scoring")
-    gpus = config.gpus_per_actor if use_gpu else 0.0
-    most = max(1, int(capacity.most("GPU") // gpus)) if use_gpu else 1
-    max_actors = config.max_actors or most
-    return ActorPlan(min_actors=min(config.min_actors, max_actors), max_actors=max_actors, gpus=gpus)
 
 
 def score(config: ScoreConfig, *, filesystem=None, capacity: ClusterCapacity | None = None) -> ScoreSummary:
@@ -219,7 +78,7 @@ def score(config: ScoreConfig, *, filesystem=None, capacity: ClusterCapacity | N
     if origin["warning"]:
         log.warning("%s: %s", config.input, origin["warning"])
 
-    run = _Run(config=config, source=source, payload=payload, model=model, model_id=model_id,
+    run = ScoringRun(config=config, source=source, payload=payload, model=model, model_id=model_id,
                checkpoint_dir=checkpoint_dir, method=method, actor_plan=actor_plan, run_id=run_id,
                batch_date=batch_date, started=started, now=now, origin=origin)
     lease = acquire_lease(storage.join(config.out, LOCK_FILE), ttl_s=config.lock_ttl_s, wait_s=config.lock_wait_s,
@@ -239,48 +98,88 @@ def score(config: ScoreConfig, *, filesystem=None, capacity: ClusterCapacity | N
 
 
 @dataclass(frozen=True)
-class _Run:
-    """What one scoring run resolved before taking the output's lease."""
+class _Pending:
+    """What this run scores: the input rows not yet scored by this model_id (at most max_images)."""
 
-    config: ScoreConfig
-    source: ScoringInput
-    payload: dict
-    model: object
-    model_id: str
-    checkpoint_dir: str
-    method: str
-    actor_plan: ActorPlan
-    run_id: str
-    batch_date: str
-    started: float
-    now: float
-    origin: dict
+    rows: pd.DataFrame
+    skipped: int  # already scored by this model_id (and rows a prepared input quarantined in such runs)
+    deferred: int  # over max_images: left for a later run
+    earlier_quarantine: pd.DataFrame  # rows a prepared input quarantined, not yet reported for this model_id
 
 
-def _score_locked(run: _Run, lease: Lease, filesystem) -> ScoreSummary:
+@dataclass(frozen=True)
+class _Layout:
+    """What the run writes: the schema and its metadata, the maps, attributions and box settings."""
+
+    schema: object  # pa.Schema
+    metadata: dict[str, str]
+    heatmap: dict | None
+    features: dict | None
+    box_settings: dict | None
+    gate: object  # thorax_ray.scoring.gate.Gate
+
+
+@dataclass(frozen=True)
+class _Written:
+    """What the write tasks handed back."""
+
+    files: list
+    failed: pd.DataFrame  # quarantined rows, those of `_Pending.earlier_quarantine` included
+    scored: int
+    compute_s: float
+    model_s: float
+    unknown_size: int
+    metadata_sources: dict[str, int]
+
+
+def _score_locked(run: ScoringRun, lease: Lease, filesystem) -> ScoreSummary:
     """The part of a run that needs the output's lease: what is already scored, the scoring, the commit."""
-    config, source, payload, model, model_id = run.config, run.source, run.payload, run.model, run.model_id
-    checkpoint_dir, method, actor_plan, run_id, batch_date = (run.checkpoint_dir, run.method, run.actor_plan,
-                                                               run.run_id, run.batch_date)
-    started, now, origin = run.started, run.now, run.origin
-    endpoint = config.endpoint_url
-    contract = payload["preprocessing"]
+    config, endpoint = run.config, run.config.endpoint_url
     if config.keep_uncommitted_hours is not None:
         clean_uncommitted(config.out, older_than_s=config.keep_uncommitted_hours * 3600, endpoint_url=endpoint)
-    done = scored_index(config.out, model_id, endpoint_url=endpoint)
+    pending = _plan_pending(run)
+    layout = _describe_output(run)
+    try:
+        written = _score_pending(run, pending, layout, filesystem)
+        commit, entries, quarantined = _commit(run, lease, pending, layout, written)
+    except BaseException:
+        remove_staging(config.out, run.run_id, endpoint_url=endpoint)
+        raise
+    remove_staging(config.out, run.run_id, endpoint_url=endpoint)
+    return ScoreSummary(
+        out=config.out, input=config.input, run_id=run.run_id, batch_date=run.batch_date, model_id=run.model_id,
+        model_name=str(run.payload.get("model_name")), method=run.method, input_rows=run.source.total_rows,
+        scored=written.scored, skipped=pending.skipped, quarantined=quarantined, deferred=pending.deferred,
+        files=len(entries), bytes=sum(e["bytes"] for e in entries), elapsed_s=time.monotonic() - run.started,
+        compute_s=written.compute_s, model_s=written.model_s, unknown_size=written.unknown_size,
+        actors=run.actor_plan.describe() if len(pending.rows) else "0", commit=commit,
+        ignored=len(run.source.ignored), metadata_sources=written.metadata_sources,
+        ood_warning=run.origin["warning"],
+    )
+
+
+def _plan_pending(run: ScoringRun) -> _Pending:
+    """The input rows this model_id has not scored in a committed run, at most max_images of them."""
+    config, source = run.config, run.source
+    done = scored_index(config.out, run.model_id, endpoint_url=config.endpoint_url)
     is_done = source.rows["image_index"].isin(done)
-    pending = source.rows.loc[~is_done]
+    rows = source.rows.loc[~is_done]
     deferred = 0
-    if config.max_images is not None and len(pending) > config.max_images:
-        deferred = len(pending) - config.max_images
-        pending = pending.head(config.max_images)
+    if config.max_images is not None and len(rows) > config.max_images:
+        deferred = len(rows) - config.max_images
+        rows = rows.head(config.max_images)
     skipped = int(is_done.sum())
     earlier_quarantine = _prepared_quarantine(source, done)
     skipped += 0 if source.prepared_quarantine is None else len(source.prepared_quarantine) - len(earlier_quarantine)
+    return _Pending(rows=rows, skipped=skipped, deferred=deferred, earlier_quarantine=earlier_quarantine)
 
+
+def _describe_output(run: ScoringRun) -> _Layout:
+    """The output's schema and the description its files carry (model, maps, boxes, origin)."""
+    config, payload, model, method = run.config, run.payload, run.model, run.method
+    contract = payload["preprocessing"]
     maps = uses_maps(model, method)
     attributions = method != NO_METHOD and not model.spec.uses_images
-    schema = score_schema(maps=maps, feature_attributions=attributions)
     heatmap = heatmap_description(model, contract, method, config.max_map_side) if maps else None
     features = (feature_attribution_metadata(model.metadata_features.names, method) if attributions else None)
     gate = resolve_gate(config.box_min_probability, payload)
@@ -295,129 +194,80 @@ def _score_locked(run: _Run, lease: Lease, filesystem) -> ScoreSummary:
         "score": "mean map value (0..1) inside the box's connected component",
     } if maps else None
     description = {
-        "format_version": FORMAT_VERSION, "model_id": model_id, "model_name": payload.get("model_name"),
-        "checkpoint": checkpoint_dir, "method": method, "preprocessing": contract,
+        "format_version": FORMAT_VERSION, "model_id": run.model_id, "model_name": payload.get("model_name"),
+        "checkpoint": run.checkpoint_dir, "method": method, "preprocessing": contract,
         "classes": list(FINDINGS), "probability_columns": list(FINDING_COLUMNS),
-        "probabilities": "sigmoid of the model's logits, float32", "boxes": box_settings, "run_id": run_id,
+        "probabilities": "sigmoid of the model's logits, float32", "boxes": box_settings, "run_id": run.run_id,
         "model_init": (payload.get("model_build_config") or {}).get("init"),
-        "batch_date": batch_date, "data_origin": origin,
+        "batch_date": run.batch_date, "data_origin": run.origin,
     }
-    metadata = schema_metadata(scores=description, heatmap=heatmap, features=features)
-
-    from thorax_ray.scoring.sink import ScoresDatasink  # imports Ray: deferred so that scoring's modules import without it
-
-    sink = ScoresDatasink(config.out, run_id, schema, metadata, rows_per_file=config.rows_per_file,
-                          compression=config.compression, endpoint_url=endpoint)
-    try:
-        if len(pending):
-            with StageProgress("score", total=len(pending)) as progress:
-                _stream(run, pending, gate, sink, filesystem, progress.counter)
-                progress.finish(sum(rows for w in sink.result for _, rows, _ in w.files)
-                                + sum(len(w.quarantined) for w in sink.result))
-        files = [f for write in sink.result for f in write.files]
-        compute_s = sum(write.compute_s for write in sink.result)
-        model_s = sum(write.model_s for write in sink.result)
-        unknown_size = sum(write.unknown_size for write in sink.result)
-        failed = pd.concat([w.quarantined for w in sink.result] + [earlier_quarantine], ignore_index=True)
-        scored = sum(rows for _, rows, _ in files)
-        if scored + len(failed) - len(earlier_quarantine) != len(pending) or failed["image_index"].duplicated().any():
-            raise ScoresError(f"row accounting failed: {scored} scored + {len(failed) - len(earlier_quarantine)} "
-                              f"quarantined != {len(pending)} images to score; nothing was committed")
-        quarantine_files = []
-        if len(failed):
-            table = quarantine_table(failed, run_id=run_id, batch_date=batch_date, model_id=model_id)
-            uri = staging_uri(config.out, run_id, "quarantine", "part-0.parquet")
-            quarantine_files.append((uri, table.num_rows, write_table_file(table, uri, endpoint_url=endpoint)))
-        entries = publish(config.out, run_id, batch_date, files, SCORES_DIR, endpoint_url=endpoint)
-        quarantine_entries = publish(config.out, run_id, batch_date, quarantine_files, QUARANTINE_DIR,
-                                     endpoint_url=endpoint)
-        quarantined = {str(k): int(v) for k, v in failed["reason"].value_counts().items()}
-        elapsed = time.monotonic() - started
-        lease.check()  # still ours: no other run can have read the old index and scored these too
-        commit = write_commit(config.out, {
-            "format_version": FORMAT_VERSION, "run_id": run_id, "batch_date": batch_date, "model_id": model_id,
-            "model_name": payload.get("model_name"), "checkpoint": checkpoint_dir, "method": method,
-            "split_hash": payload.get("split_hash"),  # the split the model was trained on
-            "input": config.input, "input_kind": source.kind,
-            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
-            "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "files": entries, "quarantine_files": quarantine_entries,
-            "counts": {"input": source.total_rows, "scored": scored, "skipped": skipped,
-                       "quarantined": len(failed), "deferred": deferred, "no_boxes_unknown_size": unknown_size},
-            "quarantined": quarantined, "heatmap": heatmap, "feature_attributions": features,
-            "data_origin": origin, "ignored": len(source.ignored),
-            "boxes": box_settings, "model_init": (payload.get("model_build_config") or {}).get("init"),
-            "metadata_features": ((payload.get("model_build_config") or {}).get("metadata_features") or {}).get("features"),
-            "elapsed_s": round(elapsed, 3), "compute_s": round(compute_s, 3), "model_s": round(model_s, 3),
-        }, endpoint_url=endpoint)
-    except BaseException:
-        remove_staging(config.out, run_id, endpoint_url=endpoint)
-        raise
-    remove_staging(config.out, run_id, endpoint_url=endpoint)
-
-    summary = ScoreSummary(
-        out=config.out, input=config.input, run_id=run_id, batch_date=batch_date, model_id=model_id,
-        model_name=str(payload.get("model_name")), method=method, input_rows=source.total_rows, scored=scored,
-        skipped=skipped, quarantined=quarantined, deferred=deferred, files=len(entries),
-        bytes=sum(e["bytes"] for e in entries), elapsed_s=time.monotonic() - started, compute_s=compute_s,
-        model_s=model_s, unknown_size=unknown_size, actors=actor_plan.describe() if len(pending) else "0",
-        commit=commit, ignored=len(source.ignored),
-        metadata_sources=_sum_counts(write.metadata_sources for write in sink.result), ood_warning=origin["warning"],
-    )
-    return summary
+    return _Layout(schema=score_schema(maps=maps, feature_attributions=attributions),
+                   metadata=schema_metadata(scores=description, heatmap=heatmap, features=features),
+                   heatmap=heatmap, features=features, box_settings=box_settings, gate=gate)
 
 
-def scorer_threads(config: ScoreConfig) -> int:
-    """torch threads of each scoring actor: one per CPU it holds (bench/gpu.py measures with the same)."""
-    return max(1, int(config.actor_cpus))
+def _score_pending(run: ScoringRun, pending: _Pending, layout: _Layout, filesystem) -> _Written:
+    """Streams the pending rows through the actor pool into staging files; checks every row is accounted for."""
+    from thorax_ray.scoring.sink import ScoresDatasink  # imports Ray: deferred so scoring imports without it
+
+    config = run.config
+    sink = ScoresDatasink(config.out, run.run_id, layout.schema, layout.metadata, rows_per_file=config.rows_per_file,
+                          compression=config.compression, endpoint_url=config.endpoint_url)
+    if len(pending.rows):
+        with StageProgress("score", total=len(pending.rows)) as progress:
+            stream(run, pending.rows, layout.gate, sink, filesystem, progress.counter)
+            progress.finish(sum(rows for w in sink.result for _, rows, _ in w.files)
+                            + sum(len(w.quarantined) for w in sink.result))
+    files = [f for write in sink.result for f in write.files]
+    failed = pd.concat([w.quarantined for w in sink.result] + [pending.earlier_quarantine], ignore_index=True)
+    scored = sum(rows for _, rows, _ in files)
+    newly_failed = len(failed) - len(pending.earlier_quarantine)
+    if scored + newly_failed != len(pending.rows) or failed["image_index"].duplicated().any():
+        raise ScoresError(f"row accounting failed: {scored} scored + {newly_failed} "
+                          f"quarantined != {len(pending.rows)} images to score; nothing was committed")
+    return _Written(files=files, failed=failed, scored=scored,
+                    compute_s=sum(write.compute_s for write in sink.result),
+                    model_s=sum(write.model_s for write in sink.result),
+                    unknown_size=sum(write.unknown_size for write in sink.result),
+                    metadata_sources=_sum_counts(write.metadata_sources for write in sink.result))
 
 
-def _stream(run: _Run, pending: pd.DataFrame, gate, sink, filesystem, counter) -> None:
-    """read/decode -> the autoscaling pool of model actors -> the staging datasink, memory bounded."""
-    from ray.data import ActorPoolStrategy
-
-    config, source, contract = run.config, run.source, run.payload["preprocessing"]
-    dataset = _input_dataset(config, source, pending, run.model, contract, filesystem)
-    # Prepared inputs travel at the size they were prepared at, raw PNGs are decoded to the contract's.
-    stored_size = int(source.prepared["size"]) if source.kind == "prepared" else int(contract["size"])
-    scorer_kwargs = dict(
-        checkpoint_dir=run.checkpoint_dir, model_id=run.model_id, method=run.method,
-        method_options=config.method_options, stored_size=stored_size, run_id=run.run_id,
-        batch_date=run.batch_date, max_map_side=config.max_map_side, box_min_probability=gate.thresholds,
-        box_threshold=config.box_threshold, max_boxes=config.max_boxes, box_grid=config.box_grid,
-        endpoint_url=config.endpoint_url, threads=scorer_threads(config),
-        fail_after_rows=config.fail_after_rows, progress=counter,
-    )
-    plan = run.actor_plan
-    scored_rows = dataset.map_batches(
-        Scorer, fn_constructor_kwargs=scorer_kwargs,
-        compute=ActorPoolStrategy(min_size=plan.min_actors, max_size=plan.max_actors),
-        batch_size=config.batch_size, batch_format="pyarrow", num_cpus=config.actor_cpus,
-        num_gpus=plan.gpus or None,
-    )
-    bound_in_flight(scored_rows, in_flight_bytes(config, contract, plan.max_actors, stored_size=stored_size))
-    scored_rows.write_datasink(sink)
-
-
-MIN_IN_FLIGHT_BYTES = 64 * 2**20
-IN_FLIGHT_BATCHES_PER_ACTOR = 16
-
-
-def in_flight_bytes(config: ScoreConfig, contract: dict, actors: int, *, stored_size: int | None = None) -> int:
-    """How much decoded input and output the run may hold in the object store at once. Without a bound,
-    decode tasks run ahead of slower model actors until the object store is full, so memory grows with
-    the number of images; a few batches per actor keep the actors fed. Images are counted at
-    `stored_size`, the side they travel at (default: the contract's size)."""
-    if config.in_flight_mb is not None:
-        return config.in_flight_mb * 2**20
-    image_bytes = int(stored_size or contract["size"]) ** 2 * int(contract.get("channels", 1))
-    return max(MIN_IN_FLIGHT_BYTES, IN_FLIGHT_BATCHES_PER_ACTOR * actors * config.batch_size * image_bytes)
-
-
-def bound_in_flight(dataset, object_store_bytes: int) -> None:
-    """Limits the object-store memory the dataset's execution uses (Ray Data backpressures on it)."""
-    options = dataset.context.execution_options
-    options.resource_limits = options.resource_limits.copy(object_store_memory=object_store_bytes)
+def _commit(run: ScoringRun, lease: Lease, pending: _Pending, layout: _Layout,
+            written: _Written) -> tuple[str, list[dict], dict[str, int]]:
+    """Publishes the staged files and writes the run's commit record (while the lease is still ours);
+    returns (commit URI, published score files, quarantined rows per reason)."""
+    config, payload, endpoint = run.config, run.payload, run.config.endpoint_url
+    run_id, batch_date, failed = run.run_id, run.batch_date, written.failed
+    quarantine_files = []
+    if len(failed):
+        table = quarantine_table(failed, run_id=run_id, batch_date=batch_date, model_id=run.model_id)
+        uri = staging_uri(config.out, run_id, "quarantine", "part-0.parquet")
+        quarantine_files.append((uri, table.num_rows, write_table_file(table, uri, endpoint_url=endpoint)))
+    entries = publish(config.out, run_id, batch_date, written.files, SCORES_DIR, endpoint_url=endpoint)
+    quarantine_entries = publish(config.out, run_id, batch_date, quarantine_files, QUARANTINE_DIR,
+                                 endpoint_url=endpoint)
+    quarantined = {str(k): int(v) for k, v in failed["reason"].value_counts().items()}
+    elapsed = time.monotonic() - run.started
+    build = payload.get("model_build_config") or {}
+    lease.check()  # still ours: no other run can have read the old index and scored these too
+    commit = write_commit(config.out, {
+        "format_version": FORMAT_VERSION, "run_id": run_id, "batch_date": batch_date, "model_id": run.model_id,
+        "model_name": payload.get("model_name"), "checkpoint": run.checkpoint_dir, "method": run.method,
+        "split_hash": payload.get("split_hash"),  # the split the model was trained on
+        "input": config.input, "input_kind": run.source.kind,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(run.now)),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "files": entries, "quarantine_files": quarantine_entries,
+        "counts": {"input": run.source.total_rows, "scored": written.scored, "skipped": pending.skipped,
+                   "quarantined": len(failed), "deferred": pending.deferred,
+                   "no_boxes_unknown_size": written.unknown_size},
+        "quarantined": quarantined, "heatmap": layout.heatmap, "feature_attributions": layout.features,
+        "data_origin": run.origin, "ignored": len(run.source.ignored),
+        "boxes": layout.box_settings, "model_init": build.get("init"),
+        "metadata_features": (build.get("metadata_features") or {}).get("features"),
+        "elapsed_s": round(elapsed, 3), "compute_s": round(written.compute_s, 3), "model_s": round(written.model_s, 3),
+    }, endpoint_url=endpoint)
+    return commit, entries, quarantined
 
 
 def _prepared_quarantine(source: ScoringInput, done: set[str]) -> pd.DataFrame:
@@ -437,34 +287,3 @@ def _sum_counts(counts) -> dict[str, int]:
     return total
 
 
-def _row_columns(model) -> list[str]:
-    columns = ["image_index", "path", "metadata_source"]
-    if model.spec.uses_metadata:
-        columns += [c for c in model.metadata_features.columns if c not in columns]
-    return columns
-
-
-def _input_dataset(config: ScoreConfig, source: ScoringInput, pending: pd.DataFrame, model, contract: dict,
-                   filesystem):
-    """Ray dataset of the rows to score, with decoded images for image models (streaming)."""
-    import ray
-
-    columns = _row_columns(model)
-    image_config = ImageConfig(size=int(contract["size"]), batch_size=config.batch_size,
-                               read_attempts=config.read_attempts, endpoint_url=config.endpoint_url)
-    if not model.spec.uses_images:
-        rows = pending[columns].reset_index(drop=True)
-        if (rows["metadata_source"] == "csv").all():
-            return manifest_dataset(rows, rows_per_block=config.batch_size * 8)
-        # Files without a metadata row are read: their format checked, DICOM tags taken as metadata.
-        return load_images(rows, image_config, filesystem=filesystem, num_cpus=config.decode_cpus, images=False)
-    if source.kind == "prepared":
-        from thorax_ray.data.shards import read_prepared
-
-        wanted = ray.put(frozenset(pending["image_index"]))
-        stored = [c for c in columns if c != "metadata_source"]  # added by prepared_batch
-        dataset = read_prepared(source.uri, columns=[*stored, "image"], endpoint_url=config.endpoint_url)
-        return dataset.map_batches(prepared_batch, fn_args=(wanted, config.endpoint_url),
-                                   batch_format="pyarrow", batch_size=config.batch_size * 4)
-    return load_images(pending[columns].reset_index(drop=True), image_config, filesystem=filesystem,
-                       num_cpus=config.decode_cpus, sizes=True)

@@ -109,7 +109,7 @@ def write_overlays(out: str, source: ScoringInput, folder: str, *, model_id: str
     rows = source.rows.set_index("image_index")
     truth = None
     if source.bbox_csv:
-        from thorax_ray.metadata import read_bbox_list
+        from thorax_ray.data.nih_csv import read_bbox_list
 
         truth = read_bbox_list(source.bbox_csv, endpoint_url=endpoint_url)
     fs, base = storage.filesystem(folder, endpoint_url=endpoint_url)

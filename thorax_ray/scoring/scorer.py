@@ -19,14 +19,15 @@ from thorax_ray.accel import FastPath
 from thorax_ray.attribution import (DEFAULT_MAX_BOXES, DEFAULT_THRESHOLD, HEATMAP_SCHEMA_METADATA, boxes_for_batch,
                                     encode_heatmaps, get_method, normalise_maps)
 from thorax_ray.attribution.geometry import Centres, bin_centres, pooled_centres
-from thorax_ray.attribution.registry import ONE_FORWARD_METHODS
+from thorax_ray.attribution.base import ONE_FORWARD_METHODS
 from thorax_ray.data.decode import HEADER_BYTES, PNG_HEADER_BYTES, DecodeError, image_size
 from thorax_ray.data.pipeline import images_to_array
 from thorax_ray.labels import FINDING_COLUMNS
 from thorax_ray.progress import count
 from thorax_ray.scoring.output import pipeline_schema, score_schema
-from thorax_ray.train.batches import normalise_images
-from thorax_ray.train.checkpoint import build_model, load_payload_and_id
+from thorax_ray.data.preprocess import normalise_images
+from thorax_ray.checkpoint import load_payload_and_id
+from thorax_ray.models import build_model
 
 log = logging.getLogger(__name__)
 

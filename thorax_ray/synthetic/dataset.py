@@ -1,7 +1,7 @@
 """Writes a synthetic dataset in the exact layout of the full NIH/Kaggle ChestX-ray14 release:
 Data_Entry_2017.csv, BBox_List_2017.csv, train_val_list.txt, test_list.txt, images_001..012/images/,
 plus the generator's settings record `thorax_ray_synthetic.json` at its root, which marks the data as
-synthetic for the out-of-distribution guard (thorax_ray.origin)."""
+synthetic for the out-of-distribution guard (thorax_ray.data.origin)."""
 from __future__ import annotations
 
 import functools
@@ -20,8 +20,8 @@ import pandas as pd
 
 from thorax_ray.interrupts import leave_signals_to_parent
 from thorax_ray.labels import FINDINGS
-from thorax_ray.locate import SYNTHETIC_RECORD
-from thorax_ray.metadata import BBOX_HEADER, DATA_ENTRY_HEADER
+from thorax_ray.data.locate import SYNTHETIC_RECORD
+from thorax_ray.data.nih_csv import BBOX_HEADER, DATA_ENTRY_HEADER
 from thorax_ray.synthetic.population import PopulationConfig, sample_population
 from thorax_ray.synthetic.render import (BOXED_FINDINGS, MAX_DIFFICULTY, MIN_DIFFICULTY, MIN_SIZE, Patient,
                                          render_chest_xray)
@@ -242,7 +242,7 @@ def _alive(pid: int) -> bool:
 
 def write_record(config: SyntheticConfig, root: str) -> None:
     """RECORD_FILE in `root`, written last: what made this dataset (its settings), that it is complete, and
-    that it is synthetic (the out-of-distribution guard of thorax_ray.origin reads it)."""
+    that it is synthetic (the out-of-distribution guard of thorax_ray.data.origin reads it)."""
     from thorax_ray import __version__
 
     with open(os.path.join(root, RECORD_FILE), "w") as handle:

@@ -5,43 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from thorax_ray.cluster import parse_use_gpu
+from thorax_ray.data.sources import DataConfig
 from thorax_ray.config import from_dict, load_yaml, merge, to_dict
 from thorax_ray.losses import LossConfig
-from thorax_ray.models.metadata import DEFAULT_FEATURES
+from thorax_ray.models.features import DEFAULT_FEATURES
 from thorax_ray.names import safe_name
 
 # Per-worker batch size when data.batch_size is not set: CheXNet's 16 for models that read images; the
 # metadata MLP's step is tiny, so small batches would leave it dominated by per-step overhead.
 DEFAULT_BATCH_SIZE = {"image": 16, "both": 16, "metadata": 256}
-# One-channel version of the ImageNet statistics (mean of the RGB values), so ImageNet stems summed to one
-# channel see familiar input.
-IMAGE_MEAN, IMAGE_STD = 0.449, 0.226
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    data: str = "data/demo"  # dataset folder/URI (raw PNGs or metadata only) or a prepared output (has prepared.json)
-    size: int = 224
-    batch_size: int | None = None  # per worker; default by model kind: DEFAULT_BATCH_SIZE
-    eval_batch_size: int = 64
-    limit: int | None = None  # at most this many rows per split (smoke runs)
-    val_cache_mb: int = 1024  # validation rows kept in rank 0's memory after the first epoch when they fit
-    cache_train_mb: int = 2048  # training rows materialized once in the object store when they fit (0: always stream)
-    # Training rows are shuffled every epoch: the block order (reseeded each epoch from run.seed) and, within a
-    # worker, a buffer of this many rows (0: block order only).
-    shuffle_buffer_rows: int = 2048
-    s3_endpoint: str | None = None
-
-    def __post_init__(self) -> None:
-        if (not 16 <= self.size <= 2048 or (self.batch_size is not None and self.batch_size < 1)
-                or self.eval_batch_size < 1 or self.shuffle_buffer_rows < 0):
-            raise ValueError(f"bad data config: size={self.size} (16..2048), batch_size={self.batch_size}, "
-                             f"eval_batch_size={self.eval_batch_size} (>= 1), shuffle_buffer_rows={self.shuffle_buffer_rows} (>= 0)")
-        if self.limit is not None and self.limit < 1:
-            raise ValueError(f"limit must be >= 1 row per split (or unset), got {self.limit}")
-        if self.val_cache_mb < 0 or self.cache_train_mb < 0:
-            raise ValueError(f"cache sizes must be >= 0 MB, got val_cache_mb={self.val_cache_mb}, "
-                             f"cache_train_mb={self.cache_train_mb}")
 
 
 @dataclass(frozen=True)
@@ -173,11 +145,3 @@ class TrainConfig:
     def replace(self, **sections: dict) -> "TrainConfig":
         """A copy with some fields of some sections replaced: `config.replace(optim={"epochs": 2})`."""
         return TrainConfig.from_dict(merge(self.to_dict(), sections))
-
-
-def preprocessing_contract(size: int) -> dict:
-    """What a model expects; stored with every checkpoint and applied identically when scoring."""
-    return {"channels": 1, "size": size, "input_dtype": "uint8", "scale": 1 / 255.0,
-            "mean": IMAGE_MEAN, "std": IMAGE_STD, "resize": "bilinear with box reduction (Pillow)"}
-
-

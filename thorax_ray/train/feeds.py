@@ -19,7 +19,7 @@ import torch
 
 from thorax_ray.accel import FastPath, prefetch_to_device
 from thorax_ray.labels import FINDING_COLUMNS
-from thorax_ray.train.batches import Batch, batch_from_arrow
+from thorax_ray.data.preprocess import Batch, batch_from_arrow
 from thorax_ray.train.config import TrainConfig
 
 

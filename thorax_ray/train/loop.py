@@ -21,14 +21,14 @@ from thorax_ray.cluster import fake_gpus
 from thorax_ray.losses import build_loss
 from thorax_ray.metrics import mean_auroc, per_class_auroc
 from thorax_ray.models import MetadataFeatures, create_model, model_initialisation
-from thorax_ray.predict import Predictions, predict_batches
+from thorax_ray.models.predict import Predictions, predict_batches
 from thorax_ray.thresholds import operating_points
 from thorax_ray.train.augment import augment_batch
-from thorax_ray.train.batches import normalise_images
-from thorax_ray.train.checkpoint import (checkpoint_dir_name, latest_loadable,
-                                         save_checkpoint, write_run_metrics)
+from thorax_ray.data.preprocess import normalise_images
+from thorax_ray.checkpoint import checkpoint_dir_name, latest_loadable, save_checkpoint, write_run_metrics
 from thorax_ray.train.collectives import Collectives
-from thorax_ray.train.config import TrainConfig, preprocessing_contract
+from thorax_ray.train.config import TrainConfig
+from thorax_ray.data.preprocess import preprocessing_contract
 from thorax_ray.train.feeds import DatasetFeed, TensorFeed, epoch_seed
 from thorax_ray.train.lr_schedule import build_scheduler, describe_lr, effective_lr
 

@@ -11,10 +11,10 @@ from thorax_ray import storage
 from thorax_ray.cluster import (ClusterCapacity, check_shared_storage, cluster_capacity, fake_gpus,
                                 resolve_use_gpu)
 from thorax_ray.models import get_model_spec
-from thorax_ray.origin import data_origin
-from thorax_ray.train.checkpoint import run_metrics
+from thorax_ray.data.origin import data_origin
+from thorax_ray.checkpoint import run_metrics
 from thorax_ray.train.config import TrainConfig
-from thorax_ray.train.data import open_source
+from thorax_ray.data.sources import open_source
 from thorax_ray.train.loop import epoch_line, train_loop_per_worker
 from thorax_ray.train.lr_schedule import describe_lr
 

@@ -104,8 +104,6 @@ def _write_setup(experiment_path: str, setup: TrialSetup, endpoint: str | None) 
 def run_sweep(space: SearchSpace, *, storage_uri: str, name: str, out_dir: str, trials: int | None = None,
               max_concurrent: int | None = None, verbose: int = 0, capacity: ClusterCapacity | None = None) -> SweepOutcome:
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-    from ray.tune.search import BasicVariantGenerator
 
     base_config = space.base_config()
     capacity = capacity or cluster_capacity(base_config.run.cluster_config)
@@ -136,7 +134,6 @@ def run_sweep(space: SearchSpace, *, storage_uri: str, name: str, out_dir: str, 
     bound = max_concurrent_trials(base_config.run.workers, base_config.run.cpus_per_worker, cpus=cpus, gpus=gpus,
                                   use_gpu=use_gpu)
     concurrent = min(max_concurrent, bound) if max_concurrent else bound
-    settings = space.tune
     trainable = tune.with_resources(make_trainable(setup), {"cpu": TRIAL_DRIVER_CPUS})
 
     if resumed:
@@ -145,31 +142,54 @@ def run_sweep(space: SearchSpace, *, storage_uri: str, name: str, out_dir: str, 
         tuner = tune.Tuner.restore(restore_path, trainable=trainable, resume_errored=True,
                                    storage_filesystem=storage_filesystem)
     else:
-        samples = max(1, math.ceil((trials or settings.num_samples) / space.grid_size))
-        max_t = settings.max_t or base_config.optim.epochs
-        # max_t + 1: Tune stops a trial whose time_attr reaches max_t, killing its Train run while it shuts
-        # down; one more lets a trial that survives every rung end by itself (its loop stops at max_t).
-        scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=max_t + 1, grace_period=settings.grace_period,
-                                   reduction_factor=settings.reduction_factor)
-                     if settings.scheduler == "asha" else FIFOScheduler())
-        print(f"[tune] experiment {experiment_path}: {samples * space.grid_size} trials of "
-              f"{base_config.run.workers} worker(s) on {'GPUs' if use_gpu else 'CPUs'}, up to {concurrent} at a time "
-              f"({cpus:g} CPUs{f', {gpus:g} GPUs' if use_gpu else ''} up or launchable), "
-              f"{settings.scheduler.upper()} on {settings.metric} ({settings.mode}), max {max_t} epochs", flush=True)
-        tuner = tune.Tuner(
-            trainable,
-            param_space=space.param_space(),
-            tune_config=tune.TuneConfig(
-                metric=settings.metric, mode=settings.mode, scheduler=scheduler, num_samples=samples,
-                trial_dirname_creator=results_mod.trial_dirname,  # concurrency: the search algorithm's own bound
-                search_alg=BasicVariantGenerator(random_state=settings.seed, max_concurrent=concurrent),
-            ),
-            run_config=tune.RunConfig(name=name, storage_path=storage_path, storage_filesystem=storage_filesystem,
-                                      failure_config=tune.FailureConfig(max_failures=0), verbose=verbose,
-                                      callbacks=[trial_lines_callback(samples * space.grid_size)]),
-        )
+        tuner = _new_tuner(space, trainable, base_config, trials=trials, concurrent=concurrent, use_gpu=use_gpu,
+                           cpus=cpus, gpus=gpus, name=name, experiment_path=experiment_path, storage_path=storage_path,
+                           storage_filesystem=storage_filesystem, verbose=verbose)
     with _tune_console(verbose):
         grid = tuner.fit()
+    return _outcome(grid, setup, space.tune, out_dir, experiment_path=experiment_path, name=name, resumed=resumed)
+
+
+def _new_tuner(space: SearchSpace, trainable, base_config: TrainConfig, *, trials: int | None, concurrent: int,
+               use_gpu: bool, cpus: float, gpus: float, name: str, experiment_path: str, storage_path: str,
+               storage_filesystem, verbose: int):
+    """A Tuner for a new experiment: ASHA (or FIFO) on the space's metric, the search algorithm bounding
+    concurrency, one console line saying what runs."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search import BasicVariantGenerator
+
+    settings = space.tune
+    samples = max(1, math.ceil((trials or settings.num_samples) / space.grid_size))
+    max_t = settings.max_t or base_config.optim.epochs
+    # max_t + 1: Tune stops a trial whose time_attr reaches max_t, killing its Train run while it shuts
+    # down; one more lets a trial that survives every rung end by itself (its loop stops at max_t).
+    scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=max_t + 1, grace_period=settings.grace_period,
+                               reduction_factor=settings.reduction_factor)
+                 if settings.scheduler == "asha" else FIFOScheduler())
+    print(f"[tune] experiment {experiment_path}: {samples * space.grid_size} trials of "
+          f"{base_config.run.workers} worker(s) on {'GPUs' if use_gpu else 'CPUs'}, up to {concurrent} at a time "
+          f"({cpus:g} CPUs{f', {gpus:g} GPUs' if use_gpu else ''} up or launchable), "
+          f"{settings.scheduler.upper()} on {settings.metric} ({settings.mode}), max {max_t} epochs", flush=True)
+    return tune.Tuner(
+        trainable,
+        param_space=space.param_space(),
+        tune_config=tune.TuneConfig(
+            metric=settings.metric, mode=settings.mode, scheduler=scheduler, num_samples=samples,
+            trial_dirname_creator=results_mod.trial_dirname,  # concurrency: the search algorithm's own bound
+            search_alg=BasicVariantGenerator(random_state=settings.seed, max_concurrent=concurrent),
+        ),
+        run_config=tune.RunConfig(name=name, storage_path=storage_path, storage_filesystem=storage_filesystem,
+                                  failure_config=tune.FailureConfig(max_failures=0), verbose=verbose,
+                                  callbacks=[trial_lines_callback(samples * space.grid_size)]),
+    )
+
+
+def _outcome(grid, setup: TrialSetup, settings, out_dir: str, *, experiment_path: str, name: str,
+             resumed: bool) -> SweepOutcome:
+    """Every trial's row (results.csv) and the best trial's config (best_config.yaml) in `out_dir`."""
+    from ray import tune
+
     trials_list = tune.ExperimentAnalysis(grid.experiment_path, storage_filesystem=grid.filesystem).trials
     rows = results_mod.collect(trials_list, setup, settings.metric, settings.mode)
     interrupted = any(r.status not in results_mod.FINISHED for r in rows)

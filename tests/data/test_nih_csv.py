@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from thorax_ray.labels import LabelError
-from thorax_ray.metadata import (BBOX_HEADER, DATA_ENTRY_HEADER, SAMPLE_LABELS_HEADER, MetadataError,
+from thorax_ray.data.nih_csv import (BBOX_HEADER, DATA_ENTRY_HEADER, SAMPLE_LABELS_HEADER, MetadataError,
                                  parse_age, parse_metadata_text, read_bbox_list, read_metadata)
 from tests.helpers import write_text
 

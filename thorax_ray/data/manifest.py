@@ -13,9 +13,9 @@ import pyarrow.parquet as pq
 
 from thorax_ray import storage
 from thorax_ray.labels import FINDING_COLUMNS
-from thorax_ray.locate import DatasetFiles, discover, read_name_list
-from thorax_ray.metadata import MetadataTable, read_metadata
-from thorax_ray.splits import (SPLITS, SplitConfig, assign_splits, check_patient_disjoint, check_required_splits,
+from thorax_ray.data.locate import DatasetFiles, discover, read_name_list
+from thorax_ray.data.nih_csv import MetadataTable, read_metadata
+from thorax_ray.data.splits import (SPLITS, SplitConfig, assign_splits, check_patient_disjoint, check_required_splits,
                                split_hash)
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ def build_manifest(
     endpoint_url: str | None = None,
 ) -> tuple[pd.DataFrame, ManifestSummary]:
     """Validates a dataset and returns its manifest and a summary of what was found; `metadata_csv`
-    names the metadata file (default: found by its usual names, see thorax_ray.locate)."""
+    names the metadata file (default: found by its usual names, see thorax_ray.data.locate)."""
     files = discover(data, metadata_csv=metadata_csv, endpoint_url=endpoint_url)
     table = read_metadata(files.metadata_csv, endpoint_url=endpoint_url)
     if table.frame.empty:

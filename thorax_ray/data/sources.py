@@ -11,15 +11,39 @@ import pandas as pd
 from thorax_ray.data.pipeline import ImageConfig, load_images, manifest_dataset
 from thorax_ray.data.shards import read_commit, read_prepared, read_prepared_tables
 from thorax_ray.labels import FINDING_COLUMNS
-from thorax_ray.manifest import build_manifest
-from thorax_ray import storage
-from thorax_ray.train.config import DataConfig
+from thorax_ray.data.manifest import build_manifest
 
 log = logging.getLogger(__name__)
 
 METADATA_COLUMNS = ("image_index", "patient_id", "follow_up", "age_years", "sex", "view_position",
                     "original_width", "original_height", "pixel_spacing_x", "pixel_spacing_y", "split")
 ROW_COLUMNS = (*METADATA_COLUMNS, *FINDING_COLUMNS)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    data: str = "data/demo"  # dataset folder/URI (raw PNGs or metadata only) or a prepared output (has prepared.json)
+    size: int = 224
+    batch_size: int | None = None  # per worker; default by model kind: DEFAULT_BATCH_SIZE
+    eval_batch_size: int = 64
+    limit: int | None = None  # at most this many rows per split (smoke runs)
+    val_cache_mb: int = 1024  # validation rows kept in rank 0's memory after the first epoch when they fit
+    cache_train_mb: int = 2048  # training rows materialized once in the object store when they fit (0: always stream)
+    # Training rows are shuffled every epoch: the block order (reseeded each epoch from run.seed) and, within a
+    # worker, a buffer of this many rows (0: block order only).
+    shuffle_buffer_rows: int = 2048
+    s3_endpoint: str | None = None
+
+    def __post_init__(self) -> None:
+        if (not 16 <= self.size <= 2048 or (self.batch_size is not None and self.batch_size < 1)
+                or self.eval_batch_size < 1 or self.shuffle_buffer_rows < 0):
+            raise ValueError(f"bad data config: size={self.size} (16..2048), batch_size={self.batch_size}, "
+                             f"eval_batch_size={self.eval_batch_size} (>= 1), shuffle_buffer_rows={self.shuffle_buffer_rows} (>= 0)")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"limit must be >= 1 row per split (or unset), got {self.limit}")
+        if self.val_cache_mb < 0 or self.cache_train_mb < 0:
+            raise ValueError(f"cache sizes must be >= 0 MB, got val_cache_mb={self.val_cache_mb}, "
+                             f"cache_train_mb={self.cache_train_mb}")
 
 
 @dataclass

@@ -1,4 +1,7 @@
-"""The one registry of attribution methods, the uniform contract, and the Captum-based methods.
+"""The base of the attribution methods: the result type, the uniform contract and the one registry.
+Each method family lives in its own module and registers itself when imported (`thorax_ray.attribution`
+imports them all): `cam.py` (cam, fast_cam, gradcam), `gradients.py` (integrated_gradients,
+metadata_ig), `occlusion.py` (occlusion).
 
 Contract::
 
@@ -13,7 +16,7 @@ unless `map_size` says otherwise; `metadata_ig` returns `feature_attributions` (
 
 Every method runs the model in eval mode and restores each module's `training` flag afterwards;
 Captum removes the hooks it registers; parameters' `.grad` are never written (gradients are taken
-with respect to inputs only). `cam`, `fast_cam` and `gradcam` live in `cam.py`.
+with respect to inputs only).
 
 Map geometry: `AttributionMethod.map_cells` says where a map's cells sit in the image. "receptive_fields"
 (the CAM family): cell (i, j) is feature-map position (i, j), centred where the network's receptive field
@@ -28,7 +31,6 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 # Grad-CAM's ReLU'd class activation maps: on the demo data they box the 8 findings at T(IoBB=0.5) 0.70 on
@@ -127,19 +129,13 @@ def register_method(name: str) -> Callable[[type[AttributionMethod]], type[Attri
     return decorator
 
 
-def _load_builtins() -> None:
-    import thorax_ray.attribution.cam  # noqa: F401  (registers cam, fast_cam, gradcam)
-
-
 def list_methods() -> list[str]:
     """Registered method names, sorted."""
-    _load_builtins()
     return sorted(_METHODS)
 
 
 def get_method(name: str) -> type[AttributionMethod]:
     """The method class registered as `name`; call it as `get_method(name)(model, **options)`."""
-    _load_builtins()
     if name not in _METHODS:
         raise ValueError(f"unknown attribution method {name!r}; known methods: {', '.join(sorted(_METHODS))}")
     return _METHODS[name]
@@ -168,7 +164,7 @@ def logits_and_feature_map(model: nn.Module, images: torch.Tensor,
     return model.pool_and_classify(fmap), fmap
 
 
-def _pair(value: int | tuple[int, int] | None, default: tuple[int, int], what: str) -> tuple[int, int]:
+def pair(value: int | tuple[int, int] | None, default: tuple[int, int], what: str) -> tuple[int, int]:
     if value is None:
         return default
     pair = (int(value), int(value)) if isinstance(value, int) else (int(value[0]), int(value[1]))
@@ -177,14 +173,14 @@ def _pair(value: int | tuple[int, int] | None, default: tuple[int, int], what: s
     return pair
 
 
-class _PixelMapMethod(AttributionMethod):
+class PixelMapMethod(AttributionMethod):
     """Methods attributing to input pixels: maps are pooled to `map_size` (default feature-map size)."""
 
     map_cells = "bins"
 
     def __init__(self, model: nn.Module, *, map_size: int | tuple[int, int] | None = None) -> None:
         super().__init__(model)
-        self.map_size = None if map_size is None else _pair(map_size, (1, 1), "map_size")
+        self.map_size = None if map_size is None else pair(map_size, (1, 1), "map_size")
         if self.map_size is None and not hasattr(model, "features"):
             raise ValueError(f"{self.name}: model has no `features(images)`; pass map_size=(h, w)")
 
@@ -198,127 +194,3 @@ class _PixelMapMethod(AttributionMethod):
                 logits = self.model(images, features) if self.input_kind == "both" else self.model(images)
                 size = self.map_size
         return logits, self.map_size or size
-
-
-@register_method("integrated_gradients")
-class IntegratedGradientsMaps(_PixelMapMethod):
-    """Captum `IntegratedGradients` on the images (baseline zeros), one run per class.
-
-    maps[c] = adaptive_avg_pool(sum_channels |IG_c|) to the map size. At most `internal_batch_size`
-    scaled images go through the model at once (at least N), bounding memory.
-    """
-
-    def __init__(self, model: nn.Module, *, n_steps: int = 16, internal_batch_size: int = 16,
-                 method: str = "gausslegendre", map_size: int | tuple[int, int] | None = None) -> None:
-        super().__init__(model, map_size=map_size)
-        if n_steps < 1 or internal_batch_size < 1:
-            raise ValueError(f"n_steps ({n_steps}) and internal_batch_size ({internal_batch_size}) must be >= 1")
-        self.n_steps, self.internal_batch_size, self.ig_method = int(n_steps), int(internal_batch_size), method
-
-    def attribute(self, images: torch.Tensor | None = None,
-                  features: torch.Tensor | None = None) -> Attribution:
-        from captum.attr import IntegratedGradients
-
-        images, features = self._checked(images, features)
-        with evaluation(self.model):
-            logits, size = self._logits_and_size(images, features)
-            ig = IntegratedGradients(self.model)
-            per_class = []
-            with torch.enable_grad():
-                for target in range(logits.shape[1]):
-                    attr = ig.attribute(images, baselines=0.0, target=target, n_steps=self.n_steps,
-                                        method=self.ig_method, internal_batch_size=self.internal_batch_size,
-                                        additional_forward_args=self._image_forward_args(features))
-                    per_class.append(attr.detach().abs().sum(dim=1))
-        maps = F.adaptive_avg_pool2d(torch.stack(per_class, dim=1), size)
-        return Attribution(self.name, logits=logits, maps=maps)
-
-
-@register_method("occlusion")
-class OcclusionMaps(_PixelMapMethod):
-    """Captum `Occlusion`: a `window` patch set to `baseline`, slid by `stride` (defaults S//8, S//16).
-
-    Attribution = drop of each logit when a patch covering the pixel is occluded (averaged over
-    patches); maps keep the positive part (evidence for the class) unless `positive=False`.
-    `perturbations_per_eval` occluded copies per image go through the model at once.
-    """
-
-    def __init__(self, model: nn.Module, *, window: int | tuple[int, int] | None = None,
-                 stride: int | tuple[int, int] | None = None, baseline: float = 0.0,
-                 perturbations_per_eval: int = 8, positive: bool = True,
-                 map_size: int | tuple[int, int] | None = None) -> None:
-        super().__init__(model, map_size=map_size)
-        self.window, self.stride, self.baseline = window, stride, float(baseline)
-        self.perturbations_per_eval, self.positive = max(1, int(perturbations_per_eval)), positive
-
-    def attribute(self, images: torch.Tensor | None = None,
-                  features: torch.Tensor | None = None) -> Attribution:
-        from captum.attr import Occlusion
-
-        images, features = self._checked(images, features)
-        n, c, height, width = images.shape
-        window = _pair(self.window, (max(1, height // 8), max(1, width // 8)), "window")
-        stride = _pair(self.stride, (max(1, height // 16), max(1, width // 16)), "stride")
-        kwargs = dict(sliding_window_shapes=(c, *window), strides=(c, *stride), baselines=self.baseline,
-                      perturbations_per_eval=self.perturbations_per_eval,
-                      additional_forward_args=self._image_forward_args(features))
-        with evaluation(self.model), torch.no_grad():
-            logits, size = self._logits_and_size(images, features)
-            occlusion = Occlusion(self.model)
-            k = logits.shape[1]
-            try:  # Captum >= 0.9: all outputs at once, (N * K, C, H, W)
-                attr = occlusion.attribute(images, target=None, **kwargs)
-                if attr.shape[0] != n * k:
-                    raise ValueError("per-output occlusion not supported")
-                attr = attr.reshape(n, k, c, height, width)
-            except (AssertionError, ValueError, RuntimeError):
-                attr = torch.stack([occlusion.attribute(images, target=t, **kwargs) for t in range(k)], dim=1)
-        raw = attr.sum(dim=2)
-        if self.positive:
-            raw = raw.clamp(min=0)
-        return Attribution(self.name, logits=logits, maps=F.adaptive_avg_pool2d(raw.float(), size))
-
-
-@register_method("metadata_ig")
-class MetadataIntegratedGradients(AttributionMethod):
-    """Captum `IntegratedGradients` over the metadata features (baseline zeros): (N, 14, F).
-
-    Works for `mlp` and for `fusion` (images held fixed). Names: `Attribution.feature_names`.
-    """
-
-    input_kinds = ("metadata", "both")
-
-    def __init__(self, model: nn.Module, *, n_steps: int = 32, internal_batch_size: int | None = None,
-                 method: str = "gausslegendre") -> None:
-        super().__init__(model)
-        if n_steps < 1:
-            raise ValueError(f"n_steps must be >= 1, got {n_steps}")
-        self.n_steps, self.internal_batch_size, self.ig_method = int(n_steps), internal_batch_size, method
-
-    def attribute(self, images: torch.Tensor | None = None,
-                  features: torch.Tensor | None = None) -> Attribution:
-        from captum.attr import IntegratedGradients
-
-        images, features = self._checked(images, features)
-        model = self.model
-        if self.input_kind == "both":
-            def forward(feats: torch.Tensor, imgs: torch.Tensor) -> torch.Tensor:
-                return model(imgs, feats)
-            extra: tuple[torch.Tensor, ...] | None = (images,)
-        else:
-            forward, extra = model, None
-        with evaluation(model):
-            with torch.no_grad():
-                logits = forward(features, *(extra or ()))
-            ig = IntegratedGradients(forward)
-            with torch.enable_grad():
-                per_class = [
-                    ig.attribute(features, baselines=0.0, target=t, n_steps=self.n_steps, method=self.ig_method,
-                                 internal_batch_size=self.internal_batch_size,
-                                 additional_forward_args=extra).detach()
-                    for t in range(logits.shape[1])
-                ]
-        meta = getattr(model, "metadata_features", None)
-        names = tuple(meta.names) if meta is not None else None
-        return Attribution(self.name, logits=logits, feature_attributions=torch.stack(per_class, dim=1),
-                           feature_names=names)

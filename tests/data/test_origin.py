@@ -1,9 +1,9 @@
 """The data origin of datasets, prepared outputs and manifests, and the out-of-distribution check."""
 import shutil
 
-from thorax_ray.locate import SYNTHETIC_RECORD
-from thorax_ray.manifest import build_manifest, write_manifest
-from thorax_ray.origin import data_origin, ood_check
+from thorax_ray.data.locate import SYNTHETIC_RECORD
+from thorax_ray.data.manifest import build_manifest, write_manifest
+from thorax_ray.data.origin import data_origin, ood_check
 from tests.helpers import upload_tree
 
 

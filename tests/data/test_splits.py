@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from thorax_ray.splits import SplitConfig, SplitError, assign_splits, check_patient_disjoint, split_hash
+from thorax_ray.data.splits import SplitConfig, SplitError, assign_splits, check_patient_disjoint, split_hash
 
 
 def population(patients=400, seed=0):
@@ -82,7 +82,7 @@ def test_bad_fractions():
 
 
 def test_a_required_split_without_patients_names_the_split_and_the_fix():
-    from thorax_ray.splits import check_required_splits
+    from thorax_ray.data.splits import check_required_splits
 
     frame = pd.DataFrame({"patient_id": [1, 1, 2, 3], "split": ["train", "train", "test", "train"]})
     check_required_splits(frame, SplitConfig(), source="data/x")  # nothing required

@@ -13,8 +13,8 @@ import json
 import pyarrow.parquet as pq
 
 from thorax_ray import storage
-from thorax_ray.locate import SYNTHETIC_RECORD
-from thorax_ray.manifest import METADATA_KEY, read_manifest
+from thorax_ray.data.locate import SYNTHETIC_RECORD
+from thorax_ray.data.manifest import METADATA_KEY, read_manifest
 
 ORIGINS = ("synthetic", "real")
 UNKNOWN = "unknown"  # checkpoints written before the origin was recorded

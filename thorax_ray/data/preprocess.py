@@ -12,6 +12,10 @@ import torch.nn.functional as F
 from thorax_ray.data.pipeline import images_to_array
 from thorax_ray.labels import FINDING_COLUMNS
 
+# One-channel version of the ImageNet statistics (mean of the RGB values), so ImageNet stems summed to one
+# channel see familiar input.
+IMAGE_MEAN, IMAGE_STD = 0.449, 0.226
+
 
 @dataclass
 class Batch:
@@ -41,3 +45,9 @@ def normalise_images(images: torch.Tensor, contract: dict, *, device: torch.devi
     if x.shape[-1] != contract["size"] or x.shape[-2] != contract["size"]:
         x = F.interpolate(x, size=(contract["size"],) * 2, mode="bilinear", antialias=True, align_corners=False)
     return (x - contract["mean"]) / contract["std"]
+
+
+def preprocessing_contract(size: int) -> dict:
+    """What a model expects; stored with every checkpoint and applied identically when scoring."""
+    return {"channels": 1, "size": size, "input_dtype": "uint8", "scale": 1 / 255.0,
+            "mean": IMAGE_MEAN, "std": IMAGE_STD, "resize": "bilinear with box reduction (Pillow)"}

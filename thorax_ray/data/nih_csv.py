@@ -183,36 +183,13 @@ def parse_metadata_text(text: str, *, source: str) -> MetadataTable:
 
 def _normalise(raw: pd.DataFrame, *, source: str, layout: str, present: set[str]) -> MetadataTable:
     lines = raw["line"].to_numpy()
-    for name, line in zip(raw["image_index"], lines):
-        check_image_index(name, source=source, row=int(line))
-    duplicated = raw["image_index"].duplicated(keep=False)
-    if duplicated.any():
-        dups = raw.loc[duplicated, ["image_index", "line"]]
-        first = dups.groupby("image_index")["line"].apply(list).head(3)
-        detail = "; ".join(f"{name} at rows {rows}" for name, rows in first.items())
-        raise MetadataError(f"{source}: {dups['image_index'].nunique()} duplicate 'Image Index' values: {detail}")
-
+    _check_names(raw, lines, source)
     frame = pd.DataFrame({"image_index": raw["image_index"].astype(str)})
     frame["finding_labels"] = raw["finding_labels"].str.strip()
     frame["patient_id"] = _integers(raw, "patient_id", "Patient ID", source)
     frame["follow_up"] = (_integers(raw, "follow_up", "Follow-up #", source) if "follow_up" in present
                           else pd.array([pd.NA] * len(raw), dtype="Int64"))
-
-    ages = []
-    for value, line in zip(raw["age"], lines):
-        try:
-            ages.append(parse_age(value))
-        except ValueError as error:
-            raise MetadataError(f"{source}, row {line}: 'Patient Age' {error}") from None
-    ages = np.array([np.nan if a is None else a for a in ages], dtype=np.float64)
-    missing_ages = int(np.isnan(ages).sum())
-    impossible = (ages < 0) | (ages > MAX_AGE_YEARS)
-    if impossible.any():
-        examples = ", ".join(f"row {l}: {v!r}" for l, v in zip(lines[impossible][:5], raw["age"][impossible][:5]))
-        log.warning("%s: %d impossible ages (<0 or >%g years) treated as missing (%s)",
-                    source, int(impossible.sum()), MAX_AGE_YEARS, examples)
-        ages[impossible] = np.nan
-    frame["age_years"] = ages
+    frame["age_years"], missing_ages, impossible_ages = _ages(raw, lines, source)
 
     sex = raw["sex"].str.strip().str.upper().map({"M": "M", "MALE": "M", "F": "F", "FEMALE": "F"})
     unknown_sex = int(sex.isna().sum())
@@ -227,14 +204,7 @@ def _normalise(raw: pd.DataFrame, *, source: str, layout: str, present: set[str]
         frame[column] = pd.to_numeric(raw[column].str.strip().replace("", None), errors="coerce").astype("Int64")
     for column in ("pixel_spacing_x", "pixel_spacing_y"):
         frame[column] = pd.to_numeric(raw[column].str.strip().replace("", None), errors="coerce").astype("float64")
-
-    labels = np.zeros((len(raw), len(FINDING_COLUMNS)), dtype=np.uint8)
-    parsed: dict[str, np.ndarray] = {}
-    for i, (text, line) in enumerate(zip(frame["finding_labels"], lines)):
-        vector = parsed.get(text)
-        if vector is None:
-            vector = parsed[text] = parse_finding_labels(text, source=source, row=int(line))
-        labels[i] = vector
+    labels = _label_matrix(frame["finding_labels"], lines, source)
     for j, column in enumerate(FINDING_COLUMNS):
         frame[column] = labels[:, j]
 
@@ -245,11 +215,54 @@ def _normalise(raw: pd.DataFrame, *, source: str, layout: str, present: set[str]
         frame=frame.reset_index(drop=True),
         source=source,
         layout=layout,
-        impossible_ages=int(impossible.sum()),
+        impossible_ages=impossible_ages,
         missing_ages=missing_ages,
         unknown_sex=unknown_sex,
         unknown_view_position=unknown_view,
     )
+
+
+def _check_names(raw: pd.DataFrame, lines: np.ndarray, source: str) -> None:
+    """Every 'Image Index' a safe file name, and none twice."""
+    for name, line in zip(raw["image_index"], lines):
+        check_image_index(name, source=source, row=int(line))
+    duplicated = raw["image_index"].duplicated(keep=False)
+    if duplicated.any():
+        dups = raw.loc[duplicated, ["image_index", "line"]]
+        first = dups.groupby("image_index")["line"].apply(list).head(3)
+        detail = "; ".join(f"{name} at rows {rows}" for name, rows in first.items())
+        raise MetadataError(f"{source}: {dups['image_index'].nunique()} duplicate 'Image Index' values: {detail}")
+
+
+def _ages(raw: pd.DataFrame, lines: np.ndarray, source: str) -> tuple[np.ndarray, int, int]:
+    """(ages in years, NaN where missing or impossible; missing count; impossible count)."""
+    ages = []
+    for value, line in zip(raw["age"], lines):
+        try:
+            ages.append(parse_age(value))
+        except ValueError as error:
+            raise MetadataError(f"{source}, row {line}: 'Patient Age' {error}") from None
+    ages = np.array([np.nan if a is None else a for a in ages], dtype=np.float64)
+    missing_ages = int(np.isnan(ages).sum())
+    impossible = (ages < 0) | (ages > MAX_AGE_YEARS)
+    if impossible.any():
+        examples = ", ".join(f"row {l}: {v!r}" for l, v in zip(lines[impossible][:5], raw["age"][impossible][:5]))
+        log.warning("%s: %d impossible ages (<0 or >%g years) treated as missing (%s)",
+                    source, int(impossible.sum()), MAX_AGE_YEARS, examples)
+        ages[impossible] = np.nan
+    return ages, missing_ages, int(impossible.sum())
+
+
+def _label_matrix(texts: pd.Series, lines: np.ndarray, source: str) -> np.ndarray:
+    """(rows, 14) uint8 from the 'Finding Labels' texts (each distinct text parsed once)."""
+    labels = np.zeros((len(texts), len(FINDING_COLUMNS)), dtype=np.uint8)
+    parsed: dict[str, np.ndarray] = {}
+    for i, (text, line) in enumerate(zip(texts, lines)):
+        vector = parsed.get(text)
+        if vector is None:
+            vector = parsed[text] = parse_finding_labels(text, source=source, row=int(line))
+        labels[i] = vector
+    return labels
 
 
 def _integers(raw: pd.DataFrame, column: str, title: str, source: str) -> np.ndarray:

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from thorax_ray.labels import FINDINGS
-from thorax_ray.train.batches import Batch, batch_from_arrow, normalise_images
+from thorax_ray.data.preprocess import Batch, batch_from_arrow, normalise_images
 
 
 @dataclass
@@ -61,31 +61,3 @@ def predict_batches(model: torch.nn.Module, batches: Iterable[Batch], *, contrac
                                      if labels else [])
     result.check_unique()
     return result
-
-
-def evaluate_checkpoint(checkpoint: str, data: str, split: str = "test", *, batch_size: int = 64,
-                        s3_endpoint: str | None = None) -> dict:
-    """AUROC of a checkpoint on one split of a dataset (raw, prepared or metadata-only), every row once."""
-    import logging
-
-    from thorax_ray.metrics import mean_auroc, per_class_auroc
-    from thorax_ray.train.checkpoint import build_model, load_payload, resolve_checkpoint
-    from thorax_ray.train.config import DataConfig
-    from thorax_ray.train.data import open_source
-
-    checkpoint_dir = resolve_checkpoint(checkpoint, endpoint_url=s3_endpoint)
-    payload = load_payload(checkpoint_dir, endpoint_url=s3_endpoint)
-    model = build_model(payload)
-    contract = payload["preprocessing"]
-    source = open_source(DataConfig(data=data, size=contract["size"], s3_endpoint=s3_endpoint))
-    if source.split_hash != payload["split_hash"]:
-        logging.getLogger(__name__).warning(
-            "split hash of %s (%s) differs from the checkpoint's (%s): test rows may overlap its training rows",
-            data, source.split_hash, payload["split_hash"])
-    rows = source.dataset(split, images=model.spec.uses_images)
-    predictions = predict(model, rows.iter_batches(batch_size=batch_size, batch_format="pyarrow"),
-                          contract=contract, stored_size=source.stored_size, device=torch.device("cpu"))
-    aurocs = per_class_auroc(predictions.labels, predictions.probabilities)
-    return {"model": payload["model_name"], "checkpoint": checkpoint_dir, "split": split,
-            "split_hash": source.split_hash, "checkpoint_split_hash": payload["split_hash"],
-            "n_images": len(predictions.image_index), "auroc": aurocs, "mean_auroc": mean_auroc(aurocs)}

@@ -97,15 +97,6 @@ def _model_id(digest) -> str:
     return digest.hexdigest()[:16]
 
 
-def build_model(payload: dict) -> torch.nn.Module:
-    """The architecture from the checkpoint, with its weights loaded strictly, in eval mode."""
-    from thorax_ray.models import create_model_from_config
-
-    model = create_model_from_config(payload["model_build_config"])
-    model.load_state_dict(payload["model_state"], strict=True)
-    return model.eval()
-
-
 def run_metrics(run_dir: str, *, endpoint_url: str | None = None) -> dict | None:
     return storage.read_json(storage.join(run_dir, RUN_METRICS_FILE), endpoint_url=endpoint_url)
 

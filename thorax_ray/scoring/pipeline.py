@@ -1,0 +1,137 @@
+"""The Ray Data pipeline of a scoring run: read/decode (CPU tasks) -> an autoscaling pool of model actors
+(`Scorer`) -> the staging datasink, with the object-store memory it may hold bounded."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+from thorax_ray.cluster import ClusterCapacity, resolve_use_gpu
+from thorax_ray.data.pipeline import ImageConfig, load_images, manifest_dataset
+from thorax_ray.scoring.config import ScoreConfig, scorer_threads
+from thorax_ray.scoring.inputs import ScoringInput
+from thorax_ray.scoring.scorer import Scorer, prepared_batch
+
+
+@dataclass(frozen=True)
+class ActorPlan:
+    """The model actors of a run: an autoscaling pool of `min_actors..max_actors`, each with `gpus` GPUs."""
+
+    min_actors: int
+    max_actors: int
+    gpus: float
+
+    def describe(self) -> str:
+        return f"{self.min_actors}..{self.max_actors}" + (f" x {self.gpus:g} GPU" if self.gpus else " CPU")
+
+
+def plan_actors(config: ScoreConfig, capacity: ClusterCapacity) -> ActorPlan:
+    """GPU use and pool size from what the cluster has or its autoscaler can launch (checked before work)."""
+    if config.gpus_per_actor <= 0 or config.min_actors < 1 or (config.max_actors is not None and config.max_actors < 1):
+        raise ValueError(f"bad actor settings: gpus_per_actor={config.gpus_per_actor} (> 0), "
+                         f"min_actors={config.min_actors}, max_actors={config.max_actors} (>= 1)")
+    use_gpu = resolve_use_gpu(config.use_gpu, capacity, gpus_needed=config.gpus_per_actor, what="scoring")
+    gpus = config.gpus_per_actor if use_gpu else 0.0
+    most = max(1, int(capacity.most("GPU") // gpus)) if use_gpu else 1
+    max_actors = config.max_actors or most
+    return ActorPlan(min_actors=min(config.min_actors, max_actors), max_actors=max_actors, gpus=gpus)
+
+
+@dataclass(frozen=True)
+class ScoringRun:
+    """What one scoring run resolved before taking the output's lease."""
+
+    config: ScoreConfig
+    source: ScoringInput
+    payload: dict
+    model: object
+    model_id: str
+    checkpoint_dir: str
+    method: str
+    actor_plan: ActorPlan
+    run_id: str
+    batch_date: str
+    started: float
+    now: float
+    origin: dict
+
+
+def stream(run: ScoringRun, pending: pd.DataFrame, gate, sink, filesystem, counter) -> None:
+    """read/decode -> the autoscaling pool of model actors -> the staging datasink, memory bounded."""
+    from ray.data import ActorPoolStrategy
+
+    config, source, contract = run.config, run.source, run.payload["preprocessing"]
+    dataset = input_dataset(config, source, pending, run.model, contract, filesystem)
+    # Prepared inputs travel at the size they were prepared at, raw PNGs are decoded to the contract's.
+    stored_size = int(source.prepared["size"]) if source.kind == "prepared" else int(contract["size"])
+    scorer_kwargs = dict(
+        checkpoint_dir=run.checkpoint_dir, model_id=run.model_id, method=run.method,
+        method_options=config.method_options, stored_size=stored_size, run_id=run.run_id,
+        batch_date=run.batch_date, max_map_side=config.max_map_side, box_min_probability=gate.thresholds,
+        box_threshold=config.box_threshold, max_boxes=config.max_boxes, box_grid=config.box_grid,
+        endpoint_url=config.endpoint_url, threads=scorer_threads(config),
+        fail_after_rows=config.fail_after_rows, progress=counter,
+    )
+    plan = run.actor_plan
+    scored_rows = dataset.map_batches(
+        Scorer, fn_constructor_kwargs=scorer_kwargs,
+        compute=ActorPoolStrategy(min_size=plan.min_actors, max_size=plan.max_actors),
+        batch_size=config.batch_size, batch_format="pyarrow", num_cpus=config.actor_cpus,
+        num_gpus=plan.gpus or None,
+    )
+    bound_in_flight(scored_rows, in_flight_bytes(config, contract, plan.max_actors, stored_size=stored_size))
+    scored_rows.write_datasink(sink)
+
+
+MIN_IN_FLIGHT_BYTES = 64 * 2**20
+IN_FLIGHT_BATCHES_PER_ACTOR = 16
+
+
+def in_flight_bytes(config: ScoreConfig, contract: dict, actors: int, *, stored_size: int | None = None) -> int:
+    """How much decoded input and output the run may hold in the object store at once. Without a bound,
+    decode tasks run ahead of slower model actors until the object store is full, so memory grows with
+    the number of images; a few batches per actor keep the actors fed. Images are counted at
+    `stored_size`, the side they travel at (default: the contract's size)."""
+    if config.in_flight_mb is not None:
+        return config.in_flight_mb * 2**20
+    image_bytes = int(stored_size or contract["size"]) ** 2 * int(contract.get("channels", 1))
+    return max(MIN_IN_FLIGHT_BYTES, IN_FLIGHT_BATCHES_PER_ACTOR * actors * config.batch_size * image_bytes)
+
+
+def bound_in_flight(dataset, object_store_bytes: int) -> None:
+    """Limits the object-store memory the dataset's execution uses (Ray Data backpressures on it)."""
+    options = dataset.context.execution_options
+    options.resource_limits = options.resource_limits.copy(object_store_memory=object_store_bytes)
+
+
+def _row_columns(model) -> list[str]:
+    columns = ["image_index", "path", "metadata_source"]
+    if model.spec.uses_metadata:
+        columns += [c for c in model.metadata_features.columns if c not in columns]
+    return columns
+
+
+def input_dataset(config: ScoreConfig, source: ScoringInput, pending: pd.DataFrame, model, contract: dict,
+                   filesystem):
+    """Ray dataset of the rows to score, with decoded images for image models (streaming)."""
+    import ray
+
+    columns = _row_columns(model)
+    image_config = ImageConfig(size=int(contract["size"]), batch_size=config.batch_size,
+                               read_attempts=config.read_attempts, endpoint_url=config.endpoint_url)
+    if not model.spec.uses_images:
+        rows = pending[columns].reset_index(drop=True)
+        if (rows["metadata_source"] == "csv").all():
+            return manifest_dataset(rows, rows_per_block=config.batch_size * 8)
+        # Files without a metadata row are read: their format checked, DICOM tags taken as metadata.
+        return load_images(rows, image_config, filesystem=filesystem, num_cpus=config.decode_cpus, images=False)
+    if source.kind == "prepared":
+        from thorax_ray.data.shards import read_prepared
+
+        wanted = ray.put(frozenset(pending["image_index"]))
+        stored = [c for c in columns if c != "metadata_source"]  # added by prepared_batch
+        dataset = read_prepared(source.uri, columns=[*stored, "image"], endpoint_url=config.endpoint_url)
+        return dataset.map_batches(prepared_batch, fn_args=(wanted, config.endpoint_url),
+                                   batch_format="pyarrow", batch_size=config.batch_size * 4)
+    return load_images(pending[columns].reset_index(drop=True), image_config, filesystem=filesystem,
+                       num_cpus=config.decode_cpus, sizes=True)
