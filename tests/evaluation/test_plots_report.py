@@ -10,7 +10,7 @@ import pytest
 
 from thorax_ray.evaluation import classification as C
 from thorax_ray.evaluation import localization as L
-from thorax_ray.evaluation import plots, report
+from thorax_ray.evaluation import comparison, plots, references, report
 from thorax_ray.labels import BOXED_FINDINGS, FINDINGS
 
 K = len(FINDINGS)
@@ -50,8 +50,8 @@ def figures(case, tmp_path_factory):
     out = tmp_path_factory.mktemp("figures")
     roc = plots.plot_roc_curves(labels, scores, out / "roc.png", split="test")
     pr = plots.plot_pr_curves(labels, scores, out / "pr.png", split="test")
-    bars = plots.plot_auroc_comparison(report.comparison_table(metrics), out / "sub" / "auroc.png",
-                                       ci=report.comparison_ci(metrics))
+    bars = plots.plot_auroc_comparison(comparison.comparison_table(metrics), out / "sub" / "auroc.png",
+                                       ci=comparison.comparison_ci(metrics))
     image = np.linspace(0, 1, 64 * 64).reshape(64, 64)
     overlay = plots.plot_heatmap_overlay(image, np.outer(np.hanning(8), np.hanning(8)), out / "overlay.png",
                                          truth_boxes=[{"x": 10, "y": 10, "w": 20, "h": 20, "finding": "Mass"}],
@@ -76,15 +76,15 @@ def test_plots_reject_mismatched_scores(case, tmp_path):
 
 def test_comparison_table_labels_our_columns_with_data_and_split(case):
     _, _, metrics = case
-    table = report.comparison_table(metrics)
+    table = comparison.comparison_table(metrics)
     assert "small_cnn (synthetic, test split)" in table
-    assert list(table)[-3:] == list(report.REFERENCE_AUROC)
-    assert table[report.WANG_2017]["Cardiomegaly"] == pytest.approx(0.81)
+    assert list(table)[-3:] == list(references.REFERENCE_AUROC)
+    assert table[references.WANG_2017]["Cardiomegaly"] == pytest.approx(0.81)
     assert table["small_cnn (synthetic, test split)"]["Hernia"] is None
-    for column in report.REFERENCE_AUROC:
+    for column in references.REFERENCE_AUROC:
         assert "split" in column and "real data" in column
-        assert set(report.REFERENCE_AUROC[column]) == set(FINDINGS) | {"mean"}
-    assert set(report.REFERENCE_LOCALIZATION_IOBB) == {L.threshold_key(t) for t in L.IOBB_THRESHOLDS}
+        assert set(references.REFERENCE_AUROC[column]) == set(FINDINGS) | {"mean"}
+    assert set(references.REFERENCE_LOCALIZATION_IOBB) == {L.threshold_key(t) for t in L.IOBB_THRESHOLDS}
 
 
 def test_report_is_self_contained_and_escaped(case, figures, tmp_path):
@@ -111,7 +111,7 @@ def test_report_is_self_contained_and_escaped(case, figures, tmp_path):
 
     # headline: our columns labelled with dataset and split, the reference columns beside them
     assert "small_cnn (synthetic, test split)" in text
-    for column in report.REFERENCE_AUROC:
+    for column in references.REFERENCE_AUROC:
         assert column in text
     assert "0.9248" in text and "0.7003" in text  # CheXNet Cardiomegaly, Wang Atelectasis
     ci = metrics["models"]["small_cnn"]["auroc_ci"]["Cardiomegaly"]
@@ -121,7 +121,7 @@ def test_report_is_self_contained_and_escaped(case, figures, tmp_path):
     assert "Paired comparison" in text and "AUROC by view position" in text
     assert "AP (n = 40)" in text and "PA (n = 80)" in text
     assert "Operating thresholds" in text and "sensitivity" in text
-    assert report.REFERENCE_LOCALIZATION_LABEL in text and "0.945" in text  # Wang Cardiomegaly at IoBB > 0.5
+    assert references.REFERENCE_LOCALIZATION_LABEL in text and "0.945" in text  # Wang Cardiomegaly at IoBB > 0.5
     assert "chance: one whole-image box" in text and "chance: the class&#x27;s median box" in text
     assert "synthetic data: numbers are not comparable" in text
     assert "a &amp; b" in text
@@ -138,7 +138,7 @@ def test_report_without_optional_sections(case, tmp_path):
 
 def test_format_comparison_table(case):
     _, _, metrics = case
-    text = report.format_comparison_table(metrics)
+    text = comparison.format_comparison_table(metrics)
     lines = text.splitlines()
     auroc = metrics["models"]["small_cnn"]["auroc"]["Cardiomegaly"]
     ci = metrics["models"]["small_cnn"]["auroc_ci"]["Cardiomegaly"]
@@ -147,7 +147,7 @@ def test_format_comparison_table(case):
     assert row.rstrip().endswith("0.9165")  # last column: CheXNet reimplementation, as published
     assert next(line for line in lines if line.startswith("Hernia")).split()[1] == "n/a"
     assert "(1) small_cnn (synthetic, test split)" in text
-    assert f"(3) {report.WANG_2017}" in text
+    assert f"(3) {references.WANG_2017}" in text
     assert any(line.startswith("mean") for line in lines)
 
 

@@ -27,15 +27,10 @@ from thorax_ray.evaluation.localization import (
     threshold_key,
 )
 from thorax_ray.evaluation.plots import plot_auroc_comparison, plot_heatmap_overlay, plot_pr_curves, plot_roc_curves
-from thorax_ray.evaluation.report import (
-    REFERENCE_AUROC,
-    REFERENCE_LOCALIZATION_IOBB,
-    REFERENCE_LOCALIZATION_LABEL,
-    comparison_ci,
-    comparison_table,
-    format_comparison_table,
-    write_report,
-)
+from thorax_ray.evaluation.report import write_report
+from thorax_ray.evaluation.references import (REFERENCE_AUROC, REFERENCE_LOCALIZATION_IOBB,
+                                              REFERENCE_LOCALIZATION_LABEL)
+from thorax_ray.evaluation.comparison import comparison_ci, comparison_table, format_comparison_table
 
 __all__ = [
     "IOBB_THRESHOLDS", "IOU_THRESHOLDS", "REFERENCE_AUROC", "REFERENCE_LOCALIZATION_IOBB", "REFERENCE_LOCALIZATION_LABEL",

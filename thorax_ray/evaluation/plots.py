@@ -130,7 +130,7 @@ def plot_auroc_comparison(table, path, *, reference_columns: Sequence[str] | Non
     optional 95% CIs as error bars; reference columns (by default those named in
     report.REFERENCE_AUROC) are drawn as markers, not bars. `table`: column -> {finding: AUROC | None}
     or a DataFrame indexed by finding. Returns `path`."""
-    from thorax_ray.evaluation.report import MEAN_ROW, REFERENCE_AUROC
+    from thorax_ray.evaluation.references import MEAN_ROW, REFERENCE_AUROC
 
     columns = _table_columns(table)
     references = list(reference_columns) if reference_columns is not None else [c for c in columns if c in REFERENCE_AUROC]

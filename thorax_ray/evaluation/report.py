@@ -37,55 +37,14 @@ from __future__ import annotations
 import base64
 import datetime as _dt
 import html
-import math
 import os
 from collections.abc import Mapping, Sequence
 
+from thorax_ray.evaluation.comparison import format_ci, format_number, model_label, models_of
 from thorax_ray.evaluation.localization import mean_accuracy
+from thorax_ray.evaluation.references import (MEAN_ROW, REFERENCE_AUROC, REFERENCE_LOCALIZATION_IOBB,
+                                               REFERENCE_LOCALIZATION_LABEL)
 from thorax_ray.labels import BOXED_FINDINGS, FINDINGS
-
-MEAN_ROW = "mean"
-
-WANG_2017 = "Wang 2017 ResNet-50 (real data, official split)"
-CHEXNET_2017 = "CheXNet 2017 DenseNet-121 (real data, random patient split 70/10/20)"
-CHEXNET_REIMPL = "CheXNet PyTorch reimplementation (real data, random split)"
-
-REFERENCE_AUROC: dict[str, dict[str, float]] = {
-    WANG_2017: {
-        "Atelectasis": 0.7003, "Cardiomegaly": 0.8100, "Effusion": 0.7585, "Infiltration": 0.6614,
-        "Mass": 0.6933, "Nodule": 0.6687, "Pneumonia": 0.6580, "Pneumothorax": 0.7993,
-        "Consolidation": 0.7032, "Edema": 0.8052, "Emphysema": 0.8330, "Fibrosis": 0.7859,
-        "Pleural_Thickening": 0.6835, "Hernia": 0.8717, MEAN_ROW: 0.745,
-    },
-    CHEXNET_2017: {
-        "Atelectasis": 0.8094, "Cardiomegaly": 0.9248, "Effusion": 0.8638, "Infiltration": 0.7345,
-        "Mass": 0.8676, "Nodule": 0.7802, "Pneumonia": 0.7680, "Pneumothorax": 0.8887,
-        "Consolidation": 0.7901, "Edema": 0.8878, "Emphysema": 0.9371, "Fibrosis": 0.8047,
-        "Pleural_Thickening": 0.8062, "Hernia": 0.9164, MEAN_ROW: 0.841,
-    },
-    CHEXNET_REIMPL: {
-        "Atelectasis": 0.8294, "Cardiomegaly": 0.9165, "Effusion": 0.8870, "Infiltration": 0.7143,
-        "Mass": 0.8597, "Nodule": 0.7873, "Pneumonia": 0.7745, "Pneumothorax": 0.8726,
-        "Consolidation": 0.8142, "Edema": 0.8932, "Emphysema": 0.9254, "Fibrosis": 0.8304,
-        "Pleural_Thickening": 0.7831, "Hernia": 0.9104, MEAN_ROW: 0.843,
-    },
-}
-"""Published per-class AUROC (ANCHORS.md), column name (saying data and split) -> finding -> AUROC."""
-
-REFERENCE_LOCALIZATION_LABEL = "Wang 2017 ResNet-50 (real data, official boxes)"
-REFERENCE_LOCALIZATION_IOBB: dict[str, dict[str, float]] = {
-    "0.1": {"Atelectasis": 0.622, "Cardiomegaly": 1.000, "Effusion": 0.797, "Infiltration": 0.911,
-            "Mass": 0.588, "Nodule": 0.152, "Pneumonia": 0.858, "Pneumothorax": 0.520},
-    "0.25": {"Atelectasis": 0.394, "Cardiomegaly": 0.986, "Effusion": 0.634, "Infiltration": 0.797,
-             "Mass": 0.459, "Nodule": 0.051, "Pneumonia": 0.708, "Pneumothorax": 0.337},
-    "0.5": {"Atelectasis": 0.194, "Cardiomegaly": 0.945, "Effusion": 0.418, "Infiltration": 0.650,
-            "Mass": 0.306, "Nodule": 0.000, "Pneumonia": 0.483, "Pneumothorax": 0.265},
-    "0.75": {"Atelectasis": 0.089, "Cardiomegaly": 0.815, "Effusion": 0.229, "Infiltration": 0.439,
-             "Mass": 0.165, "Nodule": 0.000, "Pneumonia": 0.292, "Pneumothorax": 0.174},
-    "0.9": {"Atelectasis": 0.072, "Cardiomegaly": 0.651, "Effusion": 0.137, "Infiltration": 0.358,
-            "Mass": 0.094, "Nodule": 0.000, "Pneumonia": 0.233, "Pneumothorax": 0.122},
-}
-"""Wang et al. 2017 localization accuracy, T(IoBB) (string key) -> finding -> accuracy (ANCHORS.md)."""
 
 _MIME = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif", ".svg": "image/svg+xml"}
 
@@ -113,65 +72,10 @@ def _e(value) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _num(value, digits: int = 3) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    return f"{float(value):.{digits}f}"
-
-
-def _ci(ci) -> str:
-    if not ci:
-        return ""
-    return f"[{_num(ci[0])}, {_num(ci[1])}]"
-
-
 def _p(value) -> str:
     if value is None:
         return "n/a"
     return "< 0.001" if value < 0.001 else f"{value:.3f}"
-
-
-FEATURE_NAMES = {"age": "age", "sex": "sex", "view_position": "view position", "follow_up": "follow-up #",
-                 "original_size": "original size", "pixel_spacing": "pixel spacing"}
-
-
-def model_label(name: str, entry: Mapping, metrics: Mapping) -> str:
-    """Column label of one of our models: its "label", else "<name> (<init>[; <metadata features>];
-    <dataset>, <split> split)" (the init and features parts when the entry has them)."""
-    if entry.get("label"):
-        return str(entry["label"])
-    details = [str(entry["init"])] if entry.get("init") else []
-    if entry.get("metadata_features"):
-        details.append(", ".join(FEATURE_NAMES.get(f, f) for f in entry["metadata_features"]))
-    details.append(f"{metrics.get('dataset', 'synthetic')}, {metrics.get('split', 'test')} split")
-    return f"{name} ({'; '.join(details)})"
-
-
-def _models(metrics: Mapping) -> dict[str, Mapping]:
-    models = metrics.get("models") or {}
-    if not models:
-        raise ValueError("metrics has no models")
-    return dict(models)
-
-
-def comparison_table(metrics: Mapping, *, references: bool = True) -> dict[str, dict[str, float | None]]:
-    """Column label -> {finding and "mean": AUROC}: our models (labelled with dataset and split),
-    then the published reference columns. Feed it to plots.plot_auroc_comparison."""
-    table: dict[str, dict[str, float | None]] = {}
-    for name, entry in _models(metrics).items():
-        column = {f: (entry.get("auroc") or {}).get(f) for f in FINDINGS}
-        column[MEAN_ROW] = entry.get("mean_auroc")
-        table[model_label(name, entry, metrics)] = column
-    if references:
-        table.update({k: dict(v) for k, v in REFERENCE_AUROC.items()})
-    return table
-
-
-def comparison_ci(metrics: Mapping) -> dict[str, dict]:
-    """Column label -> auroc_ci of our models (for plots.plot_auroc_comparison's `ci`)."""
-    return {model_label(n, e, metrics): dict(e.get("auroc_ci") or {}) for n, e in _models(metrics).items()}
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]], *, raw: bool = False,
@@ -211,7 +115,7 @@ def _figures(images: Mapping[str, object] | None, css_class: str = "") -> str:
 # ------------------------------------------------------------------------------------------ sections
 
 def _headline(metrics: Mapping) -> str:
-    models = _models(metrics)
+    models = models_of(metrics)
     labels = [model_label(n, e, metrics) for n, e in models.items()]
     first = next(iter(models.values()))
     positives = first.get("positives") or {}
@@ -219,12 +123,12 @@ def _headline(metrics: Mapping) -> str:
     ref_cols = list(range(2 + len(labels), len(header)))
     rows, classes = [], []
     for f in list(FINDINGS) + [MEAN_ROW]:
-        row = [_e(f), _e(_num(positives.get(f)) if f != MEAN_ROW else "")]
+        row = [_e(f), _e(format_number(positives.get(f)) if f != MEAN_ROW else "")]
         for entry in models.values():
             value = entry.get("mean_auroc") if f == MEAN_ROW else (entry.get("auroc") or {}).get(f)
             ci = (entry.get("auroc_ci") or {}).get(f)
-            row.append(f'{_e(_num(value))} <span class="ci">{_e(_ci(ci))}</span>')
-        row += [_e(_num(ref.get(f), 4)) for ref in REFERENCE_AUROC.values()]
+            row.append(f'{_e(format_number(value))} <span class="ci">{_e(format_ci(ci))}</span>')
+        row += [_e(format_number(ref.get(f), 4)) for ref in REFERENCE_AUROC.values()]
         rows.append(row)
         classes.append("mean" if f == MEAN_ROW else "")
     note = ("<p class=note>Our columns: AUROC on the named split, 95% CI from a patient-level bootstrap "
@@ -251,7 +155,7 @@ def _mean_note(models: Mapping, metrics: Mapping, key: str, what: str) -> str:
 
 
 def _average_precision(metrics: Mapping) -> str:
-    models = _models(metrics)
+    models = models_of(metrics)
     if not any(e.get("average_precision") for e in models.values()):
         return ""
     header = ["finding"] + [f"{model_label(n, e, metrics)}: AP [95% CI]" for n, e in models.items()]
@@ -262,7 +166,7 @@ def _average_precision(metrics: Mapping) -> str:
             value = (entry.get("mean_average_precision") if f == MEAN_ROW
                      else (entry.get("average_precision") or {}).get(f))
             ci = (entry.get("average_precision_ci") or {}).get(f)
-            row.append(f'{_e(_num(value))} <span class="ci">{_e(_ci(ci))}</span>')
+            row.append(f'{_e(format_number(value))} <span class="ci">{_e(format_ci(ci))}</span>')
         rows.append(row)
         classes.append("mean" if f == MEAN_ROW else "")
     return ("<h2>Average precision</h2>" + _table(header, rows, raw=True, row_classes=classes)
@@ -286,7 +190,7 @@ def _paired(metrics: Mapping) -> str:
         rows, classes = [], []
         for f in list(FINDINGS) + [MEAN_ROW]:
             r = result.get(f) or {}
-            rows.append([f, _num(r.get("auroc_a")), _num(r.get("auroc_b")), _num(r.get("delta")), _ci(r.get("ci")) or "n/a",
+            rows.append([f, format_number(r.get("auroc_a")), format_number(r.get("auroc_b")), format_number(r.get("delta")), format_ci(r.get("ci")) or "n/a",
                          _p(r.get("p_value"))])
             classes.append("mean" if f == MEAN_ROW else "")
         parts.append(_table(["finding", "AUROC a", "AUROC b", "delta (a - b)", "95% CI of delta", "p (two-sided)"],
@@ -309,7 +213,7 @@ def _follow_up(metrics: Mapping) -> str:
 
 
 def _subgroups(metrics: Mapping, key: str, title: str) -> str:
-    models = _models(metrics)
+    models = models_of(metrics)
     parts = []
     for name, entry in models.items():
         groups = entry.get(key) or {}
@@ -323,7 +227,7 @@ def _subgroups(metrics: Mapping, key: str, title: str) -> str:
             for v in groups.values():
                 value = v.get("mean_auroc") if f == MEAN_ROW else (v.get("auroc") or {}).get(f)
                 pos = (v.get("positives") or {}).get(f)
-                cells.append(_num(value) + (f" ({pos} pos)" if pos is not None else ""))
+                cells.append(format_number(value) + (f" ({pos} pos)" if pos is not None else ""))
             rows.append([f] + cells)
             classes.append("mean" if f == MEAN_ROW else "")
         parts.append(_table(header, rows, row_classes=classes))
@@ -331,7 +235,7 @@ def _subgroups(metrics: Mapping, key: str, title: str) -> str:
 
 
 def _thresholds(metrics: Mapping) -> str:
-    models = _models(metrics)
+    models = models_of(metrics)
     parts = []
     for name, entry in models.items():
         tm = entry.get("threshold_metrics") or {}
@@ -343,9 +247,9 @@ def _thresholds(metrics: Mapping) -> str:
         rows = []
         for f in FINDINGS:
             m = tm.get(f) or {}
-            rows.append([f, _num(m.get("threshold")), _num(m.get("sensitivity")), _num(m.get("specificity")),
-                         _num(m.get("precision")), _num(m.get("f1")),
-                         " / ".join(_num(m.get(k)) for k in ("tp", "fp", "tn", "fn"))])
+            rows.append([f, format_number(m.get("threshold")), format_number(m.get("sensitivity")), format_number(m.get("specificity")),
+                         format_number(m.get("precision")), format_number(m.get("f1")),
+                         " / ".join(format_number(m.get(k)) for k in ("tp", "fp", "tn", "fn"))])
         parts.append(_table(["finding", "threshold", "sensitivity", "specificity", "precision", "F1", "TP / FP / TN / FN"], rows))
     return "<h2>Operating thresholds</h2>" + "".join(parts) if parts else ""
 
@@ -355,7 +259,7 @@ def _loc_row(result: Mapping, measure: str, key: str, ci: Mapping | None = None)
     values = [(result.get(f) or {}).get(measure, {}).get(key) for f in BOXED_FINDINGS]
     values.append(mean_accuracy(result, measure).get(key))
     intervals = [((ci or {}).get(f) or {}).get(key) for f in (*BOXED_FINDINGS, MEAN_ROW)]
-    return [f'{_e(_num(v))} <span class="ci">{_e(_ci(c))}</span>' if c else _e(_num(v))
+    return [f'{_e(format_number(v))} <span class="ci">{_e(format_ci(c))}</span>' if c else _e(format_number(v))
             for v, c in zip(values, intervals)]
 
 
@@ -378,7 +282,7 @@ def _loc_sources(models: Mapping, metrics: Mapping) -> list[tuple[str, Mapping, 
 
 
 def _localization(metrics: Mapping) -> str:
-    models = {n: e for n, e in _models(metrics).items() if e.get("localization")}
+    models = {n: e for n, e in models_of(metrics).items() if e.get("localization")}
     if not models:
         return ""
     sources = _loc_sources(models, metrics)
@@ -395,7 +299,7 @@ def _localization(metrics: Mapping) -> str:
              "thresholded at 60 and at 180, a box around every isolated region, whatever the probability) or the "
              "boxes as the scoring job wrote them (its gate, threshold and region count). Chance rows predict one "
              "box per annotated image without looking at it.</p>"]
-    counts = [["ground-truth boxes"] + [_num((first.get(f) or {}).get("n")) for f in BOXED_FINDINGS]]
+    counts = [["ground-truth boxes"] + [format_number((first.get(f) or {}).get("n")) for f in BOXED_FINDINGS]]
     parts.append(_table(["", *BOXED_FINDINGS], counts))
     for measure, keys in (("iobb", iobb_keys), ("iou", iou_keys)):
         rows, classes = [], []
@@ -408,7 +312,7 @@ def _localization(metrics: Mapping) -> str:
                 ref = REFERENCE_LOCALIZATION_IOBB[key]
                 vals = [ref.get(f) for f in BOXED_FINDINGS]
                 rows.append([f"IoBB &gt; {_e(key)}", f'<span class="ci">{_e(REFERENCE_LOCALIZATION_LABEL)}</span>']
-                            + [_e(_num(v)) for v in vals] + [_e(_num(sum(vals) / len(vals)))])
+                            + [_e(format_number(v)) for v in vals] + [_e(format_number(sum(vals) / len(vals)))])
                 classes.append("ref")
         parts.append(f"<h3>Accuracy by T({_MEASURE[measure]})</h3>")
         parts.append(_table(header, rows, raw=True, row_classes=classes))
@@ -418,7 +322,7 @@ def _localization(metrics: Mapping) -> str:
             continue
         for key in iobb_keys:
             values = [((result.get(f) or {}).get("avg_false_positives") or {}).get("iobb", {}).get(key) for f in BOXED_FINDINGS]
-            fp_rows.append([f"IoBB > {key}", label] + [_num(v, 2) for v in values])
+            fp_rows.append([f"IoBB > {key}", label] + [format_number(v, 2) for v in values])
     parts.append("<h3>Average false positives per annotated (image, class)</h3>")
     parts.append(_table(["T", "source", *BOXED_FINDINGS], fp_rows))
     return "".join(parts)
@@ -452,7 +356,7 @@ def write_report(path, metrics: Mapping, *, title: str = "thorax-ray evaluation"
         "images"?: {caption: path}}.
     All text is HTML-escaped; the page loads nothing from anywhere.
     """
-    models = _models(metrics)
+    models = models_of(metrics)
     split, dataset = metrics.get("split", "test"), metrics.get("dataset", "synthetic")
     first = next(iter(models.values()))
     facts = [f"dataset: {dataset}", f"split: {split}"]
@@ -489,30 +393,3 @@ def write_report(path, metrics: Mapping, *, title: str = "thorax-ray evaluation"
     return path
 
 
-def format_comparison_table(metrics: Mapping) -> str:
-    """Plain-text headline table for the terminal: AUROC [95% CI] per finding for each model and the
-    published references, with a legend naming every column (data set and split)."""
-    models = _models(metrics)
-    columns: list[tuple[str, list[str]]] = []
-    for name, entry in models.items():
-        cells = []
-        for f in list(FINDINGS) + [MEAN_ROW]:
-            value = entry.get("mean_auroc") if f == MEAN_ROW else (entry.get("auroc") or {}).get(f)
-            ci = (entry.get("auroc_ci") or {}).get(f)
-            cells.append(f"{_num(value)} {_ci(ci)}".strip())
-        columns.append((model_label(name, entry, metrics), cells))
-    for label, ref in REFERENCE_AUROC.items():
-        columns.append((label, [_num(ref.get(f), 4) for f in list(FINDINGS) + [MEAN_ROW]]))
-    keys = [f"({i + 1})" for i in range(len(columns))]
-    first_width = max(len(f) for f in FINDINGS)
-    widths = [max(len(k), *(len(c) for c in cells)) for k, (_, cells) in zip(keys, columns)]
-    lines = ["finding".ljust(first_width) + "  " + "  ".join(k.rjust(w) for k, w in zip(keys, widths))]
-    lines.append("-" * len(lines[0]))
-    for r, f in enumerate(list(FINDINGS) + [MEAN_ROW]):
-        if f == MEAN_ROW:
-            lines.append("-" * len(lines[0]))
-        lines.append(f.ljust(first_width) + "  " + "  ".join(cells[r].rjust(w) for (_, cells), w in zip(columns, widths)))
-    lines.append("")
-    lines += [f"{k} {label}" for k, (label, _) in zip(keys, columns)]
-    lines.append("Ours: AUROC [95% patient-bootstrap CI]; references: published, real NIH data, split as named.")
-    return "\n".join(lines)

@@ -17,7 +17,8 @@ from thorax_ray.evaluation.classification import (paired_bootstrap_difference, s
 from thorax_ray.evaluation.localization import (NIH_IMAGE_SIZE, chance_localization, localization_accuracy,
                                                 localization_ci)
 from thorax_ray.evaluation.plots import plot_auroc_comparison, plot_heatmap_overlay, plot_pr_curves, plot_roc_curves
-from thorax_ray.evaluation.report import comparison_ci, comparison_table, format_comparison_table, write_report
+from thorax_ray.evaluation.report import write_report
+from thorax_ray.evaluation.comparison import comparison_ci, comparison_table, format_comparison_table
 from thorax_ray.labels import FINDING_COLUMNS, FINDINGS, column_name
 from thorax_ray.data.locate import discover
 from thorax_ray.data.nih_csv import read_bbox_list

@@ -1,0 +1,96 @@
+"""Our models beside the published references: the AUROC comparison table (for the plot, the terminal and
+the report), model labels that name data and split, and how numbers are written for people."""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+from thorax_ray.evaluation.references import MEAN_ROW, REFERENCE_AUROC
+from thorax_ray.labels import FINDINGS
+
+
+def format_number(value, digits: int = 3) -> str:
+    """A metric for people: `digits` decimals, integers as they are, "n/a" for missing."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return f"{float(value):.{digits}f}"
+
+
+def format_ci(ci) -> str:
+    """A confidence interval as "[lo, hi]" ("" when there is none)."""
+    if not ci:
+        return ""
+    return f"[{format_number(ci[0])}, {format_number(ci[1])}]"
+
+
+FEATURE_NAMES = {"age": "age", "sex": "sex", "view_position": "view position", "follow_up": "follow-up #",
+                 "original_size": "original size", "pixel_spacing": "pixel spacing"}
+
+
+def model_label(name: str, entry: Mapping, metrics: Mapping) -> str:
+    """Column label of one of our models: its "label", else "<name> (<init>[; <metadata features>];
+    <dataset>, <split> split)" (the init and features parts when the entry has them)."""
+    if entry.get("label"):
+        return str(entry["label"])
+    details = [str(entry["init"])] if entry.get("init") else []
+    if entry.get("metadata_features"):
+        details.append(", ".join(FEATURE_NAMES.get(f, f) for f in entry["metadata_features"]))
+    details.append(f"{metrics.get('dataset', 'synthetic')}, {metrics.get('split', 'test')} split")
+    return f"{name} ({'; '.join(details)})"
+
+
+def models_of(metrics: Mapping) -> dict[str, Mapping]:
+    """The metrics' models (ValueError when there are none)."""
+    models = metrics.get("models") or {}
+    if not models:
+        raise ValueError("metrics has no models")
+    return dict(models)
+
+
+def comparison_table(metrics: Mapping, *, references: bool = True) -> dict[str, dict[str, float | None]]:
+    """Column label -> {finding and "mean": AUROC}: our models (labelled with dataset and split),
+    then the published reference columns. Feed it to plots.plot_auroc_comparison."""
+    table: dict[str, dict[str, float | None]] = {}
+    for name, entry in models_of(metrics).items():
+        column = {f: (entry.get("auroc") or {}).get(f) for f in FINDINGS}
+        column[MEAN_ROW] = entry.get("mean_auroc")
+        table[model_label(name, entry, metrics)] = column
+    if references:
+        table.update({k: dict(v) for k, v in REFERENCE_AUROC.items()})
+    return table
+
+
+def comparison_ci(metrics: Mapping) -> dict[str, dict]:
+    """Column label -> auroc_ci of our models (for plots.plot_auroc_comparison's `ci`)."""
+    return {model_label(n, e, metrics): dict(e.get("auroc_ci") or {}) for n, e in models_of(metrics).items()}
+
+
+def format_comparison_table(metrics: Mapping) -> str:
+    """Plain-text headline table for the terminal: AUROC [95% CI] per finding for each model and the
+    published references, with a legend naming every column (data set and split)."""
+    models = models_of(metrics)
+    columns: list[tuple[str, list[str]]] = []
+    for name, entry in models.items():
+        cells = []
+        for f in list(FINDINGS) + [MEAN_ROW]:
+            value = entry.get("mean_auroc") if f == MEAN_ROW else (entry.get("auroc") or {}).get(f)
+            ci = (entry.get("auroc_ci") or {}).get(f)
+            cells.append(f"{format_number(value)} {format_ci(ci)}".strip())
+        columns.append((model_label(name, entry, metrics), cells))
+    for label, ref in REFERENCE_AUROC.items():
+        columns.append((label, [format_number(ref.get(f), 4) for f in list(FINDINGS) + [MEAN_ROW]]))
+    keys = [f"({i + 1})" for i in range(len(columns))]
+    first_width = max(len(f) for f in FINDINGS)
+    widths = [max(len(k), *(len(c) for c in cells)) for k, (_, cells) in zip(keys, columns)]
+    lines = ["finding".ljust(first_width) + "  " + "  ".join(k.rjust(w) for k, w in zip(keys, widths))]
+    lines.append("-" * len(lines[0]))
+    for r, f in enumerate(list(FINDINGS) + [MEAN_ROW]):
+        if f == MEAN_ROW:
+            lines.append("-" * len(lines[0]))
+        lines.append(f.ljust(first_width) + "  " + "  ".join(cells[r].rjust(w) for (_, cells), w in zip(columns, widths)))
+    lines.append("")
+    lines += [f"{k} {label}" for k, (label, _) in zip(keys, columns)]
+    lines.append("Ours: AUROC [95% patient-bootstrap CI]; references: published, real NIH data, split as named.")
+    return "\n".join(lines)
