@@ -123,10 +123,10 @@ def new_trainer(args, fast, counts, rows: int, *, compiled: bool):
     every measure that uses it goes on training the same model (the rate does not depend on the weights)."""
     import torch
 
+    from thorax_ray.data.preprocess import preprocessing_contract
     from thorax_ray.losses import LossConfig, build_loss
     from thorax_ray.models import create_model
     from thorax_ray.train.config import AugmentConfig
-    from thorax_ray.data.preprocess import preprocessing_contract
     from thorax_ray.train.loop import train_step
 
     torch.manual_seed(0)
@@ -164,8 +164,8 @@ def pyarrow_batches(files: list[str], args, fast, stored: int):
     """Device batches from the shards read with pyarrow, pinned and copied one ahead (`prefetch_to_device`)."""
     from bench.gpu_data import shard_tables
     from thorax_ray.accel import prefetch_to_device
-    from thorax_ray.labels import FINDING_COLUMNS
     from thorax_ray.data.preprocess import batch_from_arrow
+    from thorax_ray.labels import FINDING_COLUMNS
 
     tables = shard_tables(files, batch_size=args.batch_size, columns=["image_index", "image", *FINDING_COLUMNS])
     return prefetch_to_device(tables, fast, make=lambda table: batch_from_arrow(table, stored_size=stored))
@@ -174,9 +174,9 @@ def pyarrow_batches(files: list[str], args, fast, stored: int):
 def ray_data_batches(prepared: str, args, fast, stored: int):
     """Device batches from the shards streamed by Ray Data (`iter_batches`), as a Train worker gets them."""
     from thorax_ray.accel import prefetch_to_device
+    from thorax_ray.data.preprocess import batch_from_arrow
     from thorax_ray.data.shards import read_prepared
     from thorax_ray.labels import FINDING_COLUMNS
-    from thorax_ray.data.preprocess import batch_from_arrow
 
     dataset = read_prepared(prepared, ["train"], columns=["image_index", "image", *FINDING_COLUMNS])
     while True:
@@ -267,9 +267,9 @@ def measure_scoring(args, budget: Budget, rows: list[Row], prepared: str, record
                     goal: int | None) -> int:
     """Scoring rows; returns the torch threads each scorer had (the scoring job's, per actor)."""
     from bench.score import make_checkpoint
+    from thorax_ray.checkpoint import checkpoint_model_id
     from thorax_ray.scoring.config import ScoreConfig, scorer_threads
     from thorax_ray.scoring.scorer import NO_METHOD, Scorer
-    from thorax_ray.checkpoint import checkpoint_model_id
 
     checkpoint = os.path.join(work, "checkpoint")
     os.makedirs(checkpoint, exist_ok=True)
@@ -331,9 +331,8 @@ def bf16_difference(args, fast, prepared: str, record: dict) -> float:
     import torch
 
     from thorax_ray.data.pipeline import images_to_array
+    from thorax_ray.data.preprocess import normalise_images, preprocessing_contract
     from thorax_ray.models import create_model
-    from thorax_ray.data.preprocess import normalise_images
-    from thorax_ray.data.preprocess import preprocessing_contract
 
     table = scoring_batches(prepared, args.score_batch_size)[0]
     pixels = torch.from_numpy(images_to_array(table.column("image"), int(record["size"])).copy()).unsqueeze(1)

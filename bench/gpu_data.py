@@ -18,12 +18,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from thorax_ray import storage
+from thorax_ray.data.manifest import build_manifest, write_manifest
 from thorax_ray.data.pipeline import ImageConfig, ImageLoader
 from thorax_ray.data.shards import (PreparedError, commit_record, new_task_name, new_version, relative_to,
                                     shard_contract, version_dir, write_commit, write_shard_files, write_table)
-from thorax_ray.labels import FINDING_COLUMNS
-from thorax_ray.data.manifest import build_manifest, write_manifest
 from thorax_ray.data.splits import SPLITS
+from thorax_ray.labels import FINDING_COLUMNS
 
 CHUNK_ROWS = 256  # manifest rows per decode task
 

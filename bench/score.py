@@ -26,11 +26,10 @@ from bench.common import PeakMemory, emit, timed  # noqa: E402
 def make_checkpoint(folder: str, model_name: str, size: int) -> None:
     import torch
 
-    from thorax_ray.models import create_model
     from thorax_ray.checkpoint import save_checkpoint
     from thorax_ray.data.preprocess import preprocessing_contract
-
     from thorax_ray.labels import FINDINGS
+    from thorax_ray.models import create_model
     from thorax_ray.synthetic.population import REAL_STATISTICS
 
     torch.manual_seed(0)

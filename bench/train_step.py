@@ -28,17 +28,16 @@ from bench.common import emit  # noqa: E402
 def plain_loop(prepared: str, args) -> float:
     """Images/s of a plain PyTorch loop over the train split held in memory."""
     import numpy as np
+    import pyarrow as pa
     import pyarrow.parquet as pq
     import torch
 
+    from thorax_ray.data.preprocess import batch_from_arrow, normalise_images, preprocessing_contract
     from thorax_ray.data.shards import prepared_files
     from thorax_ray.losses import build_loss
     from thorax_ray.models import create_model
     from thorax_ray.train.augment import augment_batch
-    from thorax_ray.data.preprocess import batch_from_arrow, normalise_images
     from thorax_ray.train.config import AugmentConfig, LossConfig
-    from thorax_ray.data.preprocess import preprocessing_contract
-    import pyarrow as pa
 
     torch.set_num_threads(args.threads)
     record, files = prepared_files(prepared, ["train"])
@@ -73,13 +72,12 @@ def plain_mlp_epoch(data: str, args) -> tuple[float, float]:
     import numpy as np
     import torch
 
+    from thorax_ray.data.sources import DataConfig, open_source
+    from thorax_ray.labels import FINDING_COLUMNS
     from thorax_ray.losses import build_loss
     from thorax_ray.metrics import per_class_auroc
     from thorax_ray.models import MetadataFeatures, create_model
     from thorax_ray.train.config import LossConfig
-    from thorax_ray.data.sources import DataConfig
-    from thorax_ray.data.sources import open_source
-    from thorax_ray.labels import FINDING_COLUMNS
 
     torch.set_num_threads(args.threads)
     source = open_source(DataConfig(data=data))

@@ -88,8 +88,8 @@ def train_models(prepared: str, args: argparse.Namespace) -> dict[str, str]:
 
 
 def score_models(runs: dict[str, str], prepared: str, args: argparse.Namespace) -> dict[str, str]:
-    from thorax_ray.scoring.job import score
     from thorax_ray.scoring.config import ScoreConfig
+    from thorax_ray.scoring.job import score
 
     outputs = {}
     for name, run_dir in runs.items():

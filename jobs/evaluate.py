@@ -76,8 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"metrics: {os.path.join(args.out, 'metrics.json')}\nreport: {os.path.abspath(metrics['report'])}")
         return 0
 
-    from thorax_ray.evaluation.checkpoint import evaluate_checkpoint
     from thorax_ray.checkpoint import resolve_checkpoint
+    from thorax_ray.evaluation.checkpoint import evaluate_checkpoint
 
     resolve_checkpoint(args.checkpoint, endpoint_url=args.s3_endpoint)  # a folder without a checkpoint: fail now
     init_ray(args.address, verbose=args.verbose)

@@ -12,9 +12,9 @@ from thorax_ray.cli import (add_cluster_arguments, add_placement_arguments, job_
 from thorax_ray.cluster import cluster_capacity
 from thorax_ray.data.pipeline import ImageConfig
 from thorax_ray.data.prepare import PrepareConfig, prepare
+from thorax_ray.data.splits import TRAINING_SPLITS, SplitConfig
 from thorax_ray.preflight import require_inputs
 from thorax_ray.ray_setup import init_ray
-from thorax_ray.data.splits import TRAINING_SPLITS, SplitConfig
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -16,6 +16,7 @@ import re
 import sys
 
 from thorax_ray.attribution import list_methods
+from thorax_ray.checkpoint import resolve_checkpoint
 from thorax_ray.cli import (add_cluster_arguments, add_gpu_arguments, job_parser, non_negative_float,
                             non_negative_int, positive_float, positive_int, run_main, setup_logging)
 from thorax_ray.cluster import cluster_capacity
@@ -24,7 +25,6 @@ from thorax_ray.preflight import require_inputs
 from thorax_ray.ray_setup import init_ray
 from thorax_ray.scoring import NO_METHOD, ScoreConfig, score
 from thorax_ray.scoring.gate import parse_gate
-from thorax_ray.checkpoint import resolve_checkpoint
 
 EXIT_BUSY = 75  # EX_TEMPFAIL: another run holds the output; try again later
 

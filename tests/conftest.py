@@ -13,7 +13,6 @@ from thorax_ray.data.splits import SplitConfig
 from thorax_ray.synthetic.dataset import SyntheticConfig, write_synthetic_dataset
 
 
-
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

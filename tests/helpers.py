@@ -33,9 +33,9 @@ def make_checkpoint(folder: str | os.PathLike, name: str = "small_cnn", *, size:
     keys; returns the model."""
     import torch
 
-    from thorax_ray.models import create_model
     from thorax_ray.checkpoint import save_checkpoint
     from thorax_ray.data.preprocess import preprocessing_contract
+    from thorax_ray.models import create_model
 
     if model is None:
         torch.manual_seed(seed)

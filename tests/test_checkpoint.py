@@ -4,11 +4,10 @@ import json
 import pytest
 import torch
 
-from thorax_ray.models import create_model
 from thorax_ray.checkpoint import (CheckpointError, checkpoint_model_id, epoch_checkpoints, latest_loadable,
                                    load_payload, load_payload_and_id, resolve_checkpoint, run_metrics,
                                    save_checkpoint, write_run_metrics)
-from thorax_ray.models import build_model
+from thorax_ray.models import build_model, create_model
 
 
 def payload(model, epoch=0):

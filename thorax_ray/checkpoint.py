@@ -12,9 +12,10 @@ import logging
 import platform
 import re
 
+import numpy
 import torch
 
-from thorax_ray import storage
+from thorax_ray import __version__, storage
 from thorax_ray.labels import FINDINGS
 
 log = logging.getLogger(__name__)
@@ -33,10 +34,8 @@ class CheckpointError(FileNotFoundError):
 def package_versions() -> dict[str, str]:
     """Versions of what made the checkpoint; Ray's from its installed metadata ("not installed" where a
     checkpoint is saved without Ray, e.g. by bench/gpu.py on the GPU machine)."""
-    import numpy
-    import torchvision
+    import torchvision  # deferred: torchvision (slow import)
 
-    from thorax_ray import __version__
 
     versions = {"thorax_ray": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
                 "ray": _installed_version("ray"), "numpy": numpy.__version__, "python": platform.python_version()}

@@ -6,6 +6,7 @@ import logging
 import sys
 from collections.abc import Callable
 
+from thorax_ray.cluster import USE_GPU_CHOICES
 from thorax_ray.interrupts import as_interrupted, interruptible
 
 
@@ -54,8 +55,6 @@ def add_cluster_arguments(parser) -> None:
 
 def add_gpu_arguments(parser, per_unit: str) -> None:
     """--use-gpu plus the placement arguments, for the jobs that place work on GPUs."""
-    from thorax_ray.cluster import USE_GPU_CHOICES
-
     parser.add_argument("--use-gpu", choices=USE_GPU_CHOICES,
                         help=f"{per_unit}: auto (default) = when the cluster has GPUs or its autoscaler can launch "
                              "GPU nodes; true = GPUs, failing at once if the cluster can never provide them; false = CPUs")

@@ -113,7 +113,7 @@ def read_node_types(path: str) -> tuple[tuple[NodeType, ...], int | None]:
 
 def cluster_capacity(config_path: str | None = None, *, local: bool = False) -> ClusterCapacity:
     """What the connected Ray cluster has and can launch. A private local Ray (`local`) launches nothing."""
-    import ray
+    import ray  # deferred: Ray (absent on the GPU machine)
 
     alive = [n for n in ray.nodes() if n.get("Alive")]
     up = {k: float(v) for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU", "memory")}

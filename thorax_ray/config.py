@@ -9,6 +9,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from thorax_ray import storage
+
 T = TypeVar("T")
 
 
@@ -82,8 +84,6 @@ def _float_from_text(value: str, where: str) -> float:
 def load_yaml(path: str) -> dict:
     """A YAML file holding a mapping; a missing, unreadable or malformed file is a ConfigError naming
     the file (and the line of a syntax error)."""
-    from thorax_ray import storage
-
     fs, local = storage.filesystem(path)
     if not fs.exists(local) or fs.isdir(local):
         raise ConfigError(f"{path}: config file not found" + (" (it is a folder)" if fs.exists(local) else ""))

@@ -21,6 +21,8 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+from fsspec.asyn import sync
+
 from thorax_ray import storage
 
 
@@ -187,7 +189,6 @@ class _S3Lease:
             reply = self.fs.call_s3("get_object", Bucket=self.bucket, Key=self.key)
         except FileNotFoundError:
             return None
-        from fsspec.asyn import sync
 
         data = sync(self.fs.loop, reply["Body"].read)  # the body is an asynchronous stream
         return json.loads(data or b"{}"), reply["ETag"]

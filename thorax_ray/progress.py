@@ -36,7 +36,7 @@ def count(counter, n: int) -> None:
 class StageProgress:
     def __init__(self, label: str, total: int, *, unit: str = "images", every_pct: int = 10,
                  interval_s: float = 2.0, stream: TextIO | None = None):
-        import ray
+        import ray  # deferred: Ray (absent on the GPU machine)
 
         self.label, self.total, self.unit, self.every_pct = label, max(0, int(total)), unit, every_pct
         self.interval_s = interval_s
@@ -55,7 +55,7 @@ class StageProgress:
         self._final = int(done)
 
     def _done(self) -> int:
-        import ray
+        import ray  # deferred: Ray (absent on the GPU machine)
 
         try:
             return int(ray.get(self.counter.value.remote(), timeout=10))

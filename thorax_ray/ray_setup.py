@@ -43,7 +43,7 @@ def init_ray(address: str | None = None, *, verbose: bool = False, **kwargs) -> 
     and INFO lines are off; the jobs print one progress line per stage and one line per epoch themselves
     (thorax_ray.progress, train.trainer). Everything is still in Ray's log folder
     (/tmp/ray/session_latest/logs)."""
-    import ray
+    import ray  # deferred: Ray (absent on the GPU machine)
 
     if ray.is_initialized():
         return False
@@ -77,7 +77,7 @@ def quiet_ray_logs() -> None:
     """Ray's driver-side loggers from WARNING up (Ray Data logs every execution at INFO), without the notice
     that its progress bars are off (the jobs print their own progress lines): Ray Data shows it once per
     process (`log_once`), so that once is spent here."""
-    from ray.util.debug import log_once
+    from ray.util.debug import log_once  # deferred: Ray (absent on the GPU machine)
 
     logging.getLogger("ray").setLevel(logging.WARNING)
     logging.getLogger("ray.data").setLevel(logging.WARNING)

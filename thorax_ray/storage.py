@@ -12,6 +12,7 @@ import posixpath
 import re
 
 import fsspec
+import pyarrow.parquet as pq
 
 _SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 
@@ -28,7 +29,7 @@ def filesystem(uri: str, *, endpoint_url: str | None = None) -> tuple[fsspec.Abs
     """Returns (filesystem, path within it) for a local path or URI."""
     uri = str(uri)
     if uri.startswith("s3://") or uri.startswith("s3a://"):
-        import s3fs
+        import s3fs  # deferred: s3fs (s3:// only)
 
         endpoint = endpoint_url or endpoint_from_env()
         client_kwargs = {"endpoint_url": endpoint} if endpoint else {}
@@ -63,8 +64,6 @@ def to_uri(fs: fsspec.AbstractFileSystem, path: str) -> str:
 
 def read_parquet(uri: str, *, columns: list[str] | None = None, endpoint_url: str | None = None):
     """A Parquet file (local or s3://) as a pandas DataFrame."""
-    import pyarrow.parquet as pq
-
     fs, path = filesystem(uri, endpoint_url=endpoint_url)
     with fs.open(path, "rb") as handle:
         return pq.read_table(handle, columns=columns).to_pandas()

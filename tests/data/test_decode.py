@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from thorax_ray.data.decode import HEADER_BYTES, DecodeError, decode_gray8, decode_image, image_size, sniff
-from thorax_ray.data.quarantine import QUARANTINE_REASONS
 from tests.data.dicoms import dicom_bytes
 from tests.data.pngs import gray_image, png_bytes, variants
+from thorax_ray.data.decode import HEADER_BYTES, DecodeError, decode_gray8, decode_image, image_size, sniff
+from thorax_ray.data.quarantine import QUARANTINE_REASONS
 
 
 def jpeg_bytes(array: np.ndarray, quality: int = 95) -> bytes:

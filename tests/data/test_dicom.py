@@ -1,18 +1,18 @@
 """DICOM decoding: one picture stored three ways decodes to (nearly) the same pixels; VOI LUT, window,
 rescale; tags as metadata; what is not one grayscale radiograph gets its quarantine reason."""
-import numpy as np
-import pytest
 import io
 
+import numpy as np
 import pydicom
+import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import HTJ2KLossless
 
-from thorax_ray.data.decode import DecodeError, decode_image
-from thorax_ray.data.quarantine import QUARANTINE_REASONS
-from thorax_ray.data.dicom import decode_dicom, parse_dicom_age
 from tests.data.dicoms import dicom_bytes, three_forms
 from tests.data.pngs import gray_image
+from thorax_ray.data.decode import DecodeError, decode_image
+from thorax_ray.data.dicom import decode_dicom, parse_dicom_age
+from thorax_ray.data.quarantine import QUARANTINE_REASONS
 
 TOLERANCE = 1  # grey levels of 255, after decoding and resizing
 

@@ -2,9 +2,9 @@ import os
 
 import pytest
 
+from tests.helpers import upload_tree, write_text
 from thorax_ray.data.locate import LayoutError, discover
 from thorax_ray.data.nih_csv import DATA_ENTRY_HEADER, SAMPLE_LABELS_HEADER
-from tests.helpers import upload_tree, write_text
 
 NAMES = ["00000001_000.png", "00000001_001.png", "00000002_000.png", "00000003_000.png"]
 

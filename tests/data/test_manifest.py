@@ -3,13 +3,13 @@ import os
 import pandas as pd
 import pytest
 
-from thorax_ray.labels import FINDING_COLUMNS
+from tests.data.test_locate import NAMES, make_layout
+from tests.helpers import upload_tree
 from thorax_ray.data.manifest import MANIFEST_COLUMNS, ManifestError, build_manifest, read_manifest, write_manifest
 from thorax_ray.data.nih_csv import DATA_ENTRY_HEADER
 from thorax_ray.data.splits import SplitConfig, SplitError, check_patient_disjoint
+from thorax_ray.labels import FINDING_COLUMNS
 from thorax_ray.storage import NotTextError
-from tests.helpers import upload_tree
-from tests.data.test_locate import NAMES, make_layout
 
 
 def test_manifest_columns_paths_and_official_split(tmp_path):

@@ -4,10 +4,10 @@ import math
 import numpy as np
 import pytest
 
-from thorax_ray.labels import LabelError
-from thorax_ray.data.nih_csv import (BBOX_HEADER, DATA_ENTRY_HEADER, SAMPLE_LABELS_HEADER, MetadataError,
-                                 parse_age, parse_metadata_text, read_bbox_list, read_metadata)
 from tests.helpers import write_text
+from thorax_ray.data.nih_csv import (BBOX_HEADER, DATA_ENTRY_HEADER, SAMPLE_LABELS_HEADER, MetadataError, parse_age,
+                                     parse_metadata_text, read_bbox_list, read_metadata)
+from thorax_ray.labels import LabelError
 
 DATA_ENTRY_ROWS = [
     "00000001_000.png,Cardiomegaly,0,1,57,M,PA,2682,2749,0.143,0.143",

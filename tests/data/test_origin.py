@@ -1,10 +1,10 @@
 """The data origin of datasets, prepared outputs and manifests, and the out-of-distribution check."""
 import shutil
 
+from tests.helpers import upload_tree
 from thorax_ray.data.locate import SYNTHETIC_RECORD
 from thorax_ray.data.manifest import build_manifest, write_manifest
 from thorax_ray.data.origin import data_origin, ood_check
-from tests.helpers import upload_tree
 
 
 def test_synthetic_datasets_carry_their_record_and_others_are_real(synthetic_small, tmp_path, s3_bucket):

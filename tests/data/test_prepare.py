@@ -4,15 +4,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tests.data.fakes import FlakyFileSystem
+from tests.data.pngs import gray_image, variants, write_bad_and_good
+from tests.helpers import upload_tree, write_text
 from thorax_ray.data.decode import decode_image
+from thorax_ray.data.nih_csv import DATA_ENTRY_HEADER
 from thorax_ray.data.pipeline import ImageConfig, images_to_array
 from thorax_ray.data.prepare import PrepareConfig, prepare
 from thorax_ray.data.shards import PreparedError, prepared_files, read_commit, read_prepared
 from thorax_ray.labels import FINDING_COLUMNS
-from thorax_ray.data.nih_csv import DATA_ENTRY_HEADER
-from tests.data.fakes import FlakyFileSystem
-from tests.data.pngs import gray_image, variants, write_bad_and_good
-from tests.helpers import upload_tree, write_text
 
 
 def with_metadata(folder, names, labels="Effusion"):

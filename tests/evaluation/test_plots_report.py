@@ -9,8 +9,9 @@ import pandas as pd
 import pytest
 
 from thorax_ray.evaluation import classification as C
+from thorax_ray.evaluation import comparison
 from thorax_ray.evaluation import localization as L
-from thorax_ray.evaluation import comparison, plots, references, report
+from thorax_ray.evaluation import plots, references, report
 from thorax_ray.labels import BOXED_FINDINGS, FINDINGS
 
 K = len(FINDINGS)

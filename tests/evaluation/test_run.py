@@ -7,11 +7,11 @@ import pandas as pd
 import pytest
 
 from thorax_ray.attribution import encode_heatmaps
+from thorax_ray.data.manifest import build_manifest
+from thorax_ray.data.nih_csv import read_bbox_list
 from thorax_ray.evaluation.classification import choose_thresholds
 from thorax_ray.evaluation.run import EvaluationConfig, evaluate_scores
 from thorax_ray.labels import FINDING_COLUMNS, FINDINGS
-from thorax_ray.data.manifest import build_manifest
-from thorax_ray.data.nih_csv import read_bbox_list
 
 
 def fake_scores(manifest, boxes, *, noise, seed, with_maps):
@@ -83,8 +83,7 @@ def test_two_models_compared_with_report(synthetic_small, tmp_path):
 
 def metrics_rows(config, manifest, split):
     """The manifest rows of `split` as the evaluation assigns them (its own split of the dataset)."""
-    from thorax_ray.data.sources import DataConfig
-    from thorax_ray.data.sources import open_source
+    from thorax_ray.data.sources import DataConfig, open_source
 
     source = open_source(DataConfig(data=config.data))
     return source.manifest[source.manifest["split"] == split]

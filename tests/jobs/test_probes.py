@@ -14,8 +14,8 @@ import sys
 import pandas as pd
 import pytest
 
-from tests.helpers import make_checkpoint, write_text
 from tests.data.test_locate import make_layout
+from tests.helpers import make_checkpoint, write_text
 from thorax_ray.data.nih_csv import DATA_ENTRY_HEADER
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -181,10 +181,9 @@ def test_local_storage_on_a_cluster_that_can_grow_fails_at_once(autoscaling_clus
 def test_train_score_evaluate_start_the_gpu_node_from_zero(autoscaling_cluster, s3_prepared, tmp_path):
     """The runbook's chain: the jobs ask for GPUs (auto), the autoscaler starts the GPU node type from zero
     workers, training runs on it, scoring's actor pool asks for GPU actors, evaluation reads the scores."""
-    from thorax_ray.scoring import read_scores
     from thorax_ray.checkpoint import epoch_checkpoints, load_payload, run_metrics
-    from thorax_ray.data.sources import DataConfig
-    from thorax_ray.data.sources import open_source
+    from thorax_ray.data.sources import DataConfig, open_source
+    from thorax_ray.scoring import read_scores
 
     cluster, bucket = autoscaling_cluster, s3_prepared
     assert alive_gpus(cluster) == [0]  # only the head, no GPU up

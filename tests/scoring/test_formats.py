@@ -6,13 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from thorax_ray.data.decode import decode_image
-from thorax_ray.labels import FINDING_COLUMNS
-from thorax_ray.scoring import ScoreConfig, committed_runs, read_quarantine, read_scores, score
-from thorax_ray.data.preprocess import normalise_images
-from thorax_ray.data.preprocess import preprocessing_contract
 from tests.data.dicoms import write_mixed_folder
 from tests.helpers import make_checkpoint, upload_tree
+from thorax_ray.data.decode import decode_image
+from thorax_ray.data.preprocess import normalise_images, preprocessing_contract
+from thorax_ray.labels import FINDING_COLUMNS
+from thorax_ray.scoring import ScoreConfig, committed_runs, read_quarantine, read_scores, score
 
 SIZE = 64
 DICOM_FORMS = ("mono2_8bit.dcm", "mono1_8bit.dcm", "mono2_12bit.dcm")

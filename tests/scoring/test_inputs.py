@@ -6,11 +6,11 @@ import shutil
 import pandas as pd
 import pytest
 
-from thorax_ray.labels import FINDING_COLUMNS
+from tests.helpers import write_text
 from thorax_ray.data.manifest import MANIFEST_COLUMNS, build_manifest
 from thorax_ray.data.nih_csv import SAMPLE_LABELS_HEADER
+from thorax_ray.labels import FINDING_COLUMNS
 from thorax_ray.scoring import InputError, resolve_input
-from tests.helpers import write_text
 
 
 def pngs(root):

@@ -11,20 +11,19 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from tests.data.pngs import write_bad_and_good
+from tests.helpers import CHECKPOINT_SPLIT_HASH, make_checkpoint, upload_tree, write_text
 from thorax_ray.attribution import (BOXES_TYPE, HEATMAP_METADATA_KEY, HEATMAP_SCHEMA_METADATA, decode_heatmaps,
                                     get_method, normalise_maps)
 from thorax_ray.data.decode import decode_image
-from thorax_ray.labels import BOXED_FINDINGS, FINDING_COLUMNS, FINDINGS
 from thorax_ray.data.nih_csv import DATA_ENTRY_HEADER
-from thorax_ray.scoring import (FEATURES_METADATA_KEY, SCORES_METADATA_KEY, ScoreConfig, committed_runs,
-                                output_size, read_file_metadata, read_quarantine, read_scores, score, scored_index)
+from thorax_ray.data.preprocess import normalise_images, preprocessing_contract
+from thorax_ray.labels import BOXED_FINDINGS, FINDING_COLUMNS, FINDINGS
+from thorax_ray.scoring import (FEATURES_METADATA_KEY, SCORES_METADATA_KEY, ScoreConfig, committed_runs, output_size,
+                                read_file_metadata, read_quarantine, read_scores, score, scored_index)
+from thorax_ray.scoring.output import STAGING_DIR
 from thorax_ray.scoring.pipeline import (IN_FLIGHT_BATCHES_PER_ACTOR, MIN_IN_FLIGHT_BYTES, bound_in_flight,
                                          in_flight_bytes)
-from thorax_ray.scoring.output import STAGING_DIR
-from thorax_ray.data.preprocess import normalise_images
-from thorax_ray.data.preprocess import preprocessing_contract
-from tests.data.pngs import write_bad_and_good
-from tests.helpers import CHECKPOINT_SPLIT_HASH, make_checkpoint, upload_tree, write_text
 
 SIZE = 64
 CONTRACT = preprocessing_contract(SIZE)
@@ -260,8 +259,8 @@ def test_metadata_model_writes_feature_attributions(ray_local, synthetic_small, 
 
 def test_boxes_traced_on_a_coarse_grid_match_full_resolution(checkpoint, synthetic_small):
     """The scorer traces boxes on a <= box_grid px grid and scales them: same boxes within a grid cell."""
-    from thorax_ray.scoring.scorer import Scorer
     from thorax_ray.checkpoint import checkpoint_model_id
+    from thorax_ray.scoring.scorer import Scorer
 
     ckpt, _ = checkpoint
     paths = list(image_paths(synthetic_small).values())[:8]

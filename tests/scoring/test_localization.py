@@ -7,16 +7,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from tests.helpers import make_checkpoint
 from thorax_ray.attribution import centres_from_metadata, decode_heatmaps, upsample_maps
 from thorax_ray.data.decode import decode_image
-from thorax_ray.labels import FINDING_COLUMNS, FINDINGS
 from thorax_ray.data.manifest import build_manifest
 from thorax_ray.data.nih_csv import read_bbox_list
+from thorax_ray.data.preprocess import preprocessing_contract
+from thorax_ray.labels import FINDING_COLUMNS, FINDINGS
 from thorax_ray.models import create_model
 from thorax_ray.scoring import ScoreConfig, read_scores, score
 from thorax_ray.synthetic.dataset import SyntheticConfig, write_synthetic_dataset
-from thorax_ray.data.preprocess import preprocessing_contract
-from tests.helpers import make_checkpoint
 
 SIZE = 96  # written and scored at 96 px; small_cnn with 3 blocks at output stride 4 -> 24x24, stored pooled to 16x16
 LARGE = ("Cardiomegaly", "Effusion", "Pneumothorax", "Mass")

@@ -5,8 +5,8 @@ epoch_batches, as trainer.fit and the per-worker loop call them."""
 import pyarrow as pa
 
 from thorax_ray.data.shards import read_prepared
-from thorax_ray.train.config import TrainConfig
 from thorax_ray.data.sources import open_source
+from thorax_ray.train.config import TrainConfig
 from thorax_ray.train.feeds import epoch_batches
 from thorax_ray.train.trainer import shuffled_every_epoch
 

@@ -23,13 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from thorax_ray.attribution.base import (
-    Attribution,
-    AttributionMethod,
-    evaluation,
-    logits_and_feature_map,
-    register_method,
-)
+from thorax_ray.attribution.base import (Attribution, AttributionMethod, evaluation, logits_and_feature_map,
+                                         register_method)
 
 
 def cam_weight(model: nn.Module) -> torch.Tensor:
@@ -112,7 +107,7 @@ class GradCAM(AttributionMethod):
 
     def attribute(self, images: torch.Tensor | None = None,
                   features: torch.Tensor | None = None) -> Attribution:
-        from captum.attr import LayerGradCam  # deferred: Captum is heavy and optional where only fast maps run
+        from captum.attr import LayerGradCam  # deferred: Captum (heavy, optional)
 
         images, features = self._checked(images, features)
         model = self.model

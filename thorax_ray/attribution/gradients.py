@@ -26,7 +26,7 @@ class IntegratedGradientsMaps(PixelMapMethod):
 
     def attribute(self, images: torch.Tensor | None = None,
                   features: torch.Tensor | None = None) -> Attribution:
-        from captum.attr import IntegratedGradients  # deferred: Captum is heavy and optional where only fast maps run
+        from captum.attr import IntegratedGradients  # deferred: Captum (heavy, optional)
 
         images, features = self._checked(images, features)
         with evaluation(self.model):
@@ -61,7 +61,7 @@ class MetadataIntegratedGradients(AttributionMethod):
 
     def attribute(self, images: torch.Tensor | None = None,
                   features: torch.Tensor | None = None) -> Attribution:
-        from captum.attr import IntegratedGradients  # deferred: Captum is heavy and optional where only fast maps run
+        from captum.attr import IntegratedGradients  # deferred: Captum (heavy, optional)
 
         images, features = self._checked(images, features)
         model = self.model

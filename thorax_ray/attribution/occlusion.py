@@ -27,7 +27,7 @@ class OcclusionMaps(PixelMapMethod):
 
     def attribute(self, images: torch.Tensor | None = None,
                   features: torch.Tensor | None = None) -> Attribution:
-        from captum.attr import Occlusion  # deferred: Captum is heavy and optional where only fast maps run
+        from captum.attr import Occlusion  # deferred: Captum (heavy, optional)
 
         images, features = self._checked(images, features)
         n, c, height, width = images.shape

@@ -106,8 +106,8 @@ def metadata_from_tags(ds) -> dict:
 
 def read_dataset(data: bytes, *, pixels: bool = True):
     """Parses DICOM bytes with pydicom (the pixel data element too unless `pixels` is False)."""
-    import pydicom
-    from pydicom.errors import InvalidDicomError
+    import pydicom  # deferred: pydicom (DICOM input only)
+    from pydicom.errors import InvalidDicomError  # deferred: pydicom (DICOM input only)
 
     try:
         return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=not pixels)
@@ -134,7 +134,7 @@ def check_radiograph(ds) -> None:
 
 def stored_pixels(ds) -> np.ndarray:
     """`ds.pixel_array` with decoder problems mapped to quarantine reasons."""
-    from pydicom.pixels import get_decoder
+    from pydicom.pixels import get_decoder  # deferred: pydicom (DICOM input only)
 
     syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
     if syntax is not None:
@@ -158,7 +158,7 @@ def stored_pixels(ds) -> np.ndarray:
 def _voi_lut(ds, values: np.ndarray) -> tuple[np.ndarray, float, float]:
     """The first VOI LUT applied, and its smallest and largest entry (vendors often declare 16 bits
     and use 12)."""
-    from pydicom.pixels import apply_voi
+    from pydicom.pixels import apply_voi  # deferred: pydicom (DICOM input only)
 
     descriptor = ds.VOILUTSequence[0].LUTDescriptor
     first, entries = int(descriptor[1]), int(descriptor[0]) or 2**16
@@ -169,7 +169,7 @@ def _voi_lut(ds, values: np.ndarray) -> tuple[np.ndarray, float, float]:
 
 def to_unit_range(ds, stored: np.ndarray) -> tuple[np.ndarray, str]:
     """Modality LUT, VOI (LUT or window) or min-max, MONOCHROME1 inversion: values in [0, 1]."""
-    from pydicom.pixels import apply_modality_lut, apply_windowing
+    from pydicom.pixels import apply_modality_lut, apply_windowing  # deferred: pydicom (DICOM input only)
 
     try:
         values = apply_modality_lut(stored, ds)

@@ -12,11 +12,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from thorax_ray import storage
-from thorax_ray.labels import FINDING_COLUMNS
 from thorax_ray.data.locate import DatasetFiles, discover, read_name_list
 from thorax_ray.data.nih_csv import MetadataTable, read_metadata
 from thorax_ray.data.splits import (SPLITS, SplitConfig, assign_splits, check_patient_disjoint, check_required_splits,
-                               split_hash)
+                                    split_hash)
+from thorax_ray.labels import FINDING_COLUMNS
 
 log = logging.getLogger(__name__)
 

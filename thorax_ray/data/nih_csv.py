@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from thorax_ray import storage
-from thorax_ray.labels import FINDING_COLUMNS, parse_finding_labels, normalise_bbox_label
+from thorax_ray.labels import FINDING_COLUMNS, normalise_bbox_label, parse_finding_labels
 from thorax_ray.names import UnsafeNameError, safe_name
 
 log = logging.getLogger(__name__)

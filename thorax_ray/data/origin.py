@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 from thorax_ray import storage
 from thorax_ray.data.locate import SYNTHETIC_RECORD
 from thorax_ray.data.manifest import METADATA_KEY, read_manifest
+from thorax_ray.data.shards import read_commit, version_file
 
 ORIGINS = ("synthetic", "real")
 UNKNOWN = "unknown"  # checkpoints written before the origin was recorded
@@ -23,8 +24,6 @@ UNKNOWN = "unknown"  # checkpoints written before the origin was recorded
 def data_origin(uri: str, *, endpoint_url: str | None = None) -> str:
     """"synthetic" or "real" for a dataset folder/prefix, a prepared output (the origin its manifest
     recorded, else that of its source) or a manifest Parquet file."""
-    from thorax_ray.data.shards import read_commit, version_file  # imports Ray Data
-
     fs, path = storage.filesystem(uri, endpoint_url=endpoint_url)
     if fs.isdir(path):
         record = read_commit(uri, endpoint_url=endpoint_url)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import fsspec
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from thorax_ray import storage
 from thorax_ray.data.decode import DecodeError, decode_image
@@ -139,7 +140,7 @@ def _load_batch(batch: pd.DataFrame, config: ImageConfig, filesystem, sizes: boo
 
 def manifest_dataset(manifest: pd.DataFrame, *, rows_per_block: int = 256):
     """A Ray dataset over manifest rows (small metadata only; images are read downstream)."""
-    import ray
+    import ray  # deferred: Ray (absent on the GPU machine)
 
     blocks = [manifest.iloc[i:i + rows_per_block].reset_index(drop=True) for i in range(0, len(manifest), rows_per_block)]
     return ray.data.from_pandas(blocks or [manifest])
@@ -159,8 +160,6 @@ def load_images(manifest: pd.DataFrame, config: ImageConfig, *, filesystem=None,
 def images_to_array(column, size: int) -> np.ndarray:
     """The `image` column (raw uint8 bytes per row: a pyarrow array, or a list/array of bytes) ->
     (n, size, size) uint8 array; zero-copy from a pyarrow binary array."""
-    import pyarrow as pa
-
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
     if isinstance(column, (pa.BinaryArray, pa.LargeBinaryArray)):

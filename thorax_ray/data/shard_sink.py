@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from ray.data import Datasink
+from ray.data.block import BlockAccessor
 
 from thorax_ray.data.shards import ShardWrite, new_task_name, write_shard_files
 
@@ -29,8 +30,6 @@ class PreparedShardsDatasink(Datasink):
         return self.rows_per_file
 
     def write(self, blocks: Iterable, ctx) -> ShardWrite:
-        from ray.data.block import BlockAccessor  # Ray is imported with this module; the block API lives here
-
         frames = (BlockAccessor.for_block(block).to_pandas() for block in blocks)
         return write_shard_files(frames, self.root, self.version, self.contract, task=new_task_name(ctx.task_idx),
                                  compression=self.compression, endpoint_url=self.endpoint_url)

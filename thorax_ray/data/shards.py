@@ -165,7 +165,7 @@ def relative_to(root: str, uri: str, *, endpoint_url: str | None = None) -> str:
 def read_prepared(root: str, splits: Iterable[str] | None = None, *, columns: list[str] | None = None,
                   endpoint_url: str | None = None):
     """A Ray dataset over the prepared shards of the given splits."""
-    import ray
+    import ray  # deferred: Ray (absent on the GPU machine)
 
     record, files = prepared_files(root, splits, endpoint_url=endpoint_url)
     if not files:

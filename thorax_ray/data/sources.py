@@ -8,10 +8,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from thorax_ray.data.manifest import build_manifest
 from thorax_ray.data.pipeline import ImageConfig, load_images, manifest_dataset
 from thorax_ray.data.shards import read_commit, read_prepared, read_prepared_tables
 from thorax_ray.labels import FINDING_COLUMNS
-from thorax_ray.data.manifest import build_manifest
 
 log = logging.getLogger(__name__)
 

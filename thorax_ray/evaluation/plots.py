@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from thorax_ray.evaluation.references import MEAN_ROW, REFERENCE_AUROC
 from thorax_ray.labels import FINDINGS
 
 _DPI = 90
@@ -15,10 +16,10 @@ _PNG_METADATA = {"Software": None}
 
 
 def _pyplot():
-    import matplotlib
+    import matplotlib  # deferred: matplotlib (slow import)
 
     matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # deferred: matplotlib (slow import)
 
     return plt
 
@@ -66,7 +67,7 @@ def plot_roc_curves(labels, scores_by_model: Mapping[str, np.ndarray], path, *, 
                     title: str | None = None) -> str:
     """One subplot per finding, one ROC curve per model with its AUROC in the legend; a finding
     without positives or negatives says so instead of a curve. Returns `path`."""
-    from sklearn.metrics import roc_auc_score, roc_curve
+    from sklearn.metrics import roc_auc_score, roc_curve  # deferred: scikit-learn (slow import)
 
     labels = _check_scores(labels, scores_by_model)
     plt = _pyplot()
@@ -90,7 +91,8 @@ def plot_pr_curves(labels, scores_by_model: Mapping[str, np.ndarray], path, *, s
                    title: str | None = None) -> str:
     """One subplot per finding, one precision-recall curve per model with its average precision in
     the legend and the prevalence (a random model's precision) as a dotted line. Returns `path`."""
-    from sklearn.metrics import average_precision_score, precision_recall_curve
+    from sklearn.metrics import (average_precision_score,  # deferred: scikit-learn (slow import)
+                                 precision_recall_curve)
 
     labels = _check_scores(labels, scores_by_model)
     plt = _pyplot()
@@ -130,8 +132,6 @@ def plot_auroc_comparison(table, path, *, reference_columns: Sequence[str] | Non
     optional 95% CIs as error bars; reference columns (by default those named in
     report.REFERENCE_AUROC) are drawn as markers, not bars. `table`: column -> {finding: AUROC | None}
     or a DataFrame indexed by finding. Returns `path`."""
-    from thorax_ray.evaluation.references import MEAN_ROW, REFERENCE_AUROC
-
     columns = _table_columns(table)
     references = list(reference_columns) if reference_columns is not None else [c for c in columns if c in REFERENCE_AUROC]
     models = [c for c in columns if c not in references]
@@ -174,7 +174,7 @@ def plot_heatmap_overlay(image, heatmap, path, *, truth_boxes: Sequence[Mapping]
     ground-truth boxes in green and predicted boxes in dashed red ({x, y, w, h[, finding, score]} in
     the image's pixel frame). Returns `path`."""
     plt = _pyplot()
-    from matplotlib.patches import Rectangle
+    from matplotlib.patches import Rectangle  # deferred: matplotlib (slow import)
 
     image = np.asarray(image, dtype=np.float64)
     height, width = image.shape[:2]

@@ -15,6 +15,7 @@ import tempfile
 from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 CHROMIUM_ENV = "THORAX_CHROMIUM"  # path of the browser binary, if it is not on PATH
@@ -88,8 +89,6 @@ def screenshot(html_path: str, png_path: str, *, width: int = 1400, height: int 
 
 
 def check_screenshot(png_path: str) -> RenderCheck:
-    from PIL import Image
-
     with Image.open(png_path) as image:
         pixels = np.asarray(image.convert("RGB"), dtype=np.int16)
     height, width, _ = pixels.shape

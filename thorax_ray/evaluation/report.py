@@ -43,7 +43,7 @@ from collections.abc import Mapping, Sequence
 from thorax_ray.evaluation.comparison import format_ci, format_number, model_label, models_of
 from thorax_ray.evaluation.localization import mean_accuracy
 from thorax_ray.evaluation.references import (MEAN_ROW, REFERENCE_AUROC, REFERENCE_LOCALIZATION_IOBB,
-                                               REFERENCE_LOCALIZATION_LABEL)
+                                              REFERENCE_LOCALIZATION_LABEL)
 from thorax_ray.labels import BOXED_FINDINGS, FINDINGS
 
 _MIME = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif", ".svg": "image/svg+xml"}

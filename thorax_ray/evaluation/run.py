@@ -12,18 +12,21 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from thorax_ray.evaluation.classification import (paired_bootstrap_difference, summarize_model,
-                                                  thresholds_document)
+from thorax_ray.attribution import (WANG_THRESHOLDS, boxes_for_image, centres_from_metadata, decode_heatmaps,
+                                    upsample_maps)
+from thorax_ray.data.locate import discover
+from thorax_ray.data.nih_csv import read_bbox_list
+from thorax_ray.data.sources import DataConfig, open_source
+from thorax_ray.evaluation.classification import paired_bootstrap_difference, summarize_model, thresholds_document
+from thorax_ray.evaluation.comparison import comparison_ci, comparison_table, format_comparison_table
 from thorax_ray.evaluation.localization import (NIH_IMAGE_SIZE, chance_localization, localization_accuracy,
                                                 localization_ci)
 from thorax_ray.evaluation.plots import plot_auroc_comparison, plot_heatmap_overlay, plot_pr_curves, plot_roc_curves
 from thorax_ray.evaluation.report import write_report
-from thorax_ray.evaluation.comparison import comparison_ci, comparison_table, format_comparison_table
 from thorax_ray.labels import FINDING_COLUMNS, FINDINGS, column_name
-from thorax_ray.data.locate import discover
-from thorax_ray.data.nih_csv import read_bbox_list
-from thorax_ray.data.sources import DataConfig, open_source
 from thorax_ray.names import safe_name
+from thorax_ray.scoring.inputs import sibling_bbox_list
+from thorax_ray.scoring.overlays import read_original
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +86,6 @@ def heatmap_boxes(scores: pd.DataFrame, truth: pd.DataFrame, heatmap: dict | Non
     probability; in pixels of the scored PNG (`width` x `height`), the cells placed at the centres the
     heatmap description gives. Returns (boxes by image, images left out because their original size is
     unknown: they get no boxes)."""
-    from thorax_ray.attribution import WANG_THRESHOLDS, boxes_for_image, centres_from_metadata, decode_heatmaps
-
     shape = tuple(heatmap["shape"][-2:]) if heatmap and heatmap.get("shape") else None
     centres = centres_from_metadata(heatmap)
     out: dict[str, list[dict]] = {}
@@ -134,8 +135,6 @@ def _gate_text(gate: dict | None) -> str:
 def localization_protocols(heatmap: dict | None, boxes: dict | None) -> dict[str, dict]:
     """What produced each localization figure: Wang et al. 2017's protocol on the stored maps, and the
     boxes as the scoring job wrote them. Each: {"label", "method", "map", "thresholds", "regions", "gate"}."""
-    from thorax_ray.attribution import WANG_THRESHOLDS
-
     heatmap, boxes = heatmap or {}, boxes or {}
     method = heatmap.get("method", "unknown method")
     shape = heatmap.get("shape") or []
@@ -345,8 +344,6 @@ def _write(config: EvaluationConfig, scores: _Joined, test: pd.DataFrame, test_t
 def _truth_boxes(raw_root: str, endpoint: str | None) -> pd.DataFrame | None:
     """BBox_List_2017.csv of the dataset: beside its root (one existence check), else wherever the
     dataset's layout has it (a listing of the dataset)."""
-    from thorax_ray.scoring.inputs import sibling_bbox_list
-
     path = sibling_bbox_list(raw_root, endpoint)
     if path is None:
         try:
@@ -392,9 +389,6 @@ def _overlays(config: EvaluationConfig, frame: pd.DataFrame, name: str, heatmap_
               test: pd.DataFrame, truth_boxes: pd.DataFrame, predicted_boxes: dict[str, list[dict]]) -> dict[str, str]:
     """Heatmap overlays of one model (the first with localization) on test images with ground-truth boxes:
     the finding's map upsampled between its cells' centres, the Wang-protocol boxes and the truth boxes."""
-    from thorax_ray.attribution import centres_from_metadata, decode_heatmaps, upsample_maps
-    from thorax_ray.scoring.overlays import read_original
-
     if config.overlays <= 0:
         return {}
     folder = os.path.join(config.out, "overlays")

@@ -171,7 +171,7 @@ def build_torchvision_cnn(arch: str, *, pretrained: str | None = None, in_chans:
                           num_classes: int = NUM_FINDINGS, drop_rate: float | None = None) -> ImageCNN:
     """A torchvision CNN (weights=None) with an `in_chans` stem, optional weights ("imagenet" or a
     path/URI), 14-way head."""
-    import torchvision  # here, not at import: listing registered names (config checks) stays fast
+    import torchvision  # deferred: torchvision (slow import; listing registered names stays fast)
 
     spec = _TORCHVISION[arch]
     tv = getattr(torchvision.models, spec.constructor)(weights=None)

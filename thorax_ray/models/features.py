@@ -35,7 +35,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-
 # ----- fixed encoding constants (do not fit; changing them changes ENCODING_VERSION) ----------------
 AGE_MEAN_YEARS = 46.6
 AGE_SD_YEARS = 16.6

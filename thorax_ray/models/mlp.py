@@ -1,7 +1,6 @@
 """The metadata-only MLP: patient features (thorax_ray.models.features) -> 14 logits."""
 from __future__ import annotations
 
-
 import torch
 from torch import nn
 

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from thorax_ray.labels import FINDINGS
 from thorax_ray.data.preprocess import Batch, batch_from_arrow, normalise_images
+from thorax_ray.labels import FINDINGS
 
 
 @dataclass

@@ -135,7 +135,7 @@ def imagenet_weights(arch: str):
     if arch not in IMAGENET_ARCHS:
         raise ValueError(f"no ImageNet weights for {arch!r}: torchvision publishes them for "
                          f"{', '.join(IMAGENET_ARCHS)}; pass --pretrained PATH for other weights")
-    import torchvision  # here, not at import (see build_torchvision_cnn)
+    import torchvision  # deferred: torchvision (slow import)
 
     return torchvision.models.get_model_weights(arch).IMAGENET1K_V1
 

@@ -8,26 +8,15 @@ image of a folder / prefix / manifest / prepared output, incremental per model, 
 
 Output layout and schema: `thorax_ray.scoring.output`; inputs: `thorax_ray.scoring.inputs`.
 """
+from thorax_ray.checkpoint import checkpoint_model_id
+from thorax_ray.scoring.config import ScoreConfig
 from thorax_ray.scoring.inputs import InputError, ScoringInput, resolve_input
 from thorax_ray.scoring.job import score
-from thorax_ray.scoring.config import ScoreConfig
-from thorax_ray.scoring.summary import ScoreSummary
-from thorax_ray.scoring.output import (
-    FEATURES_METADATA_KEY,
-    SCORES_METADATA_KEY,
-    OutputSize,
-    ScoresError,
-    committed_files,
-    committed_runs,
-    output_size,
-    read_file_metadata,
-    read_quarantine,
-    read_scores,
-    score_schema,
-    scored_index,
-)
+from thorax_ray.scoring.output import (FEATURES_METADATA_KEY, SCORES_METADATA_KEY, OutputSize, ScoresError,
+                                       committed_files, committed_runs, output_size, read_file_metadata,
+                                       read_quarantine, read_scores, score_schema, scored_index)
 from thorax_ray.scoring.scorer import NO_METHOD, Scorer
-from thorax_ray.checkpoint import checkpoint_model_id
+from thorax_ray.scoring.summary import ScoreSummary
 
 __all__ = [
     "FEATURES_METADATA_KEY",

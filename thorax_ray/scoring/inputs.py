@@ -26,14 +26,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
 from thorax_ray import storage
-from thorax_ray.data.shards import read_commit, read_prepared_tables
-from thorax_ray.labels import FINDING_COLUMNS
 from thorax_ray.data.locate import BBOX_FILE, METADATA_PATTERNS, SYNTHETIC_RECORD, is_dataset_file
 from thorax_ray.data.manifest import MANIFEST_COLUMNS, build_manifest, read_manifest
-from thorax_ray.names import check_names
 from thorax_ray.data.origin import data_origin
+from thorax_ray.data.shards import read_commit, read_prepared_tables
+from thorax_ray.labels import FINDING_COLUMNS
+from thorax_ray.names import check_names
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +191,6 @@ def _file_input(uri: str, fs, path: str, endpoint_url: str | None) -> ScoringInp
     if not path.lower().endswith(".parquet"):
         raise InputError(f"{uri}: is a file; expected a folder of images (PNG, JPEG, DICOM), a dataset folder, "
                          "a manifest Parquet file or a prepared output")
-    import pyarrow.parquet as pq
 
     with fs.open(path, "rb") as handle:
         schema = pq.read_schema(handle)

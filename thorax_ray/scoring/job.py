@@ -36,10 +36,12 @@ from thorax_ray.scoring.gate import resolve_gate
 from thorax_ray.scoring.inputs import ScoringInput, resolve_input
 from thorax_ray.scoring.output import (FORMAT_VERSION, LOCK_FILE, QUARANTINE_DIR, SCORES_DIR, ScoresError,
                                        clean_uncommitted, feature_attribution_metadata, new_run_id, publish,
-                                       quarantine_table, remove_staging, schema_metadata, score_schema,
-                                       scored_index, staging_uri, write_commit, write_table_file)
+                                       quarantine_table, remove_staging, schema_metadata, score_schema, scored_index,
+                                       staging_uri, write_commit, write_table_file)
+from thorax_ray.scoring.overlays import write_overlays
 from thorax_ray.scoring.pipeline import ScoringRun, plan_actors, stream
 from thorax_ray.scoring.scorer import NO_METHOD, heatmap_description, uses_maps
+from thorax_ray.scoring.sink import ScoresDatasink
 from thorax_ray.scoring.summary import ScoreSummary
 
 log = logging.getLogger(__name__)
@@ -88,8 +90,6 @@ def score(config: ScoreConfig, *, filesystem=None, capacity: ClusterCapacity | N
     finally:
         lease.release()
     if config.overlays:
-        from thorax_ray.scoring.overlays import write_overlays
-
         summary.overlays = write_overlays(config.out, source, config.overlays, model_id=model_id, run_id=run_id,
                                           limit=config.overlay_limit,
                                           threshold=resolve_gate(config.overlay_threshold, payload).thresholds,
@@ -208,8 +208,6 @@ def _describe_output(run: ScoringRun) -> _Layout:
 
 def _score_pending(run: ScoringRun, pending: _Pending, layout: _Layout, filesystem) -> _Written:
     """Streams the pending rows through the actor pool into staging files; checks every row is accounted for."""
-    from thorax_ray.scoring.sink import ScoresDatasink  # imports Ray: deferred so scoring imports without it
-
     config = run.config
     sink = ScoresDatasink(config.out, run.run_id, layout.schema, layout.metadata, rows_per_file=config.rows_per_file,
                           compression=config.compression, endpoint_url=config.endpoint_url)

@@ -20,6 +20,7 @@ commits ever overlap (e.g. outputs written by older versions).
 """
 from __future__ import annotations
 
+import calendar
 import json
 import logging
 import re
@@ -70,7 +71,6 @@ def run_started(run_id: str) -> float | None:
     match = _RUN_ID.match(run_id)
     if not match:
         return None
-    import calendar
 
     return float(calendar.timegm(time.strptime(match.group(1), "%Y%m%dT%H%M%SZ")))
 

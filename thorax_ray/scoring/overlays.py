@@ -13,6 +13,8 @@ import numpy as np
 
 from thorax_ray import storage
 from thorax_ray.attribution import centres_from_metadata, decode_heatmaps, upsample_maps
+from thorax_ray.data.decode import decode_gray8
+from thorax_ray.data.nih_csv import read_bbox_list
 from thorax_ray.labels import FINDING_COLUMNS, FINDINGS
 from thorax_ray.names import safe_name
 from thorax_ray.scoring.inputs import ScoringInput
@@ -25,18 +27,16 @@ _DPI = 90
 
 
 def _pyplot():
-    import matplotlib
+    import matplotlib  # deferred: matplotlib (slow import)
 
     matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # deferred: matplotlib (slow import)
 
     return plt
 
 
 def read_original(uri: str, *, endpoint_url: str | None = None) -> np.ndarray:
     """The image (PNG, JPEG or DICOM) at full resolution as 8-bit gray (H, W), decoded as for scoring."""
-    from thorax_ray.data.decode import decode_gray8
-
     fs, path = storage.filesystem(uri, endpoint_url=endpoint_url)
     return decode_gray8(fs.cat_file(path))
 
@@ -58,7 +58,7 @@ def draw_overlay(image: np.ndarray, maps: np.ndarray, probabilities: np.ndarray,
                  predicted_boxes, truth_boxes, labels: np.ndarray | None, title: str, centres=None):
     """A figure with one panel per finding index in `findings` (`centres`: where the map cells sit)."""
     plt = _pyplot()
-    from matplotlib.patches import Rectangle
+    from matplotlib.patches import Rectangle  # deferred: matplotlib (slow import)
 
     height, width = image.shape
     fig, axes = plt.subplots(1, len(findings), figsize=(4 * len(findings), 4.3), squeeze=False,
@@ -109,8 +109,6 @@ def write_overlays(out: str, source: ScoringInput, folder: str, *, model_id: str
     rows = source.rows.set_index("image_index")
     truth = None
     if source.bbox_csv:
-        from thorax_ray.data.nih_csv import read_bbox_list
-
         truth = read_bbox_list(source.bbox_csv, endpoint_url=endpoint_url)
     fs, base = storage.filesystem(folder, endpoint_url=endpoint_url)
     fs.makedirs(base, exist_ok=True)

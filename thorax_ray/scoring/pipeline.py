@@ -8,6 +8,7 @@ import pandas as pd
 
 from thorax_ray.cluster import ClusterCapacity, resolve_use_gpu
 from thorax_ray.data.pipeline import ImageConfig, load_images, manifest_dataset
+from thorax_ray.data.shards import read_prepared
 from thorax_ray.scoring.config import ScoreConfig, scorer_threads
 from thorax_ray.scoring.inputs import ScoringInput
 from thorax_ray.scoring.scorer import Scorer, prepared_batch
@@ -58,7 +59,7 @@ class ScoringRun:
 
 def stream(run: ScoringRun, pending: pd.DataFrame, gate, sink, filesystem, counter) -> None:
     """read/decode -> the autoscaling pool of model actors -> the staging datasink, memory bounded."""
-    from ray.data import ActorPoolStrategy
+    from ray.data import ActorPoolStrategy  # deferred: Ray (absent on the GPU machine)
 
     config, source, contract = run.config, run.source, run.payload["preprocessing"]
     dataset = input_dataset(config, source, pending, run.model, contract, filesystem)
@@ -114,7 +115,7 @@ def _row_columns(model) -> list[str]:
 def input_dataset(config: ScoreConfig, source: ScoringInput, pending: pd.DataFrame, model, contract: dict,
                    filesystem):
     """Ray dataset of the rows to score, with decoded images for image models (streaming)."""
-    import ray
+    import ray  # deferred: Ray (absent on the GPU machine)
 
     columns = _row_columns(model)
     image_config = ImageConfig(size=int(contract["size"]), batch_size=config.batch_size,
@@ -126,8 +127,6 @@ def input_dataset(config: ScoreConfig, source: ScoringInput, pending: pd.DataFra
         # Files without a metadata row are read: their format checked, DICOM tags taken as metadata.
         return load_images(rows, image_config, filesystem=filesystem, num_cpus=config.decode_cpus, images=False)
     if source.kind == "prepared":
-        from thorax_ray.data.shards import read_prepared
-
         wanted = ray.put(frozenset(pending["image_index"]))
         stored = [c for c in columns if c != "metadata_source"]  # added by prepared_batch
         dataset = read_prepared(source.uri, columns=[*stored, "image"], endpoint_url=config.endpoint_url)

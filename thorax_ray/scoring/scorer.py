@@ -18,16 +18,16 @@ from thorax_ray import storage
 from thorax_ray.accel import FastPath
 from thorax_ray.attribution import (DEFAULT_MAX_BOXES, DEFAULT_THRESHOLD, HEATMAP_SCHEMA_METADATA, boxes_for_batch,
                                     encode_heatmaps, get_method, normalise_maps)
-from thorax_ray.attribution.geometry import Centres, bin_centres, pooled_centres
 from thorax_ray.attribution.base import ONE_FORWARD_METHODS
+from thorax_ray.attribution.geometry import Centres, bin_centres, pooled_centres
+from thorax_ray.checkpoint import load_payload_and_id
 from thorax_ray.data.decode import HEADER_BYTES, PNG_HEADER_BYTES, DecodeError, image_size
 from thorax_ray.data.pipeline import images_to_array
+from thorax_ray.data.preprocess import normalise_images
 from thorax_ray.labels import FINDING_COLUMNS
+from thorax_ray.models import build_model, receptive_field_centres
 from thorax_ray.progress import count
 from thorax_ray.scoring.output import pipeline_schema, score_schema
-from thorax_ray.data.preprocess import normalise_images
-from thorax_ray.checkpoint import load_payload_and_id
-from thorax_ray.models import build_model
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +55,6 @@ def map_centres(model: torch.nn.Module, contract: dict, method: str, max_side: i
     """Where the stored maps' cells sit, as fractions of the image side: the receptive-field centres of the
     feature-map positions for the CAM family (pooled like the maps when they are pooled), bin centres for
     pixel methods (and models that do not say where their positions sit)."""
-    from thorax_ray.models import receptive_field_centres
-
     (fh, fw), (h, w) = map_shape(model, contract, max_side)
     cnn = getattr(model, "backbone", model)
     if get_method(method).map_cells != "receptive_fields" or not hasattr(cnn, "map_stride"):
@@ -90,7 +88,7 @@ def prepared_batch(table: pa.Table, wanted_ref, endpoint_url: str | None) -> pa.
     ranged read of its header: 24 bytes for a PNG, more for JPEG and DICOM) and ok/stage/reason. When the
     source cannot be read its size is unknown (null): the row is scored (probabilities, heatmap) but gets
     no boxes, and the run counts it."""
-    import ray
+    import ray  # deferred: Ray (absent on the GPU machine)
 
     key = wanted_ref.hex()
     if key not in _WANTED_CACHE:

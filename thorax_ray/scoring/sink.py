@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from ray.data import Datasink
+from ray.data.block import BlockAccessor
 
 from thorax_ray import storage
 from thorax_ray.scoring.output import STAGING_DIR, ScoresWrite
@@ -36,8 +37,6 @@ class ScoresDatasink(Datasink):
         return self.rows_per_file
 
     def write(self, blocks: Iterable, ctx) -> ScoresWrite:
-        from ray.data.block import BlockAccessor
-
         fs, base = storage.filesystem(self.out, endpoint_url=self.endpoint_url)
         names = self.schema.names
         writer = handle = None

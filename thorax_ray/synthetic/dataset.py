@@ -17,12 +17,15 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from PIL import Image
 
-from thorax_ray.interrupts import leave_signals_to_parent
-from thorax_ray.labels import FINDINGS
+from thorax_ray import __version__
 from thorax_ray.data.locate import SYNTHETIC_RECORD
 from thorax_ray.data.nih_csv import BBOX_HEADER, DATA_ENTRY_HEADER
+from thorax_ray.interrupts import leave_signals_to_parent
+from thorax_ray.labels import FINDINGS
 from thorax_ray.synthetic.population import PopulationConfig, sample_population
+from thorax_ray.synthetic.preview import write_contact_sheet
 from thorax_ray.synthetic.render import (BOXED_FINDINGS, MAX_DIFFICULTY, MIN_DIFFICULTY, MIN_SIZE, Patient,
                                          render_chest_xray)
 
@@ -98,8 +101,6 @@ def render_row(row: dict, size: int, difficulty: float, seed: int) -> tuple[np.n
 
 
 def _render_chunk(rows: list[dict], *, root: str, size: int, difficulty: float, seed: int) -> list[RenderedImage]:
-    from PIL import Image
-
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     done = []
     for row in rows:
@@ -243,8 +244,6 @@ def _alive(pid: int) -> bool:
 def write_record(config: SyntheticConfig, root: str) -> None:
     """RECORD_FILE in `root`, written last: what made this dataset (its settings), that it is complete, and
     that it is synthetic (the out-of-distribution guard of thorax_ray.data.origin reads it)."""
-    from thorax_ray import __version__
-
     with open(os.path.join(root, RECORD_FILE), "w") as handle:
         json.dump({"generator": "thorax_ray.synthetic", "thorax_ray": __version__, "data_origin": "synthetic",
                    "settings": config.settings()}, handle, indent=2)
@@ -299,8 +298,6 @@ def pick_preview_rows(population: pd.DataFrame, count: int = 16) -> pd.DataFrame
 
 def write_preview(config: SyntheticConfig, population: pd.DataFrame, path: str, count: int = 16) -> None:
     """Contact sheet of `count` generated images with their labels and ground-truth boxes drawn."""
-    from thorax_ray.synthetic.preview import write_contact_sheet
-
     rows = pick_preview_rows(population, count)
     images, titles, boxes = [], [], []
     for row in rows.to_dict("records"):

@@ -33,9 +33,9 @@ def write_contact_sheet(images: Sequence[np.ndarray], titles: Sequence[str],
         raise ValueError("no images to draw")
     if columns < 1:
         raise ValueError(f"columns must be >= 1, got {columns}")
-    from matplotlib.backends.backend_agg import FigureCanvasAgg  # Agg explicitly, no global backend switch
-    from matplotlib.figure import Figure
-    from matplotlib.patches import Rectangle
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # deferred: matplotlib (slow import); Agg, no global switch
+    from matplotlib.figure import Figure  # deferred: matplotlib (slow import)
+    from matplotlib.patches import Rectangle  # deferred: matplotlib (slow import)
 
     columns = min(columns, len(images))
     rows = math.ceil(len(images) / columns)

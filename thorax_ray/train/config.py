@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from thorax_ray.cluster import parse_use_gpu
-from thorax_ray.data.sources import DataConfig
 from thorax_ray.config import from_dict, load_yaml, merge, to_dict
+from thorax_ray.data.sources import DataConfig
 from thorax_ray.losses import LossConfig
+from thorax_ray.models import MetadataFeatures, get_model_spec, list_models
 from thorax_ray.models.features import DEFAULT_FEATURES
 from thorax_ray.names import safe_name
 
@@ -38,8 +39,6 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         """Names checked against the model registry, so a typo fails before Ray starts."""
-        from thorax_ray.models import MetadataFeatures, list_models
-
         cnn = self.backbone if self.name == "fusion" else self.name
         if self.output_stride is not None and cnn != "small_cnn":
             raise ValueError(f"output_stride applies to small_cnn (or fusion with backbone small_cnn), not {cnn!r}")
@@ -123,8 +122,6 @@ class TrainConfig:
     @property
     def batch_size(self) -> int:
         """The per-worker training batch: data.batch_size, else the model kind's default."""
-        from thorax_ray.models import get_model_spec
-
         return self.data.batch_size or DEFAULT_BATCH_SIZE[get_model_spec(self.model.name).input_kind]
 
     @property

@@ -18,8 +18,8 @@ import pyarrow as pa
 import torch
 
 from thorax_ray.accel import FastPath, prefetch_to_device
-from thorax_ray.labels import FINDING_COLUMNS
 from thorax_ray.data.preprocess import Batch, batch_from_arrow
+from thorax_ray.labels import FINDING_COLUMNS
 from thorax_ray.train.config import TrainConfig
 
 
@@ -77,7 +77,7 @@ class DatasetFeed:
 
     def __init__(self, config: TrainConfig, *, stored_size: int, features, spec, fast: FastPath, rank: int,
                  world: int):
-        import ray.train
+        import ray.train  # deferred: Ray (absent on the GPU machine)
 
         self.config, self.fast, self.rank = config, fast, rank
         self.make = lambda table: batch_from_arrow(table, stored_size=stored_size,

@@ -15,20 +15,20 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from thorax_ray.accel import FastPath
+from thorax_ray.checkpoint import checkpoint_dir_name, latest_loadable, save_checkpoint, write_run_metrics
 from thorax_ray.cluster import fake_gpus
+from thorax_ray.data.preprocess import normalise_images, preprocessing_contract
 from thorax_ray.losses import build_loss
 from thorax_ray.metrics import mean_auroc, per_class_auroc
 from thorax_ray.models import MetadataFeatures, create_model, model_initialisation
 from thorax_ray.models.predict import Predictions, predict_batches
 from thorax_ray.thresholds import operating_points
 from thorax_ray.train.augment import augment_batch
-from thorax_ray.data.preprocess import normalise_images
-from thorax_ray.checkpoint import checkpoint_dir_name, latest_loadable, save_checkpoint, write_run_metrics
 from thorax_ray.train.collectives import Collectives
 from thorax_ray.train.config import TrainConfig
-from thorax_ray.data.preprocess import preprocessing_contract
 from thorax_ray.train.feeds import DatasetFeed, TensorFeed, epoch_seed
 from thorax_ray.train.lr_schedule import build_scheduler, describe_lr, effective_lr
 
@@ -62,7 +62,7 @@ def restore_state(run_dir: str, endpoint: str | None) -> dict | None:
 def training_device() -> torch.device:
     """The worker's device as Ray Train assigns it (a GPU when the worker holds one). With fake GPUs (tests of
     the autoscaling path: GPUs as Ray resources only) the arithmetic stays on the CPU."""
-    import ray.train.torch
+    import ray.train.torch  # deferred: Ray (absent on the GPU machine)
 
     return torch.device("cpu") if fake_gpus() else ray.train.torch.get_device()
 
@@ -73,7 +73,6 @@ def distributed(model: torch.nn.Module, device: torch.device, world: int) -> tor
     collectives (thorax_ray/train/collectives.py) still run at world size 1."""
     if world == 1:
         return model
-    from torch.nn.parallel import DistributedDataParallel
 
     return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
 
@@ -119,7 +118,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
 def start_worker(loop_config: dict) -> Worker:
     """Model, optimiser, scheduler and data feed of this worker, resumed from the run's newest checkpoint."""
-    import ray.train
+    import ray.train  # deferred: Ray (absent on the GPU machine)
 
     config = TrainConfig.from_dict(loop_config["config"])
     info = loop_config["info"]
@@ -148,7 +147,7 @@ def start_worker(loop_config: dict) -> Worker:
         optimizer.load_state_dict(state["optimizer_state"])
         scheduler.load_state_dict(state["scheduler_state"])
     if "encoded_rows" in info:
-        import ray
+        import ray  # deferred: Ray (absent on the GPU machine)
 
         feed = TensorFeed(config, ray.get(info["encoded_rows"]), device=device, rank=rank, world=world)
     else:
@@ -217,7 +216,7 @@ def validate(worker: Worker, epoch: int, *, train_loss: float, train_images: int
 def end_epoch(worker: Worker, record: dict, started: float) -> None:
     """Scheduler step, best epoch, the epoch line, and rank 0's checkpoint (uploaded while the next epoch
     trains) and metrics.json; every worker reports (Ray Train's report is a barrier)."""
-    import ray.train
+    import ray.train  # deferred: Ray (absent on the GPU machine)
 
     config, epoch = worker.config, record["epoch"]
     val_mean = record["val"]["mean_auroc"]

@@ -7,14 +7,16 @@ import os
 import threading
 from dataclasses import dataclass
 
+from pyarrow import fs as pafs
+
 from thorax_ray import storage
-from thorax_ray.cluster import (ClusterCapacity, check_shared_storage, cluster_capacity, fake_gpus,
-                                resolve_use_gpu)
-from thorax_ray.models import get_model_spec
-from thorax_ray.data.origin import data_origin
 from thorax_ray.checkpoint import run_metrics
-from thorax_ray.train.config import TrainConfig
+from thorax_ray.cluster import ClusterCapacity, check_shared_storage, cluster_capacity, fake_gpus, resolve_use_gpu
+from thorax_ray.data.origin import data_origin
 from thorax_ray.data.sources import open_source
+from thorax_ray.models import MetadataFeatures, get_model_spec
+from thorax_ray.train.config import TrainConfig
+from thorax_ray.train.feeds import encode_rows
 from thorax_ray.train.loop import epoch_line, train_loop_per_worker
 from thorax_ray.train.lr_schedule import describe_lr
 
@@ -35,8 +37,6 @@ def ray_storage(uri: str, endpoint_url: str | None) -> tuple[str, object | None]
         return os.path.abspath(uri), None
     endpoint = endpoint_url or storage.endpoint_from_env()
     if uri.startswith("s3://") and endpoint:
-        from pyarrow import fs as pafs
-
         scheme, host = endpoint.split("://", 1) if "://" in endpoint else ("https", endpoint)
         filesystem = pafs.S3FileSystem(endpoint_override=host, scheme=scheme,
                                        region=os.environ.get("AWS_REGION", "us-east-1"))
@@ -65,7 +65,7 @@ def shuffled_every_epoch(dataset, seed: int):
     """The dataset's blocks in a new random order at every execution (every epoch), reproducible from the
     run's seed, and delivered in that order (`preserve_order`; otherwise the order blocks finish in would
     decide); the training loop also shuffles rows within a buffer (`data.shuffle_buffer_rows`)."""
-    from ray.data import RandomSeedConfig
+    from ray.data import RandomSeedConfig  # deferred: Ray (absent on the GPU machine)
 
     shuffled = dataset.randomize_block_order(seed=RandomSeedConfig(seed=seed, reseed_after_execution=True))
     shuffled.context.execution_options.preserve_order = True
@@ -75,10 +75,7 @@ def shuffled_every_epoch(dataset, seed: int):
 def encoded_rows(source, config: TrainConfig):
     """The training and validation rows' encoded metadata features and labels, in the object store
     (a few MB for the 112k NIH rows)."""
-    import ray
-
-    from thorax_ray.models import MetadataFeatures
-    from thorax_ray.train.feeds import encode_rows
+    import ray  # deferred: Ray (absent on the GPU machine)
 
     features = MetadataFeatures(tuple(config.model.metadata_features))
     return ray.put({split: encode_rows(source.rows(split), features) for split in ("train", "val")})
@@ -88,8 +85,8 @@ def ingest_config():
     """Ray Train's data config: the training rows split between workers, in the order they come (so one
     worker's order is reproducible from the seed; with several, which rows go to which worker depends on
     timing); validation rows unsplit (rank 0 scores every one exactly once)."""
-    import ray.train
-    from ray.data import DataContext, ExecutionOptions
+    import ray.train  # deferred: Ray (absent on the GPU machine)
+    from ray.data import DataContext, ExecutionOptions  # deferred: Ray (absent on the GPU machine)
 
     current = DataContext.get_current().execution_options
     ordered = ExecutionOptions(resource_limits=current.resource_limits, preserve_order=True,
@@ -103,8 +100,8 @@ def fit(config: TrainConfig, *, callbacks: list | None = None, capacity: Cluster
     RunConfig, e.g. Tune's `TuneReportCallback` when a Tune trial runs this (thorax_ray/tune). `capacity`:
     what the cluster has and can launch (default: read now); GPU use and storage are checked against it
     before any data is opened. `progress`: one console line per epoch (from metrics.json)."""
-    import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
+    import ray.train  # deferred: Ray (absent on the GPU machine)
+    from ray.train.torch import TorchConfig, TorchTrainer  # deferred: Ray (absent on the GPU machine)
 
     capacity = capacity or cluster_capacity(config.run.cluster_config)
     use_gpu = check_cluster(config, capacity)

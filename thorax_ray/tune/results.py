@@ -11,8 +11,8 @@ import pandas as pd
 import yaml
 
 from thorax_ray import storage
-from thorax_ray.labels import FINDINGS
 from thorax_ray.checkpoint import run_metrics
+from thorax_ray.labels import FINDINGS
 from thorax_ray.train.config import TrainConfig
 from thorax_ray.tune.space import resolve
 from thorax_ray.tune.trainable import TrialSetup, trial_executions

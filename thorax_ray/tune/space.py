@@ -18,10 +18,13 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
 from thorax_ray.config import ConfigError, load_yaml, merge
+from thorax_ray.models import list_models
 from thorax_ray.train.config import TrainConfig
 
 KINDS: tuple[str, ...] = ("choice", "grid", "uniform", "loguniform", "randint")
@@ -55,7 +58,7 @@ class Param:
 
     def domain(self):
         """The Ray Tune search domain."""
-        from ray import tune
+        from ray import tune  # deferred: Ray (absent on the GPU machine)
 
         if self.kind == "choice":
             return tune.choice(list(self.values))
@@ -269,9 +272,6 @@ def _check_space(space: SearchSpace, where: str) -> None:
 
 
 def _field_hint(section_cls: type, key: str):
-    import types
-    import typing
-
     hint = typing.get_type_hints(section_cls)[key]
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         inner = [a for a in typing.get_args(hint) if a is not type(None)]
@@ -315,7 +315,5 @@ def _check_value(base: dict, section: str, key: str, value: Any, where: str) -> 
 
 
 def _check_architecture(name: Any, where: str) -> None:
-    from thorax_ray.models import list_models
-
     if name not in list_models():
         raise ConfigError(f"{where}: unknown architecture {name!r}; registered: {list_models()}")

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 from thorax_ray import storage
 from thorax_ray.cluster import ClusterCapacity, check_shared_storage, cluster_capacity, resolve_use_gpu
+from thorax_ray.train.config import TrainConfig
 from thorax_ray.train.trainer import ray_storage
 from thorax_ray.tune import results as results_mod
-from thorax_ray.train.config import TrainConfig
 from thorax_ray.tune.space import SearchSpace, resolve
 from thorax_ray.tune.trainable import TrialSetup, make_trainable
 
@@ -56,7 +56,7 @@ def _tune_console(verbose: int):
 def trial_lines_callback(total: int):
     """A Tune callback on the driver: one console line per trial epoch and per trial end, counted against
     the sweep's `total` trials (Tune's own progress tables only with --verbose)."""
-    from ray import tune
+    from ray import tune  # deferred: Ray (absent on the GPU machine)
 
     class TrialLines(tune.Callback):
         def on_trial_result(self, iteration, trials, trial, result, **info):
@@ -103,7 +103,7 @@ def _write_setup(experiment_path: str, setup: TrialSetup, endpoint: str | None) 
 
 def run_sweep(space: SearchSpace, *, storage_uri: str, name: str, out_dir: str, trials: int | None = None,
               max_concurrent: int | None = None, verbose: int = 0, capacity: ClusterCapacity | None = None) -> SweepOutcome:
-    from ray import tune
+    from ray import tune  # deferred: Ray (absent on the GPU machine)
 
     base_config = space.base_config()
     capacity = capacity or cluster_capacity(base_config.run.cluster_config)
@@ -155,9 +155,9 @@ def _new_tuner(space: SearchSpace, trainable, base_config: TrainConfig, *, trial
                storage_filesystem, verbose: int):
     """A Tuner for a new experiment: ASHA (or FIFO) on the space's metric, the search algorithm bounding
     concurrency, one console line saying what runs."""
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-    from ray.tune.search import BasicVariantGenerator
+    from ray import tune  # deferred: Ray (absent on the GPU machine)
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler  # deferred: Ray (absent on the GPU machine)
+    from ray.tune.search import BasicVariantGenerator  # deferred: Ray (absent on the GPU machine)
 
     settings = space.tune
     samples = max(1, math.ceil((trials or settings.num_samples) / space.grid_size))
@@ -188,7 +188,7 @@ def _new_tuner(space: SearchSpace, trainable, base_config: TrainConfig, *, trial
 def _outcome(grid, setup: TrialSetup, settings, out_dir: str, *, experiment_path: str, name: str,
              resumed: bool) -> SweepOutcome:
     """Every trial's row (results.csv) and the best trial's config (best_config.yaml) in `out_dir`."""
-    from ray import tune
+    from ray import tune  # deferred: Ray (absent on the GPU machine)
 
     trials_list = tune.ExperimentAnalysis(grid.experiment_path, storage_filesystem=grid.filesystem).trials
     rows = results_mod.collect(trials_list, setup, settings.metric, settings.mode)

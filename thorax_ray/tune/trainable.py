@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from thorax_ray import storage
 from thorax_ray.cluster import ClusterCapacity
 from thorax_ray.train.config import TrainConfig
+from thorax_ray.train.trainer import fit
 from thorax_ray.tune.space import resolve
 
 EXECUTIONS_DIR = "tune_executions"  # one small JSON record per start of a trial (resume evidence)
@@ -42,10 +43,8 @@ def make_trainable(setup: TrialSetup):
     """The function trainable for `ray.tune.Tuner`."""
 
     def thorax_trial(sample: dict) -> None:
-        import ray.tune
-        from ray.tune.integration.ray_train import TuneReportCallback
-
-        from thorax_ray.train.trainer import fit
+        import ray.tune  # deferred: Ray (absent on the GPU machine)
+        from ray.tune.integration.ray_train import TuneReportCallback  # deferred: Ray (absent on the GPU machine)
 
         trial_id = ray.tune.get_context().get_trial_id()
         config = trial_config(setup, sample, trial_id)
