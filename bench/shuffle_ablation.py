@@ -7,13 +7,12 @@ validation mean AUROC per epoch of both and their difference (shuffled - CSV ord
     python bench/shuffle_ablation.py --data DIR [--epochs 8] [--size 64] [--seeds 0,1]
 
 DIR: a dataset folder (NIH layout), e.g. from `jobs/make_synthetic.py --images 3000 --size 64 --difficulty 0`.
-Only the driver-side order is switched off here (the workers' buffer by its config, 0 rows); the model,
-loss, learning-rate schedule and validation rows are the same in both arms.
+The CSV-order arm sets the training config's `data.shuffle` to false (no seeded row order, no per-epoch block
+order, no shuffle buffer); the model, loss, learning-rate schedule and validation rows are the same in both arms.
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 import tempfile
@@ -21,24 +20,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-
-@contextlib.contextmanager
-def csv_order():
-    """Training rows in the manifest's order every epoch (what training did before per-epoch shuffling)."""
-    from thorax_ray.data import sources as data_mod
-    from thorax_ray.train import trainer as trainer_mod
-
-    original_dataset, original_shuffle = data_mod.DataSource.dataset, trainer_mod.shuffled_every_epoch
-
-    def dataset(self, split, *, images, shuffle_seed=None):
-        return original_dataset(self, split, images=images, shuffle_seed=None)
-
-    data_mod.DataSource.dataset = dataset
-    trainer_mod.shuffled_every_epoch = lambda ds, seed: ds
-    try:
-        yield
-    finally:
-        data_mod.DataSource.dataset, trainer_mod.shuffled_every_epoch = original_dataset, original_shuffle
+from bench.common import emit  # noqa: E402
 
 
 def train_once(args, seed: int, shuffled: bool, storage_dir: str) -> list[float]:
@@ -49,12 +31,11 @@ def train_once(args, seed: int, shuffled: bool, storage_dir: str) -> list[float]
     name = f"{'shuffled' if shuffled else 'csv_order'}-seed{seed}"
     config = TrainConfig.from_dict({
         "data": {"data": args.data, "size": args.size, "batch_size": args.batch_size,
-                 **({} if shuffled else {"shuffle_buffer_rows": 0})},
+                 "shuffle": shuffled},
         "model": {"name": args.model}, "optim": {"epochs": args.epochs, "lr": 2e-3, "scheduler": "cosine"},
         "run": {"storage": storage_dir, "name": name, "workers": args.workers, "seed": seed},
     })
-    with contextlib.nullcontext() if shuffled else csv_order():
-        result = fit(config, progress=False)
+    result = fit(config, progress=False)
     if result.error:
         raise RuntimeError(f"{name}: {result.error}")
     history = run_metrics(os.path.join(storage_dir, name))["history"]
@@ -91,6 +72,8 @@ def main(argv: list[str] | None = None) -> None:
     mean_best = sum(d[1] for d in differences) / len(differences)
     print(f"shuffling alone, {args.model} {args.epochs} epochs, {len(differences)} seed(s): val mean AUROC "
           f"shuffled - CSV order = {mean_final:+.3f} final, {mean_best:+.3f} best epoch")
+    emit({"bench": "shuffle_ablation", "model": args.model, "epochs": args.epochs, "seeds": args.seeds,
+          "final_difference": round(mean_final, 4), "best_difference": round(mean_best, 4)})
 
 
 if __name__ == "__main__":

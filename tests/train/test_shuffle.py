@@ -49,3 +49,26 @@ def test_the_same_seed_gives_the_same_order_and_another_seed_another(ray_local, 
 def test_prepared_shards_are_stored_in_a_random_row_order(ray_local, learnable_images):
     rows = read_prepared(str(learnable_images / "prepared"), ["train"], columns=["patient_id"]).take(BATCH)
     assert len({row["patient_id"] for row in rows}) >= BATCH * 3 // 4
+
+
+def test_the_shuffle_switch_keeps_the_rows_order_for_ablations():
+    """`data.shuffle: false` (bench/shuffle_ablation.py's CSV-order arm): the metadata feed hands out rows in
+    their order every epoch; on (the default) every epoch has its own permutation."""
+    import numpy as np
+    import torch
+
+    from thorax_ray.train.feeds import EncodedRows, TensorFeed
+
+    n = 96
+    rows = {split: EncodedRows([f"{i}.png" for i in range(n)], np.arange(n, dtype=np.float32)[:, None],
+                               np.zeros((n, 14), np.float32)) for split in ("train", "val")}
+
+    def epoch_rows(shuffle: bool, epoch: int) -> list[float]:
+        config = TrainConfig.from_dict({"data": {"batch_size": 16, "shuffle": shuffle}, "model": {"name": "mlp"}})
+        feed = TensorFeed(config, rows, device=torch.device("cpu"), rank=0, world=1)
+        return [float(v) for batch in feed.train_batches(epoch) for v in batch.features[:, 0]]
+
+    assert epoch_rows(False, 1) == epoch_rows(False, 2) == [float(i) for i in range(n)]
+    shuffled = epoch_rows(True, 1)
+    assert sorted(shuffled) == [float(i) for i in range(n)] and shuffled != sorted(shuffled)
+    assert shuffled != epoch_rows(True, 2)

@@ -32,6 +32,7 @@ class DataConfig:
     # Training rows are shuffled every epoch: the block order (reseeded each epoch from run.seed) and, within a
     # worker, a buffer of this many rows (0: block order only).
     shuffle_buffer_rows: int = 2048
+    shuffle: bool = True  # False: training rows in the manifest's (or shards') order every epoch, for ablations
     s3_endpoint: str | None = None
 
     def __post_init__(self) -> None:

@@ -41,7 +41,6 @@ from thorax_ray.scoring.output import (FORMAT_VERSION, LOCK_FILE, QUARANTINE_DIR
 from thorax_ray.scoring.overlays import write_overlays
 from thorax_ray.scoring.pipeline import ScoringRun, plan_actors, stream
 from thorax_ray.scoring.scorer import NO_METHOD, heatmap_description, uses_maps
-from thorax_ray.scoring.sink import ScoresDatasink
 from thorax_ray.scoring.summary import ScoreSummary
 
 log = logging.getLogger(__name__)
@@ -208,6 +207,8 @@ def _describe_output(run: ScoringRun) -> _Layout:
 
 def _score_pending(run: ScoringRun, pending: _Pending, layout: _Layout, filesystem) -> _Written:
     """Streams the pending rows through the actor pool into staging files; checks every row is accounted for."""
+    from thorax_ray.scoring.sink import ScoresDatasink  # deferred: Ray (absent on the GPU machine)
+
     config = run.config
     sink = ScoresDatasink(config.out, run.run_id, layout.schema, layout.metadata, rows_per_file=config.rows_per_file,
                           compression=config.compression, endpoint_url=config.endpoint_url)

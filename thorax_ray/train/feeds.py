@@ -37,7 +37,7 @@ def epoch_batches(shard, config: TrainConfig, *, epoch: int, rank: int, prefetch
     """The worker's training batches of one epoch (pyarrow tables): rows mixed in a shuffle buffer seeded
     from (run seed, epoch, rank), so the order differs every epoch and is the same for the same seed; the
     last partial batch is dropped (different rows every epoch)."""
-    buffer = config.data.shuffle_buffer_rows or None
+    buffer = (config.data.shuffle_buffer_rows if config.data.shuffle else 0) or None
     return shard.iter_batches(batch_size=config.batch_size, batch_format="pyarrow", drop_last=True,
                               prefetch_batches=prefetch_batches, local_shuffle_buffer_size=buffer,
                               local_shuffle_seed=None if buffer is None else epoch_seed(config.run.seed, epoch, rank))
@@ -126,10 +126,12 @@ class TensorFeed:
         self.val_x, self.val_y = torch.from_numpy(val.features[share]), torch.from_numpy(val.labels[share])
 
     def train_batches(self, epoch: int) -> Iterator[Batch]:
-        """One permutation per epoch (the same on every worker, from the run's seed), dealt to the workers
-        in equal parts; whole batches only."""
+        """One permutation per epoch (the same on every worker, from the run's seed; the rows' order when
+        `data.shuffle` is off), dealt to the workers in equal parts; whole batches only."""
         n = len(self.train_y)
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(epoch_seed(self.config.run.seed, epoch, 0)))
+        seed = epoch_seed(self.config.run.seed, epoch, 0)
+        order = (torch.randperm(n, generator=torch.Generator().manual_seed(seed)) if self.config.data.shuffle
+                 else torch.arange(n))
         mine = order[self.rank:n - n % self.world:self.world]
         size = self.config.batch_size
         for start in range(0, len(mine) - size + 1, size):

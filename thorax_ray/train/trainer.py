@@ -115,12 +115,14 @@ def fit(config: TrainConfig, *, callbacks: list | None = None, capacity: Cluster
             "stored_size": source.stored_size,
             "data_origin": data_origin(config.data.data, endpoint_url=config.data.s3_endpoint)}
     if spec.uses_images:
-        train = cache_if_small(source.dataset("train", images=True, shuffle_seed=config.run.seed),
+        shuffle_seed = config.run.seed if config.data.shuffle else None
+        train = cache_if_small(source.dataset("train", images=True, shuffle_seed=shuffle_seed),
                                estimated_bytes(train_rows, source.stored_size), config.data.cache_train_mb)
         # Every worker reads the validation rows (each keeps its share): read them once, here, when they fit.
         val = cache_if_small(source.dataset("val", images=True), estimated_bytes(len(source.rows("val")),
                              source.stored_size), config.data.val_cache_mb, what="validation")
-        datasets = {"train": shuffled_every_epoch(train, config.run.seed), "val": val}
+        datasets = {"train": shuffled_every_epoch(train, config.run.seed) if config.data.shuffle else train,
+                    "val": val}
     else:  # the metadata model: rows encoded once here, sliced as tensors by the workers (thorax_ray/train/feeds)
         datasets = {}
         info["encoded_rows"] = encoded_rows(source, config)
