@@ -1,4 +1,5 @@
-# Two commands: `make demo` (the main job on the embedded synthetic dataset) and `make test`.
+# Two commands: `make demo` (the main job on the embedded synthetic dataset) and `make test` (the full suite,
+# what CI runs); `make test-fast` runs the tests not marked slow (no Ray, no training, no job subprocesses).
 # Both create and reuse the virtualenv .venv; it is rebuilt when pyproject.toml changes.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
@@ -6,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test bench venv clean
+.PHONY: demo test test-fast bench venv clean
 
 venv: $(STAMP)
 
@@ -21,6 +22,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) data/demo runs

@@ -13,6 +13,19 @@ from thorax_ray.data.splits import SplitConfig
 from thorax_ray.synthetic.dataset import SyntheticConfig, write_synthetic_dataset
 
 
+# Fixtures whose tests need a running Ray: such a test is slow (the session's Ray starts once, in ~30 s on 2
+# cores, and every Ray Data or Train call costs seconds), so it runs in `make test` only, not `make test-fast`.
+RAY_FIXTURES = ("ray_local",)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Marks `slow` every test that uses the session's Ray (directly or through another fixture); tests that
+    start a job or a bench in a subprocess are marked in their modules."""
+    for item in items:
+        if any(name in getattr(item, "fixturenames", ()) for name in RAY_FIXTURES):
+            item.add_marker(pytest.mark.slow)
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 MODEL_FILE = "model.pt"
 INFO_FILE = "checkpoint.json"
 RUN_METRICS_FILE = "metrics.json"
-FORMAT_VERSION = 1
+CHECKPOINT_FORMAT_VERSION = 1
 _EPOCH_DIR = re.compile(r"^epoch_(\d+)$")
 
 
@@ -55,7 +55,7 @@ def checkpoint_dir_name(epoch: int) -> str:
 
 def save_checkpoint(directory: str, payload: dict) -> None:
     """Writes model.pt (tensors and plain types only) and a readable checkpoint.json beside it."""
-    payload = {"format": FORMAT_VERSION, "labels": list(FINDINGS), "versions": package_versions(), **payload}
+    payload = {"format": CHECKPOINT_FORMAT_VERSION, "labels": list(FINDINGS), "versions": package_versions(), **payload}
     torch.save(payload, f"{directory}/{MODEL_FILE}")
     readable = {k: v for k, v in payload.items() if not k.endswith("_state")}
     with open(f"{directory}/{INFO_FILE}", "w") as handle:

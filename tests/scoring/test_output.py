@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 
 from thorax_ray.attribution import BOXES_TYPE
 from thorax_ray.labels import FINDING_COLUMNS
-from thorax_ray.scoring.output import (QUARANTINE_COLUMNS, clean_uncommitted, committed_runs, new_run_id,
+from thorax_ray.scoring.output import (SCORES_QUARANTINE_COLUMNS, clean_uncommitted, committed_runs, new_run_id,
                                        pipeline_schema, publish, quarantine_table, read_quarantine, read_scores,
                                        run_started, schema_metadata, score_schema, scored_index, staging_uri,
                                        write_commit, write_table_file)
@@ -85,7 +85,7 @@ def test_readers_see_committed_files_only_and_index_is_per_model(tmp_path):
     assert scored_index(str(out), "m1") == {"a.png", "b.png"} and scored_index(str(out), "m2") == {"a.png"}
     assert scored_index(str(out), "m3") == set()
     quarantine = read_quarantine(str(out))
-    assert list(quarantine.columns) == list(QUARANTINE_COLUMNS) and list(quarantine["image_index"]) == ["c.png"]
+    assert list(quarantine.columns) == list(SCORES_QUARANTINE_COLUMNS) and list(quarantine["image_index"]) == ["c.png"]
 
 
 def test_files_of_runs_before_metadata_source_are_read_alongside(tmp_path):

@@ -37,14 +37,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from thorax_ray.data.nih_csv import AGE_UNIT_YEARS, MAX_AGE_YEARS
 from thorax_ray.data.quarantine import DecodeError
 
 DICOM_MAGIC_OFFSET = 128
 DICOM_MAGIC = b"DICM"
 RADIOGRAPH_MODALITIES = ("CR", "DX", "DR", "RG", "OT")
 _DICOM_AGE = re.compile(r"^\s*(\d{1,3})\s*([DWMY])\s*$")
-_AGE_UNIT_YEARS = {"D": 1 / 365.25, "W": 7 / 365.25, "M": 1 / 12, "Y": 1.0}
-MAX_AGE_YEARS = 120.0
 
 
 def is_dicom(data: bytes) -> bool:
@@ -67,7 +66,7 @@ def parse_dicom_age(text) -> float | None:
     match = _DICOM_AGE.match(str(text))
     if not match:
         return None
-    years = int(match.group(1)) * _AGE_UNIT_YEARS[match.group(2)]
+    years = int(match.group(1)) * AGE_UNIT_YEARS[match.group(2)]
     return years if years <= MAX_AGE_YEARS else None
 
 

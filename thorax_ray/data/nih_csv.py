@@ -58,7 +58,9 @@ COLUMN_ALIASES: dict[str, tuple[str, ...]] = {
 REQUIRED_COLUMNS = ("image_index", "finding_labels", "patient_id")
 _TITLES = {"image_index": "Image Index", "finding_labels": "Finding Labels", "patient_id": "Patient ID"}
 _AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([YMDymd]?)\s*$")
-_AGE_UNIT_YEARS = {"": 1.0, "Y": 1.0, "M": 1.0 / 12.0, "D": 1.0 / 365.25}
+# Years per unit of an age: the CSVs' (`058Y`, `011M`, `007D`, or a bare number of years) and DICOM's Age
+# String (`nnnD/W/M/Y`, thorax_ray.data.dicom). Ages above MAX_AGE_YEARS are impossible.
+AGE_UNIT_YEARS = {"Y": 1.0, "M": 1.0 / 12.0, "W": 7.0 / 365.25, "D": 1.0 / 365.25}
 MAX_AGE_YEARS = 120.0
 
 
@@ -92,7 +94,7 @@ def parse_age(text: str | float | int | None) -> float | None:
     match = _AGE.match(text)
     if not match:
         raise ValueError(f"not an age: {text!r}")
-    return float(match.group(1)) * _AGE_UNIT_YEARS[match.group(2).upper()]
+    return float(match.group(1)) * AGE_UNIT_YEARS[match.group(2).upper() or "Y"]
 
 
 def check_image_index(name: str, *, source: str, row: int) -> None:

@@ -12,9 +12,10 @@ from thorax_ray import storage
 from thorax_ray.cluster import ClusterCapacity, check_shared_storage, cluster_capacity
 from thorax_ray.data.manifest import build_manifest, write_manifest
 from thorax_ray.data.pipeline import ImageConfig, load_images
+from thorax_ray.data.quarantine import QUARANTINE_COLUMNS
 from thorax_ray.data.shard_sink import PreparedShardsDatasink
-from thorax_ray.data.shards import (QUARANTINE_COLUMNS, VERSIONS_DIR, PreparedError, commit_record, new_version,
-                                    read_commit, relative_to, shard_contract, version_dir, write_commit, write_table)
+from thorax_ray.data.shards import (VERSIONS_DIR, PreparedError, commit_record, new_version, read_commit, relative_to,
+                                    shard_contract, version_dir, write_commit, write_table)
 from thorax_ray.data.splits import SPLITS, SplitConfig
 from thorax_ray.lease import acquire_lease
 from thorax_ray.progress import StageProgress

@@ -1,5 +1,6 @@
-"""Turns a Ray Data batch (a pyarrow table) into model inputs on the worker: images stay uint8 until
-here and become normalised float tensors on the device."""
+"""The preprocessing every stage applies alike: the contract a model expects (stored in its checkpoint,
+applied when training, validating, scoring and evaluating), and turning a batch of rows (a pyarrow table)
+into model inputs, images staying uint8 until here and becoming normalised float tensors on the device."""
 from __future__ import annotations
 
 from dataclasses import dataclass

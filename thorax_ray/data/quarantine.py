@@ -2,6 +2,7 @@
 error that carries one out of the decoders (`thorax_ray.data.decode`, `thorax_ray.data.dicom`)."""
 from __future__ import annotations
 
+QUARANTINE_COLUMNS = ("image_index", "path", "stage", "reason")  # of every quarantine table
 QUARANTINE_REASONS: dict[str, str] = {
     # stage locate / read (thorax_ray.data.read)
     "missing": "a metadata row names an image that is not there, or the file vanished before it was read",

@@ -26,13 +26,13 @@ import pyarrow.parquet as pq
 
 from thorax_ray import storage
 from thorax_ray.data.manifest import MANIFEST_SCHEMA, read_manifest
+from thorax_ray.data.quarantine import QUARANTINE_COLUMNS
 
 SHARD_SCHEMA = MANIFEST_SCHEMA.append(pa.field("image", pa.binary()))
 
 COMMIT_FILE = "prepared.json"
-QUARANTINE_COLUMNS = ("image_index", "path", "stage", "reason")
 SHARD_METADATA_KEY = b"thorax_ray"
-FORMAT_VERSION = 2
+PREPARED_FORMAT_VERSION = 2
 VERSIONS_DIR = "versions"
 ROW_GROUP_ROWS = 256  # small row groups: readers can split files and mix them when shuffling
 
@@ -50,7 +50,7 @@ class ShardWrite:
 
 
 def shard_contract(size: int, split_hash: str) -> dict:
-    return {"format_version": FORMAT_VERSION, "image_column": "image", "dtype": "uint8", "shape": [size, size],
+    return {"format_version": PREPARED_FORMAT_VERSION, "image_column": "image", "dtype": "uint8", "shape": [size, size],
             "layout": "row-major HxW, one channel", "split_hash": split_hash}
 
 
@@ -123,7 +123,7 @@ def commit_record(version: str, *, source: str, size: int, split_hash: str, seed
                   written: dict[str, int], quarantined: dict[str, int], manifest_rows: int,
                   previous_versions: list[dict]) -> dict:
     """The commit record (prepared.json) that swaps `version` in."""
-    return {"format_version": FORMAT_VERSION, "version": version,
+    return {"format_version": PREPARED_FORMAT_VERSION, "version": version,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "source": source, "size": size, "contract": shard_contract(size, split_hash),
             "split_hash": split_hash, "seed": seed, "files": files, "written": written,

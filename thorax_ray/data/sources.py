@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 
 METADATA_COLUMNS = ("image_index", "patient_id", "follow_up", "age_years", "sex", "view_position",
                     "original_width", "original_height", "pixel_spacing_x", "pixel_spacing_y", "split")
-ROW_COLUMNS = (*METADATA_COLUMNS, *FINDING_COLUMNS)
+TRAINING_ROW_COLUMNS = (*METADATA_COLUMNS, *FINDING_COLUMNS)
 
 
 @dataclass(frozen=True)
@@ -77,9 +77,9 @@ class DataSource:
         if shuffle_seed is not None:
             rows = rows.sample(frac=1.0, random_state=shuffle_seed)
         if not images:
-            return manifest_dataset(rows[list(ROW_COLUMNS)].reset_index(drop=True))
+            return manifest_dataset(rows[list(TRAINING_ROW_COLUMNS)].reset_index(drop=True))
         if self.kind == "prepared":
-            ds = read_prepared(self.config.data, [split], columns=[*ROW_COLUMNS, "image"],
+            ds = read_prepared(self.config.data, [split], columns=[*TRAINING_ROW_COLUMNS, "image"],
                                endpoint_url=self.config.s3_endpoint)
             return ds.limit(self.config.limit) if self.config.limit else ds
         if rows["path"].isna().all():
@@ -91,7 +91,7 @@ class DataSource:
 
 
 def _keep_decoded(batch: pd.DataFrame) -> pd.DataFrame:
-    return batch.loc[batch["ok"], [*ROW_COLUMNS, "image"]]
+    return batch.loc[batch["ok"], [*TRAINING_ROW_COLUMNS, "image"]]
 
 
 def open_source(config: DataConfig) -> DataSource:

@@ -17,6 +17,7 @@ Conventions
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from collections.abc import Iterator, Mapping
 
 import numpy as np
@@ -30,11 +31,23 @@ from thorax_ray.thresholds import (THRESHOLD_RULES, THRESHOLDS_KIND, choose_thre
 from thorax_ray.thresholds import check_labels_and_scores as _check
 
 MEAN_KEY = "mean"
-_CHUNK_CELLS = 4_000_000  # resamples x patients per chunk of bootstrap counts (~32 MB of float64)
-# resamples x images (or score groups) per call of _weighted_average_precision / _weighted_aurocs, which hold
-# several float64 arrays of this size at once (tens of MB in all; with whole 4M-cell chunks the evaluation of
-# the 112k-image layout peaked ~0.35 GB higher)
-_WORK_CELLS = 500_000
+
+
+@dataclass(frozen=True)
+class BootstrapChunks:
+    """How much bootstrap work is held in memory at once, in cells (resamples x patients, or x images): fewer
+    cells per chunk lower the peak memory, more cut Python's per-chunk overhead.
+
+    counts: resamples x patients per chunk of draw counts (~32 MB of float64).
+    work:   resamples x images (or score groups) per call of `_weighted_average_precision` / `_weighted_aurocs`,
+            which hold several float64 arrays of this size at once (tens of MB in all; with whole 4M-cell chunks
+            the evaluation of the 112k-image layout peaked ~0.35 GB higher)."""
+
+    counts: int = 4_000_000
+    work: int = 500_000
+
+
+CHUNKS = BootstrapChunks()
 
 
 # ----------------------------------------------------------------------------------------------- input
@@ -134,7 +147,7 @@ def patient_resample_counts(n_patients: int, n_boot: int, seed: int) -> Iterator
     """(b, P) draw counts of every patient, chunk by chunk; the same stream for a given seed (every
     bootstrap of this package, AUROC, AP and localization, draws these resamples)."""
     rng = np.random.default_rng(seed)
-    chunk = max(1, min(n_boot, _CHUNK_CELLS // max(n_patients, 1)))
+    chunk = max(1, min(n_boot, CHUNKS.counts // max(n_patients, 1)))
     done = 0
     while done < n_boot:
         b = min(chunk, n_boot - done)
@@ -167,7 +180,7 @@ def bootstrap_aurocs(labels, scores_list, groups, n_boot: int = 1000, seed: int 
     parts: list[list[np.ndarray]] = [[] for _ in checked]
     if labels.shape[0] == 0:
         return [np.full((n_boot, len(FINDINGS)), np.nan) for _ in checked]
-    step = max(1, _WORK_CELLS // labels.shape[0])
+    step = max(1, CHUNKS.work // labels.shape[0])
     for counts in patient_resample_counts(n_patients, n_boot, seed):
         for start in range(0, counts.shape[0], step):
             for k, m in enumerate(matrices):
@@ -304,7 +317,7 @@ def bootstrap_average_precision_ci(labels, scores, groups, n_boot: int = 1000, s
     defined = labels_arr.sum(axis=0) > 0
     parts = []
     if labels_arr.shape[0]:
-        step = max(1, _WORK_CELLS // labels_arr.shape[0])
+        step = max(1, CHUNKS.work // labels_arr.shape[0])
         for counts in patient_resample_counts(n_patients, n_boot, seed):
             for start in range(0, counts.shape[0], step):
                 weights = counts[start:start + step, patient].astype(np.float64)

@@ -39,7 +39,7 @@ from thorax_ray.names import check_names
 log = logging.getLogger(__name__)
 
 EXAMPLES = 5
-ROW_COLUMNS = (*MANIFEST_COLUMNS, "metadata_source")
+SCORING_ROW_COLUMNS = (*MANIFEST_COLUMNS, "metadata_source")
 _METADATA = ("patient_id", "follow_up", "age_years", "sex", "view_position", "original_width", "original_height",
              "pixel_spacing_x", "pixel_spacing_y")
 
@@ -50,7 +50,7 @@ class InputError(ValueError):
 
 @dataclass
 class ScoringInput:
-    """The resolved input: `rows` has every ROW_COLUMNS column (null where unknown)."""
+    """The resolved input: `rows` has every SCORING_ROW_COLUMNS column (null where unknown)."""
 
     uri: str
     kind: str  # "dataset" | "folder" | "manifest" | "list" | "prepared"
@@ -82,10 +82,10 @@ def _relative(path: str, base: str) -> str:
 
 
 def _complete(rows: pd.DataFrame, metadata_source: str = "csv") -> pd.DataFrame:
-    """Adds missing ROW_COLUMNS as nulls (labels: NaN = unknown; `metadata_source` as given) and checks
+    """Adds missing SCORING_ROW_COLUMNS as nulls (labels: NaN = unknown; `metadata_source` as given) and checks
     that image_index is unique (scores are keyed by it), naming both files of a collision."""
     rows = rows.copy()
-    for column in ROW_COLUMNS:
+    for column in SCORING_ROW_COLUMNS:
         if column not in rows.columns:
             rows[column] = (np.nan if column in FINDING_COLUMNS
                             else metadata_source if column == "metadata_source" else None)
@@ -152,7 +152,7 @@ def _folder_input(uri: str, fs, base: str, metadata_csv: str | None, endpoint_ur
     has_csv = metadata_csv is not None or any(
         _depth(rel) < 2 and fnmatch.fnmatch(posixpath.basename(rel), pattern)
         for rel in relative for pattern in METADATA_PATTERNS)
-    table = pd.DataFrame(columns=list(ROW_COLUMNS))
+    table = pd.DataFrame(columns=list(SCORING_ROW_COLUMNS))
     bbox_csv = None
     if has_csv:
         manifest, _ = build_manifest(uri, metadata_csv=metadata_csv, endpoint_url=endpoint_url)

@@ -34,7 +34,7 @@ from thorax_ray.progress import StageProgress
 from thorax_ray.scoring.config import ScoreConfig
 from thorax_ray.scoring.gate import resolve_gate
 from thorax_ray.scoring.inputs import ScoringInput, resolve_input
-from thorax_ray.scoring.output import (FORMAT_VERSION, LOCK_FILE, QUARANTINE_DIR, SCORES_DIR, ScoresError,
+from thorax_ray.scoring.output import (LOCK_FILE, QUARANTINE_DIR, SCORES_DIR, SCORES_FORMAT_VERSION, ScoresError,
                                        clean_uncommitted, feature_attribution_metadata, new_run_id, publish,
                                        quarantine_table, remove_staging, schema_metadata, score_schema, scored_index,
                                        staging_uri, write_commit, write_table_file)
@@ -193,7 +193,7 @@ def _describe_output(run: ScoringRun) -> _Layout:
         "score": "mean map value (0..1) inside the box's connected component",
     } if maps else None
     description = {
-        "format_version": FORMAT_VERSION, "model_id": run.model_id, "model_name": payload.get("model_name"),
+        "format_version": SCORES_FORMAT_VERSION, "model_id": run.model_id, "model_name": payload.get("model_name"),
         "checkpoint": run.checkpoint_dir, "method": method, "preprocessing": contract,
         "classes": list(FINDINGS), "probability_columns": list(FINDING_COLUMNS),
         "probabilities": "sigmoid of the model's logits, float32", "boxes": box_settings, "run_id": run.run_id,
@@ -250,7 +250,7 @@ def _commit(run: ScoringRun, lease: Lease, pending: _Pending, layout: _Layout,
     build = payload.get("model_build_config") or {}
     lease.check()  # still ours: no other run can have read the old index and scored these too
     commit = write_commit(config.out, {
-        "format_version": FORMAT_VERSION, "run_id": run_id, "batch_date": batch_date, "model_id": run.model_id,
+        "format_version": SCORES_FORMAT_VERSION, "run_id": run_id, "batch_date": batch_date, "model_id": run.model_id,
         "model_name": payload.get("model_name"), "checkpoint": run.checkpoint_dir, "method": run.method,
         "split_hash": payload.get("split_hash"),  # the split the model was trained on
         "input": config.input, "input_kind": run.source.kind,

@@ -35,11 +35,12 @@ import pyarrow.parquet as pq
 
 from thorax_ray import storage
 from thorax_ray.attribution import BOXES_TYPE, HEATMAP_METADATA_KEY
+from thorax_ray.data.quarantine import QUARANTINE_COLUMNS
 from thorax_ray.labels import FINDING_COLUMNS, FINDINGS
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+SCORES_FORMAT_VERSION = 1
 COMMITS_DIR = "_commits"
 LOCK_FILE = "_lock.json"  # the lease of the run writing to OUT (thorax_ray.lease)
 STAGING_DIR = "_staging"
@@ -48,8 +49,8 @@ QUARANTINE_DIR = "quarantine"
 SCORES_METADATA_KEY = "thorax_ray.scores"
 FEATURES_METADATA_KEY = "thorax_ray.feature_attributions"
 
-QUARANTINE_COLUMNS = ("image_index", "path", "stage", "reason", "run_id", "batch_date", "model_id")
-QUARANTINE_SCHEMA = pa.schema([(name, pa.string()) for name in QUARANTINE_COLUMNS])
+SCORES_QUARANTINE_COLUMNS = (*QUARANTINE_COLUMNS, "run_id", "batch_date", "model_id")
+QUARANTINE_SCHEMA = pa.schema([(name, pa.string()) for name in SCORES_QUARANTINE_COLUMNS])
 # Pipeline-only columns: the scorer passes failed rows through with these (and its timing); never
 # written to scores.
 INTERNAL_FIELDS = (("ok", pa.bool_()), ("stage", pa.string()), ("reason", pa.string()),
@@ -177,7 +178,7 @@ def quarantine_table(frame: pd.DataFrame, *, run_id: str, batch_date: str, model
     frame = frame.reindex(columns=["image_index", "path", "stage", "reason"]).copy()
     frame["run_id"], frame["batch_date"], frame["model_id"] = run_id, batch_date, model_id
     frame = frame.astype(object).where(frame.notna(), None)
-    return pa.Table.from_pandas(frame[list(QUARANTINE_COLUMNS)], schema=QUARANTINE_SCHEMA, preserve_index=False)
+    return pa.Table.from_pandas(frame[list(SCORES_QUARANTINE_COLUMNS)], schema=QUARANTINE_SCHEMA, preserve_index=False)
 
 
 def _relative(out_path: str, path: str) -> str:
@@ -347,7 +348,7 @@ def read_quarantine(out: str, *, run_id: str | None = None, endpoint_url: str | 
     tables = _read_tables(committed_files(out, QUARANTINE_DIR, run_id=run_id, endpoint_url=endpoint_url),
                           None, endpoint_url)
     if not tables:
-        return pd.DataFrame({c: pd.Series(dtype=object) for c in QUARANTINE_COLUMNS})
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in SCORES_QUARANTINE_COLUMNS})
     return pa.concat_tables(tables).to_pandas()
 
 

@@ -1,1 +1,1 @@
-"""Distributed training on Ray Train: typed config, data sources, the per-worker loop, checkpoints."""
+"""Distributed training on Ray Train: typed config, per-epoch feeds, the per-worker loop, the TorchTrainer."""
