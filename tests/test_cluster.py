@@ -92,6 +92,7 @@ def test_scoring_pool_scales_from_what_can_be_launched():
         plan_actors(ScoreConfig(checkpoint="c", input="i", out="o", use_gpu="true"), HEAD_ONLY)
 
 
+@pytest.mark.slow  # runs a job in a subprocess
 def test_train_job_asking_for_a_gpu_on_this_machine_fails_before_any_work(metadata_only, tmp_path):
     env = {**os.environ, "PYTHONPATH": REPO}
     env.pop("RAY_ADDRESS", None)

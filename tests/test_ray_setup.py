@@ -11,6 +11,8 @@ import grpc
 import psutil
 import pytest
 
+pytestmark = pytest.mark.slow  # starts a job's own Ray in a subprocess
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # One real method of each Ray gRPC service (a server answers UNAUTHENTICATED before it runs it).
 PROBES = ("/ray.rpc.NodeInfoGcsService/GetClusterId", "/ray.rpc.NodeManagerService/GetNodeStats",

@@ -9,6 +9,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BLOCKED = ("ray", "captum", "s3fs", "pydicom")
 TINY = ["--model", "small_cnn", "--size", "32", "--source-size", "64", "--images", "96", "--batch-size", "8",
@@ -41,6 +43,7 @@ def test_blocker_blocks(tmp_path):
         assert done.returncode != 0 and "blocked" in done.stderr, (name, done.stderr[-500:])
 
 
+@pytest.mark.slow  # runs bench/gpu.sh in a subprocess
 def test_gpu_bench_runs_without_ray_captum_s3fs_pydicom(tmp_path):
     env = {**os.environ, "PYTHON": sys.executable, "BENCH_TIMEOUT_S": "280",
            "PYTHONPATH": blocking_sitecustomize(tmp_path)}

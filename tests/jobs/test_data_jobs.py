@@ -9,6 +9,8 @@ import pandas as pd
 import psutil
 import pytest
 
+pytestmark = pytest.mark.slow  # each test runs a job in a subprocess
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 

@@ -13,6 +13,8 @@ import pytest
 
 from tests.helpers import make_checkpoint
 
+pytestmark = pytest.mark.slow  # each test runs a job in a subprocess and interrupts it
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 

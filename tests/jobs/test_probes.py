@@ -18,6 +18,8 @@ from tests.data.test_locate import make_layout
 from tests.helpers import make_checkpoint, write_text
 from thorax_ray.data.nih_csv import DATA_ENTRY_HEADER
 
+pytestmark = pytest.mark.slow  # each probe runs a job in a subprocess
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 

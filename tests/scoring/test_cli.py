@@ -3,10 +3,13 @@ import os
 import subprocess
 import sys
 
+import pytest
 from PIL import Image
 
 from thorax_ray.scoring import read_scores
 from tests.helpers import make_checkpoint
+
+pytestmark = pytest.mark.slow  # runs the scoring job in a subprocess
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
