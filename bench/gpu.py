@@ -17,8 +17,8 @@ is installed (2.11 or later). Measured, each with the same model, optimiser, los
     a collective fails here as it would in a multi-GPU run,
   - bf16 vs fp32: the largest difference in probability between bf16 autocast and fp32 on the same
     weights and images.
-Where Ray is installed (a cluster node) it also measures the Ray Data stream of the same shards and a
-one-worker Ray Train run (`--no-ray` skips them).
+Where Ray is installed (a cluster node) it also measures the Ray Data stream of the same shards (`--no-ray`
+skips it) and, with `--ray-train`, a one-worker Ray Train run of the project's loop.
 
     python bench/gpu.py                                     # GPU defaults; stops itself within --budget-s
     python bench/gpu.py --model small_cnn --size 32 --images 96 --train-steps 3 --device cpu   # tiny, CPU
@@ -404,7 +404,9 @@ def main() -> None:
     parser.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
                         help="also measure torch.compile (auto: on GPU only)")
     parser.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
-    parser.add_argument("--no-ray", action="store_true", help="skip the Ray Data and Ray Train measures")
+    parser.add_argument("--no-ray", action="store_true", help="skip the Ray Data measure")
+    parser.add_argument("--ray-train", action="store_true",
+                        help="where Ray is installed, also a one-worker Ray Train run (2 epochs; ~1 min on CPU)")
     parser.add_argument("--budget-s", type=float, default=420.0,
                         help="measures that would start later than this are skipped (gpu.sh kills at 480 s)")
     args = parser.parse_args()
@@ -422,7 +424,7 @@ def main() -> None:
     goals = goals_for(gpu_name)
     with_ray = ray_installed() and not args.no_ray
     print(f"torch {torch.__version__} on {gpu_name or 'CPU'}; "
-          + ("Ray installed: also the Ray Data and Ray Train paths" if with_ray else
+          + ("Ray installed: also the Ray Data path" + (" and Ray Train" if args.ray_train else "") if with_ray else
              "Ray is not installed here: in-process paths only" if not ray_installed() else "--no-ray"), flush=True)
     rows: list[Row] = []
     with tempfile.TemporaryDirectory() as work:
@@ -433,7 +435,7 @@ def main() -> None:
         if with_ray:
             start_ray()
         measure_training(args, fast, budget, rows, prepared, record, goals[1] if goals else None, with_ray)
-        if with_ray:
+        if with_ray and args.ray_train:
             measure_ray_train(args, budget, rows, prepared, work, use_gpu=device.type == "cuda")
         collectives = check_collectives(device)
         print(f"  collectives: {collectives}", flush=True)

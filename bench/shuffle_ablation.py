@@ -39,7 +39,11 @@ def train_once(args, seed: int, shuffled: bool, storage_dir: str) -> list[float]
     if result.error:
         raise RuntimeError(f"{name}: {result.error}")
     history = run_metrics(os.path.join(storage_dir, name))["history"]
-    return [epoch["val"]["mean_auroc"] for epoch in history]
+    curve = [epoch["val"]["mean_auroc"] for epoch in history]
+    if None in curve:
+        raise SystemExit(f"{args.data}: no finding has both positive and negative validation rows, so there is no "
+                         "validation AUROC to compare; use a larger dataset (more --images)")
+    return curve
 
 
 def main(argv: list[str] | None = None) -> None:

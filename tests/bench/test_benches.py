@@ -41,7 +41,7 @@ def test_score(tmp_path):
 
 
 def test_train_step_image_model_and_mlp():
-    out = run_bench(sys.executable, "bench/train_step.py", "--model", "small_cnn", "--size", "32", "--images", "64",
+    out = run_bench(sys.executable, "bench/train_step.py", "--model", "small_cnn", "--size", "32", "--images", "240",
                     "--epochs", "2", "--rounds", "1", "--threads", "1", "--batch-size", "8")
     assert closing_figures(out)["ratio_ray_train"] > 0
     out = run_bench(sys.executable, "bench/train_step.py", "--model", "mlp", "--rows", "400", "--workers", "1")
@@ -49,13 +49,13 @@ def test_train_step_image_model_and_mlp():
 
 
 def test_epoch_overhead():
-    out = run_bench(sys.executable, "bench/epoch_overhead.py", "--size", "32", "--images", "64", "--epochs", "2",
+    out = run_bench(sys.executable, "bench/epoch_overhead.py", "--size", "32", "--images", "240", "--epochs", "2",
                     "--batch-size", "8", "--workers", "1")
     assert closing_figures(out)["bench"] == "epoch_overhead"
 
 
 def test_shuffle_ablation(tmp_path):
-    write_synthetic_dataset(SyntheticConfig(out=str(tmp_path / "data"), images=96, size=32, seed=1, difficulty=0.0),
+    write_synthetic_dataset(SyntheticConfig(out=str(tmp_path / "data"), images=400, size=32, seed=1, difficulty=0.0),
                             progress=False)
     out = run_bench(sys.executable, "bench/shuffle_ablation.py", "--data", str(tmp_path / "data"), "--epochs", "1",
                     "--size", "32", "--batch-size", "8", "--workers", "1")
@@ -63,7 +63,7 @@ def test_shuffle_ablation(tmp_path):
 
 
 def test_chain(tmp_path):
-    out = run_bench("bash", "bench/chain.sh", "96", "32", str(tmp_path / "chain"), timeout=600)
-    assert "[chain] done: 96 images of 32 px" in out
+    out = run_bench("bash", "bench/chain.sh", "400", "32", str(tmp_path / "chain"), timeout=600)
+    assert "[chain] done: 400 images of 32 px" in out
     for stage in ("manifest", "prepare", "train", "score", "evaluate"):
         assert f"[chain] {stage}" in out, out

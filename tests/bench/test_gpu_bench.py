@@ -4,25 +4,15 @@ closing JSON line hold the Ray Data stream and the Ray Train loop, and the fast 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
-from tests.bench.test_gpu_bench_without_ray import TINY
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.bench.test_gpu_bench_without_ray import run_gpu_bench
 
 
 @pytest.mark.slow
 def test_gpu_bench_script_runs_tiny_on_cpu_with_ray():
-    env = {**os.environ, "PYTHON": sys.executable, "BENCH_TIMEOUT_S": "280"}
-    env.pop("RAY_ADDRESS", None)
-    done = subprocess.run(["bash", os.path.join(REPO, "bench", "gpu.sh"), *TINY], env=env, cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
-    output = done.stdout + done.stderr
-    assert done.returncode == 0, output[-4000:]
+    done = run_gpu_bench(extra=["--ray-train"])
     for row in ("training, synthetic tensors on the device, eager", "training, prepared shards (pyarrow), eager",
                 "training, prepared shards (Ray Data), eager", "training, Ray Train loop (1 worker, epoch 2)",
                 "input path alone (pyarrow shards -> device)", "scoring, predictions only",

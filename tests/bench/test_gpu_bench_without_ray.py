@@ -43,15 +43,19 @@ def test_blocker_blocks(tmp_path):
         assert done.returncode != 0 and "blocked" in done.stderr, (name, done.stderr[-500:])
 
 
+def run_gpu_bench(extra: list[str] = (), **env_vars: str) -> subprocess.CompletedProcess:
+    """`bash bench/gpu.sh` at tiny size on CPU, its own private Ray where Ray imports; asserts it exits 0."""
+    env = {**os.environ, "PYTHON": sys.executable, "BENCH_TIMEOUT_S": "280", **env_vars}
+    env.pop("RAY_ADDRESS", None)
+    done = subprocess.run(["bash", os.path.join(REPO, "bench", "gpu.sh"), *TINY, *extra], env=env, cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    return done
+
+
 @pytest.mark.slow  # runs bench/gpu.sh in a subprocess
 def test_gpu_bench_runs_without_ray_captum_s3fs_pydicom(tmp_path):
-    env = {**os.environ, "PYTHON": sys.executable, "BENCH_TIMEOUT_S": "280",
-           "PYTHONPATH": blocking_sitecustomize(tmp_path)}
-    env.pop("RAY_ADDRESS", None)
-    done = subprocess.run(["bash", os.path.join(REPO, "bench", "gpu.sh"), *TINY], env=env, cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
-    output = done.stdout + done.stderr
-    assert done.returncode == 0, output[-4000:]
+    done = run_gpu_bench(PYTHONPATH=blocking_sitecustomize(tmp_path))
     for row in ("training, synthetic tensors on the device, eager", "training, prepared shards (pyarrow), eager",
                 "input path alone (pyarrow shards -> device)", "scoring, predictions only",
                 "scoring, + fast all-class maps and boxes", "collectives in a nccl/gloo process group",

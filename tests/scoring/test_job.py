@@ -207,7 +207,7 @@ def test_s3_in_and_out(ray_local, checkpoint, synthetic_small, s3_bucket, tmp_pa
 
 
 def test_prepared_input(ray_local, checkpoint, tmp_path, monkeypatch):
-    import thorax_ray.scoring.job as job
+    import thorax_ray.scoring.pipeline as job
     from thorax_ray.data.pipeline import ImageConfig
     from thorax_ray.data.prepare import PrepareConfig, prepare
 
@@ -302,7 +302,7 @@ def test_in_flight_budget_counts_images_at_the_side_they_travel_at():
 
 def test_score_bounds_what_is_in_flight_and_a_tiny_bound_still_scores_everything(
         ray_local, checkpoint, synthetic_small, tmp_path, monkeypatch):
-    import thorax_ray.scoring.job as job
+    import thorax_ray.scoring.pipeline as job
 
     bounds = []
 
