@@ -263,7 +263,7 @@ def scoring_batches(prepared: str, batch_size: int) -> list:
     return batches
 
 
-def measure_scoring(args, budget: Budget, rows: list[Row], prepared: str, record: dict, work: str,
+def measure_scoring(args, budget: Budget, rows: list[Row], batches: list, prepared: str, record: dict, work: str,
                     goal: int | None) -> int:
     """Scoring rows; returns the torch threads each scorer had (the scoring job's, per actor)."""
     from bench.score import make_checkpoint
@@ -276,7 +276,6 @@ def measure_scoring(args, budget: Budget, rows: list[Row], prepared: str, record
     make_checkpoint(checkpoint, args.model, args.size)
     model_id = checkpoint_model_id(checkpoint)
     threads = scorer_threads(ScoreConfig(checkpoint=checkpoint, input=prepared, out=os.path.join(work, "scores")))
-    batches = scoring_batches(prepared, args.score_batch_size)
     print(f"scoring: batch {args.score_batch_size}, {threads} torch thread(s) per scorer (as the scoring job's "
           "actors)", flush=True)
 
@@ -325,7 +324,7 @@ def check_collectives(device) -> str:
     return f"ok ({backend}, world size 1, {device.type} tensors)"
 
 
-def bf16_difference(args, fast, prepared: str, record: dict) -> float:
+def bf16_difference(args, fast, table, record: dict) -> float:
     """Largest |p_bf16 - p_fp32| over one scoring batch of shard images, same weights (seed 0, eval mode);
     bf16 is autocast on the benchmark's device (CPU too)."""
     import torch
@@ -334,7 +333,6 @@ def bf16_difference(args, fast, prepared: str, record: dict) -> float:
     from thorax_ray.data.preprocess import normalise_images, preprocessing_contract
     from thorax_ray.models import create_model
 
-    table = scoring_batches(prepared, args.score_batch_size)[0]
     pixels = torch.from_numpy(images_to_array(table.column("image"), int(record["size"])).copy()).unsqueeze(1)
     torch.manual_seed(0)
     model = fast.prepare_model(create_model(args.model)).eval()
@@ -439,9 +437,11 @@ def main() -> None:
             measure_ray_train(args, budget, rows, prepared, work, use_gpu=device.type == "cuda")
         collectives = check_collectives(device)
         print(f"  collectives: {collectives}", flush=True)
-        difference = bf16_difference(args, fast, prepared, record)
+        batches = scoring_batches(prepared, args.score_batch_size)  # the shards read once, for both
+        difference = bf16_difference(args, fast, batches[0], record)
         print(f"  bf16 vs fp32: largest probability difference {difference:.2e}", flush=True)
-        threads = measure_scoring(args, budget, rows, prepared, record, work, goals[2] if goals else None)
+        threads = measure_scoring(args, budget, rows, batches, prepared, record, work,
+                                  goals[2] if goals else None)
     if with_ray:
         import ray
 
