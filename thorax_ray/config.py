@@ -2,12 +2,16 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import types
 import typing
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
+import pydantic
 import yaml
+from pydantic_core import PydanticCustomError, PydanticKnownError
+from typing_extensions import TypedDict
 
 from thorax_ray import storage
 
@@ -30,55 +34,103 @@ def to_dict(config: Any) -> dict:
 
 
 def from_dict(cls: type[T], data: dict | None, *, where: str = "config") -> T:
-    """Builds dataclass `cls` from a (nested) dict; unknown keys are an error naming the key."""
-    data = dict(data or {})
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(data) - names
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; known: {sorted(names)}")
-    kwargs = {}
-    for name, value in data.items():
-        kwargs[name] = _coerce(hints[name], value, f"{where}.{name}")
+    """Builds dataclass `cls` from a (nested) dict, validated by pydantic against its type hints. Only the
+    keys given are passed (the dataclass supplies the defaults, its `__post_init__` the value checks); every
+    problem is a ConfigError naming the dotted key: `config.optim.lr: expected float, got 'fast'`,
+    `config.optim: unknown key(s) ['lrr']; known: [...]`, `config.run: workers must be >= 1, ...`."""
     try:
-        return cls(**kwargs)
-    except (TypeError, ValueError) as error:
-        raise ConfigError(f"{where}: {error}") from None
+        return _adapter(cls).validate_python(dict(data or {}))
+    except pydantic.ValidationError as error:
+        raise ConfigError(_message(cls, error.errors(), where)) from None
 
 
-def _coerce(hint, value, where: str):
-    origin = typing.get_origin(hint)
+@functools.cache
+def _adapter(cls: type) -> pydantic.TypeAdapter:
+    return pydantic.TypeAdapter(_schema(cls))
+
+
+def _schema(cls: type) -> Any:
+    """Dataclass `cls` as a pydantic type: a TypedDict of its fields (any subset given, no other key),
+    strict (no bool as int, no text as int), turned into `cls` by calling it."""
+    hints = typing.get_type_hints(cls)
+    fields = TypedDict(f"{cls.__name__}Fields", {f.name: _field_type(hints[f.name]) for f in dataclasses.fields(cls)},
+                       total=False)
+    fields = pydantic.with_config(pydantic.ConfigDict(extra="forbid", strict=True))(fields)
+    return Annotated[fields, pydantic.AfterValidator(functools.partial(_construct, cls))]
+
+
+def _field_type(hint) -> Any:
+    """A field's pydantic type: nested dataclasses and Optional follow the hint, a tuple is given as a list
+    (its items checked by the dataclass), a float may be an int or a number written as text; the rest
+    (Literal, unions of several types, dicts) is passed through for the dataclass to check."""
     if dataclasses.is_dataclass(hint):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        return from_dict(hint, value, where=where)
+        return _schema(hint)
+    origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
-        if value is None:
-            return None
         inner = [a for a in typing.get_args(hint) if a is not type(None)]
-        return _coerce(inner[0], value, where) if len(inner) == 1 else value
+        return typing.Optional[_field_type(inner[0])] if len(inner) == 1 else Any
     if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        return tuple(value)
-    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if hint is float and isinstance(value, str):
-        return _float_from_text(value, where)
-    if hint in (int, float, str, bool) and not isinstance(value, hint):
-        raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
-    return value
+        return _TUPLE
+    return _SCALARS.get(hint, Any)
 
 
-def _float_from_text(value: str, where: str) -> float:
+def _list_to_tuple(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _float_from_text(value: Any) -> Any:
     """PyYAML reads `1e-3` (no dot in the mantissa) as text: a number written as text is accepted."""
+    if not isinstance(value, str):
+        return value
     try:
         number = float(value.strip())
     except ValueError:
-        raise ConfigError(f"{where}: expected float, got {value!r}") from None
+        raise PydanticKnownError("float_parsing") from None
     if not math.isfinite(number):
-        raise ConfigError(f"{where}: expected a finite float, got {value!r}")
+        raise PydanticKnownError("finite_number")
     return number
+
+
+_TUPLE = Annotated[tuple[Any, ...], pydantic.BeforeValidator(_list_to_tuple)]
+_SCALARS = {int: int, str: str, bool: bool, float: Annotated[float, pydantic.BeforeValidator(_float_from_text)]}
+# What a value of the wrong type should have been, by pydantic's error type.
+_EXPECTED = {"int_type": "int", "string_type": "str", "bool_type": "bool", "float_type": "float",
+             "float_parsing": "float", "finite_number": "a finite float", "dict_type": "a mapping",
+             "tuple_type": "a list"}
+
+
+def _construct(cls: type, fields: dict) -> Any:
+    try:
+        return cls(**fields)
+    except (TypeError, ValueError) as error:  # __post_init__'s checks: the message names the section
+        raise PydanticCustomError("config", "{error}", {"error": str(error)}) from None
+
+
+def _message(cls: type, errors: list[dict], where: str) -> str:
+    """The first of pydantic's `errors` as one line naming the dotted key; unknown keys (reported first,
+    all of one mapping together) with the known ones."""
+    extra = [e for e in errors if e["type"] in ("extra_forbidden", "invalid_key")]  # invalid: not text
+    if extra:
+        at = extra[0]["loc"][:-1]
+        unknown = sorted((e["loc"][-1] for e in extra if e["loc"][:-1] == at), key=str)
+        return f"{_dotted(where, at)}: unknown key(s) {unknown}; known: {sorted(_known_keys(cls, at))}"
+    error = errors[0]
+    where = _dotted(where, error["loc"])
+    if error["type"] in _EXPECTED:
+        return f"{where}: expected {_EXPECTED[error['type']]}, got {error['input']!r}"
+    return f"{where}: {error.get('ctx', {}).get('error', error['msg'])}"
+
+
+def _dotted(where: str, loc: tuple) -> str:
+    return ".".join([where, *map(str, loc)])
+
+
+def _known_keys(cls: type, loc: tuple) -> list[str]:
+    """The field names of the dataclass at `loc` (a path of field names) under `cls`."""
+    for name in loc:
+        hint = typing.get_type_hints(cls)[name]
+        cls = next((a for a in (hint, *typing.get_args(hint)) if dataclasses.is_dataclass(a)), hint)
+    return [f.name for f in dataclasses.fields(cls)]
 
 
 def load_yaml(path: str) -> dict:
