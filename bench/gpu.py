@@ -268,20 +268,26 @@ def measure_scoring(args, budget: Budget, rows: list[Row], batches: list, prepar
     """Scoring rows; returns the torch threads each scorer had (the scoring job's, per actor)."""
     from bench.score import make_checkpoint
     from thorax_ray.checkpoint import checkpoint_model_id
+    from thorax_ray.labels import FINDINGS
     from thorax_ray.scoring.config import ScoreConfig, scorer_threads
-    from thorax_ray.scoring.scorer import NO_METHOD, Scorer
+    from thorax_ray.scoring.gate import FALLBACK_PROBABILITY
+    from thorax_ray.scoring.scorer import NO_METHOD, Scorer, ScorerSettings
 
     checkpoint = os.path.join(work, "checkpoint")
     os.makedirs(checkpoint, exist_ok=True)
     make_checkpoint(checkpoint, args.model, args.size)
     model_id = checkpoint_model_id(checkpoint)
-    threads = scorer_threads(ScoreConfig(checkpoint=checkpoint, input=prepared, out=os.path.join(work, "scores")))
+    config = ScoreConfig(checkpoint=checkpoint, input=prepared, out=os.path.join(work, "scores"), max_map_side=8)
+    # The bench's checkpoint has no operating points: the job's gate falls back to one probability for every finding.
+    gate = (FALLBACK_PROBABILITY,) * len(FINDINGS)
+    threads = scorer_threads(config)
     print(f"scoring: batch {args.score_batch_size}, {threads} torch thread(s) per scorer (as the scoring job's "
           "actors)", flush=True)
 
     def measure(method: str) -> float:
-        scorer = Scorer(checkpoint_dir=checkpoint, model_id=model_id, method=method, stored_size=int(record["size"]),
-                        run_id="bench", batch_date="2000-01-01", max_map_side=8, threads=threads)
+        scorer = Scorer(ScorerSettings.from_config(
+            config, checkpoint_dir=checkpoint, model_id=model_id, method=method, stored_size=int(record["size"]),
+            run_id="bench", batch_date="2000-01-01", box_min_probability=gate))
         for i in range(args.warmup_steps):  # cuDNN autotuning, allocator
             scorer(batches[i % len(batches)])
         seen, started = 0, time.perf_counter()

@@ -23,9 +23,6 @@ from thorax_ray import storage
 
 CLUSTER_CONFIG_ENV = "THORAX_CLUSTER_CONFIG"
 BOOTSTRAP_CONFIG = "~/ray_bootstrap_config.yaml"
-# Test-only: GPUs exist as Ray resources (a fake autoscaling cluster) but not as devices; workers and actors
-# then compute on the CPU with gloo. Never set it on a real cluster.
-FAKE_GPUS_ENV = "THORAX_TEST_FAKE_GPUS"
 USE_GPU_CHOICES = ("auto", "true", "false")
 
 
@@ -167,6 +164,3 @@ def check_shared_storage(uri: str, capacity: ClusterCapacity, *, what: str, shar
     raise ClusterError(f"{what} {uri} is a local path, but the cluster has more than one node "
                        f"({capacity.describe()}): use s3://... or pass --shared-fs if every node mounts it")
 
-
-def fake_gpus() -> bool:
-    return os.environ.get(FAKE_GPUS_ENV) == "1"

@@ -4,8 +4,8 @@ use) whose only GPU node type has `min_workers: 0`. Training and scoring must as
 autoscaler must start the GPU node; data, checkpoints and scores live on a real S3-protocol server (moto),
 as a multi-node cluster needs.
 
-The GPUs are Ray resources only (THORAX_TEST_FAKE_GPUS=1): jobs schedule GPU workers and actors exactly as on
-a real cluster, and the arithmetic stays on the CPU with gloo."""
+The GPUs are Ray resources only: jobs schedule GPU workers and actors exactly as on a real cluster, and the
+arithmetic stays on the CPU with gloo (tests/jobs/fake_gpus/sitecustomize.py, on the cluster's PYTHONPATH)."""
 from __future__ import annotations
 
 import contextlib
@@ -25,11 +25,10 @@ import psutil
 import pytest
 import yaml
 
-from thorax_ray.cluster import FAKE_GPUS_ENV
-
 pytestmark = pytest.mark.slow
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 VENV_BIN = os.path.dirname(sys.executable)
+FAKE_GPUS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fake_gpus")
 
 
 def free_ports(count: int) -> list[int]:
@@ -98,7 +97,7 @@ def autoscaling_cluster(tmp_path_factory, s3_server):
     token = secrets.token_hex(32)
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env.update(PATH=VENV_BIN + os.pathsep + env["PATH"], RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token,
-               RAY_FAKE_CLUSTER="1", AUTOSCALER_UPDATE_INTERVAL_S="1", **{FAKE_GPUS_ENV: "1"})
+               RAY_FAKE_CLUSTER="1", AUTOSCALER_UPDATE_INTERVAL_S="1", PYTHONPATH=FAKE_GPUS)
     head = subprocess.Popen([os.path.join(VENV_BIN, "ray"), "start", "--head", "--block", f"--port={gcs}",
                              f"--autoscaling-config={config_path}", "--num-cpus=3", "--include-dashboard=true",
                              "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", *node_ports()],
@@ -214,3 +213,14 @@ def test_train_score_evaluate_start_the_gpu_node_from_zero(autoscaling_cluster, 
     model = json.loads((evaluation / "metrics.json").read_text())["models"]["cnn"]
     assert len(model["auroc"]) == 14 and 0 <= model["mean_auroc"] <= 1
     assert model["n_images"] == int((rows["split"] == "test").sum())
+
+
+def test_fake_gpus_sitecustomize_puts_ray_train_on_the_cpu_with_gloo():
+    """The test support the fake cluster's processes load: Ray Train's device is the CPU, its process group gloo."""
+    script = ("import ray.train.torch as t; print(t.get_device());"
+              "trainer = t.TorchTrainer(lambda: None, scaling_config=__import__('ray').train.ScalingConfig(num_workers=1));"
+              "print(trainer.backend_config.backend)")
+    env = {**os.environ, "PYTHONPATH": FAKE_GPUS}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["cpu", "gloo"]

@@ -22,6 +22,7 @@ from thorax_ray.labels import BOXED_FINDINGS, FINDING_COLUMNS, FINDINGS
 from thorax_ray.scoring import (FEATURES_METADATA_KEY, SCORES_METADATA_KEY, ScoreConfig, committed_runs, output_size,
                                 read_file_metadata, read_quarantine, read_scores, score, scored_index)
 from thorax_ray.scoring.output import STAGING_DIR
+from thorax_ray.scoring.scorer import Scorer, ScorerSettings
 from thorax_ray.scoring.pipeline import (IN_FLIGHT_BATCHES_PER_ACTOR, MIN_IN_FLIGHT_BYTES, bound_in_flight,
                                          in_flight_bytes)
 
@@ -138,7 +139,20 @@ def test_schema_metadata_round_trip_and_size(ray_local, checkpoint, synthetic_sm
     assert np.abs(a - b).max() <= 9  # at most one of the 32 stored levels apart
 
 
-def test_killed_run_and_next_batch_give_each_image_once(ray_local, checkpoint, synthetic_small, tmp_path):
+class CrashingScorer(Scorer):
+    """A model actor that dies after 8 rows (workers import it from this module: the repo is on their path)."""
+
+    rows_before_crash = 8
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        self.rows_seen = getattr(self, "rows_seen", 0) + table.num_rows
+        if self.rows_seen > self.rows_before_crash:
+            raise RuntimeError(f"injected failure after {self.rows_before_crash} rows")
+        return super().__call__(table)
+
+
+def test_killed_run_and_next_batch_give_each_image_once(ray_local, checkpoint, synthetic_small, tmp_path,
+                                                        monkeypatch):
     ckpt, _ = checkpoint
     paths = list(image_paths(synthetic_small).values())
     incoming, out = tmp_path / "incoming", tmp_path / "out"
@@ -146,8 +160,9 @@ def test_killed_run_and_next_batch_give_each_image_once(ray_local, checkpoint, s
     assert (first.scored, first.skipped, first.deferred) == (12, 0, 8)
 
     flat_copy(paths[20:44], incoming)  # the next batch of images arrives
-    with pytest.raises(Exception, match="injected failure"):
-        score(config(ckpt, incoming, out, fail_after_rows=8, batch_date="2024-01-02"))  # dies midway
+    with pytest.raises(Exception, match="injected failure"), monkeypatch.context() as crash:
+        crash.setattr("thorax_ray.scoring.pipeline.Scorer", CrashingScorer)
+        score(config(ckpt, incoming, out, batch_date="2024-01-02"))  # dies midway
     assert len(read_scores(str(out))) == 12 and len(committed_runs(str(out))) == 1
     assert not os.listdir(out / STAGING_DIR)
 
@@ -260,7 +275,6 @@ def test_metadata_model_writes_feature_attributions(ray_local, synthetic_small, 
 def test_boxes_traced_on_a_coarse_grid_match_full_resolution(checkpoint, synthetic_small):
     """The scorer traces boxes on a <= box_grid px grid and scales them: same boxes within a grid cell."""
     from thorax_ray.checkpoint import checkpoint_model_id
-    from thorax_ray.scoring.scorer import Scorer
 
     ckpt, _ = checkpoint
     paths = list(image_paths(synthetic_small).values())[:8]
@@ -268,10 +282,15 @@ def test_boxes_traced_on_a_coarse_grid_match_full_resolution(checkpoint, synthet
         "image_index": [os.path.basename(p) for p in paths], "path": paths,
         "image": [decode_image(open(p, "rb").read(), SIZE).pixels.tobytes() for p in paths],
         "width": [1024] * 8, "height": [768] * 8, "ok": [True] * 8, "stage": [""] * 8, "reason": [""] * 8})
-    common = dict(checkpoint_dir=ckpt, model_id=checkpoint_model_id(ckpt), method="fast_cam", run_id="r",
-                  batch_date="2024-01-01", max_map_side=8, box_min_probability=None)
-    coarse = Scorer(box_grid=128, **common)(table).column("boxes").to_pylist()
-    full = Scorer(box_grid=None, **common)(table).column("boxes").to_pylist()
+    common = dict(checkpoint_dir=ckpt, model_id=checkpoint_model_id(ckpt), method="fast_cam", stored_size=SIZE,
+                  run_id="r", batch_date="2024-01-01", box_min_probability=None)
+
+    def scorer(box_grid: int | None) -> Scorer:
+        settings = ScoreConfig(checkpoint=ckpt, input="-", out="-", max_map_side=8, box_grid=box_grid)
+        return Scorer(ScorerSettings.from_config(settings, **common))
+
+    coarse = scorer(128)(table).column("boxes").to_pylist()
+    full = scorer(None)(table).column("boxes").to_pylist()
     assert sum(map(len, full)) > 8
     for image_coarse, image_full in zip(coarse, full):
         largest = [{box["finding"]: box for box in reversed(boxes)} for boxes in (image_coarse, image_full)]

@@ -5,7 +5,6 @@ from dataclasses import dataclass, field
 
 from thorax_ray.attribution import DEFAULT_MAX_BOXES, DEFAULT_THRESHOLD
 from thorax_ray.scoring.gate import CALIBRATED
-from thorax_ray.scoring.scorer import DEFAULT_BOX_GRID, DEFAULT_MAX_MAP_SIDE
 
 
 @dataclass(frozen=True)
@@ -28,13 +27,13 @@ class ScoreConfig:
     shared_fs: bool = False  # local --input/--out paths are on a filesystem every node mounts
     lock_wait_s: float = 0.0  # wait this long for another run on the same --out to finish (then: LeaseBusy)
     lock_ttl_s: float = 600.0  # a crashed run's lock is taken over after this long without renewal
-    max_map_side: int | None = DEFAULT_MAX_MAP_SIDE  # pool larger maps to this many cells per side (None: keep)
+    max_map_side: int | None = 16  # pool larger maps to this many cells per side (None: keep; storage budget)
     # Which findings get boxes (thorax_ray/scoring/gate.py): "calibrated" = the checkpoint's per-finding operating
     # points chosen on validation; a probability = the same gate for every finding; None = every boxed finding.
     box_min_probability: float | str | None = CALIBRATED
     box_threshold: float = DEFAULT_THRESHOLD  # on the 0..255 map scale
     max_boxes: int = DEFAULT_MAX_BOXES  # per finding
-    box_grid: int | None = DEFAULT_BOX_GRID  # trace boxes on a grid of at most this side, then scale (None: full)
+    box_grid: int | None = 128  # trace boxes on a grid of at most this side, then scale (None: full)
     max_images: int | None = None  # score at most this many new images per run (the rest: next run)
     rows_per_file: int = 8192
     compression: str = "zstd"
@@ -48,7 +47,6 @@ class ScoreConfig:
     overlay_limit: int = 8
     overlay_threshold: float | str | None = CALIBRATED  # which findings an overlay shows (same values as boxes)
     endpoint_url: str | None = None
-    fail_after_rows: int | None = None  # tests only: every actor raises after this many rows
 
 
 def scorer_threads(config: ScoreConfig) -> int:

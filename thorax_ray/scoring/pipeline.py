@@ -9,9 +9,9 @@ import pandas as pd
 from thorax_ray.cluster import ClusterCapacity, resolve_use_gpu
 from thorax_ray.data.pipeline import ImageConfig, load_images, manifest_dataset
 from thorax_ray.data.shards import read_prepared
-from thorax_ray.scoring.config import ScoreConfig, scorer_threads
+from thorax_ray.scoring.config import ScoreConfig
 from thorax_ray.scoring.inputs import ScoringInput
-from thorax_ray.scoring.scorer import Scorer, prepared_batch
+from thorax_ray.scoring.scorer import Scorer, ScorerSettings, prepared_batch
 
 
 @dataclass(frozen=True)
@@ -65,17 +65,12 @@ def stream(run: ScoringRun, pending: pd.DataFrame, gate, sink, filesystem, count
     dataset = input_dataset(config, source, pending, run.model, contract, filesystem)
     # Prepared inputs travel at the size they were prepared at, raw PNGs are decoded to the contract's.
     stored_size = int(source.prepared["size"]) if source.kind == "prepared" else int(contract["size"])
-    scorer_kwargs = dict(
-        checkpoint_dir=run.checkpoint_dir, model_id=run.model_id, method=run.method,
-        method_options=config.method_options, stored_size=stored_size, run_id=run.run_id,
-        batch_date=run.batch_date, max_map_side=config.max_map_side, box_min_probability=gate.thresholds,
-        box_threshold=config.box_threshold, max_boxes=config.max_boxes, box_grid=config.box_grid,
-        endpoint_url=config.endpoint_url, threads=scorer_threads(config),
-        fail_after_rows=config.fail_after_rows, progress=counter,
-    )
+    settings = ScorerSettings.from_config(
+        config, checkpoint_dir=run.checkpoint_dir, model_id=run.model_id, method=run.method,
+        stored_size=stored_size, run_id=run.run_id, batch_date=run.batch_date, box_min_probability=gate.thresholds)
     plan = run.actor_plan
     scored_rows = dataset.map_batches(
-        Scorer, fn_constructor_kwargs=scorer_kwargs,
+        Scorer, fn_constructor_kwargs={"settings": settings, "progress": counter},
         compute=ActorPoolStrategy(min_size=plan.min_actors, max_size=plan.max_actors),
         batch_size=config.batch_size, batch_format="pyarrow", num_cpus=config.actor_cpus,
         num_gpus=plan.gpus or None,
@@ -129,7 +124,8 @@ def input_dataset(config: ScoreConfig, source: ScoringInput, pending: pd.DataFra
     if source.kind == "prepared":
         wanted = ray.put(frozenset(pending["image_index"]))
         stored = [c for c in columns if c != "metadata_source"]  # added by prepared_batch
-        dataset = read_prepared(source.uri, columns=[*stored, "image"], endpoint_url=config.endpoint_url)
+        dataset = read_prepared(source.uri, columns=[*stored, "image"], record=source.prepared,
+                                endpoint_url=config.endpoint_url)
         return dataset.map_batches(prepared_batch, fn_args=(wanted, config.endpoint_url),
                                    batch_format="pyarrow", batch_size=config.batch_size * 4)
     return load_images(pending[columns].reset_index(drop=True), image_config, filesystem=filesystem,

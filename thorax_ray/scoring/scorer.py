@@ -8,6 +8,7 @@ import datetime as dt
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -16,8 +17,7 @@ import torch.nn.functional as F
 
 from thorax_ray import storage
 from thorax_ray.accel import FastPath
-from thorax_ray.attribution import (DEFAULT_MAX_BOXES, DEFAULT_THRESHOLD, HEATMAP_SCHEMA_METADATA, boxes_for_batch,
-                                    encode_heatmaps, get_method, normalise_maps)
+from thorax_ray.attribution import HEATMAP_SCHEMA_METADATA, boxes_for_batch, encode_heatmaps, get_method, normalise_maps
 from thorax_ray.attribution.base import ONE_FORWARD_METHODS
 from thorax_ray.attribution.geometry import Centres, bin_centres, pooled_centres
 from thorax_ray.checkpoint import load_payload_and_id
@@ -27,13 +27,42 @@ from thorax_ray.data.preprocess import normalise_images
 from thorax_ray.labels import FINDING_COLUMNS
 from thorax_ray.models import build_model, receptive_field_centres
 from thorax_ray.progress import count
+from thorax_ray.scoring.config import ScoreConfig, scorer_threads
 from thorax_ray.scoring.output import pipeline_schema, score_schema
 
 log = logging.getLogger(__name__)
 
 NO_METHOD = "none"  # probabilities only: no maps, no boxes
-DEFAULT_MAX_MAP_SIDE = 16  # maps with more cells per side are average-pooled to this (storage budget)
-DEFAULT_BOX_GRID = 128  # boxes are traced on a grid of at most this many pixels per side, then scaled
+
+
+@dataclass(frozen=True)
+class ScorerSettings:
+    """Everything a `Scorer` actor needs, resolved on the driver. No defaults: `from_config` fills every
+    field from the run's `ScoreConfig` (where the defaults are stated) and what the run resolved."""
+
+    checkpoint_dir: str
+    model_id: str  # the checkpoint's model.pt must still be this one when the actor loads it
+    method: str  # attribution method, or NO_METHOD
+    method_options: dict
+    stored_size: int  # side of the images as they travel (prepared size, or the contract's for raw files)
+    run_id: str
+    batch_date: str
+    max_map_side: int | None
+    box_min_probability: tuple[float, ...] | None  # per finding (the resolved gate), None: every boxed finding
+    box_threshold: float
+    max_boxes: int
+    box_grid: int | None
+    endpoint_url: str | None
+    threads: int  # torch threads of the actor
+
+    @classmethod
+    def from_config(cls, config: ScoreConfig, *, checkpoint_dir: str, model_id: str, method: str, stored_size: int,
+                    run_id: str, batch_date: str, box_min_probability: tuple[float, ...] | None) -> "ScorerSettings":
+        return cls(checkpoint_dir=checkpoint_dir, model_id=model_id, method=method,
+                   method_options=dict(config.method_options), stored_size=int(stored_size), run_id=run_id,
+                   batch_date=batch_date, max_map_side=config.max_map_side, box_min_probability=box_min_probability,
+                   box_threshold=config.box_threshold, max_boxes=config.max_boxes, box_grid=config.box_grid,
+                   endpoint_url=config.endpoint_url, threads=scorer_threads(config))
 
 
 def uses_maps(model: torch.nn.Module, method: str) -> bool:
@@ -133,17 +162,13 @@ class Scorer:
     batch's wall time in this actor and `_model_s` = its model/attribution part, spread over its rows.
     """
 
-    def __init__(self, *, checkpoint_dir: str, model_id: str, method: str, method_options: dict | None = None,
-                 stored_size: int | None = None, run_id: str, batch_date: str, max_map_side: int | None,
-                 box_min_probability: float | tuple[float, ...] | None = 0.5, box_threshold: float = DEFAULT_THRESHOLD,
-                 max_boxes: int = DEFAULT_MAX_BOXES, box_grid: int | None = DEFAULT_BOX_GRID,
-                 endpoint_url: str | None = None, threads: int | None = None,
-                 fail_after_rows: int | None = None, progress=None):
-        if threads:
-            torch.set_num_threads(int(threads))
-        payload, found = load_payload_and_id(checkpoint_dir, endpoint_url=endpoint_url)
-        if found != model_id:
-            raise RuntimeError(f"{checkpoint_dir}: model.pt changed during the run (model_id {found} != {model_id})")
+    def __init__(self, settings: ScorerSettings, progress=None):
+        torch.set_num_threads(settings.threads)
+        payload, found = load_payload_and_id(settings.checkpoint_dir, endpoint_url=settings.endpoint_url)
+        if found != settings.model_id:
+            raise RuntimeError(f"{settings.checkpoint_dir}: model.pt changed during the run "
+                               f"(model_id {found} != {settings.model_id})")
+        self.settings = settings
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model = build_model(payload).to(self.device)
         self.contract = payload["preprocessing"]
@@ -152,26 +177,22 @@ class Scorer:
         self.fast = FastPath.for_device(self.device, compile=False, images=self.spec.uses_images)
         self.fast.setup()
         self.features = self.model.metadata_features if self.spec.uses_metadata else None
-        self.stored_size = int(stored_size or self.contract["size"])
-        self.method_name = method
-        self.method = None if method == NO_METHOD else get_method(method)(self.model, **(method_options or {}))
+        method, max_map_side = settings.method, settings.max_map_side
+        self.method = None if method == NO_METHOD else get_method(method)(self.model, **settings.method_options)
         self.maps = uses_maps(self.model, method)
         self.attributions = method != NO_METHOD and not self.spec.uses_images
         self.map_size = map_shape(self.model.cpu(), self.contract, max_map_side)[1] if self.maps else None
         self.centres = map_centres(self.model, self.contract, method, max_map_side) if self.maps else None
         self.model = self.fast.prepare_model(self.model)
         self.schema = pipeline_schema(score_schema(maps=self.maps, feature_attributions=self.attributions))
-        self.model_id, self.run_id, self.batch_date = model_id, run_id, batch_date
-        self.box_options = {"min_probability": box_min_probability, "threshold": box_threshold, "max_boxes": max_boxes}
-        self.box_grid = box_grid
-        self.fail_after_rows = fail_after_rows  # tests: simulate a crash midway
-        self.rows_seen = 0
+        self.box_options = {"min_probability": settings.box_min_probability, "threshold": settings.box_threshold,
+                            "max_boxes": settings.max_boxes}
         self.progress = progress  # the run's thorax_ray.progress counter (None: not counted)
 
     def _inputs(self, good: pa.Table) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         images = features = None
         if self.spec.uses_images:
-            pixels = images_to_array(good.column("image"), self.stored_size)
+            pixels = images_to_array(good.column("image"), self.settings.stored_size)
             host = self.fast.pin(torch.from_numpy(np.ascontiguousarray(pixels)).unsqueeze(1))
             images = self.fast.images_layout(normalise_images(host, self.contract, device=self.device))
         if self.features is not None:
@@ -189,7 +210,7 @@ class Scorer:
             attribution = None
         else:
             # bf16 for the one-forward maps; Captum's gradient/perturbation methods stay in fp32.
-            with self.fast.autocast() if self.method_name in ONE_FORWARD_METHODS else contextlib.nullcontext():
+            with self.fast.autocast() if self.settings.method in ONE_FORWARD_METHODS else contextlib.nullcontext():
                 attribution = self.method.attribute(images, features)
             logits = attribution.logits
         probabilities = torch.sigmoid(logits.detach().float()).cpu().numpy()
@@ -223,7 +244,7 @@ class Scorer:
         widths, heights = [widths[i] for i in known], [heights[i] for i in known]
         grid_w, grid_h = [], []
         for width, height in zip(widths, heights):
-            scale = min(1.0, self.box_grid / max(width, height)) if self.box_grid else 1.0
+            scale = min(1.0, self.settings.box_grid / max(width, height)) if self.settings.box_grid else 1.0
             grid_w.append(max(1, round(width * scale)))
             grid_h.append(max(1, round(height * scale)))
         boxes = boxes_for_batch(maps_uint8, grid_w, grid_h, probabilities=probabilities, centres=self.centres,
@@ -240,10 +261,6 @@ class Scorer:
     def __call__(self, table: pa.Table) -> pa.Table:
         started = time.perf_counter()
         n = table.num_rows
-        if self.fail_after_rows is not None:
-            self.rows_seen += n
-            if self.rows_seen > self.fail_after_rows:
-                raise RuntimeError(f"injected failure after {self.fail_after_rows} rows")
         names = table.column_names
         ok = (table.column("ok").to_numpy(zero_copy_only=False).astype(bool) if "ok" in names
               else np.ones(n, bool))
@@ -277,11 +294,11 @@ class Scorer:
             elif name in ("width", "height") and name in names and ok:
                 columns[name] = rows.column(name).cast(field.type)
             elif name == "model_id":
-                columns[name] = pa.array([self.model_id] * n, field.type)
+                columns[name] = pa.array([self.settings.model_id] * n, field.type)
             elif name == "run_id":
-                columns[name] = pa.array([self.run_id] * n, field.type)
+                columns[name] = pa.array([self.settings.run_id] * n, field.type)
             elif name == "batch_date":
-                columns[name] = pa.array([self.batch_date] * n, field.type)
+                columns[name] = pa.array([self.settings.batch_date] * n, field.type)
             elif name == "scored_at":
                 columns[name] = pa.array([now] * n, field.type)
             elif name == "ok":

@@ -19,7 +19,6 @@ from torch.nn.parallel import DistributedDataParallel
 
 from thorax_ray.accel import FastPath
 from thorax_ray.checkpoint import checkpoint_dir_name, latest_loadable, save_checkpoint, write_run_metrics
-from thorax_ray.cluster import fake_gpus
 from thorax_ray.data.preprocess import normalise_images, preprocessing_contract
 from thorax_ray.losses import build_loss
 from thorax_ray.metrics import mean_auroc, per_class_auroc
@@ -60,11 +59,10 @@ def restore_state(run_dir: str, endpoint: str | None) -> dict | None:
 
 
 def training_device() -> torch.device:
-    """The worker's device as Ray Train assigns it (a GPU when the worker holds one). With fake GPUs (tests of
-    the autoscaling path: GPUs as Ray resources only) the arithmetic stays on the CPU."""
+    """The worker's device as Ray Train assigns it (a GPU when the worker holds one)."""
     import ray.train.torch  # deferred: Ray (absent on the GPU machine)
 
-    return torch.device("cpu") if fake_gpus() else ray.train.torch.get_device()
+    return ray.train.torch.get_device()
 
 
 def distributed(model: torch.nn.Module, device: torch.device, world: int) -> torch.nn.Module:

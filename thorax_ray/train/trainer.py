@@ -11,7 +11,7 @@ from pyarrow import fs as pafs
 
 from thorax_ray import storage
 from thorax_ray.checkpoint import run_metrics
-from thorax_ray.cluster import ClusterCapacity, check_shared_storage, cluster_capacity, fake_gpus, resolve_use_gpu
+from thorax_ray.cluster import ClusterCapacity, check_shared_storage, cluster_capacity, resolve_use_gpu
 from thorax_ray.data.origin import data_origin
 from thorax_ray.data.sources import open_source
 from thorax_ray.models import MetadataFeatures, get_model_spec
@@ -101,7 +101,7 @@ def fit(config: TrainConfig, *, callbacks: list | None = None, capacity: Cluster
     what the cluster has and can launch (default: read now); GPU use and storage are checked against it
     before any data is opened. `progress`: one console line per epoch (from metrics.json)."""
     import ray.train  # deferred: Ray (absent on the GPU machine)
-    from ray.train.torch import TorchConfig, TorchTrainer  # deferred: Ray (absent on the GPU machine)
+    from ray.train.torch import TorchTrainer  # deferred: Ray (absent on the GPU machine)
 
     capacity = capacity or cluster_capacity(config.run.cluster_config)
     use_gpu = check_cluster(config, capacity)
@@ -113,7 +113,7 @@ def fit(config: TrainConfig, *, callbacks: list | None = None, capacity: Cluster
     info = {"run_name": config.run_name, "run_dir": run_dir, "split_hash": source.split_hash,
             "label_counts": label_counts.tolist(), "train_rows": int(train_rows),
             "stored_size": source.stored_size,
-            "data_origin": data_origin(config.data.data, endpoint_url=config.data.s3_endpoint)}
+            "data_origin": data_origin(source)}  # recorded when the source was resolved
     if spec.uses_images:
         shuffle_seed = config.run.seed if config.data.shuffle else None
         train = cache_if_small(source.dataset("train", images=True, shuffle_seed=shuffle_seed),
@@ -134,8 +134,6 @@ def fit(config: TrainConfig, *, callbacks: list | None = None, capacity: Cluster
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": config.to_dict(), "info": info},
-        # Fake GPUs (tests of the autoscaling path): GPUs are scheduled, the process group is gloo on the CPU.
-        torch_config=TorchConfig(backend="gloo") if use_gpu and fake_gpus() else None,
         scaling_config=ray.train.ScalingConfig(num_workers=config.run.workers, use_gpu=use_gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(

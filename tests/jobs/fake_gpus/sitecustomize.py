@@ -1,0 +1,43 @@
+"""Test support for the fake autoscaling cluster of tests/jobs/test_submit.py, whose GPUs are Ray resources
+only (Ray's fake multi-node provider), not devices. This folder is on the PYTHONPATH of every process that
+cluster starts, so each imports this file at start-up. Once `ray.train.torch` is imported, its device is the
+CPU and every TorchTrainer's process group is gloo: GPU workers and actors are scheduled exactly as on a real
+GPU cluster, and the arithmetic stays on the CPU. Nothing of this is in the package."""
+import importlib.abc
+import importlib.machinery
+import sys
+
+PATCHED_MODULE = "ray.train.torch"
+
+
+def _fake_gpu_devices(module) -> None:
+    import torch
+
+    make_trainer, make_config = module.TorchTrainer, module.TorchConfig
+
+    def gloo_trainer(*args, **kwargs):
+        kwargs["torch_config"] = make_config(backend="gloo")
+        return make_trainer(*args, **kwargs)
+
+    module.TorchTrainer = gloo_trainer
+    module.get_device = lambda: torch.device("cpu")
+
+
+class _PatchAfterImport(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name != PATCHED_MODULE:
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        if spec is None or spec.loader is None:
+            return spec
+        load = spec.loader.exec_module
+
+        def exec_module(module):
+            load(module)
+            _fake_gpu_devices(module)
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+sys.meta_path.insert(0, _PatchAfterImport())
