@@ -73,3 +73,9 @@ def test_binary_yaml_and_a_folder_are_errors_naming_the_file(tmp_path):
         TrainConfig.from_yaml(str(tmp_path / "c.yaml"))
     with pytest.raises(ConfigError, match="config file not found"):
         TrainConfig.from_yaml(str(tmp_path))
+
+
+def test_a_bool_is_not_an_int():
+    """pydantic's strict int: `epochs: true` was accepted as 1 before."""
+    with pytest.raises(ConfigError, match=r"^config.optim.epochs: expected int, got True$"):
+        TrainConfig.from_dict({"optim": {"epochs": True}})

@@ -181,3 +181,45 @@ def test_numbers_yaml_reads_as_text_are_accepted_in_ranges_and_choices():
     lr = next(p for p in s.params if p.path == "optim.lr")
     assert (lr.low, lr.high) == (1e-5, 1e-2)
     assert TrainConfig.from_dict(resolve(s.base, {"optim.weight_decay": "1e-4"})).optim.weight_decay == 1e-4
+
+
+@pytest.mark.parametrize("tune, message", [
+    ({"metric": 5}, "tune.metric must be one of ['train_loss', 'val_mean_auroc'] or val_auroc_<finding>, got 5"),
+    ({"seed": "x"}, "tune.seed must be an integer or null, got 'x'"),
+    ({"max_t": True}, "tune.max_t must be an integer >= grace_period, got True"),
+    ({"reduction_factor": float("nan")}, "tune.reduction_factor must be a number > 1, got nan"),
+    ({"zz": 1, "mode": "x", "aa": 2}, "tune: unknown key(s) ['aa', 'zz']; known: ['grace_period', 'max_t',"),
+    ("x", "tune: expected a mapping, got 'x'"),
+])
+def test_tune_settings_are_checked_by_type(tune, message):
+    """The `tune:` section is a pydantic model: a value of the wrong type is refused (before, a metric of 5
+    crashed with AttributeError and a seed of 'x' or a max_t of true reached Ray Tune)."""
+    with pytest.raises(ConfigError) as error:
+        parse_space({"params": {"optim.lr": {"choice": [0.1]}}, "tune": tune}, name="t", where="t.yaml")
+    assert str(error.value).startswith(f"t.yaml: {message}")
+
+
+def test_empty_sections_mean_defaults_and_numbers_keep_their_type():
+    s = parse_space({"params": {"data.batch_size": {"randint": [16, 65]},
+                                "optim.weight_decay": {"uniform": [0, "1e-3"]}},
+                     "base": None, "tune": {"reduction_factor": 3}, "description": None}, name="t", where="t.yaml")
+    assert s.base == {} and s.description == "" and s.tune.reduction_factor == 3
+    assert isinstance(s.tune.reduction_factor, int) and s.tune.num_samples == 4
+    batch, lr = s.params
+    assert (batch.low, batch.high) == (16, 65) and isinstance(batch.low, int)
+    assert (lr.low, lr.high) == (0, 1e-3) and isinstance(lr.low, int) and isinstance(lr.high, float)
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"optim.lr": {"uniform": ["a"]}}, "params.optim.lr: uniform needs [low, high], got ['a']"),
+    ({"data.batch_size": {"randint": ["4", 8]}},
+     "params.data.batch_size: randint bounds must be integers, got ['4', 8]"),
+    ({"optim.lr": {"uniform": [float("inf"), 1]}},
+     "params.optim.lr: uniform bounds must be finite numbers, got [inf, 1]"),
+    ({"optim.lr": {"choice": None}}, "params.optim.lr: choice needs a non-empty list of values, got None"),
+    ({"a.b": {"normal": 1}, "optim.lr": {"uniform": [2, 1]}}, "params.a.b: unknown distribution 'normal'"),
+])
+def test_param_errors_word_the_raw_value_and_come_in_file_order(params, message):
+    with pytest.raises(ConfigError) as error:
+        space(params, tune={"mode": "x"})  # a tune error too: params come first
+    assert str(error.value).startswith(f"t.yaml: {message}")

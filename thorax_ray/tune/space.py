@@ -11,17 +11,21 @@ A space file has four top-level keys (all optional but `params`)::
 Every key and value is checked against TrainConfig's dataclasses before anything runs: an unknown
 section or field, a bad range, an unknown architecture or loss kind, a value of the wrong type each
 stop with a `ConfigError` that names the offending path (`params.optim.lrr`, ...). The grammar is
-documented in `tune_spaces/README.md`.
+documented in `tune_spaces/README.md`; here it is pydantic models (`_SpaceFile`, `_Spec`, `TuneSettings`,
+unknown keys forbidden) whose errors `_space_error` words as before: the dotted key and the known values.
 """
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, Literal, Union
+
+import pydantic
+from pydantic import ConfigDict, Field, StrictFloat, StrictInt
+from pydantic_core import PydanticCustomError
 
 from thorax_ray.config import ConfigError, load_yaml, merge
 from thorax_ray.models import list_models
@@ -71,16 +75,36 @@ class Param:
         return tune.randint(self.low, self.high)
 
 
-@dataclass(frozen=True)
-class TuneSettings:
-    metric: str = "val_mean_auroc"
-    mode: str = "max"
-    num_samples: int = 4  # trials (jobs/tune.py --trials overrides)
-    scheduler: str = "asha"  # asha | none
-    grace_period: int = 1  # epochs every trial runs before ASHA may stop it
-    reduction_factor: float = 2.0
-    max_t: int | None = None  # default: base optim.epochs
-    seed: int | None = 0  # random search seed (reproducible samples); None: not seeded
+class TuneSettings(pydantic.BaseModel):
+    """The `tune:` section. A field's description is what its value must be (a ConfigError says so)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    metric: str = Field("val_mean_auroc", description=f"one of {sorted(METRICS_MODES)} or val_auroc_<finding>")
+    mode: Literal["max", "min"] = Field("max", description="max or min")
+    num_samples: int = Field(4, ge=1, description="an integer >= 1")  # trials (jobs/tune.py --trials overrides)
+    scheduler: Literal["asha", "none"] = Field("asha", description="asha or none")
+    # epochs every trial runs before ASHA may stop it
+    grace_period: int = Field(1, ge=1, description="an integer >= 1")
+    reduction_factor: int | float = Field(2.0, gt=1, description="a number > 1")  # an int stays one
+    max_t: int | None = Field(None, description="an integer >= grace_period")  # default: base optim.epochs
+    # random search seed (reproducible samples); None: not seeded
+    seed: int | None = Field(0, description="an integer or null")
+
+    @pydantic.field_validator("metric")
+    @classmethod
+    def _known_metric(cls, metric: str) -> str:
+        if metric not in METRICS_MODES and not metric.startswith("val_auroc_"):
+            raise _error(f"tune.metric: unknown metric {metric!r}; known: "
+                         f"{sorted(METRICS_MODES)} or val_auroc_<finding>")
+        return metric
+
+    @pydantic.field_validator("max_t")
+    @classmethod
+    def _not_below_grace_period(cls, max_t: int | None, info: pydantic.ValidationInfo) -> int | None:
+        if max_t is not None and max_t < info.data.get("grace_period", 1):
+            raise ValueError("max_t < grace_period")
+        return max_t
 
 
 @dataclass(frozen=True)
@@ -150,47 +174,20 @@ def load_space(path: str) -> SearchSpace:
 
 
 def parse_space(data: Any, *, name: str = "space", where: str = "space") -> SearchSpace:
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping at the top level, got {type(data).__name__}")
-    unknown = sorted(set(data) - set(TOP_LEVEL))
-    if unknown:
-        raise ConfigError(f"{where}: unknown top-level key(s) {unknown}; known: {list(TOP_LEVEL)}")
-    base = data.get("base") or {}
-    if not isinstance(base, dict):
-        raise ConfigError(f"{where}: base: expected a mapping of sections, got {base!r}")
-    params_data = data.get("params")
-    if not isinstance(params_data, dict) or not params_data:
-        raise ConfigError(f"{where}: params: expected a non-empty mapping of `section.field: {{kind: ...}}`")
-    params = tuple(_parse_param(str(path), spec, f"{where}: params.{path}") for path, spec in params_data.items())
-    space = SearchSpace(name=name, base=base, params=params, tune=_parse_tune(data.get("tune") or {}, where),
-                        description=str(data.get("description") or ""))
+    try:
+        parsed = _SpaceFile.model_validate(data)
+    except pydantic.ValidationError as error:
+        raise ConfigError(f"{where}: {_space_error(error.errors(), data)}") from None
+    params = tuple(spec.param(str(path)) for path, spec in parsed.params.items())
+    space = SearchSpace(name=name, base=parsed.base or {}, params=params, tune=parsed.tune or TuneSettings(),
+                        description=str(parsed.description or ""))
     _check_space(space, where)
     return space
 
 
-def _parse_param(path: str, spec: Any, where: str) -> Param:
-    if not isinstance(spec, dict) or len(spec) != 1:
-        raise ConfigError(f"{where}: expected exactly one of {list(KINDS)} (e.g. `{{choice: [a, b]}}`), got {spec!r}")
-    kind, args = next(iter(spec.items()))
-    if kind not in KINDS:
-        raise ConfigError(f"{where}: unknown distribution {kind!r}; known: {list(KINDS)}")
-    if kind in ("choice", "grid"):
-        if not isinstance(args, list) or not args:
-            raise ConfigError(f"{where}: {kind} needs a non-empty list of values, got {args!r}")
-        return Param(path, kind, values=tuple(args))
-    if not isinstance(args, list) or len(args) != 2:
-        raise ConfigError(f"{where}: {kind} needs [low, high], got {args!r}")
-    low, high = (_number(bound) for bound in args)  # PyYAML reads 1e-3 (no dot) as text
-    for bound in (low, high):
-        if isinstance(bound, bool) or not isinstance(bound, (int, float)) or not math.isfinite(bound):
-            raise ConfigError(f"{where}: {kind} bounds must be finite numbers, got {args!r}")
-    if kind == "randint" and not (isinstance(low, int) and isinstance(high, int)):
-        raise ConfigError(f"{where}: randint bounds must be integers, got {args!r}")
-    if not low < high:
-        raise ConfigError(f"{where}: {kind} needs low < high, got [{low}, {high}]")
-    if kind == "loguniform" and low <= 0:
-        raise ConfigError(f"{where}: loguniform needs low > 0, got [{low}, {high}]")
-    return Param(path, kind, low=low, high=high)
+def _error(message: str) -> PydanticCustomError:
+    """A validation error whose message is final (`_space_error` passes it on as it is)."""
+    return PydanticCustomError("space", "{message}", {"message": message})
 
 
 def _number(value: Any) -> Any:
@@ -203,31 +200,123 @@ def _number(value: Any) -> Any:
     return value
 
 
-def _parse_tune(data: Any, where: str) -> TuneSettings:
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: tune: expected a mapping, got {data!r}")
-    names = {f.name for f in dataclasses.fields(TuneSettings)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ConfigError(f"{where}: tune: unknown key(s) {unknown}; known: {sorted(names)}")
-    settings = TuneSettings(**data)
-    if settings.metric not in METRICS_MODES and not settings.metric.startswith("val_auroc_"):
-        raise ConfigError(f"{where}: tune.metric: unknown metric {settings.metric!r}; known: "
-                          f"{sorted(METRICS_MODES)} or val_auroc_<finding>")
-    if settings.mode not in ("max", "min"):
-        raise ConfigError(f"{where}: tune.mode must be max or min, got {settings.mode!r}")
-    if settings.scheduler not in ("asha", "none"):
-        raise ConfigError(f"{where}: tune.scheduler must be asha or none, got {settings.scheduler!r}")
-    for key in ("num_samples", "grace_period"):
-        value = getattr(settings, key)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"{where}: tune.{key} must be an integer >= 1, got {value!r}")
-    if settings.max_t is not None and (not isinstance(settings.max_t, int) or settings.max_t < settings.grace_period):
-        raise ConfigError(f"{where}: tune.max_t must be an integer >= grace_period, got {settings.max_t!r}")
-    if isinstance(settings.reduction_factor, bool) or not isinstance(settings.reduction_factor, (int, float)) \
-            or settings.reduction_factor <= 1:
-        raise ConfigError(f"{where}: tune.reduction_factor must be a number > 1, got {settings.reduction_factor!r}")
-    return settings
+def _pair(value: Any) -> Any:
+    """A range's `[low, high]`, PyYAML's text numbers (it reads 1e-3, no dot, as text) read as floats."""
+    if not isinstance(value, list) or len(value) != 2:
+        raise PydanticCustomError("pair", "needs [low, high]")
+    return [_number(bound) for bound in value]
+
+
+def _ordered(bounds: list, info: pydantic.ValidationInfo) -> list:
+    kind, (low, high) = info.field_name, bounds
+    if kind == "randint" and not all(isinstance(bound, int) for bound in bounds):
+        raise PydanticCustomError("integers", "randint bounds must be integers")
+    if not low < high:
+        raise _error(f"{kind} needs low < high, got [{low}, {high}]")
+    if kind == "loguniform" and low <= 0:
+        raise _error(f"loguniform needs low > 0, got [{low}, {high}]")
+    return bounds
+
+
+_BOUND = Union[StrictInt, Annotated[StrictFloat, Field(allow_inf_nan=False)]]  # not bool, not inf or nan
+_RANGE = Annotated[list[_BOUND], pydantic.BeforeValidator(_pair), pydantic.AfterValidator(_ordered)]
+_VALUES = Annotated[list, Field(min_length=1)]
+
+
+def _or_none(value: Any) -> Any:
+    return value or None  # an empty `base:` or `tune:` means the defaults
+
+
+class _Spec(pydantic.BaseModel):
+    """One searched key's `{KIND: ARGS}`: exactly one of KINDS."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    choice: _VALUES = None
+    grid: _VALUES = None
+    uniform: _RANGE = None
+    loguniform: _RANGE = None
+    randint: _RANGE = None
+
+    @pydantic.model_validator(mode="before")
+    @classmethod
+    def _one_kind(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or len(data) != 1:
+            raise _error(f"expected exactly one of {list(KINDS)} (e.g. `{{choice: [a, b]}}`), got {data!r}")
+        return data
+
+    def param(self, path: str) -> Param:
+        kind = next(iter(self.model_fields_set))
+        args = getattr(self, kind)
+        if kind in ("choice", "grid"):
+            return Param(path, kind, values=tuple(args))
+        return Param(path, kind, low=args[0], high=args[1])
+
+
+class _SpaceFile(pydantic.BaseModel):
+    """A space file's top level (TOP_LEVEL, in that order: errors are reported in it)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    description: Any = None
+    base: Annotated[dict | None, pydantic.BeforeValidator(_or_none)] = None
+    params: Annotated[dict[Any, _Spec], Field(min_length=1)]
+    tune: Annotated[TuneSettings | None, pydantic.BeforeValidator(_or_none)] = None
+
+
+def _space_error(errors: list[dict], data: Any) -> str:
+    """pydantic's first error (top-level keys, then base, params in file order, tune; unknown keys first)
+    as the one line a ConfigError gives after the file name."""
+    first = min(errors, key=lambda e: _precedence(e, data))
+    loc = first["loc"]
+    if not loc:
+        return f"expected a mapping at the top level, got {type(data).__name__}"
+    if loc[0] not in TOP_LEVEL:
+        return f"unknown top-level key(s) {_unknown(errors, ())}; known: {list(TOP_LEVEL)}"
+    if loc[0] == "base":
+        return f"base: expected a mapping of sections, got {first['input']!r}"
+    if loc[0] == "params" and len(loc) == 1:
+        return "params: expected a non-empty mapping of `section.field: {kind: ...}`"
+    if loc[0] == "params":
+        return f"params.{loc[1]}: {_spec_error(first, loc[2:], data['params'][loc[1]])}"
+    return _tune_error(errors, first, loc[1:])
+
+
+def _precedence(error: dict, data: Any) -> tuple:
+    loc = error["loc"]
+    rank = TOP_LEVEL.index(loc[0]) if loc and loc[0] in TOP_LEVEL else -1
+    at = list(data["params"]).index(loc[1]) if rank == TOP_LEVEL.index("params") and len(loc) > 1 else 0
+    return rank, at, error["type"] != "extra_forbidden", len(loc)
+
+
+def _unknown(errors: list[dict], at: tuple) -> list:
+    return sorted((e["loc"][-1] for e in errors if e["type"] == "extra_forbidden" and e["loc"][:-1] == at), key=str)
+
+
+def _spec_error(error: dict, loc: tuple, spec: Any) -> str:
+    if error["type"] == "space":
+        return error["ctx"]["message"]
+    kind = loc[0]
+    if error["type"] == "extra_forbidden":
+        return f"unknown distribution {kind!r}; known: {list(KINDS)}"
+    args = spec[kind]
+    if kind in ("choice", "grid"):
+        return f"{kind} needs a non-empty list of values, got {args!r}"
+    if error["type"] == "integers":
+        return f"randint bounds must be integers, got {args!r}"
+    if error["type"] == "pair":
+        return f"{kind} needs [low, high], got {args!r}"
+    return f"{kind} bounds must be finite numbers, got {args!r}"
+
+
+def _tune_error(errors: list[dict], error: dict, loc: tuple) -> str:
+    if not loc:
+        return f"tune: expected a mapping, got {error['input']!r}"
+    if error["type"] == "extra_forbidden":
+        return f"tune: unknown key(s) {_unknown(errors, ('tune',))}; known: {sorted(TuneSettings.model_fields)}"
+    if error["type"] == "space":
+        return error["ctx"]["message"]
+    return f"tune.{loc[0]} must be {TuneSettings.model_fields[loc[0]].description}, got {error['input']!r}"
 
 
 def _check_space(space: SearchSpace, where: str) -> None:
