@@ -21,25 +21,35 @@ ORIGINS = ("synthetic", "real")
 UNKNOWN = "unknown"  # checkpoints written before the origin was recorded
 
 
-def data_origin(uri: str, *, endpoint_url: str | None = None) -> str:
-    """"synthetic" or "real" for a dataset folder/prefix, a prepared output (the origin its manifest
-    recorded, else that of its source) or a manifest Parquet file."""
+def data_origin(source, *, endpoint_url: str | None = None) -> str:
+    """"synthetic" or "real" of a resolved source (thorax_ray.data.inputs: the origin it recorded when it was
+    resolved, so nothing is read again), or of a URI: a dataset folder/prefix, a prepared output (the origin
+    its manifest recorded, else that of its source) or a manifest Parquet file."""
+    if not isinstance(source, str):
+        return source.data_origin
+    uri = source
     fs, path = storage.filesystem(uri, endpoint_url=endpoint_url)
     if fs.isdir(path):
         record = read_commit(uri, endpoint_url=endpoint_url)
         if record is None:
             return "synthetic" if fs.exists(f"{path}/{SYNTHETIC_RECORD}") else "real"
         _, info = read_manifest(version_file(uri, record, "manifest.parquet"), endpoint_url=endpoint_url)
-        if info.get("data_origin") in ORIGINS:
-            return info["data_origin"]
-        source = record.get("source")
-        return data_origin(source, endpoint_url=endpoint_url) if source and source != uri else "real"
+        return prepared_origin(uri, record, info, endpoint_url=endpoint_url)
     if path.endswith(".parquet") and fs.exists(path):
         with fs.open(path, "rb") as handle:
             metadata = pq.read_schema(handle).metadata or {}
         origin = json.loads(metadata.get(METADATA_KEY, b"{}")).get("data_origin")
         return origin if origin in ORIGINS else "real"
     return "real"
+
+
+def prepared_origin(uri: str, record: dict, info: dict, *, endpoint_url: str | None = None) -> str:
+    """The origin of the prepared output `uri` from its commit record and its manifest's info (already read):
+    the one its manifest recorded, else that of its source dataset."""
+    if info.get("data_origin") in ORIGINS:
+        return info["data_origin"]
+    source = record.get("source")
+    return data_origin(source, endpoint_url=endpoint_url) if source and source != uri else "real"
 
 
 def ood_check(model_origin: str | None, input_origin: str) -> dict:

@@ -14,14 +14,13 @@ from thorax_ray.data.manifest import build_manifest, write_manifest
 from thorax_ray.data.pipeline import ImageConfig, load_images
 from thorax_ray.data.quarantine import QUARANTINE_COLUMNS
 from thorax_ray.data.shard_sink import PreparedShardsDatasink
-from thorax_ray.data.shards import (VERSIONS_DIR, PreparedError, commit_record, new_version, read_commit, relative_to,
-                                    shard_contract, version_dir, write_commit, write_table)
+from thorax_ray.data.shards import (COMMIT_FILE, VERSIONS_DIR, PreparedError, commit_record, new_version, read_commit,
+                                    relative_to, shard_contract, version_dir, write_table)
 from thorax_ray.data.splits import SPLITS, SplitConfig
-from thorax_ray.lease import acquire_lease
+from thorax_ray.data.staged import StagedRun, staged_run
 from thorax_ray.progress import StageProgress
 
 log = logging.getLogger(__name__)
-LOCK_FILE = "_lock.json"  # the lease of the prepare writing to OUT (thorax_ray.lease)
 
 
 @dataclass(frozen=True)
@@ -65,7 +64,8 @@ class PrepareSummary:
 
 def prepare(config: PrepareConfig, *, filesystem=None, capacity: ClusterCapacity | None = None) -> PrepareSummary:
     """Writes version V under OUT/versions/V/ (shards, manifest, quarantine) and, last, OUT/prepared.json,
-    which swaps V in; holds OUT's lease meanwhile, so two prepares never write one output at once.
+    which swaps V in; holds OUT's lease meanwhile, so two prepares never write one output at once, and
+    removes V if it fails before that (thorax_ray.data.staged, as scoring runs do).
     `capacity` (default: read now): local paths are refused on a multi-node cluster before any work."""
     endpoint = config.image.endpoint_url
     capacity = capacity or cluster_capacity()
@@ -73,17 +73,20 @@ def prepare(config: PrepareConfig, *, filesystem=None, capacity: ClusterCapacity
         check_shared_storage(uri, capacity, what=what, shared_fs=config.shared_fs)
     out_fs, out_path = storage.filesystem(config.out, endpoint_url=endpoint)
     new_out = not storage.is_remote(config.out) and not out_fs.exists(out_path)
+    version = new_version()
     try:
-        with acquire_lease(storage.join(config.out, LOCK_FILE), ttl_s=config.lock_ttl_s, endpoint_url=endpoint,
-                           about={"job": "prepare", "source": config.data}) as lease:
-            return _prepare_locked(config, lease, filesystem)
+        with staged_run(config.out, storage.join(config.out, version_dir(version)), ttl_s=config.lock_ttl_s,
+                        about={"job": "prepare", "source": config.data}, endpoint_url=endpoint) as staged:
+            return _prepare_locked(config, staged, version, filesystem)
     except BaseException:
         if new_out:  # a failed first prepare leaves no empty OUT behind (the lease and version are gone)
             _remove_empty_folders(out_path)
         raise
 
 
-def _prepare_locked(config: PrepareConfig, lease, filesystem) -> PrepareSummary:
+def _prepare_locked(config: PrepareConfig, staged: StagedRun, version: str, filesystem) -> PrepareSummary:
+    """The part of a prepare that holds OUT's lease: version `version` written under its folder, then committed;
+    `staged` removes that folder when anything fails before the commit (an error, Ctrl-C or SIGTERM)."""
     started = time.monotonic()
     endpoint = config.image.endpoint_url
     previous = read_commit(config.out, endpoint_url=endpoint)
@@ -94,22 +97,16 @@ def _prepare_locked(config: PrepareConfig, lease, filesystem) -> PrepareSummary:
         )
     manifest, manifest_summary = build_manifest(config.data, config.split, metadata_csv=config.metadata,
                                                 endpoint_url=endpoint)
-    version = new_version()
     size = config.image.size
-    try:
-        files, written, quarantine = _write_version(config, version, manifest, manifest_summary, filesystem)
-    except BaseException:  # an error, Ctrl-C or SIGTERM: this version was never committed; nothing of it stays
-        _remove_folder(storage.join(config.out, version_dir(version)), endpoint)
-        raise
+    files, written, quarantine = _write_version(config, version, manifest, manifest_summary, filesystem)
     summary = PrepareSummary(out=config.out, version=version, written=written,
                              quarantined=quarantine["reason"].value_counts().to_dict(),
                              manifest_rows=len(manifest), elapsed_s=time.monotonic() - started)
     kept = _kept_versions(previous, config.keep_previous_hours)
-    lease.check()
-    write_commit(config.out, commit_record(version, source=config.data, size=size, split_hash=manifest_summary.split_hash,
-                                           seed=config.seed, files=files, written=written,
-                                           quarantined=summary.quarantined, manifest_rows=len(manifest),
-                                           previous_versions=kept), endpoint_url=endpoint)
+    staged.commit(COMMIT_FILE, commit_record(version, source=config.data, size=size,
+                                             split_hash=manifest_summary.split_hash, seed=config.seed, files=files,
+                                             written=written, quarantined=summary.quarantined,
+                                             manifest_rows=len(manifest), previous_versions=kept))
     summary.removed_versions = remove_unused_versions(config.out, keep={version, *(k["version"] for k in kept)},
                                                       endpoint_url=endpoint)
     summary.elapsed_s = time.monotonic() - started
@@ -142,15 +139,6 @@ def _write_version(config: PrepareConfig, version: str, manifest: pd.DataFrame, 
     write_manifest(manifest, storage.join(folder, "manifest.parquet"), manifest_summary, endpoint_url=endpoint)
     write_table(quarantine, storage.join(folder, "quarantine.parquet"), endpoint_url=endpoint)
     return files, written, quarantine
-
-
-def _remove_folder(uri: str, endpoint: str | None) -> None:
-    fs, path = storage.filesystem(uri, endpoint_url=endpoint)
-    try:
-        if fs.exists(path):
-            fs.rm(path, recursive=True)
-    except FileNotFoundError:
-        pass
 
 
 def _remove_empty_folders(path: str) -> None:

@@ -15,7 +15,6 @@ OUT/manifest.parquet) are still read.
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ import pyarrow.parquet as pq
 from thorax_ray import storage
 from thorax_ray.data.manifest import MANIFEST_SCHEMA, read_manifest
 from thorax_ray.data.quarantine import QUARANTINE_COLUMNS
+from thorax_ray.data.staged import new_run_id, utc_timestamp, write_record
 
 SHARD_SCHEMA = MANIFEST_SCHEMA.append(pa.field("image", pa.binary()))
 
@@ -92,8 +92,8 @@ def new_task_name(index: int) -> str:
 
 
 def new_version() -> str:
-    """`YYYYMMDDTHHMMSSZ-xxxxxx`: UTC start time (sortable) and a random suffix."""
-    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
+    """`YYYYMMDDTHHMMSSZ-xxxxxx`: UTC start time (sortable) and a random suffix (a run id, thorax_ray.data.staged)."""
+    return new_run_id()
 
 
 def version_dir(version: str) -> str:
@@ -116,6 +116,8 @@ def read_prepared_tables(root: str, record: dict, *, endpoint_url: str | None = 
 
 
 def read_commit(root: str, *, endpoint_url: str | None = None) -> dict | None:
+    """The commit record of a prepared output, None when there is none. Read it once per job (the resolved
+    source, thorax_ray.data.inputs, carries it): a `prepare --overwrite` may swap versions in between."""
     return storage.read_json(storage.join(root, COMMIT_FILE), endpoint_url=endpoint_url)
 
 
@@ -124,7 +126,7 @@ def commit_record(version: str, *, source: str, size: int, split_hash: str, seed
                   previous_versions: list[dict]) -> dict:
     """The commit record (prepared.json) that swaps `version` in."""
     return {"format_version": PREPARED_FORMAT_VERSION, "version": version,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "created": utc_timestamp(),
             "source": source, "size": size, "contract": shard_contract(size, split_hash),
             "split_hash": split_hash, "seed": seed, "files": files, "written": written,
             "quarantined": quarantined, "manifest_rows": manifest_rows, "previous_versions": previous_versions}
@@ -132,12 +134,14 @@ def commit_record(version: str, *, source: str, size: int, split_hash: str, seed
 
 def write_commit(root: str, record: dict, *, endpoint_url: str | None = None) -> None:
     """Writes prepared.json in one step (local: write + rename; object stores: one PUT)."""
-    storage.write_json(storage.join(root, COMMIT_FILE), record, endpoint_url=endpoint_url)
+    write_record(storage.join(root, COMMIT_FILE), record, endpoint_url=endpoint_url)
 
 
-def prepared_files(root: str, splits: Iterable[str] | None = None, *, endpoint_url: str | None = None) -> tuple[dict, list[str]]:
-    """The commit record and the shard files of the requested splits (all by default)."""
-    record = read_commit(root, endpoint_url=endpoint_url)
+def prepared_files(root: str, splits: Iterable[str] | None = None, *, record: dict | None = None,
+                   endpoint_url: str | None = None) -> tuple[dict, list[str]]:
+    """The commit record and the shard files of the requested splits (all by default); `record`: the commit
+    record already read by this job (read now when not given)."""
+    record = record if record is not None else read_commit(root, endpoint_url=endpoint_url)
     if record is None:
         raise PreparedError(f"{root}: no {COMMIT_FILE}; not a prepared dataset (run jobs/prepare.py) or an unfinished one")
     wanted = set(splits) if splits is not None else None
@@ -163,11 +167,12 @@ def relative_to(root: str, uri: str, *, endpoint_url: str | None = None) -> str:
 
 
 def read_prepared(root: str, splits: Iterable[str] | None = None, *, columns: list[str] | None = None,
-                  endpoint_url: str | None = None):
-    """A Ray dataset over the prepared shards of the given splits."""
+                  record: dict | None = None, endpoint_url: str | None = None):
+    """A Ray dataset over the prepared shards of the given splits of the version `record` (the commit record
+    this job resolved; read now when not given)."""
     import ray  # deferred: Ray (absent on the GPU machine)
 
-    record, files = prepared_files(root, splits, endpoint_url=endpoint_url)
+    record, files = prepared_files(root, splits, record=record, endpoint_url=endpoint_url)
     if not files:
         raise PreparedError(f"{root}: no shard files for splits {sorted(splits or [])}")
     fs, _ = storage.filesystem(root, endpoint_url=endpoint_url)

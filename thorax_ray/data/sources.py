@@ -1,5 +1,7 @@
 """Where training and evaluation rows come from: prepared shards, raw PNGs through the Ray Data image
-pipeline, or (for the metadata network) the manifest alone, with no image read at all."""
+pipeline, or (for the metadata network) the manifest alone, with no image read at all. The dataset is
+resolved once (thorax_ray.data.inputs); a prepared output's commit record travels inside the source, so its
+shards are read from the version the job resolved."""
 from __future__ import annotations
 
 import logging
@@ -8,15 +10,14 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from thorax_ray.data.manifest import build_manifest
+from thorax_ray.data.inputs import PATIENT_METADATA, InputSource, resolve_dataset
 from thorax_ray.data.pipeline import ImageConfig, load_images, manifest_dataset
-from thorax_ray.data.shards import read_commit, read_prepared, read_prepared_tables
+from thorax_ray.data.shards import read_prepared
 from thorax_ray.labels import FINDING_COLUMNS
 
 log = logging.getLogger(__name__)
 
-METADATA_COLUMNS = ("image_index", "patient_id", "follow_up", "age_years", "sex", "view_position",
-                    "original_width", "original_height", "pixel_spacing_x", "pixel_spacing_y", "split")
+METADATA_COLUMNS = ("image_index", *PATIENT_METADATA, "split")
 TRAINING_ROW_COLUMNS = (*METADATA_COLUMNS, *FINDING_COLUMNS)
 
 
@@ -47,15 +48,35 @@ class DataConfig:
                              f"cache_train_mb={self.cache_train_mb}")
 
 
-@dataclass
+@dataclass(frozen=True)
 class DataSource:
-    """One dataset (raw or prepared) resolved once on the driver."""
+    """One dataset (raw or prepared) resolved once on the driver (`input`, thorax_ray.data.inputs)."""
 
     config: DataConfig
-    manifest: pd.DataFrame  # rows that can be used (quarantined rows removed for prepared data)
-    split_hash: str
-    prepared: dict | None  # the commit record when reading prepared shards
-    kind: str  # "prepared" | "raw"
+    input: InputSource
+
+    @property
+    def manifest(self) -> pd.DataFrame:
+        """The rows that can be used (quarantined rows removed for prepared data)."""
+        return self.input.rows
+
+    @property
+    def split_hash(self) -> str:
+        return self.input.split_hash
+
+    @property
+    def prepared(self) -> dict | None:
+        """The commit record when reading prepared shards (read once, when the source was resolved)."""
+        return self.input.prepared
+
+    @property
+    def kind(self) -> str:
+        """"prepared" | "raw"."""
+        return "prepared" if self.input.kind == "prepared" else "raw"
+
+    @property
+    def data_origin(self) -> str:
+        return self.input.data_origin
 
     @property
     def stored_size(self) -> int:
@@ -80,7 +101,7 @@ class DataSource:
             return manifest_dataset(rows[list(TRAINING_ROW_COLUMNS)].reset_index(drop=True))
         if self.kind == "prepared":
             ds = read_prepared(self.config.data, [split], columns=[*TRAINING_ROW_COLUMNS, "image"],
-                               endpoint_url=self.config.s3_endpoint)
+                               record=self.prepared, endpoint_url=self.config.s3_endpoint)
             return ds.limit(self.config.limit) if self.config.limit else ds
         if rows["path"].isna().all():
             raise ValueError(f"{self.config.data}: the {split} split has no images; only the metadata model (mlp) "
@@ -96,10 +117,4 @@ def _keep_decoded(batch: pd.DataFrame) -> pd.DataFrame:
 
 def open_source(config: DataConfig) -> DataSource:
     """Resolves `config.data`: a prepared output (prepared.json) or a dataset folder/prefix."""
-    record = read_commit(config.data, endpoint_url=config.s3_endpoint)
-    if record is not None:
-        manifest, _, quarantine = read_prepared_tables(config.data, record, endpoint_url=config.s3_endpoint)
-        usable = manifest[~manifest["image_index"].isin(quarantine["image_index"])]
-        return DataSource(config, usable.reset_index(drop=True), record["split_hash"], record, "prepared")
-    manifest, summary = build_manifest(config.data, endpoint_url=config.s3_endpoint)
-    return DataSource(config, manifest, summary.split_hash, None, "raw")
+    return DataSource(config, resolve_dataset(config.data, endpoint_url=config.s3_endpoint))

@@ -14,6 +14,7 @@ import pandas as pd
 
 from thorax_ray.attribution import (WANG_THRESHOLDS, boxes_for_image, centres_from_metadata, decode_heatmaps,
                                     upsample_maps)
+from thorax_ray.data.inputs import InputSource
 from thorax_ray.data.locate import discover
 from thorax_ray.data.nih_csv import read_bbox_list
 from thorax_ray.data.sources import DataConfig, open_source
@@ -25,7 +26,6 @@ from thorax_ray.evaluation.plots import plot_auroc_comparison, plot_heatmap_over
 from thorax_ray.evaluation.report import write_report
 from thorax_ray.labels import FINDING_COLUMNS, FINDINGS, column_name
 from thorax_ray.names import safe_name
-from thorax_ray.scoring.inputs import sibling_bbox_list
 from thorax_ray.scoring.overlays import read_original
 
 log = logging.getLogger(__name__)
@@ -218,8 +218,7 @@ def evaluate_scores(config: EvaluationConfig, load_scores) -> dict:
     """`load_scores(uri) -> DataFrame` (image_index, probability columns, optional heatmap/boxes)."""
     outputs = load_outputs(config, load_scores)
     source = open_source(DataConfig(data=config.data, s3_endpoint=config.s3_endpoint))
-    raw_root = source.prepared["source"] if source.prepared else config.data
-    truth_boxes = _truth_boxes(raw_root, config.s3_endpoint)
+    truth_boxes = _truth_boxes(source.input, config.s3_endpoint)
     scores = _join(config, source, outputs)
     os.makedirs(config.out, exist_ok=True)
     columns = [f"{n}:{c}" for n in scores.scored for c in FINDING_COLUMNS]
@@ -341,13 +340,13 @@ def _write(config: EvaluationConfig, scores: _Joined, test: pd.DataFrame, test_t
     return metrics
 
 
-def _truth_boxes(raw_root: str, endpoint: str | None) -> pd.DataFrame | None:
+def _truth_boxes(source: InputSource, endpoint: str | None) -> pd.DataFrame | None:
     """BBox_List_2017.csv of the dataset: beside its root (one existence check), else wherever the
     dataset's layout has it (a listing of the dataset)."""
-    path = sibling_bbox_list(raw_root, endpoint)
+    path = source.bbox_csv  # found when the source was resolved (one existence check)
     if path is None:
         try:
-            path = discover(raw_root, endpoint_url=endpoint).bbox_csv
+            path = discover(source.dataset_root, endpoint_url=endpoint).bbox_csv
         except ValueError:
             return None
     return read_bbox_list(path, endpoint_url=endpoint) if path else None

@@ -22,22 +22,21 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from thorax_ray import storage
 from thorax_ray.attribution import default_method_name, get_method
 from thorax_ray.checkpoint import load_payload_and_id, resolve_checkpoint
 from thorax_ray.cluster import ClusterCapacity, check_shared_storage, cluster_capacity
 from thorax_ray.data.origin import ood_check
+from thorax_ray.data.staged import StagedRun, new_run_id, staged_run, utc_timestamp
 from thorax_ray.labels import FINDING_COLUMNS, FINDINGS
-from thorax_ray.lease import Lease, acquire_lease
 from thorax_ray.models import build_model
 from thorax_ray.progress import StageProgress
 from thorax_ray.scoring.config import ScoreConfig
 from thorax_ray.scoring.gate import resolve_gate
 from thorax_ray.scoring.inputs import ScoringInput, resolve_input
-from thorax_ray.scoring.output import (LOCK_FILE, QUARANTINE_DIR, SCORES_DIR, SCORES_FORMAT_VERSION, ScoresError,
-                                       clean_uncommitted, feature_attribution_metadata, new_run_id, publish,
-                                       quarantine_table, remove_staging, schema_metadata, score_schema, scored_index,
-                                       staging_uri, write_commit, write_table_file)
+from thorax_ray.scoring.output import (QUARANTINE_DIR, SCORES_DIR, SCORES_FORMAT_VERSION, ScoresError,
+                                       clean_uncommitted, commit_name, feature_attribution_metadata, publish,
+                                       quarantine_table, schema_metadata, score_schema, scored_index, staging_uri,
+                                       write_table_file)
 from thorax_ray.scoring.overlays import write_overlays
 from thorax_ray.scoring.pipeline import ScoringRun, plan_actors, stream
 from thorax_ray.scoring.scorer import NO_METHOD, heatmap_description, uses_maps
@@ -82,12 +81,9 @@ def score(config: ScoreConfig, *, filesystem=None, capacity: ClusterCapacity | N
     run = ScoringRun(config=config, source=source, payload=payload, model=model, model_id=model_id,
                checkpoint_dir=checkpoint_dir, method=method, actor_plan=actor_plan, run_id=run_id,
                batch_date=batch_date, started=started, now=now, origin=origin)
-    lease = acquire_lease(storage.join(config.out, LOCK_FILE), ttl_s=config.lock_ttl_s, wait_s=config.lock_wait_s,
-                          about={"run_id": run_id, "model_id": model_id}, endpoint_url=endpoint)
-    try:
-        summary = _score_locked(run, lease, filesystem)
-    finally:
-        lease.release()
+    with staged_run(config.out, staging_uri(config.out, run_id), ttl_s=config.lock_ttl_s, wait_s=config.lock_wait_s,
+                    about={"run_id": run_id, "model_id": model_id}, scratch=True, endpoint_url=endpoint) as staged:
+        summary = _score_locked(run, staged, filesystem)
     if config.overlays:
         summary.overlays = write_overlays(config.out, source, config.overlays, model_id=model_id, run_id=run_id,
                                           limit=config.overlay_limit,
@@ -131,20 +127,16 @@ class _Written:
     metadata_sources: dict[str, int]
 
 
-def _score_locked(run: ScoringRun, lease: Lease, filesystem) -> ScoreSummary:
-    """The part of a run that needs the output's lease: what is already scored, the scoring, the commit."""
+def _score_locked(run: ScoringRun, staged: StagedRun, filesystem) -> ScoreSummary:
+    """The part of a run that needs the output's lease: what is already scored, the scoring, the commit
+    (`staged` removes the run's staging folder afterwards, and on any failure)."""
     config, endpoint = run.config, run.config.endpoint_url
     if config.keep_uncommitted_hours is not None:
         clean_uncommitted(config.out, older_than_s=config.keep_uncommitted_hours * 3600, endpoint_url=endpoint)
     pending = _plan_pending(run)
     layout = _describe_output(run)
-    try:
-        written = _score_pending(run, pending, layout, filesystem)
-        commit, entries, quarantined = _commit(run, lease, pending, layout, written)
-    except BaseException:
-        remove_staging(config.out, run.run_id, endpoint_url=endpoint)
-        raise
-    remove_staging(config.out, run.run_id, endpoint_url=endpoint)
+    written = _score_pending(run, pending, layout, filesystem)
+    commit, entries, quarantined = _commit(run, staged, pending, layout, written)
     return ScoreSummary(
         out=config.out, input=config.input, run_id=run.run_id, batch_date=run.batch_date, model_id=run.model_id,
         model_name=str(run.payload.get("model_name")), method=run.method, input_rows=run.source.total_rows,
@@ -231,7 +223,7 @@ def _score_pending(run: ScoringRun, pending: _Pending, layout: _Layout, filesyst
                     metadata_sources=_sum_counts(write.metadata_sources for write in sink.result))
 
 
-def _commit(run: ScoringRun, lease: Lease, pending: _Pending, layout: _Layout,
+def _commit(run: ScoringRun, staged: StagedRun, pending: _Pending, layout: _Layout,
             written: _Written) -> tuple[str, list[dict], dict[str, int]]:
     """Publishes the staged files and writes the run's commit record (while the lease is still ours);
     returns (commit URI, published score files, quarantined rows per reason)."""
@@ -248,14 +240,13 @@ def _commit(run: ScoringRun, lease: Lease, pending: _Pending, layout: _Layout,
     quarantined = {str(k): int(v) for k, v in failed["reason"].value_counts().items()}
     elapsed = time.monotonic() - run.started
     build = payload.get("model_build_config") or {}
-    lease.check()  # still ours: no other run can have read the old index and scored these too
-    commit = write_commit(config.out, {
+    # Written only while the lease is still ours: no other run can have read the old index and scored these too.
+    commit = staged.commit(commit_name(run_id), {
         "format_version": SCORES_FORMAT_VERSION, "run_id": run_id, "batch_date": batch_date, "model_id": run.model_id,
         "model_name": payload.get("model_name"), "checkpoint": run.checkpoint_dir, "method": run.method,
         "split_hash": payload.get("split_hash"),  # the split the model was trained on
         "input": config.input, "input_kind": run.source.kind,
-        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(run.now)),
-        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "started": utc_timestamp(run.now), "finished": utc_timestamp(),
         "files": entries, "quarantine_files": quarantine_entries,
         "counts": {"input": run.source.total_rows, "scored": written.scored, "skipped": pending.skipped,
                    "quarantined": len(failed), "deferred": pending.deferred,
@@ -265,7 +256,7 @@ def _commit(run: ScoringRun, lease: Lease, pending: _Pending, layout: _Layout,
         "boxes": layout.box_settings, "model_init": build.get("init"),
         "metadata_features": (build.get("metadata_features") or {}).get("features"),
         "elapsed_s": round(elapsed, 3), "compute_s": round(written.compute_s, 3), "model_s": round(written.model_s, 3),
-    }, endpoint_url=endpoint)
+    })
     return commit, entries, quarantined
 
 

@@ -9,6 +9,9 @@ Layout of an output `OUT/` (local folder or s3:// prefix):
     OUT/_staging/<run_id>/...                                    files of a run that is still writing
     OUT/_lock.json                                               lease of the run writing now (thorax_ray.lease)
 
+The staging, the lease and the commit go through the data stage's staged-output helper
+(thorax_ray.data.staged), which prepare uses as well.
+
 A run writes its files under `_staging/<run_id>/`, moves them to their partition folders when every
 image is done, and then writes `_commits/<run_id>.json` (one PUT on object stores, write + rename on
 local disks) listing them. Readers (`read_scores`, `read_quarantine`, `scored_index`) read only files
@@ -25,7 +28,6 @@ import json
 import logging
 import re
 import time
-import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -36,13 +38,13 @@ import pyarrow.parquet as pq
 from thorax_ray import storage
 from thorax_ray.attribution import BOXES_TYPE, HEATMAP_METADATA_KEY
 from thorax_ray.data.quarantine import QUARANTINE_COLUMNS
+from thorax_ray.data.staged import RUN_ID_TIME, new_run_id, write_record  # noqa: F401 - new_run_id: re-exported
 from thorax_ray.labels import FINDING_COLUMNS, FINDINGS
 
 log = logging.getLogger(__name__)
 
 SCORES_FORMAT_VERSION = 1
 COMMITS_DIR = "_commits"
-LOCK_FILE = "_lock.json"  # the lease of the run writing to OUT (thorax_ray.lease)
 STAGING_DIR = "_staging"
 SCORES_DIR = "scores"
 QUARANTINE_DIR = "quarantine"
@@ -62,18 +64,13 @@ class ScoresError(ValueError):
     pass
 
 
-def new_run_id(now: float | None = None) -> str:
-    """`YYYYMMDDTHHMMSSZ-xxxxxx` (UTC start time, sortable, unique)."""
-    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now)) + "-" + uuid.uuid4().hex[:6]
-
-
 def run_started(run_id: str) -> float | None:
     """The UTC start time encoded in a run id (seconds since the epoch), None for other names."""
     match = _RUN_ID.match(run_id)
     if not match:
         return None
 
-    return float(calendar.timegm(time.strptime(match.group(1), "%Y%m%dT%H%M%SZ")))
+    return float(calendar.timegm(time.strptime(match.group(1), RUN_ID_TIME)))
 
 
 # ----- schema ------------------------------------------------------------------------------------------
@@ -205,22 +202,14 @@ def publish(out: str, run_id: str, batch_date: str, files: list[tuple[str, int, 
     return entries
 
 
+def commit_name(run_id: str) -> str:
+    """Where a run's commit record lives, relative to OUT."""
+    return f"{COMMITS_DIR}/{run_id}.json"
+
+
 def write_commit(out: str, record: dict, *, endpoint_url: str | None = None) -> str:
     """Writes OUT/_commits/<run_id>.json in one step (local: write + rename; object stores: one PUT)."""
-    uri = storage.join(out, COMMITS_DIR, f"{record['run_id']}.json")
-    storage.write_json(uri, record, endpoint_url=endpoint_url)
-    fs, path = storage.filesystem(uri, endpoint_url=endpoint_url)
-    return storage.to_uri(fs, path)
-
-
-def remove_staging(out: str, run_id: str, *, endpoint_url: str | None = None) -> None:
-    fs, base = storage.filesystem(out, endpoint_url=endpoint_url)
-    path = f"{base}/{STAGING_DIR}/{run_id}"
-    try:
-        if fs.exists(path):
-            fs.rm(path, recursive=True)
-    except FileNotFoundError:
-        pass
+    return write_record(storage.join(out, commit_name(record["run_id"])), record, endpoint_url=endpoint_url)
 
 
 def clean_uncommitted(out: str, *, older_than_s: float, endpoint_url: str | None = None,
