@@ -16,9 +16,9 @@ written: a missing or empty --scores output is an error naming it.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 
+from thorax_ray import storage
 from thorax_ray.cli import add_cluster_arguments, job_parser, positive_int, run_main, setup_logging
 from thorax_ray.evaluation.run import EvaluationConfig
 from thorax_ray.preflight import require_inputs
@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
 
         metrics = evaluate_scores(config, lambda uri: read_scores(uri, endpoint_url=args.s3_endpoint))
         print(metrics["table"])
-        print(f"metrics: {os.path.join(args.out, 'metrics.json')}\nreport: {os.path.abspath(metrics['report'])}")
+        report = metrics["report"] if storage.is_remote(metrics["report"]) else os.path.abspath(metrics["report"])
+        print(f"metrics: {storage.join(args.out, 'metrics.json')}\nreport: {report}")
         return 0
 
     from thorax_ray.checkpoint import resolve_checkpoint
@@ -82,10 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     resolve_checkpoint(args.checkpoint, endpoint_url=args.s3_endpoint)  # a folder without a checkpoint: fail now
     init_ray(args.address, verbose=args.verbose)
     metrics = evaluate_checkpoint(args.checkpoint, args.data, args.split, s3_endpoint=args.s3_endpoint)
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, "metrics.json")
-    with open(path, "w") as handle:
-        json.dump(metrics, handle, indent=2)
+    path = storage.join(args.out, "metrics.json")
+    storage.write_json(path, metrics, endpoint_url=args.s3_endpoint)
     print(f"{metrics['model']} on {args.split} ({metrics['n_images']} images): mean AUROC "
           f"{metrics['mean_auroc'] if metrics['mean_auroc'] is None else round(metrics['mean_auroc'], 4)}")
     for finding, value in metrics["auroc"].items():

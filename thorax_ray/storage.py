@@ -25,18 +25,30 @@ def endpoint_from_env() -> str | None:
     return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
 
 
+S3_ATTEMPTS_PER_REQUEST = 5
+"""The most tries of one S3 request, the first included: botocore's "standard" retry mode retries
+connection errors, throttling (SlowDown) and 500/502/503/504 with jittered exponential backoff. It is the
+only retry layer: s3fs's own retry loop (5 passes by default, nested twice around botocore's for reads,
+so up to 25 times the tries) runs one pass, and `data.read.read_bytes` calls once. Reading a whole object
+(`cat_file`) is a size request and a GET, so at most 2 * 5 requests (aiohttp may resend once more on a
+kept-alive connection the server closed). A response cut off mid-body is not retried: that image is
+quarantined as `read_error`. A missing object (404) is never retried."""
+
+
 def filesystem(uri: str, *, endpoint_url: str | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
     """Returns (filesystem, path within it) for a local path or URI."""
     uri = str(uri)
     if uri.startswith("s3://") or uri.startswith("s3a://"):
-        import s3fs  # deferred: s3fs (s3:// only)
+        from thorax_ray.s3 import S3FileSystem  # deferred: s3fs (s3:// only)
 
         endpoint = endpoint_url or endpoint_from_env()
         client_kwargs = {"endpoint_url": endpoint} if endpoint else {}
         region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
         if region:
             client_kwargs["region_name"] = region
-        fs = s3fs.S3FileSystem(client_kwargs=client_kwargs, use_listings_cache=False)
+        retries = {"total_max_attempts": S3_ATTEMPTS_PER_REQUEST, "mode": "standard"}
+        fs = S3FileSystem(client_kwargs=client_kwargs, config_kwargs={"retries": retries}, passes=1,
+                          use_listings_cache=False)
         return fs, uri.split("://", 1)[1].rstrip("/")
     if is_remote(uri):
         fs, path = fsspec.core.url_to_fs(uri)
@@ -100,16 +112,48 @@ def read_json(uri: str, *, endpoint_url: str | None = None) -> dict | None:
         return None
 
 
-def write_json(uri: str, obj, *, endpoint_url: str | None = None) -> None:
-    """Writes `obj` as indented JSON in one step, so readers see the old file or the new one, never a
-    partial one (local: write a temporary file + rename; object stores: one PUT). Creates the folder."""
+def write_json(uri: str, obj, *, endpoint_url: str | None = None, default=None) -> None:
+    """Writes `obj` as indented JSON (`default`: json.dumps's hook for values JSON lacks) with
+    write_bytes: readers see the old file or the new one, never a partial one."""
+    write_bytes(uri, json.dumps(obj, indent=2, default=default).encode(), endpoint_url=endpoint_url)
+
+
+def write_text(uri: str, text: str, *, endpoint_url: str | None = None) -> None:
+    """Writes `text` as UTF-8 with write_bytes (one step; creates the folder)."""
+    write_bytes(uri, text.encode("utf-8"), endpoint_url=endpoint_url)
+
+
+def write_bytes(uri: str, data: bytes, *, endpoint_url: str | None = None) -> None:
+    """Writes `data` in one step, so readers see the old file or the new one, never a partial one
+    (local: write a temporary file + rename; object stores: one PUT). Creates the folder."""
     fs, path = filesystem(uri, endpoint_url=endpoint_url)
-    data = json.dumps(obj, indent=2).encode()
     if is_remote(uri):
-        fs.pipe_file(path, data)
+        fs.pipe_file(path, bytes(data))
         return
     fs.makedirs(os.path.dirname(path), exist_ok=True)
     temporary = f"{path}.tmp"
     with open(temporary, "wb") as handle:
         handle.write(data)
     os.replace(temporary, path)
+
+
+def read_bytes(uri: str, *, endpoint_url: str | None = None) -> bytes:
+    """A file's bytes (local or s3://); FileNotFoundError when it does not exist."""
+    fs, path = filesystem(uri, endpoint_url=endpoint_url)
+    with fs.open(path, "rb") as handle:
+        return handle.read()
+
+
+def make_folder(uri: str, *, endpoint_url: str | None = None) -> None:
+    """Creates a local folder (and its parents); object stores have no folders, only keys: nothing to do."""
+    if not is_remote(uri):
+        fs, path = filesystem(uri, endpoint_url=endpoint_url)
+        fs.makedirs(path, exist_ok=True)
+
+
+def list_names(uri: str, *, endpoint_url: str | None = None) -> list[str]:
+    """The names (last path parts) of the entries in a folder or under a prefix; [] when there is none."""
+    fs, path = filesystem(uri, endpoint_url=endpoint_url)
+    if not fs.isdir(path):
+        return []
+    return [entry.rstrip("/").rsplit("/", 1)[-1] for entry in fs.ls(path, detail=False)]

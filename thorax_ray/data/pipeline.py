@@ -95,7 +95,7 @@ class ImageLoader:
             return Loaded(stage="locate", reason="missing")
         fs, path = self._fs_and_path(uri)
         try:
-            data = read_bytes(fs, path, attempts=self.config.read_attempts, backoff_s=self.config.read_backoff_s)
+            data = read_bytes(fs, path)
         except ReadError as error:
             return Loaded(stage="read", reason=error.reason)
         try:

@@ -1,8 +1,10 @@
-"""Reading bytes from storage with bounded retries and exponential backoff for transient errors."""
+"""Reading one image's bytes from storage, its failure as a quarantine reason.
+
+Transient errors are retried below this module, once for every S3 request, by the client that
+`storage.filesystem` configures (`storage.S3_ATTEMPTS_PER_REQUEST`); `read_bytes` itself calls once."""
 from __future__ import annotations
 
 import logging
-import time
 
 import fsspec
 
@@ -10,23 +12,22 @@ log = logging.getLogger(__name__)
 
 
 class ReadError(OSError):
+    """A read that failed: `reason` is "missing" or "read_error" (thorax_ray.data.quarantine)."""
+
     def __init__(self, reason: str, detail: str):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
 
 
-def read_bytes(fs: fsspec.AbstractFileSystem, path: str, *, attempts: int = 3, backoff_s: float = 0.2) -> bytes:
-    """Reads a whole object; a missing one fails at once, transient errors are retried `attempts` times."""
-    for attempt in range(1, attempts + 1):
-        try:
-            return fs.cat_file(path)
-        except FileNotFoundError:
-            raise ReadError("missing", path) from None
-        except (OSError, TimeoutError, ConnectionError) as error:  # botocore/aiohttp errors surface as OSError
-            if attempt == attempts:
-                raise ReadError("read_error", f"{type(error).__name__} after {attempts} attempts: {error}"[:300]) from None
-            delay = backoff_s * 2 ** (attempt - 1)
-            log.warning("read of %s failed (%s), retry %d/%d in %.1fs", path, type(error).__name__, attempt, attempts - 1, delay)
-            time.sleep(delay)
-    raise AssertionError("unreachable")
+def read_bytes(fs: fsspec.AbstractFileSystem, path: str) -> bytes:
+    """Reads a whole object with one call: a missing one is ReadError("missing"), any other failure
+    (what is left after the client's own retries) ReadError("read_error") with the error's type and text."""
+    try:
+        return fs.cat_file(path)
+    except FileNotFoundError:
+        raise ReadError("missing", path) from None
+    except Exception as error:  # noqa: BLE001 - s3fs lets botocore and aiohttp errors through, not only OSError
+        detail = f"{type(error).__name__}: {error}"[:300]
+        log.warning("read of %s failed: %s", path, detail)
+        raise ReadError("read_error", detail) from None

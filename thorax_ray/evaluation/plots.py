@@ -1,13 +1,15 @@
-"""Evaluation figures as PNG files (matplotlib, Agg backend, imported inside the functions so that
-importing this module costs nothing and never needs a display)."""
+"""Evaluation figures as PNG files, local or s3:// (matplotlib, Agg backend, imported inside the functions
+so that importing this module costs nothing and never needs a display)."""
 from __future__ import annotations
 
+import io
 import math
 import os
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from thorax_ray import storage
 from thorax_ray.evaluation.references import MEAN_ROW, REFERENCE_AUROC
 from thorax_ray.labels import FINDINGS
 
@@ -24,13 +26,13 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path) -> str:
+def _save(fig, path, endpoint_url: str | None = None) -> str:
+    """The figure as a PNG at `path` (a local path or s3:// URI, written in one step by storage)."""
     path = os.fspath(path)
-    folder = os.path.dirname(path)
-    if folder:
-        os.makedirs(folder, exist_ok=True)
-    fig.savefig(path, dpi=_DPI, format="png", metadata=_PNG_METADATA)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=_DPI, format="png", metadata=_PNG_METADATA)
     _pyplot().close(fig)
+    storage.write_bytes(path, buffer.getvalue(), endpoint_url=endpoint_url)
     return path
 
 
@@ -64,7 +66,7 @@ def _finding_axis(ax, finding: str, y: np.ndarray, xlabel: str, ylabel: str) -> 
 
 
 def plot_roc_curves(labels, scores_by_model: Mapping[str, np.ndarray], path, *, split: str = "test",
-                    title: str | None = None) -> str:
+                    title: str | None = None, endpoint_url: str | None = None) -> str:
     """One subplot per finding, one ROC curve per model with its AUROC in the legend; a finding
     without positives or negatives says so instead of a curve. Returns `path`."""
     from sklearn.metrics import roc_auc_score, roc_curve  # deferred: scikit-learn (slow import)
@@ -84,11 +86,11 @@ def plot_roc_curves(labels, scores_by_model: Mapping[str, np.ndarray], path, *, 
             fpr, tpr, _ = roc_curve(y, s)
             ax.plot(fpr, tpr, linewidth=1.3, label=f"{name}: AUROC {roc_auc_score(y, s):.3f}")
         ax.legend(loc="lower right", fontsize=7)
-    return _save(fig, path)
+    return _save(fig, path, endpoint_url)
 
 
 def plot_pr_curves(labels, scores_by_model: Mapping[str, np.ndarray], path, *, split: str = "test",
-                   title: str | None = None) -> str:
+                   title: str | None = None, endpoint_url: str | None = None) -> str:
     """One subplot per finding, one precision-recall curve per model with its average precision in
     the legend and the prevalence (a random model's precision) as a dotted line. Returns `path`."""
     from sklearn.metrics import (average_precision_score,  # deferred: scikit-learn (slow import)
@@ -111,7 +113,7 @@ def plot_pr_curves(labels, scores_by_model: Mapping[str, np.ndarray], path, *, s
             ax.step(recall, precision, where="post", linewidth=1.3,
                     label=f"{name}: AP {average_precision_score(y, s):.3f}")
         ax.legend(loc="upper right", fontsize=7)
-    return _save(fig, path)
+    return _save(fig, path, endpoint_url)
 
 
 def _table_columns(table) -> dict[str, dict[str, float | None]]:
@@ -127,7 +129,8 @@ def _value(v) -> float:
 
 def plot_auroc_comparison(table, path, *, reference_columns: Sequence[str] | None = None,
                           ci: Mapping[str, Mapping[str, Sequence[float] | None]] | None = None,
-                          split: str = "test", title: str | None = None, include_mean: bool = True) -> str:
+                          split: str = "test", title: str | None = None, include_mean: bool = True,
+                          endpoint_url: str | None = None) -> str:
     """Grouped bars of AUROC per finding (and the mean, key "mean"), one bar per model column, with
     optional 95% CIs as error bars; reference columns (by default those named in
     report.REFERENCE_AUROC) are drawn as markers, not bars. `table`: column -> {finding: AUROC | None}
@@ -165,11 +168,12 @@ def plot_auroc_comparison(table, path, *, reference_columns: Sequence[str] | Non
     ax.set_title(title or f"AUROC per finding: our models ({split} split, bars, 95% CI) vs published references (markers)")
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=3, frameon=False)
     ax.grid(axis="y", alpha=0.3)
-    return _save(fig, path)
+    return _save(fig, path, endpoint_url)
 
 
 def plot_heatmap_overlay(image, heatmap, path, *, truth_boxes: Sequence[Mapping] = (),
-                         predicted_boxes: Sequence[Mapping] = (), title: str = "") -> str:
+                         predicted_boxes: Sequence[Mapping] = (), title: str = "",
+                         endpoint_url: str | None = None) -> str:
     """An X-ray (H, W) with a heatmap (any size, stretched over the image) in translucent colour,
     ground-truth boxes in green and predicted boxes in dashed red ({x, y, w, h[, finding, score]} in
     the image's pixel frame). Returns `path`."""
@@ -196,4 +200,4 @@ def plot_heatmap_overlay(image, heatmap, path, *, truth_boxes: Sequence[Mapping]
     ax.axis("off")
     if title:
         ax.set_title(title, fontsize=9)
-    return _save(fig, path)
+    return _save(fig, path, endpoint_url)

@@ -1,9 +1,10 @@
 """`jobs/evaluate.py --scores ...`: compares scored models on the test split of a dataset and writes
-metrics.json, thresholds, per-image predictions, plots, heatmap overlays and report.html."""
+metrics.json, thresholds, per-image predictions, plots, heatmap overlays and report.html (every file
+through thorax_ray.storage: the output may be a local folder or an s3:// prefix)."""
 from __future__ import annotations
 
+import io
 import itertools
-import json
 import logging
 import os
 import re
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from thorax_ray import storage
 from thorax_ray.attribution import (WANG_THRESHOLDS, boxes_for_image, centres_from_metadata, decode_heatmaps,
                                     upsample_maps)
 from thorax_ray.data.inputs import InputSource
@@ -171,25 +173,24 @@ def _localize(frame: pd.DataFrame, heatmap: dict | None, boxes: dict | None, tru
 THRESHOLD_KEYS = ("model", "split_hash", "rule", "thresholds")  # what makes two threshold files the same
 
 
-def write_thresholds(folder: str, model: str, thresholds: dict, *, split_hash: str, rule: str) -> str:
-    """`folder/<model>.v<N>.json`: a new version N when the thresholds (or their rule or split) differ
-    from the newest existing version, which is otherwise kept as it is. Returns the file's path."""
+def write_thresholds(folder: str, model: str, thresholds: dict, *, split_hash: str, rule: str,
+                     endpoint_url: str | None = None) -> str:
+    """`folder/<model>.v<N>.json` (local or s3://): a new version N when the thresholds (or their rule or
+    split) differ from the newest existing version, which is otherwise kept as it is. Returns its path."""
     versions = []
-    if os.path.isdir(folder):
-        for name in os.listdir(folder):
-            match = re.fullmatch(re.escape(model) + r"\.v(\d+)\.json", name)
-            if match:
-                versions.append(int(match.group(1)))
+    for name in storage.list_names(folder, endpoint_url=endpoint_url):
+        match = re.fullmatch(re.escape(model) + r"\.v(\d+)\.json", name)
+        if match:
+            versions.append(int(match.group(1)))
     newest = max(versions, default=0)
     document = thresholds_document(thresholds, model=model, split_hash=split_hash, rule=rule, version=newest + 1)
     if newest:
-        path = os.path.join(folder, f"{model}.v{newest}.json")
-        with open(path) as handle:
-            previous = json.load(handle)
+        path = storage.join(folder, f"{model}.v{newest}.json")
+        previous = storage.read_json(path, endpoint_url=endpoint_url)
         if all(previous.get(k) == document.get(k) for k in THRESHOLD_KEYS):
             return path
-    path = os.path.join(folder, f"{model}.v{newest + 1}.json")
-    _write_json(path, document)
+    path = storage.join(folder, f"{model}.v{newest + 1}.json")
+    storage.write_json(path, document, endpoint_url=endpoint_url, default=_plain)
     return path
 
 
@@ -220,7 +221,7 @@ def evaluate_scores(config: EvaluationConfig, load_scores) -> dict:
     source = open_source(DataConfig(data=config.data, s3_endpoint=config.s3_endpoint))
     truth_boxes = _truth_boxes(source.input, config.s3_endpoint)
     scores = _join(config, source, outputs)
-    os.makedirs(config.out, exist_ok=True)
+    storage.make_folder(config.out, endpoint_url=config.s3_endpoint)
     columns = [f"{n}:{c}" for n in scores.scored for c in FINDING_COLUMNS]
     complete = scores.joined[columns].notna().all(axis=1)
     rows = scores.joined[complete]
@@ -236,7 +237,7 @@ def evaluate_scores(config: EvaluationConfig, load_scores) -> dict:
     test_truth = None if truth_boxes is None else truth_boxes[truth_boxes["image_index"].isin(test.index)]
     predicted_boxes = _summarise(config, scores, test, val, test_truth, metrics, source.split_hash)
     _compare(config, scores, test, test_truth, metrics)
-    rows.reset_index(drop=True).to_parquet(os.path.join(config.out, "predictions.parquet"), index=False)
+    _write_parquet(rows.reset_index(drop=True), storage.join(config.out, "predictions.parquet"), config.s3_endpoint)
     return _write(config, scores, test, test_truth, predicted_boxes, metrics)
 
 
@@ -297,8 +298,8 @@ def _summarise(config: EvaluationConfig, scores: _Joined, test: pd.DataFrame, va
                                         "size (source PNG unreadable when scored): no boxes, counted as misses")
         metrics["models"][name] = entry
         if entry.get("thresholds") is not None:
-            write_thresholds(os.path.join(config.out, "thresholds"), name, entry["thresholds"],
-                             split_hash=split_hash, rule=config.threshold_rule)
+            write_thresholds(storage.join(config.out, "thresholds"), name, entry["thresholds"],
+                             split_hash=split_hash, rule=config.threshold_rule, endpoint_url=config.s3_endpoint)
     return predicted_boxes
 
 
@@ -320,21 +321,23 @@ def _write(config: EvaluationConfig, scores: _Joined, test: pd.DataFrame, test_t
            predicted_boxes: dict, metrics: dict) -> dict:
     """Plots, overlays, metrics.json and report.html; returns `metrics` with the report's path and table."""
     labels, by_model = _labels(test), {name: _scores(test, name) for name in scores.scored}
-    out = config.out
+    out, endpoint = config.out, config.s3_endpoint
     images = {
-        "ROC curves": plot_roc_curves(labels, by_model, os.path.join(out, "roc_curves.png"), split=config.split),
-        "Precision-recall curves": plot_pr_curves(labels, by_model, os.path.join(out, "pr_curves.png"),
-                                                  split=config.split),
-        "AUROC per finding": plot_auroc_comparison(comparison_table(metrics), os.path.join(out, "auroc.png"),
-                                                   ci=comparison_ci(metrics), split=config.split),
+        "ROC curves": plot_roc_curves(labels, by_model, storage.join(out, "roc_curves.png"), split=config.split,
+                                      endpoint_url=endpoint),
+        "Precision-recall curves": plot_pr_curves(labels, by_model, storage.join(out, "pr_curves.png"),
+                                                  split=config.split, endpoint_url=endpoint),
+        "AUROC per finding": plot_auroc_comparison(comparison_table(metrics), storage.join(out, "auroc.png"),
+                                                   ci=comparison_ci(metrics), split=config.split,
+                                                   endpoint_url=endpoint),
     }
     overlay_model = next(iter(predicted_boxes), None)  # the first model with localization
     overlays = {} if overlay_model is None else _overlays(
         config, scores.scored[overlay_model], overlay_model, scores.described[overlay_model].get("heatmap"), test,
         test_truth, predicted_boxes[overlay_model])
-    _write_json(os.path.join(out, "metrics.json"), metrics)
-    report = write_report(os.path.join(out, "report.html"), metrics, images=images, overlays=overlays,
-                          title="thorax-ray: CNN vs metadata MLP vs fusion")
+    storage.write_json(storage.join(out, "metrics.json"), metrics, endpoint_url=endpoint, default=_plain)
+    report = write_report(storage.join(out, "report.html"), metrics, images=images, overlays=overlays,
+                          title="thorax-ray: CNN vs metadata MLP vs fusion", endpoint_url=endpoint)
     metrics["report"] = report
     metrics["table"] = format_comparison_table(metrics)
     return metrics
@@ -390,8 +393,8 @@ def _overlays(config: EvaluationConfig, frame: pd.DataFrame, name: str, heatmap_
     the finding's map upsampled between its cells' centres, the Wang-protocol boxes and the truth boxes."""
     if config.overlays <= 0:
         return {}
-    folder = os.path.join(config.out, "overlays")
-    os.makedirs(folder, exist_ok=True)
+    folder = storage.join(config.out, "overlays")
+    storage.make_folder(folder, endpoint_url=config.s3_endpoint)
     chosen = [i for i in truth_boxes["image_index"].drop_duplicates() if i in frame.index]
     shape = tuple(heatmap_description["shape"][-2:]) if heatmap_description else None
     centres = centres_from_metadata(heatmap_description)
@@ -410,9 +413,9 @@ def _overlays(config: EvaluationConfig, frame: pd.DataFrame, name: str, heatmap_
         predicted = [box for box in predicted_boxes.get(image_index, []) if box["finding"] == finding]
         probability = float(row[column_name(finding)])
         overlays[f"{name}: {image_index} {finding} (p={probability:.2f}); {protocol}"] = plot_heatmap_overlay(
-            pixels, heatmap, os.path.join(folder, f"{stem}_{finding}.png"),
+            pixels, heatmap, storage.join(folder, f"{stem}_{finding}.png"),
             truth_boxes=truth.to_dict("records"), predicted_boxes=predicted,
-            title=f"{image_index}: {finding} p={probability:.2f}")
+            title=f"{image_index}: {finding} p={probability:.2f}", endpoint_url=config.s3_endpoint)
     return overlays
 
 
@@ -422,10 +425,10 @@ def _square_map_shape(value: bytes) -> tuple[int, int]:
     return side, side
 
 
-def _write_json(path: str, payload: dict) -> None:
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path, "w") as handle:
-        json.dump(payload, handle, indent=2, default=_plain)
+def _write_parquet(frame: pd.DataFrame, uri: str, endpoint_url: str | None) -> None:
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False)
+    storage.write_bytes(uri, buffer.getvalue(), endpoint_url=endpoint_url)
 
 
 def _plain(value):
