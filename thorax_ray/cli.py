@@ -6,6 +6,7 @@ import logging
 import sys
 from collections.abc import Callable
 
+from thorax_ray import console
 from thorax_ray.cluster import USE_GPU_CHOICES
 from thorax_ray.interrupts import as_interrupted, interruptible
 
@@ -32,10 +33,10 @@ def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = N
             sys.exit(main(argv))
         except KeyboardInterrupt as error:  # Interrupted, or what Ray's blocking calls make of it
             stop = as_interrupted(error)
-            print(f"interrupted ({stop.name}): {on_interrupt}", file=sys.stderr)
+            console.error(f"interrupted ({stop.name}): {on_interrupt}")
             sys.exit(stop.exit_code)
         except (ValueError, FileNotFoundError) as error:
-            print(f"error: {error}", file=sys.stderr)
+            console.error(f"error: {error}")
             sys.exit(2)
 
 

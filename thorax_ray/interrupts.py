@@ -5,7 +5,7 @@ one line and exit with the shell's code for the signal (130 for SIGINT, 143 for 
         try:
             work()
         except Interrupted as stop:
-            print(f"interrupted ({stop.name}): ...", file=sys.stderr)
+            console.error(f"interrupted ({stop.name}): ...")
             return stop.exit_code
 
 Python turns SIGINT into KeyboardInterrupt by itself, but SIGTERM ends the process at once, skipping

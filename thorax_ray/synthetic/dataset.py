@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from thorax_ray import __version__
+from thorax_ray import __version__, console
 from thorax_ray.data.locate import SYNTHETIC_RECORD
 from thorax_ray.data.nih_csv import BBOX_HEADER, DATA_ENTRY_HEADER
 from thorax_ray.interrupts import leave_signals_to_parent
@@ -191,8 +191,8 @@ def _render_all(population: pd.DataFrame, config: SyntheticConfig, root: str, *,
             rendered.extend(done)
             if progress and (len(rendered) % max(1, len(rows) // 10) < chunk or len(rendered) == len(rows)):
                 elapsed = time.monotonic() - started
-                print(f"  rendered {len(rendered)}/{len(rows)} images ({len(rendered) / max(elapsed, 1e-9):.0f}/s)",
-                      flush=True)
+                console.line(f"  rendered {len(rendered)}/{len(rows)} images "
+                             f"({len(rendered) / max(elapsed, 1e-9):.0f}/s)")
         pool.close()
     except BaseException:
         pool.terminate()

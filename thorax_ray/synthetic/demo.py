@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 
+from thorax_ray import console
 from thorax_ray.synthetic.dataset import (SyntheticConfig, recorded_settings, write_preview, write_record,
                                           write_synthetic_dataset)
 
@@ -60,13 +61,13 @@ def ensure_demo_dataset(path: str = DEMO_DATA, *, images: int = DEMO_IMAGES, siz
     if recorded is None and os.path.exists(os.path.join(path, "Data_Entry_2017.csv")):
         return False
     if recorded is not None:
-        print(f"[demo] {path} was generated with {recorded}; generating it again with {wanted}", flush=True)
-    print(f"[demo] generating {images} synthetic images of {size} px (difficulty {difficulty:g}) in {path} "
-          "(first run only)", flush=True)
+        console.say("demo", f"{path} was generated with {recorded}; generating it again with {wanted}")
+    console.say("demo", f"generating {images} synthetic images of {size} px (difficulty {difficulty:g}) in {path} "
+                        "(first run only)")
     population = write_synthetic_dataset(config, replace=recorded is not None)
     if os.path.exists(legacy_record_path(path)):
         os.remove(legacy_record_path(path))
     preview = preview_path(path)
     write_preview(config, population, preview)
-    print(f"[demo] contact sheet of the data: {preview}", flush=True)
+    console.say("demo", f"contact sheet of the data: {preview}")
     return True

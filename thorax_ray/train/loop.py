@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from thorax_ray import console
 from thorax_ray.accel import FastPath
 from thorax_ray.checkpoint import checkpoint_dir_name, latest_loadable, save_checkpoint, write_run_metrics
 from thorax_ray.data.preprocess import normalise_images, preprocessing_contract
@@ -101,7 +102,7 @@ class Worker:
 
     def say(self, text: str) -> None:
         if self.rank == 0:
-            print(f"[{self.info['run_name']}] {text}", flush=True)
+            console.say(self.info["run_name"], text)
 
 
 def train_loop_per_worker(loop_config: dict) -> None:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from pyarrow import fs as pafs
 
-from thorax_ray import storage
+from thorax_ray import console, storage
 from thorax_ray.checkpoint import run_metrics
 from thorax_ray.cluster import ClusterCapacity, check_shared_storage, cluster_capacity, resolve_use_gpu
 from thorax_ray.data.origin import data_origin
@@ -56,8 +56,8 @@ def cache_if_small(dataset, size_bytes: int, budget_mb: int, *, what: str = "tra
     re-read nothing (no read tasks competing with training for CPUs); larger data streams."""
     if size_bytes > budget_mb * 2**20:
         return dataset
-    print(f"[train] caching the {what} rows in the object store ({size_bytes / 2**20:.0f} MB <= {budget_mb} MB)",
-          flush=True)
+    console.say("train", f"caching the {what} rows in the object store "
+                         f"({size_bytes / 2**20:.0f} MB <= {budget_mb} MB)")
     return dataset.materialize()
 
 
@@ -128,9 +128,9 @@ def fit(config: TrainConfig, *, callbacks: list | None = None, capacity: Cluster
         info["encoded_rows"] = encoded_rows(source, config)
     resources = {"CPU": config.run.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}
     storage_path, storage_filesystem = ray_storage(config.run.storage, config.data.s3_endpoint)
-    print(f"[train] {config.model.name} on {source.kind} data {config.data.data} ({train_rows} train rows, "
-          f"split {source.split_hash}), {config.run.workers} workers on {'GPUs' if use_gpu else 'CPUs'}, "
-          f"{describe_lr(config.optim, config.batch_size * config.run.workers)}, run {run_dir}", flush=True)
+    console.say("train", f"{config.model.name} on {source.kind} data {config.data.data} ({train_rows} train rows, "
+                         f"split {source.split_hash}), {config.run.workers} workers on {'GPUs' if use_gpu else 'CPUs'}, "
+                         f"{describe_lr(config.optim, config.batch_size * config.run.workers)}, run {run_dir}")
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": config.to_dict(), "info": info},
@@ -192,13 +192,13 @@ def watch_epochs(run_dir: str, config: TrainConfig, *, enabled: bool = True, int
             return
         resumes = metrics.get("resumes", [])
         for resume in resumes[shown["resumes"]:]:
-            print(f"[{config.run_name}] resumed after epoch {resume['after_epoch']} (a worker restarted or the run "
-                  "was started again)", flush=True)
+            console.say(config.run_name, f"resumed after epoch {resume['after_epoch']} (a worker restarted or "
+                                         "the run was started again)")
         shown["resumes"] = len(resumes)
         for record in metrics.get("history", []):
             if record["epoch"] not in shown["epochs"]:
                 shown["epochs"].add(record["epoch"])
-                print(f"[{config.run_name}] {epoch_line(record, config.optim.epochs)}", flush=True)
+                console.say(config.run_name, epoch_line(record, config.optim.epochs))
 
     def poll() -> None:
         while not stop.wait(interval_s):

@@ -9,7 +9,7 @@ import math
 import os
 from dataclasses import dataclass
 
-from thorax_ray import storage
+from thorax_ray import console, storage
 from thorax_ray.cluster import ClusterCapacity, check_shared_storage, cluster_capacity, resolve_use_gpu
 from thorax_ray.train.config import TrainConfig
 from thorax_ray.train.trainer import ray_storage
@@ -62,15 +62,15 @@ def trial_lines_callback(total: int):
         def on_trial_result(self, iteration, trials, trial, result, **info):
             auroc = result.get("val_mean_auroc")
             shown = "n/a" if auroc is None or auroc != auroc else f"{auroc:.4f}"
-            print(f"[tune] {trial.trial_id} epoch {result.get('epoch')} val_mean_auroc {shown}", flush=True)
+            console.say("tune", f"{trial.trial_id} epoch {result.get('epoch')} val_mean_auroc {shown}")
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             # called before Tune marks `trial` TERMINATED, and while later trials may not exist yet
             done = 1 + sum(t.status in ("TERMINATED", "ERROR") for t in trials if t is not trial)
-            print(f"[tune] {trial.trial_id} finished ({done}/{max(total, len(trials))} trials done)", flush=True)
+            console.say("tune", f"{trial.trial_id} finished ({done}/{max(total, len(trials))} trials done)")
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            print(f"[tune] {trial.trial_id} failed: see {trial.local_path}", flush=True)
+            console.say("tune", f"{trial.trial_id} failed: see {trial.local_path}")
 
     return TrialLines()
 
@@ -123,8 +123,8 @@ def run_sweep(space: SearchSpace, *, storage_uri: str, name: str, out_dir: str, 
     resumed = saved is not None and tune.Tuner.can_restore(restore_path, storage_filesystem=storage_filesystem)
     if resumed:
         if saved.base != setup.base:
-            print(f"[tune] {name}: resuming with the settings the experiment started with "
-                  f"({storage.join(experiment_path, SETUP_FILE)}); changed flags are ignored", flush=True)
+            console.say("tune", f"{name}: resuming with the settings the experiment started with "
+                                f"({storage.join(experiment_path, SETUP_FILE)}); changed flags are ignored")
         setup = TrialSetup(base=saved.base, runs_root=saved.runs_root, capacity=capacity)
         base_config = TrainConfig.from_dict(resolve(saved.base, {}))
     else:
@@ -137,8 +137,8 @@ def run_sweep(space: SearchSpace, *, storage_uri: str, name: str, out_dir: str, 
     trainable = tune.with_resources(make_trainable(setup), {"cpu": TRIAL_DRIVER_CPUS})
 
     if resumed:
-        print(f"[tune] resuming experiment {experiment_path}: finished trials are kept, unfinished ones "
-              f"continue from their latest epoch checkpoint", flush=True)
+        console.say("tune", f"resuming experiment {experiment_path}: finished trials are kept, unfinished ones "
+                            "continue from their latest epoch checkpoint")
         tuner = tune.Tuner.restore(restore_path, trainable=trainable, resume_errored=True,
                                    storage_filesystem=storage_filesystem)
     else:
@@ -167,10 +167,10 @@ def _new_tuner(space: SearchSpace, trainable, base_config: TrainConfig, *, trial
     scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=max_t + 1, grace_period=settings.grace_period,
                                reduction_factor=settings.reduction_factor)
                  if settings.scheduler == "asha" else FIFOScheduler())
-    print(f"[tune] experiment {experiment_path}: {samples * space.grid_size} trials of "
-          f"{base_config.run.workers} worker(s) on {'GPUs' if use_gpu else 'CPUs'}, up to {concurrent} at a time "
-          f"({cpus:g} CPUs{f', {gpus:g} GPUs' if use_gpu else ''} up or launchable), "
-          f"{settings.scheduler.upper()} on {settings.metric} ({settings.mode}), max {max_t} epochs", flush=True)
+    console.say("tune", f"experiment {experiment_path}: {samples * space.grid_size} trials of "
+                        f"{base_config.run.workers} worker(s) on {'GPUs' if use_gpu else 'CPUs'}, up to {concurrent} "
+                        f"at a time ({cpus:g} CPUs{f', {gpus:g} GPUs' if use_gpu else ''} up or launchable), "
+                        f"{settings.scheduler.upper()} on {settings.metric} ({settings.mode}), max {max_t} epochs")
     return tune.Tuner(
         trainable,
         param_space=space.param_space(),
