@@ -27,3 +27,11 @@ def test_retry_configuration_survives_pickling_to_workers(s3_server):
 def test_local_paths_are_unchanged(tmp_path):
     fs, path = storage.filesystem(str(tmp_path / "x"))
     assert path == str(tmp_path / "x") and "file" in fs.protocol
+
+
+def test_image_reads_take_their_attempts_from_the_image_config(s3_server):
+    from thorax_ray.data.pipeline import ImageConfig, ImageLoader
+
+    loader = ImageLoader(ImageConfig(read_attempts=2, endpoint_url=s3_server))
+    fs, _ = loader._fs_and_path("s3://bucket/images/a.png")
+    assert fs.config_kwargs["retries"] == {"total_max_attempts": 2, "mode": "standard"}

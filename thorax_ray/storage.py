@@ -35,8 +35,10 @@ kept-alive connection the server closed). A response cut off mid-body is not ret
 quarantined as `read_error`. A missing object (404) is never retried."""
 
 
-def filesystem(uri: str, *, endpoint_url: str | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
-    """Returns (filesystem, path within it) for a local path or URI."""
+def filesystem(uri: str, *, endpoint_url: str | None = None,
+               attempts: int = S3_ATTEMPTS_PER_REQUEST) -> tuple[fsspec.AbstractFileSystem, str]:
+    """Returns (filesystem, path within it) for a local path or URI; `attempts`: the most tries of one
+    s3:// request (the image reads take theirs from `--read-attempts`)."""
     uri = str(uri)
     if uri.startswith("s3://") or uri.startswith("s3a://"):
         from thorax_ray.s3 import S3FileSystem  # deferred: s3fs (s3:// only)
@@ -46,7 +48,7 @@ def filesystem(uri: str, *, endpoint_url: str | None = None) -> tuple[fsspec.Abs
         region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
         if region:
             client_kwargs["region_name"] = region
-        retries = {"total_max_attempts": S3_ATTEMPTS_PER_REQUEST, "mode": "standard"}
+        retries = {"total_max_attempts": attempts, "mode": "standard"}
         fs = S3FileSystem(client_kwargs=client_kwargs, config_kwargs={"retries": retries}, passes=1,
                           use_listings_cache=False)
         return fs, uri.split("://", 1)[1].rstrip("/")

@@ -5,7 +5,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from thorax_ray.attribution import BOX_STRUCT, BOXES_TYPE, boxes_for_batch, boxes_for_image
+from thorax_ray.attribution import BOXES_TYPE, boxes_for_batch, boxes_for_image
+from thorax_ray.attribution.boxes import BOX_STRUCT
 from thorax_ray.labels import BOXED_FINDINGS, FINDINGS, NUM_FINDINGS
 
 

@@ -5,7 +5,8 @@ import pytest
 import torch
 from captum.attr import LayerGradCam
 
-from thorax_ray.attribution import class_activation_maps, get_method
+from thorax_ray.attribution import get_method
+from thorax_ray.attribution.cam import class_activation_maps
 from thorax_ray.labels import NUM_FINDINGS
 from thorax_ray.models import MetadataFeatures, create_model
 

@@ -6,9 +6,9 @@ import torch
 from captum.attr import Occlusion
 from torch import nn
 
-from thorax_ray.attribution import Attribution, AttributionMethod, attribute
 from thorax_ray.attribution import base as attribution_registry
-from thorax_ray.attribution import default_method_name, get_method, list_methods, register_method
+from thorax_ray.attribution import default_method_name, get_method, list_methods
+from thorax_ray.attribution.base import Attribution, AttributionMethod, attribute, register_method
 from thorax_ray.labels import NUM_FINDINGS
 from thorax_ray.models import MetadataFeatures, create_model
 

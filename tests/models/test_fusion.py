@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from thorax_ray.labels import NUM_FINDINGS
-from thorax_ray.models import FusionModel, MetadataFeatures, create_model
-
+from thorax_ray.models import MetadataFeatures, create_model
+from thorax_ray.models.fusion import FusionModel
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from thorax_ray.labels import NUM_FINDINGS
-from thorax_ray.models import (AVAILABLE_FEATURES, DEFAULT_FEATURES, FOLLOW_UP_FEATURES, MetadataFeatures,
-                               MetadataMLP, create_model)
+from thorax_ray.models import AVAILABLE_FEATURES, DEFAULT_FEATURES, MetadataFeatures, create_model
+from thorax_ray.models.features import FOLLOW_UP_FEATURES
+from thorax_ray.models.mlp import MetadataMLP
 
 FU3 = (math.log1p(3) - 1.5) / 1.3
 FU0 = (0.0 - 1.5) / 1.3

@@ -11,9 +11,10 @@ import torchvision
 from torch import nn
 
 from thorax_ray.labels import NUM_FINDINGS
-from thorax_ray.models import (IMAGE_CNNS, ImageCNN, ModelSpec, PretrainedWeightsError, adapt_input_conv,
-                               create_model, create_model_from_config, forward_model, get_model_spec, list_models,
-                               register_model, registry)
+from thorax_ray.models import create_model, get_model_spec, list_models, registry
+from thorax_ray.models.cnn import IMAGE_CNNS, ImageCNN
+from thorax_ray.models.pretrained import PretrainedWeightsError, adapt_input_conv
+from thorax_ray.models.registry import ModelSpec, create_model_from_config, forward_model, register_model
 
 EXPECTED = {"densenet121", "resnet50", "resnet18", "efficientnet_b0", "small_cnn", "mlp", "fusion"}
 SIZE = 32  # the smallest input every CNN takes (1x1 feature map for the /32 networks)

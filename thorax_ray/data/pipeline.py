@@ -24,8 +24,7 @@ MAX_SIDE = 4096  # stored/decoded image side: beyond the largest NIH original (3
 class ImageConfig:
     size: int = 224
     batch_size: int = 32  # rows per map_batches call
-    read_attempts: int = 3
-    read_backoff_s: float = 0.2
+    read_attempts: int = 3  # the most tries of one S3 request of an image read (botocore's retries, with backoff)
     io_threads: int = 8  # concurrent reads per batch (object stores reward concurrency)
     expected_source_size: int | None = None  # e.g. 1024 for the real data: other sizes are quarantined
     endpoint_url: str | None = None
@@ -37,8 +36,6 @@ class ImageConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
-        if self.read_backoff_s < 0:
-            raise ValueError(f"read_backoff_s must be >= 0, got {self.read_backoff_s}")
 
 
 @dataclass(frozen=True)
@@ -88,7 +85,7 @@ class ImageLoader:
     def _fs_and_path(self, uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
         if self.filesystem is not None:
             return self.filesystem, uri.split("://", 1)[-1]
-        return storage.filesystem(uri, endpoint_url=self.config.endpoint_url)
+        return storage.filesystem(uri, endpoint_url=self.config.endpoint_url, attempts=self.config.read_attempts)
 
     def load(self, uri: str | None) -> Loaded:
         if uri is None or (isinstance(uri, float) and np.isnan(uri)):
