@@ -22,9 +22,9 @@ from thorax_ray.labels import BOXED_FINDINGS, FINDING_COLUMNS, FINDINGS
 from thorax_ray.scoring import (FEATURES_METADATA_KEY, SCORES_METADATA_KEY, ScoreConfig, committed_runs, output_size,
                                 read_file_metadata, read_quarantine, read_scores, score, scored_index)
 from thorax_ray.scoring.output import STAGING_DIR
-from thorax_ray.scoring.scorer import Scorer, ScorerSettings
 from thorax_ray.scoring.pipeline import (IN_FLIGHT_BATCHES_PER_ACTOR, MIN_IN_FLIGHT_BYTES, bound_in_flight,
                                          in_flight_bytes)
+from thorax_ray.scoring.scorer import Scorer, ScorerSettings
 
 SIZE = 64
 CONTRACT = preprocessing_contract(SIZE)

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 
 from thorax_ray import storage
 from thorax_ray.accel import FastPath
-from thorax_ray.attribution import HEATMAP_SCHEMA_METADATA, boxes_for_batch, encode_heatmaps, get_method, normalise_maps
+from thorax_ray.attribution import (HEATMAP_SCHEMA_METADATA, boxes_for_batch, encode_heatmaps, get_method,
+                                    normalise_maps)
 from thorax_ray.attribution.base import ONE_FORWARD_METHODS
 from thorax_ray.attribution.geometry import Centres, bin_centres, pooled_centres
 from thorax_ray.checkpoint import load_payload_and_id
