@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from thorax_ray import storage
+from thorax_ray import console, storage
 from thorax_ray.attribution import (WANG_THRESHOLDS, boxes_for_image, centres_from_metadata, decode_heatmaps,
                                     upsample_maps)
 from thorax_ray.data.inputs import InputSource
@@ -230,8 +230,8 @@ def evaluate_scores(config: EvaluationConfig, load_scores) -> dict:
     notes = [f"{config.split} rows with scores from every model: {len(test)} (missing for {missing})",
              "synthetic data: numbers are not comparable with the published real-data columns"
              if config.dataset_kind == "synthetic" else "real data", *scores.warnings]
-    print(f"[evaluate] {len(test)} {config.split} rows scored by every model ({', '.join(scores.scored)}); CIs "
-          f"from {config.n_boot} patient resamples", flush=True)
+    console.say("evaluate", f"{len(test)} {config.split} rows scored by every model ({', '.join(scores.scored)}); "
+                f"CIs from {config.n_boot} patient resamples")
     metrics: dict = {"split": config.split, "dataset": config.dataset_kind, "split_hash": source.split_hash,
                      "models": {}, "localization": {}, "notes": notes}
     test_truth = None if truth_boxes is None else truth_boxes[truth_boxes["image_index"].isin(test.index)]
@@ -284,9 +284,8 @@ def _summarise(config: EvaluationConfig, scores: _Joined, test: pd.DataFrame, va
     for name, frame in scores.scored.items():
         described = scores.described[name]
         localize = test_truth is not None and "heatmap" in frame and frame["heatmap"].notna().any()
-        print(f"[evaluate] {name}: AUROC and AP with CIs, operating points"
-              + (f", localization on {test_truth['image_index'].nunique()} annotated images" if localize else ""),
-              flush=True)
+        console.say("evaluate", f"{name}: AUROC and AP with CIs, operating points"
+                    + (f", localization on {test_truth['image_index'].nunique()} annotated images" if localize else ""))
         entry = _model_summary(config, name, test, val, described)
         if localize:
             protocols, predicted_boxes[name], unknown_size = _localize(
@@ -308,7 +307,7 @@ def _compare(config: EvaluationConfig, scores: _Joined, test: pd.DataFrame, test
     """Chance localization and every pair of models' paired bootstrap difference, into `metrics`."""
     if test_truth is not None and len(test_truth):
         metrics["chance_localization"] = chance_localization(test_truth, *_image_size(scores.scored.values()))
-    print("[evaluate] paired comparisons, plots and report", flush=True)
+    console.say("evaluate", "paired comparisons, plots and report")
     metrics["paired"] = [
         {"model_a": a, "model_b": b,
          "result": paired_bootstrap_difference(_labels(test), _scores(test, a), _scores(test, b),
