@@ -17,9 +17,11 @@ import sys
 
 from thorax_ray.attribution import list_methods
 from thorax_ray.checkpoint import resolve_checkpoint
-from thorax_ray.cli import (add_cluster_arguments, add_gpu_arguments, job_parser, non_negative_float,
-                            non_negative_int, positive_float, positive_int, run_main, setup_logging)
+from thorax_ray.cli import (add_cluster_arguments, add_gpu_arguments, checked_by, job_parser, non_negative_float,
+                            non_negative_int, positive_float, positive_int, run_main, setup_logging,
+                            show_config_defaults, zero_means_none)
 from thorax_ray.cluster import cluster_capacity
+from thorax_ray.config import Flag, config_from_flags
 from thorax_ray.lease import LeaseBusy
 from thorax_ray.preflight import require_inputs
 from thorax_ray.ray_setup import init_ray
@@ -27,6 +29,18 @@ from thorax_ray.scoring import NO_METHOD, ScoreConfig, score
 from thorax_ray.scoring.gate import parse_gate
 
 EXIT_BUSY = 75  # EX_TEMPFAIL: another run holds the output; try again later
+FLAGS = {  # flag -> ScoreConfig field, or Flag(field, converter); every flag's default is the field's
+    "checkpoint": "checkpoint", "input": "input", "out": "out", "metadata": "metadata", "method": "method",
+    "batch_size": "batch_size", "min_actors": "min_actors", "max_actors": "max_actors",
+    "gpus_per_actor": "gpus_per_actor", "actor_cpus": "actor_cpus",
+    "box_min_probability": Flag("box_min_probability", parse_gate), "box_threshold": "box_threshold",
+    "max_boxes": "max_boxes", "box_grid": Flag("box_grid", zero_means_none),
+    "max_map_side": Flag("max_map_side", zero_means_none), "max_images": "max_images",
+    "in_flight_mb": "in_flight_mb", "batch_date": "batch_date", "overlays": "overlays", "limit": "overlay_limit",
+    "overlay_threshold": Flag("overlay_threshold", parse_gate), "wait_for_lock": "lock_wait_s",
+    "keep_uncommitted_hours": "keep_uncommitted_hours", "s3_endpoint": "endpoint_url", "use_gpu": "use_gpu",
+    "cluster_config": "cluster_config", "shared_fs": "shared_fs",
+}
 
 
 def iso_date(text: str) -> str:
@@ -52,27 +66,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="attribution method (default: fast_cam, all-class Grad-CAM maps from one forward pass, "
                              "for image models; cam = the raw class activation maps of Wang et al. 2017; "
                              "metadata_ig for the MLP; none: probabilities only)")
-    parser.add_argument("--batch-size", type=positive_int, default=ScoreConfig.batch_size, help="images per model call")
-    parser.add_argument("--min-actors", type=positive_int, default=ScoreConfig.min_actors,
-                        help="model actors kept running")
+    parser.add_argument("--batch-size", type=positive_int, help="images per model call")
+    parser.add_argument("--min-actors", type=positive_int, help="model actors kept running")
     parser.add_argument("--max-actors", type=positive_int,
                         help="model actors the pool may grow to while work is queued (default: on GPUs, the GPUs the "
                              "cluster has or can launch / --gpus-per-actor; on CPUs 1)")
-    parser.add_argument("--gpus-per-actor", type=positive_float, default=ScoreConfig.gpus_per_actor,
-                        help="GPUs per model actor on GPUs")
-    parser.add_argument("--actor-cpus", type=positive_float, default=ScoreConfig.actor_cpus,
-                        help="CPUs per actor (torch threads on CPU)")
-    parser.add_argument("--box-min-probability", type=parse_gate, default=ScoreConfig.box_min_probability,
+    parser.add_argument("--gpus-per-actor", type=positive_float, help="GPUs per model actor on GPUs")
+    parser.add_argument("--actor-cpus", type=positive_float, help="CPUs per actor (torch threads on CPU)")
+    parser.add_argument("--box-min-probability", type=checked_by(parse_gate),
                         help="which findings get boxes: 'calibrated' (each finding's operating point, chosen on "
                              "validation when the checkpoint was trained), a probability for every finding, or "
                              "'none' (or a negative number): every boxed finding")
-    parser.add_argument("--box-threshold", type=non_negative_float, default=ScoreConfig.box_threshold,
-                        help="map level (0..255) of a box")
-    parser.add_argument("--max-boxes", type=positive_int, default=ScoreConfig.max_boxes, help="boxes per finding")
-    parser.add_argument("--box-grid", type=non_negative_int, default=ScoreConfig.box_grid,
+    parser.add_argument("--box-threshold", type=non_negative_float, help="map level (0..255) of a box")
+    parser.add_argument("--max-boxes", type=positive_int, help="boxes per finding")
+    parser.add_argument("--box-grid", type=non_negative_int,
                         help="trace boxes on a grid of at most this many pixels per side, then scale to the "
                              "original (0: at full size)")
-    parser.add_argument("--max-map-side", type=non_negative_int, default=ScoreConfig.max_map_side,
+    parser.add_argument("--max-map-side", type=non_negative_int,
                         help="pool maps to at most this many cells per side (0: keep)")
     parser.add_argument("--max-images", type=positive_int,
                         help="score at most this many new images in this run (default: all)")
@@ -80,33 +90,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="object-store MB the run may hold at once (default: 16 batches per actor, >= 64)")
     parser.add_argument("--batch-date", type=iso_date, help="partition date YYYY-MM-DD (default: today, UTC)")
     parser.add_argument("--overlays", help="folder for overlay PNGs of --limit scored images (default: none)")
-    parser.add_argument("--limit", type=non_negative_int, default=ScoreConfig.overlay_limit, help="overlay PNGs to write")
-    parser.add_argument("--overlay-threshold", type=parse_gate, default=ScoreConfig.overlay_threshold,
+    parser.add_argument("--limit", type=non_negative_int, help="overlay PNGs to write")
+    parser.add_argument("--overlay-threshold", type=checked_by(parse_gate),
                         help="which predicted findings an overlay shows (same values as --box-min-probability)")
-    parser.add_argument("--wait-for-lock", type=non_negative_float, default=ScoreConfig.lock_wait_s,
+    parser.add_argument("--wait-for-lock", type=non_negative_float,
                         help="seconds to wait when another run is writing to --out (0: exit at once, code 75)")
-    parser.add_argument("--keep-uncommitted-hours", type=non_negative_float, default=ScoreConfig.keep_uncommitted_hours,
+    parser.add_argument("--keep-uncommitted-hours", type=non_negative_float,
                         help="delete files of runs that never committed once older than this")
     add_cluster_arguments(parser)
     add_gpu_arguments(parser, "model actors with --gpus-per-actor GPUs")
+    show_config_defaults(parser, FLAGS, ScoreConfig)
     return parser.parse_args(argv)
+
+
+def build_config(args: argparse.Namespace) -> ScoreConfig:
+    return config_from_flags(ScoreConfig, args, FLAGS)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(args.verbose)
-    config = ScoreConfig(
-        checkpoint=args.checkpoint, input=args.input, out=args.out, metadata=args.metadata, method=args.method,
-        batch_size=args.batch_size, use_gpu=args.use_gpu or "auto", gpus_per_actor=args.gpus_per_actor,
-        min_actors=args.min_actors, max_actors=args.max_actors, actor_cpus=args.actor_cpus,
-        cluster_config=args.cluster_config, shared_fs=bool(args.shared_fs), lock_wait_s=args.wait_for_lock,
-        box_min_probability=args.box_min_probability,
-        box_threshold=args.box_threshold, max_boxes=args.max_boxes, box_grid=args.box_grid or None,
-        max_map_side=args.max_map_side or None, max_images=args.max_images, in_flight_mb=args.in_flight_mb,
-        batch_date=args.batch_date, overlays=args.overlays, overlay_limit=args.limit,
-        overlay_threshold=args.overlay_threshold, keep_uncommitted_hours=args.keep_uncommitted_hours,
-        endpoint_url=args.s3_endpoint,
-    )
+    config = build_config(args)
     require_inputs({"--checkpoint": config.checkpoint, "--input": config.input}, endpoint_url=config.endpoint_url)
     resolve_checkpoint(config.checkpoint, endpoint_url=config.endpoint_url)  # a folder with no checkpoint: fail now
     local = init_ray(args.address, verbose=args.verbose)

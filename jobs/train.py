@@ -28,16 +28,16 @@ from thorax_ray.ray_setup import init_ray
 from thorax_ray.synthetic.demo import ensure_demo_dataset
 from thorax_ray.train.config import TrainConfig
 
-FLAGS = {  # flag -> (section, key)
-    "data": ("data", "data"), "size": ("data", "size"), "batch_size": ("data", "batch_size"),
-    "limit": ("data", "limit"), "s3_endpoint": ("data", "s3_endpoint"),
-    "model": ("model", "name"), "backbone": ("model", "backbone"), "pretrained": ("model", "pretrained"),
-    "output_stride": ("model", "output_stride"), "metadata_features": ("model", "metadata_features"),
-    "epochs": ("optim", "epochs"), "lr": ("optim", "lr"), "weight_decay": ("optim", "weight_decay"),
-    "lr_scaling": ("optim", "lr_scaling"), "warmup_epochs": ("optim", "warmup_epochs"), "hflip": ("augment", "hflip"),
-    "loss": ("loss", "kind"), "workers": ("run", "workers"), "storage": ("run", "storage"), "name": ("run", "name"),
-    "seed": ("run", "seed"), "max_failures": ("run", "max_failures"), "use_gpu": ("run", "use_gpu"),
-    "cluster_config": ("run", "cluster_config"), "shared_fs": ("run", "shared_fs"),
+FLAGS = {  # flag -> TrainConfig field
+    "data": "data.data", "size": "data.size", "batch_size": "data.batch_size",
+    "limit": "data.limit", "s3_endpoint": "data.s3_endpoint",
+    "model": "model.name", "backbone": "model.backbone", "pretrained": "model.pretrained",
+    "output_stride": "model.output_stride", "metadata_features": "model.metadata_features",
+    "epochs": "optim.epochs", "lr": "optim.lr", "weight_decay": "optim.weight_decay",
+    "lr_scaling": "optim.lr_scaling", "warmup_epochs": "optim.warmup_epochs", "hflip": "augment.hflip",
+    "loss": "loss.kind", "workers": "run.workers", "storage": "run.storage", "name": "run.name",
+    "seed": "run.seed", "max_failures": "run.max_failures", "use_gpu": "run.use_gpu",
+    "cluster_config": "run.cluster_config", "shared_fs": "run.shared_fs",
 }
 
 
@@ -78,7 +78,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-failures", type=int, help="worker-group restarts from the latest checkpoint")
     add_cluster_arguments(parser)
     add_gpu_arguments(parser, "one GPU per worker")
-    show_config_defaults(parser, FLAGS, TrainConfig())
+    show_config_defaults(parser, FLAGS, TrainConfig)
     return parser.parse_args(argv)
 
 

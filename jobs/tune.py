@@ -26,10 +26,10 @@ from thorax_ray.ray_setup import init_ray
 from thorax_ray.tune.results import format_table
 from thorax_ray.tune.space import load_space
 
-FLAGS = {  # flag -> (section, key): fixed overrides of the space's base
-    "data": ("data", "data"), "limit": ("data", "limit"), "s3_endpoint": ("data", "s3_endpoint"),
-    "epochs": ("optim", "epochs"), "workers": ("run", "workers"), "use_gpu": ("run", "use_gpu"),
-    "cluster_config": ("run", "cluster_config"), "shared_fs": ("run", "shared_fs"),
+FLAGS = {  # flag -> TrainConfig field: fixed overrides of the space's base
+    "data": "data.data", "limit": "data.limit", "s3_endpoint": "data.s3_endpoint",
+    "epochs": "optim.epochs", "workers": "run.workers", "use_gpu": "run.use_gpu",
+    "cluster_config": "run.cluster_config", "shared_fs": "run.shared_fs",
 }
 
 

@@ -1,13 +1,19 @@
-"""Shared command-line plumbing for the jobs: logging set-up and friendly failure on known errors."""
+"""Shared command-line plumbing for the jobs: logging set-up, flags whose defaults are their config
+dataclass's (see `show_config_defaults`, `thorax_ray.config.config_from_flags`) and friendly failure on
+known errors."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
+import typing
 from collections.abc import Callable
+from typing import Any
 
 from thorax_ray import console
 from thorax_ray.cluster import USE_GPU_CHOICES
+from thorax_ray.config import FlagTable, flag_target
 from thorax_ray.interrupts import as_interrupted, interruptible
 
 
@@ -95,16 +101,49 @@ def job_parser(description: str | None) -> JobArgumentParser:
     return JobArgumentParser(description=description, formatter_class=HelpFormatter)
 
 
-def show_config_defaults(parser: argparse.ArgumentParser, flags: dict[str, tuple[str, str]], config) -> None:
-    """Appends `(default: V)` to the help of every flag of `flags` (`dest -> (section, key)`, as for
-    `thorax_ray.config.overrides_from_flags`) whose argparse default is None, V being the field's value
-    in `config` (the config dataclass's defaults): the default is stated once, in the dataclass."""
+def field_default(cls: type, path: str) -> Any:
+    """The default of the field at dotted `path` (`image.size`) of config dataclass `cls`, read from
+    `dataclasses.fields` (a class with required fields has no instance to read it from); MISSING when
+    the field has none (a required field)."""
+    *sections, name = path.split(".")
+    for section in sections:
+        cls = typing.get_type_hints(cls)[section]
+    field = next(f for f in dataclasses.fields(cls) if f.name == name)
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return dataclasses.MISSING
+
+
+def show_config_defaults(parser: argparse.ArgumentParser, flags: FlagTable, config_cls: type) -> None:
+    """Appends `(default: V)` to the help of every flag of `flags` (the job's table for
+    `thorax_ray.config.config_from_flags` / `overrides_from_flags`) whose argparse default is None and
+    whose help states no default, V being the field's default in `config_cls`: the default is stated
+    once, in the dataclass (a required field shows none)."""
     for action in parser._actions:
         if action.dest in flags and action.default is None and "(default" not in (action.help or ""):
-            section, key = flags[action.dest]
-            value = getattr(getattr(config, section), key)
+            value = field_default(config_cls, flag_target(flags[action.dest]).field)
+            if value is dataclasses.MISSING:
+                continue
             value = "none" if value is None else str(value).replace("%", "%%")
             action.help = f"{action.help or ''} (default: {value})".lstrip()
+
+
+def checked_by(parse: Callable[[str], Any]) -> Callable[[str], str]:
+    """An argparse `type` for a flag whose parsed value may be None (`--overlay-threshold none`), which
+    would read as not given: `parse` rejects a bad value with its usual usage error, the text is kept,
+    and the flag table's `Flag(path, parse)` makes the field's value of it."""
+    def check(text: str) -> str:
+        parse(text)
+        return text
+    check.__name__ = parse.__name__  # argparse names it in "invalid <name> value"
+    return check
+
+
+def zero_means_none(value):
+    """A flag's converter (`Flag(path, zero_means_none)`): 0 given on the command line is the field's None."""
+    return value or None
 
 
 def _bounded(kind: type, low, inclusive: bool):

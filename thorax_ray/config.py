@@ -6,7 +6,8 @@ import functools
 import math
 import types
 import typing
-from typing import Annotated, Any, TypeVar
+from collections.abc import Callable
+from typing import Annotated, Any, NamedTuple, TypeVar
 
 import pydantic
 import yaml
@@ -161,12 +162,55 @@ def merge(base: dict, override: dict) -> dict:
     return out
 
 
-def overrides_from_flags(args: Any, flags: dict[str, tuple[str, str]]) -> dict:
-    """Nested config overrides `{section: {key: value}}` from parsed command-line `args`, for each
-    `flag -> (section, key)` of `flags` whose value was given (not None)."""
+class Flag(NamedTuple):
+    """Where a command-line flag goes in a config: the field's dotted path (`run.workers`, `image.size`)
+    and, for a flag whose given value is not yet the field's value (`--box-grid 0` meaning None), the
+    function that makes it so. A flag table maps argparse dests to a Flag, or to the path alone."""
+    field: str
+    convert: Callable[[Any], Any] | None = None
+
+
+FlagTable = dict[str, "str | Flag"]
+
+
+def flag_target(entry: str | Flag) -> Flag:
+    """A flag table's entry as a Flag (a plain path: the value copied as parsed)."""
+    return entry if isinstance(entry, Flag) else Flag(entry)
+
+
+def overrides_from_flags(args: Any, flags: FlagTable) -> dict:
+    """Nested config overrides `{section: {key: value}}` from parsed command-line `args`: for each flag of
+    `flags` whose value was given (not None, the argparse default of every config flag), its value,
+    converted by the entry's `convert`, at the entry's dotted field path."""
     overrides: dict = {}
-    for flag, (section, key) in flags.items():
-        value = getattr(args, flag)
-        if value is not None:
-            overrides = merge(overrides, {section: {key: value}})
+    for dest, entry in flags.items():
+        value = getattr(args, dest)
+        if value is None:
+            continue
+        target = flag_target(entry)
+        *sections, key = target.field.split(".")
+        nested = {key: target.convert(value) if target.convert else value}
+        for section in reversed(sections):
+            nested = {section: nested}
+        overrides = merge(overrides, nested)
     return overrides
+
+
+def config_from_flags(cls: type[T], args: Any, flags: FlagTable, fixed: dict | None = None) -> T:
+    """Config dataclass `cls` of a job from its parsed command-line `args`: the `fixed` values (nested
+    dicts, as the overrides) overlaid with `overrides_from_flags(args, flags)`; a field no flag gave keeps
+    the dataclass's default. Built by calling the dataclasses themselves (a nested one from its dict), so
+    their checks run, and fail, as when a job called them by hand."""
+    return _build(cls, merge(fixed or {}, overrides_from_flags(args, flags)))
+
+
+def _build(cls: type[T], values: dict) -> T:
+    """`cls(**values)`, nested dataclasses built first from their dicts, in the order of `cls`'s fields."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise TypeError(f"{cls.__name__} has no field(s) {unknown}; known: {names}")
+    return cls(**{name: _build(hints[name], values[name])
+                  if isinstance(values[name], dict) and dataclasses.is_dataclass(hints[name]) else values[name]
+                  for name in names if name in values})
