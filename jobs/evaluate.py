@@ -19,7 +19,9 @@ import argparse
 import os
 
 from thorax_ray import storage
-from thorax_ray.cli import add_cluster_arguments, job_parser, positive_int, run_main, setup_logging
+from thorax_ray.cli import (add_cluster_arguments, field_default, job_parser, positive_int, run_main, setup_logging,
+                            show_config_defaults)
+from thorax_ray.config import Flag, config_from_flags
 from thorax_ray.evaluation.run import EvaluationConfig
 from thorax_ray.preflight import require_inputs
 from thorax_ray.ray_setup import init_ray
@@ -31,16 +33,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     source.add_argument("--checkpoint", help="run folder (best checkpoint) or checkpoint folder")
     source.add_argument("--scores", action="append", metavar="NAME=URI", help="scores of one model (repeatable)")
     parser.add_argument("--data", required=True, help="dataset folder/prefix or prepared output")
-    parser.add_argument("--split", default=EvaluationConfig.split, choices=["train", "val", "test"],
+    parser.add_argument("--split", choices=["train", "val", "test"],
                         help="the split evaluated")
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--bootstrap", type=positive_int, default=EvaluationConfig.n_boot,
+    parser.add_argument("--bootstrap", type=positive_int,
                         help="patient-bootstrap resamples for the CIs")
-    parser.add_argument("--threshold-rule", default=EvaluationConfig.threshold_rule, choices=["youden", "f1"],
+    parser.add_argument("--threshold-rule", choices=["youden", "f1"],
                         help="how thresholds are chosen on the validation split")
-    parser.add_argument("--dataset-kind", default=EvaluationConfig.dataset_kind, choices=["synthetic", "real"],
+    parser.add_argument("--dataset-kind", choices=["synthetic", "real"],
                         help="said in every column label so synthetic numbers are never taken for real ones")
     add_cluster_arguments(parser)
+    show_config_defaults(parser, FLAGS, EvaluationConfig)
     return parser.parse_args(argv)
 
 
@@ -59,14 +62,28 @@ def named_scores(values: list[str]) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
+FLAGS = {  # flag -> EvaluationConfig field (--checkpoint: no config, see main); every default is the field's
+    "scores": Flag("scores", named_scores), "data": "data", "out": "out", "split": "split", "bootstrap": "n_boot",
+    "threshold_rule": "threshold_rule", "dataset_kind": "dataset_kind", "s3_endpoint": "s3_endpoint",
+}
+
+
+def build_config(args: argparse.Namespace) -> EvaluationConfig:
+    """The config of a --scores evaluation."""
+    return config_from_flags(EvaluationConfig, args, FLAGS)
+
+
+def evaluated_split(args: argparse.Namespace) -> str:
+    """--split, else EvaluationConfig's default: the --checkpoint evaluation has no config of its own."""
+    return args.split or field_default(EvaluationConfig, "split")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(args.verbose)
     require_inputs({"--data": args.data, "--checkpoint": args.checkpoint}, endpoint_url=args.s3_endpoint)
     if args.scores:  # reads Parquet and computes on this process: no Ray needed
-        config = EvaluationConfig(scores=named_scores(args.scores), data=args.data, out=args.out, split=args.split,
-                                  n_boot=args.bootstrap, threshold_rule=args.threshold_rule,
-                                  dataset_kind=args.dataset_kind, s3_endpoint=args.s3_endpoint)
+        config = build_config(args)
         require_inputs({f"--scores {name}=": uri for name, uri in config.scores}, endpoint_url=args.s3_endpoint)
         from thorax_ray.evaluation.run import evaluate_scores
         from thorax_ray.scoring import read_scores
@@ -81,11 +98,12 @@ def main(argv: list[str] | None = None) -> int:
     from thorax_ray.evaluation.checkpoint import evaluate_checkpoint
 
     resolve_checkpoint(args.checkpoint, endpoint_url=args.s3_endpoint)  # a folder without a checkpoint: fail now
+    split = evaluated_split(args)
     init_ray(args.address, verbose=args.verbose)
-    metrics = evaluate_checkpoint(args.checkpoint, args.data, args.split, s3_endpoint=args.s3_endpoint)
+    metrics = evaluate_checkpoint(args.checkpoint, args.data, split, s3_endpoint=args.s3_endpoint)
     path = storage.join(args.out, "metrics.json")
     storage.write_json(path, metrics, endpoint_url=args.s3_endpoint)
-    print(f"{metrics['model']} on {args.split} ({metrics['n_images']} images): mean AUROC "
+    print(f"{metrics['model']} on {split} ({metrics['n_images']} images): mean AUROC "
           f"{metrics['mean_auroc'] if metrics['mean_auroc'] is None else round(metrics['mean_auroc'], 4)}")
     for finding, value in metrics["auroc"].items():
         print(f"  {finding:<20} {'n/a' if value is None else f'{value:.4f}'}")

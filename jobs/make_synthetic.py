@@ -8,36 +8,47 @@ dataset or nothing; Ctrl-C (or SIGTERM) stops the worker processes and removes w
 """
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 
-from thorax_ray.cli import job_parser, non_negative_int, run_main, setup_logging
+from thorax_ray.cli import job_parser, non_negative_int, run_main, setup_logging, show_config_defaults
+from thorax_ray.config import config_from_flags
 from thorax_ray.interrupts import Interrupted, interruptible
 from thorax_ray.synthetic.dataset import SyntheticConfig, recorded_settings, write_preview, write_synthetic_dataset
 
+FLAGS = {  # flag -> SyntheticConfig field; every flag's default is the field's
+    "out": "out", "images": "images", "size": "size", "seed": "seed", "difficulty": "difficulty",
+    "workers": "workers", "metadata_only": "metadata_only",
+}
 
-def parse_args(argv: list[str] | None):
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = job_parser(__doc__)
     parser.add_argument("--out", required=True, help="output folder (created)")
-    parser.add_argument("--images", type=int, default=SyntheticConfig.images, help="number of images")
-    parser.add_argument("--size", type=int, default=SyntheticConfig.size, help="image side in pixels (1024 as the real set)")
-    parser.add_argument("--seed", type=int, default=SyntheticConfig.seed, help="random seed (same seed, same files)")
-    parser.add_argument("--difficulty", type=float, default=SyntheticConfig.difficulty,
+    parser.add_argument("--images", type=int, help="number of images")
+    parser.add_argument("--size", type=int, help="image side in pixels (1024 as the real set)")
+    parser.add_argument("--seed", type=int, help="random seed (same seed, same files)")
+    parser.add_argument("--difficulty", type=float,
                         help="0 = obvious findings, 1 = NIH-like (a good CNN is not perfect), 2 = very subtle; max 3")
-    parser.add_argument("--workers", type=non_negative_int, default=SyntheticConfig.workers,
-                        help="processes (0: one per core)")
-    parser.add_argument("--metadata-only", action="store_true", help="write CSVs and split lists but no images")
+    parser.add_argument("--workers", type=non_negative_int, help="processes (0: one per core)")
+    parser.add_argument("--metadata-only", action="store_true", default=None,
+                        help="write CSVs and split lists but no images")
     parser.add_argument("--preview", metavar="FILE.png",
                         help="also write a contact sheet of 16 images with labels and boxes (default: none)")
+    show_config_defaults(parser, FLAGS, SyntheticConfig)
     return parser.parse_args(argv)
+
+
+def build_config(args: argparse.Namespace) -> SyntheticConfig:
+    return config_from_flags(SyntheticConfig, args, FLAGS)
 
 
 def main(argv: list[str] | None = None) -> int:
     setup_logging()
     args = parse_args(argv)
     started = time.monotonic()
-    config = SyntheticConfig(out=args.out, images=args.images, size=args.size, seed=args.seed,
-                             difficulty=args.difficulty, workers=args.workers, metadata_only=args.metadata_only)
+    config = build_config(args)
     if recorded_settings(args.out) == config.settings():
         print(f"{args.out} already holds a complete synthetic dataset with these settings; nothing to do")
         return 0

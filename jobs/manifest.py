@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import argparse
 
-from thorax_ray.cli import add_s3_endpoint_argument, job_parser, run_main, setup_logging
+from thorax_ray.cli import add_s3_endpoint_argument, job_parser, run_main, setup_logging, show_config_defaults
+from thorax_ray.config import config_from_flags
 from thorax_ray.data.manifest import build_manifest, write_manifest
 from thorax_ray.data.splits import TRAINING_SPLITS, SplitConfig
+
+FLAGS = {"val_fraction": "val_fraction", "test_fraction": "test_fraction", "split_seed": "seed"}  # -> SplitConfig
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -21,20 +24,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--metadata", metavar="FILE",
                         help="metadata CSV (default: Data_Entry_2017*.csv, sample_labels.csv or sample.csv within "
                              "two levels of --data)")
-    parser.add_argument("--val-fraction", type=float, default=SplitConfig.val_fraction,
+    parser.add_argument("--val-fraction", type=float,
                         help="share of patients for validation (training needs at least one)")
-    parser.add_argument("--test-fraction", type=float, default=SplitConfig.test_fraction,
+    parser.add_argument("--test-fraction", type=float,
                         help="share of patients for test when the dataset has no test_list.txt")
-    parser.add_argument("--split-seed", type=int, default=SplitConfig.seed, help="seed of the patient split")
+    parser.add_argument("--split-seed", type=int, help="seed of the patient split")
     add_s3_endpoint_argument(parser)
+    show_config_defaults(parser, FLAGS, SplitConfig)
     return parser.parse_args(argv)
+
+
+def build_config(args: argparse.Namespace) -> SplitConfig:
+    return config_from_flags(SplitConfig, args, FLAGS, fixed={"required": TRAINING_SPLITS})
 
 
 def main(argv: list[str] | None = None) -> int:
     setup_logging()
     args = parse_args(argv)
-    split = SplitConfig(val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.split_seed,
-                        required=TRAINING_SPLITS)
+    split = build_config(args)
     frame, summary = build_manifest(args.data, split, metadata_csv=args.metadata, endpoint_url=args.s3_endpoint)
     write_manifest(frame, args.out, summary, endpoint_url=args.s3_endpoint)
     print(summary.format())

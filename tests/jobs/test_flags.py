@@ -116,6 +116,70 @@ def test_tune_base_overrides(argv, expected):
     assert repr(overrides_from_flags(job.parse_args(argv), job.FLAGS)) == repr(expected)
 
 
+@pytest.mark.parametrize("argv, expected", [
+    (["--data", "d", "--out", "o"], PrepareConfig(
+        data='d', out='o', metadata=None,
+        image=ImageConfig(size=224, batch_size=32, read_attempts=3, io_threads=8, expected_source_size=None,
+                          endpoint_url=None),
+        split=SplitConfig(val_fraction=0.1, test_fraction=0.2, seed=0, required=('train', 'val')), overwrite=False,
+        keep_previous_hours=72.0, seed=0, lock_ttl_s=600.0, shared_fs=False, target_file_mb=256, compression='none')),
+    (["--data", "d", "--out", "o", "--metadata", "m.csv", "--size", "64", "--overwrite", "--read-attempts", "5",
+      "--expected-source-size", "1024", "--target-file-mb", "16", "--val-fraction", "0.25", "--test-fraction",
+      "0.15", "--seed", "3", "--keep-previous-hours", "1.5", "--s3-endpoint", "http://e", "--verbose", "--address",
+      "auto", "--cluster-config", "c.yaml", "--shared-fs"], PrepareConfig(
+        data='d', out='o', metadata='m.csv',
+        image=ImageConfig(size=64, batch_size=32, read_attempts=5, io_threads=8, expected_source_size=1024,
+                          endpoint_url='http://e'),
+        split=SplitConfig(val_fraction=0.25, test_fraction=0.15, seed=0, required=('train', 'val')), overwrite=True,
+        keep_previous_hours=1.5, seed=3, lock_ttl_s=600.0, shared_fs=True, target_file_mb=16, compression='none')),
+], ids=["defaults", "every-flag"])
+def test_prepare_config(argv, expected):
+    assert repr(build("prepare", argv)) == repr(expected)
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--scores", "x=y", "--data", "d", "--out", "o"], EvaluationConfig(
+        scores=(('x', 'y'),), data='d', out='o', split='test', n_boot=1000, threshold_rule='youden', overlays=8,
+        dataset_kind='synthetic', s3_endpoint=None)),
+    (["--scores", "a=s3://b/a", "--scores", "s3://b/c/", "--data", "d", "--split", "val", "--out", "o", "--bootstrap",
+      "10", "--threshold-rule", "f1", "--dataset-kind", "real", "--s3-endpoint", "http://e", "--verbose",
+      "--address", "auto"], EvaluationConfig(
+        scores=(('a', 's3://b/a'), ('c', 's3://b/c/')), data='d', out='o', split='val', n_boot=10,
+        threshold_rule='f1', overlays=8, dataset_kind='real', s3_endpoint='http://e')),
+], ids=["defaults", "every-flag"])
+def test_evaluate_scores_config(argv, expected):
+    assert repr(build("evaluate", argv)) == repr(expected)
+
+
+@pytest.mark.parametrize("argv, split", [(["--checkpoint", "ck", "--data", "d", "--out", "o"], "test"),
+                                         (["--checkpoint", "ck", "--data", "d", "--out", "o", "--split", "val"], "val")])
+def test_evaluate_checkpoint_split(argv, split):
+    job = job_module("evaluate")
+    assert job.evaluated_split(job.parse_args(argv)) == split
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--data", "d", "--out", "o"], SplitConfig(val_fraction=0.1, test_fraction=0.2, seed=0, required=('train', 'val'))),
+    (["--data", "d", "--out", "o", "--metadata", "m.csv", "--val-fraction", "0.3", "--test-fraction", "0.1",
+      "--split-seed", "7", "--s3-endpoint", "http://e"],
+     SplitConfig(val_fraction=0.3, test_fraction=0.1, seed=7, required=('train', 'val'))),
+], ids=["defaults", "every-flag"])
+def test_manifest_split_config(argv, expected):
+    assert repr(build("manifest", argv)) == repr(expected)
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--out", "o"], SyntheticConfig(out='o', images=2000, size=1024, seed=0, difficulty=1.0, test_fraction=0.2,
+                                     workers=0, metadata_only=False)),
+    (["--out", "o", "--images", "40", "--size", "64", "--seed", "2", "--difficulty", "0.5", "--workers", "3",
+      "--metadata-only", "--preview", "p.png"],
+     SyntheticConfig(out='o', images=40, size=64, seed=2, difficulty=0.5, test_fraction=0.2, workers=3,
+                     metadata_only=True)),
+], ids=["defaults", "every-flag"])
+def test_make_synthetic_config(argv, expected):
+    assert repr(build("make_synthetic", argv)) == repr(expected)
+
+
 # -- the shared pieces ------------------------------------------------------------------------------------
 
 def test_overrides_follow_dotted_paths_and_convert_only_given_values():
