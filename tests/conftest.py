@@ -12,7 +12,6 @@ from thorax_ray.data.prepare import PrepareConfig, prepare
 from thorax_ray.data.splits import SplitConfig
 from thorax_ray.synthetic.dataset import SyntheticConfig, write_synthetic_dataset
 
-
 # Fixtures whose tests need a running Ray: such a test is slow (the session's Ray starts once, in ~30 s on 2
 # cores, and every Ray Data or Train call costs seconds), so it runs in `make test` only, not `make test-fast`.
 RAY_FIXTURES = ("ray_local",)
@@ -99,6 +98,16 @@ def ray_local(s3_server):
     init_ray(num_cpus=4, runtime_env={"env_vars": {"PYTHONPATH": repo}})
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def ray_job_env(ray_local) -> dict[str, str]:
+    """Environment variables that make a job or bench started in a subprocess join the session's Ray, as a
+    job run by `ray job submit` joins its cluster, instead of starting a private Ray of its own (that costs
+    15-25 s per subprocess on 2 cores). Tests of what a private Ray does (its start, its console, Ctrl-C)
+    leave it out."""
+    return {"RAY_ADDRESS": ray_local.get_runtime_context().gcs_address, "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN": os.environ["RAY_AUTH_TOKEN"]}
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,6 @@
-"""jobs/tune.py as a user runs it (subprocesses with their own local Ray): the shipped smoke space end to
-end with ASHA, the exported best config trained by jobs/train.py, and an interrupted sweep restored
-without rerunning its finished trials. About two minutes each on 2 cores."""
+"""jobs/tune.py as a user runs it (subprocesses that join the session's Ray, as `ray job submit` jobs join
+their cluster): the shipped smoke space end to end with ASHA, the exported best config trained by
+jobs/train.py, and an interrupted sweep restored without rerunning its finished trials."""
 import glob
 import json
 import os
@@ -14,23 +14,23 @@ import pandas as pd
 import pytest
 import yaml
 
-
 pytestmark = pytest.mark.slow
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
 
-def job(*args, timeout=600):
-    result = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout, env=ENV)
+def job(*args, env: dict[str, str], timeout=600):
+    result = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-6000:]
     return result
 
 
-def test_smoke_space_end_to_end_asha_stops_trials_and_best_config_trains(metadata_only, tmp_path):
+def test_smoke_space_end_to_end_asha_stops_trials_and_best_config_trains(metadata_only, tmp_path, ray_job_env):
+    env = {**ENV, **ray_job_env}
     started = time.monotonic()
     result = job("jobs/tune.py", "--space", "tune_spaces/smoke.yaml", "--data", str(metadata_only),
-                 "--storage", str(tmp_path / "tune"), "--out", str(tmp_path / "out"), "--trials", "4")
+                 "--storage", str(tmp_path / "tune"), "--out", str(tmp_path / "out"), "--trials", "4", env=env)
     tune_seconds = time.monotonic() - started
     table = pd.read_csv(tmp_path / "out" / "results.csv")
     assert len(table) >= 4 and set(table["status"]) == {"TERMINATED"}
@@ -55,7 +55,7 @@ def test_smoke_space_end_to_end_asha_stops_trials_and_best_config_trains(metadat
     exported = yaml.safe_load(best.read_text())
     assert exported["run"]["name"] is None and exported["data"]["data"] == str(metadata_only)
     assert exported["optim"]["lr"] == configs[0]["optim.lr"] and exported["loss"]["kind"] == configs[0]["loss.kind"]
-    trained = job("jobs/train.py", "--config", str(best), "--storage", str(tmp_path / "runs"))
+    trained = job("jobs/train.py", "--config", str(best), "--storage", str(tmp_path / "runs"), env=env)
     assert "[train] done" in trained.stdout
     # the console is for people: one line per epoch, the summary last, no Ray output (progress bars,
     # per-rank report lines, colour codes) unless --verbose
@@ -88,13 +88,14 @@ def completed_by_tune(log_path) -> set[str]:
     return set(re.findall(r"^\[tune\] (\S+) finished \(", log_path.read_text(), flags=re.MULTILINE))
 
 
-def test_interrupted_sweep_resumes_without_rerunning_finished_trials(metadata_only, tmp_path):
+def test_interrupted_sweep_resumes_without_rerunning_finished_trials(metadata_only, tmp_path, ray_job_env):
+    env = {**ENV, **ray_job_env}
     command = [sys.executable, "jobs/tune.py", "--space", "tune_spaces/smoke.yaml", "--data", str(metadata_only),
                "--storage", str(tmp_path / "tune"), "--out", str(tmp_path / "out"), "--name", "resumable",
                "--trials", "2", "--epochs", "2", "--max-concurrent", "1"]
     runs = str(tmp_path / "tune" / "resumable" / "runs")
     log = open(tmp_path / "first.log", "w")
-    process = subprocess.Popen(command, cwd=REPO, env=ENV, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         # finished as Tune sees it (the driver's "[tune] <id> finished" line), not only as the trainable
         # recorded it: Ctrl-C between the two leaves the trial unfinished in Tune's state, to run again
@@ -114,7 +115,7 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(metadata_on
     assert first_rc in (130, 0), first_log[-3000:]
     finished_before = set(before)
 
-    second = job(*command[1:])
+    second = job(*command[1:], env=env)
     assert "resuming experiment" in second.stdout
     table = pd.read_csv(tmp_path / "out" / "results.csv")
     assert len(table) == 2 and set(table["status"]) == {"TERMINATED"}, table
