@@ -22,7 +22,7 @@ from bench.common import emit  # noqa: E402
 
 def run(prepared: str, storage: str, workers: int, args) -> list[dict]:
     from thorax_ray.train.config import TrainConfig
-    from thorax_ray.train.trainer import fit
+    from thorax_ray.train.train import fit
 
     config = TrainConfig.from_dict({
         "data": {"data": prepared, "size": args.size, "batch_size": args.batch_size},

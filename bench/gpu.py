@@ -223,7 +223,7 @@ def measure_training(args, fast, budget: Budget, rows: list[Row], prepared: str,
 def measure_ray_train(args, budget: Budget, rows: list[Row], prepared: str, work: str, use_gpu: bool) -> None:
     """Images/s of the project's Ray Train loop (one worker, epochs after the first)."""
     from thorax_ray.train.config import TrainConfig
-    from thorax_ray.train.trainer import fit
+    from thorax_ray.train.train import fit
 
     def measure() -> float:
         config = TrainConfig.from_dict({

@@ -66,7 +66,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from thorax_ray.ray_setup import init_ray
-    from thorax_ray.scoring import ScoreConfig, score
+    from thorax_ray.scoring import ScoreConfig
+    from thorax_ray.scoring.score import score
     from thorax_ray.synthetic.dataset import SyntheticConfig, write_synthetic_dataset
 
     n = args.images

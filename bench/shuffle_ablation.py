@@ -26,7 +26,7 @@ from bench.common import emit  # noqa: E402
 def train_once(args, seed: int, shuffled: bool, storage_dir: str) -> list[float]:
     from thorax_ray.checkpoint import run_metrics
     from thorax_ray.train.config import TrainConfig
-    from thorax_ray.train.trainer import fit
+    from thorax_ray.train.train import fit
 
     name = f"{'shuffled' if shuffled else 'csv_order'}-seed{seed}"
     config = TrainConfig.from_dict({

@@ -114,7 +114,7 @@ def plain_mlp_epoch(data: str, args) -> tuple[float, float]:
 def ray_mlp_epoch(data: str, storage: str, args) -> tuple[float, list[dict]]:
     """Mean epoch wall time (epochs after the first) of the Ray Train loop, and its history."""
     from thorax_ray.train.config import TrainConfig
-    from thorax_ray.train.trainer import fit
+    from thorax_ray.train.train import fit
 
     config = TrainConfig.from_dict({
         "data": {"data": data, "batch_size": args.batch_size}, "model": {"name": "mlp"},
@@ -159,7 +159,7 @@ def mlp_main(args) -> None:
 
 def ray_loop(prepared: str, storage: str, args, name: str = "bench") -> list[float]:
     from thorax_ray.train.config import TrainConfig
-    from thorax_ray.train.trainer import fit
+    from thorax_ray.train.train import fit
 
     config = TrainConfig.from_dict({
         "data": {"data": prepared, "size": args.size, "batch_size": args.batch_size},

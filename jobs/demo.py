@@ -64,7 +64,7 @@ def prepare_shards(data: str, out: str, size: int) -> None:
 def train_models(prepared: str, args: argparse.Namespace) -> dict[str, str]:
     from thorax_ray.checkpoint import run_metrics
     from thorax_ray.train.config import TrainConfig
-    from thorax_ray.train.trainer import fit
+    from thorax_ray.train.train import fit
 
     runs = {}
     for name, model in DEMO_MODELS.items():
@@ -89,7 +89,7 @@ def train_models(prepared: str, args: argparse.Namespace) -> dict[str, str]:
 
 def score_models(runs: dict[str, str], prepared: str, args: argparse.Namespace) -> dict[str, str]:
     from thorax_ray.scoring.config import ScoreConfig
-    from thorax_ray.scoring.job import score
+    from thorax_ray.scoring.score import score
 
     outputs = {}
     for name, run_dir in runs.items():
@@ -102,7 +102,7 @@ def score_models(runs: dict[str, str], prepared: str, args: argparse.Namespace) 
 
 
 def evaluate(outputs: dict[str, str], data: str, args: argparse.Namespace) -> dict:
-    from thorax_ray.evaluation.run import EvaluationConfig, evaluate_scores
+    from thorax_ray.evaluation.evaluate import EvaluationConfig, evaluate_scores
     from thorax_ray.scoring import read_scores
 
     config = EvaluationConfig(scores=tuple(outputs.items()), data=data, out=os.path.join(args.out, "evaluation"))
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def check_report(report: str) -> None:
     """Renders report.html in headless Chromium when it is installed and says whether its plots show."""
-    from thorax_ray.evaluation.render import RenderError, find_chromium, render_report
+    from thorax_ray.evaluation.chromium import RenderError, find_chromium, render_report
 
     if find_chromium() is None:
         print("[demo] (install Debian's chromium to have the report rendered and checked headlessly)")

@@ -21,8 +21,8 @@ import os
 from thorax_ray import storage
 from thorax_ray.cli import (add_cluster_arguments, field_default, job_parser, positive_int, run_main, setup_logging,
                             show_config_defaults)
-from thorax_ray.config import Flag, config_from_flags
-from thorax_ray.evaluation.run import EvaluationConfig
+from thorax_ray.config_io import Flag, config_from_flags
+from thorax_ray.evaluation.evaluate import EvaluationConfig
 from thorax_ray.preflight import require_inputs
 from thorax_ray.ray_setup import init_ray
 
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.scores:  # reads Parquet and computes on this process: no Ray needed
         config = build_config(args)
         require_inputs({f"--scores {name}=": uri for name, uri in config.scores}, endpoint_url=args.s3_endpoint)
-        from thorax_ray.evaluation.run import evaluate_scores
+        from thorax_ray.evaluation.evaluate import evaluate_scores
         from thorax_ray.scoring import read_scores
 
         metrics = evaluate_scores(config, lambda uri: read_scores(uri, endpoint_url=args.s3_endpoint))

@@ -13,7 +13,7 @@ import sys
 import time
 
 from thorax_ray.cli import job_parser, non_negative_int, run_main, setup_logging, show_config_defaults
-from thorax_ray.config import config_from_flags
+from thorax_ray.config_io import config_from_flags
 from thorax_ray.interrupts import Interrupted, interruptible
 from thorax_ray.synthetic.dataset import SyntheticConfig, recorded_settings, write_preview, write_synthetic_dataset
 

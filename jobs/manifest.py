@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 
 from thorax_ray.cli import add_s3_endpoint_argument, job_parser, run_main, setup_logging, show_config_defaults
-from thorax_ray.config import config_from_flags
+from thorax_ray.config_io import config_from_flags
 from thorax_ray.data.manifest import build_manifest, write_manifest
 from thorax_ray.data.splits import TRAINING_SPLITS, SplitConfig
 

@@ -10,7 +10,7 @@ import argparse
 from thorax_ray.cli import (add_cluster_arguments, add_placement_arguments, job_parser, positive_int, run_main,
                             setup_logging, show_config_defaults)
 from thorax_ray.cluster import cluster_capacity
-from thorax_ray.config import config_from_flags
+from thorax_ray.config_io import config_from_flags
 from thorax_ray.data.prepare import PrepareConfig, prepare
 from thorax_ray.data.splits import TRAINING_SPLITS
 from thorax_ray.preflight import require_inputs

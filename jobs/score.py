@@ -21,12 +21,13 @@ from thorax_ray.cli import (add_cluster_arguments, add_gpu_arguments, checked_by
                             non_negative_int, positive_float, positive_int, run_main, setup_logging,
                             show_config_defaults, zero_means_none)
 from thorax_ray.cluster import cluster_capacity
-from thorax_ray.config import Flag, config_from_flags
+from thorax_ray.config_io import Flag, config_from_flags
 from thorax_ray.lease import LeaseBusy
 from thorax_ray.preflight import require_inputs
 from thorax_ray.ray_setup import init_ray
-from thorax_ray.scoring import NO_METHOD, ScoreConfig, score
+from thorax_ray.scoring import NO_METHOD, ScoreConfig
 from thorax_ray.scoring.gate import parse_gate
+from thorax_ray.scoring.score import score
 
 EXIT_BUSY = 75  # EX_TEMPFAIL: another run holds the output; try again later
 FLAGS = {  # flag -> ScoreConfig field, or Flag(field, converter); every flag's default is the field's

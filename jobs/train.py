@@ -20,7 +20,7 @@ import json
 from thorax_ray.cli import (add_cluster_arguments, add_gpu_arguments, job_parser, run_main, setup_logging,
                             show_config_defaults)
 from thorax_ray.cluster import cluster_capacity, resolve_use_gpu
-from thorax_ray.config import overrides_from_flags
+from thorax_ray.config_io import overrides_from_flags
 from thorax_ray.losses import LOSS_KINDS
 from thorax_ray.models import AVAILABLE_FEATURES, DEFAULT_FEATURES, list_models
 from thorax_ray.preflight import require_inputs
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     capacity = cluster_capacity(config.run.cluster_config, local=local)
     if args.data is None and not args.config:
         config = cpu_demo_profile(config, args, capacity)
-    from thorax_ray.train.trainer import fit
+    from thorax_ray.train.train import fit
 
     result = fit(config, capacity=capacity)
     if result.error:

@@ -19,7 +19,7 @@ import sys
 from thorax_ray.cli import (add_cluster_arguments, add_gpu_arguments, job_parser, non_negative_int, positive_int,
                             run_main, setup_logging)
 from thorax_ray.cluster import cluster_capacity
-from thorax_ray.config import overrides_from_flags
+from thorax_ray.config_io import overrides_from_flags
 from thorax_ray.names import safe_name
 from thorax_ray.preflight import require_inputs
 from thorax_ray.ray_setup import init_ray
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     require_inputs({"--data": base.data.data}, endpoint_url=base.data.s3_endpoint)  # before Ray starts
     local = init_ray(args.address, verbose=args.verbose)
     capacity = cluster_capacity(base.run.cluster_config, local=local)
-    from thorax_ray.tune.sweep import run_sweep
+    from thorax_ray.tune.tune import run_sweep
 
     outcome = run_sweep(space, storage_uri=args.storage, name=name, out_dir=out, trials=args.trials,
                         max_concurrent=args.max_concurrent, capacity=capacity, verbose=1 if args.verbose else 0)

@@ -117,7 +117,7 @@ def test_wang_bce_batch_without_positives_or_negatives_is_plain_bce():
 def test_removed_weighted_bce_name_points_to_both_new_kinds():
     with pytest.raises(ValueError, match="'wang_bce'.*'class_balanced_bce'"):
         LossConfig(kind="weighted_bce")
-    from thorax_ray.config import ConfigError
+    from thorax_ray.config_io import ConfigError
     from thorax_ray.train.config import TrainConfig
 
     with pytest.raises(ConfigError, match="was removed"):
@@ -191,7 +191,7 @@ def test_config_validation():
 
 def test_config_dict_round_trip():
     """The loss options travel inside TrainConfig's dict (the Ray boundary) and come back equal."""
-    from thorax_ray.config import ConfigError
+    from thorax_ray.config_io import ConfigError
     from thorax_ray.train.config import TrainConfig
 
     config = LossConfig(kind="class_balanced_bce", per_class_pos_weight=[2.0] * NUM_FINDINGS, pos_weight_scale=3)

@@ -1,5 +1,5 @@
 """Shared command-line plumbing for the jobs: logging set-up, flags whose defaults are their config
-dataclass's (see `show_config_defaults`, `thorax_ray.config.config_from_flags`) and friendly failure on
+dataclass's (see `show_config_defaults`, `thorax_ray.config_io.config_from_flags`) and friendly failure on
 known errors."""
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any
 
 from thorax_ray import console
 from thorax_ray.cluster import USE_GPU_CHOICES
-from thorax_ray.config import FlagTable, flag_target
+from thorax_ray.config_io import FlagTable, flag_target
 from thorax_ray.interrupts import as_interrupted, interruptible
 
 
@@ -118,7 +118,7 @@ def field_default(cls: type, path: str) -> Any:
 
 def show_config_defaults(parser: argparse.ArgumentParser, flags: FlagTable, config_cls: type) -> None:
     """Appends `(default: V)` to the help of every flag of `flags` (the job's table for
-    `thorax_ray.config.config_from_flags` / `overrides_from_flags`) whose argparse default is None and
+    `thorax_ray.config_io.config_from_flags` / `overrides_from_flags`) whose argparse default is None and
     whose help states no default, V being the field's default in `config_cls`: the default is stated
     once, in the dataclass (a required field shows none)."""
     for action in parser._actions:

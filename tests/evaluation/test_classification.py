@@ -10,6 +10,7 @@ from sklearn.metrics import roc_auc_score
 
 from thorax_ray.evaluation import classification as C
 from thorax_ray.labels import FINDINGS
+from thorax_ray.thresholds import thresholds_document, thresholds_from_document
 
 K = len(FINDINGS)
 
@@ -238,16 +239,16 @@ def test_thresholds_document_round_trip():
 
     thresholds = {f: 0.1 * (i % 9) for i, f in enumerate(FINDINGS)}
     thresholds["Hernia"] = None
-    doc = C.thresholds_document(thresholds, model="small_cnn", split_hash="abc123", rule="youden", version=2)
+    doc = thresholds_document(thresholds, model="small_cnn", split_hash="abc123", rule="youden", version=2)
     doc = json.loads(json.dumps(doc))
     assert doc["version"] == 2 and doc["model"] == "small_cnn" and doc["split_hash"] == "abc123"
     assert doc["label_order"] == list(FINDINGS) and doc["columns"][12] == "pleural_thickening"
     assert doc["chosen_on"] == "validation" and doc["created"].endswith("+00:00")
-    assert C.thresholds_from_document(doc) == thresholds
+    assert thresholds_from_document(doc) == thresholds
     with pytest.raises(ValueError):
-        C.thresholds_document({"Infiltrate": 0.5}, model="m", split_hash="h", rule="youden")
+        thresholds_document({"Infiltrate": 0.5}, model="m", split_hash="h", rule="youden")
     with pytest.raises(ValueError):
-        C.thresholds_from_document({**doc, "label_order": list(reversed(FINDINGS))})
+        thresholds_from_document({**doc, "label_order": list(reversed(FINDINGS))})
 
 
 # ------------------------------------------------------------------------------- AP, subgroups, summary

@@ -1,4 +1,4 @@
-"""Every job's config is built from its flags by one shared function (thorax_ray.config.config_from_flags)
+"""Every job's config is built from its flags by one shared function (thorax_ray.config_io.config_from_flags)
 and is exactly what the job's hand-written construction built before (redesign issue, item 5). The
 expected configs below were printed by that old construction for the same command lines, and are compared
 by repr, so an int where a float was (or a list where a tuple was) fails too. No Ray is started."""
@@ -6,18 +6,17 @@ import argparse
 
 import pytest
 
+from tests.jobs.test_help import job_module
 from thorax_ray.cli import field_default, show_config_defaults, zero_means_none
-from thorax_ray.config import Flag, config_from_flags, overrides_from_flags
+from thorax_ray.config_io import Flag, config_from_flags, overrides_from_flags
 from thorax_ray.data.pipeline import ImageConfig
 from thorax_ray.data.prepare import PrepareConfig
 from thorax_ray.data.splits import SplitConfig
-from thorax_ray.evaluation.run import EvaluationConfig
+from thorax_ray.evaluation.evaluate import EvaluationConfig
 from thorax_ray.losses import LossConfig
 from thorax_ray.scoring import ScoreConfig
 from thorax_ray.synthetic.dataset import SyntheticConfig
-from thorax_ray.train.config import (AugmentConfig, DataConfig, ModelConfig, OptimConfig, RunSettings,
-                                     TrainConfig)
-from tests.jobs.test_help import job_module
+from thorax_ray.train.config import AugmentConfig, DataConfig, ModelConfig, OptimConfig, RunSettings, TrainConfig
 
 SCORE_REQUIRED = ["--checkpoint", "ck", "--input", "in", "--out", "o"]
 SCORE_EVERY_FLAG = SCORE_REQUIRED + [

@@ -63,7 +63,9 @@ def test_ctrl_c_on_prepare_overwrite_keeps_the_committed_version_and_removes_the
 
 def test_sigterm_on_score_commits_nothing_removes_its_staging_and_releases_the_output(ray_local, learnable_images,
                                                                                      tmp_path):
-    from thorax_ray.scoring import ScoreConfig, committed_runs, score
+    from thorax_ray.scoring import ScoreConfig
+    from thorax_ray.scoring.output import committed_runs
+    from thorax_ray.scoring.score import score
 
     checkpoint = tmp_path / "checkpoint"
     make_checkpoint(checkpoint, size=64)

@@ -11,7 +11,9 @@ from tests.helpers import make_checkpoint, upload_tree
 from thorax_ray.data.decode import decode_image
 from thorax_ray.data.preprocess import normalise_images, preprocessing_contract
 from thorax_ray.labels import FINDING_COLUMNS
-from thorax_ray.scoring import ScoreConfig, committed_runs, read_quarantine, read_scores, score
+from thorax_ray.scoring import ScoreConfig, read_scores
+from thorax_ray.scoring.output import committed_runs, read_quarantine
+from thorax_ray.scoring.score import score
 
 SIZE = 64
 DICOM_FORMS = ("mono2_8bit.dcm", "mono1_8bit.dcm", "mono2_12bit.dcm")

@@ -7,13 +7,14 @@ import os
 
 import pytest
 
-import thorax_ray.scoring.job as job
+import thorax_ray.scoring.score as job
 from tests.data.prepared import count_commit_reads, fake_ray_reads, prepare_here
 from tests.helpers import make_checkpoint
 from thorax_ray.cluster import ClusterCapacity
-from thorax_ray.scoring import ScoreConfig, committed_runs, score
-from thorax_ray.scoring.output import ScoresWrite
+from thorax_ray.scoring import ScoreConfig
+from thorax_ray.scoring.output import ScoresWrite, committed_runs
 from thorax_ray.scoring.pipeline import input_dataset
+from thorax_ray.scoring.score import score
 
 SIZE = 32
 NEWER = "20990101T000000Z-ffffff"

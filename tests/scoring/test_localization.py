@@ -15,7 +15,8 @@ from thorax_ray.data.nih_csv import read_bbox_list
 from thorax_ray.data.preprocess import preprocessing_contract
 from thorax_ray.labels import FINDING_COLUMNS, FINDINGS
 from thorax_ray.models import create_model
-from thorax_ray.scoring import ScoreConfig, read_scores, score
+from thorax_ray.scoring import ScoreConfig, read_scores
+from thorax_ray.scoring.score import score
 from thorax_ray.synthetic.dataset import SyntheticConfig, write_synthetic_dataset
 
 SIZE = 96  # written and scored at 96 px; small_cnn with 3 blocks at output stride 4 -> 24x24, stored pooled to 16x16
@@ -92,8 +93,8 @@ def test_heatmaps_concentrate_inside_truth_boxes(ray_local, tmp_path):
 
     # Wang et al. 2017's protocol on the default heatmaps (ReLU'd CAM; thresholds 60 and 180, every region) beats a box
     # over the whole image at T(IoBB) = 0.25 for the four large findings.
+    from thorax_ray.evaluation.evaluate import heatmap_boxes
     from thorax_ray.evaluation.localization import chance_localization, localization_accuracy, mean_accuracy
-    from thorax_ray.evaluation.run import heatmap_boxes
 
     raw = score(ScoreConfig(checkpoint=str(tmp_path / "ckpt"), input=str(tmp_path / "test.parquet"),
                             out=str(tmp_path / "raw"), batch_size=64))

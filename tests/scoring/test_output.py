@@ -10,11 +10,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from thorax_ray.attribution import BOXES_TYPE
+from thorax_ray.data.staged import new_run_id
 from thorax_ray.labels import FINDING_COLUMNS
-from thorax_ray.scoring.output import (SCORES_QUARANTINE_COLUMNS, clean_uncommitted, committed_runs, new_run_id,
-                                       pipeline_schema, publish, quarantine_table, read_quarantine, read_scores,
-                                       run_started, schema_metadata, score_schema, scored_index, staging_uri,
-                                       write_commit, write_table_file)
+from thorax_ray.scoring.output import (SCORES_QUARANTINE_COLUMNS, clean_uncommitted, committed_runs, pipeline_schema,
+                                       publish, quarantine_table, read_quarantine, read_scores, run_started,
+                                       schema_metadata, score_schema, scored_index, staging_uri, write_commit,
+                                       write_table_file)
 from thorax_ray.scoring.sink import ScoresDatasink
 
 SCHEMA = score_schema(maps=True, feature_attributions=False)

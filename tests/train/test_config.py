@@ -1,6 +1,6 @@
 import pytest
 
-from thorax_ray.config import ConfigError
+from thorax_ray.config_io import ConfigError
 from thorax_ray.train.config import TrainConfig
 
 

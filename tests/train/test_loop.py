@@ -151,7 +151,7 @@ def test_no_horizontal_flip_unless_asked():
 def test_output_stride_reaches_small_cnn_and_fusion_backbones():
     import pytest
 
-    from thorax_ray.config import ConfigError
+    from thorax_ray.config_io import ConfigError
     from thorax_ray.models import create_model
     from thorax_ray.train.config import TrainConfig
     from thorax_ray.train.loop import model_kwargs

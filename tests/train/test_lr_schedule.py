@@ -7,10 +7,9 @@ import math
 import pytest
 import torch
 
-from thorax_ray.config import ConfigError
+from thorax_ray.config_io import ConfigError
 from thorax_ray.train.config import OptimConfig, TrainConfig
-from thorax_ray.train.lr_schedule import (build_scheduler, describe_lr, effective_lr, scaled_lr,
-                                          warmup_factor)
+from thorax_ray.train.lr_schedule import build_scheduler, describe_lr, effective_lr, scaled_lr, warmup_factor
 
 
 def test_scaled_lr_rules_hand_computed():

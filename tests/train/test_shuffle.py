@@ -8,7 +8,7 @@ from thorax_ray.data.shards import read_prepared
 from thorax_ray.data.sources import open_source
 from thorax_ray.train.config import TrainConfig
 from thorax_ray.train.feeds import epoch_batches
-from thorax_ray.train.trainer import shuffled_every_epoch
+from thorax_ray.train.train import shuffled_every_epoch
 
 BATCH = 32
 

@@ -13,7 +13,7 @@ import torch
 from thorax_ray.checkpoint import epoch_checkpoints, load_payload, run_metrics
 from thorax_ray.evaluation.checkpoint import evaluate_checkpoint
 from thorax_ray.train.config import TrainConfig
-from thorax_ray.train.trainer import fit
+from thorax_ray.train.train import fit
 
 pytestmark = pytest.mark.slow
 

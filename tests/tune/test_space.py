@@ -6,10 +6,10 @@ import os
 import pytest
 import yaml
 
-from thorax_ray.config import ConfigError
+from thorax_ray.config_io import ConfigError
 from thorax_ray.train.config import TrainConfig
 from thorax_ray.tune.space import load_space, parse_space, resolve
-from thorax_ray.tune.sweep import max_concurrent_trials
+from thorax_ray.tune.tune import max_concurrent_trials
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SHIPPED = sorted(glob.glob(os.path.join(REPO, "tune_spaces", "*.yaml")))

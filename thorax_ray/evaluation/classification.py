@@ -17,8 +17,8 @@ Conventions
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import sparse
@@ -26,9 +26,8 @@ from sklearn.metrics import average_precision_score
 
 from thorax_ray.labels import FINDINGS
 from thorax_ray.metrics import mean_auroc, per_class_auroc
-from thorax_ray.thresholds import (THRESHOLD_RULES, THRESHOLDS_KIND, choose_thresholds,  # noqa: F401 (re-exported)
-                                   thresholds_document, thresholds_from_document)
 from thorax_ray.thresholds import check_labels_and_scores as _check
+from thorax_ray.thresholds import choose_thresholds
 
 MEAN_KEY = "mean"
 

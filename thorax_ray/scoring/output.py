@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 from thorax_ray import storage
 from thorax_ray.attribution import BOXES_TYPE, HEATMAP_METADATA_KEY
 from thorax_ray.data.quarantine import QUARANTINE_COLUMNS
-from thorax_ray.data.staged import RUN_ID_TIME, new_run_id, write_record  # noqa: F401 - new_run_id: re-exported
+from thorax_ray.data.staged import RUN_ID_TIME, write_record
 from thorax_ray.labels import FINDING_COLUMNS, FINDINGS
 
 log = logging.getLogger(__name__)

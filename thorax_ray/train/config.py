@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from thorax_ray.cluster import parse_use_gpu
-from thorax_ray.config import from_dict, load_yaml, merge, to_dict
+from thorax_ray.config_io import from_dict, load_yaml, merge, to_dict
 from thorax_ray.data.sources import DataConfig
 from thorax_ray.losses import LossConfig
 from thorax_ray.models import MetadataFeatures, get_model_spec, list_models

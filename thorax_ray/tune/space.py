@@ -27,7 +27,7 @@ import pydantic
 from pydantic import ConfigDict, Field, StrictFloat, StrictInt
 from pydantic_core import PydanticCustomError
 
-from thorax_ray.config import ConfigError, load_yaml, merge
+from thorax_ray.config_io import ConfigError, load_yaml, merge
 from thorax_ray.models import list_models
 from thorax_ray.train.config import TrainConfig
 

@@ -1,5 +1,5 @@
 """The Tune trial: a function trainable that turns its sampled config into a `TrainConfig` and runs
-the same Ray Train job as `jobs/train.py` (`thorax_ray.train.trainer.fit`), with Tune's
+the same Ray Train job as `jobs/train.py` (`thorax_ray.train.train.fit`), with Tune's
 `TuneReportCallback` forwarding each epoch's metrics (`val_mean_auroc`, ...) to Tune/ASHA.
 
 Ray 2.60 (Train V2) no longer tunes a `TorchTrainer` directly; each trial is a small driver that builds
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from thorax_ray import storage
 from thorax_ray.cluster import ClusterCapacity
 from thorax_ray.train.config import TrainConfig
-from thorax_ray.train.trainer import fit
+from thorax_ray.train.train import fit
 from thorax_ray.tune.space import resolve
 
 EXECUTIONS_DIR = "tune_executions"  # one small JSON record per start of a trial (resume evidence)

@@ -19,11 +19,12 @@ from thorax_ray.data.decode import decode_image
 from thorax_ray.data.nih_csv import DATA_ENTRY_HEADER
 from thorax_ray.data.preprocess import normalise_images, preprocessing_contract
 from thorax_ray.labels import BOXED_FINDINGS, FINDING_COLUMNS, FINDINGS
-from thorax_ray.scoring import (FEATURES_METADATA_KEY, SCORES_METADATA_KEY, ScoreConfig, committed_runs, output_size,
-                                read_file_metadata, read_quarantine, read_scores, score, scored_index)
-from thorax_ray.scoring.output import STAGING_DIR
+from thorax_ray.scoring import ScoreConfig, read_scores
+from thorax_ray.scoring.output import (FEATURES_METADATA_KEY, SCORES_METADATA_KEY, STAGING_DIR, committed_runs,
+                                       output_size, read_file_metadata, read_quarantine, scored_index)
 from thorax_ray.scoring.pipeline import (IN_FLIGHT_BATCHES_PER_ACTOR, MIN_IN_FLIGHT_BYTES, bound_in_flight,
                                          in_flight_bytes)
+from thorax_ray.scoring.score import score
 from thorax_ray.scoring.scorer import Scorer, ScorerSettings
 
 SIZE = 64

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from thorax_ray.evaluation import plots, report
-from thorax_ray.evaluation.render import RenderError, check_screenshot, find_chromium, render_report, screenshot
+from thorax_ray.evaluation.chromium import RenderError, check_screenshot, find_chromium, render_report, screenshot
 from thorax_ray.labels import FINDINGS
 
 if find_chromium() is None:

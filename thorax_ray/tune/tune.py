@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from thorax_ray import console, storage
 from thorax_ray.cluster import ClusterCapacity, check_shared_storage, cluster_capacity, resolve_use_gpu
 from thorax_ray.train.config import TrainConfig
-from thorax_ray.train.trainer import ray_storage
+from thorax_ray.train.train import ray_storage
 from thorax_ray.tune import results as results_mod
 from thorax_ray.tune.space import SearchSpace, resolve
 from thorax_ray.tune.trainable import TrialSetup, make_trainable

@@ -1,7 +1,7 @@
 """Driver-side settings of a training run (no Ray needed)."""
 import os
 
-from thorax_ray.train.trainer import POLL_ENV, REPORT_POLL_SECONDS, report_polling
+from thorax_ray.train.train import POLL_ENV, REPORT_POLL_SECONDS, report_polling
 
 
 def test_report_polling_sets_ray_trains_poll_interval_for_the_run_only(monkeypatch):

@@ -20,7 +20,7 @@ from thorax_ray.data.inputs import InputSource
 from thorax_ray.data.locate import discover
 from thorax_ray.data.nih_csv import read_bbox_list
 from thorax_ray.data.sources import DataConfig, open_source
-from thorax_ray.evaluation.classification import paired_bootstrap_difference, summarize_model, thresholds_document
+from thorax_ray.evaluation.classification import paired_bootstrap_difference, summarize_model
 from thorax_ray.evaluation.comparison import comparison_ci, comparison_table, format_comparison_table
 from thorax_ray.evaluation.localization import (NIH_IMAGE_SIZE, chance_localization, localization_accuracy,
                                                 localization_ci)
@@ -29,6 +29,7 @@ from thorax_ray.evaluation.report import write_report
 from thorax_ray.labels import FINDING_COLUMNS, FINDINGS, column_name
 from thorax_ray.names import safe_name
 from thorax_ray.scoring.overlays import read_original
+from thorax_ray.thresholds import thresholds_document
 
 log = logging.getLogger(__name__)
 

@@ -12,10 +12,10 @@ import re
 import boto3
 import pandas as pd
 
-from tests.evaluation.test_run import fake_scores
+from tests.evaluation.test_evaluate import fake_scores
 from thorax_ray.data.manifest import build_manifest
 from thorax_ray.data.nih_csv import read_bbox_list
-from thorax_ray.evaluation.run import EvaluationConfig, evaluate_scores, write_thresholds
+from thorax_ray.evaluation.evaluate import EvaluationConfig, evaluate_scores, write_thresholds
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -10,7 +10,7 @@ from thorax_ray.attribution import encode_heatmaps
 from thorax_ray.data.manifest import build_manifest
 from thorax_ray.data.nih_csv import read_bbox_list
 from thorax_ray.evaluation.classification import choose_thresholds
-from thorax_ray.evaluation.run import EvaluationConfig, evaluate_scores
+from thorax_ray.evaluation.evaluate import EvaluationConfig, evaluate_scores
 from thorax_ray.labels import FINDING_COLUMNS, FINDINGS
 
 
@@ -90,7 +90,7 @@ def metrics_rows(config, manifest, split):
 
 
 def test_thresholds_file_versioned_only_when_thresholds_change(tmp_path):
-    from thorax_ray.evaluation.run import write_thresholds
+    from thorax_ray.evaluation.evaluate import write_thresholds
 
     folder = str(tmp_path / "thresholds")
     first = write_thresholds(folder, "cnn", {"Mass": 0.3}, split_hash="abc", rule="youden")
@@ -106,7 +106,7 @@ def test_thresholds_file_versioned_only_when_thresholds_change(tmp_path):
 
 
 def test_scores_of_two_models_in_one_output_evaluate_only_the_newest():
-    from thorax_ray.evaluation.run import newest_model_rows
+    from thorax_ray.evaluation.evaluate import newest_model_rows
 
     scores = pd.DataFrame({"image_index": ["a.png", "b.png", "c.png", "a.png"],
                            "model_id": ["old", "old", "old", "new"],
@@ -151,7 +151,7 @@ def test_scores_of_a_synthetic_model_on_real_images_are_flagged_in_the_report_he
 
 def test_an_empty_or_missing_scores_output_is_an_error_and_nothing_is_written(synthetic_small, tmp_path):
     """Before: exit 0 and a full report with every AUROC n/a; beside a good model, the good one was zeroed."""
-    from thorax_ray.evaluation.run import EvaluationError
+    from thorax_ray.evaluation.evaluate import EvaluationError
     from thorax_ray.scoring import read_scores
 
     manifest, _ = build_manifest(str(synthetic_small))
@@ -181,7 +181,7 @@ def test_model_names_that_would_leave_the_output_folder_are_rejected(name, tmp_p
 
 def test_heatmap_boxes_follow_wang_every_region_both_thresholds_and_skip_unknown_sizes():
     from thorax_ray.attribution import HEATMAP_SCHEMA_METADATA, decode_heatmaps
-    from thorax_ray.evaluation.run import heatmap_boxes
+    from thorax_ray.evaluation.evaluate import heatmap_boxes
 
     maps = np.zeros((2, 14, 8, 8), dtype=np.uint8)
     mass = FINDINGS.index("Mass")

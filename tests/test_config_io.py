@@ -1,4 +1,4 @@
-"""thorax_ray.config.from_dict on small dataclass trees of its own: what is coerced, what is refused, and
+"""thorax_ray.config_io.from_dict on small dataclass trees of its own: what is coerced, what is refused, and
 that every refusal is one ConfigError naming the dotted key (pydantic's errors translated)."""
 import dataclasses
 import pickle
@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from thorax_ray.config import ConfigError, from_dict, to_dict
+from thorax_ray.config_io import ConfigError, from_dict, to_dict
 
 
 @dataclass(frozen=True)
