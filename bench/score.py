@@ -41,7 +41,7 @@ def make_checkpoint(folder: str, model_name: str, size: int) -> None:
         model.classifier.bias.copy_(torch.log(prevalence / (1 - prevalence)))
     save_checkpoint(folder, {
         "model_name": model_name, "model_build_config": model.build_config, "model_state": model.state_dict(),
-        "preprocessing": preprocessing_contract(size),
+        "preprocessing": preprocessing_contract(size).to_dict(),
     })
 
 

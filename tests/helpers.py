@@ -42,7 +42,7 @@ def make_checkpoint(folder: str | os.PathLike, name: str = "small_cnn", *, size:
         model = create_model(name, **kwargs).eval()
     os.makedirs(folder, exist_ok=True)
     save_checkpoint(str(folder), {"model_name": name, "model_build_config": model.build_config,
-                                  "model_state": model.state_dict(), "preprocessing": preprocessing_contract(size),
+                                  "model_state": model.state_dict(), "preprocessing": preprocessing_contract(size).to_dict(),
                                   "epoch": 0, "split_hash": CHECKPOINT_SPLIT_HASH,
                                   **({"data_origin": data_origin} if data_origin else {}), **(payload or {})})
     return model

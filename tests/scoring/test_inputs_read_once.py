@@ -11,6 +11,7 @@ import thorax_ray.scoring.score as job
 from tests.data.prepared import count_commit_reads, fake_ray_reads, prepare_here
 from tests.helpers import make_checkpoint
 from thorax_ray.cluster import ClusterCapacity
+from thorax_ray.data.preprocess import PreprocessingContract
 from thorax_ray.scoring import ScoreConfig
 from thorax_ray.scoring.output import ScoresWrite, committed_runs
 from thorax_ray.scoring.pipeline import input_dataset
@@ -59,7 +60,8 @@ def test_scoring_a_prepared_input_reads_its_commit_record_once(prepared, tmp_pat
 
     def stream(run, pending, gate, sink, filesystem, counter):
         overwrite_commit(out, record)  # after resolving, before the shards are read
-        input_dataset(run.config, run.source, pending, run.model, run.payload["preprocessing"], filesystem)
+        contract = PreprocessingContract.from_dict(run.payload["preprocessing"])
+        input_dataset(run.config, run.source, pending, run.model, contract, filesystem)
         streamed.append(len(pending))
         failed = pending[["image_index", "path"]].assign(stage="score", reason="not_scored_in_this_test")
         sink.result = [ScoresWrite(files=[], quarantined=failed)]

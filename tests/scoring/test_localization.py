@@ -29,7 +29,7 @@ def train_small_cnn(images: np.ndarray, labels: np.ndarray, *, epochs: int = 10,
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model = create_model("small_cnn", widths=(16, 32, 64), output_stride=4)
-    x = ((torch.from_numpy(images).float().unsqueeze(1) / 255.0) - CONTRACT["mean"]) / CONTRACT["std"]
+    x = ((torch.from_numpy(images).float().unsqueeze(1) / 255.0) - CONTRACT.mean) / CONTRACT.std
     y = torch.from_numpy(labels.astype(np.float32))
     mask = torch.zeros(len(FINDINGS))
     mask[[FINDINGS.index(f) for f in LARGE]] = 1.0

@@ -1,5 +1,6 @@
 """The scoring job end to end on a local Ray: schema and metadata, size per image, incremental and
 idempotent runs, quarantine accounting, s3:// in and out, prepared and metadata-only inputs."""
+import dataclasses
 import json
 import os
 import shutil
@@ -303,7 +304,7 @@ def test_boxes_traced_on_a_coarse_grid_match_full_resolution(checkpoint, synthet
 
 
 def test_in_flight_budget_grows_with_actors_and_batches_not_with_images():
-    contract = {**CONTRACT, "size": 224}
+    contract = dataclasses.replace(CONTRACT, size=224)
     one = in_flight_bytes(ScoreConfig(checkpoint="c", input="i", out="o", batch_size=128), contract, actors=1)
     eight = in_flight_bytes(ScoreConfig(checkpoint="c", input="i", out="o", batch_size=128), contract, actors=8)
     assert one == IN_FLIGHT_BATCHES_PER_ACTOR * 128 * 224 * 224 and eight == 8 * one
@@ -314,7 +315,7 @@ def test_in_flight_budget_grows_with_actors_and_batches_not_with_images():
 
 
 def test_in_flight_budget_counts_images_at_the_side_they_travel_at():
-    contract = {**CONTRACT, "size": 224}
+    contract = dataclasses.replace(CONTRACT, size=224)
     prepared = in_flight_bytes(ScoreConfig(checkpoint="c", input="i", out="o", batch_size=128), contract, actors=1,
                                stored_size=512)
     assert prepared == IN_FLIGHT_BATCHES_PER_ACTOR * 128 * 512 * 512

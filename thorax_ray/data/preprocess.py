@@ -3,7 +3,7 @@ applied when training, validating, scoring and evaluating), and turning a batch 
 into model inputs, images staying uint8 until here and becoming normalised float tensors on the device."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -40,15 +40,37 @@ def batch_from_arrow(table: pa.Table, *, stored_size: int, features=None, images
                  labels=torch.from_numpy(labels.astype(np.float32)), images=image_tensor, features=feature_tensor)
 
 
-def normalise_images(images: torch.Tensor, contract: dict, *, device: torch.device) -> torch.Tensor:
+@dataclass(frozen=True)
+class PreprocessingContract:
+    """What a model expects of its input: stored with every checkpoint (as `to_dict()`, under
+    "preprocessing") and applied identically when training, validating, scoring and evaluating."""
+
+    size: int  # side of the square input, pixels
+    channels: int = 1
+    input_dtype: str = "uint8"  # images travel as this until `normalise_images`
+    scale: float = 1 / 255.0
+    mean: float = IMAGE_MEAN
+    std: float = IMAGE_STD
+    resize: str = "bilinear with box reduction (Pillow)"
+
+    def to_dict(self) -> dict:
+        """Plain types, as checkpoints (torch.load(weights_only=True)) and score metadata (JSON) hold it."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, stored: dict) -> "PreprocessingContract":
+        """The contract a checkpoint stored (a key it does not have takes the default)."""
+        return cls(**stored)
+
+
+def normalise_images(images: torch.Tensor, contract: PreprocessingContract, *, device: torch.device) -> torch.Tensor:
     """uint8 (N, 1, S, S) -> float on `device`, resized to the contract's size, scaled and standardised."""
-    x = images.to(device, non_blocking=True).float().mul_(contract["scale"])
-    if x.shape[-1] != contract["size"] or x.shape[-2] != contract["size"]:
-        x = F.interpolate(x, size=(contract["size"],) * 2, mode="bilinear", antialias=True, align_corners=False)
-    return (x - contract["mean"]) / contract["std"]
+    x = images.to(device, non_blocking=True).float().mul_(contract.scale)
+    if x.shape[-1] != contract.size or x.shape[-2] != contract.size:
+        x = F.interpolate(x, size=(contract.size,) * 2, mode="bilinear", antialias=True, align_corners=False)
+    return (x - contract.mean) / contract.std
 
 
-def preprocessing_contract(size: int) -> dict:
-    """What a model expects; stored with every checkpoint and applied identically when scoring."""
-    return {"channels": 1, "size": size, "input_dtype": "uint8", "scale": 1 / 255.0,
-            "mean": IMAGE_MEAN, "std": IMAGE_STD, "resize": "bilinear with box reduction (Pillow)"}
+def preprocessing_contract(size: int) -> PreprocessingContract:
+    """The contract of a model trained at `size` pixels."""
+    return PreprocessingContract(size=int(size))

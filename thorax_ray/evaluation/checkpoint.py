@@ -6,6 +6,7 @@ import logging
 import torch
 
 from thorax_ray.checkpoint import load_payload, resolve_checkpoint
+from thorax_ray.data.preprocess import PreprocessingContract
 from thorax_ray.data.sources import DataConfig, open_source
 from thorax_ray.metrics import mean_auroc, per_class_auroc
 from thorax_ray.models import build_model
@@ -20,8 +21,8 @@ def evaluate_checkpoint(checkpoint: str, data: str, split: str = "test", *, batc
     checkpoint_dir = resolve_checkpoint(checkpoint, endpoint_url=s3_endpoint)
     payload = load_payload(checkpoint_dir, endpoint_url=s3_endpoint)
     model = build_model(payload)
-    contract = payload["preprocessing"]
-    source = open_source(DataConfig(data=data, size=contract["size"], s3_endpoint=s3_endpoint))
+    contract = PreprocessingContract.from_dict(payload["preprocessing"])
+    source = open_source(DataConfig(data=data, size=contract.size, s3_endpoint=s3_endpoint))
     if source.split_hash != payload["split_hash"]:
         log.warning(
             "split hash of %s (%s) differs from the checkpoint's (%s): test rows may overlap its training rows",

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from thorax_ray.data.preprocess import Batch, batch_from_arrow, normalise_images
+from thorax_ray.data.preprocess import Batch, PreprocessingContract, batch_from_arrow, normalise_images
 from thorax_ray.labels import FINDINGS
 
 
@@ -32,7 +32,7 @@ class Predictions:
             raise RuntimeError("evaluation saw some rows more than once; AUROC would be wrong")
 
 
-def predict(model: torch.nn.Module, tables: Iterable, *, contract: dict, stored_size: int,
+def predict(model: torch.nn.Module, tables: Iterable, *, contract: PreprocessingContract, stored_size: int,
             device: torch.device, autocast_dtype: torch.dtype | None = None) -> Predictions:
     """Probabilities for every row of `tables` (pyarrow tables of dataset rows), model in eval mode."""
     spec = model.spec
@@ -43,7 +43,7 @@ def predict(model: torch.nn.Module, tables: Iterable, *, contract: dict, stored_
 
 
 @torch.no_grad()
-def predict_batches(model: torch.nn.Module, batches: Iterable[Batch], *, contract: dict, device: torch.device,
+def predict_batches(model: torch.nn.Module, batches: Iterable[Batch], *, contract: PreprocessingContract, device: torch.device,
                     autocast_dtype: torch.dtype | None = None) -> Predictions:
     """Probabilities for every row of `batches` (host or device tensors), model in eval mode."""
     spec = model.spec

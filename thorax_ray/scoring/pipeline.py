@@ -8,6 +8,7 @@ import pandas as pd
 
 from thorax_ray.cluster import ClusterCapacity, resolve_use_gpu
 from thorax_ray.data.pipeline import ImageConfig, load_images, manifest_dataset
+from thorax_ray.data.preprocess import PreprocessingContract
 from thorax_ray.data.shards import read_prepared
 from thorax_ray.scoring.config import ScoreConfig
 from thorax_ray.scoring.inputs import ScoringInput
@@ -61,10 +62,11 @@ def stream(run: ScoringRun, pending: pd.DataFrame, gate, sink, filesystem, count
     """read/decode -> the autoscaling pool of model actors -> the staging datasink, memory bounded."""
     from ray.data import ActorPoolStrategy  # deferred: Ray (absent on the GPU machine)
 
-    config, source, contract = run.config, run.source, run.payload["preprocessing"]
+    config, source = run.config, run.source
+    contract = PreprocessingContract.from_dict(run.payload["preprocessing"])
     dataset = input_dataset(config, source, pending, run.model, contract, filesystem)
     # Prepared inputs travel at the size they were prepared at, raw PNGs are decoded to the contract's.
-    stored_size = int(source.prepared["size"]) if source.kind == "prepared" else int(contract["size"])
+    stored_size = int(source.prepared["size"]) if source.kind == "prepared" else contract.size
     settings = ScorerSettings.from_config(
         config, checkpoint_dir=run.checkpoint_dir, model_id=run.model_id, method=run.method,
         stored_size=stored_size, run_id=run.run_id, batch_date=run.batch_date, box_min_probability=gate.thresholds)
@@ -83,14 +85,14 @@ MIN_IN_FLIGHT_BYTES = 64 * 2**20
 IN_FLIGHT_BATCHES_PER_ACTOR = 16
 
 
-def in_flight_bytes(config: ScoreConfig, contract: dict, actors: int, *, stored_size: int | None = None) -> int:
+def in_flight_bytes(config: ScoreConfig, contract: PreprocessingContract, actors: int, *, stored_size: int | None = None) -> int:
     """How much decoded input and output the run may hold in the object store at once. Without a bound,
     decode tasks run ahead of slower model actors until the object store is full, so memory grows with
     the number of images; a few batches per actor keep the actors fed. Images are counted at
     `stored_size`, the side they travel at (default: the contract's size)."""
     if config.in_flight_mb is not None:
         return config.in_flight_mb * 2**20
-    image_bytes = int(stored_size or contract["size"]) ** 2 * int(contract.get("channels", 1))
+    image_bytes = int(stored_size or contract.size) ** 2 * contract.channels
     return max(MIN_IN_FLIGHT_BYTES, IN_FLIGHT_BATCHES_PER_ACTOR * actors * config.batch_size * image_bytes)
 
 
@@ -107,13 +109,13 @@ def _row_columns(model) -> list[str]:
     return columns
 
 
-def input_dataset(config: ScoreConfig, source: ScoringInput, pending: pd.DataFrame, model, contract: dict,
+def input_dataset(config: ScoreConfig, source: ScoringInput, pending: pd.DataFrame, model, contract: PreprocessingContract,
                    filesystem):
     """Ray dataset of the rows to score, with decoded images for image models (streaming)."""
     import ray  # deferred: Ray (absent on the GPU machine)
 
     columns = _row_columns(model)
-    image_config = ImageConfig(size=int(contract["size"]), batch_size=config.batch_size,
+    image_config = ImageConfig(size=contract.size, batch_size=config.batch_size,
                                read_attempts=config.read_attempts, endpoint_url=config.endpoint_url)
     if not model.spec.uses_images:
         rows = pending[columns].reset_index(drop=True)

@@ -26,6 +26,7 @@ from thorax_ray.attribution import default_method_name, get_method
 from thorax_ray.checkpoint import load_payload_and_id, resolve_checkpoint
 from thorax_ray.cluster import ClusterCapacity, check_shared_storage, cluster_capacity
 from thorax_ray.data.origin import ood_check
+from thorax_ray.data.preprocess import PreprocessingContract
 from thorax_ray.data.staged import StagedRun, new_run_id, staged_run, utc_timestamp
 from thorax_ray.labels import FINDING_COLUMNS, FINDINGS
 from thorax_ray.models import build_model
@@ -168,7 +169,7 @@ def _plan_pending(run: ScoringRun) -> _Pending:
 def _describe_output(run: ScoringRun) -> _Layout:
     """The output's schema and the description its files carry (model, maps, boxes, origin)."""
     config, payload, model, method = run.config, run.payload, run.model, run.method
-    contract = payload["preprocessing"]
+    contract = PreprocessingContract.from_dict(payload["preprocessing"])
     maps = uses_maps(model, method)
     attributions = method != NO_METHOD and not model.spec.uses_images
     heatmap = heatmap_description(model, contract, method, config.max_map_side) if maps else None
@@ -186,7 +187,7 @@ def _describe_output(run: ScoringRun) -> _Layout:
     } if maps else None
     description = {
         "format_version": SCORES_FORMAT_VERSION, "model_id": run.model_id, "model_name": payload.get("model_name"),
-        "checkpoint": run.checkpoint_dir, "method": method, "preprocessing": contract,
+        "checkpoint": run.checkpoint_dir, "method": method, "preprocessing": contract.to_dict(),
         "classes": list(FINDINGS), "probability_columns": list(FINDING_COLUMNS),
         "probabilities": "sigmoid of the model's logits, float32", "boxes": box_settings, "run_id": run.run_id,
         "model_init": (payload.get("model_build_config") or {}).get("init"),

@@ -24,7 +24,7 @@ from thorax_ray.attribution.geometry import Centres, bin_centres, pooled_centres
 from thorax_ray.checkpoint import load_payload_and_id
 from thorax_ray.data.decode import HEADER_BYTES, PNG_HEADER_BYTES, DecodeError, image_size
 from thorax_ray.data.pipeline import images_to_array
-from thorax_ray.data.preprocess import normalise_images
+from thorax_ray.data.preprocess import PreprocessingContract, normalise_images
 from thorax_ray.labels import FINDING_COLUMNS
 from thorax_ray.models import build_model, receptive_field_centres
 from thorax_ray.progress import count
@@ -70,18 +70,18 @@ def uses_maps(model: torch.nn.Module, method: str) -> bool:
     return method != NO_METHOD and model.spec.uses_images
 
 
-def map_shape(model: torch.nn.Module, contract: dict, max_side: int | None) -> tuple[tuple[int, int], tuple[int, int]]:
+def map_shape(model: torch.nn.Module, contract: PreprocessingContract, max_side: int | None) -> tuple[tuple[int, int], tuple[int, int]]:
     """((h, w) of the model's feature map for the contract's image size, (h, w) as stored)."""
-    size = int(contract["size"])
+    size = contract.size
     with torch.no_grad():
-        fmap = model.features(torch.zeros(1, int(contract.get("channels", 1)), size, size))
+        fmap = model.features(torch.zeros(1, contract.channels, size, size))
     h, w = int(fmap.shape[-2]), int(fmap.shape[-1])
     if max_side:
         return (h, w), (min(h, int(max_side)), min(w, int(max_side)))
     return (h, w), (h, w)
 
 
-def map_centres(model: torch.nn.Module, contract: dict, method: str, max_side: int | None) -> Centres:
+def map_centres(model: torch.nn.Module, contract: PreprocessingContract, method: str, max_side: int | None) -> Centres:
     """Where the stored maps' cells sit, as fractions of the image side: the receptive-field centres of the
     feature-map positions for the CAM family (pooled like the maps when they are pooled), bin centres for
     pixel methods (and models that do not say where their positions sit)."""
@@ -89,17 +89,17 @@ def map_centres(model: torch.nn.Module, contract: dict, method: str, max_side: i
     cnn = getattr(model, "backbone", model)
     if get_method(method).map_cells != "receptive_fields" or not hasattr(cnn, "map_stride"):
         return bin_centres(h), bin_centres(w)
-    size = int(contract["size"])
+    size = contract.size
     rows, cols = receptive_field_centres(model, fh, size), receptive_field_centres(model, fw, size)
     return (pooled_centres(rows, h) if h != fh else rows), (pooled_centres(cols, w) if w != fw else cols)
 
 
-def heatmap_description(model: torch.nn.Module, contract: dict, method: str, max_side: int | None) -> dict:
+def heatmap_description(model: torch.nn.Module, contract: PreprocessingContract, method: str, max_side: int | None) -> dict:
     """HEATMAP_SCHEMA_METADATA of the stored maps, plus where they come from."""
     (fh, fw), (h, w) = map_shape(model, contract, max_side)
     description = HEATMAP_SCHEMA_METADATA(h, w, method, map_centres(model, contract, method, max_side))
     description.update({
-        "scored_image_size": int(contract["size"]),
+        "scored_image_size": contract.size,
         "feature_map": [fh, fw],
         "pooling": ("none" if (fh, fw) == (h, w)
                     else f"adaptive average pooling of the {fh}x{fw} maps to {h}x{w} before normalisation"),
@@ -172,7 +172,7 @@ class Scorer:
         self.settings = settings
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model = build_model(payload).to(self.device)
-        self.contract = payload["preprocessing"]
+        self.contract = PreprocessingContract.from_dict(payload["preprocessing"])
         self.spec = self.model.spec
         # GPU: bf16 autocast (predictions and cam/fast_cam), channels_last, pinned non-blocking copies; CPU: off.
         self.fast = FastPath.for_device(self.device, compile=False, images=self.spec.uses_images)

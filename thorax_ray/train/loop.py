@@ -20,7 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 from thorax_ray import console
 from thorax_ray.accel import FastPath
 from thorax_ray.checkpoint import checkpoint_dir_name, latest_loadable, save_checkpoint, write_run_metrics
-from thorax_ray.data.preprocess import normalise_images, preprocessing_contract
+from thorax_ray.data.preprocess import PreprocessingContract, normalise_images, preprocessing_contract
 from thorax_ray.losses import build_loss
 from thorax_ray.metrics import mean_auroc, per_class_auroc
 from thorax_ray.models import MetadataFeatures, create_model, model_initialisation
@@ -92,7 +92,7 @@ class Worker:
     optimizer: torch.optim.Optimizer
     scheduler: object
     loss_fn: torch.nn.Module
-    contract: dict
+    contract: PreprocessingContract
     generator: torch.Generator
     feed: object  # DatasetFeed | TensorFeed
     history: list = field(default_factory=list)
@@ -245,13 +245,13 @@ def checkpoint_payload(worker: Worker, epoch: int) -> dict:
     return {"model_name": config.model.name, "model_build_config": worker.model.build_config,
             "model_state": worker.model.state_dict(), "optimizer_state": worker.optimizer.state_dict(),
             "scheduler_state": worker.scheduler.state_dict(), "epoch": epoch, "epochs_from": 1,
-            "config": config.to_dict(), "preprocessing": worker.contract, "split_hash": info["split_hash"],
+            "config": config.to_dict(), "preprocessing": worker.contract.to_dict(), "split_hash": info["split_hash"],
             "seed": config.run.seed, "history": worker.history, "best": worker.best, "resumes": worker.resumes,
             "run_name": info["run_name"], "data_origin": info.get("data_origin"),
             "operating_points": worker.history[-1]["val"]["operating_points"]}
 
 
-def train_step(trained: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_fn, batch, *, spec, contract: dict,
+def train_step(trained: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_fn, batch, *, spec, contract: PreprocessingContract,
                augment, generator: torch.Generator, fast: FastPath) -> torch.Tensor:
     """One optimiser step on a batch whose tensors are already on the device; returns the loss (on the
     device, not synchronised). Images: uint8 -> normalised float -> augmented (on the device)."""
