@@ -26,7 +26,7 @@ from bench.common import PeakMemory, emit, timed  # noqa: E402
 def make_checkpoint(folder: str, model_name: str, size: int) -> None:
     import torch
 
-    from thorax_ray.checkpoint import save_checkpoint
+    from thorax_ray.checkpoint import CheckpointPayload, save_checkpoint
     from thorax_ray.data.preprocess import preprocessing_contract
     from thorax_ray.labels import FINDINGS
     from thorax_ray.models import create_model
@@ -39,10 +39,9 @@ def make_checkpoint(folder: str, model_name: str, size: int) -> None:
     prevalence = torch.tensor([REAL_STATISTICS[f][0] for f in FINDINGS])
     with torch.no_grad():
         model.classifier.bias.copy_(torch.log(prevalence / (1 - prevalence)))
-    save_checkpoint(folder, {
-        "model_name": model_name, "model_build_config": model.build_config, "model_state": model.state_dict(),
-        "preprocessing": preprocessing_contract(size).to_dict(),
-    })
+    save_checkpoint(folder, CheckpointPayload(model_name=model_name, model_build_config=model.build_config,
+                                              model_state=model.state_dict(),
+                                              preprocessing=preprocessing_contract(size).to_dict()))
 
 
 def parquet_bytes(root: str) -> int:

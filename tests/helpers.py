@@ -33,7 +33,7 @@ def make_checkpoint(folder: str | os.PathLike, name: str = "small_cnn", *, size:
     keys; returns the model."""
     import torch
 
-    from thorax_ray.checkpoint import save_checkpoint
+    from thorax_ray.checkpoint import CheckpointPayload, save_checkpoint
     from thorax_ray.data.preprocess import preprocessing_contract
     from thorax_ray.models import create_model
 
@@ -41,8 +41,8 @@ def make_checkpoint(folder: str | os.PathLike, name: str = "small_cnn", *, size:
         torch.manual_seed(seed)
         model = create_model(name, **kwargs).eval()
     os.makedirs(folder, exist_ok=True)
-    save_checkpoint(str(folder), {"model_name": name, "model_build_config": model.build_config,
-                                  "model_state": model.state_dict(), "preprocessing": preprocessing_contract(size).to_dict(),
-                                  "epoch": 0, "split_hash": CHECKPOINT_SPLIT_HASH,
-                                  **({"data_origin": data_origin} if data_origin else {}), **(payload or {})})
+    save_checkpoint(str(folder), CheckpointPayload(
+        model_name=name, model_build_config=model.build_config, model_state=model.state_dict(),
+        preprocessing=preprocessing_contract(size).to_dict(), epoch=0, split_hash=CHECKPOINT_SPLIT_HASH,
+        data_origin=data_origin, **(payload or {})))
     return model

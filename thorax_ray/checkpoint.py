@@ -11,6 +11,7 @@ import json
 import logging
 import platform
 import re
+from dataclasses import dataclass, field, fields, replace
 
 import numpy
 import torch
@@ -53,20 +54,65 @@ def checkpoint_dir_name(epoch: int) -> str:
     return f"epoch_{epoch:04d}"
 
 
-def save_checkpoint(directory: str, payload: dict) -> None:
+@dataclass(frozen=True, kw_only=True)
+class CheckpointPayload:
+    """What a checkpoint's model.pt holds, field by field. Stored as a plain dict of tensors and plain types
+    (`to_dict`), so that `torch.load(..., weights_only=True)` reads it; a section that a later stage owns
+    stays the plain dict that stage writes and reads: `model_build_config` (models.registry),
+    `preprocessing` (data.preprocess.PreprocessingContract.to_dict()), `config` (TrainConfig.to_dict()),
+    `operating_points` (thorax_ray.thresholds). Fields a checkpoint was written without are None."""
+
+    format: int = CHECKPOINT_FORMAT_VERSION
+    labels: list[str] = field(default_factory=lambda: list(FINDINGS))  # the order of the model's outputs
+    versions: dict[str, str] | None = None  # package_versions() when saved
+    model_name: str
+    model_build_config: dict
+    model_state: dict
+    optimizer_state: dict | None = None
+    scheduler_state: dict | None = None
+    epoch: int | None = None
+    epochs_from: int | None = None  # 1; None: written before epochs were numbered from 1 (they count from 0)
+    config: dict | None = None
+    preprocessing: dict | None = None
+    split_hash: str | None = None  # the split the model was trained on
+    seed: int | None = None
+    history: list[dict] = field(default_factory=list)  # per-epoch records up to `epoch`
+    best: dict | None = None  # the best epoch's record so far
+    resumes: list[dict] = field(default_factory=list)
+    run_name: str | None = None
+    data_origin: str | None = None  # synthetic | real (thorax_ray.data.origin)
+    operating_points: dict | None = None  # per-finding thresholds chosen on validation at `epoch`
+
+    def to_dict(self) -> dict:
+        """The stored form (shallow: the state dicts' tensors are not copied), fields in declaration order."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, stored: dict, *, where: str) -> "CheckpointPayload":
+        unknown = sorted(set(stored) - {f.name for f in fields(cls)})
+        if unknown:
+            raise CheckpointError(f"{where}: unknown checkpoint field(s) {unknown}; written by a newer thorax-ray?")
+        try:
+            return cls(**stored)
+        except TypeError as error:  # a required field missing
+            raise CheckpointError(f"{where}: not a complete thorax-ray checkpoint ({error})") from None
+
+
+def save_checkpoint(directory: str, payload: CheckpointPayload) -> None:
     """Writes model.pt (tensors and plain types only) and a readable checkpoint.json beside it."""
-    payload = {"format": CHECKPOINT_FORMAT_VERSION, "labels": list(FINDINGS), "versions": package_versions(), **payload}
-    torch.save(payload, f"{directory}/{MODEL_FILE}")
-    readable = {k: v for k, v in payload.items() if not k.endswith("_state")}
+    stored = replace(payload, format=CHECKPOINT_FORMAT_VERSION, labels=list(FINDINGS),
+                     versions=package_versions()).to_dict()
+    torch.save(stored, f"{directory}/{MODEL_FILE}")
+    readable = {k: v for k, v in stored.items() if not k.endswith("_state")}
     with open(f"{directory}/{INFO_FILE}", "w") as handle:
         json.dump(readable, handle, indent=2, default=str)
 
 
-def load_payload(checkpoint_dir: str, *, endpoint_url: str | None = None) -> dict:
+def load_payload(checkpoint_dir: str, *, endpoint_url: str | None = None) -> CheckpointPayload:
     return load_payload_and_id(checkpoint_dir, endpoint_url=endpoint_url)[0]
 
 
-def load_payload_and_id(checkpoint_dir: str, *, endpoint_url: str | None = None) -> tuple[dict, str]:
+def load_payload_and_id(checkpoint_dir: str, *, endpoint_url: str | None = None) -> tuple[CheckpointPayload, str]:
     """(payload, model_id) from one read of model.pt; `model_id` as in `checkpoint_model_id`, so the id
     always names the bytes the payload came from."""
     fs, path = storage.filesystem(checkpoint_dir, endpoint_url=endpoint_url)
@@ -75,10 +121,10 @@ def load_payload_and_id(checkpoint_dir: str, *, endpoint_url: str | None = None)
         raise CheckpointError(f"{checkpoint_dir}: no {MODEL_FILE}; not a thorax-ray checkpoint")
     with fs.open(model_path, "rb") as handle:
         data = handle.read()
-    payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    if list(payload.get("labels", [])) != list(FINDINGS):
-        raise CheckpointError(f"{checkpoint_dir}: label order {payload.get('labels')} differs from {list(FINDINGS)}")
-    return payload, _model_id(hashlib.sha256(data))
+    stored = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    if list(stored.get("labels", [])) != list(FINDINGS):
+        raise CheckpointError(f"{checkpoint_dir}: label order {stored.get('labels')} differs from {list(FINDINGS)}")
+    return CheckpointPayload.from_dict(stored, where=checkpoint_dir), _model_id(hashlib.sha256(data))
 
 
 def checkpoint_model_id(checkpoint_dir: str, *, endpoint_url: str | None = None) -> str:
@@ -132,7 +178,7 @@ def resolve_checkpoint(uri: str, *, endpoint_url: str | None = None) -> str:
                           f"in {RUN_METRICS_FILE}")
 
 
-def latest_loadable(run_dir: str, *, endpoint_url: str | None = None) -> dict | None:
+def latest_loadable(run_dir: str, *, endpoint_url: str | None = None) -> CheckpointPayload | None:
     """The newest epoch checkpoint of a run that loads completely (a torn upload is skipped)."""
     for epoch, uri in reversed(epoch_checkpoints(run_dir, endpoint_url=endpoint_url)):
         try:

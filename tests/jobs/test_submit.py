@@ -195,7 +195,7 @@ def test_train_score_evaluate_start_the_gpu_node_from_zero(autoscaling_cluster, 
     metrics = run_metrics(f"{bucket}/runs/chain")
     assert metrics["epochs_run"] == 1 and metrics["val"]["mean_auroc"] is not None
     checkpoints = epoch_checkpoints(f"{bucket}/runs/chain")
-    assert [e for e, _ in checkpoints] == [1] and load_payload(checkpoints[0][1])["split_hash"] == metrics["split_hash"]
+    assert [e for e, _ in checkpoints] == [1] and load_payload(checkpoints[0][1]).split_hash == metrics["split_hash"]
 
     code, logs = cluster.submit(f"python jobs/score.py --checkpoint {bucket}/runs/chain --input {bucket}/prepared "
                                 f"--out {bucket}/scores --batch-size 64 {flags}")

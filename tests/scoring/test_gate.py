@@ -12,7 +12,7 @@ def _payload():
 
 
 def test_calibrated_gate_uses_the_checkpoints_operating_points():
-    gate = resolve_gate("calibrated", _payload())
+    gate = resolve_gate("calibrated", **_payload())
     assert gate.thresholds[0] == pytest.approx(0.1) and gate.thresholds[1] == pytest.approx(0.2)
     assert gate.thresholds[FINDINGS.index("Hernia")] == FALLBACK_PROBABILITY
     described = gate.description
@@ -22,10 +22,10 @@ def test_calibrated_gate_uses_the_checkpoints_operating_points():
 
 
 def test_fixed_none_and_old_checkpoints():
-    assert resolve_gate(0.3, _payload()).thresholds == (0.3,) * 14
-    assert resolve_gate(0.3, _payload()).description == {"kind": "fixed", "probability": 0.3}
-    assert resolve_gate(None, _payload()).thresholds is None
-    old = resolve_gate("calibrated", {"epoch": 1})  # written before checkpoints had operating points
+    assert resolve_gate(0.3, **_payload()).thresholds == (0.3,) * 14
+    assert resolve_gate(0.3, **_payload()).description == {"kind": "fixed", "probability": 0.3}
+    assert resolve_gate(None, **_payload()).thresholds is None
+    old = resolve_gate("calibrated", None, epoch=1)  # written before checkpoints had operating points
     assert old.thresholds == (FALLBACK_PROBABILITY,) * 14 and "no operating points" in old.description["reason"]
 
 

@@ -60,7 +60,7 @@ def test_scoring_a_prepared_input_reads_its_commit_record_once(prepared, tmp_pat
 
     def stream(run, pending, gate, sink, filesystem, counter):
         overwrite_commit(out, record)  # after resolving, before the shards are read
-        contract = PreprocessingContract.from_dict(run.payload["preprocessing"])
+        contract = PreprocessingContract.from_dict(run.payload.preprocessing)
         input_dataset(run.config, run.source, pending, run.model, contract, filesystem)
         streamed.append(len(pending))
         failed = pending[["image_index", "path"]].assign(stage="score", reason="not_scored_in_this_test")

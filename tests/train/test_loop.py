@@ -44,12 +44,13 @@ def _save_epoch(run_dir, epoch, epochs_from=1):
 
     import torch
 
-    from thorax_ray.checkpoint import checkpoint_dir_name, save_checkpoint
+    from thorax_ray.checkpoint import CheckpointPayload, checkpoint_dir_name, save_checkpoint
 
     directory = os.path.join(run_dir, checkpoint_dir_name(epoch))
     os.makedirs(directory)
-    save_checkpoint(directory, {"epoch": epoch, "epochs_from": epochs_from, "history": [{"epoch": epoch}],
-                                "model_state": {"w": torch.full((2,), float(epoch))}})
+    save_checkpoint(directory, CheckpointPayload(model_name="m", model_build_config={}, epoch=epoch,
+                                                 epochs_from=epochs_from, history=[{"epoch": epoch}],
+                                                 model_state={"w": torch.full((2,), float(epoch))}))
     return directory
 
 
@@ -69,12 +70,12 @@ def test_restore_state_loads_one_checkpoint_the_newest_complete_one(monkeypatch,
     assert loop.restore_state(run_dir, None) is None and loaded == []  # nothing to resume from
     _save_epoch(run_dir, 1), _save_epoch(run_dir, 2)
     # epoch 2 is durable even if Ray registered only epoch 1 before a worker died: resume after epoch 2
-    assert loop.restore_state(run_dir, None)["epoch"] == 2 and loaded == ["epoch_0002"]
+    assert loop.restore_state(run_dir, None).epoch == 2 and loaded == ["epoch_0002"]
     torn = tmp_path / "run" / "epoch_0003"  # an upload cut short is skipped
     torn.mkdir()
     (torn / "model.pt").write_bytes(b"not a checkpoint")
     loaded.clear()
-    assert loop.restore_state(run_dir, None)["epoch"] == 2 and loaded == ["epoch_0003", "epoch_0002"]
+    assert loop.restore_state(run_dir, None).epoch == 2 and loaded == ["epoch_0003", "epoch_0002"]
 
 
 def test_checkpoints_of_zero_based_epochs_resume_renumbered(tmp_path):
@@ -83,7 +84,7 @@ def test_checkpoints_of_zero_based_epochs_resume_renumbered(tmp_path):
     run_dir = str(tmp_path / "run")
     _save_epoch(run_dir, 4, epochs_from=None)  # written by an older version: its 5th epoch
     state = loop.restore_state(run_dir, None)
-    assert state["epoch"] == 5 and state["history"] == [{"epoch": 5}]
+    assert state.epoch == 5 and state.history == [{"epoch": 5}]
 
 
 def test_augment_batch_reproducible_and_in_distribution():

@@ -53,19 +53,19 @@ def test_small_cnn_learns_findings_far_above_the_mlp(ray_local, learnable_images
     checkpoints = epoch_checkpoints(cnn.run_dir)
     assert [e for e, _ in checkpoints] == list(range(1, 11))  # epochs numbered from 1, as printed
     payload = load_payload(checkpoints[-1][1])  # torch.load(weights_only=True) inside
-    assert payload["split_hash"] == metrics["split_hash"] and payload["preprocessing"]["size"] == 64
+    assert payload.split_hash == metrics["split_hash"] and payload.preprocessing["size"] == 64
     assert set(payload) >= {"model_state", "optimizer_state", "scheduler_state", "epoch", "config", "labels",
                             "seed", "versions", "operating_points"}
-    assert payload["data_origin"] == "synthetic"  # prepared from thorax_ray.synthetic's data (its record)
+    assert payload.data_origin == "synthetic"  # prepared from thorax_ray.synthetic's data (its record)
     # operating points chosen on the validation predictions of each epoch travel with its checkpoint, and the
     # best epoch's in metrics.json; how the model started is recorded in both
-    points = payload["operating_points"]
+    points = payload.operating_points
     assert points["rule"] == "youden" and points["chosen_on"] == "validation" and points["n_images"] > 0
     defined = [v for v in points["thresholds"].values() if v is not None]
     assert len(defined) >= 8 and all(0.0 < v < 1.0 for v in defined)
     best = load_payload(os.path.join(cnn.run_dir, metrics["best_checkpoint"]))
-    assert metrics["val"]["operating_points"] == best["operating_points"]
-    assert metrics["init"]["label"] == "random init" and payload["model_build_config"]["init"]["kind"] == "random"
+    assert metrics["val"]["operating_points"] == best.operating_points
+    assert metrics["init"]["label"] == "random init" and payload.model_build_config["init"]["kind"] == "random"
     evaluation = evaluate_checkpoint(cnn.run_dir, str(prepared), "test")
     assert evaluation["mean_auroc"] > 0.65 and evaluation["model"] == "small_cnn"
 
@@ -120,8 +120,8 @@ def test_same_run_name_continues_from_its_last_epoch(ray_local, metadata_only, t
     second = fit(config(3))
     assert [h["epoch"] for h in second.metrics["history"]] == [1, 2, 3]
     assert [r["after_epoch"] for r in second.metrics["resumes"]] == [2]
-    before = load_payload(epoch_checkpoints(first.run_dir)[1][1])["model_state"]
-    assert any(not torch.equal(before[k], v) for k, v in load_payload(epoch_checkpoints(second.run_dir)[2][1])["model_state"].items())
+    before = load_payload(epoch_checkpoints(first.run_dir)[1][1]).model_state
+    assert any(not torch.equal(before[k], v) for k, v in load_payload(epoch_checkpoints(second.run_dir)[2][1]).model_state.items())
     def without_wall(history):  # an epoch's wall time is known only after its checkpoint was saved
         return [{k: v for k, v in h.items() if k != "wall_seconds"} for h in history]
 

@@ -21,16 +21,16 @@ def evaluate_checkpoint(checkpoint: str, data: str, split: str = "test", *, batc
     checkpoint_dir = resolve_checkpoint(checkpoint, endpoint_url=s3_endpoint)
     payload = load_payload(checkpoint_dir, endpoint_url=s3_endpoint)
     model = build_model(payload)
-    contract = PreprocessingContract.from_dict(payload["preprocessing"])
+    contract = PreprocessingContract.from_dict(payload.preprocessing)
     source = open_source(DataConfig(data=data, size=contract.size, s3_endpoint=s3_endpoint))
-    if source.split_hash != payload["split_hash"]:
+    if source.split_hash != payload.split_hash:
         log.warning(
             "split hash of %s (%s) differs from the checkpoint's (%s): test rows may overlap its training rows",
-            data, source.split_hash, payload["split_hash"])
+            data, source.split_hash, payload.split_hash)
     rows = source.dataset(split, images=model.spec.uses_images)
     predictions = predict(model, rows.iter_batches(batch_size=batch_size, batch_format="pyarrow"),
                           contract=contract, stored_size=source.stored_size, device=torch.device("cpu"))
     aurocs = per_class_auroc(predictions.labels, predictions.probabilities)
-    return {"model": payload["model_name"], "checkpoint": checkpoint_dir, "split": split,
-            "split_hash": source.split_hash, "checkpoint_split_hash": payload["split_hash"],
+    return {"model": payload.model_name, "checkpoint": checkpoint_dir, "split": split,
+            "split_hash": source.split_hash, "checkpoint_split_hash": payload.split_hash,
             "n_images": len(predictions.image_index), "auroc": aurocs, "mean_auroc": mean_auroc(aurocs)}

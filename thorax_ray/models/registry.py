@@ -25,6 +25,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from thorax_ray.checkpoint import CheckpointPayload
 from thorax_ray.models.features import MetadataFeatures
 
 InputKind = Literal["image", "metadata", "both"]
@@ -161,9 +162,9 @@ def create_model_from_config(config: Mapping[str, Any]) -> nn.Module:
     return model
 
 
-def build_model(payload: Mapping[str, Any]) -> nn.Module:
+def build_model(payload: CheckpointPayload) -> nn.Module:
     """The architecture of a checkpoint's payload (thorax_ray.checkpoint), with its weights loaded strictly,
     in eval mode."""
-    model = create_model_from_config(payload["model_build_config"])
-    model.load_state_dict(payload["model_state"], strict=True)
+    model = create_model_from_config(payload.model_build_config)
+    model.load_state_dict(payload.model_state, strict=True)
     return model.eval()

@@ -3,7 +3,7 @@
 A loss that balances classes shifts probabilities (class-balanced BCE lifts a 1 % posterior to ~0.8), so
 one fixed probability means something different per finding and per loss. By default ("calibrated") a
 finding is boxed when its probability reaches the checkpoint's own operating point for that finding,
-chosen on the validation split at the end of that epoch (`payload["operating_points"]`, see
+chosen on the validation split at the end of that epoch (`CheckpointPayload.operating_points`, see
 thorax_ray/thresholds.py). A number gates every finding at that probability; None boxes every finding.
 A checkpoint without operating points (written before they existed), or a finding whose validation rows
 had no positives or negatives, falls back to `FALLBACK_PROBABILITY`; the description says so.
@@ -49,14 +49,16 @@ def parse_gate(value: str | float | None) -> str | float | None:
     return probability
 
 
-def resolve_gate(setting: str | float | None, payload: dict) -> ProbabilityGate:
-    """The gate for `setting` ("calibrated", a probability, or None) and a checkpoint `payload`."""
+def resolve_gate(setting: str | float | None, operating_points: dict | None, *,
+                 epoch: int | None = None) -> ProbabilityGate:
+    """The gate for `setting` ("calibrated", a probability, or None) and a checkpoint's `operating_points`
+    (chosen on validation after `epoch`; None for a checkpoint written before they existed)."""
     setting = parse_gate(setting)
     if setting is None:
         return ProbabilityGate(None, {"kind": "none", "meaning": "every boxed finding, whatever its probability"})
     if setting != CALIBRATED:
         return ProbabilityGate((float(setting),) * len(FINDINGS), {"kind": "fixed", "probability": float(setting)})
-    points = payload.get("operating_points")
+    points = operating_points
     if not points or not points.get("thresholds"):
         log.warning("the checkpoint has no operating points; gating boxes at probability %s", FALLBACK_PROBABILITY)
         return ProbabilityGate((FALLBACK_PROBABILITY,) * len(FINDINGS), {
@@ -67,7 +69,7 @@ def resolve_gate(setting: str | float | None, payload: dict) -> ProbabilityGate:
     thresholds = tuple(FALLBACK_PROBABILITY if f in fallback else float(chosen[f]) for f in FINDINGS)
     return ProbabilityGate(thresholds, {
         "kind": CALIBRATED, "rule": points.get("rule"), "chosen_on": points.get("chosen_on", "validation"),
-        "epoch": payload.get("epoch"), "decision": "a finding is boxed when its probability >= its threshold",
+        "epoch": epoch, "decision": "a finding is boxed when its probability >= its threshold",
         "thresholds": dict(zip(FINDINGS, thresholds)),
         "fallback": {"probability": FALLBACK_PROBABILITY, "findings": fallback},
     })

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from thorax_ray.checkpoint import CheckpointPayload
 from thorax_ray.cluster import ClusterCapacity, resolve_use_gpu
 from thorax_ray.data.pipeline import ImageConfig, load_images, manifest_dataset
 from thorax_ray.data.preprocess import PreprocessingContract
@@ -45,7 +46,7 @@ class ScoringRun:
 
     config: ScoreConfig
     source: ScoringInput
-    payload: dict
+    payload: CheckpointPayload
     model: object
     model_id: str
     checkpoint_dir: str
@@ -63,7 +64,7 @@ def stream(run: ScoringRun, pending: pd.DataFrame, gate, sink, filesystem, count
     from ray.data import ActorPoolStrategy  # deferred: Ray (absent on the GPU machine)
 
     config, source = run.config, run.source
-    contract = PreprocessingContract.from_dict(run.payload["preprocessing"])
+    contract = PreprocessingContract.from_dict(run.payload.preprocessing)
     dataset = input_dataset(config, source, pending, run.model, contract, filesystem)
     # Prepared inputs travel at the size they were prepared at, raw PNGs are decoded to the contract's.
     stored_size = int(source.prepared["size"]) if source.kind == "prepared" else contract.size

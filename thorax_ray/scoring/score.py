@@ -74,8 +74,8 @@ def score(config: ScoreConfig, *, filesystem=None, capacity: ClusterCapacity | N
         get_method(method)(model, **config.method_options)  # fails early on a method the model cannot use
     source = resolve_input(config.input, metadata_csv=config.metadata, endpoint_url=endpoint)
     log.info("scoring %s with %s (model_id %s, method %s) into %s, run %s",
-             source.describe(), payload.get("model_name"), model_id, method, config.out, run_id)
-    origin = ood_check(payload.get("data_origin"), source.data_origin)
+             source.describe(), payload.model_name, model_id, method, config.out, run_id)
+    origin = ood_check(payload.data_origin, source.data_origin)
     if origin["warning"]:
         log.warning("%s: %s", config.input, origin["warning"])
 
@@ -86,9 +86,9 @@ def score(config: ScoreConfig, *, filesystem=None, capacity: ClusterCapacity | N
                     about={"run_id": run_id, "model_id": model_id}, scratch=True, endpoint_url=endpoint) as staged:
         summary = _score_locked(run, staged, filesystem)
     if config.overlays:
+        shown = resolve_gate(config.overlay_threshold, payload.operating_points, epoch=payload.epoch)
         summary.overlays = write_overlays(config.out, source, config.overlays, model_id=model_id, run_id=run_id,
-                                          limit=config.overlay_limit,
-                                          threshold=resolve_gate(config.overlay_threshold, payload).thresholds,
+                                          limit=config.overlay_limit, threshold=shown.thresholds,
                                           endpoint_url=endpoint)
     return summary
 
@@ -140,7 +140,7 @@ def _score_locked(run: ScoringRun, staged: StagedRun, filesystem) -> ScoreSummar
     commit, entries, quarantined = _commit(run, staged, pending, layout, written)
     return ScoreSummary(
         out=config.out, input=config.input, run_id=run.run_id, batch_date=run.batch_date, model_id=run.model_id,
-        model_name=str(run.payload.get("model_name")), method=run.method, input_rows=run.source.total_rows,
+        model_name=str(run.payload.model_name), method=run.method, input_rows=run.source.total_rows,
         scored=written.scored, skipped=pending.skipped, quarantined=quarantined, deferred=pending.deferred,
         files=len(entries), bytes=sum(e["bytes"] for e in entries), elapsed_s=time.monotonic() - run.started,
         compute_s=written.compute_s, model_s=written.model_s, unknown_size=written.unknown_size,
@@ -169,12 +169,12 @@ def _plan_pending(run: ScoringRun) -> _Pending:
 def _describe_output(run: ScoringRun) -> _Layout:
     """The output's schema and the description its files carry (model, maps, boxes, origin)."""
     config, payload, model, method = run.config, run.payload, run.model, run.method
-    contract = PreprocessingContract.from_dict(payload["preprocessing"])
+    contract = PreprocessingContract.from_dict(payload.preprocessing)
     maps = uses_maps(model, method)
     attributions = method != NO_METHOD and not model.spec.uses_images
     heatmap = heatmap_description(model, contract, method, config.max_map_side) if maps else None
     features = (feature_attribution_metadata(model.metadata_features.names, method) if attributions else None)
-    gate = resolve_gate(config.box_min_probability, payload)
+    gate = resolve_gate(config.box_min_probability, payload.operating_points, epoch=payload.epoch)
     box_settings = {
         "frame": "pixels of the original image (the decoded PNG: columns width x height); x, y = top-left corner",
         "findings": "BOXED_FINDINGS (the 8 with ground-truth boxes in BBox_List_2017.csv)",
@@ -186,11 +186,11 @@ def _describe_output(run: ScoringRun) -> _Layout:
         "score": "mean map value (0..1) inside the box's connected component",
     } if maps else None
     description = {
-        "format_version": SCORES_FORMAT_VERSION, "model_id": run.model_id, "model_name": payload.get("model_name"),
+        "format_version": SCORES_FORMAT_VERSION, "model_id": run.model_id, "model_name": payload.model_name,
         "checkpoint": run.checkpoint_dir, "method": method, "preprocessing": contract.to_dict(),
         "classes": list(FINDINGS), "probability_columns": list(FINDING_COLUMNS),
         "probabilities": "sigmoid of the model's logits, float32", "boxes": box_settings, "run_id": run.run_id,
-        "model_init": (payload.get("model_build_config") or {}).get("init"),
+        "model_init": payload.model_build_config.get("init"),
         "batch_date": run.batch_date, "data_origin": run.origin,
     }
     return _Layout(schema=score_schema(maps=maps, feature_attributions=attributions),
@@ -240,12 +240,12 @@ def _commit(run: ScoringRun, staged: StagedRun, pending: _Pending, layout: _Layo
                                  endpoint_url=endpoint)
     quarantined = {str(k): int(v) for k, v in failed["reason"].value_counts().items()}
     elapsed = time.monotonic() - run.started
-    build = payload.get("model_build_config") or {}
+    build = payload.model_build_config
     # Written only while the lease is still ours: no other run can have read the old index and scored these too.
     commit = staged.commit(commit_name(run_id), {
         "format_version": SCORES_FORMAT_VERSION, "run_id": run_id, "batch_date": batch_date, "model_id": run.model_id,
-        "model_name": payload.get("model_name"), "checkpoint": run.checkpoint_dir, "method": run.method,
-        "split_hash": payload.get("split_hash"),  # the split the model was trained on
+        "model_name": payload.model_name, "checkpoint": run.checkpoint_dir, "method": run.method,
+        "split_hash": payload.split_hash,  # the split the model was trained on
         "input": config.input, "input_kind": run.source.kind,
         "started": utc_timestamp(run.now), "finished": utc_timestamp(),
         "files": entries, "quarantine_files": quarantine_entries,

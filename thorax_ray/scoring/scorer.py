@@ -172,7 +172,7 @@ class Scorer:
         self.settings = settings
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model = build_model(payload).to(self.device)
-        self.contract = PreprocessingContract.from_dict(payload["preprocessing"])
+        self.contract = PreprocessingContract.from_dict(payload.preprocessing)
         self.spec = self.model.spec
         # GPU: bf16 autocast (predictions and cam/fast_cam), channels_last, pinned non-blocking copies; CPU: off.
         self.fast = FastPath.for_device(self.device, compile=False, images=self.spec.uses_images)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -19,7 +19,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from thorax_ray import console
 from thorax_ray.accel import FastPath
-from thorax_ray.checkpoint import checkpoint_dir_name, latest_loadable, save_checkpoint, write_run_metrics
+from thorax_ray.checkpoint import (CheckpointPayload, checkpoint_dir_name, latest_loadable, save_checkpoint,
+                                   write_run_metrics)
 from thorax_ray.data.preprocess import PreprocessingContract, normalise_images, preprocessing_contract
 from thorax_ray.losses import build_loss
 from thorax_ray.metrics import mean_auroc, per_class_auroc
@@ -41,7 +42,7 @@ def model_kwargs(config: TrainConfig) -> dict:
     return kwargs
 
 
-def restore_state(run_dir: str, endpoint: str | None) -> dict | None:
+def restore_state(run_dir: str, endpoint: str | None) -> CheckpointPayload | None:
     """The checkpoint to resume from: the newest complete one in the run's storage. Ray's registered
     checkpoint (`ray.train.get_checkpoint()`) is one of these folders (`RUN_DIR/epoch_NNNN`), but Ray
     registers a checkpoint only after its upload, so when a worker dies right after a report the
@@ -49,14 +50,13 @@ def restore_state(run_dir: str, endpoint: str | None) -> dict | None:
     loads one checkpoint (a torn upload is skipped). Epochs of checkpoints written before epochs were
     numbered from 1 are renumbered."""
     state = latest_loadable(run_dir, endpoint_url=endpoint)
-    if state is None or state.get("epochs_from") == 1:
+    if state is None or state.epochs_from == 1:
         return state
 
     def shift(entry: dict | None) -> dict | None:
         return None if entry is None else {**entry, "epoch": entry["epoch"] + 1}
 
-    return {**state, "epoch": state["epoch"] + 1, "history": [shift(h) for h in state.get("history", [])],
-            "best": shift(state.get("best"))}
+    return replace(state, epoch=state.epoch + 1, history=[shift(h) for h in state.history], best=shift(state.best))
 
 
 def training_device() -> torch.device:
@@ -136,15 +136,15 @@ def start_worker(loop_config: dict) -> Worker:
     fast.setup()
     state = restore_state(info["run_dir"], config.data.s3_endpoint)
     if state is not None:
-        model.load_state_dict(state["model_state"], strict=True)
+        model.load_state_dict(state.model_state, strict=True)
     model = fast.prepare_model(model)  # on the device; channels_last for image models on GPU
     global_batch = config.batch_size * world  # lr rule: thorax_ray/train/lr_schedule.py
     optimizer = torch.optim.Adam(model.parameters(), lr=effective_lr(config.optim, global_batch),
                                  betas=config.optim.betas, weight_decay=config.optim.weight_decay)
     scheduler = build_scheduler(config.optim, optimizer)
     if state is not None:
-        optimizer.load_state_dict(state["optimizer_state"])
-        scheduler.load_state_dict(state["scheduler_state"])
+        optimizer.load_state_dict(state.optimizer_state)
+        scheduler.load_state_dict(state.scheduler_state)
     if "encoded_rows" in info:
         import ray  # deferred: Ray (absent on the GPU machine)
 
@@ -160,11 +160,11 @@ def start_worker(loop_config: dict) -> Worker:
                            num_samples=info["train_rows"]).to(device),
         generator=torch.Generator())
     if state is not None:
-        worker.history, worker.best = list(state["history"]), state.get("best")
-        worker.start_epoch = state["epoch"] + 1
-        worker.resumes = [*state.get("resumes", []), {"after_epoch": state["epoch"],
+        worker.history, worker.best = list(state.history), state.best
+        worker.start_epoch = state.epoch + 1
+        worker.resumes = [*state.resumes, {"after_epoch": state.epoch,
                                                       "at": time.strftime("%Y-%m-%dT%H:%M:%S")}]
-        worker.say(f"resuming after epoch {state['epoch']} (checkpoints of epochs {[h['epoch'] for h in worker.history]})")
+        worker.say(f"resuming after epoch {state.epoch} (checkpoints of epochs {[h['epoch'] for h in worker.history]})")
     worker.say(f"device {fast.describe()}; {describe_lr(config.optim, global_batch)} ({world} x {config.batch_size})")
     return worker
 
@@ -240,15 +240,15 @@ def end_epoch(worker: Worker, record: dict, started: float) -> None:
                                                           worker.resumes), endpoint_url=config.data.s3_endpoint)
 
 
-def checkpoint_payload(worker: Worker, epoch: int) -> dict:
+def checkpoint_payload(worker: Worker, epoch: int) -> CheckpointPayload:
     config, info = worker.config, worker.info
-    return {"model_name": config.model.name, "model_build_config": worker.model.build_config,
-            "model_state": worker.model.state_dict(), "optimizer_state": worker.optimizer.state_dict(),
-            "scheduler_state": worker.scheduler.state_dict(), "epoch": epoch, "epochs_from": 1,
-            "config": config.to_dict(), "preprocessing": worker.contract.to_dict(), "split_hash": info["split_hash"],
-            "seed": config.run.seed, "history": worker.history, "best": worker.best, "resumes": worker.resumes,
-            "run_name": info["run_name"], "data_origin": info.get("data_origin"),
-            "operating_points": worker.history[-1]["val"]["operating_points"]}
+    return CheckpointPayload(
+        model_name=config.model.name, model_build_config=worker.model.build_config,
+        model_state=worker.model.state_dict(), optimizer_state=worker.optimizer.state_dict(),
+        scheduler_state=worker.scheduler.state_dict(), epoch=epoch, epochs_from=1, config=config.to_dict(),
+        preprocessing=worker.contract.to_dict(), split_hash=info["split_hash"], seed=config.run.seed,
+        history=worker.history, best=worker.best, resumes=worker.resumes, run_name=info["run_name"],
+        data_origin=info.get("data_origin"), operating_points=worker.history[-1]["val"]["operating_points"])
 
 
 def train_step(trained: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_fn, batch, *, spec, contract: PreprocessingContract,
