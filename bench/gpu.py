@@ -369,13 +369,11 @@ def make_prepared(args, work: str) -> tuple[str, dict]:
 
 
 def start_ray() -> None:
-    import ray
+    """A private Ray started as every job starts one (token authentication, Ray's console noise off), or the
+    cluster that RAY_ADDRESS names."""
+    from thorax_ray.ray_setup import init_ray
 
-    from thorax_ray.ray_setup import use_private_token
-
-    use_private_token()  # a private Ray, with token authentication like every job's
-    ray.init(address="local", include_dashboard=True, log_to_driver=False, num_cpus=(os.cpu_count() or 1) + 1)
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    init_ray()
 
 
 def _fmt(value: float | None) -> str:

@@ -11,8 +11,8 @@ from tests.bench.test_gpu_bench_without_ray import run_gpu_bench
 
 
 @pytest.mark.slow
-def test_gpu_bench_script_runs_tiny_on_cpu_with_ray():
-    done = run_gpu_bench(extra=["--ray-train"])
+def test_gpu_bench_script_runs_tiny_on_cpu_with_ray(ray_job_env):
+    done = run_gpu_bench(extra=["--ray-train"], **ray_job_env)  # on the session's Ray
     for row in ("training, synthetic tensors on the device, eager", "training, prepared shards (pyarrow), eager",
                 "training, prepared shards (Ray Data), eager", "training, Ray Train loop (1 worker, epoch 2)",
                 "input path alone (pyarrow shards -> device)", "scoring, predictions only",
