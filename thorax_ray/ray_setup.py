@@ -41,7 +41,7 @@ def init_ray(address: str | None = None, *, verbose: bool = False, **kwargs) -> 
     Unless `verbose`, Ray stays off the console: its workers' output (per-rank report lines, progress bars
     of the training workers' data iterators) is not forwarded to the driver, its driver-side progress bars
     and INFO lines are off; the jobs print one progress line per stage and one line per epoch themselves
-    (thorax_ray.progress, train.trainer). Everything is still in Ray's log folder
+    (thorax_ray.progress, train.train). Everything is still in Ray's log folder
     (/tmp/ray/session_latest/logs)."""
     import ray  # deferred: Ray (absent on the GPU machine)
 

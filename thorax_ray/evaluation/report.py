@@ -25,7 +25,7 @@ marked; jobs/evaluate.py builds it, mostly from classification.summarize_model):
           "threshold_metrics": {finding: {...}},                 # threshold_metrics
           "view_position": {"AP": {...}, "PA": {...}},           # subgroup_auroc
           "localization": {finding: {...}},                      # localization_accuracy (Wang's protocol)
-          "localization_protocols": {key: {"label", "result", "ci", ...}},  # evaluation.run._localize
+          "localization_protocols": {key: {"label", "result", "ci", ...}},  # evaluation.evaluate._localize
         }
       },
       "paired": [{"model_a": name, "model_b": name, "result": paired_bootstrap_difference(...)}],
