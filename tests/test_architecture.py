@@ -21,8 +21,9 @@ NOT_FROM_TRAIN = ("scoring", "evaluation")  # they use what training made throug
 MAX_FUNCTION_LINES = 60
 MAX_MODULE_LINES = 450
 # Third-party packages that may be imported inside a function (with a "# deferred" comment saying why):
-# heavy to import, or absent where parts of the package run without them (the GPU machine has no Ray).
-DEFERRABLE = {"ray", "captum", "pydicom", "torchvision", "matplotlib", "sklearn", "s3fs"}
+# heavy to import, or absent where parts of the package run without them (the GPU machine has no Ray, no
+# pydantic).
+DEFERRABLE = {"ray", "captum", "pydicom", "torchvision", "matplotlib", "sklearn", "s3fs", "pydantic", "pydantic_core"}
 
 
 def read_package(root: str) -> dict[str, str]:

@@ -9,9 +9,7 @@ import typing
 from collections.abc import Callable
 from typing import Annotated, Any, NamedTuple, TypeVar
 
-import pydantic
 import yaml
-from pydantic_core import PydanticCustomError, PydanticKnownError
 from typing_extensions import TypedDict
 
 from thorax_ray import storage
@@ -39,6 +37,8 @@ def from_dict(cls: type[T], data: dict | None, *, where: str = "config") -> T:
     keys given are passed (the dataclass supplies the defaults, its `__post_init__` the value checks); every
     problem is a ConfigError naming the dotted key: `config.optim.lr: expected float, got 'fast'`,
     `config.optim: unknown key(s) ['lrr']; known: [...]`, `config.run: workers must be >= 1, ...`."""
+    import pydantic  # deferred: pydantic (absent on the GPU machine, where bench/gpu.sh builds configs by hand)
+
     try:
         return _adapter(cls).validate_python(dict(data or {}))
     except pydantic.ValidationError as error:
@@ -46,13 +46,17 @@ def from_dict(cls: type[T], data: dict | None, *, where: str = "config") -> T:
 
 
 @functools.cache
-def _adapter(cls: type) -> pydantic.TypeAdapter:
+def _adapter(cls: type):
+    import pydantic  # deferred: pydantic (absent on the GPU machine)
+
     return pydantic.TypeAdapter(_schema(cls))
 
 
 def _schema(cls: type) -> Any:
     """Dataclass `cls` as a pydantic type: a TypedDict of its fields (any subset given, no other key),
     strict (no bool as int, no text as int), turned into `cls` by calling it."""
+    import pydantic  # deferred: pydantic (absent on the GPU machine)
+
     hints = typing.get_type_hints(cls)
     fields = TypedDict(f"{cls.__name__}Fields", {f.name: _field_type(hints[f.name]) for f in dataclasses.fields(cls)},
                        total=False)
@@ -71,8 +75,8 @@ def _field_type(hint) -> Any:
         inner = [a for a in typing.get_args(hint) if a is not type(None)]
         return typing.Optional[_field_type(inner[0])] if len(inner) == 1 else Any
     if origin is tuple:
-        return _TUPLE
-    return _SCALARS.get(hint, Any)
+        return _pydantic_types()[0]
+    return _pydantic_types()[1].get(hint, Any)
 
 
 def _list_to_tuple(value: Any) -> Any:
@@ -86,14 +90,28 @@ def _float_from_text(value: Any) -> Any:
     try:
         number = float(value.strip())
     except ValueError:
-        raise PydanticKnownError("float_parsing") from None
+        raise _known_error("float_parsing") from None
     if not math.isfinite(number):
-        raise PydanticKnownError("finite_number")
+        raise _known_error("finite_number")
     return number
 
 
-_TUPLE = Annotated[tuple[Any, ...], pydantic.BeforeValidator(_list_to_tuple)]
-_SCALARS = {int: int, str: str, bool: bool, float: Annotated[float, pydantic.BeforeValidator(_float_from_text)]}
+def _known_error(kind: str) -> Exception:
+    from pydantic_core import PydanticKnownError  # deferred: pydantic (absent on the GPU machine)
+
+    return PydanticKnownError(kind)
+
+
+@functools.cache
+def _pydantic_types() -> tuple[Any, dict]:
+    """(the pydantic type of a tuple field, given as a list; the pydantic type of each scalar, a float
+    possibly written as text)."""
+    import pydantic  # deferred: pydantic (absent on the GPU machine)
+
+    return (Annotated[tuple[Any, ...], pydantic.BeforeValidator(_list_to_tuple)],
+            {int: int, str: str, bool: bool, float: Annotated[float, pydantic.BeforeValidator(_float_from_text)]})
+
+
 # What a value of the wrong type should have been, by pydantic's error type.
 _EXPECTED = {"int_type": "int", "string_type": "str", "bool_type": "bool", "float_type": "float",
              "float_parsing": "float", "finite_number": "a finite float", "dict_type": "a mapping",
@@ -101,6 +119,8 @@ _EXPECTED = {"int_type": "int", "string_type": "str", "bool_type": "bool", "floa
 
 
 def _construct(cls: type, fields: dict) -> Any:
+    from pydantic_core import PydanticCustomError  # deferred: pydantic (absent on the GPU machine)
+
     try:
         return cls(**fields)
     except (TypeError, ValueError) as error:  # __post_init__'s checks: the message names the section

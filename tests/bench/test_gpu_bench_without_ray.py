@@ -1,5 +1,6 @@
 """`bench/gpu.sh` runs where the GPU machine this project is lent runs it: an interpreter without Ray,
-Captum, s3fs or pydicom (a `sitecustomize` on PYTHONPATH makes importing them fail). At tiny size on CPU
+Captum, s3fs, pydicom, pydantic or botocore (the project's dependencies that the machine's image lacks, per
+/work/.library/device/KINDS.md; a `sitecustomize` on PYTHONPATH makes importing them fail). At tiny size on CPU
 it prints every row of its table and one closing JSON line with positive figures."""
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import textwrap
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-BLOCKED = ("ray", "captum", "s3fs", "pydicom")
+BLOCKED = ("ray", "captum", "s3fs", "pydicom", "pylibjpeg", "pydantic", "pydantic_core", "botocore")
 TINY = ["--model", "small_cnn", "--size", "32", "--source-size", "64", "--images", "96", "--batch-size", "8",
         "--score-batch-size", "8", "--warmup-steps", "1", "--train-steps", "3", "--score-batches", "2",
         "--device", "cpu"]
