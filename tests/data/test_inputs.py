@@ -25,7 +25,7 @@ def test_training_source_reads_the_commit_record_once(prepared, monkeypatch):
     source.label_counts("train")
     for split in ("train", "val"):
         source.dataset(split, images=True)
-    assert data_origin(source) == "synthetic" == source.data_origin
+    assert source.data_origin == "synthetic"  # recorded when resolving: nothing read again
     assert reads == [out]  # one read for the whole job: resolving, shards, origin
     assert source.kind == "prepared" and source.prepared == record and source.stored_size == 32
     assert len(shard_reads) == 2 and all(f"versions/{record['version']}/" in p for p in shard_reads[0])

@@ -7,10 +7,10 @@ import pandas as pd
 import pytest
 
 from tests.helpers import write_text
+from thorax_ray.data.inputs import InputError, resolve_input
 from thorax_ray.data.manifest import MANIFEST_COLUMNS, build_manifest
 from thorax_ray.data.nih_csv import SAMPLE_LABELS_HEADER
 from thorax_ray.labels import FINDING_COLUMNS
-from thorax_ray.scoring.inputs import InputError, resolve_input
 
 
 def pngs(root):

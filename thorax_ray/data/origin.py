@@ -21,13 +21,10 @@ ORIGINS = ("synthetic", "real")
 UNKNOWN = "unknown"  # checkpoints written before the origin was recorded
 
 
-def data_origin(source, *, endpoint_url: str | None = None) -> str:
-    """"synthetic" or "real" of a resolved source (thorax_ray.data.inputs: the origin it recorded when it was
-    resolved, so nothing is read again), or of a URI: a dataset folder/prefix, a prepared output (the origin
-    its manifest recorded, else that of its source) or a manifest Parquet file."""
-    if not isinstance(source, str):
-        return source.data_origin
-    uri = source
+def data_origin(uri: str, *, endpoint_url: str | None = None) -> str:
+    """"synthetic" or "real" of a URI: a dataset folder/prefix, a prepared output (the origin its manifest
+    recorded, else that of its source) or a manifest Parquet file. A source resolved by thorax_ray.data.inputs
+    carries its origin already (`InputSource.data_origin`)."""
     fs, path = storage.filesystem(uri, endpoint_url=endpoint_url)
     if fs.isdir(path):
         record = read_commit(uri, endpoint_url=endpoint_url)

@@ -7,7 +7,7 @@ image of a folder / prefix / manifest / prepared output, incremental per model, 
     summary = score(ScoreConfig(checkpoint="runs/cnn", input="s3://bucket/incoming/", out="s3://bucket/scores"))
     frame = read_scores("s3://bucket/scores", model_id=summary.model_id)
 
-Output layout and schema: `thorax_ray.scoring.output`; inputs: `thorax_ray.scoring.inputs`.
+Output layout and schema: `thorax_ray.scoring.output`; inputs: `thorax_ray.data.inputs`.
 """
 from thorax_ray.scoring.config import ScoreConfig
 from thorax_ray.scoring.output import read_scores

@@ -10,7 +10,7 @@ from thorax_ray.scoring.gate import CALIBRATED
 @dataclass(frozen=True)
 class ScoreConfig:
     checkpoint: str  # checkpoint folder, or a training run folder (its best checkpoint)
-    input: str  # see thorax_ray.scoring.inputs
+    input: str  # any kind thorax_ray.data.inputs.resolve_input accepts
     out: str
     metadata: str | None = None  # metadata CSV of a folder input (default: found by its usual names)
     method: str | None = None  # fast_cam (default for image models) | cam (raw CAM) | gradcam

@@ -14,10 +14,10 @@ import numpy as np
 from thorax_ray import storage
 from thorax_ray.attribution import centres_from_metadata, decode_heatmaps, upsample_maps
 from thorax_ray.data.decode import decode_gray8
+from thorax_ray.data.inputs import InputSource
 from thorax_ray.data.nih_csv import read_bbox_list
 from thorax_ray.labels import FINDING_COLUMNS, FINDINGS
 from thorax_ray.names import safe_name
-from thorax_ray.scoring.inputs import ScoringInput
 from thorax_ray.scoring.output import read_scores
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ def draw_overlay(image: np.ndarray, maps: np.ndarray, probabilities: np.ndarray,
     return fig
 
 
-def write_overlays(out: str, source: ScoringInput, folder: str, *, model_id: str, run_id: str | None = None,
+def write_overlays(out: str, source: InputSource, folder: str, *, model_id: str, run_id: str | None = None,
                    limit: int = 8, threshold: float | Sequence[float] | None = 0.5,
                    endpoint_url: str | None = None) -> list[str]:
     """Writes `limit` overlay PNGs (first images by name of this run, else of any committed run of the

@@ -8,11 +8,11 @@ import pandas as pd
 
 from thorax_ray.checkpoint import CheckpointPayload
 from thorax_ray.cluster import ClusterCapacity, resolve_use_gpu
+from thorax_ray.data.inputs import InputSource
 from thorax_ray.data.pipeline import ImageConfig, load_images, manifest_dataset
 from thorax_ray.data.preprocess import PreprocessingContract
 from thorax_ray.data.shards import read_prepared
 from thorax_ray.scoring.config import ScoreConfig
-from thorax_ray.scoring.inputs import ScoringInput
 from thorax_ray.scoring.scorer import Scorer, ScorerSettings, prepared_batch
 
 
@@ -45,7 +45,7 @@ class ScoringRun:
     """What one scoring run resolved before taking the output's lease."""
 
     config: ScoreConfig
-    source: ScoringInput
+    source: InputSource
     payload: CheckpointPayload
     model: object
     model_id: str
@@ -86,7 +86,8 @@ MIN_IN_FLIGHT_BYTES = 64 * 2**20
 IN_FLIGHT_BATCHES_PER_ACTOR = 16
 
 
-def in_flight_bytes(config: ScoreConfig, contract: PreprocessingContract, actors: int, *, stored_size: int | None = None) -> int:
+def in_flight_bytes(config: ScoreConfig, contract: PreprocessingContract, actors: int, *,
+                    stored_size: int | None = None) -> int:
     """How much decoded input and output the run may hold in the object store at once. Without a bound,
     decode tasks run ahead of slower model actors until the object store is full, so memory grows with
     the number of images; a few batches per actor keep the actors fed. Images are counted at
@@ -110,8 +111,8 @@ def _row_columns(model) -> list[str]:
     return columns
 
 
-def input_dataset(config: ScoreConfig, source: ScoringInput, pending: pd.DataFrame, model, contract: PreprocessingContract,
-                   filesystem):
+def input_dataset(config: ScoreConfig, source: InputSource, pending: pd.DataFrame, model,
+                  contract: PreprocessingContract, filesystem):
     """Ray dataset of the rows to score, with decoded images for image models (streaming)."""
     import ray  # deferred: Ray (absent on the GPU machine)
 

@@ -5,7 +5,7 @@ and commit. Decoding runs as CPU tasks; when the actors hold only CPUs, Ray Data
     summary = score(ScoreConfig(checkpoint="runs/cnn", input="s3://bucket/incoming/", out="s3://bucket/scores"))
     print(summary.format())
 
-Every input row (every file of a folder input, see thorax_ray.scoring.inputs) ends in exactly one of:
+Every input row (every file of a folder input, see thorax_ray.data.inputs) ends in exactly one of:
 scored (a row in the scores), skipped (already scored by the same model_id in a committed run),
 quarantined (could not be read/decoded, with its reason), or deferred (left for the next run by
 `max_images`); hidden files are ignored and counted. A model trained on synthetic data that scores
@@ -25,6 +25,7 @@ import pandas as pd
 from thorax_ray.attribution import default_method_name, get_method
 from thorax_ray.checkpoint import load_payload_and_id, resolve_checkpoint
 from thorax_ray.cluster import ClusterCapacity, check_shared_storage, cluster_capacity
+from thorax_ray.data.inputs import InputSource, resolve_input
 from thorax_ray.data.origin import ood_check
 from thorax_ray.data.preprocess import PreprocessingContract
 from thorax_ray.data.staged import StagedRun, new_run_id, staged_run, utc_timestamp
@@ -33,7 +34,6 @@ from thorax_ray.models import build_model
 from thorax_ray.progress import StageProgress
 from thorax_ray.scoring.config import ScoreConfig
 from thorax_ray.scoring.gate import resolve_gate
-from thorax_ray.scoring.inputs import ScoringInput, resolve_input
 from thorax_ray.scoring.output import (QUARANTINE_DIR, SCORES_DIR, SCORES_FORMAT_VERSION, ScoresError,
                                        clean_uncommitted, commit_name, feature_attribution_metadata, publish,
                                        quarantine_table, schema_metadata, score_schema, scored_index, staging_uri,
@@ -261,7 +261,7 @@ def _commit(run: ScoringRun, staged: StagedRun, pending: _Pending, layout: _Layo
     return commit, entries, quarantined
 
 
-def _prepared_quarantine(source: ScoringInput, done: set[str]) -> pd.DataFrame:
+def _prepared_quarantine(source: InputSource, done: set[str]) -> pd.DataFrame:
     """Rows a prepared input had quarantined (and no committed run scored since): quarantined again."""
     columns = ["image_index", "path", "stage", "reason"]
     if source.prepared_quarantine is None:

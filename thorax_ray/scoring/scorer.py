@@ -70,7 +70,8 @@ def uses_maps(model: torch.nn.Module, method: str) -> bool:
     return method != NO_METHOD and model.spec.uses_images
 
 
-def map_shape(model: torch.nn.Module, contract: PreprocessingContract, max_side: int | None) -> tuple[tuple[int, int], tuple[int, int]]:
+def map_shape(model: torch.nn.Module, contract: PreprocessingContract,
+              max_side: int | None) -> tuple[tuple[int, int], tuple[int, int]]:
     """((h, w) of the model's feature map for the contract's image size, (h, w) as stored)."""
     size = contract.size
     with torch.no_grad():
@@ -81,7 +82,8 @@ def map_shape(model: torch.nn.Module, contract: PreprocessingContract, max_side:
     return (h, w), (h, w)
 
 
-def map_centres(model: torch.nn.Module, contract: PreprocessingContract, method: str, max_side: int | None) -> Centres:
+def map_centres(model: torch.nn.Module, contract: PreprocessingContract, method: str,
+                max_side: int | None) -> Centres:
     """Where the stored maps' cells sit, as fractions of the image side: the receptive-field centres of the
     feature-map positions for the CAM family (pooled like the maps when they are pooled), bin centres for
     pixel methods (and models that do not say where their positions sit)."""
@@ -94,7 +96,8 @@ def map_centres(model: torch.nn.Module, contract: PreprocessingContract, method:
     return (pooled_centres(rows, h) if h != fh else rows), (pooled_centres(cols, w) if w != fw else cols)
 
 
-def heatmap_description(model: torch.nn.Module, contract: PreprocessingContract, method: str, max_side: int | None) -> dict:
+def heatmap_description(model: torch.nn.Module, contract: PreprocessingContract, method: str,
+                        max_side: int | None) -> dict:
     """HEATMAP_SCHEMA_METADATA of the stored maps, plus where they come from."""
     (fh, fw), (h, w) = map_shape(model, contract, max_side)
     description = HEATMAP_SCHEMA_METADATA(h, w, method, map_centres(model, contract, method, max_side))

@@ -12,7 +12,6 @@ from pyarrow import fs as pafs
 from thorax_ray import console, storage
 from thorax_ray.checkpoint import run_metrics
 from thorax_ray.cluster import ClusterCapacity, check_shared_storage, cluster_capacity, resolve_use_gpu
-from thorax_ray.data.origin import data_origin
 from thorax_ray.data.sources import open_source
 from thorax_ray.models import MetadataFeatures, get_model_spec
 from thorax_ray.train.config import TrainConfig
@@ -113,7 +112,7 @@ def fit(config: TrainConfig, *, callbacks: list | None = None, capacity: Cluster
     info = {"run_name": config.run_name, "run_dir": run_dir, "split_hash": source.split_hash,
             "label_counts": label_counts.tolist(), "train_rows": int(train_rows),
             "stored_size": source.stored_size,
-            "data_origin": data_origin(source)}  # recorded when the source was resolved
+            "data_origin": source.data_origin}  # recorded when the source was resolved
     if spec.uses_images:
         shuffle_seed = config.run.seed if config.data.shuffle else None
         train = cache_if_small(source.dataset("train", images=True, shuffle_seed=shuffle_seed),
