@@ -46,3 +46,12 @@ def make_checkpoint(folder: str | os.PathLike, name: str = "small_cnn", *, size:
         preprocessing=preprocessing_contract(size).to_dict(), epoch=0, split_hash=CHECKPOINT_SPLIT_HASH,
         data_origin=data_origin, **(payload or {})))
     return model
+
+
+def write_scores_commit(out: str, record: dict) -> None:
+    """A scoring run's commit record, written as a run writes it (for tests that fabricate committed runs)."""
+    from thorax_ray import storage
+    from thorax_ray.data.staged import write_record
+    from thorax_ray.scoring.output import commit_name
+
+    write_record(storage.join(out, commit_name(record["run_id"])), record)

@@ -90,9 +90,7 @@ class NotTextError(ValueError):
 def read_text(uri: str, *, endpoint_url: str | None = None) -> str:
     """A UTF-8 text file (local or s3://) as a string, a leading BOM dropped; a file that is not UTF-8
     text (or holds NUL bytes) is a NotTextError naming the file and the first bad byte."""
-    fs, path = filesystem(uri, endpoint_url=endpoint_url)
-    with fs.open(path, "rb") as handle:
-        data = handle.read()
+    data = read_bytes(uri, endpoint_url=endpoint_url)
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as error:

@@ -9,13 +9,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tests.helpers import write_scores_commit
 from thorax_ray.attribution import BOXES_TYPE
 from thorax_ray.data.staged import new_run_id
 from thorax_ray.labels import FINDING_COLUMNS
 from thorax_ray.scoring.output import (SCORES_QUARANTINE_COLUMNS, clean_uncommitted, committed_runs, pipeline_schema,
                                        publish, quarantine_table, read_quarantine, read_scores, run_started,
-                                       schema_metadata, score_schema, scored_index, staging_uri, write_commit,
-                                       write_table_file)
+                                       schema_metadata, score_schema, scored_index, staging_uri, write_table_file)
 from thorax_ray.scoring.sink import ScoresDatasink
 
 SCHEMA = score_schema(maps=True, feature_attributions=False)
@@ -49,7 +49,7 @@ def commit_run(out, run_id, model_id, names, ok=None, batch_date="2024-05-01"):
     record = {"run_id": run_id, "batch_date": batch_date, "model_id": model_id,
               "files": publish(str(out), run_id, batch_date, result.files, "scores"),
               "quarantine_files": publish(str(out), run_id, batch_date, quarantine, "quarantine")}
-    write_commit(str(out), record)
+    write_scores_commit(str(out), record)
     return result, record
 
 
@@ -96,7 +96,7 @@ def test_files_of_runs_before_metadata_source_are_read_alongside(tmp_path):
     old = block(["z.png"], [True]).select(old_schema.names).cast(old_schema)
     path = staging_uri(str(out), "20240401T000000Z-oooooo", "scores", "part-0.parquet")
     size = write_table_file(old, path)
-    write_commit(str(out), {"run_id": "20240401T000000Z-oooooo", "batch_date": "2024-04-01", "model_id": "m1",
+    write_scores_commit(str(out), {"run_id": "20240401T000000Z-oooooo", "batch_date": "2024-04-01", "model_id": "m1",
                             "files": publish(str(out), "20240401T000000Z-oooooo", "2024-04-01",
                                              [(path, 1, size)], "scores"), "quarantine_files": []})
     frame = read_scores(str(out)).set_index("image_index")

@@ -388,7 +388,8 @@ def test_a_run_that_finds_the_output_locked_stops_naming_the_holder(ray_local, c
 def test_read_scores_keeps_one_row_per_image_and_model_when_commits_overlap(tmp_path):
     """Two commits holding the same image for one model (written without the lease, e.g. by an old
     version): readers see it once, from the earliest commit."""
-    from thorax_ray.scoring.output import write_commit, write_table_file
+    from tests.helpers import write_scores_commit
+    from thorax_ray.scoring.output import write_table_file
 
     out = str(tmp_path / "scores")
     schema = pa.schema([("image_index", pa.string()), ("model_id", pa.string()), ("run_id", pa.string())])
@@ -396,7 +397,7 @@ def test_read_scores_keeps_one_row_per_image_and_model_when_commits_overlap(tmp_
         table = pa.table({"image_index": images, "model_id": ["m"] * 2, "run_id": [run_id] * 2}, schema=schema)
         path = f"scores/batch_date=2026-01-01/run_id={run_id}/part-0.parquet"
         size = write_table_file(table, os.path.join(out, path))
-        write_commit(out, {"run_id": run_id, "model_id": "m", "files": [{"path": path, "rows": 2, "bytes": size}]})
+        write_scores_commit(out, {"run_id": run_id, "model_id": "m", "files": [{"path": path, "rows": 2, "bytes": size}]})
     frame = read_scores(out)
     assert sorted(frame["image_index"]) == ["a", "b", "c"]
     assert frame.set_index("image_index").loc["b", "run_id"] == "20260101T000000Z-aaaaaa"

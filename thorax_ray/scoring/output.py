@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 from thorax_ray import storage
 from thorax_ray.attribution import BOXES_TYPE, HEATMAP_METADATA_KEY
 from thorax_ray.data.quarantine import QUARANTINE_COLUMNS
-from thorax_ray.data.staged import RUN_ID_TIME, write_record
+from thorax_ray.data.staged import RUN_ID_TIME
 from thorax_ray.labels import FINDING_COLUMNS, FINDINGS
 
 log = logging.getLogger(__name__)
@@ -205,11 +205,6 @@ def publish(out: str, run_id: str, batch_date: str, files: list[tuple[str, int, 
 def commit_name(run_id: str) -> str:
     """Where a run's commit record lives, relative to OUT."""
     return f"{COMMITS_DIR}/{run_id}.json"
-
-
-def write_commit(out: str, record: dict, *, endpoint_url: str | None = None) -> str:
-    """Writes OUT/_commits/<run_id>.json in one step (local: write + rename; object stores: one PUT)."""
-    return write_record(storage.join(out, commit_name(record["run_id"])), record, endpoint_url=endpoint_url)
 
 
 def clean_uncommitted(out: str, *, older_than_s: float, endpoint_url: str | None = None,
