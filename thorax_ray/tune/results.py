@@ -60,7 +60,7 @@ def collect(trials, setup: TrialSetup, metric: str, mode: str) -> list[TrialRow]
     reported to Tune (its progress.csv, appended to across restarts), which is complete even when Tune
     stops a trial before its Train run writes metrics.json; metrics.json fills in otherwise."""
     rows = []
-    endpoint = (setup.base.get("data") or {}).get("s3_endpoint")
+    endpoint = setup.endpoint_url
     for trial in trials:
         config = TrainConfig.from_dict(resolve(setup.base, trial.config))
         run_dir = storage.join(setup.runs_root, trial.trial_id)
@@ -132,10 +132,11 @@ def rank(rows: list[TrialRow], mode: str) -> list[TrialRow]:
     return sorted(rows, key=lambda r: (r.metric_value is None, sign * (r.metric_value or 0.0), r.trial))
 
 
-def write_results(rows: list[TrialRow], out_dir: str) -> str:
-    os.makedirs(out_dir, exist_ok=True)
-    path = os.path.join(out_dir, "results.csv")
-    pd.DataFrame([r.as_record() for r in rows]).to_csv(path, index=False)
+def write_results(rows: list[TrialRow], out_dir: str, *, endpoint_url: str | None = None) -> str:
+    """results.csv in `out_dir` (a local folder or an s3:// prefix), written in one step."""
+    path = storage.join(out_dir, "results.csv")
+    text = pd.DataFrame([r.as_record() for r in rows]).to_csv(index=False)
+    storage.write_text(path, text, endpoint_url=endpoint_url)
     return path
 
 
@@ -148,16 +149,17 @@ def best_config(rows: list[TrialRow], setup: TrialSetup) -> tuple[TrialRow, Trai
     return best, TrainConfig.from_dict(resolve(setup.base, best.sample))
 
 
-def write_best_config(row: TrialRow, config: TrainConfig, out_dir: str, *, experiment: str, metric: str) -> str:
-    os.makedirs(out_dir, exist_ok=True)
-    path = os.path.join(out_dir, "best_config.yaml")
+def write_best_config(row: TrialRow, config: TrainConfig, out_dir: str, *, experiment: str, metric: str,
+                      endpoint_url: str | None = None) -> str:
+    """best_config.yaml in `out_dir` (a local folder or an s3:// prefix): a comment header naming the trial,
+    then the full TrainConfig, which `jobs/train.py --config` reads from either place."""
+    path = storage.join(out_dir, "best_config.yaml")
     header = (f"# Best trial {row.trial} of Tune experiment {experiment!r}: {metric} {row.metric_value:.4f} "
               f"(epoch index {row.best_epoch}, {row.epochs_run} of {row.max_epochs} epochs run).\n"
               f"# Searched values: {json.dumps(row.sample, sort_keys=True)}\n"
               f"# Train it: python jobs/train.py --config {path}\n")
-    with open(path, "w") as handle:
-        handle.write(header)
-        yaml.safe_dump(config.to_dict(), handle, sort_keys=False, default_flow_style=False)
+    body = yaml.safe_dump(config.to_dict(), sort_keys=False, default_flow_style=False)
+    storage.write_text(path, header + body, endpoint_url=endpoint_url)
     return path
 
 

@@ -31,6 +31,11 @@ class TrialSetup:
     runs_root: str  # local folder or s3:// URI; trial runs land in RUNS_ROOT/<trial_id>
     capacity: ClusterCapacity | None = None  # what the cluster had and could launch when the sweep started
 
+    @property
+    def endpoint_url(self) -> str | None:
+        """The S3 endpoint the base config names (None: the environment's or AWS's)."""
+        return (self.base.get("data") or {}).get("s3_endpoint")
+
 
 def trial_config(setup: TrialSetup, sample: dict, trial_id: str) -> TrainConfig:
     config = resolve(setup.base, sample)

@@ -193,10 +193,12 @@ def _outcome(grid, setup: TrialSetup, settings, out_dir: str, *, experiment_path
     trials_list = tune.ExperimentAnalysis(grid.experiment_path, storage_filesystem=grid.filesystem).trials
     rows = results_mod.collect(trials_list, setup, settings.metric, settings.mode)
     interrupted = any(r.status not in results_mod.FINISHED for r in rows)
-    results_csv = results_mod.write_results(rows, out_dir)
+    endpoint = setup.endpoint_url
+    results_csv = results_mod.write_results(rows, out_dir, endpoint_url=endpoint)
     best_path = None
     best = results_mod.best_config(rows, setup)
     if best is not None:
-        best_path = results_mod.write_best_config(*best, out_dir, experiment=name, metric=settings.metric)
+        best_path = results_mod.write_best_config(*best, out_dir, experiment=name, metric=settings.metric,
+                                                  endpoint_url=endpoint)
     return SweepOutcome(experiment_path=experiment_path, rows=rows, results_csv=results_csv,
                         best_config_path=best_path, interrupted=interrupted, resumed=resumed)
