@@ -17,16 +17,18 @@ from __future__ import annotations
 import argparse
 import json
 
+from thorax_ray import console
 from thorax_ray.cli import (add_cluster_arguments, add_gpu_arguments, job_parser, run_main, setup_logging,
                             show_config_defaults)
 from thorax_ray.cluster import cluster_capacity, resolve_use_gpu
 from thorax_ray.config_io import overrides_from_flags
 from thorax_ray.losses import LOSS_KINDS
-from thorax_ray.models import AVAILABLE_FEATURES, DEFAULT_FEATURES, list_models
+from thorax_ray.models import AVAILABLE_FEATURES, DEFAULT_FEATURES, list_models, require_pretrained_weights
 from thorax_ray.preflight import require_inputs
 from thorax_ray.ray_setup import init_ray
 from thorax_ray.synthetic.demo import ensure_demo_dataset
-from thorax_ray.train.config import TrainConfig
+from thorax_ray.train.config import SELECT_BY, TrainConfig
+from thorax_ray.train.lr_schedule import lr_rule_problem
 
 FLAGS = {  # flag -> TrainConfig field
     "data": "data.data", "size": "data.size", "batch_size": "data.batch_size",
@@ -34,7 +36,8 @@ FLAGS = {  # flag -> TrainConfig field
     "model": "model.name", "backbone": "model.backbone", "pretrained": "model.pretrained",
     "output_stride": "model.output_stride", "metadata_features": "model.metadata_features",
     "epochs": "optim.epochs", "lr": "optim.lr", "weight_decay": "optim.weight_decay",
-    "lr_scaling": "optim.lr_scaling", "warmup_epochs": "optim.warmup_epochs", "hflip": "augment.hflip",
+    "lr_scaling": "optim.lr_scaling", "warmup_epochs": "optim.warmup_epochs", "select_by": "optim.select_by",
+    "hflip": "augment.hflip",
     "loss": "loss.kind", "workers": "run.workers", "storage": "run.storage", "name": "run.name",
     "seed": "run.seed", "max_failures": "run.max_failures", "use_gpu": "run.use_gpu",
     "cluster_config": "run.cluster_config", "shared_fs": "run.shared_fs",
@@ -69,6 +72,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--lr-scaling", choices=["none", "linear", "sqrt"],
                         help="scale lr to the global batch (workers x batch size): none, linear, sqrt")
     parser.add_argument("--warmup-epochs", type=int, help="linear warm-up epochs to the scaled lr")
+    parser.add_argument("--select-by", choices=list(SELECT_BY),
+                        help="validation metric driving the plateau scheduler and the best checkpoint "
+                             "(val_loss: CheXNet's)")
     parser.add_argument("--hflip", action="store_true", default=None,
                         help="random horizontal flips (default: off; a flip mirrors the heart)")
     parser.add_argument("--weight-decay", type=float, help="Adam weight decay")
@@ -100,10 +106,18 @@ def cpu_demo_profile(config: TrainConfig, args: argparse.Namespace, capacity) ->
 
 
 def check_inputs(config: TrainConfig, args: argparse.Namespace) -> None:
-    """Before Ray starts: the data (unless it is the demo dataset, generated below) and weights exist."""
+    """Before Ray starts: the data (unless it is the demo dataset, generated below) and weights exist, and the
+    learning-rate rule holds for the global batch (Adam's square-root rule outside its range is an error;
+    linear scaling, SGD's rule, gets one warning line)."""
+    problem = lr_rule_problem(config.optim, config.batch_size * config.run.workers)
+    if problem and config.optim.lr_scaling == "sqrt":
+        raise ValueError(problem)
+    if problem:
+        console.say("train", f"warning: {problem}")
     demo = args.data is None and not args.config
-    require_inputs({"--data": None if demo else config.data.data, "--pretrained": config.model.pretrained},
-                   endpoint_url=config.data.s3_endpoint)
+    require_inputs({"--data": None if demo else config.data.data}, endpoint_url=config.data.s3_endpoint)
+    require_pretrained_weights(config.model.name, config.model.pretrained, config.model.backbone,
+                               endpoint_url=config.data.s3_endpoint)
 
 
 def main(argv: list[str] | None = None) -> int:

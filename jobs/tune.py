@@ -20,6 +20,7 @@ from thorax_ray.cli import (add_cluster_arguments, add_gpu_arguments, job_parser
                             run_main, setup_logging)
 from thorax_ray.cluster import cluster_capacity
 from thorax_ray.config_io import overrides_from_flags
+from thorax_ray.models import require_pretrained_weights
 from thorax_ray.names import safe_name
 from thorax_ray.preflight import require_inputs
 from thorax_ray.ray_setup import init_ray
@@ -69,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or f"out/tune-{name}"
     base = space.base_config()
     require_inputs({"--data": base.data.data}, endpoint_url=base.data.s3_endpoint)  # before Ray starts
+    require_pretrained_weights(base.model.name, base.model.pretrained, base.model.backbone,
+                               endpoint_url=base.data.s3_endpoint)
     local = init_ray(args.address, verbose=args.verbose)
     capacity = cluster_capacity(base.run.cluster_config, local=local)
     from thorax_ray.tune.tune import run_sweep

@@ -26,3 +26,16 @@ def mean_auroc(aurocs: dict[str, float | None]) -> float | None:
     """Mean over the findings that have an AUROC; None if none has."""
     values = [v for v in aurocs.values() if v is not None and not math.isnan(v)]
     return float(np.mean(values)) if values else None
+
+
+BCE_CLIP = 1e-7  # probabilities are clipped to [BCE_CLIP, 1 - BCE_CLIP] (float32 sigmoid saturates near |logit| 17)
+
+
+def mean_binary_cross_entropy(labels: np.ndarray, probabilities: np.ndarray) -> float:
+    """The unweighted binary cross-entropy averaged over every (row, finding) pair: CheXNet's loss over the 14
+    findings, -mean(y log p + (1 - y) log(1 - p)), computed in float64 from the probabilities (clipped)."""
+    y = np.asarray(labels, dtype=np.float64)
+    p = np.clip(np.asarray(probabilities, dtype=np.float64), BCE_CLIP, 1.0 - BCE_CLIP)
+    if y.shape != p.shape or y.size == 0:
+        raise ValueError(f"labels {y.shape} and probabilities {p.shape} must have one equal, non-empty shape")
+    return float(-np.mean(y * np.log(p) + (1.0 - y) * np.log1p(-p)))

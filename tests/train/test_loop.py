@@ -164,3 +164,12 @@ def test_output_stride_reaches_small_cnn_and_fusion_backbones():
     assert model_kwargs(TrainConfig()) == {}
     with pytest.raises(ConfigError, match="output_stride applies to small_cnn"):
         TrainConfig().replace(model={"name": "densenet121", "output_stride": 8})
+
+
+def test_torch_global_seed_differs_per_rank_and_is_a_function_of_seed_epoch_rank():
+    """Dropout masks differ between ranks, and an epoch resumed after a restart draws what it would have drawn."""
+    from thorax_ray.train.feeds import epoch_seed, rank_seed
+
+    seeds = {rank_seed(0, epoch, rank) for epoch in range(1, 4) for rank in range(8)}
+    assert len(seeds) == 24 and rank_seed(0, 2, 3) == rank_seed(0, 2, 3) != rank_seed(1, 2, 3)
+    assert rank_seed(0, 1, 0) != epoch_seed(0, 1, 0)  # a stream apart from the augmentation generator's

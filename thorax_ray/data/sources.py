@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from thorax_ray.data.inputs import PATIENT_METADATA, InputSource, resolve_dataset
 from thorax_ray.data.pipeline import ImageConfig, load_images, manifest_dataset
@@ -83,6 +85,8 @@ class DataSource:
         return self.prepared["size"] if self.prepared else self.config.size
 
     def rows(self, split: str) -> pd.DataFrame:
+        """The split's rows; with `limit`, its first rows in manifest order: exactly the rows `dataset` reads and
+        `label_counts` counts (class weights come from the rows trained on)."""
         rows = self.manifest[self.manifest["split"] == split]
         return rows.head(self.config.limit) if self.config.limit else rows
 
@@ -102,13 +106,25 @@ class DataSource:
         if self.kind == "prepared":
             ds = read_prepared(self.config.data, [split], columns=[*TRAINING_ROW_COLUMNS, "image"],
                                record=self.prepared, endpoint_url=self.config.s3_endpoint)
-            return ds.limit(self.config.limit) if self.config.limit else ds
+            # Shards hold rows in their own (seeded) order: with a limit, keep the rows `rows` names rather
+            # than whichever come first (Ray's limit() takes the first blocks to arrive).
+            return ds.map_batches(RowsNamed(rows["image_index"]), batch_format="pyarrow") if self.config.limit else ds
         if rows["path"].isna().all():
             raise ValueError(f"{self.config.data}: the {split} split has no images; only the metadata model (mlp) "
                              "can train on a metadata-only dataset")
         image_config = ImageConfig(size=self.config.size, endpoint_url=self.config.s3_endpoint)
         return load_images(rows.reset_index(drop=True), image_config).map_batches(
             _keep_decoded, batch_format="pandas", batch_size=None)
+
+
+class RowsNamed:
+    """A Ray Data batch filter keeping the rows whose image_index is one of `names`."""
+
+    def __init__(self, names) -> None:
+        self.names = pa.array(sorted(set(names)), type=pa.string())
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        return table.filter(pc.is_in(table["image_index"], value_set=self.names))
 
 
 def _keep_decoded(batch: pd.DataFrame) -> pd.DataFrame:

@@ -5,7 +5,7 @@ metadata fusion model. See `thorax_ray.models.registry` for the calling conventi
 from thorax_ray.models import fusion, mlp  # noqa: F401 (imported for what they register)
 from thorax_ray.models.cnn import receptive_field_centres
 from thorax_ray.models.features import AVAILABLE_FEATURES, DEFAULT_FEATURES, MetadataFeatures
-from thorax_ray.models.pretrained import model_initialisation
+from thorax_ray.models.pretrained import model_initialisation, require_pretrained_weights
 from thorax_ray.models.registry import build_model, create_model, get_model_spec, list_models
 
 __all__ = [
@@ -18,4 +18,5 @@ __all__ = [
     "list_models",
     "model_initialisation",
     "receptive_field_centres",
+    "require_pretrained_weights",
 ]

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from thorax_ray.labels import NUM_FINDINGS
+from thorax_ray.models.head import Float32Linear
 from thorax_ray.models.pretrained import (IMAGENET, IMAGENET_ARCHS, adapt_input_conv, imagenet_weights,
                                           initialisation, load_backbone_state_dict, load_pretrained, read_state_dict)
 from thorax_ray.models.registry import register_model
@@ -90,7 +91,7 @@ class ImageCNN(nn.Module):
         self.drop_rate = drop_rate
         self.map_stride, self.map_offset = int(map_stride), float(map_offset)
         self.dropout = nn.Dropout(drop_rate)
-        self.classifier = nn.Linear(feature_dim, num_classes)
+        self.classifier = Float32Linear(feature_dim, num_classes)
         # Plain attributes would register the modules twice under other names; keep names only.
         self._target_name = next(n for n, m in self.named_modules() if m is target_layer)
         self._stem_name = next(n for n, m in self.named_modules() if m is stem)
@@ -113,8 +114,8 @@ class ImageCNN(nn.Module):
         return self.body(images)
 
     def pool(self, fmap: torch.Tensor) -> torch.Tensor:
-        """Global average pooling (N, C, h, w) -> (N, C)."""
-        return fmap.mean(dim=(2, 3))
+        """Global average pooling (N, C, h, w) -> (N, C), in float32 (the head's precision; see models/head.py)."""
+        return fmap.float().mean(dim=(2, 3))
 
     def pool_and_classify(self, fmap: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.dropout(self.pool(fmap)))

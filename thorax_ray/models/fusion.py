@@ -19,6 +19,7 @@ from torch import nn
 from thorax_ray.labels import NUM_FINDINGS
 from thorax_ray.models.cnn import ImageCNN, build_cnn
 from thorax_ray.models.features import MetadataFeatures
+from thorax_ray.models.head import Float32Linear
 from thorax_ray.models.mlp import MetadataMLP
 from thorax_ray.models.registry import DEFAULT_MODEL, register_model
 
@@ -36,7 +37,7 @@ class FusionModel(nn.Module):
         self.metadata_dim = metadata_net.embed_dim
         self.feature_dim = backbone.feature_dim  # channels of the image feature map
         self.dropout = nn.Dropout(drop_rate)
-        self.classifier = nn.Linear(self.image_dim + self.metadata_dim, num_classes)
+        self.classifier = Float32Linear(self.image_dim + self.metadata_dim, num_classes)
         # The backbone's own 14-way head is unused here; drop it so no parameter lacks a gradient.
         self.backbone.classifier = nn.Identity()
 

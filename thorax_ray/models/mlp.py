@@ -6,6 +6,7 @@ from torch import nn
 
 from thorax_ray.labels import NUM_FINDINGS
 from thorax_ray.models.features import MetadataFeatures
+from thorax_ray.models.head import Float32Linear
 from thorax_ray.models.registry import register_model
 
 
@@ -32,7 +33,7 @@ class MetadataMLP(nn.Module):
             layers += [nn.Linear(width, hidden), nn.ReLU(), nn.Dropout(dropout)]
             width = hidden
         self.body = nn.Sequential(*layers)
-        self.classifier = nn.Linear(hidden, num_classes)
+        self.classifier = Float32Linear(hidden, num_classes)
 
     @property
     def stem(self) -> nn.Linear:

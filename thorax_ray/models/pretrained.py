@@ -160,6 +160,29 @@ def read_imagenet_state_dict(arch: str) -> dict[str, torch.Tensor]:
         ) from exc
 
 
+def require_pretrained_weights(name: str, pretrained: str | None, backbone: str = DEFAULT_MODEL, *,
+                               endpoint_url: str | None = None) -> None:
+    """Before anything slow starts: the weights `create_model(name, pretrained=..., backbone=...)` will read
+    exist. "imagenet": torchvision's file for the CNN (for fusion, its backbone) in the torch hub cache, else
+    FileNotFoundError naming that exact path and the URL (ValueError for an architecture torchvision publishes
+    no ImageNet weights for); a path or URI: that it exists. Run where the job starts: every node that trains
+    reads its own cache (cluster.yaml's setup commands fill it)."""
+    if pretrained is None:
+        return
+    if str(pretrained).lower() != IMAGENET:
+        fs, path = storage.filesystem(pretrained, endpoint_url=endpoint_url)
+        if not fs.exists(path):
+            raise FileNotFoundError(f"--pretrained {pretrained}: not found")
+        return
+    arch = backbone if get_model_spec(name).input_kind == "both" else name
+    path = imagenet_cache_path(arch)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"--pretrained imagenet: torchvision's ImageNet weights for {arch} are not in the torch hub cache: "
+            f"{path} is missing; download {imagenet_weights(arch).url} to that path (or set TORCH_HOME to a folder "
+            "whose hub/checkpoints/ holds it)")
+
+
 def initialisation(arch: str, pretrained: str | None) -> dict[str, str]:
     """How a CNN of `arch` built with `pretrained` starts: {"kind": "imagenet" | "weights_file" | "random",
     "source": what was loaded, "label": a short phrase for column labels}."""

@@ -52,6 +52,10 @@ class ModelConfig:
             raise ValueError(f"metadata_features: {error}") from None
 
 
+SELECT_BY = ("val_mean_auroc", "val_loss")  # validation metrics that can drive the plateau and the best epoch
+LOWER_IS_BETTER = ("val_loss",)
+
+
 @dataclass(frozen=True)
 class OptimConfig:
     """Adam and its learning-rate schedule (thorax_ray/train/lr_schedule.py)."""
@@ -59,10 +63,15 @@ class OptimConfig:
     epochs: int = 10
     lr: float = 1e-3  # at base_batch images per step (CheXNet: 1e-3 at 16); see lr_scaling
     betas: tuple[float, float] = (0.9, 0.999)  # Adam's (CheXNet: the defaults)
+    eps: float = 1e-8  # Adam's (torch's default)
     weight_decay: float = 1e-5
     scheduler: str = "plateau"  # plateau (CheXNet: lr/10 on plateau) | cosine | none
-    lr_scaling: str = "none"  # none | linear | sqrt: lr for the global batch = lr x (1 | B/base | sqrt(B/base))
-    base_batch: int = 16  # the batch `lr` is meant for
+    patience: int = 1  # plateau: epochs without improvement before lr /10 (CheXNet: 1)
+    # The validation metric that drives the plateau and picks the best checkpoint: val_mean_auroc (higher is
+    # better) | val_loss (mean unweighted BCE over the 14 findings, lower is better; CheXNet's choice).
+    select_by: str = "val_mean_auroc"
+    lr_scaling: str = "none"  # none | linear | sqrt (Adam's square-root rule): see lr_schedule.py
+    base_batch: int = 16  # the batch lr, betas and eps are meant for
     warmup_epochs: int = 0  # linear warm-up to the scaled lr over this many epochs
 
     def __post_init__(self) -> None:
@@ -70,6 +79,10 @@ class OptimConfig:
             raise ValueError(f"unknown scheduler {self.scheduler!r}; expected plateau, cosine or none")
         if self.epochs < 1 or self.lr <= 0 or self.weight_decay < 0:
             raise ValueError(f"bad optimiser config: epochs={self.epochs}, lr={self.lr}, weight_decay={self.weight_decay}")
+        if self.select_by not in SELECT_BY:
+            raise ValueError(f"unknown select_by {self.select_by!r}; expected one of {list(SELECT_BY)}")
+        if self.patience < 0 or not 0 < self.eps < 1:
+            raise ValueError(f"bad optimiser config: patience={self.patience} (>= 0), eps={self.eps} (0 < eps < 1)")
         if self.lr_scaling not in ("none", "linear", "sqrt"):
             raise ValueError(f"unknown lr_scaling {self.lr_scaling!r}; expected none, linear or sqrt")
         if self.base_batch < 1 or not 0 <= self.warmup_epochs < self.epochs:

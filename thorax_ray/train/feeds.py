@@ -9,6 +9,7 @@ epoch, the same number of batches on every worker, as DDP needs) and its share o
 """
 from __future__ import annotations
 
+import hashlib
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,7 +25,15 @@ from thorax_ray.train.config import TrainConfig
 
 
 def epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    """The seed of a worker's augmentation generator and shuffle buffer in one epoch."""
     return (seed * 1_000_003 + epoch * 7919 + rank) % 2**31
+
+
+def rank_seed(seed: int, epoch: int, rank: int) -> int:
+    """The seed of torch's global RNGs (dropout) on one worker in one epoch: a stream apart from `epoch_seed`'s,
+    different on every rank, and a pure function of (seed, epoch, rank), so a resumed epoch draws the same."""
+    digest = hashlib.sha256(f"torch-global:{seed}:{epoch}:{rank}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % 2**63
 
 
 def validation_share(names: list[str], rank: int, world: int) -> np.ndarray:

@@ -23,15 +23,15 @@ from thorax_ray.checkpoint import (CheckpointPayload, checkpoint_dir_name, lates
                                    write_run_metrics)
 from thorax_ray.data.preprocess import PreprocessingContract, normalise_images, preprocessing_contract
 from thorax_ray.losses import build_loss
-from thorax_ray.metrics import mean_auroc, per_class_auroc
+from thorax_ray.metrics import mean_auroc, mean_binary_cross_entropy, per_class_auroc
 from thorax_ray.models import MetadataFeatures, create_model, model_initialisation
 from thorax_ray.models.predict import Predictions, predict_batches
 from thorax_ray.thresholds import operating_points
 from thorax_ray.train.augment import augment_batch
 from thorax_ray.train.collectives import Collectives
-from thorax_ray.train.config import TrainConfig
-from thorax_ray.train.feeds import DatasetFeed, TensorFeed, epoch_seed
-from thorax_ray.train.lr_schedule import build_scheduler, describe_lr, effective_lr
+from thorax_ray.train.config import LOWER_IS_BETTER, TrainConfig
+from thorax_ray.train.feeds import DatasetFeed, TensorFeed, epoch_seed, rank_seed
+from thorax_ray.train.lr_schedule import adam_settings, build_scheduler, describe_lr
 
 
 def model_kwargs(config: TrainConfig) -> dict:
@@ -124,7 +124,7 @@ def start_worker(loop_config: dict) -> Worker:
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     torch.set_num_threads(max(1, int(config.run.threads_per_worker or config.run.cpus_per_worker)))
-    torch.manual_seed(config.run.seed)
+    torch.manual_seed(config.run.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
     device = training_device()
     features = MetadataFeatures(tuple(config.model.metadata_features))
     model = create_model(config.model.name, metadata_features=features, pretrained=config.model.pretrained,
@@ -139,8 +139,8 @@ def start_worker(loop_config: dict) -> Worker:
         model.load_state_dict(state.model_state, strict=True)
     model = fast.prepare_model(model)  # on the device; channels_last for image models on GPU
     global_batch = config.batch_size * world  # lr rule: thorax_ray/train/lr_schedule.py
-    optimizer = torch.optim.Adam(model.parameters(), lr=effective_lr(config.optim, global_batch),
-                                 betas=config.optim.betas, weight_decay=config.optim.weight_decay)
+    optimizer = torch.optim.Adam(model.parameters(), **adam_settings(config.optim, global_batch).as_kwargs(),
+                                 weight_decay=config.optim.weight_decay)
     scheduler = build_scheduler(config.optim, optimizer)
     if state is not None:
         optimizer.load_state_dict(state.optimizer_state)
@@ -172,7 +172,10 @@ def start_worker(loop_config: dict) -> Worker:
 def train_epoch(worker: Worker, epoch: int) -> tuple[float, int, float]:
     """One pass over this worker's training rows; returns (mean loss over all workers, rows, seconds)."""
     started = time.monotonic()
-    worker.generator.manual_seed(epoch_seed(worker.config.run.seed, epoch, worker.rank))
+    worker.generator.manual_seed(epoch_seed(worker.config.run.seed, epoch, worker.rank))  # augmentation draws
+    # Dropout and every other draw from torch's global RNGs: a state of their own per (seed, epoch, rank), so
+    # ranks draw different masks and an epoch resumed after a restart draws what it would have drawn.
+    torch.manual_seed(rank_seed(worker.config.run.seed, epoch, worker.rank))
     worker.model.train()
     spec = worker.model.spec
     # Summed on the device: no host synchronisation per step (the GPU never waits for the CPU to read it).
@@ -205,9 +208,10 @@ def validate(worker: Worker, epoch: int, *, train_loss: float, train_images: int
         # checkpoint carries them and scoring gates boxes and overlays with them (thorax_ray/thresholds.py).
         points = operating_points(predictions.labels, predictions.probabilities) if len(predictions.labels) else None
         now = time.monotonic()
+        loss = mean_binary_cross_entropy(predictions.labels, predictions.probabilities) if len(predictions.labels) else None
         record = {"epoch": epoch, "train_loss": train_loss, "train_images": train_images,
                   "train_seconds": train_seconds, "val_seconds": now - began, "val_images": len(predictions.image_index),
-                  "val": {"auroc": aurocs, "mean_auroc": mean_auroc(aurocs), "operating_points": points},
+                  "val": {"auroc": aurocs, "mean_auroc": mean_auroc(aurocs), "loss": loss, "operating_points": points},
                   "lr": worker.optimizer.param_groups[0]["lr"], "seconds": now - started}
     return worker.collectives.broadcast_object(record)
 
@@ -219,12 +223,14 @@ def end_epoch(worker: Worker, record: dict, started: float) -> None:
 
     config, epoch = worker.config, record["epoch"]
     val_mean = record["val"]["mean_auroc"]
-    worker.scheduler.step(val_mean)  # warm-up, then plateau (on this metric), cosine or none
+    worker.scheduler.step(selected_metric(record["val"], config.optim.select_by))  # warm-up, then plateau, ...
     worker.history.append(record)
-    if val_mean is not None and (worker.best is None or val_mean > worker.best["val"]["mean_auroc"]):
+    if improves(record["val"], worker.best, config.optim.select_by):
         worker.best = {"epoch": epoch, "checkpoint": checkpoint_dir_name(epoch), "val": record["val"]}
+    val_loss = record["val"].get("loss")
     metrics = {"epoch": epoch, "train_loss": record["train_loss"],
                "val_mean_auroc": val_mean if val_mean is not None else float("nan"),
+               "val_loss": val_loss if val_loss is not None else float("nan"),
                **{f"val_auroc_{k.lower()}": (v if v is not None else float("nan"))
                   for k, v in record["val"]["auroc"].items()}}
     if worker.rank != 0:
@@ -238,6 +244,22 @@ def end_epoch(worker: Worker, record: dict, started: float) -> None:
     record["wall_seconds"] = time.monotonic() - started
     write_run_metrics(worker.info["run_dir"], run_summary(config, worker.info, worker.history, worker.best,
                                                           worker.resumes), endpoint_url=config.data.s3_endpoint)
+
+
+def selected_metric(val: dict, select_by: str) -> float | None:
+    """The validation value `OptimConfig.select_by` names ("val_mean_auroc" -> val["mean_auroc"], ...)."""
+    return val.get(select_by.removeprefix("val_"))
+
+
+def improves(val: dict, best: dict | None, select_by: str) -> bool:
+    """Whether this epoch's validation beats the best so far on `select_by` (ties keep the earlier epoch)."""
+    value = selected_metric(val, select_by)
+    if value is None:
+        return False
+    previous = None if best is None else selected_metric(best["val"], select_by)
+    if previous is None:
+        return True
+    return value < previous if select_by in LOWER_IS_BETTER else value > previous
 
 
 def checkpoint_payload(worker: Worker, epoch: int) -> CheckpointPayload:
@@ -281,7 +303,8 @@ def run_summary(config: TrainConfig, info: dict, history: list[dict], best: dict
 
 def epoch_line(record: dict, epochs: int) -> str:
     """The console line of one epoch (printed by the driver from metrics.json, see trainer.watch_epochs)."""
-    return (f"epoch {record['epoch']}/{epochs} train_loss {record['train_loss']:.4f} val_mean_auroc "
+    return (f"epoch {record['epoch']}/{epochs} train_loss {record['train_loss']:.4f} val_loss "
+            f"{_fmt(record['val'].get('loss'))} val_mean_auroc "
             f"{_fmt(record['val']['mean_auroc'])} ({record['val_images']} images) lr {record['lr']:.1e} "
             f"{record.get('wall_seconds', record['seconds']):.1f}s")
 
