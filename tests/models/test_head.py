@@ -24,7 +24,8 @@ def test_float32_head_under_bf16_autocast_keeps_probabilities_fine():
 def test_every_model_ends_in_a_float32_head():
     features = MetadataFeatures(("age", "sex", "view_position"))
     for name in ("small_cnn", "mlp", "fusion"):
-        model = create_model(name, metadata_features=features, **({"backbone": "small_cnn"} if name == "fusion" else {}))
+        backbone = {"backbone": "small_cnn"} if name == "fusion" else {}
+        model = create_model(name, metadata_features=features, **backbone)
         assert isinstance(model.classifier, Float32Linear), name
         model.eval()
         images = torch.rand(2, 1, 64, 64) if model.spec.uses_images else None

@@ -32,8 +32,9 @@ from torch import nn
 
 from thorax_ray.labels import NUM_FINDINGS
 from thorax_ray.models.head import Float32Linear
-from thorax_ray.models.pretrained import (IMAGENET, IMAGENET_ARCHS, adapt_input_conv, imagenet_weights,
-                                          initialisation, load_backbone_state_dict, load_pretrained, read_state_dict)
+from thorax_ray.models.pretrained import (IMAGENET, IMAGENET_ARCHS, PretrainedArg, adapt_input_conv, imagenet_weights,
+                                          initialisation, load_backbone_state_dict, load_pretrained, pretrained_name,
+                                          read_pretrained)
 from thorax_ray.models.registry import register_model
 
 
@@ -168,7 +169,7 @@ _TORCHVISION: dict[str, _TorchvisionArch] = {
 assert tuple(sorted(_TORCHVISION)) == IMAGENET_ARCHS, "pretrained.IMAGENET_ARCHS names the torchvision CNNs"
 
 
-def build_torchvision_cnn(arch: str, *, pretrained: str | None = None, in_chans: int = 1,
+def build_torchvision_cnn(arch: str, *, pretrained: PretrainedArg = None, in_chans: int = 1,
                           num_classes: int = NUM_FINDINGS, drop_rate: float | None = None) -> ImageCNN:
     """A torchvision CNN (weights=None) with an `in_chans` stem, optional weights ("imagenet" or a
     path/URI), 14-way head."""
@@ -209,7 +210,7 @@ def _small_cnn_body(in_chans: int, widths: tuple[int, ...], strides: tuple[int, 
     return body
 
 
-def build_small_cnn(*, pretrained: str | None = None, in_chans: int = 1, num_classes: int = NUM_FINDINGS,
+def build_small_cnn(*, pretrained: PretrainedArg = None, in_chans: int = 1, num_classes: int = NUM_FINDINGS,
                     widths: tuple[int, ...] = (16, 32, 64, 128), drop_rate: float = 0.0,
                     output_stride: int | None = None) -> ImageCNN:
     """Conv3x3-BN-ReLU blocks (16 -> 32 -> 64 -> 128), GAP, linear: fast on 64-128 px on CPU.
@@ -235,10 +236,11 @@ def build_small_cnn(*, pretrained: str | None = None, in_chans: int = 1, num_cla
                      feature_dim=widths[-1], num_classes=num_classes, drop_rate=drop_rate,
                      map_stride=stride, map_offset=0.0)
     if pretrained is not None:
-        if str(pretrained).lower() == IMAGENET:
+        if str(pretrained_name(pretrained)).lower() == IMAGENET:
             imagenet_weights("small_cnn")  # raises: there are none
-        load_backbone_state_dict(model, read_state_dict(pretrained), stem_key="body.block1.conv",
-                                 classifier_key="classifier", source=str(pretrained))
+        weights = read_pretrained("small_cnn", pretrained)
+        load_backbone_state_dict(model, weights.state, stem_key="body.block1.conv", classifier_key="classifier",
+                                 source=weights.source)
     model.init = initialisation("small_cnn", pretrained)
     return model
 
@@ -254,7 +256,7 @@ def receptive_field_centres(model: nn.Module, cells: int, size: int) -> list[flo
     return [(offset + stride * i + 0.5) / size for i in range(int(cells))]
 
 
-def build_cnn(arch: str, *, pretrained: str | None = None, **kwargs) -> ImageCNN:
+def build_cnn(arch: str, *, pretrained: PretrainedArg = None, **kwargs) -> ImageCNN:
     """Any image CNN of this module by name (the fusion model uses this for its backbone)."""
     if arch == "small_cnn":
         return build_small_cnn(pretrained=pretrained, **kwargs)

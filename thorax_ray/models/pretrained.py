@@ -14,6 +14,7 @@ import io
 import os
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -183,9 +184,10 @@ def require_pretrained_weights(name: str, pretrained: str | None, backbone: str 
             "whose hub/checkpoints/ holds it)")
 
 
-def initialisation(arch: str, pretrained: str | None) -> dict[str, str]:
+def initialisation(arch: str, pretrained: PretrainedArg) -> dict[str, str]:
     """How a CNN of `arch` built with `pretrained` starts: {"kind": "imagenet" | "weights_file" | "random",
     "source": what was loaded, "label": a short phrase for column labels}."""
+    pretrained = pretrained_name(pretrained)
     if pretrained is None:
         return {"kind": "random", "source": "", "label": "random init"}
     if str(pretrained).lower() == IMAGENET:
@@ -207,13 +209,49 @@ def model_initialisation(name: str, pretrained: str | None = None, backbone: str
     return initialisation(name, pretrained)
 
 
-def load_pretrained(module: nn.Module, arch: str, pretrained: str, *, stem_key: str, classifier_key: str) -> None:
-    """Loads `pretrained` ("imagenet" or a path/URI) into `module` with `load_backbone_state_dict`."""
+@dataclass(frozen=True)
+class LoadedWeights:
+    """Pretrained weights already read, with the `pretrained` value they were read for ("imagenet" or a path):
+    accepted by `create_model(pretrained=...)` in place of that value. The training job reads them once, on
+    its driver (where `require_pretrained_weights` checked them), and hands them to every worker through
+    Ray's object store, so no worker reads a cache or file of its own node."""
+
+    source: str
+    state: dict[str, torch.Tensor]
+
+
+PretrainedArg = str | LoadedWeights | None  # what `create_model(pretrained=...)` takes
+
+
+def pretrained_name(pretrained: PretrainedArg) -> str | None:
+    """The `pretrained` value ("imagenet", a path or None), also for weights already read."""
+    return pretrained.source if isinstance(pretrained, LoadedWeights) else pretrained
+
+
+def read_pretrained(arch: str, pretrained: PretrainedArg) -> LoadedWeights:
+    """The state_dict `pretrained` names for a CNN of `arch`: torchvision's ImageNet weights, a file, or weights
+    read before (returned as they are)."""
+    if isinstance(pretrained, LoadedWeights):
+        return pretrained
     if str(pretrained).lower() == IMAGENET:
-        state, source = read_imagenet_state_dict(arch), f"torchvision {imagenet_weights(arch)}"
-    else:
-        state, source = read_state_dict(pretrained), str(pretrained)
-    load_backbone_state_dict(module, state, stem_key=stem_key, classifier_key=classifier_key, source=source)
+        return LoadedWeights(str(pretrained), read_imagenet_state_dict(arch))
+    return LoadedWeights(str(pretrained), read_state_dict(pretrained))
+
+
+def read_model_weights(name: str, pretrained: str | None, backbone: str = DEFAULT_MODEL) -> LoadedWeights | None:
+    """The weights `create_model(name, pretrained=..., backbone=...)` would read, read now (None: none)."""
+    spec = get_model_spec(name)
+    if pretrained is None or not spec.uses_images:
+        return None
+    return read_pretrained(backbone if spec.input_kind == "both" else name, pretrained)
+
+
+def load_pretrained(module: nn.Module, arch: str, pretrained: PretrainedArg, *, stem_key: str,
+                    classifier_key: str) -> None:
+    """Loads `pretrained` ("imagenet", a path/URI or LoadedWeights) into `module` with `load_backbone_state_dict`."""
+    weights = read_pretrained(arch, pretrained)
+    source = (f"torchvision {imagenet_weights(arch)}" if weights.source.lower() == IMAGENET else weights.source)
+    load_backbone_state_dict(module, weights.state, stem_key=stem_key, classifier_key=classifier_key, source=source)
 
 
 # ----- the common interface --------------------------------------------------------------------------

@@ -59,6 +59,16 @@ def restore_state(run_dir: str, endpoint: str | None) -> CheckpointPayload | Non
     return replace(state, epoch=state.epoch + 1, history=[shift(h) for h in state.history], best=shift(state.best))
 
 
+def pretrained_weights(config: TrainConfig, info: dict):
+    """The pretrained weights the driver read and put in the object store (thorax_ray/train/train.fit), else the
+    config's value (the model reads them itself)."""
+    if "pretrained_weights" not in info:
+        return config.model.pretrained
+    import ray  # deferred: Ray (absent on the GPU machine)
+
+    return ray.get(info["pretrained_weights"])
+
+
 def training_device() -> torch.device:
     """The worker's device as Ray Train assigns it (a GPU when the worker holds one)."""
     import ray.train.torch  # deferred: Ray (absent on the GPU machine)
@@ -127,7 +137,7 @@ def start_worker(loop_config: dict) -> Worker:
     torch.manual_seed(config.run.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
     device = training_device()
     features = MetadataFeatures(tuple(config.model.metadata_features))
-    model = create_model(config.model.name, metadata_features=features, pretrained=config.model.pretrained,
+    model = create_model(config.model.name, metadata_features=features, pretrained=pretrained_weights(config, info),
                          **model_kwargs(config))
     spec = model.spec
     # GPU: bf16 autocast, channels_last, pinned batches copied one ahead, torch.compile (config.run.compile,

@@ -15,11 +15,11 @@ The square-root rule keeps Adam's SDE approximation when the batch changes; it i
 rescaled beta stays in [0, 1), i.e. kappa < 1 / (1 - beta1) (10 at CheXNet's beta1 = 0.9), and Malladi et al.
 validate it for moderate kappa only: it stops holding once the batch is so large that gradient noise no longer
 dominates. `lr_rule_problem` names a run outside that range in one line (the training job refuses it before
-Ray starts). The target learning rate is reached through `warmup_epochs` epochs of linear warm-up: epoch e < warmup_epochs runs at through `warmup_epochs` epochs of linear warm-up: epoch e < warmup_epochs runs at
-(e + 1) / (warmup_epochs + 1) of it. After the warm-up the main scheduler (`OptimConfig.scheduler`:
-plateau = /10 when the validation metric `OptimConfig.select_by` stops improving for `patience` epochs
-(CheXNet: the validation loss, patience 1), cosine over the remaining epochs, none) takes over. The schedule
-is stepped once per epoch (`EpochSchedule.step(metric)`).
+Ray starts). The target learning rate is reached through `warmup_epochs` epochs of linear warm-up: epoch
+e < warmup_epochs runs at (e + 1) / (warmup_epochs + 1) of it. After the warm-up the main scheduler
+(`OptimConfig.scheduler`: plateau = /10 when the validation metric `OptimConfig.select_by` stops improving
+for `patience` epochs (CheXNet: the validation loss, patience 1), cosine over the remaining epochs, none)
+takes over. The schedule is stepped once per epoch (`EpochSchedule.step(metric)`).
 """
 from __future__ import annotations
 
@@ -126,9 +126,9 @@ def _main_scheduler(optim: OptimConfig, optimizer: torch.optim.Optimizer):
 
 
 class EpochSchedule:
-    """Warm-up, then the main scheduler; `step(metric)` once after every epoch (the metric, the
-    validation metric named by `OptimConfig.select_by`, is used by plateau only). The target learning rate is the optimiser's lr
-    when this is built; `state_dict` / `load_state_dict` resume it exactly."""
+    """Warm-up, then the main scheduler; `step(metric)` once after every epoch (the metric, the validation
+    metric named by `OptimConfig.select_by`, is used by plateau only). The target learning rate is the
+    optimiser's lr when this is built; `state_dict` / `load_state_dict` resume it exactly."""
 
     def __init__(self, optim: OptimConfig, optimizer: torch.optim.Optimizer) -> None:
         self.optimizer = optimizer

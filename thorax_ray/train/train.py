@@ -14,6 +14,7 @@ from thorax_ray.checkpoint import run_metrics
 from thorax_ray.cluster import ClusterCapacity, check_shared_storage, cluster_capacity, resolve_use_gpu
 from thorax_ray.data.sources import open_source
 from thorax_ray.models import MetadataFeatures, get_model_spec
+from thorax_ray.models.pretrained import read_model_weights
 from thorax_ray.train.config import TrainConfig
 from thorax_ray.train.feeds import encode_rows
 from thorax_ray.train.loop import epoch_line, train_loop_per_worker
@@ -99,6 +100,7 @@ def fit(config: TrainConfig, *, callbacks: list | None = None, capacity: Cluster
     RunConfig, e.g. Tune's `TuneReportCallback` when a Tune trial runs this (thorax_ray/tune). `capacity`:
     what the cluster has and can launch (default: read now); GPU use and storage are checked against it
     before any data is opened. `progress`: one console line per epoch (from metrics.json)."""
+    import ray  # deferred: Ray (absent on the GPU machine)
     import ray.train  # deferred: Ray (absent on the GPU machine)
     from ray.train.torch import TorchTrainer  # deferred: Ray (absent on the GPU machine)
 
@@ -125,6 +127,9 @@ def fit(config: TrainConfig, *, callbacks: list | None = None, capacity: Cluster
     else:  # the metadata model: rows encoded once here, sliced as tensors by the workers (thorax_ray/train/feeds)
         datasets = {}
         info["encoded_rows"] = encoded_rows(source, config)
+    weights = read_model_weights(config.model.name, config.model.pretrained, config.model.backbone)
+    if weights is not None:  # read once, here (where the job checked them), not from each worker node's cache
+        info["pretrained_weights"] = ray.put(weights)
     resources = {"CPU": config.run.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}
     storage_path, storage_filesystem = ray_storage(config.run.storage, config.data.s3_endpoint)
     console.say("train", f"{config.model.name} on {source.kind} data {config.data.data} ({train_rows} train rows, "
