@@ -6,6 +6,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# Test processes (pytest-xdist): each runs its own share of the tests and its own session fixtures (moto, one
+# local Ray). Two on a 2-core machine: most of a Ray test is waiting on processes, not computing.
+TEST_WORKERS ?= 2
 
 .PHONY: demo test test-fast bench venv clean
 
@@ -21,10 +24,10 @@ demo: $(STAMP)
 	$(PY) jobs/demo.py
 
 test: $(STAMP)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist worksteal -m "not slow" $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) data/demo runs
