@@ -12,7 +12,7 @@ from thorax_ray.cli import (add_cluster_arguments, add_placement_arguments, job_
 from thorax_ray.cluster import cluster_capacity
 from thorax_ray.config_io import config_from_flags
 from thorax_ray.data.prepare import PrepareConfig, prepare
-from thorax_ray.data.splits import TRAINING_SPLITS
+from thorax_ray.data.splits import SPLIT_KINDS, TRAINING_SPLITS
 from thorax_ray.preflight import require_inputs
 from thorax_ray.ray_setup import init_ray
 
@@ -21,7 +21,7 @@ FLAGS = {  # flag -> PrepareConfig field; every flag's default is the field's
     "read_attempts": "image.read_attempts", "expected_source_size": "image.expected_source_size",
     "target_file_mb": "target_file_mb", "val_fraction": "split.val_fraction", "test_fraction": "split.test_fraction",
     "seed": "seed", "keep_previous_hours": "keep_previous_hours", "s3_endpoint": "image.endpoint_url",
-    "shared_fs": "shared_fs",
+    "shared_fs": "shared_fs", "split": "split.kind", "split_seed": "split.seed",
 }
 
 
@@ -41,6 +41,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="share of patients for validation (training needs at least one)")
     parser.add_argument("--test-fraction", type=float,
                         help="share of patients for test when the dataset has no test_list.txt")
+    parser.add_argument("--split", choices=SPLIT_KINDS,
+                        help="official: NIH's train_val_list.txt/test_list.txt when present (else random); random: "
+                             "a random patient split with --val-fraction/--test-fraction/--split-seed even when "
+                             "the lists are present (CheXNet: 0.1/0.2)")
+    parser.add_argument("--split-seed", type=int, help="seed of the patient split")
     parser.add_argument("--seed", type=int, help="seed of the shards' random row order")
     parser.add_argument("--keep-previous-hours", type=float,
                         help="with --overwrite: hours the replaced version stays readable")

@@ -108,3 +108,69 @@ def test_a_binary_csv_is_an_error_naming_the_file(tmp_path):
     (tmp_path / "Data_Entry_2017.csv").write_bytes(b"Image Index\x00\x00\x01")
     with pytest.raises(NotTextError, match=r"Data_Entry_2017.csv: a binary file \(NUL byte"):
         build_manifest(str(tmp_path))
+
+
+# -- the kind of split (issue 23, item 4) -----------------------------------------------------------------
+
+def write_listed_dataset(root, patients=400):
+    """A metadata-only dataset with NIH's split lists: the first fifth of the patients in test_list.txt, the
+    rest in train_val_list.txt. Returns the names in test_list.txt."""
+    from tests.data.test_splits import population
+
+    root.mkdir(parents=True, exist_ok=True)
+    frame = population(patients)
+    lines = [f"{name},No Finding,{name[9:12].lstrip('0') or 0},{pid},50,M,PA,2500,2048,0.143,0.143"
+             for name, pid in zip(frame["image_index"], frame["patient_id"])]
+    (root / "Data_Entry_2017.csv").write_text("\n".join([DATA_ENTRY_HEADER, *lines]) + "\n")
+    is_test = frame["patient_id"] <= patients // 5
+    (root / "test_list.txt").write_text("\n".join(frame.loc[is_test, "image_index"]) + "\n")
+    (root / "train_val_list.txt").write_text("\n".join(frame.loc[~is_test, "image_index"]) + "\n")
+    return set(frame.loc[is_test, "image_index"])
+
+
+def test_default_manifest_split_is_unchanged(tmp_path):
+    """Split hashes of these layouts before the split kind existed: no option, no change."""
+    for layout, expected in (("full", "4bb1a2c0ab6d75fb"), ("sample", "f172ee0326a429f6")):
+        make_layout(tmp_path / layout, layout)
+        frame, summary = build_manifest(str(tmp_path / layout))
+        assert summary.split_hash == expected
+    assert summary.split_source == "patient hash"
+
+
+def test_random_kind_ignores_the_official_lists(tmp_path):
+    official_test = write_listed_dataset(tmp_path)
+    frame, summary = build_manifest(str(tmp_path))
+    assert set(frame.loc[frame["split"] == "test", "image_index"]) == official_test
+    assert summary.split["kind"] == "official" and summary.split_source.startswith("official lists")
+
+    chexnet = SplitConfig(kind="random", val_fraction=0.1, test_fraction=0.2, seed=0, required=("train", "val"))
+    frame, summary = build_manifest(str(tmp_path), chexnet)
+    check_patient_disjoint(frame)
+    assert set(frame.loc[frame["split"] == "test", "image_index"]) != official_test
+    share = frame.groupby("split")["patient_id"].nunique() / frame["patient_id"].nunique()
+    assert share["test"] == pytest.approx(0.2, abs=0.06) and share["val"] == pytest.approx(0.1, abs=0.05)
+    assert summary.split == {"kind": "random", "requested": "random", "val_fraction": 0.1, "test_fraction": 0.2,
+                             "seed": 0}
+    assert "random patient split" in summary.split_source and "official lists ignored" in summary.format()
+    # the same rows as the patient hash a dataset without the lists gets
+    (tmp_path / "test_list.txt").unlink()
+    (tmp_path / "train_val_list.txt").unlink()
+    unlisted, _ = build_manifest(str(tmp_path), chexnet)
+    assert (unlisted["split"] == frame["split"]).all()
+
+
+def test_split_kind_round_trips_through_the_manifest(tmp_path):
+    from thorax_ray.data.manifest import manifest_split
+
+    write_listed_dataset(tmp_path / "data", patients=60)
+    for config in (SplitConfig(), SplitConfig(kind="random", val_fraction=0.15, test_fraction=0.25, seed=4)):
+        frame, summary = build_manifest(str(tmp_path / "data"), config)
+        write_manifest(frame, str(tmp_path / "manifest.parquet"), summary)
+        _, info = read_manifest(str(tmp_path / "manifest.parquet"))
+        assert manifest_split(info) == summary.split and manifest_split(info)["kind"] == config.kind
+        assert info["split_hash"] == summary.split_hash and info["split_source"] == summary.split_source
+    # manifests written before the kind was recorded: the kind their split_source names, nothing more
+    assert manifest_split({"split_source": "official lists (validation carved by patient)"})["kind"] == "official"
+    assert manifest_split({"split_source": "patient hash"}) == {
+        "kind": "random", "requested": None, "val_fraction": None, "test_fraction": None, "seed": None}
+    assert manifest_split({})["kind"] is None

@@ -140,3 +140,25 @@ def test_s3_in_and_out(ray_local, synthetic_small, s3_bucket, tmp_path):
     shards = read_prepared(out, ["val", "test"]).to_pandas()
     assert set(shards["split"]) <= {"val", "test"} and len(shards) == record["written"]["val"] + record["written"]["test"]
     assert images_to_array(shards["image"].tolist(), 32).shape == (len(shards), 32, 32)
+
+
+def test_readme_chexnet_split_command_builds_a_random_70_10_20_split(tmp_path):
+    """The README's command for CheXNet's split, parsed by jobs/prepare.py as a user runs it, and the manifest
+    that split gives a dataset with NIH's lists (in-process: the Ray pass of prepare is tested above)."""
+    import shlex
+
+    from tests.data.test_manifest import write_listed_dataset
+    from tests.jobs.test_help import REPO, job_module
+    from thorax_ray.data.manifest import build_manifest
+    from thorax_ray.data.splits import TRAINING_SPLITS, SplitConfig
+
+    readme = open(os.path.join(REPO, "README.md"), encoding="utf-8").read()
+    line = next(x for x in readme.splitlines() if x.startswith("python jobs/prepare.py") and "--split random" in x)
+    job = job_module("prepare")
+    config = job.build_config(job.parse_args(shlex.split(line)[2:]))
+    assert config.split == SplitConfig(kind="random", val_fraction=0.1, test_fraction=0.2, seed=0,
+                                       required=TRAINING_SPLITS)
+    official_test = write_listed_dataset(tmp_path)
+    frame, summary = build_manifest(str(tmp_path), config.split)
+    assert set(frame.loc[frame["split"] == "test", "image_index"]) != official_test
+    assert summary.split["kind"] == "random" and summary.split["test_fraction"] == 0.2

@@ -91,3 +91,40 @@ def test_a_required_split_without_patients_names_the_split_and_the_fix():
         check_required_splits(frame, SplitConfig(required=("train", "val")), source="data/x")
     with pytest.raises(SplitError, match="unknown split"):
         SplitConfig(required=("validation",))
+
+
+# -- the kind of split (issue 23, item 4) -----------------------------------------------------------------
+
+def official_lists(frame, test_patients=80):
+    is_test = frame["patient_id"] <= test_patients
+    return {"test_names": set(frame.loc[is_test, "image_index"]),
+            "train_val_names": set(frame.loc[~is_test, "image_index"])}
+
+
+def test_default_split_is_unchanged():
+    """Split hashes computed before SplitConfig had a kind: the default (and any seed) splits the same rows."""
+    frame = population()
+    assert SplitConfig().kind == "official"
+    assert split_hash(frame["image_index"], assign_splits(frame)) == "ab8a66ccc6ffbf88"
+    assert split_hash(frame["image_index"], assign_splits(frame, SplitConfig(seed=3))) == "b4e9d026a5478d55"
+
+
+def test_an_unknown_kind_is_refused_naming_the_known_ones():
+    with pytest.raises(SplitError, match=r"unknown split kind 'chexnet'; known: \['official', 'random'\]"):
+        SplitConfig(kind="chexnet")
+
+
+def test_split_record_and_its_description():
+    from thorax_ray.data.splits import describe_split, split_record
+
+    chexnet = split_record(SplitConfig(kind="random", val_fraction=0.1, test_fraction=0.2), official_lists=False)
+    assert chexnet == {"kind": "random", "requested": "random", "val_fraction": 0.1, "test_fraction": 0.2, "seed": 0}
+    assert describe_split(chexnet) == "random patient split 70/10/20 (train/val/test), seed 0"
+    official = split_record(SplitConfig(seed=2), official_lists=True)
+    assert official == {"kind": "official", "requested": "official", "val_fraction": 0.1, "test_fraction": None,
+                        "seed": 2}
+    assert describe_split(official) == "official split (NIH's test_list.txt; validation 10% of train_val patients, seed 2)"
+    fallback = split_record(SplitConfig(), official_lists=False)  # asked for the lists, the dataset has none
+    assert fallback["kind"] == "random" and fallback["requested"] == "official"
+    assert describe_split(fallback).endswith("seed 0 (no official lists in the dataset)")
+    assert describe_split(None) == describe_split({"kind": "<b>"}) == "not recorded"

@@ -131,7 +131,14 @@ def test_tune_base_overrides(argv, expected):
                           endpoint_url='http://e'),
         split=SplitConfig(val_fraction=0.25, test_fraction=0.15, seed=0, required=('train', 'val')), overwrite=True,
         keep_previous_hours=1.5, seed=3, lock_ttl_s=600.0, shared_fs=True, target_file_mb=16, compression='none')),
-], ids=["defaults", "every-flag"])
+    (["--data", "d", "--out", "o", "--split", "random", "--split-seed", "5"], PrepareConfig(
+        data='d', out='o', metadata=None,
+        image=ImageConfig(size=224, batch_size=32, read_attempts=3, io_threads=8, expected_source_size=None,
+                          endpoint_url=None),
+        split=SplitConfig(val_fraction=0.1, test_fraction=0.2, seed=5, required=('train', 'val'), kind='random'),
+        overwrite=False, keep_previous_hours=72.0, seed=0, lock_ttl_s=600.0, shared_fs=False, target_file_mb=256,
+        compression='none')),
+], ids=["defaults", "every-flag", "split-random"])
 def test_prepare_config(argv, expected):
     assert repr(build("prepare", argv)) == repr(expected)
 

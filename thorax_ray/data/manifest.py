@@ -14,8 +14,8 @@ import pyarrow.parquet as pq
 from thorax_ray import storage
 from thorax_ray.data.locate import DatasetFiles, discover, read_name_list
 from thorax_ray.data.nih_csv import MetadataTable, read_metadata
-from thorax_ray.data.splits import (SPLITS, SplitConfig, assign_splits, check_patient_disjoint, check_required_splits,
-                                    split_hash)
+from thorax_ray.data.splits import (SPLIT_KINDS, SPLITS, SplitConfig, assign_splits, check_patient_disjoint,
+                                    check_required_splits, split_hash, split_record)
 from thorax_ray.labels import FINDING_COLUMNS
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,7 @@ class ManifestSummary:
     split_source: str
     split_hash: str
     data_origin: str = "real"  # "synthetic" when the dataset carries thorax_ray.synthetic's record
+    split: dict = field(default_factory=dict)  # splits.split_record: kind, requested kind, fractions, seed
     split_rows: dict[str, int] = field(default_factory=dict)
     split_patients: dict[str, int] = field(default_factory=dict)
     finding_counts: dict[str, dict[str, int]] = field(default_factory=dict)  # split -> finding -> positives
@@ -103,16 +104,24 @@ def build_manifest(
     frame["path"] = frame["image_index"].map(files.images).astype(object)
     frame["path"] = frame["path"].where(frame["path"].notna(), None)
 
-    split_source, lists = _split_lists(files, endpoint_url)
+    split_source, lists = _split_lists(files, endpoint_url, split_config)
     frame["split"] = assign_splits(frame, split_config, **lists)
     check_patient_disjoint(frame)
     check_required_splits(frame, split_config, source=data)
     frame = frame[list(MANIFEST_COLUMNS)]
-    return frame, _summarise(frame, files, table, split_source)
+    summary = _summarise(frame, files, table, split_source)
+    summary.split = split_record(split_config, official_lists=bool(lists))
+    return frame, summary
 
 
-def _split_lists(files: DatasetFiles, endpoint_url: str | None) -> tuple[str, dict]:
-    if files.test_list is None and files.train_val_list is None:
+def _split_lists(files: DatasetFiles, endpoint_url: str | None, config: SplitConfig) -> tuple[str, dict]:
+    """(how the split was made, the official lists for assign_splits: none for a random split)."""
+    has_lists = files.test_list is not None or files.train_val_list is not None
+    if config.kind == "random" and has_lists:
+        log.info("--split random: the dataset's official split lists are ignored")
+        return (f"random patient split (val {config.val_fraction}, test {config.test_fraction}, seed {config.seed}; "
+                "official lists ignored)"), {}
+    if not has_lists:
         return "patient hash", {}
     lists = {
         "test_names": read_name_list(files.test_list, endpoint_url=endpoint_url) if files.test_list else set(),
@@ -157,7 +166,7 @@ def write_manifest(frame: pd.DataFrame, uri: str, summary: ManifestSummary, *, e
     """Writes the manifest Parquet with the split hash and source in its schema metadata (one PUT / rename)."""
     table = pa.Table.from_pandas(frame[list(MANIFEST_COLUMNS)], schema=MANIFEST_SCHEMA, preserve_index=False)
     info = {"split_hash": summary.split_hash, "source": summary.source, "split_source": summary.split_source,
-            "data_origin": summary.data_origin}
+            "data_origin": summary.data_origin, "split": summary.split}
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), METADATA_KEY: json.dumps(info).encode()})
     fs, path = storage.filesystem(uri, endpoint_url=endpoint_url)
     parent = path.rsplit("/", 1)[0] if "/" in path else path
@@ -185,3 +194,16 @@ def read_manifest(uri: str, *, endpoint_url: str | None = None) -> tuple[pd.Data
         raise ManifestError(f"{uri}: not a thorax-ray manifest, missing columns {sorted(missing)}")
     info = json.loads((table.schema.metadata or {}).get(METADATA_KEY, b"{}"))
     return table.to_pandas(), info
+
+
+def manifest_split(info: dict) -> dict:
+    """Which kind of split a manifest's rows have, from read_manifest's info: splits.split_record's dict
+    ({"kind": "official" | "random", "requested", "val_fraction", "test_fraction", "seed"}). Manifests
+    written before it was recorded give the kind their `split_source` names and None for the rest;
+    {"kind": None, ...} when even that is missing."""
+    record = info.get("split")
+    if isinstance(record, dict) and record.get("kind") in SPLIT_KINDS:
+        return dict(record)
+    source = str(info.get("split_source") or "")
+    kind = "official" if source.startswith("official") else "random" if source else None
+    return {"kind": kind, "requested": None, "val_fraction": None, "test_fraction": None, "seed": None}

@@ -1,4 +1,12 @@
-"""Patient-level train/val/test splits and the stable hash that identifies a split."""
+"""Patient-level train/val/test splits and the stable hash that identifies a split.
+
+Two kinds of split (`SplitConfig.kind`, recorded with every manifest by `split_record`):
+- "official" (the default): NIH's train_val_list.txt / test_list.txt when the dataset has them, validation
+  carved from train_val by patient; a dataset without the lists gets a random patient split instead.
+- "random": a random patient split with the stated fractions and seed even when the lists are present.
+  CheXNet's split is this kind, 70/10/20 (train/val/test): `kind="random", val_fraction=0.1, test_fraction=0.2`.
+Published numbers on one kind are not comparable with numbers on the other (Wang et al. 2017, official
+split: 0.745 mean AUROC; CheXNet, random split: 0.841)."""
 from __future__ import annotations
 
 import hashlib
@@ -12,6 +20,7 @@ log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 TRAINING_SPLITS = ("train", "val")  # what training data must have patients in (model selection needs val)
+SPLIT_KINDS = ("official", "random")  # SplitConfig.kind
 
 
 class SplitError(ValueError):
@@ -21,14 +30,18 @@ class SplitError(ValueError):
 @dataclass(frozen=True)
 class SplitConfig:
     """Fractions of patients; with official lists, `test_fraction` is unused and `val_fraction` is the
-    share of train_val patients carved out for validation."""
+    share of train_val patients carved out for validation. `kind` (SPLIT_KINDS): "official" uses the lists
+    when present, "random" ignores them (see the module docstring)."""
 
     val_fraction: float = 0.1
     test_fraction: float = 0.2
     seed: int = 0
     required: tuple[str, ...] = ()  # splits that must get at least one patient (training data: train and val)
+    kind: str = "official"
 
     def __post_init__(self) -> None:
+        if self.kind not in SPLIT_KINDS:
+            raise SplitError(f"unknown split kind {self.kind!r}; known: {list(SPLIT_KINDS)}")
         if not (0 <= self.val_fraction < 1 and 0 <= self.test_fraction < 1 and self.val_fraction + self.test_fraction < 1):
             raise SplitError(f"bad split fractions: val={self.val_fraction}, test={self.test_fraction}")
         unknown = set(self.required) - set(SPLITS)
@@ -92,6 +105,39 @@ def assign_splits(
         is_val = ~is_test & (u < config.test_fraction + config.val_fraction)
     split = np.where(is_test, "test", np.where(is_val, "val", "train"))
     return pd.Series(split, index=frame.index, name="split")
+
+
+def split_record(config: SplitConfig, *, official_lists: bool) -> dict:
+    """What a manifest records of its split: {"kind", "requested", "val_fraction", "test_fraction", "seed"};
+    `kind` is the split the rows got ("official" only when `official_lists` were used), `requested` the
+    config's kind (an "official" request on a dataset without the lists gives a "random" split), and
+    `test_fraction` is None for the official split (test_list.txt decides)."""
+    kind = "official" if official_lists else "random"
+    return {"kind": kind, "requested": config.kind, "val_fraction": config.val_fraction,
+            "test_fraction": None if official_lists else config.test_fraction, "seed": config.seed}
+
+
+def describe_split(record: dict | None) -> str:
+    """One line for people: "random patient split 70/10/20 (train/val/test), seed 0", "official split
+    (NIH's test_list.txt; validation 10% of train_val patients, seed 0)", or "not recorded"."""
+    if not record or record.get("kind") not in SPLIT_KINDS:
+        return "not recorded"
+    val, seed = record.get("val_fraction"), record.get("seed")
+    if record["kind"] == "official":
+        carved = (f"validation {_percent(val)} of train_val patients" if val is not None
+                  else "validation carved by patient")
+        return f"official split (NIH's test_list.txt; {carved}, seed {seed})"
+    test = record.get("test_fraction")
+    if val is None or test is None:
+        return "random patient split"
+    shares = "/".join(_percent(x, sign=False) for x in (1 - val - test, val, test))
+    fallback = " (no official lists in the dataset)" if record.get("requested") == "official" else ""
+    return f"random patient split {shares} (train/val/test), seed {seed}{fallback}"
+
+
+def _percent(fraction: float, *, sign: bool = True) -> str:
+    text = f"{fraction * 100:.1f}".rstrip("0").rstrip(".")
+    return text + ("%" if sign else "")
 
 
 def split_hash(image_index: pd.Series, split: pd.Series) -> str:

@@ -1,11 +1,13 @@
 """Our models beside the published references: the AUROC comparison table (for the plot, the terminal and
-the report), model labels that name data and split, and how numbers are written for people."""
+the report), model labels that name data and split, the kind of split the run used (`run_split`) and which
+references used the same kind, and how numbers are written for people."""
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
 
-from thorax_ray.evaluation.references import MEAN_ROW, REFERENCE_AUROC
+from thorax_ray.data.splits import SPLIT_KINDS, describe_split
+from thorax_ray.evaluation.references import MEAN_ROW, REFERENCE_AUROC, REFERENCE_SPLIT
 from thorax_ray.labels import FINDINGS
 
 
@@ -49,16 +51,57 @@ def models_of(metrics: Mapping) -> dict[str, Mapping]:
     return dict(models)
 
 
+def run_split(metrics: Mapping) -> dict | None:
+    """The kind of split of the evaluated rows: `metrics["data_split"]`, the manifest's record
+    (thorax_ray.data.manifest.manifest_split: {"kind", "val_fraction", "test_fraction", "seed", ...}) or just
+    its kind ("official" / "random"); None when the metrics do not record it."""
+    value = metrics.get("data_split")
+    if isinstance(value, str):
+        value = {"kind": value}
+    if isinstance(value, Mapping) and value.get("kind") in SPLIT_KINDS:
+        return dict(value)
+    return None
+
+
+def split_line(metrics: Mapping) -> str:
+    """"split kind: <what the run used>", for the header of every table and of the report."""
+    return f"split kind: {describe_split(run_split(metrics))}"
+
+
+def reference_match(label: str, metrics: Mapping) -> bool | None:
+    """Whether the reference column `label` is on the same kind of split as the run (None: unknown)."""
+    run, kind = run_split(metrics), REFERENCE_SPLIT.get(label)
+    return None if run is None or kind is None else run["kind"] == kind
+
+
+def reference_note(label: str, metrics: Mapping) -> str:
+    """The reference column's kind of split and whether it matches the run's, e.g. "official split: not the
+    run's kind (random), not like-for-like"."""
+    kind, match = REFERENCE_SPLIT.get(label, "unknown"), reference_match(label, metrics)
+    if match is None:
+        return f"{kind} split"
+    if match:
+        return f"{kind} split: the same kind as this run"
+    return f"{kind} split: not this run's kind ({run_split(metrics)['kind']}), not like-for-like"
+
+
+def reference_columns(metrics: Mapping) -> list[str]:
+    """REFERENCE_AUROC's columns grouped: those on the run's kind of split first (published order within
+    a group; unchanged when the run's kind is not recorded)."""
+    return sorted(REFERENCE_AUROC, key=lambda label: reference_match(label, metrics) is False)
+
+
 def comparison_table(metrics: Mapping, *, references: bool = True) -> dict[str, dict[str, float | None]]:
     """Column label -> {finding and "mean": AUROC}: our models (labelled with dataset and split),
-    then the published reference columns. Feed it to plots.plot_auroc_comparison."""
+    then the published reference columns (those on the run's kind of split first). Feed it to
+    plots.plot_auroc_comparison."""
     table: dict[str, dict[str, float | None]] = {}
     for name, entry in models_of(metrics).items():
         column = {f: (entry.get("auroc") or {}).get(f) for f in FINDINGS}
         column[MEAN_ROW] = entry.get("mean_auroc")
         table[model_label(name, entry, metrics)] = column
     if references:
-        table.update({k: dict(v) for k, v in REFERENCE_AUROC.items()})
+        table.update({k: dict(REFERENCE_AUROC[k]) for k in reference_columns(metrics)})
     return table
 
 
@@ -69,7 +112,8 @@ def comparison_ci(metrics: Mapping) -> dict[str, dict]:
 
 def format_comparison_table(metrics: Mapping) -> str:
     """Plain-text headline table for the terminal: AUROC [95% CI] per finding for each model and the
-    published references, with a legend naming every column (data set and split)."""
+    published references, under a line naming the run's kind of split, with a legend naming every column
+    (data set and split; each reference marked as on the run's kind of split or not)."""
     models = models_of(metrics)
     columns: list[tuple[str, list[str]]] = []
     for name, entry in models.items():
@@ -79,18 +123,23 @@ def format_comparison_table(metrics: Mapping) -> str:
             ci = (entry.get("auroc_ci") or {}).get(f)
             cells.append(f"{format_number(value)} {format_ci(ci)}".strip())
         columns.append((model_label(name, entry, metrics), cells))
-    for label, ref in REFERENCE_AUROC.items():
+    references = reference_columns(metrics)
+    for label in references:
+        ref = REFERENCE_AUROC[label]
         columns.append((label, [format_number(ref.get(f), 4) for f in list(FINDINGS) + [MEAN_ROW]]))
     keys = [f"({i + 1})" for i in range(len(columns))]
     first_width = max(len(f) for f in FINDINGS)
     widths = [max(len(k), *(len(c) for c in cells)) for k, (_, cells) in zip(keys, columns)]
-    lines = ["finding".ljust(first_width) + "  " + "  ".join(k.rjust(w) for k, w in zip(keys, widths))]
-    lines.append("-" * len(lines[0]))
+    lines = [split_line(metrics), "",
+             "finding".ljust(first_width) + "  " + "  ".join(k.rjust(w) for k, w in zip(keys, widths))]
+    rule = "-" * len(lines[-1])
+    lines.append(rule)
     for r, f in enumerate(list(FINDINGS) + [MEAN_ROW]):
         if f == MEAN_ROW:
-            lines.append("-" * len(lines[0]))
+            lines.append(rule)
         lines.append(f.ljust(first_width) + "  " + "  ".join(cells[r].rjust(w) for (_, cells), w in zip(columns, widths)))
     lines.append("")
-    lines += [f"{k} {label}" for k, (label, _) in zip(keys, columns)]
+    lines += [f"{k} {label}" + (f" [{reference_note(label, metrics)}]" if label in references else "")
+              for k, (label, _) in zip(keys, columns)]
     lines.append("Ours: AUROC [95% patient-bootstrap CI]; references: published, real NIH data, split as named.")
     return "\n".join(lines)

@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from thorax_ray import storage
+from thorax_ray.evaluation.comparison import reference_note, run_split
 from thorax_ray.evaluation.references import MEAN_ROW, REFERENCE_AUROC
 from thorax_ray.labels import FINDINGS
 
@@ -130,11 +131,13 @@ def _value(v) -> float:
 def plot_auroc_comparison(table, path, *, reference_columns: Sequence[str] | None = None,
                           ci: Mapping[str, Mapping[str, Sequence[float] | None]] | None = None,
                           split: str = "test", title: str | None = None, include_mean: bool = True,
-                          endpoint_url: str | None = None) -> str:
+                          data_split: Mapping | str | None = None, endpoint_url: str | None = None) -> str:
     """Grouped bars of AUROC per finding (and the mean, key "mean"), one bar per model column, with
     optional 95% CIs as error bars; reference columns (by default those named in
     report.REFERENCE_AUROC) are drawn as markers, not bars. `table`: column -> {finding: AUROC | None}
-    or a DataFrame indexed by finding. Returns `path`."""
+    or a DataFrame indexed by finding. `data_split` (the metrics' "data_split", comparison.run_split): the
+    run's kind of split, named in the title, each reference's legend entry saying whether it matches.
+    Returns `path`."""
     columns = _table_columns(table)
     references = list(reference_columns) if reference_columns is not None else [c for c in columns if c in REFERENCE_AUROC]
     models = [c for c in columns if c not in references]
@@ -154,10 +157,12 @@ def plot_auroc_comparison(table, path, *, reference_columns: Sequence[str] | Non
             yerr = np.clip(np.vstack([np.nan_to_num(values - lo), np.nan_to_num(hi - values)]), 0.0, None)
         ax.bar(offset, np.nan_to_num(values), width=width * 0.95, yerr=yerr, capsize=2, label=name)
     markers = ["D", "^", "s", "v", "o", "P", "X"]
+    run = {"data_split": data_split}
     for k, name in enumerate(references):
         values = np.array([_value(columns[name].get(r)) for r in rows])
+        label = f"{name} [{reference_note(name, run)}]" if run_split(run) and name in REFERENCE_AUROC else name
         ax.scatter(x, values, marker=markers[k % len(markers)], s=42, color="black" if k == 0 else None,
-                   zorder=5, label=name)
+                   zorder=5, label=label)
     ax.set_xticks(x)
     ax.set_xticklabels(rows, rotation=35, ha="right", fontsize=9)
     shown = [_value(columns[c].get(r)) for c in columns for r in rows]
@@ -165,7 +170,9 @@ def plot_auroc_comparison(table, path, *, reference_columns: Sequence[str] | Non
     ax.set_ylim(max(0.0, math.floor((low - 0.05) * 10) / 10), 1.0)
     ax.axhline(0.5, color="0.6", linestyle=":", linewidth=1)
     ax.set_ylabel("AUROC")
-    ax.set_title(title or f"AUROC per finding: our models ({split} split, bars, 95% CI) vs published references (markers)")
+    kind = run_split(run)
+    default_title = f"AUROC per finding: our models ({split} split, bars, 95% CI) vs published references (markers)"
+    ax.set_title(title or default_title + (f"\nour rows: {kind['kind']} split" if kind else ""))
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=3, frameon=False)
     ax.grid(axis="y", alpha=0.3)
     return _save(fig, path, endpoint_url)

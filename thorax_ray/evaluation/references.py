@@ -1,5 +1,6 @@
 """Published results the evaluation sets beside ours (`../shared/ANCHORS.md`), each column named with its
-data and split."""
+data and split, and the kind of split each used (`REFERENCE_SPLIT`, thorax_ray.data.splits.SPLIT_KINDS): the
+report and the terminal table mark which references used the same kind of split as the evaluated run."""
 from __future__ import annotations
 
 MEAN_ROW = "mean"
@@ -30,7 +31,12 @@ REFERENCE_AUROC: dict[str, dict[str, float]] = {
 }
 """Published per-class AUROC (ANCHORS.md), column name (saying data and split) -> finding -> AUROC."""
 
+REFERENCE_SPLIT: dict[str, str] = {WANG_2017: "official", CHEXNET_2017: "random", CHEXNET_REIMPL: "random"}
+"""Column of REFERENCE_AUROC -> the kind of split its numbers are on ("official": NIH's train_val/test lists;
+"random": a random patient split, CheXNet's 70/10/20)."""
+
 REFERENCE_LOCALIZATION_LABEL = "Wang 2017 ResNet-50 (real data, official boxes)"
+REFERENCE_LOCALIZATION_SPLIT = "official"  # every boxed image is in NIH's official test list
 REFERENCE_LOCALIZATION_IOBB: dict[str, dict[str, float]] = {
     "0.1": {"Atelectasis": 0.622, "Cardiomegaly": 1.000, "Effusion": 0.797, "Infiltration": 0.911,
             "Mass": 0.588, "Nodule": 0.152, "Pneumonia": 0.858, "Pneumothorax": 0.520},

@@ -9,6 +9,10 @@ marked; jobs/evaluate.py builds it, mostly from classification.summarize_model):
       "split": "test",                      # the evaluated split, named in every column label
       "dataset": "synthetic",               # "synthetic" or "real"
       "split_hash": "...",                  # optional, shown in the header
+      "data_split": {"kind": "random", "val_fraction": 0.1, "test_fraction": 0.2, "seed": 0, ...},
+                                            # optional: the kind of split of the rows (data.manifest.manifest_split,
+                                            # or just "official" / "random"), shown in the header; the reference
+                                            # columns on the same kind of split come first, the others are marked
       "models": {                           # required; insertion order = column order
         name: {
           "label": optional column label (default "<name> (<init>[; <features>]; <dataset>, <split> split)"),
@@ -47,10 +51,11 @@ import jinja2
 import markupsafe
 
 from thorax_ray import storage
-from thorax_ray.evaluation.comparison import format_ci, format_number, model_label, models_of
+from thorax_ray.evaluation.comparison import (format_ci, format_number, model_label, models_of, reference_columns,
+                                              reference_match, reference_note, run_split, split_line)
 from thorax_ray.evaluation.localization import mean_accuracy
 from thorax_ray.evaluation.references import (MEAN_ROW, REFERENCE_AUROC, REFERENCE_LOCALIZATION_IOBB,
-                                              REFERENCE_LOCALIZATION_LABEL)
+                                              REFERENCE_LOCALIZATION_LABEL, REFERENCE_LOCALIZATION_SPLIT)
 from thorax_ray.labels import BOXED_FINDINGS, FINDINGS
 
 _MIME = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif", ".svg": "image/svg+xml"}
@@ -90,13 +95,14 @@ def _p(value) -> str:
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence], *, ref_columns: Sequence[int] = (),
-           row_classes: Sequence[str] | None = None) -> dict:
+           row_classes: Sequence[str] | None = None, other_columns: Sequence[int] = ()) -> dict:
     """A table for the template: header texts, rows of Cells (other values become their text), a class
-    per row ("" for none) and the indexes of the reference columns."""
+    per row ("" for none), the indexes of the reference columns and of those among them on another kind
+    of split than the run's."""
     return {"header": [str(h) for h in header],
             "rows": [[c if isinstance(c, Cell) else Cell(str(c)) for c in row] for row in rows],
             "row_classes": list(row_classes) if row_classes else [""] * len(rows),
-            "ref_columns": list(ref_columns)}
+            "ref_columns": list(ref_columns), "other_columns": list(other_columns)}
 
 
 def _with_mean(findings: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -128,7 +134,9 @@ def _headline(metrics: Mapping) -> dict:
     labels = [model_label(n, e, metrics) for n, e in models.items()]
     first = next(iter(models.values()))
     positives = first.get("positives") or {}
-    header = ["finding", "positives"] + [f"{lab}: AUROC [95% CI]" for lab in labels] + list(REFERENCE_AUROC)
+    references = reference_columns(metrics)
+    header = (["finding", "positives"] + [f"{lab}: AUROC [95% CI]" for lab in labels]
+              + [f"{ref} [{reference_note(ref, metrics)}]" for ref in references])
     findings, classes = _with_mean(FINDINGS)
     rows = []
     for f in findings:
@@ -136,10 +144,27 @@ def _headline(metrics: Mapping) -> dict:
         for entry in models.values():
             value = entry.get("mean_auroc") if f == MEAN_ROW else (entry.get("auroc") or {}).get(f)
             row.append(Cell(format_number(value), format_ci((entry.get("auroc_ci") or {}).get(f))))
-        row += [format_number(ref.get(f), 4) for ref in REFERENCE_AUROC.values()]
+        row += [format_number(REFERENCE_AUROC[ref].get(f), 4) for ref in references]
         rows.append(row)
-    return {"table": _table(header, rows, ref_columns=range(2 + len(labels), len(header)), row_classes=classes),
-            "mean_note": _mean_note(models, metrics, "auroc_ci_resamples", "AUROC")}
+    first_ref = 2 + len(labels)
+    other = [first_ref + k for k, ref in enumerate(references) if reference_match(ref, metrics) is False]
+    return {"table": _table(header, rows, ref_columns=range(first_ref, len(header)), row_classes=classes,
+                            other_columns=other),
+            "mean_note": _mean_note(models, metrics, "auroc_ci_resamples", "AUROC"),
+            "split_note": _split_note(metrics)}
+
+
+def _split_note(metrics: Mapping) -> str:
+    """Which reference columns used the run's kind of split (comparable in kind) and which did not."""
+    run = run_split(metrics)
+    if run is None:
+        return ("The kind of split of this run is not recorded; each reference column names its own split "
+                "(official lists or a random patient split), and numbers on different kinds are not comparable.")
+    same = [ref for ref in reference_columns(metrics) if reference_match(ref, metrics)]
+    other = [ref for ref in reference_columns(metrics) if reference_match(ref, metrics) is False]
+    return (f"This run: {split_line(metrics)}. Reference columns on the same kind of split ({run['kind']}): "
+            + ("; ".join(same) or "none") + ". On another kind of split (greyed; not like-for-like): "
+            + ("; ".join(other) or "none") + ".")
 
 
 def _mean_note(models: Mapping, metrics: Mapping, key: str, what: str) -> dict:
@@ -261,9 +286,9 @@ def _loc_sources(models: Mapping, metrics: Mapping) -> list[tuple[str, Mapping, 
     return sources + [(_CHANCE_LABELS.get(k, f"chance: {k}"), v, None) for k, v in chance.items()]
 
 
-def _accuracy_table(sources: list, measure: str, keys: list[str]) -> dict:
+def _accuracy_table(sources: list, measure: str, keys: list[str], split_kind: str) -> dict:
     """Localization accuracy by threshold T of one measure: a row per source (and Wang's published row
-    under each IoBB threshold it reports)."""
+    under each IoBB threshold it reports, labelled with `split_kind`: its kind of split beside the run's)."""
     rows, classes = [], []
     for key in keys:
         for label, result, ci in sources:
@@ -272,7 +297,7 @@ def _accuracy_table(sources: list, measure: str, keys: list[str]) -> dict:
             classes.append("")
         if measure == "iobb" and key in REFERENCE_LOCALIZATION_IOBB:
             values = [REFERENCE_LOCALIZATION_IOBB[key].get(f) for f in BOXED_FINDINGS]
-            rows.append([f"IoBB > {key}", Cell("", REFERENCE_LOCALIZATION_LABEL)]
+            rows.append([f"IoBB > {key}", Cell("", f"{REFERENCE_LOCALIZATION_LABEL}; {split_kind}")]
                         + [format_number(v) for v in values] + [format_number(sum(values) / len(values))])
             classes.append("ref")
     return _table(["T", "source", *BOXED_FINDINGS, "mean"], rows, row_classes=classes)
@@ -283,6 +308,10 @@ def _localization(metrics: Mapping) -> dict | None:
     if not models:
         return None
     sources = _loc_sources(models, metrics)
+    run = run_split(metrics)
+    split_kind = f"{REFERENCE_LOCALIZATION_SPLIT} split" + (
+        "" if run is None else ": the same kind as this run" if run["kind"] == REFERENCE_LOCALIZATION_SPLIT
+        else f": not this run's kind ({run['kind']}), not like-for-like")
     first = next(iter(models.values()))["localization"]
     keys = {measure: list(next(iter(first.values()))[measure]) if first else [] for measure in _MEASURE}
     counts = [["ground-truth boxes"] + [format_number((first.get(f) or {}).get("n")) for f in BOXED_FINDINGS]]
@@ -295,7 +324,8 @@ def _localization(metrics: Mapping) -> dict | None:
                       for f in BOXED_FINDINGS]
             fp_rows.append([f"IoBB > {key}", label] + [format_number(v, 2) for v in values])
     return {"counts": _table(["", *BOXED_FINDINGS], counts),
-            "measures": [{"name": _MEASURE[m], "table": _accuracy_table(sources, m, keys[m])} for m in _MEASURE],
+            "measures": [{"name": _MEASURE[m], "table": _accuracy_table(sources, m, keys[m], split_kind)}
+                         for m in _MEASURE],
             "false_positives": _table(["T", "source", *BOXED_FINDINGS], fp_rows)}
 
 
@@ -311,9 +341,10 @@ def _extra(sections: Sequence[Mapping] | None, endpoint_url: str | None = None) 
 
 
 def _facts(metrics: Mapping) -> str:
-    """The header line: dataset, split, sizes, split hash and when the report was written."""
+    """The header line: dataset, split, kind of split, sizes, split hash and when the report was written."""
     first = next(iter(models_of(metrics).values()))
-    facts = [f"dataset: {metrics.get('dataset', 'synthetic')}", f"split: {metrics.get('split', 'test')}"]
+    facts = [f"dataset: {metrics.get('dataset', 'synthetic')}", f"split: {metrics.get('split', 'test')}",
+             split_line(metrics)]
     if first.get("n_images") is not None:
         facts.append(f"images: {first['n_images']}")
     if first.get("n_patients") is not None:
