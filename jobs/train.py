@@ -22,6 +22,7 @@ from thorax_ray.cli import (add_cluster_arguments, add_gpu_arguments, job_parser
                             show_config_defaults)
 from thorax_ray.cluster import cluster_capacity, resolve_use_gpu
 from thorax_ray.config_io import overrides_from_flags
+from thorax_ray.data.splits import SPLIT_KINDS
 from thorax_ray.losses import LOSS_KINDS
 from thorax_ray.models import AVAILABLE_FEATURES, DEFAULT_FEATURES, list_models, require_pretrained_weights
 from thorax_ray.preflight import require_inputs
@@ -32,7 +33,7 @@ from thorax_ray.train.lr_schedule import lr_rule_problem
 
 FLAGS = {  # flag -> TrainConfig field
     "data": "data.data", "size": "data.size", "batch_size": "data.batch_size",
-    "limit": "data.limit", "s3_endpoint": "data.s3_endpoint",
+    "limit": "data.limit", "s3_endpoint": "data.s3_endpoint", "split_kind": "data.split.kind",
     "model": "model.name", "backbone": "model.backbone", "pretrained": "model.pretrained",
     "output_stride": "model.output_stride", "metadata_features": "model.metadata_features",
     "epochs": "optim.epochs", "lr": "optim.lr", "weight_decay": "optim.weight_decay",
@@ -80,6 +81,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--weight-decay", type=float, help="Adam weight decay")
     parser.add_argument("--loss", choices=list(LOSS_KINDS), help="loss kind")
     parser.add_argument("--limit", type=int, help="at most this many rows per split (smoke runs)")
+    parser.add_argument("--split-kind", choices=list(SPLIT_KINDS),
+                        help="split of a raw dataset: official (NIH's lists when present) or random (patients; "
+                             "fractions and seed in the config's data.split); a prepared output keeps prepare's")
     parser.add_argument("--seed", type=int, help="random seed")
     parser.add_argument("--max-failures", type=int, help="worker-group restarts from the latest checkpoint")
     add_cluster_arguments(parser)

@@ -50,6 +50,12 @@ def test_optimiser_adam_lr_1e3_standard_betas(recipe):
     assert recipe.optim.weight_decay == 0.0  # the paper states none
 
 
+def test_split_random_70_10_20_by_patient(recipe):
+    from thorax_ray.data.splits import SplitConfig
+
+    assert recipe.data.split == SplitConfig(kind="random", val_fraction=0.1, test_fraction=0.2, seed=0)
+
+
 def test_batch_16_on_one_device(recipe):
     assert recipe.batch_size == 16 and recipe.run.workers == 1
 

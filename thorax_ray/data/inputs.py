@@ -44,9 +44,10 @@ import pyarrow.parquet as pq
 
 from thorax_ray import storage
 from thorax_ray.data.locate import BBOX_FILE, METADATA_PATTERNS, SYNTHETIC_RECORD, is_dataset_file
-from thorax_ray.data.manifest import EXAMPLES, MANIFEST_COLUMNS, build_manifest, read_manifest
+from thorax_ray.data.manifest import EXAMPLES, MANIFEST_COLUMNS, build_manifest, manifest_split, read_manifest
 from thorax_ray.data.origin import prepared_origin
 from thorax_ray.data.shards import read_commit, read_prepared_tables
+from thorax_ray.data.splits import SplitConfig
 from thorax_ray.labels import FINDING_COLUMNS
 from thorax_ray.names import check_names
 
@@ -76,6 +77,7 @@ class InputSource:
     ignored: list[str] = field(default_factory=list)  # hidden files (a path part starting with . or _)
     data_origin: str = "real"  # "synthetic" for data made by thorax_ray.synthetic (thorax_ray.data.origin)
     split_hash: str | None = None  # of the rows' split column (None for inputs without one)
+    split: dict | None = None  # how the rows were split (splits.split_record: kind, fractions, seed), when known
 
     @property
     def total_rows(self) -> int:
@@ -136,15 +138,16 @@ def sibling_bbox_list(source: str | None, endpoint_url: str | None) -> str | Non
         return None
 
 
-def resolve_dataset(uri: str, *, endpoint_url: str | None = None) -> InputSource:
-    """A prepared output (prepared.json) or a dataset folder/prefix (its manifest, built now), for training
-    and evaluation; the errors of a dataset that is neither are thorax_ray.data.locate's."""
+def resolve_dataset(uri: str, *, endpoint_url: str | None = None, split: SplitConfig | None = None) -> InputSource:
+    """A prepared output (prepared.json; its split was made by prepare) or a dataset folder/prefix (its manifest,
+    built now with `split`, default SplitConfig()), for training and evaluation; the errors of a dataset that is
+    neither are thorax_ray.data.locate's."""
     record = read_commit(uri, endpoint_url=endpoint_url)
     if record is not None:
         return _prepared_input(uri, record, endpoint_url, scoring=False)
-    manifest, summary = build_manifest(uri, endpoint_url=endpoint_url)
+    manifest, summary = build_manifest(uri, split or SplitConfig(), endpoint_url=endpoint_url)
     return InputSource(uri, "dataset", manifest, has_labels=True, bbox_csv=sibling_bbox_list(uri, endpoint_url),
-                       data_origin=summary.data_origin, split_hash=summary.split_hash)
+                       data_origin=summary.data_origin, split_hash=summary.split_hash, split=summary.split)
 
 
 def resolve_input(uri: str, *, metadata_csv: str | None = None, endpoint_url: str | None = None) -> InputSource:
@@ -184,10 +187,10 @@ def _folder_input(uri: str, fs, base: str, metadata_csv: str | None, endpoint_ur
         _depth(rel) < 2 and fnmatch.fnmatch(posixpath.basename(rel), pattern)
         for rel in relative for pattern in METADATA_PATTERNS)
     table = pd.DataFrame(columns=list(SCORING_ROW_COLUMNS))
-    bbox_csv = split_hash = None
+    bbox_csv = split_hash = split = None
     if has_csv:
         manifest, summary = build_manifest(uri, metadata_csv=metadata_csv, endpoint_url=endpoint_url)
-        table, split_hash = _complete(manifest, "csv"), summary.split_hash
+        table, split_hash, split = _complete(manifest, "csv"), summary.split_hash, summary.split
         boxes = sorted((_depth(rel), rel) for rel in relative
                        if _depth(rel) < 2 and posixpath.basename(rel) == BBOX_FILE)
         bbox_csv = storage.to_uri(fs, relative[boxes[0][1]]) if boxes else None
@@ -198,7 +201,8 @@ def _folder_input(uri: str, fs, base: str, metadata_csv: str | None, endpoint_ur
     rows = pd.concat([frame for frame in (table, unlisted) if len(frame)], ignore_index=True)
     return InputSource(uri, "dataset" if has_csv else "folder", _complete(rows), has_labels=has_csv,
                        bbox_csv=bbox_csv, ignored=[storage.to_uri(fs, relative[rel]) for rel in hidden],
-                       data_origin="synthetic" if SYNTHETIC_RECORD in relative else "real", split_hash=split_hash)
+                       data_origin="synthetic" if SYNTHETIC_RECORD in relative else "real", split_hash=split_hash,
+                       split=split)
 
 
 def _files_without_row(table: pd.DataFrame, files: dict[str, str]) -> list[tuple[str, str]]:
@@ -229,7 +233,8 @@ def _file_input(uri: str, fs, path: str, endpoint_url: str | None) -> InputSourc
         manifest, info = read_manifest(uri, endpoint_url=endpoint_url)
         return InputSource(uri, "manifest", _complete(manifest), has_labels=True,
                            bbox_csv=sibling_bbox_list(info.get("source"), endpoint_url),
-                           data_origin=info.get("data_origin") or "real", split_hash=info.get("split_hash"))
+                           data_origin=info.get("data_origin") or "real", split_hash=info.get("split_hash"),
+                           split=manifest_split(info))
     if "path" not in schema.names:
         raise InputError(f"{uri}: neither a thorax-ray manifest nor a table with a `path` column")
     rows = storage.read_parquet(uri, endpoint_url=endpoint_url)
@@ -253,4 +258,4 @@ def _prepared_input(uri: str, record: dict, endpoint_url: str | None, *, scoring
                        has_labels=True, prepared=record, prepared_quarantine=quarantine.reset_index(drop=True),
                        bbox_csv=sibling_bbox_list(record.get("source") or info.get("source"), endpoint_url),
                        data_origin=prepared_origin(uri, record, info, endpoint_url=endpoint_url),
-                       split_hash=record["split_hash"])
+                       split_hash=record["split_hash"], split=manifest_split(info))

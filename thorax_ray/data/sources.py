@@ -5,7 +5,7 @@ shards are read from the version the job resolved."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -15,6 +15,7 @@ import pyarrow.compute as pc
 from thorax_ray.data.inputs import PATIENT_METADATA, InputSource, resolve_dataset
 from thorax_ray.data.pipeline import ImageConfig, load_images, manifest_dataset
 from thorax_ray.data.shards import read_prepared
+from thorax_ray.data.splits import SplitConfig
 from thorax_ray.labels import FINDING_COLUMNS
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,9 @@ class DataConfig:
     shuffle_buffer_rows: int = 2048
     shuffle: bool = True  # False: training rows in the manifest's (or shards') order every epoch, for ablations
     s3_endpoint: str | None = None
+    # How a raw dataset's rows are split when its manifest is built here (a prepared output keeps the split
+    # prepare made): kind "official" (NIH's lists when present) or "random" (patients, these fractions and seed).
+    split: SplitConfig = field(default_factory=SplitConfig)
 
     def __post_init__(self) -> None:
         if (not 16 <= self.size <= 2048 or (self.batch_size is not None and self.batch_size < 1)
@@ -133,4 +137,10 @@ def _keep_decoded(batch: pd.DataFrame) -> pd.DataFrame:
 
 def open_source(config: DataConfig) -> DataSource:
     """Resolves `config.data`: a prepared output (prepared.json) or a dataset folder/prefix."""
-    return DataSource(config, resolve_dataset(config.data, endpoint_url=config.s3_endpoint))
+    source = DataSource(config, resolve_dataset(config.data, endpoint_url=config.s3_endpoint, split=config.split))
+    made = (source.input.split or {}).get("kind")
+    if source.kind == "prepared" and config.split.kind == "random" and made == "official":
+        raise ValueError(f"{config.data}: prepared on NIH's official split, but the config asks for a random patient "
+                         "split (data.split.kind random): prepare again with --split random, or pass --split-kind "
+                         "official")
+    return source
