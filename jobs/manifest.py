@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import argparse
 
-from thorax_ray.cli import add_s3_endpoint_argument, job_parser, run_main, setup_logging, show_config_defaults
+from thorax_ray.cli import (add_s3_endpoint_argument, add_split_arguments, job_parser, run_main, setup_logging,
+                            show_config_defaults)
 from thorax_ray.config_io import config_from_flags
 from thorax_ray.data.manifest import build_manifest, write_manifest
-from thorax_ray.data.splits import TRAINING_SPLITS, SplitConfig
+from thorax_ray.data.splits import SPLIT_KINDS, TRAINING_SPLITS, SplitConfig
 
-FLAGS = {"val_fraction": "val_fraction", "test_fraction": "test_fraction", "split_seed": "seed"}  # -> SplitConfig
+FLAGS = {"val_fraction": "val_fraction", "test_fraction": "test_fraction", "split_seed": "seed",  # -> SplitConfig
+         "split": "kind"}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -24,11 +26,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--metadata", metavar="FILE",
                         help="metadata CSV (default: Data_Entry_2017*.csv, sample_labels.csv or sample.csv within "
                              "two levels of --data)")
-    parser.add_argument("--val-fraction", type=float,
-                        help="share of patients for validation (training needs at least one)")
-    parser.add_argument("--test-fraction", type=float,
-                        help="share of patients for test when the dataset has no test_list.txt")
-    parser.add_argument("--split-seed", type=int, help="seed of the patient split")
+    add_split_arguments(parser, SPLIT_KINDS)
     add_s3_endpoint_argument(parser)
     show_config_defaults(parser, FLAGS, SplitConfig)
     return parser.parse_args(argv)

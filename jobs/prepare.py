@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import argparse
 
-from thorax_ray.cli import (add_cluster_arguments, add_placement_arguments, job_parser, positive_int, run_main,
-                            setup_logging, show_config_defaults)
+from thorax_ray.cli import (add_cluster_arguments, add_placement_arguments, add_split_arguments, job_parser,
+                            positive_int, run_main, setup_logging, show_config_defaults)
 from thorax_ray.cluster import cluster_capacity
 from thorax_ray.config_io import config_from_flags
 from thorax_ray.data.prepare import PrepareConfig, prepare
@@ -37,15 +37,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--expected-source-size", type=int,
                         help="quarantine images whose decoded size differs, e.g. 1024 (default: any size)")
     parser.add_argument("--target-file-mb", type=positive_int, help="approximate size of one shard file")
-    parser.add_argument("--val-fraction", type=float,
-                        help="share of patients for validation (training needs at least one)")
-    parser.add_argument("--test-fraction", type=float,
-                        help="share of patients for test when the dataset has no test_list.txt")
-    parser.add_argument("--split", choices=SPLIT_KINDS,
-                        help="official: NIH's train_val_list.txt/test_list.txt when present (else random); random: "
-                             "a random patient split with --val-fraction/--test-fraction/--split-seed even when "
-                             "the lists are present (CheXNet: 0.1/0.2)")
-    parser.add_argument("--split-seed", type=int, help="seed of the patient split")
+    add_split_arguments(parser, SPLIT_KINDS)
     parser.add_argument("--seed", type=int, help="seed of the shards' random row order")
     parser.add_argument("--keep-previous-hours", type=float,
                         help="with --overwrite: hours the replaced version stays readable")

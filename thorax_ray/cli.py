@@ -46,6 +46,20 @@ def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = N
             sys.exit(2)
 
 
+def add_split_arguments(parser, kinds: tuple[str, ...]) -> None:
+    """--val-fraction, --test-fraction, --split (one of `kinds`, data.splits.SPLIT_KINDS) and --split-seed: how a
+    dataset's patients are split (SplitConfig)."""
+    parser.add_argument("--val-fraction", type=float,
+                        help="share of patients for validation (training needs at least one)")
+    parser.add_argument("--test-fraction", type=float,
+                        help="share of patients for test in a random split (no test_list.txt, or --split random)")
+    parser.add_argument("--split", choices=kinds,
+                        help="official: NIH's train_val_list.txt/test_list.txt when present (else random); random: "
+                             "a random patient split with --val-fraction/--test-fraction/--split-seed even when "
+                             "the lists are present (CheXNet: 0.1/0.2)")
+    parser.add_argument("--split-seed", type=int, help="seed of the patient split")
+
+
 def add_s3_endpoint_argument(parser) -> None:
     parser.add_argument("--s3-endpoint", help="endpoint of an S3-compatible store (default: AWS_ENDPOINT_URL)")
 
