@@ -60,7 +60,8 @@ class CheckpointPayload:
     (`to_dict`), so that `torch.load(..., weights_only=True)` reads it; a section that a later stage owns
     stays the plain dict that stage writes and reads: `model_build_config` (models.registry),
     `preprocessing` (data.preprocess.PreprocessingContract.to_dict()), `config` (TrainConfig.to_dict()),
-    `operating_points` (thorax_ray.thresholds). Fields a checkpoint was written without are None."""
+    `operating_points` (thorax_ray.thresholds), `calibration` (thorax_ray.calibration.fit_calibration). Fields a
+    checkpoint was written without are None."""
 
     format: int = CHECKPOINT_FORMAT_VERSION
     labels: list[str] = field(default_factory=lambda: list(FINDINGS))  # the order of the model's outputs
@@ -82,6 +83,7 @@ class CheckpointPayload:
     run_name: str | None = None
     data_origin: str | None = None  # synthetic | real (thorax_ray.data.origin)
     operating_points: dict | None = None  # per-finding thresholds chosen on validation at `epoch`
+    calibration: dict | None = None  # per-finding calibration fitted on validation at `epoch`
 
     def to_dict(self) -> dict:
         """The stored form (shallow: the state dicts' tensors are not copied), fields in declaration order."""

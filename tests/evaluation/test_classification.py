@@ -10,7 +10,7 @@ from sklearn.metrics import roc_auc_score
 
 from thorax_ray.evaluation import classification as C
 from thorax_ray.labels import FINDINGS
-from thorax_ray.thresholds import thresholds_document, thresholds_from_document
+from thorax_ray.thresholds import choose_thresholds, thresholds_document, thresholds_from_document
 
 K = len(FINDINGS)
 
@@ -112,7 +112,7 @@ def test_class_without_positives_gives_none_without_warnings():
         ci = C.bootstrap_auroc_ci(labels, scores, groups, n_boot=100, seed=0)
         paired = C.paired_bootstrap_difference(labels, scores, scores * 2, groups, n_boot=50, seed=0)
         ap = C.average_precision(labels, scores)
-        thresholds = C.choose_thresholds(labels, scores)
+        thresholds = choose_thresholds(labels, scores)
         tm = C.threshold_metrics(labels, scores, thresholds)
     assert ci["Hernia"] is None
     assert paired["Hernia"] == {"delta": None, "ci": None, "p_value": None, "auroc_a": None, "auroc_b": None,
@@ -194,12 +194,12 @@ def test_youden_on_separable_case_picks_threshold_between_the_classes():
     labels = _tile([0, 0, 0, 1, 1, 1])
     scores = _tile(negatives + positives)
     for rule in ("youden", "f1"):
-        thresholds = C.choose_thresholds(labels, scores, rule=rule)
+        thresholds = choose_thresholds(labels, scores, rule=rule)
         for f in FINDINGS:
             assert 0.3 < thresholds[f] < 0.6
             assert thresholds[f] == pytest.approx(0.45)
     with pytest.raises(ValueError):
-        C.choose_thresholds(labels, scores, rule="accuracy")
+        choose_thresholds(labels, scores, rule="accuracy")
 
 
 def test_youden_and_f1_differ_where_they_should():
@@ -208,12 +208,12 @@ def test_youden_and_f1_differ_where_they_should():
     neg = list(np.linspace(0, 0.29, 100)) + [0.5, 0.6, 0.7]
     labels = _tile([0] * len(neg) + [1, 1])
     scores = _tile(neg + [0.4, 0.9])
-    assert C.choose_thresholds(labels, scores, "youden")["Mass"] == pytest.approx((0.29 + 0.4) / 2)
-    assert C.choose_thresholds(labels, scores, "f1")["Mass"] == pytest.approx((0.7 + 0.9) / 2)
+    assert choose_thresholds(labels, scores, "youden")["Mass"] == pytest.approx((0.29 + 0.4) / 2)
+    assert choose_thresholds(labels, scores, "f1")["Mass"] == pytest.approx((0.7 + 0.9) / 2)
     labels2 = _tile([0, 0, 1, 0, 1, 1])
     scores2 = _tile([0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
     # Youden: >= 0.3 -> TPR 1, FPR 1/3 (J 2/3); >= 0.5 -> TPR 2/3, FPR 0 (J 2/3): the tie goes to the lower one
-    assert C.choose_thresholds(labels2, scores2, "youden")["Mass"] == pytest.approx(0.25)
+    assert choose_thresholds(labels2, scores2, "youden")["Mass"] == pytest.approx(0.25)
 
 
 def test_threshold_metrics_on_known_counts():

@@ -7,11 +7,14 @@ import pandas as pd
 import pytest
 
 from thorax_ray.attribution import encode_heatmaps
+from thorax_ray.calibration import apply_calibration, describe_calibration, ece_per_finding, fit_calibration
 from thorax_ray.data.manifest import build_manifest
 from thorax_ray.data.nih_csv import read_bbox_list
-from thorax_ray.evaluation.classification import choose_thresholds
 from thorax_ray.evaluation.evaluate import EvaluationConfig, evaluate_scores
+from thorax_ray.evaluation.reliability import NO_COLUMNS
 from thorax_ray.labels import FINDING_COLUMNS, FINDINGS
+from thorax_ray.scoring.output import CALIBRATED_COLUMNS
+from thorax_ray.thresholds import stabilised_thresholds
 
 
 def fake_scores(manifest, boxes, *, noise, seed, with_maps):
@@ -42,6 +45,7 @@ def test_two_models_compared_with_report(synthetic_small, tmp_path):
               "weak": fake_scores(manifest, boxes, noise=0.6, seed=2, with_maps=False)}
     config = EvaluationConfig(scores=(("good", "good-uri"), ("weak", "weak-uri")), data=str(synthetic_small),
                               out=str(tmp_path), n_boot=200, overlays=2)
+    add_calibrated_columns(scores["good"], metrics_rows(config, manifest, "val"))  # "weak": scored before them
     metrics = evaluate_scores(config, lambda uri: scores[uri.split("-")[0]])
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["split_hash"] and set(saved["models"]) == {"good", "weak"}
@@ -69,7 +73,9 @@ def test_two_models_compared_with_report(synthetic_small, tmp_path):
     assert good["n_patients"] == test_rows["patient_id"].nunique() < good["n_images"]
     val_rows = metrics_rows(config, manifest, "val")
     val_scores = scores["good"].set_index("image_index").loc[val_rows["image_index"], list(FINDING_COLUMNS)]
-    expected = choose_thresholds(val_rows[list(FINDING_COLUMNS)].to_numpy(float), val_scores.to_numpy(float))
+    expected, support = stabilised_thresholds(val_rows[list(FINDING_COLUMNS)].to_numpy(float),
+                                              val_scores.to_numpy(float))
+    assert good["threshold_support"] == support and any(s["bootstrapped"] for s in support.values())
     document = json.loads((tmp_path / "thresholds" / "good.v1.json").read_text())
     assert document["thresholds"] == pytest.approx(expected) and good["thresholds"] == pytest.approx(expected)
     applied = [m for m in good["threshold_metrics"].values() if m["tp"] is not None]
@@ -79,6 +85,31 @@ def test_two_models_compared_with_report(synthetic_small, tmp_path):
     assert html.count("data:image/png;base64") >= 3 and "synthetic" in html
     assert len(os.listdir(tmp_path / "overlays")) == 2
     assert "good" in metrics["table"] and "Wang 2017" in metrics["table"]
+    # calibration error before and after: the calibrated columns where the scores have them, a note where not
+    calibration = good["calibration"]
+    assert calibration["available"] and calibration["applied"] and calibration["method"] == "platt"
+    assert set(calibration["ece_raw"]) == set(calibration["ece_calibrated"]) == set(FINDINGS)
+    test_labels = test_rows[list(FINDING_COLUMNS)].to_numpy(int)
+    test_scores = scores["good"].set_index("image_index").loc[test_rows["image_index"]]
+    assert calibration["ece_raw"] == ece_per_finding(test_labels, test_scores[list(FINDING_COLUMNS)].to_numpy(float))
+    assert calibration["ece_calibrated"] == ece_per_finding(test_labels,
+                                                            test_scores[list(CALIBRATED_COLUMNS)].to_numpy(float))
+    weak = saved["models"]["weak"]["calibration"]
+    assert not weak["available"] and weak["ece_calibrated"] is None and weak["mean_ece_raw"] > 0
+    assert weak["note"] == NO_COLUMNS and f"weak: {NO_COLUMNS}" in saved["notes"]
+    assert (tmp_path / "reliability_good.png").stat().st_size > 0 and (tmp_path / "reliability_weak.png").exists()
+    assert html.count("data:image/png;base64") >= 5
+
+
+def add_calibrated_columns(frame, val_rows):
+    """The calibrated columns a scoring run writes, from a calibration fitted on the validation rows (as training
+    fits it), and the description its commit record carries."""
+    val = frame.set_index("image_index").loc[val_rows["image_index"], list(FINDING_COLUMNS)]
+    calibration = fit_calibration(val_rows[list(FINDING_COLUMNS)].to_numpy(int), val.to_numpy(float))
+    calibrated = apply_calibration(calibration, frame[list(FINDING_COLUMNS)].to_numpy(float))
+    for i, column in enumerate(CALIBRATED_COLUMNS):
+        frame[column] = calibrated[:, i]
+    frame.attrs["calibration"] = describe_calibration(calibration)
 
 
 def metrics_rows(config, manifest, split):

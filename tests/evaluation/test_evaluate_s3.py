@@ -47,7 +47,8 @@ def test_evaluation_writes_every_file_to_s3(synthetic_small, s3_server, s3_bucke
     overlays = sorted(k for k in files if k.startswith("overlays/"))
     assert len(overlays) == 2 and all(k.endswith(".png") for k in overlays)
     assert set(files) == {"metrics.json", "report.html", "predictions.parquet", "roc_curves.png", "pr_curves.png",
-                          "auroc.png", "thresholds/good.v1.json", "thresholds/weak.v1.json", *overlays}
+                          "auroc.png", "thresholds/good.v1.json", "thresholds/weak.v1.json", "reliability_good.png",
+                          "reliability_weak.png", *overlays}
     assert all(files[k].startswith(PNG_MAGIC) for k in files if k.endswith(".png"))
     assert not os.path.exists("s3:")  # no local folder named after the URI
 
@@ -59,8 +60,9 @@ def test_evaluation_writes_every_file_to_s3(synthetic_small, s3_server, s3_bucke
     assert metrics["report"] == f"{out}/report.html"
     html = files["report.html"].decode("utf-8")
     embedded = [base64.b64decode(u) for u in re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)]
-    plots = {files[k] for k in ("roc_curves.png", "pr_curves.png", "auroc.png", *overlays)}
-    assert len(embedded) == 5 and set(embedded) == plots  # read back from the bucket
+    plots = {files[k] for k in ("roc_curves.png", "pr_curves.png", "auroc.png", "reliability_good.png",
+                                "reliability_weak.png", *overlays)}
+    assert len(embedded) == 7 and set(embedded) == plots  # read back from the bucket
 
     # thresholds versioned by listing the bucket: the same thresholds keep v1, changed ones become v2
     good = saved["models"]["good"]

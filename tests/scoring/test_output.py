@@ -13,9 +13,10 @@ from tests.helpers import write_scores_commit
 from thorax_ray.attribution import BOXES_TYPE
 from thorax_ray.data.staged import new_run_id
 from thorax_ray.labels import FINDING_COLUMNS
-from thorax_ray.scoring.output import (SCORES_QUARANTINE_COLUMNS, clean_uncommitted, committed_runs, pipeline_schema,
-                                       publish, quarantine_table, read_quarantine, read_scores, run_started,
-                                       schema_metadata, score_schema, scored_index, staging_uri, write_table_file)
+from thorax_ray.scoring.output import (CALIBRATED_COLUMNS, SCORES_QUARANTINE_COLUMNS, clean_uncommitted,
+                                       committed_runs, pipeline_schema, publish, quarantine_table, read_quarantine,
+                                       read_scores, run_started, schema_metadata, score_schema, scored_index,
+                                       staging_uri, write_table_file)
 from thorax_ray.scoring.sink import ScoresDatasink
 
 SCHEMA = score_schema(maps=True, feature_attributions=False)
@@ -29,6 +30,7 @@ def block(names, ok, model_id="m1", run_id="r"):
         "scored_at": [dt.datetime(2024, 5, 1, tzinfo=dt.timezone.utc)] * n,
         "width": [1024] * n, "height": [1024] * n, "metadata_source": ["dicom", "csv", "none"][:n] + ["csv"] * (n - 3),
         **{c: np.full(n, 0.25, np.float32) for c in FINDING_COLUMNS},
+        **{c: np.full(n, 0.125, np.float32) for c in CALIBRATED_COLUMNS},
         "heatmap": [bytes(14 * 4)] * n,
         "boxes": [[{"finding": "Mass", "x": 1, "y": 2, "w": 3, "h": 4, "score": 0.9}]] * n,
         "ok": ok, "stage": ["" if good else "decode" for good in ok],

@@ -21,8 +21,8 @@ from thorax_ray.data.nih_csv import DATA_ENTRY_HEADER
 from thorax_ray.data.preprocess import normalise_images, preprocessing_contract
 from thorax_ray.labels import BOXED_FINDINGS, FINDING_COLUMNS, FINDINGS
 from thorax_ray.scoring import ScoreConfig, read_scores
-from thorax_ray.scoring.output import (FEATURES_METADATA_KEY, SCORES_METADATA_KEY, STAGING_DIR, committed_runs,
-                                       output_size, read_file_metadata, read_quarantine, scored_index)
+from thorax_ray.scoring.output import (CALIBRATED_COLUMNS, FEATURES_METADATA_KEY, SCORES_METADATA_KEY, STAGING_DIR,
+                                       committed_runs, output_size, read_file_metadata, read_quarantine, scored_index)
 from thorax_ray.scoring.pipeline import (IN_FLIGHT_BATCHES_PER_ACTOR, MIN_IN_FLIGHT_BYTES, bound_in_flight,
                                          in_flight_bytes)
 from thorax_ray.scoring.score import score
@@ -80,7 +80,8 @@ def test_schema_metadata_round_trip_and_size(ray_local, checkpoint, synthetic_sm
     assert schema.names[:8] == ["image_index", "path", "model_id", "run_id", "batch_date", "scored_at", "width",
                                 "height"]
     assert schema.names[8] == "metadata_source"
-    assert schema.names[9:23] == list(FINDING_COLUMNS) and schema.names[23:] == ["heatmap", "boxes"]
+    assert schema.names[9:23] == list(FINDING_COLUMNS) and schema.names[23:37] == list(CALIBRATED_COLUMNS)
+    assert schema.names[37:] == ["heatmap", "boxes"]
     assert all(schema.field(c).type == pa.float32() for c in FINDING_COLUMNS)
     assert schema.field("heatmap").type == pa.binary() and schema.field("boxes").type == BOXES_TYPE
     assert schema.field("scored_at").type == pa.timestamp("us", tz="UTC")

@@ -27,7 +27,7 @@ from sklearn.metrics import average_precision_score
 from thorax_ray.labels import FINDINGS
 from thorax_ray.metrics import mean_auroc, per_class_auroc
 from thorax_ray.thresholds import check_labels_and_scores as _check
-from thorax_ray.thresholds import choose_thresholds
+from thorax_ray.thresholds import stabilised_thresholds
 
 MEAN_KEY = "mean"
 
@@ -398,7 +398,9 @@ def summarize_model(labels, scores, groups, *, labels_val=None, scores_val=None,
     {"n_images", "n_patients", "auroc", "mean_auroc", "auroc_ci" (with "mean"), "auroc_ci_resamples"
     (the mean's: used / of / classes), "average_precision", "average_precision_ci" (with "mean"),
     "average_precision_ci_resamples", and, given validation rows, "threshold_rule", "thresholds" (chosen on
-    validation) and "threshold_metrics" (on these rows); given view_position (N,), "view_position"
+    validation, bootstrap-stabilised where it has few positives: thresholds.stabilised_thresholds),
+    "threshold_support" ({finding: {"positives", "negatives", "bootstrapped"}}: the validation rows each rests
+    on) and "threshold_metrics" (on these rows); given view_position (N,), "view_position"
     (subgroup_auroc over its distinct values); given follow_up (N,), "follow_up" (subgroup_auroc over
     FOLLOW_UP_BUCKETS)}."""
     labels_arr, scores_arr = _check(labels, scores)
@@ -421,7 +423,7 @@ def summarize_model(labels, scores, groups, *, labels_val=None, scores_val=None,
         "positives": {f: int(labels_arr[:, i].sum()) for i, f in enumerate(FINDINGS)},
     }
     if labels_val is not None and scores_val is not None:
-        thresholds = choose_thresholds(labels_val, scores_val, rule=rule)
+        thresholds, out["threshold_support"] = stabilised_thresholds(labels_val, scores_val, rule=rule)
         out["threshold_rule"] = rule
         out["thresholds"] = thresholds
         out["threshold_metrics"] = threshold_metrics(labels_arr, scores_arr, thresholds)

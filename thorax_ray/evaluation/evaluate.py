@@ -7,7 +7,6 @@ import io
 import itertools
 import logging
 import os
-import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,11 +24,13 @@ from thorax_ray.evaluation.comparison import comparison_ci, comparison_table, fo
 from thorax_ray.evaluation.localization import (NIH_IMAGE_SIZE, chance_localization, localization_accuracy,
                                                 localization_ci)
 from thorax_ray.evaluation.plots import plot_auroc_comparison, plot_heatmap_overlay, plot_pr_curves, plot_roc_curves
+from thorax_ray.evaluation.reliability import calibration_metrics, plot_reliability_diagrams, reliability_file
 from thorax_ray.evaluation.report import write_report
 from thorax_ray.labels import FINDING_COLUMNS, FINDINGS, column_name
 from thorax_ray.names import safe_name
+from thorax_ray.scoring.output import CALIBRATED_COLUMNS
 from thorax_ray.scoring.overlays import read_original
-from thorax_ray.thresholds import thresholds_document
+from thorax_ray.thresholds import write_thresholds
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,14 @@ def _labels(frame: pd.DataFrame) -> np.ndarray:
 
 def _scores(frame: pd.DataFrame, name: str) -> np.ndarray:
     return frame[[f"{name}:{c}" for c in FINDING_COLUMNS]].to_numpy(dtype=np.float64)
+
+
+def _calibrated(frame: pd.DataFrame, name: str) -> np.ndarray | None:
+    """The model's calibrated probabilities; None when its scores lack them on any of the rows (older runs)."""
+    columns = [f"{name}:{c}" for c in CALIBRATED_COLUMNS]
+    if not set(columns) <= set(frame.columns) or frame[columns].isna().to_numpy().any():
+        return None
+    return frame[columns].to_numpy(dtype=np.float64)
 
 
 def heatmap_boxes(scores: pd.DataFrame, truth: pd.DataFrame, heatmap: dict | None = None,
@@ -171,30 +180,6 @@ def _localize(frame: pd.DataFrame, heatmap: dict | None, boxes: dict | None, tru
     return protocols, predicted, unknown_size
 
 
-THRESHOLD_KEYS = ("model", "split_hash", "rule", "thresholds")  # what makes two threshold files the same
-
-
-def write_thresholds(folder: str, model: str, thresholds: dict, *, split_hash: str, rule: str,
-                     endpoint_url: str | None = None) -> str:
-    """`folder/<model>.v<N>.json` (local or s3://): a new version N when the thresholds (or their rule or
-    split) differ from the newest existing version, which is otherwise kept as it is. Returns its path."""
-    versions = []
-    for name in storage.list_names(folder, endpoint_url=endpoint_url):
-        match = re.fullmatch(re.escape(model) + r"\.v(\d+)\.json", name)
-        if match:
-            versions.append(int(match.group(1)))
-    newest = max(versions, default=0)
-    document = thresholds_document(thresholds, model=model, split_hash=split_hash, rule=rule, version=newest + 1)
-    if newest:
-        path = storage.join(folder, f"{model}.v{newest}.json")
-        previous = storage.read_json(path, endpoint_url=endpoint_url)
-        if all(previous.get(k) == document.get(k) for k in THRESHOLD_KEYS):
-            return path
-    path = storage.join(folder, f"{model}.v{newest + 1}.json")
-    storage.write_json(path, document, endpoint_url=endpoint_url, default=_plain)
-    return path
-
-
 def newest_model_rows(scores: pd.DataFrame, uri: str) -> tuple[pd.DataFrame, str | None]:
     """The rows of the newest model in an output that several checkpoints scored into (a retrained model
     whose run was partial or deferred leaves images of both): evaluating a mix would credit neither."""
@@ -271,7 +256,7 @@ def _join(config: EvaluationConfig, source, outputs: dict[str, pd.DataFrame]) ->
             raise EvaluationError(f"--scores {name}={uri}: none of its {len(loaded)} scored images is in "
                                   f"{config.data}")
         result.scored[name] = frame
-        for column in FINDING_COLUMNS:
+        for column in FINDING_COLUMNS + tuple(c for c in CALIBRATED_COLUMNS if c in frame.columns):
             joined[f"{name}:{column}"] = frame[column].reindex(joined.index)
     return result
 
@@ -297,6 +282,8 @@ def _summarise(config: EvaluationConfig, scores: _Joined, test: pd.DataFrame, va
                 metrics["notes"].append(f"{name}: {unknown_size} annotated test images have no known original "
                                         "size (source PNG unreadable when scored): no boxes, counted as misses")
         metrics["models"][name] = entry
+        if entry["calibration"]["note"]:
+            metrics["notes"].append(f"{name}: {entry['calibration']['note']}")
         if entry.get("thresholds") is not None:
             write_thresholds(storage.join(config.out, "thresholds"), name, entry["thresholds"],
                              split_hash=split_hash, rule=config.threshold_rule, endpoint_url=config.s3_endpoint)
@@ -331,6 +318,11 @@ def _write(config: EvaluationConfig, scores: _Joined, test: pd.DataFrame, test_t
                                                    ci=comparison_ci(metrics), split=config.split,
                                                    endpoint_url=endpoint),
     }
+    for name in scores.scored:
+        images[f"Reliability diagrams, {name}: raw and calibrated probabilities"] = plot_reliability_diagrams(
+            labels, by_model[name], _calibrated(test, name), storage.join(out, reliability_file(name)),
+            title=f"{name}: reliability per finding ({config.split} split, n = {len(test)} images)",
+            endpoint_url=endpoint)
     overlay_model = next(iter(predicted_boxes), None)  # the first model with localization
     overlays = {} if overlay_model is None else _overlays(
         config, scores.scored[overlay_model], overlay_model, scores.described[overlay_model].get("heatmap"), test,
@@ -373,6 +365,8 @@ def _model_summary(config: EvaluationConfig, name: str, test: pd.DataFrame, val:
                             view_position=test["view_position"].fillna("missing").to_numpy(),
                             follow_up=pd.to_numeric(test["follow_up"], errors="coerce").to_numpy(dtype=float),
                             rule=config.threshold_rule, n_boot=config.n_boot)
+    entry["calibration"] = calibration_metrics(_labels(test), _scores(test, name), _calibrated(test, name),
+                                               attrs.get("calibration"))
     entry.update(_provenance(attrs))
     return entry
 

@@ -7,6 +7,11 @@ chosen on the validation split at the end of that epoch (`CheckpointPayload.oper
 thorax_ray/thresholds.py). A number gates every finding at that probability; None boxes every finding.
 A checkpoint without operating points (written before they existed), or a finding whose validation rows
 had no positives or negatives, falls back to `FALLBACK_PROBABILITY`; the description says so.
+
+"calibrated" names the operating points, not thorax_ray.calibration: the gate compares the RAW probability
+(the column the thresholds were chosen on) with them. Given the checkpoint's calibration, the description also
+gives each threshold mapped to the calibrated scale (the same decision, read on the `<finding>_calibrated`
+columns) and what each threshold rests on (validation positives, bootstrap-stabilised or not).
 """
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 
+from thorax_ray.calibration import calibrated_thresholds
 from thorax_ray.labels import FINDINGS
 
 log = logging.getLogger(__name__)
@@ -49,10 +55,11 @@ def parse_gate(value: str | float | None) -> str | float | None:
     return probability
 
 
-def resolve_gate(setting: str | float | None, operating_points: dict | None, *,
-                 epoch: int | None = None) -> ProbabilityGate:
+def resolve_gate(setting: str | float | None, operating_points: dict | None, *, epoch: int | None = None,
+                 calibration: dict | None = None) -> ProbabilityGate:
     """The gate for `setting` ("calibrated", a probability, or None) and a checkpoint's `operating_points`
-    (chosen on validation after `epoch`; None for a checkpoint written before they existed)."""
+    (chosen on validation after `epoch`; None for a checkpoint written before they existed) and `calibration`
+    (thorax_ray.calibration; None: the calibrated columns repeat the raw ones)."""
     setting = parse_gate(setting)
     if setting is None:
         return ProbabilityGate(None, {"kind": "none", "meaning": "every boxed finding, whatever its probability"})
@@ -67,9 +74,12 @@ def resolve_gate(setting: str | float | None, operating_points: dict | None, *,
     chosen = points["thresholds"]
     fallback = [f for f in FINDINGS if chosen.get(f) is None or not math.isfinite(float(chosen[f]))]
     thresholds = tuple(FALLBACK_PROBABILITY if f in fallback else float(chosen[f]) for f in FINDINGS)
+    by_finding = dict(zip(FINDINGS, thresholds))
     return ProbabilityGate(thresholds, {
         "kind": CALIBRATED, "rule": points.get("rule"), "chosen_on": points.get("chosen_on", "validation"),
-        "epoch": epoch, "decision": "a finding is boxed when its probability >= its threshold",
-        "thresholds": dict(zip(FINDINGS, thresholds)),
+        "epoch": epoch, "decision": "a finding is boxed when its (raw) probability >= its threshold",
+        "thresholds": by_finding, "compares": "the raw probability columns",
+        "thresholds_calibrated": calibrated_thresholds(calibration, by_finding),
+        "support": points.get("support"),  # validation positives per finding; None: older checkpoints
         "fallback": {"probability": FALLBACK_PROBABILITY, "findings": fallback},
     })

@@ -50,6 +50,8 @@ SCORES_DIR = "scores"
 QUARANTINE_DIR = "quarantine"
 SCORES_METADATA_KEY = "thorax_ray.scores"
 FEATURES_METADATA_KEY = "thorax_ray.feature_attributions"
+# The calibrated probability of each finding, a column beside the raw ones (thorax_ray.calibration).
+CALIBRATED_COLUMNS = tuple(f"{column}_calibrated" for column in FINDING_COLUMNS)
 
 SCORES_QUARANTINE_COLUMNS = (*QUARANTINE_COLUMNS, "run_id", "batch_date", "model_id")
 QUARANTINE_SCHEMA = pa.schema([(name, pa.string()) for name in SCORES_QUARANTINE_COLUMNS])
@@ -81,7 +83,9 @@ def score_schema(*, maps: bool, feature_attributions: bool) -> pa.Schema:
 
     `metadata_source` (since DICOM support; null in files of older runs, which `read_scores` reads
     alongside): where the row's patient metadata came from, "csv" (a metadata table row), "dicom" (the
-    image's tags) or "none"."""
+    image's tags) or "none". `<finding>_calibrated` (since calibration; absent from files of older runs, null
+    when read alongside them): the checkpoint's calibration applied to the raw probability of the column before
+    it, or that probability as it is when the checkpoint has none (the metadata's "calibration" says which)."""
     fields = [
         ("image_index", pa.string()),
         ("path", pa.string()),
@@ -93,6 +97,7 @@ def score_schema(*, maps: bool, feature_attributions: bool) -> pa.Schema:
         ("height", pa.int32()),
         ("metadata_source", pa.string()),
         *[(column, pa.float32()) for column in FINDING_COLUMNS],
+        *[(column, pa.float32()) for column in CALIBRATED_COLUMNS],
     ]
     if maps:
         fields += [("heatmap", pa.binary()), ("boxes", BOXES_TYPE)]
@@ -299,7 +304,9 @@ def read_scores(out: str, model_id: str | None = None, *, columns: list[str] | N
     ...), `frame.attrs["feature_attributions"]` the feature names, `frame.attrs["split_hash"]` the split the
     model was trained on, `frame.attrs["boxes"]` how boxes were made (incl. "min_probability": which
     findings got them), `frame.attrs["model_init"]` how the model was initialised,
-    `frame.attrs["metadata_features"]` the metadata it saw and `frame.attrs["data_origin"]` what the model
+    `frame.attrs["metadata_features"]` the metadata it saw, `frame.attrs["calibration"]` whether and how the
+    calibrated columns were calibrated (thorax_ray.calibration.describe_calibration; absent for runs written
+    before calibration) and `frame.attrs["data_origin"]` what the model
     was trained on and what it scored ({"model": "synthetic"|"real"|"unknown", "input": ..., "warning":
     str|None}), when all runs share one.
     """
@@ -318,7 +325,7 @@ def read_scores(out: str, model_id: str | None = None, *, columns: list[str] | N
     for record in committed_runs(out, model_id=model_id, endpoint_url=endpoint_url):
         if run_id is None or record["run_id"] == run_id:
             for key in ("heatmap", "feature_attributions", "split_hash", "data_origin", "boxes", "model_init",
-                        "metadata_features"):
+                        "metadata_features", "calibration"):
                 if record.get(key) is not None:
                     described.setdefault(key, []).append(json.dumps(record[key], sort_keys=True))
     for key, values in described.items():

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from thorax_ray.attribution import default_method_name, get_method
+from thorax_ray.calibration import describe_calibration
 from thorax_ray.checkpoint import load_payload_and_id, resolve_checkpoint
 from thorax_ray.cluster import ClusterCapacity, check_shared_storage, cluster_capacity
 from thorax_ray.data.inputs import InputSource, resolve_input
@@ -34,10 +35,10 @@ from thorax_ray.models import build_model
 from thorax_ray.progress import StageProgress
 from thorax_ray.scoring.config import ScoreConfig
 from thorax_ray.scoring.gate import resolve_gate
-from thorax_ray.scoring.output import (QUARANTINE_DIR, SCORES_DIR, SCORES_FORMAT_VERSION, ScoresError,
-                                       clean_uncommitted, commit_name, feature_attribution_metadata, publish,
-                                       quarantine_table, schema_metadata, score_schema, scored_index, staging_uri,
-                                       write_table_file)
+from thorax_ray.scoring.output import (CALIBRATED_COLUMNS, QUARANTINE_DIR, SCORES_DIR, SCORES_FORMAT_VERSION,
+                                       ScoresError, clean_uncommitted, commit_name, feature_attribution_metadata,
+                                       publish, quarantine_table, schema_metadata, score_schema, scored_index,
+                                       staging_uri, write_table_file)
 from thorax_ray.scoring.overlays import write_overlays
 from thorax_ray.scoring.pipeline import ScoringRun, plan_actors, stream
 from thorax_ray.scoring.scorer import NO_METHOD, heatmap_description, uses_maps
@@ -86,7 +87,8 @@ def score(config: ScoreConfig, *, filesystem=None, capacity: ClusterCapacity | N
                     about={"run_id": run_id, "model_id": model_id}, scratch=True, endpoint_url=endpoint) as staged:
         summary = _score_locked(run, staged, filesystem)
     if config.overlays:
-        shown = resolve_gate(config.overlay_threshold, payload.operating_points, epoch=payload.epoch)
+        shown = resolve_gate(config.overlay_threshold, payload.operating_points, epoch=payload.epoch,
+                             calibration=payload.calibration)
         summary.overlays = write_overlays(config.out, source, config.overlays, model_id=model_id, run_id=run_id,
                                           limit=config.overlay_limit, threshold=shown.thresholds,
                                           endpoint_url=endpoint)
@@ -174,7 +176,8 @@ def _describe_output(run: ScoringRun) -> _Layout:
     attributions = method != NO_METHOD and not model.spec.uses_images
     heatmap = heatmap_description(model, contract, method, config.max_map_side) if maps else None
     features = (feature_attribution_metadata(model.metadata_features.names, method) if attributions else None)
-    gate = resolve_gate(config.box_min_probability, payload.operating_points, epoch=payload.epoch)
+    gate = resolve_gate(config.box_min_probability, payload.operating_points, epoch=payload.epoch,
+                        calibration=payload.calibration)
     box_settings = {
         "frame": "pixels of the original image (the decoded PNG: columns width x height); x, y = top-left corner",
         "findings": "BOXED_FINDINGS (the 8 with ground-truth boxes in BBox_List_2017.csv)",
@@ -190,6 +193,7 @@ def _describe_output(run: ScoringRun) -> _Layout:
         "checkpoint": run.checkpoint_dir, "method": method, "preprocessing": contract.to_dict(),
         "classes": list(FINDINGS), "probability_columns": list(FINDING_COLUMNS),
         "probabilities": "sigmoid of the model's logits, float32", "boxes": box_settings, "run_id": run.run_id,
+        "calibrated_columns": list(CALIBRATED_COLUMNS), "calibration": describe_calibration(payload.calibration),
         "model_init": payload.model_build_config.get("init"),
         "batch_date": run.batch_date, "data_origin": run.origin,
     }
@@ -256,6 +260,7 @@ def _commit(run: ScoringRun, staged: StagedRun, pending: _Pending, layout: _Layo
         "data_origin": run.origin, "ignored": len(run.source.ignored),
         "boxes": layout.box_settings, "model_init": build.get("init"),
         "metadata_features": (build.get("metadata_features") or {}).get("features"),
+        "calibration": describe_calibration(payload.calibration),
         "elapsed_s": round(elapsed, 3), "compute_s": round(written.compute_s, 3), "model_s": round(written.model_s, 3),
     })
     return commit, entries, quarantined

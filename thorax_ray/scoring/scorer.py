@@ -1,6 +1,8 @@
 """The per-batch work of a scoring run: reading/decoding images (CPU tasks) and the model actor
 (`Scorer`, one per GPU or per CPU slot) that turns a batch into output rows: probabilities, compact
-heatmaps of all 14 findings, boxes in original-image pixels (or metadata feature attributions)."""
+heatmaps of all 14 findings, boxes in original-image pixels (or metadata feature attributions), and the
+calibrated probabilities beside the raw ones (the checkpoint's calibration; boxes are gated on the raw ones,
+which the operating points were chosen on)."""
 from __future__ import annotations
 
 import contextlib
@@ -21,6 +23,7 @@ from thorax_ray.attribution import (HEATMAP_SCHEMA_METADATA, boxes_for_batch, en
                                     normalise_maps)
 from thorax_ray.attribution.base import ONE_FORWARD_METHODS
 from thorax_ray.attribution.geometry import Centres, bin_centres, pooled_centres
+from thorax_ray.calibration import apply_calibration
 from thorax_ray.checkpoint import load_payload_and_id
 from thorax_ray.data.decode import HEADER_BYTES, PNG_HEADER_BYTES, DecodeError, image_size
 from thorax_ray.data.pipeline import images_to_array
@@ -29,7 +32,7 @@ from thorax_ray.labels import FINDING_COLUMNS
 from thorax_ray.models import build_model, receptive_field_centres
 from thorax_ray.progress import count
 from thorax_ray.scoring.config import ScoreConfig, scorer_threads
-from thorax_ray.scoring.output import pipeline_schema, score_schema
+from thorax_ray.scoring.output import CALIBRATED_COLUMNS, pipeline_schema, score_schema
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +179,7 @@ class Scorer:
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model = build_model(payload).to(self.device)
         self.contract = PreprocessingContract.from_dict(payload.preprocessing)
+        self.calibration = payload.calibration  # None: the calibrated columns repeat the raw probabilities
         self.spec = self.model.spec
         # GPU: bf16 autocast (predictions and cam/fast_cam), channels_last, pinned non-blocking copies; CPU: off.
         self.fast = FastPath.for_device(self.device, compile=False, images=self.spec.uses_images)
@@ -219,8 +223,9 @@ class Scorer:
             logits = attribution.logits
         probabilities = torch.sigmoid(logits.detach().float()).cpu().numpy()
         model_s = time.perf_counter() - started
-        for i, column in enumerate(FINDING_COLUMNS):
-            out[column] = probabilities[:, i]
+        calibrated = apply_calibration(self.calibration, probabilities)
+        for i, (column, calibrated_column) in enumerate(zip(FINDING_COLUMNS, CALIBRATED_COLUMNS)):
+            out[column], out[calibrated_column] = probabilities[:, i], calibrated[:, i]
         if self.maps:
             maps = attribution.maps.detach().float()
             if tuple(maps.shape[-2:]) != self.map_size:
