@@ -22,6 +22,7 @@ from thorax_ray import storage
 from thorax_ray.cli import (add_cluster_arguments, field_default, job_parser, positive_int, run_main, setup_logging,
                             show_config_defaults)
 from thorax_ray.config_io import Flag, config_from_flags
+from thorax_ray.data.splits import SPLIT_KINDS
 from thorax_ray.evaluation.evaluate import EvaluationConfig
 from thorax_ray.preflight import require_inputs
 from thorax_ray.ray_setup import init_ray
@@ -42,6 +43,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="how thresholds are chosen on the validation split")
     parser.add_argument("--dataset-kind", choices=["synthetic", "real"],
                         help="said in every column label so synthetic numbers are never taken for real ones")
+    parser.add_argument("--split-kind", choices=list(SPLIT_KINDS),
+                        help="split of a raw dataset (official: NIH's lists when present; random: patients, "
+                             "0.1/0.2, seed 0, as training's default data.split); a prepared output keeps prepare's")
     add_cluster_arguments(parser)
     show_config_defaults(parser, FLAGS, EvaluationConfig)
     return parser.parse_args(argv)
@@ -65,6 +69,7 @@ def named_scores(values: list[str]) -> tuple[tuple[str, str], ...]:
 FLAGS = {  # flag -> EvaluationConfig field (--checkpoint: no config, see main); every default is the field's
     "scores": Flag("scores", named_scores), "data": "data", "out": "out", "split": "split", "bootstrap": "n_boot",
     "threshold_rule": "threshold_rule", "dataset_kind": "dataset_kind", "s3_endpoint": "s3_endpoint",
+    "split_kind": "split_kind",
 }
 
 

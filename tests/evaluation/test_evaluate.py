@@ -49,6 +49,8 @@ def test_two_models_compared_with_report(synthetic_small, tmp_path):
     metrics = evaluate_scores(config, lambda uri: scores[uri.split("-")[0]])
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["split_hash"] and set(saved["models"]) == {"good", "weak"}
+    assert saved["data_split"]["kind"] == "official"  # the synthetic dataset has NIH's lists
+    assert "split kind: official split" in (tmp_path / "report.html").read_text()
     good, weak = saved["models"]["good"], saved["models"]["weak"]
     assert good["mean_auroc"] > weak["mean_auroc"] and good["mean_auroc"] > 0.9
     assert all(lo <= hi for lo, hi in (v for v in good["auroc_ci"].values() if v is not None))

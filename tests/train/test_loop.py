@@ -173,3 +173,21 @@ def test_torch_global_seed_differs_per_rank_and_is_a_function_of_seed_epoch_rank
     seeds = {rank_seed(0, epoch, rank) for epoch in range(1, 4) for rank in range(8)}
     assert len(seeds) == 24 and rank_seed(0, 2, 3) == rank_seed(0, 2, 3) != rank_seed(1, 2, 3)
     assert rank_seed(0, 1, 0) != epoch_seed(0, 1, 0)  # a stream apart from the augmentation generator's
+
+
+def test_validation_summary_has_the_loss_thresholds_and_a_calibration_for_the_checkpoint():
+    import numpy as np
+
+    from thorax_ray.metrics import mean_binary_cross_entropy
+    from thorax_ray.models.predict import Predictions
+    from thorax_ray.train.loop import summarise_validation
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, (200, 14)).astype(np.float32)
+    probabilities = np.clip(labels * 0.3 + rng.uniform(0, 0.7, (200, 14)), 0, 1).astype(np.float32)
+    val, calibration = summarise_validation(Predictions([f"{i}.png" for i in range(200)], labels, probabilities))
+    assert val["loss"] == mean_binary_cross_entropy(labels, probabilities) and val["mean_auroc"] > 0.6
+    assert set(val["operating_points"]) and calibration["fitted_on"] == "validation"
+    empty = Predictions.concatenate([])
+    assert summarise_validation(empty) == ({"auroc": {}, "mean_auroc": None, "loss": None, "operating_points": None},
+                                           None)

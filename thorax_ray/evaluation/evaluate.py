@@ -19,6 +19,7 @@ from thorax_ray.data.inputs import InputSource
 from thorax_ray.data.locate import discover
 from thorax_ray.data.nih_csv import read_bbox_list
 from thorax_ray.data.sources import DataConfig, open_source
+from thorax_ray.data.splits import SplitConfig
 from thorax_ray.evaluation.classification import paired_bootstrap_difference, summarize_model
 from thorax_ray.evaluation.comparison import comparison_ci, comparison_table, format_comparison_table
 from thorax_ray.evaluation.localization import (NIH_IMAGE_SIZE, chance_localization, localization_accuracy,
@@ -50,6 +51,7 @@ class EvaluationConfig:
     overlays: int = 8
     dataset_kind: str = "synthetic"  # says where the numbers come from, in every column label
     s3_endpoint: str | None = None
+    split_kind: str = "official"  # how a raw dataset's patients are split (a prepared output keeps prepare's)
 
     def __post_init__(self) -> None:
         """Model names become file and folder names (thresholds/<name>.vN.json) and column prefixes."""
@@ -204,7 +206,8 @@ class _Joined:
 def evaluate_scores(config: EvaluationConfig, load_scores) -> dict:
     """`load_scores(uri) -> DataFrame` (image_index, probability columns, optional heatmap/boxes)."""
     outputs = load_outputs(config, load_scores)
-    source = open_source(DataConfig(data=config.data, s3_endpoint=config.s3_endpoint))
+    source = open_source(DataConfig(data=config.data, s3_endpoint=config.s3_endpoint,
+                                    split=SplitConfig(kind=config.split_kind)))
     truth_boxes = _truth_boxes(source.input, config.s3_endpoint)
     scores = _join(config, source, outputs)
     storage.make_folder(config.out, endpoint_url=config.s3_endpoint)
@@ -219,7 +222,7 @@ def evaluate_scores(config: EvaluationConfig, load_scores) -> dict:
     console.say("evaluate", f"{len(test)} {config.split} rows scored by every model ({', '.join(scores.scored)}); "
                 f"CIs from {config.n_boot} patient resamples")
     metrics: dict = {"split": config.split, "dataset": config.dataset_kind, "split_hash": source.split_hash,
-                     "models": {}, "localization": {}, "notes": notes}
+                     "data_split": source.input.split, "models": {}, "localization": {}, "notes": notes}
     test_truth = None if truth_boxes is None else truth_boxes[truth_boxes["image_index"].isin(test.index)]
     predicted_boxes = _summarise(config, scores, test, val, test_truth, metrics, source.split_hash)
     _compare(config, scores, test, test_truth, metrics)
@@ -316,7 +319,7 @@ def _write(config: EvaluationConfig, scores: _Joined, test: pd.DataFrame, test_t
                                                   split=config.split, endpoint_url=endpoint),
         "AUROC per finding": plot_auroc_comparison(comparison_table(metrics), storage.join(out, "auroc.png"),
                                                    ci=comparison_ci(metrics), split=config.split,
-                                                   endpoint_url=endpoint),
+                                                   data_split=metrics["data_split"], endpoint_url=endpoint),
     }
     for name in scores.scored:
         images[f"Reliability diagrams, {name}: raw and calibrated probabilities"] = plot_reliability_diagrams(

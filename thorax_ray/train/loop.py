@@ -19,6 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from thorax_ray import console
 from thorax_ray.accel import FastPath
+from thorax_ray.calibration import fit_calibration
 from thorax_ray.checkpoint import (CheckpointPayload, checkpoint_dir_name, latest_loadable, save_checkpoint,
                                    write_run_metrics)
 from thorax_ray.data.preprocess import PreprocessingContract, normalise_images, preprocessing_contract
@@ -213,17 +214,28 @@ def validate(worker: Worker, epoch: int, *, train_loss: float, train_images: int
     if worker.rank == 0:
         predictions = Predictions.concatenate(shares)
         predictions.check_unique()
-        aurocs = per_class_auroc(predictions.labels, predictions.probabilities) if len(predictions.labels) else {}
-        # Per-class thresholds for this epoch's weights, chosen on these validation predictions: the
-        # checkpoint carries them and scoring gates boxes and overlays with them (thorax_ray/thresholds.py).
-        points = operating_points(predictions.labels, predictions.probabilities) if len(predictions.labels) else None
+        val, calibration = summarise_validation(predictions)
         now = time.monotonic()
-        loss = mean_binary_cross_entropy(predictions.labels, predictions.probabilities) if len(predictions.labels) else None
         record = {"epoch": epoch, "train_loss": train_loss, "train_images": train_images,
                   "train_seconds": train_seconds, "val_seconds": now - began, "val_images": len(predictions.image_index),
-                  "val": {"auroc": aurocs, "mean_auroc": mean_auroc(aurocs), "loss": loss, "operating_points": points},
-                  "lr": worker.optimizer.param_groups[0]["lr"], "seconds": now - started}
+                  "val": val, "lr": worker.optimizer.param_groups[0]["lr"], "seconds": now - started,
+                  "calibration": calibration}
     return worker.collectives.broadcast_object(record)
+
+
+def summarise_validation(predictions: Predictions) -> tuple[dict, dict | None]:
+    """Rank 0's summary of every validation row: AUROCs, the validation loss (mean unweighted BCE), per-class
+    thresholds chosen on these predictions (the checkpoint carries them; scoring gates boxes and overlays with
+    them, thorax_ray/thresholds.py), and the per-finding calibration fitted on them (for the checkpoint only,
+    not metrics.json: scoring writes calibrated probabilities beside the raw ones)."""
+    if not len(predictions.labels):
+        return {"auroc": {}, "mean_auroc": None, "loss": None, "operating_points": None}, None
+    labels, probabilities = predictions.labels, predictions.probabilities
+    aurocs = per_class_auroc(labels, probabilities)
+    val = {"auroc": aurocs, "mean_auroc": mean_auroc(aurocs),
+           "loss": mean_binary_cross_entropy(labels, probabilities),
+           "operating_points": operating_points(labels, probabilities)}
+    return val, fit_calibration(labels, probabilities)
 
 
 def end_epoch(worker: Worker, record: dict, started: float) -> None:
@@ -232,6 +244,7 @@ def end_epoch(worker: Worker, record: dict, started: float) -> None:
     import ray.train  # deferred: Ray (absent on the GPU machine)
 
     config, epoch = worker.config, record["epoch"]
+    calibration = record.pop("calibration", None)
     val_mean = record["val"]["mean_auroc"]
     worker.scheduler.step(selected_metric(record["val"], config.optim.select_by))  # warm-up, then plateau, ...
     worker.history.append(record)
@@ -247,7 +260,7 @@ def end_epoch(worker: Worker, record: dict, started: float) -> None:
         ray.train.report(metrics)
         return
     directory = tempfile.mkdtemp(prefix="thorax-checkpoint-")  # Ray deletes it once uploaded
-    save_checkpoint(directory, checkpoint_payload(worker, epoch))
+    save_checkpoint(directory, checkpoint_payload(worker, epoch, calibration))
     ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory),
                      checkpoint_dir_name=checkpoint_dir_name(epoch),
                      checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC)
@@ -272,7 +285,7 @@ def improves(val: dict, best: dict | None, select_by: str) -> bool:
     return value < previous if select_by in LOWER_IS_BETTER else value > previous
 
 
-def checkpoint_payload(worker: Worker, epoch: int) -> CheckpointPayload:
+def checkpoint_payload(worker: Worker, epoch: int, calibration: dict | None = None) -> CheckpointPayload:
     config, info = worker.config, worker.info
     return CheckpointPayload(
         model_name=config.model.name, model_build_config=worker.model.build_config,
@@ -280,7 +293,8 @@ def checkpoint_payload(worker: Worker, epoch: int) -> CheckpointPayload:
         scheduler_state=worker.scheduler.state_dict(), epoch=epoch, epochs_from=1, config=config.to_dict(),
         preprocessing=worker.contract.to_dict(), split_hash=info["split_hash"], seed=config.run.seed,
         history=worker.history, best=worker.best, resumes=worker.resumes, run_name=info["run_name"],
-        data_origin=info.get("data_origin"), operating_points=worker.history[-1]["val"]["operating_points"])
+        data_origin=info.get("data_origin"), operating_points=worker.history[-1]["val"]["operating_points"],
+        calibration=calibration)
 
 
 def train_step(trained: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_fn, batch, *, spec, contract: PreprocessingContract,
