@@ -16,9 +16,10 @@ kinds
                         beta_N,c = (|P_c|+|N_c|)/|N_c| on its negative terms (1 where |P_c| = 0 or
                         |N_c| = 0), so a 0.2 % class such as Hernia weighs its positives ~500x (Wang's
                         pooled weight is ~19: 1,569,680 labels / 81,176 positive ones in NIH's published
-                        counts, over the whole dataset; per batch it varies around that). Positive weights are then replaced per class by
-                        `per_class_pos_weight` (if given) and multiplied by `pos_weight_scale`. Without
-                        label counts (allowed only with `per_class_pos_weight`) negative weights are 1.
+                        counts, over the whole dataset; per batch it varies around that). Positive weights
+                        are then replaced per class by `per_class_pos_weight` (if given) and multiplied by
+                        `pos_weight_scale`. Without label counts (allowed only with `per_class_pos_weight`)
+                        negative weights are 1.
 ``focal``               sigmoid focal loss (Lin et al. 2017) as `torchvision.ops.sigmoid_focal_loss`:
                         BCE * (1 - p_t)^gamma, times alpha_t = alpha·y + (1-alpha)·(1-y) when
                         `focal_alpha` is set; gamma = 0 and alpha = None is exactly BCE.

@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 
@@ -98,7 +99,12 @@ def autoscaling_cluster(tmp_path_factory, s3_server):
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env.update(PATH=VENV_BIN + os.pathsep + env["PATH"], RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token,
                RAY_FAKE_CLUSTER="1", AUTOSCALER_UPDATE_INTERVAL_S="1", PYTHONPATH=FAKE_GPUS)
+    # Its own temp dir: Ray's job supervisor gives each job the address of the cluster last started in the temp
+    # dir (`ray_current_cluster`), so with the default /tmp/ray a Ray started meanwhile by another test process
+    # (pytest-xdist) would receive this cluster's jobs.
+    temp_dir = tempfile.mkdtemp(prefix="rayc-", dir="/tmp")  # short: Ray's socket paths live under it
     head = subprocess.Popen([os.path.join(VENV_BIN, "ray"), "start", "--head", "--block", f"--port={gcs}",
+                             f"--temp-dir={temp_dir}",
                              f"--autoscaling-config={config_path}", "--num-cpus=3", "--include-dashboard=true",
                              "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", *node_ports()],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)

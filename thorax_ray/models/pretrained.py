@@ -166,8 +166,8 @@ def require_pretrained_weights(name: str, pretrained: str | None, backbone: str 
     """Before anything slow starts: the weights `create_model(name, pretrained=..., backbone=...)` will read
     exist. "imagenet": torchvision's file for the CNN (for fusion, its backbone) in the torch hub cache, else
     FileNotFoundError naming that exact path and the URL (ValueError for an architecture torchvision publishes
-    no ImageNet weights for); a path or URI: that it exists. Run where the job starts: every node that trains
-    reads its own cache (cluster.yaml's setup commands fill it)."""
+    no ImageNet weights for); a path or URI: that it exists. Run where the job starts, which is where training
+    reads them (`read_model_weights`) before handing them to its workers."""
     if pretrained is None:
         return
     if str(pretrained).lower() != IMAGENET:
