@@ -22,3 +22,14 @@ def test_weights_read_once_build_the_same_model_as_the_file(tmp_path):
     assert from_memory.build_config["init"]["kind"] == "weights_file"
     fusion = create_model("fusion", backbone="resnet18", pretrained=weights)
     torch.testing.assert_close(fusion.backbone.stem.weight, from_file.stem.weight)
+
+
+def test_a_missing_weights_file_is_one_line_naming_the_flag(tmp_path):
+    import pytest
+
+    from thorax_ray.models import require_pretrained_weights
+
+    with pytest.raises(FileNotFoundError, match=r"^--pretrained .*absent\.pth: not found$"):
+        require_pretrained_weights("resnet18", str(tmp_path / "absent.pth"))
+    with pytest.raises(ValueError, match="no ImageNet weights for 'small_cnn'"):
+        require_pretrained_weights("fusion", "imagenet", backbone="small_cnn")

@@ -21,6 +21,7 @@ from torch import nn
 
 from thorax_ray import storage
 from thorax_ray.models.registry import DEFAULT_MODEL, RANDOM_INIT, get_model_spec
+from thorax_ray.preflight import require_inputs
 
 
 class PretrainedWeightsError(ValueError):
@@ -171,9 +172,7 @@ def require_pretrained_weights(name: str, pretrained: str | None, backbone: str 
     if pretrained is None:
         return
     if str(pretrained).lower() != IMAGENET:
-        fs, path = storage.filesystem(pretrained, endpoint_url=endpoint_url)
-        if not fs.exists(path):
-            raise FileNotFoundError(f"--pretrained {pretrained}: not found")
+        require_inputs({"--pretrained": pretrained}, endpoint_url=endpoint_url)
         return
     arch = backbone if get_model_spec(name).input_kind == "both" else name
     path = imagenet_cache_path(arch)
