@@ -61,7 +61,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help=f"what mlp / fusion read (default {','.join(DEFAULT_FEATURES)}; add follow_up to "
                              f"include Follow-up #; known: {','.join(AVAILABLE_FEATURES)})")
     parser.add_argument("--output-stride", type=int, choices=[1, 2, 4, 8, 16],
-                        help="small_cnn's feature-map stride (default 16; 8 gives 16x16 heatmaps at 128 px)")
+                        help="small_cnn's feature-map stride (default 8: 16x16 heatmaps at 128 px, cells of 64 px of a 1024-px original; 16: 8x8)")
     parser.add_argument("--epochs", type=int, help="epochs to train")
     parser.add_argument("--workers", type=int, help="Ray Train workers (DDP ranks)")
     parser.add_argument("--storage", help="folder or s3:// URI for checkpoints")

@@ -230,3 +230,31 @@ def test_heatmap_boxes_follow_wang_every_region_both_thresholds_and_skip_unknown
     # threshold 60: all three regions; threshold 180: the two bright ones (not only the 2 largest overall)
     assert len(boxes["a.png"]) == 5
     assert np.allclose(decode_heatmaps(scores["heatmap"], (8, 8))[0, mass], maps[0, mass], atol=5)
+
+
+def test_an_evaluation_on_a_random_split_sits_beside_one_on_the_official_split(synthetic_small, tmp_path):
+    """--beside: the random-split run's columns in the official-split report and table, labelled with their own
+    split and rows, never paired with this evaluation's models."""
+    manifest, _ = build_manifest(str(synthetic_small))
+    boxes = read_bbox_list(str(synthetic_small / "BBox_List_2017.csv"))
+    scores = fake_scores(manifest, boxes, noise=0.2, seed=3, with_maps=True)
+    random_out, official_out = tmp_path / "random", tmp_path / "official"
+    evaluate_scores(EvaluationConfig(scores=(("cnn", "u"),), data=str(synthetic_small), out=str(random_out),
+                                     n_boot=20, overlays=0, split_kind="random"), lambda uri: scores)
+    metrics = evaluate_scores(EvaluationConfig(scores=(("cnn", "u"),), data=str(synthetic_small),
+                                               out=str(official_out), n_boot=20, overlays=0,
+                                               beside=(str(random_out),)), lambda uri: scores)
+    beside = metrics["models"]["cnn@random"]
+    assert beside["data_split"]["kind"] == "random" and metrics["data_split"]["kind"] == "official"
+    random_metrics = json.loads((random_out / "metrics.json").read_text())
+    assert beside["mean_auroc"] == random_metrics["models"]["cnn"]["mean_auroc"]
+    assert beside["n_images"] == random_metrics["models"]["cnn"]["n_images"]
+    assert "random patient split 70/10/20 (train/val/test), seed 0; evaluated separately, not paired" in beside["label"]
+    assert beside["label"] in metrics["table"] and "split kind: official split" in metrics["table"]
+    report = (official_out / "report.html").read_text()
+    assert "evaluated separately, not paired" in report
+    assert all("cnn@random" not in str(p) for p in metrics.get("paired", []))
+    with pytest.raises(ValueError, match=r"--beside .*nowhere: no metrics.json with models there"):
+        evaluate_scores(EvaluationConfig(scores=(("cnn", "u"),), data=str(synthetic_small), out=str(tmp_path / "x"),
+                                         beside=(str(tmp_path / "nowhere"),)), lambda uri: scores)
+    assert not (tmp_path / "x").exists()

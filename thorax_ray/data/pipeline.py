@@ -19,10 +19,13 @@ from thorax_ray.data.read import ReadError, read_bytes
 from thorax_ray.progress import count
 
 MAX_SIDE = 4096  # stored/decoded image side: beyond the largest NIH original (3,827 px)
+# The default side of prepared images and of the model input: at 512 px every torchvision CNN (stride 32) gives
+# 16x16 maps, a map cell covering 64 px of the 1024-px original (224 px: 7x7, 146 px; README "Map cells").
+DEFAULT_IMAGE_SIZE = 512
 
 @dataclass(frozen=True)
 class ImageConfig:
-    size: int = 224
+    size: int = DEFAULT_IMAGE_SIZE
     batch_size: int = 32  # rows per map_batches call
     read_attempts: int = 3  # the most tries of one S3 request of an image read (botocore's retries, with backoff)
     io_threads: int = 8  # concurrent reads per batch (object stores reward concurrency)

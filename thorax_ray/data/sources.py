@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from thorax_ray.data.inputs import PATIENT_METADATA, InputSource, resolve_dataset
-from thorax_ray.data.pipeline import ImageConfig, load_images, manifest_dataset
+from thorax_ray.data.pipeline import DEFAULT_IMAGE_SIZE, ImageConfig, load_images, manifest_dataset
 from thorax_ray.data.shards import read_prepared
 from thorax_ray.data.splits import SplitConfig
 from thorax_ray.labels import FINDING_COLUMNS
@@ -27,7 +27,7 @@ TRAINING_ROW_COLUMNS = (*METADATA_COLUMNS, *FINDING_COLUMNS)
 @dataclass(frozen=True)
 class DataConfig:
     data: str = "data/demo"  # dataset folder/URI (raw PNGs or metadata only) or a prepared output (has prepared.json)
-    size: int = 224
+    size: int = DEFAULT_IMAGE_SIZE  # model input side (512: 16x16 maps of 64-px cells for the torchvision CNNs)
     batch_size: int | None = None  # per worker; default by model kind: DEFAULT_BATCH_SIZE
     eval_batch_size: int = 64
     limit: int | None = None  # at most this many rows per split (smoke runs)

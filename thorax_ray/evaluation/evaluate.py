@@ -20,6 +20,7 @@ from thorax_ray.data.locate import discover
 from thorax_ray.data.nih_csv import read_bbox_list
 from thorax_ray.data.sources import DataConfig, open_source
 from thorax_ray.data.splits import SplitConfig
+from thorax_ray.evaluation.beside import beside_models, read_beside
 from thorax_ray.evaluation.classification import paired_bootstrap_difference, summarize_model
 from thorax_ray.evaluation.comparison import comparison_ci, comparison_table, format_comparison_table
 from thorax_ray.evaluation.localization import (NIH_IMAGE_SIZE, chance_localization, localization_accuracy,
@@ -52,6 +53,7 @@ class EvaluationConfig:
     dataset_kind: str = "synthetic"  # says where the numbers come from, in every column label
     s3_endpoint: str | None = None
     split_kind: str = "official"  # how a raw dataset's patients are split (a prepared output keeps prepare's)
+    beside: tuple[str, ...] = ()  # output folders of other evaluations whose models are set beside (evaluation/beside.py)
 
     def __post_init__(self) -> None:
         """Model names become file and folder names (thresholds/<name>.vN.json) and column prefixes."""
@@ -146,6 +148,27 @@ def _gate_text(gate: dict | None) -> str:
     return f"probability gate {gate}" if gate else "probability gate unknown"
 
 
+WANG_INPUT_SIZE = 1024  # Wang et al. 2017 localized on 1024 x 1024 inputs: 32x32 maps (ResNet-50, stride 32)
+LOSSLESS_ENCODINGS = ("uint8", "planar8")  # stored heatmaps whose 0..255 levels come back exactly
+
+
+def wang_resolution_gaps(heatmap: dict) -> list[str]:
+    """How stored heatmaps differ from those Wang et al. 2017 thresholded (raw CAM of a 1024-px input, not
+    pooled, 256 levels so that 60 and 180 are cut exactly); empty when they do not."""
+    gaps = []
+    if heatmap.get("method") != "cam":
+        gaps.append(f"{heatmap.get('method', 'unknown')} maps (Wang: raw CAM, --method cam)")
+    size = heatmap.get("scored_image_size")
+    if not size or int(size) < WANG_INPUT_SIZE:
+        gaps.append(f"{size or 'unknown'} px input (Wang: {WANG_INPUT_SIZE})")
+    if heatmap.get("pooling", "none") != "none":
+        gaps.append("maps pooled (Wang: not pooled, --max-map-side 0)")
+    if heatmap.get("encoding") not in LOSSLESS_ENCODINGS:
+        gaps.append(f"stored as {heatmap.get('encoding', 'unknown encoding')}, not lossless "
+                    "(Wang: 8-bit, --heatmap-bits 8)")
+    return gaps
+
+
 def localization_protocols(heatmap: dict | None, boxes: dict | None) -> dict[str, dict]:
     """What produced each localization figure: Wang et al. 2017's protocol on the stored maps, and the
     boxes as the scoring job wrote them. Each: {"label", "method", "map", "thresholds", "regions", "gate"}."""
@@ -154,9 +177,14 @@ def localization_protocols(heatmap: dict | None, boxes: dict | None) -> dict[str
     shape = heatmap.get("shape") or []
     grid = f"{shape[-2]}x{shape[-1]}" if len(shape) >= 2 else "unknown size"
     centred = "receptive-field centres" if heatmap.get("cell_centres") else "equal-cell centres"
+    gaps = wang_resolution_gaps(heatmap)
+    thresholds = f"thresholds {' and '.join(str(t) for t in WANG_THRESHOLDS)} of 255, every region, no probability gate"
     wang = {"method": method, "map": grid, "thresholds": list(WANG_THRESHOLDS), "regions": "every", "gate": "none",
-            "label": (f"Wang et al. 2017 protocol: {method} maps {grid} ({centred}), thresholds "
-                      f"{' and '.join(str(t) for t in WANG_THRESHOLDS)} of 255, every region, no probability gate")}
+            "at_wang_resolution": not gaps,
+            "label": (f"Wang et al. 2017 protocol at Wang's resolution: raw CAM maps {grid} ({centred}) of a "
+                      f"{heatmap.get('scored_image_size')} px input, unpooled, 8-bit, {thresholds}" if not gaps else
+                      f"Wang et al. 2017 protocol: {method} maps {grid} ({centred}), {thresholds}; "
+                      f"not at Wang's resolution: {'; '.join(gaps)}")}
     scored = {"method": method, "map": grid, "thresholds": [boxes.get("threshold")],
               "regions": boxes.get("max_boxes_per_finding"), "gate": boxes.get("min_probability"),
               "label": (f"boxes as scored: {method} maps {grid}, threshold {boxes.get('threshold', '?')} of 255, "
@@ -206,6 +234,7 @@ class _Joined:
 def evaluate_scores(config: EvaluationConfig, load_scores) -> dict:
     """`load_scores(uri) -> DataFrame` (image_index, probability columns, optional heatmap/boxes)."""
     outputs = load_outputs(config, load_scores)
+    others = read_beside(config.beside, config.s3_endpoint)
     source = open_source(DataConfig(data=config.data, s3_endpoint=config.s3_endpoint,
                                     split=SplitConfig(kind=config.split_kind)))
     truth_boxes = _truth_boxes(source.input, config.s3_endpoint)
@@ -225,6 +254,11 @@ def evaluate_scores(config: EvaluationConfig, load_scores) -> dict:
                      "data_split": source.input.split, "models": {}, "localization": {}, "notes": notes}
     test_truth = None if truth_boxes is None else truth_boxes[truth_boxes["image_index"].isin(test.index)]
     predicted_boxes = _summarise(config, scores, test, val, test_truth, metrics, source.split_hash)
+    for name, entry in beside_models(others, set(metrics["models"])).items():
+        metrics["models"][name] = entry
+        if entry.get("localization"):
+            metrics["localization"][name] = entry["localization"]
+        notes.append(f"{name}: from {entry['evaluated_in']}, on its own test rows ({entry['label']})")
     _compare(config, scores, test, test_truth, metrics)
     _write_parquet(rows.reset_index(drop=True), storage.join(config.out, "predictions.parquet"), config.s3_endpoint)
     return _write(config, scores, test, test_truth, predicted_boxes, metrics)

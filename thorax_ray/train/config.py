@@ -27,14 +27,18 @@ class AugmentConfig:
     contrast: float = 0.05
 
 
+SMALL_CNN_OUTPUT_STRIDE = 8  # small_cnn's default: 16x16 maps at 128 px (its builder's own default, 16, rebuilds old runs)
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     name: str = "densenet121"
     backbone: str = "densenet121"  # image part of `fusion`
     pretrained: str | None = None  # "imagenet" (torchvision's, via the torch hub cache), a path/URI, None (random)
     metadata_features: tuple[str, ...] = DEFAULT_FEATURES
-    # small_cnn (or fusion on small_cnn) only: feature-map stride, a power of two up to 16 (None: 16). 8 gives
-    # 16x16 heatmaps at 128 px instead of 8x8, fine enough to box small findings (2.4x the multiply-adds).
+    # small_cnn (or fusion on small_cnn) only: feature-map stride, a power of two up to 16; None: SMALL_CNN_OUTPUT_STRIDE.
+    # 8 gives 16x16 heatmaps at 128 px (a cell: 64 px of the 1024-px original), fine enough to box small
+    # findings; 16 gives 8x8 (128 px cells) for 1/2.4 of the multiply-adds.
     output_stride: int | None = None
 
     def __post_init__(self) -> None:
@@ -42,6 +46,8 @@ class ModelConfig:
         cnn = self.backbone if self.name == "fusion" else self.name
         if self.output_stride is not None and cnn != "small_cnn":
             raise ValueError(f"output_stride applies to small_cnn (or fusion with backbone small_cnn), not {cnn!r}")
+        if self.output_stride is None and cnn == "small_cnn":
+            object.__setattr__(self, "output_stride", SMALL_CNN_OUTPUT_STRIDE)
         if self.name not in list_models():
             raise ValueError(f"unknown architecture {self.name!r}; registered: {list_models()}")
         if self.backbone not in list_models("image"):

@@ -43,6 +43,17 @@ def model_kwargs(config: TrainConfig) -> dict:
     return kwargs
 
 
+def check_same_architecture(run_dir: str, saved: dict, asked: dict) -> None:
+    """A resumed run continues the architecture its checkpoints hold: settings that change the computation
+    but not the weights' shapes (small_cnn's output stride) would otherwise load silently into another one."""
+    def key(build: dict) -> tuple:
+        return build.get("name"), build.get("kwargs") or {}, build.get("metadata_features")
+
+    if key(saved) != key(asked):
+        raise ValueError(f"{run_dir}: its checkpoints are of {key(saved)[0]} {key(saved)[1]}, this run asks for "
+                         f"{key(asked)[0]} {key(asked)[1]}; give another --name or the run's own settings")
+
+
 def restore_state(run_dir: str, endpoint: str | None) -> CheckpointPayload | None:
     """The checkpoint to resume from: the newest complete one in the run's storage. Ray's registered
     checkpoint (`ray.train.get_checkpoint()`) is one of these folders (`RUN_DIR/epoch_NNNN`), but Ray
@@ -147,6 +158,7 @@ def start_worker(loop_config: dict) -> Worker:
     fast.setup()
     state = restore_state(info["run_dir"], config.data.s3_endpoint)
     if state is not None:
+        check_same_architecture(info["run_dir"], state.model_build_config, model.build_config)
         model.load_state_dict(state.model_state, strict=True)
     model = fast.prepare_model(model)  # on the device; channels_last for image models on GPU
     global_batch = config.batch_size * world  # lr rule: thorax_ray/train/lr_schedule.py
