@@ -74,7 +74,7 @@ TRAIN_EVERY_FLAG = [
 
 @pytest.mark.parametrize("argv, expected", [
     ([], TrainConfig(
-        data=DataConfig(data='data/demo', size=224, batch_size=None, eval_batch_size=64, limit=None, val_cache_mb=1024,
+        data=DataConfig(data='data/demo', size=512, batch_size=None, eval_batch_size=64, limit=None, val_cache_mb=1024,
                         cache_train_mb=2048, shuffle_buffer_rows=2048, shuffle=True, s3_endpoint=None),
         model=ModelConfig(name='densenet121', backbone='densenet121', pretrained=None,
                           metadata_features=('age', 'sex', 'view_position'), output_stride=None),
@@ -118,7 +118,7 @@ def test_tune_base_overrides(argv, expected):
 @pytest.mark.parametrize("argv, expected", [
     (["--data", "d", "--out", "o"], PrepareConfig(
         data='d', out='o', metadata=None,
-        image=ImageConfig(size=224, batch_size=32, read_attempts=3, io_threads=8, expected_source_size=None,
+        image=ImageConfig(size=512, batch_size=32, read_attempts=3, io_threads=8, expected_source_size=None,
                           endpoint_url=None),
         split=SplitConfig(val_fraction=0.1, test_fraction=0.2, seed=0, required=('train', 'val')), overwrite=False,
         keep_previous_hours=72.0, seed=0, lock_ttl_s=600.0, shared_fs=False, target_file_mb=256, compression='none')),
@@ -133,7 +133,7 @@ def test_tune_base_overrides(argv, expected):
         keep_previous_hours=1.5, seed=3, lock_ttl_s=600.0, shared_fs=True, target_file_mb=16, compression='none')),
     (["--data", "d", "--out", "o", "--split", "random", "--split-seed", "5"], PrepareConfig(
         data='d', out='o', metadata=None,
-        image=ImageConfig(size=224, batch_size=32, read_attempts=3, io_threads=8, expected_source_size=None,
+        image=ImageConfig(size=512, batch_size=32, read_attempts=3, io_threads=8, expected_source_size=None,
                           endpoint_url=None),
         split=SplitConfig(val_fraction=0.1, test_fraction=0.2, seed=5, required=('train', 'val'), kind='random'),
         overwrite=False, keep_previous_hours=72.0, seed=0, lock_ttl_s=600.0, shared_fs=False, target_file_mb=256,
