@@ -3,7 +3,7 @@
     # scored models side by side (outputs of jobs/score.py), with CIs, thresholds, localization, report.html
     python jobs/evaluate.py --scores cnn=out/scores/cnn --scores mlp=out/scores/mlp --data data/demo --out out/eval
 
-    # one checkpoint on one split: per-class and mean AUROC
+    # one checkpoint on one split: per-class and mean AUROC (--tta hflip|tencrop: test-time augmentation)
     python jobs/evaluate.py --checkpoint runs/thorax-small_cnn --data data/demo --split test --out out/eval
 
 `--checkpoint` is a run folder STORAGE/NAME (its best checkpoint) or one checkpoint folder; `--scores`
@@ -24,6 +24,7 @@ from thorax_ray.cli import (add_cluster_arguments, field_default, job_parser, po
 from thorax_ray.config_io import Flag, config_from_flags
 from thorax_ray.data.splits import SPLIT_KINDS
 from thorax_ray.evaluation.evaluate import EvaluationConfig
+from thorax_ray.models.tta import NO_TTA, TTA_KINDS, check_checkpoint_tta
 from thorax_ray.preflight import require_inputs
 from thorax_ray.ray_setup import init_ray
 
@@ -46,9 +47,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--split-kind", choices=list(SPLIT_KINDS),
                         help="split of a raw dataset (official: NIH's lists when present; random: patients, "
                              "0.1/0.2, seed 0, as training's default data.split); a prepared output keeps prepare's")
+    parser.add_argument("--tta", choices=list(TTA_KINDS),
+                        help=f"with --checkpoint: test-time augmentation of the probabilities (hflip, or CheXNet's "
+                             f"tencrop; thorax_ray.models.tta) (default: {NO_TTA}); --scores carry their own")
     add_cluster_arguments(parser)
     show_config_defaults(parser, FLAGS, EvaluationConfig)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.scores and args.tta is not None:
+        parser.error(f"--tta {args.tta} applies to --checkpoint; scores carry the test-time augmentation they were "
+                     "made with (jobs/score.py --tta; read_scores(...).attrs['tta'])")
+    return args
 
 
 def named_scores(values: list[str]) -> tuple[tuple[str, str], ...]:
@@ -102,13 +110,15 @@ def main(argv: list[str] | None = None) -> int:
     from thorax_ray.checkpoint import resolve_checkpoint
     from thorax_ray.evaluation.checkpoint import evaluate_checkpoint
 
-    resolve_checkpoint(args.checkpoint, endpoint_url=args.s3_endpoint)  # a folder without a checkpoint: fail now
-    split = evaluated_split(args)
+    checkpoint_dir = resolve_checkpoint(args.checkpoint, endpoint_url=args.s3_endpoint)  # none there: fail now
+    split, tta = evaluated_split(args), args.tta or NO_TTA
+    check_checkpoint_tta(checkpoint_dir, tta, endpoint_url=args.s3_endpoint)  # before Ray starts
     init_ray(args.address, verbose=args.verbose)
-    metrics = evaluate_checkpoint(args.checkpoint, args.data, split, s3_endpoint=args.s3_endpoint)
+    metrics = evaluate_checkpoint(args.checkpoint, args.data, split, s3_endpoint=args.s3_endpoint, tta=tta)
     path = storage.join(args.out, "metrics.json")
     storage.write_json(path, metrics, endpoint_url=args.s3_endpoint)
-    print(f"{metrics['model']} on {split} ({metrics['n_images']} images): mean AUROC "
+    print(f"{metrics['model']} on {split} ({metrics['n_images']} images"
+          + (f", tta {tta}" if tta != NO_TTA else "") + "): mean AUROC "
           f"{metrics['mean_auroc'] if metrics['mean_auroc'] is None else round(metrics['mean_auroc'], 4)}")
     for finding, value in metrics["auroc"].items():
         print(f"  {finding:<20} {'n/a' if value is None else f'{value:.4f}'}")

@@ -7,6 +7,9 @@ with code 75 and one line naming the run that holds it.
     python jobs/score.py --checkpoint runs/cnn --input s3://bucket/incoming/ --out s3://bucket/scores
     python jobs/score.py --checkpoint runs/cnn/epoch_0007 --input data/demo --out data/scores \\
         --overlays data/overlays --limit 8
+    # probabilities averaged over CheXNet's ten crops; raw CAM maps at feature-map size, stored lossless
+    python jobs/score.py --checkpoint runs/cnn --input data/demo --out data/scores-tta --tta tencrop \\
+        --method cam --max-map-side 0 --heatmap-bits 8
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ import datetime
 import re
 import sys
 
-from thorax_ray.attribution import list_methods
+from thorax_ray.attribution import PLANAR_BITS, list_methods
 from thorax_ray.checkpoint import resolve_checkpoint
 from thorax_ray.cli import (add_cluster_arguments, add_gpu_arguments, checked_by, job_parser, non_negative_float,
                             non_negative_int, positive_float, positive_int, run_main, setup_logging,
@@ -23,6 +26,7 @@ from thorax_ray.cli import (add_cluster_arguments, add_gpu_arguments, checked_by
 from thorax_ray.cluster import cluster_capacity
 from thorax_ray.config_io import Flag, config_from_flags
 from thorax_ray.lease import LeaseBusy
+from thorax_ray.models.tta import TTA_KINDS, check_checkpoint_tta
 from thorax_ray.preflight import require_inputs
 from thorax_ray.ray_setup import init_ray
 from thorax_ray.scoring import NO_METHOD, ScoreConfig
@@ -40,7 +44,8 @@ FLAGS = {  # flag -> ScoreConfig field, or Flag(field, converter); every flag's 
     "in_flight_mb": "in_flight_mb", "batch_date": "batch_date", "overlays": "overlays", "limit": "overlay_limit",
     "overlay_threshold": Flag("overlay_threshold", parse_gate), "wait_for_lock": "lock_wait_s",
     "keep_uncommitted_hours": "keep_uncommitted_hours", "s3_endpoint": "endpoint_url", "use_gpu": "use_gpu",
-    "cluster_config": "cluster_config", "shared_fs": "shared_fs",
+    "cluster_config": "cluster_config", "shared_fs": "shared_fs", "heatmap_bits": "heatmap_bits", "tta": "tta",
+    "tta_heatmaps": "tta_heatmaps",
 }
 
 
@@ -85,6 +90,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "original (0: at full size)")
     parser.add_argument("--max-map-side", type=non_negative_int,
                         help="pool maps to at most this many cells per side (0: keep)")
+    parser.add_argument("--heatmap-bits", type=int, choices=list(PLANAR_BITS),
+                        help="bits per stored map value: 5 = 32 levels; 8 = all 256, lossless (Wang et al.'s box "
+                             "thresholds 60 and 180 hold exactly on the stored maps)")
+    parser.add_argument("--tta", choices=list(TTA_KINDS),
+                        help="test-time augmentation of the probabilities: hflip = mean with the horizontal flip's; "
+                             "tencrop = CheXNet's ten crops (resize to 256/224 of the model's size, four corners "
+                             "and centre, and of the flip); maps and boxes stay from the un-augmented image; "
+                             "recorded with the scores")
+    parser.add_argument("--tta-heatmaps", action="store_true", default=None,
+                        help="with --tta hflip: maps are the mean of the image's and the flipped image's (flipped "
+                             "back) (default: off)")
     parser.add_argument("--max-images", type=positive_int,
                         help="score at most this many new images in this run (default: all)")
     parser.add_argument("--in-flight-mb", type=positive_int,
@@ -113,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose)
     config = build_config(args)
     require_inputs({"--checkpoint": config.checkpoint, "--input": config.input}, endpoint_url=config.endpoint_url)
-    resolve_checkpoint(config.checkpoint, endpoint_url=config.endpoint_url)  # a folder with no checkpoint: fail now
+    checkpoint_dir = resolve_checkpoint(config.checkpoint, endpoint_url=config.endpoint_url)  # none there: fail now
+    check_checkpoint_tta(checkpoint_dir, config.tta, endpoint_url=config.endpoint_url)  # before Ray starts
     local = init_ray(args.address, verbose=args.verbose)
     try:
         summary = score(config, capacity=cluster_capacity(config.cluster_config, local=local))

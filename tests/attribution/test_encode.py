@@ -91,6 +91,32 @@ def test_schema_metadata():
     assert json.loads(json.dumps(meta)) == meta  # stored as JSON in the Parquet metadata: plain types only
 
 
+def test_planar8_is_lossless():
+    rng = np.random.default_rng(2)
+    maps = rng.integers(0, 256, size=(5, NUM_FINDINGS, 32, 32), dtype=np.uint8)
+    values = encode_heatmaps(maps, encoding="planar8")
+    assert [len(v) for v in values] == [1 + NUM_FINDINGS * 32 * 32] * 5 and values[0][0] == 8
+    np.testing.assert_array_equal(decode_heatmaps(values, (32, 32)), maps)
+    wang = np.zeros((1, NUM_FINDINGS, 2, 2), np.uint8) + np.array([[60, 180], [0, 255]], np.uint8)
+    np.testing.assert_array_equal(decode_heatmaps(encode_heatmaps(wang, encoding="planar8"), (2, 2)), wang)
+    five = decode_heatmaps(encode_heatmaps(wang, encoding="planar5"), (2, 2))
+    assert five[0, 0].tolist() == [[58, 181], [0, 255]]  # 32 levels move Wang et al.'s 60 and 180
+
+
+@pytest.mark.parametrize("encoding, levels, layout", [
+    ("planar5", 32, "byte 5, then the maps quantised to 32 levels as planar-predictor residuals"),
+    ("planar8", "lossless", "byte 8, then the maps all 256 levels (lossless) as planar-predictor residuals"),
+    ("planar3", 8, "byte 3, then the maps quantised to 8 levels"),
+    ("uint8", "lossless", "one binary value of 14*h*w bytes per image: the uint8 maps as they are"),
+])
+def test_schema_metadata_says_the_encoding_and_its_levels(encoding, levels, layout):
+    meta = HEATMAP_SCHEMA_METADATA(8, 8, "cam", encoding=encoding)
+    assert (meta["encoding"], meta["levels"]) == (encoding, levels) and layout in meta["layout"]
+    assert HEATMAP_SCHEMA_METADATA(8, 8, "cam")["encoding"] == "planar5"  # what the scoring job writes by default
+    with pytest.raises(ValueError, match="unknown heatmap encoding 'planar9'"):
+        HEATMAP_SCHEMA_METADATA(8, 8, "cam", encoding="planar9")
+
+
 @pytest.mark.parametrize("name,size,cells", [("densenet121", 224, 7), ("small_cnn", 128, 8)])
 def test_bytes_per_image_from_real_maps(name, size, cells):
     torch.manual_seed(0)

@@ -25,10 +25,11 @@ SCORE_EVERY_FLAG = SCORE_REQUIRED + [
     "--max-boxes", "2", "--box-grid", "0", "--max-map-side", "0", "--max-images", "50", "--in-flight-mb", "99",
     "--batch-date", "2024-01-02", "--overlays", "ov", "--limit", "3", "--overlay-threshold", "none",
     "--wait-for-lock", "5", "--keep-uncommitted-hours", "2", "--s3-endpoint", "http://e", "--verbose",
-    "--address", "auto", "--use-gpu", "false", "--cluster-config", "c.yaml", "--shared-fs"]
+    "--address", "auto", "--use-gpu", "false", "--cluster-config", "c.yaml", "--shared-fs", "--heatmap-bits", "8",
+    "--tta", "hflip", "--tta-heatmaps"]
 SCORE_CONVERSIONS = SCORE_REQUIRED + [
     "--box-grid", "64", "--max-map-side", "8", "--use-gpu", "true", "--box-min-probability", "calibrated",
-    "--overlay-threshold", "-1", "--limit", "0", "--wait-for-lock", "0"]
+    "--overlay-threshold", "-1", "--limit", "0", "--wait-for-lock", "0", "--tta", "tencrop"]
 
 
 def build(job: str, argv: list[str]):
@@ -40,21 +41,24 @@ def build(job: str, argv: list[str]):
     (SCORE_REQUIRED, ScoreConfig(
         checkpoint='ck', input='in', out='o', metadata=None, method=None, method_options={}, batch_size=32,
         use_gpu='auto', gpus_per_actor=1.0, min_actors=1, max_actors=None, actor_cpus=1.0, cluster_config=None,
-        shared_fs=False, lock_wait_s=0.0, lock_ttl_s=600.0, max_map_side=16, box_min_probability='calibrated',
+        shared_fs=False, lock_wait_s=0.0, lock_ttl_s=600.0, max_map_side=16, heatmap_bits=5, tta='none',
+        tta_heatmaps=False, box_min_probability='calibrated',
         box_threshold=180, max_boxes=2, box_grid=128, max_images=None, rows_per_file=8192, compression='zstd',
         read_attempts=3, decode_cpus=1.0, in_flight_mb=None, keep_uncommitted_hours=24.0, run_id=None,
         batch_date=None, overlays=None, overlay_limit=8, overlay_threshold='calibrated', endpoint_url=None)),
     (SCORE_EVERY_FLAG, ScoreConfig(
         checkpoint='ck', input='in', out='o', metadata='m.csv', method='gradcam', method_options={}, batch_size=7,
         use_gpu='false', gpus_per_actor=0.5, min_actors=2, max_actors=3, actor_cpus=2.0, cluster_config='c.yaml',
-        shared_fs=True, lock_wait_s=5.0, lock_ttl_s=600.0, max_map_side=None, box_min_probability=0.3,
+        shared_fs=True, lock_wait_s=5.0, lock_ttl_s=600.0, max_map_side=None, heatmap_bits=8, tta='hflip',
+        tta_heatmaps=True, box_min_probability=0.3,
         box_threshold=100.0, max_boxes=2, box_grid=None, max_images=50, rows_per_file=8192, compression='zstd',
         read_attempts=3, decode_cpus=1.0, in_flight_mb=99, keep_uncommitted_hours=2.0, run_id=None,
         batch_date='2024-01-02', overlays='ov', overlay_limit=3, overlay_threshold=None, endpoint_url='http://e')),
     (SCORE_CONVERSIONS, ScoreConfig(
         checkpoint='ck', input='in', out='o', metadata=None, method=None, method_options={}, batch_size=32,
         use_gpu='true', gpus_per_actor=1.0, min_actors=1, max_actors=None, actor_cpus=1.0, cluster_config=None,
-        shared_fs=False, lock_wait_s=0.0, lock_ttl_s=600.0, max_map_side=8, box_min_probability='calibrated',
+        shared_fs=False, lock_wait_s=0.0, lock_ttl_s=600.0, max_map_side=8, heatmap_bits=5, tta='tencrop',
+        tta_heatmaps=False, box_min_probability='calibrated',
         box_threshold=180, max_boxes=2, box_grid=64, max_images=None, rows_per_file=8192, compression='zstd',
         read_attempts=3, decode_cpus=1.0, in_flight_mb=None, keep_uncommitted_hours=24.0, run_id=None,
         batch_date=None, overlays=None, overlay_limit=0, overlay_threshold=None, endpoint_url=None)),
@@ -162,6 +166,25 @@ def test_evaluate_scores_config(argv, expected):
 def test_evaluate_checkpoint_split(argv, split):
     job = job_module("evaluate")
     assert job.evaluated_split(job.parse_args(argv)) == split
+
+
+def test_evaluate_tta_goes_with_checkpoint_and_is_refused_with_scores(capsys):
+    job = job_module("evaluate")
+    assert job.parse_args(["--checkpoint", "ck", "--data", "d", "--out", "o", "--tta", "tencrop"]).tta == "tencrop"
+    assert job.parse_args(["--checkpoint", "ck", "--data", "d", "--out", "o"]).tta is None  # main: tta.NO_TTA
+    with pytest.raises(SystemExit) as done:
+        job.parse_args(["--scores", "x=y", "--data", "d", "--out", "o", "--tta", "hflip"])
+    error = capsys.readouterr().err
+    assert done.value.code == 2 and error.count("\n") == 1 and error.startswith("error: --tta hflip applies to --checkpoint")
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--tta", "tencrop", "--tta-heatmaps"], "^--tta-heatmaps: ten-crop's maps"),
+    (["--tta-heatmaps"], "^--tta-heatmaps needs --tta hflip"),
+])
+def test_score_tta_heatmaps_refused_where_there_is_no_map_to_average(extra, message):
+    with pytest.raises(ValueError, match=message):  # jobs print it as `error: ...`, exit 2 (cli.run_main)
+        build("score", SCORE_REQUIRED + extra)
 
 
 @pytest.mark.parametrize("argv, expected", [

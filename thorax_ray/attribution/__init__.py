@@ -10,16 +10,18 @@ from thorax_ray.attribution import cam, gradients, occlusion  # noqa: F401 (impo
 from thorax_ray.attribution.base import default_method_name, get_method, list_methods
 from thorax_ray.attribution.boxes import (BOXES_TYPE, DEFAULT_MAX_BOXES, DEFAULT_THRESHOLD, WANG_THRESHOLDS,
                                           boxes_for_batch, boxes_for_image)
-from thorax_ray.attribution.encode import (HEATMAP_METADATA_KEY, HEATMAP_SCHEMA_METADATA, decode_heatmaps,
-                                           encode_heatmaps, normalise_maps)
+from thorax_ray.attribution.encode import (DEFAULT_HEATMAP_BITS, HEATMAP_METADATA_KEY, HEATMAP_SCHEMA_METADATA,
+                                           PLANAR_BITS, decode_heatmaps, encode_heatmaps, normalise_maps)
 from thorax_ray.attribution.geometry import centres_from_metadata, upsample_maps
 
 __all__ = [
     "BOXES_TYPE",
+    "DEFAULT_HEATMAP_BITS",
     "DEFAULT_MAX_BOXES",
     "DEFAULT_THRESHOLD",
     "HEATMAP_METADATA_KEY",
     "HEATMAP_SCHEMA_METADATA",
+    "PLANAR_BITS",
     "WANG_THRESHOLDS",
     "boxes_for_batch",
     "boxes_for_image",

@@ -5,15 +5,18 @@ scaled to 0..255 (`normalise_maps`). Two encodings of one image's value, told ap
 
 - "uint8" (14·h·w bytes): the array in C order (class, row, column). Written by older runs.
 - "planar<b>" (1 + 14·h·w bytes; the default is b = 5): a leading byte b, then the maps quantised to
-  L = 2**b - 1 levels (q = round(v·L/255)) and replaced, in C order, by the residuals of the planar
+  2**b levels 0..L, L = 2**b - 1 (q = round(v·L/255); b = 8 keeps every value: lossless) and replaced, in
+  C order, by the residuals of the planar
   predictor r[i, j] = q[i, j] - q[i, j-1] - q[i-1, j] + q[i-1, j-1] (0 outside the map) mod 256;
   decoding is two cumulative sums mod 256 and v = round(q·255/L). Neighbouring cells are alike, so the
   residuals are small and the Parquet zstd compresses them: 16x16 maps of trained small_cnns took
   1.36 KB (raw CAM) to 1.53 KB (ReLU'd) per image instead of 3.1 KB as uint8, which keeps the whole
-  row within the 2 KB per image budget; values come back within 5 of 255 (a 32-level step is 8.2,
-  against the 60 and 180 that boxes are cut at).
+  row within the 2 KB per image budget; values come back within 5 of 255 (a 32-level step is 8.2, so the
+  stored maps cut at Wang et al.'s 60 and 180 act as cuts at 62 and 177 of the exact maps). The scoring
+  job's `--heatmap-bits 8` stores them lossless (`bench/heatmap_bytes.py` measures what that costs).
 
-`decode_heatmaps` reads every encoding. `HEATMAP_SCHEMA_METADATA(h, w, method, centres)` describes the column for the
+`decode_heatmaps` reads every encoding. `HEATMAP_SCHEMA_METADATA(h, w, method, centres, encoding=...)` describes the
+column for the
 Parquet schema (stored JSON-encoded under `HEATMAP_METADATA_KEY`), including where the cells sit (geometry.py).
 """
 from __future__ import annotations
@@ -28,8 +31,9 @@ from thorax_ray.labels import FINDINGS, NUM_FINDINGS
 
 HEATMAP_METADATA_KEY = "thorax_ray.heatmap"
 HEATMAP_NORMALISATION = "per-class min-max to 0..255 over the map"
-HEATMAP_ENCODING = "planar5"  # what the scoring job writes
 PLANAR_BITS = range(1, 9)
+DEFAULT_HEATMAP_BITS = 5  # what the scoring job writes unless told (ScoreConfig.heatmap_bits)
+HEATMAP_ENCODING = f"planar{DEFAULT_HEATMAP_BITS}"
 
 
 def normalise_maps(maps: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -58,9 +62,7 @@ def encode_heatmaps(maps: np.ndarray, encoding: str = HEATMAP_ENCODING) -> list[
         raise ValueError(f"maps must be (N, {NUM_FINDINGS}, h, w), got shape {array.shape}")
     if encoding == "uint8":
         return [np.ascontiguousarray(image).tobytes() for image in array]
-    bits = int(encoding[len("planar"):]) if encoding[len("planar"):].isdigit() else 0
-    if not encoding.startswith("planar") or bits not in PLANAR_BITS:
-        raise ValueError(f"unknown heatmap encoding {encoding!r}; known: uint8, planar1 .. planar8")
+    bits = planar_bits(encoding)
     top = (1 << bits) - 1
     levels = (array.astype(np.int32) * top + 127) // 255
     residuals = levels.copy()
@@ -70,6 +72,31 @@ def encode_heatmaps(maps: np.ndarray, encoding: str = HEATMAP_ENCODING) -> list[
     residuals = (residuals % 256).astype(np.uint8)
     marker = bytes([bits])
     return [marker + np.ascontiguousarray(image).tobytes() for image in residuals]
+
+
+def planar_bits(encoding: str) -> int:
+    """b of "planar<b>"; a ValueError naming the known encodings for any other text but "uint8" (which has none)."""
+    bits = int(encoding[len("planar"):]) if encoding[len("planar"):].isdigit() else 0
+    if not encoding.startswith("planar") or bits not in PLANAR_BITS:
+        raise ValueError(f"unknown heatmap encoding {encoding!r}; known: uint8, planar1 .. planar8")
+    return bits
+
+
+def encoding_levels(encoding: str) -> int | str:
+    """The distinct values an encoding keeps: 2**b for planar<b> with b < 8, "lossless" for planar8 and uint8."""
+    if encoding == "uint8":
+        return "lossless"
+    bits = planar_bits(encoding)
+    return "lossless" if bits == 8 else 1 << bits
+
+
+def _layout(encoding: str) -> str:
+    if encoding == "uint8":
+        return "C order (class, row, column); one binary value of 14*h*w bytes per image: the uint8 maps as they are"
+    bits = planar_bits(encoding)
+    levels = "all 256 levels (lossless)" if bits == 8 else f"quantised to {1 << bits} levels"
+    return (f"C order (class, row, column); one binary value of 1 + 14*h*w bytes per image: byte {bits}, then the maps "
+            f"{levels} as planar-predictor residuals mod 256 (thorax_ray.attribution.decode_heatmaps reads it)")
 
 
 def _planar_decode(values: list[bytes], shape: tuple[int, int, int]) -> np.ndarray:
@@ -109,17 +136,17 @@ def decode_heatmaps(values: Iterable[bytes | bytearray | memoryview], shape: Seq
 
 
 def HEATMAP_SCHEMA_METADATA(h: int, w: int, method: str,  # noqa: N802 (a schema constant)
-                            centres: tuple[Sequence[float], Sequence[float]] | None = None) -> dict[str, Any]:
-    """JSON-able description of the `heatmap` column for maps of (h, w) cells made by `method`; `centres`
-    = (rows, cols) where each cell's value belongs, as fractions of the image height / width (default:
-    the middle of equal cells)."""
+                            centres: tuple[Sequence[float], Sequence[float]] | None = None, *,
+                            encoding: str = HEATMAP_ENCODING) -> dict[str, Any]:
+    """JSON-able description of the `heatmap` column for maps of (h, w) cells made by `method`, stored in
+    `encoding`; `centres` = (rows, cols) where each cell's value belongs, as fractions of the image height /
+    width (default: the middle of equal cells). "levels": the distinct values kept (2**b, or "lossless")."""
     description = {
         "shape": [NUM_FINDINGS, int(h), int(w)],
         "dtype": "uint8",
-        "encoding": HEATMAP_ENCODING,
-        "layout": ("C order (class, row, column); one binary value of 1 + 14*h*w bytes per image: byte 5, then "
-                   "the maps quantised to 32 levels as planar-predictor residuals mod 256 "
-                   "(thorax_ray.attribution.decode_heatmaps reads it)"),
+        "encoding": encoding,
+        "levels": encoding_levels(encoding),
+        "layout": _layout(encoding),
         "normalisation": HEATMAP_NORMALISATION,
         "constant_map": "all 0 (including maps with no positive evidence)",
         "classes": list(FINDINGS),

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from thorax_ray.attribution import DEFAULT_MAX_BOXES, DEFAULT_THRESHOLD
+from thorax_ray.attribution import DEFAULT_HEATMAP_BITS, DEFAULT_MAX_BOXES, DEFAULT_THRESHOLD, PLANAR_BITS
+from thorax_ray.models.tta import NO_TTA, check_tta
 from thorax_ray.scoring.gate import CALIBRATED
 
 
@@ -28,6 +29,12 @@ class ScoreConfig:
     lock_wait_s: float = 0.0  # wait this long for another run on the same --out to finish (then: LeaseBusy)
     lock_ttl_s: float = 600.0  # a crashed run's lock is taken over after this long without renewal
     max_map_side: int | None = 16  # pool larger maps to this many cells per side (None: keep; storage budget)
+    # Bits per stored map value (thorax_ray.attribution.encode, "planar<bits>"): 5 = 32 levels (the stored maps
+    # cut at Wang et al.'s 60 and 180 act as cuts at 62 and 177 of the exact maps); 8 = 256 levels, lossless.
+    heatmap_bits: int = DEFAULT_HEATMAP_BITS
+    # Test-time augmentation of the probability columns (thorax_ray.models.tta): none | hflip | tencrop.
+    tta: str = NO_TTA
+    tta_heatmaps: bool = False  # hflip only: maps = mean of the image's and the flipped image's (flipped back)
     # Which findings get boxes (thorax_ray/scoring/gate.py): "calibrated" = the checkpoint's per-finding operating
     # points chosen on validation; a probability = the same gate for every finding; None = every boxed finding.
     box_min_probability: float | str | None = CALIBRATED
@@ -47,6 +54,18 @@ class ScoreConfig:
     overlay_limit: int = 8
     overlay_threshold: float | str | None = CALIBRATED  # which findings an overlay shows (same values as boxes)
     endpoint_url: str | None = None
+
+    def __post_init__(self) -> None:
+        """One-line errors naming the flag (jobs/score.py prints them as `error: ...`, exit 2)."""
+        check_tta(self.tta)
+        if self.tta_heatmaps and self.tta == "tencrop":
+            raise ValueError("--tta-heatmaps: ten-crop's maps cover different crops and cannot be averaged into one "
+                             "map of the image; leave --tta-heatmaps out (maps from the un-augmented view) or use "
+                             "--tta hflip")
+        if self.tta_heatmaps and self.tta == NO_TTA:
+            raise ValueError("--tta-heatmaps needs --tta hflip (with --tta none there is no augmented view to average)")
+        if self.heatmap_bits not in PLANAR_BITS:
+            raise ValueError(f"--heatmap-bits must be {PLANAR_BITS[0]} to {PLANAR_BITS[-1]}, got {self.heatmap_bits!r}")
 
 
 def scorer_threads(config: ScoreConfig) -> int:

@@ -306,7 +306,9 @@ def read_scores(out: str, model_id: str | None = None, *, columns: list[str] | N
     findings got them), `frame.attrs["model_init"]` how the model was initialised,
     `frame.attrs["metadata_features"]` the metadata it saw, `frame.attrs["calibration"]` whether and how the
     calibrated columns were calibrated (thorax_ray.calibration.describe_calibration; absent for runs written
-    before calibration) and `frame.attrs["data_origin"]` what the model
+    before calibration), `frame.attrs["tta"]` the test-time augmentation of the probability columns and what
+    the maps come from (thorax_ray.scoring.score.tta_record: "kind", "views", "heatmaps", ...; absent for runs
+    written before it) and `frame.attrs["data_origin"]` what the model
     was trained on and what it scored ({"model": "synthetic"|"real"|"unknown", "input": ..., "warning":
     str|None}), when all runs share one.
     """
@@ -325,7 +327,7 @@ def read_scores(out: str, model_id: str | None = None, *, columns: list[str] | N
     for record in committed_runs(out, model_id=model_id, endpoint_url=endpoint_url):
         if run_id is None or record["run_id"] == run_id:
             for key in ("heatmap", "feature_attributions", "split_hash", "data_origin", "boxes", "model_init",
-                        "metadata_features", "calibration"):
+                        "metadata_features", "calibration", "tta"):
                 if record.get(key) is not None:
                     described.setdefault(key, []).append(json.dumps(record[key], sort_keys=True))
     for key, values in described.items():

@@ -32,6 +32,7 @@ from thorax_ray.data.preprocess import PreprocessingContract
 from thorax_ray.data.staged import StagedRun, new_run_id, staged_run, utc_timestamp
 from thorax_ray.labels import FINDING_COLUMNS, FINDINGS
 from thorax_ray.models import build_model
+from thorax_ray.models.tta import NO_TTA, check_tta, describe_tta
 from thorax_ray.progress import StageProgress
 from thorax_ray.scoring.config import ScoreConfig
 from thorax_ray.scoring.gate import resolve_gate
@@ -70,12 +71,13 @@ def score(config: ScoreConfig, *, filesystem=None, capacity: ClusterCapacity | N
     checkpoint_dir = resolve_checkpoint(config.checkpoint, endpoint_url=endpoint)
     payload, model_id = load_payload_and_id(checkpoint_dir, endpoint_url=endpoint)
     model = build_model(payload)
+    check_tta(config.tta, model.spec)  # a metadata-only model has no image to augment: refused before any actor
     method = config.method or default_method_name(model)
     if method != NO_METHOD:
         get_method(method)(model, **config.method_options)  # fails early on a method the model cannot use
     source = resolve_input(config.input, metadata_csv=config.metadata, endpoint_url=endpoint)
-    log.info("scoring %s with %s (model_id %s, method %s) into %s, run %s",
-             source.describe(), payload.model_name, model_id, method, config.out, run_id)
+    log.info("scoring %s with %s (model_id %s, method %s, tta %s) into %s, run %s",
+             source.describe(), payload.model_name, model_id, method, config.tta, config.out, run_id)
     origin = ood_check(payload.data_origin, source.data_origin)
     if origin["warning"]:
         log.warning("%s: %s", config.input, origin["warning"])
@@ -115,6 +117,7 @@ class _Layout:
     features: dict | None
     box_settings: dict | None
     gate: object  # thorax_ray.scoring.gate.Gate
+    tta: dict  # the test-time augmentation of the probabilities and what the maps come from
 
 
 @dataclass(frozen=True)
@@ -148,7 +151,7 @@ def _score_locked(run: ScoringRun, staged: StagedRun, filesystem) -> ScoreSummar
         compute_s=written.compute_s, model_s=written.model_s, unknown_size=written.unknown_size,
         actors=run.actor_plan.describe() if len(pending.rows) else "0", commit=commit,
         ignored=len(run.source.ignored), metadata_sources=written.metadata_sources,
-        ood_warning=run.origin["warning"],
+        ood_warning=run.origin["warning"], tta=run.config.tta,
     )
 
 
@@ -174,7 +177,9 @@ def _describe_output(run: ScoringRun) -> _Layout:
     contract = PreprocessingContract.from_dict(payload.preprocessing)
     maps = uses_maps(model, method)
     attributions = method != NO_METHOD and not model.spec.uses_images
-    heatmap = heatmap_description(model, contract, method, config.max_map_side) if maps else None
+    heatmap = (heatmap_description(model, contract, method, config.max_map_side, heatmap_bits=config.heatmap_bits,
+                                   tta_heatmaps=config.tta_heatmaps) if maps else None)
+    tta = tta_record(config, contract, maps=maps)
     features = (feature_attribution_metadata(model.metadata_features.names, method) if attributions else None)
     gate = resolve_gate(config.box_min_probability, payload.operating_points, epoch=payload.epoch,
                         calibration=payload.calibration)
@@ -192,14 +197,30 @@ def _describe_output(run: ScoringRun) -> _Layout:
         "format_version": SCORES_FORMAT_VERSION, "model_id": run.model_id, "model_name": payload.model_name,
         "checkpoint": run.checkpoint_dir, "method": method, "preprocessing": contract.to_dict(),
         "classes": list(FINDINGS), "probability_columns": list(FINDING_COLUMNS),
-        "probabilities": "sigmoid of the model's logits, float32", "boxes": box_settings, "run_id": run.run_id,
+        "probabilities": ("sigmoid of the model's logits, float32" if config.tta == NO_TTA else
+                          f"mean of the sigmoid probabilities of the {config.tta} views (tta), float32"),
+        "tta": tta, "boxes": box_settings, "run_id": run.run_id,
         "calibrated_columns": list(CALIBRATED_COLUMNS), "calibration": describe_calibration(payload.calibration),
         "model_init": payload.model_build_config.get("init"),
         "batch_date": run.batch_date, "data_origin": run.origin,
     }
     return _Layout(schema=score_schema(maps=maps, feature_attributions=attributions),
                    metadata=schema_metadata(scores=description, heatmap=heatmap, features=features),
-                   heatmap=heatmap, features=features, box_settings=box_settings, gate=gate)
+                   heatmap=heatmap, features=features, box_settings=box_settings, gate=gate, tta=tta)
+
+
+def tta_record(config: ScoreConfig, contract: PreprocessingContract, *, maps: bool) -> dict:
+    """How the probabilities were augmented (thorax_ray.models.tta.describe_tta) and what the maps come from;
+    recorded in the score files' metadata and the run's commit record (`read_scores(...).attrs["tta"]`)."""
+    record = describe_tta(config.tta, contract.size)
+    if not maps:
+        record["heatmaps"] = "none written"
+    elif config.tta_heatmaps:
+        record["heatmaps"] = ("mean of the un-augmented image's maps and the horizontally flipped image's maps, "
+                              "flipped back")
+    else:
+        record["heatmaps"] = "the un-augmented image (the attribution method's own pass)"
+    return record
 
 
 def _score_pending(run: ScoringRun, pending: _Pending, layout: _Layout, filesystem) -> _Written:
@@ -260,7 +281,7 @@ def _commit(run: ScoringRun, staged: StagedRun, pending: _Pending, layout: _Layo
         "data_origin": run.origin, "ignored": len(run.source.ignored),
         "boxes": layout.box_settings, "model_init": build.get("init"),
         "metadata_features": (build.get("metadata_features") or {}).get("features"),
-        "calibration": describe_calibration(payload.calibration),
+        "calibration": describe_calibration(payload.calibration), "tta": layout.tta,
         "elapsed_s": round(elapsed, 3), "compute_s": round(written.compute_s, 3), "model_s": round(written.model_s, 3),
     })
     return commit, entries, quarantined

@@ -2,10 +2,16 @@
 (`Scorer`, one per GPU or per CPU slot) that turns a batch into output rows: probabilities, compact
 heatmaps of all 14 findings, boxes in original-image pixels (or metadata feature attributions), and the
 calibrated probabilities beside the raw ones (the checkpoint's calibration; boxes are gated on the raw ones,
-which the operating points were chosen on)."""
+which the operating points were chosen on).
+
+With test-time augmentation (`ScoreConfig.tta`, thorax_ray.models.tta) the probability columns, and so the
+calibrated ones and the box gate, are the mean over the views; the maps and boxes still come from the
+attribution method's own pass over the un-augmented images, unless `tta_heatmaps` (hflip): then the maps
+are the mean of the un-augmented images' maps and the flipped images' maps flipped back."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import logging
 import time
@@ -21,7 +27,7 @@ from thorax_ray import storage
 from thorax_ray.accel import FastPath
 from thorax_ray.attribution import (HEATMAP_SCHEMA_METADATA, boxes_for_batch, encode_heatmaps, get_method,
                                     normalise_maps)
-from thorax_ray.attribution.base import ONE_FORWARD_METHODS
+from thorax_ray.attribution.base import ONE_FORWARD_METHODS, Attribution
 from thorax_ray.attribution.geometry import Centres, bin_centres, pooled_centres
 from thorax_ray.calibration import apply_calibration
 from thorax_ray.checkpoint import load_payload_and_id
@@ -30,6 +36,7 @@ from thorax_ray.data.pipeline import images_to_array
 from thorax_ray.data.preprocess import PreprocessingContract, normalise_images
 from thorax_ray.labels import FINDING_COLUMNS
 from thorax_ray.models import build_model, receptive_field_centres
+from thorax_ray.models.tta import NO_TTA, check_tta, hflip_mean_centres, tta_probabilities
 from thorax_ray.progress import count
 from thorax_ray.scoring.config import ScoreConfig, scorer_threads
 from thorax_ray.scoring.output import CALIBRATED_COLUMNS, pipeline_schema, score_schema
@@ -52,6 +59,9 @@ class ScorerSettings:
     run_id: str
     batch_date: str
     max_map_side: int | None
+    heatmap_bits: int
+    tta: str  # thorax_ray.models.tta kind of the probabilities
+    tta_heatmaps: bool  # maps = mean of the image's and its flip's (hflip)
     box_min_probability: tuple[float, ...] | None  # per finding (the resolved gate), None: every boxed finding
     box_threshold: float
     max_boxes: int
@@ -64,7 +74,8 @@ class ScorerSettings:
                     run_id: str, batch_date: str, box_min_probability: tuple[float, ...] | None) -> "ScorerSettings":
         return cls(checkpoint_dir=checkpoint_dir, model_id=model_id, method=method,
                    method_options=dict(config.method_options), stored_size=int(stored_size), run_id=run_id,
-                   batch_date=batch_date, max_map_side=config.max_map_side, box_min_probability=box_min_probability,
+                   batch_date=batch_date, max_map_side=config.max_map_side, heatmap_bits=config.heatmap_bits,
+                   tta=config.tta, tta_heatmaps=config.tta_heatmaps, box_min_probability=box_min_probability,
                    box_threshold=config.box_threshold, max_boxes=config.max_boxes, box_grid=config.box_grid,
                    endpoint_url=config.endpoint_url, threads=scorer_threads(config))
 
@@ -86,29 +97,37 @@ def map_shape(model: torch.nn.Module, contract: PreprocessingContract,
 
 
 def map_centres(model: torch.nn.Module, contract: PreprocessingContract, method: str,
-                max_side: int | None) -> Centres:
+                max_side: int | None, *, hflip_mean: bool = False) -> Centres:
     """Where the stored maps' cells sit, as fractions of the image side: the receptive-field centres of the
     feature-map positions for the CAM family (pooled like the maps when they are pooled), bin centres for
-    pixel methods (and models that do not say where their positions sit)."""
+    pixel methods (and models that do not say where their positions sit). `hflip_mean`: maps averaged with
+    the flipped image's maps flipped back, whose columns sit at the midpoints (tta.hflip_mean_centres)."""
     (fh, fw), (h, w) = map_shape(model, contract, max_side)
     cnn = getattr(model, "backbone", model)
     if get_method(method).map_cells != "receptive_fields" or not hasattr(cnn, "map_stride"):
         return bin_centres(h), bin_centres(w)
     size = contract.size
     rows, cols = receptive_field_centres(model, fh, size), receptive_field_centres(model, fw, size)
-    return (pooled_centres(rows, h) if h != fh else rows), (pooled_centres(cols, w) if w != fw else cols)
+    rows, cols = (pooled_centres(rows, h) if h != fh else rows), (pooled_centres(cols, w) if w != fw else cols)
+    return rows, (hflip_mean_centres(cols) if hflip_mean else cols)
 
 
 def heatmap_description(model: torch.nn.Module, contract: PreprocessingContract, method: str,
-                        max_side: int | None) -> dict:
-    """HEATMAP_SCHEMA_METADATA of the stored maps, plus where they come from."""
+                        max_side: int | None, *, heatmap_bits: int, tta_heatmaps: bool) -> dict:
+    """HEATMAP_SCHEMA_METADATA of the stored maps (in "planar<heatmap_bits>"), plus where they come from."""
     (fh, fw), (h, w) = map_shape(model, contract, max_side)
-    description = HEATMAP_SCHEMA_METADATA(h, w, method, map_centres(model, contract, method, max_side))
+    centres = map_centres(model, contract, method, max_side, hflip_mean=tta_heatmaps)
+    description = HEATMAP_SCHEMA_METADATA(h, w, method, centres, encoding=f"planar{heatmap_bits}")
     description.update({
         "scored_image_size": contract.size,
         "feature_map": [fh, fw],
         "pooling": ("none" if (fh, fw) == (h, w)
                     else f"adaptive average pooling of the {fh}x{fw} maps to {h}x{w} before normalisation"),
+        "views": ("mean of the raw maps of the un-augmented image and of its horizontal flip (flipped back), "
+                  "before pooling and normalisation; column centres at the midpoints of the two views' "
+                  "(thorax_ray.models.tta.hflip_mean_centres)" if tta_heatmaps
+                  else "the un-augmented image (the attribution method's own pass), whatever the probabilities' "
+                       "test-time augmentation"),
     })
     return description
 
@@ -181,6 +200,7 @@ class Scorer:
         self.contract = PreprocessingContract.from_dict(payload.preprocessing)
         self.calibration = payload.calibration  # None: the calibrated columns repeat the raw probabilities
         self.spec = self.model.spec
+        check_tta(settings.tta, self.spec)
         # GPU: bf16 autocast (predictions and cam/fast_cam), channels_last, pinned non-blocking copies; CPU: off.
         self.fast = FastPath.for_device(self.device, compile=False, images=self.spec.uses_images)
         self.fast.setup()
@@ -190,7 +210,9 @@ class Scorer:
         self.maps = uses_maps(self.model, method)
         self.attributions = method != NO_METHOD and not self.spec.uses_images
         self.map_size = map_shape(self.model.cpu(), self.contract, max_map_side)[1] if self.maps else None
-        self.centres = map_centres(self.model, self.contract, method, max_map_side) if self.maps else None
+        self.centres = (map_centres(self.model, self.contract, method, max_map_side, hflip_mean=settings.tta_heatmaps)
+                        if self.maps else None)
+        self.encoding = f"planar{settings.heatmap_bits}"
         self.model = self.fast.prepare_model(self.model)
         self.schema = pipeline_schema(score_schema(maps=self.maps, feature_attributions=self.attributions))
         self.box_options = {"min_probability": settings.box_min_probability, "threshold": settings.box_threshold,
@@ -208,20 +230,35 @@ class Scorer:
             features = self.fast.to_device(torch.from_numpy(self.features.encode(frame)))
         return images, features
 
+    def _attribution(self, images: torch.Tensor | None, features: torch.Tensor | None) -> Attribution | None:
+        """The method's attribution of the un-augmented images; with `tta_heatmaps` its maps are the mean of
+        theirs and of the flipped images' maps flipped back (raw maps, float32)."""
+        if self.method is None:
+            return None
+        # bf16 for the one-forward maps; Captum's gradient/perturbation methods stay in fp32.
+        with self.fast.autocast() if self.settings.method in ONE_FORWARD_METHODS else contextlib.nullcontext():
+            attribution = self.method.attribute(images, features)
+            if not self.settings.tta_heatmaps:
+                return attribution
+            flipped = self.method.attribute(images.flip(-1), features)
+        maps = (attribution.maps.detach().float() + flipped.maps.detach().float().flip(-1)) / 2
+        return dataclasses.replace(attribution, maps=maps)
+
+    def _probabilities(self, images: torch.Tensor | None, features: torch.Tensor | None,
+                       attribution: Attribution | None) -> np.ndarray:
+        """The probability columns: the mean over the TTA views (a forward per view), else the sigmoid of the
+        attribution's logits (or of one forward when there is no attribution)."""
+        if self.settings.tta == NO_TTA and attribution is not None:
+            return torch.sigmoid(attribution.logits.detach().float()).cpu().numpy()
+        with torch.no_grad(), self.fast.autocast():
+            return tta_probabilities(self.model, images, features, kind=self.settings.tta).cpu().numpy()
+
     def _score(self, good: pa.Table) -> tuple[dict[str, list | np.ndarray], float]:
         started = time.perf_counter()
         images, features = self._inputs(good)
         out: dict[str, list | np.ndarray] = {}
-        if self.method is None:
-            with torch.no_grad(), self.fast.autocast():
-                logits = self.model(*self.spec.model_inputs(images, features))
-            attribution = None
-        else:
-            # bf16 for the one-forward maps; Captum's gradient/perturbation methods stay in fp32.
-            with self.fast.autocast() if self.settings.method in ONE_FORWARD_METHODS else contextlib.nullcontext():
-                attribution = self.method.attribute(images, features)
-            logits = attribution.logits
-        probabilities = torch.sigmoid(logits.detach().float()).cpu().numpy()
+        attribution = self._attribution(images, features)
+        probabilities = self._probabilities(images, features, attribution)
         model_s = time.perf_counter() - started
         calibrated = apply_calibration(self.calibration, probabilities)
         for i, (column, calibrated_column) in enumerate(zip(FINDING_COLUMNS, CALIBRATED_COLUMNS)):
@@ -231,7 +268,7 @@ class Scorer:
             if tuple(maps.shape[-2:]) != self.map_size:
                 maps = F.adaptive_avg_pool2d(maps, self.map_size)
             maps_uint8 = normalise_maps(maps)
-            out["heatmap"] = encode_heatmaps(maps_uint8)
+            out["heatmap"] = encode_heatmaps(maps_uint8, self.encoding)
             out["boxes"] = self._boxes(maps_uint8, probabilities, good.column("width").to_pylist(),
                                        good.column("height").to_pylist())
         if self.attributions:

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from thorax_ray import storage
+from thorax_ray.models.tta import NO_TTA
 from thorax_ray.scoring.output import QUARANTINE_DIR, SCORES_DIR
 
 
@@ -33,6 +34,7 @@ class ScoreSummary:
     ignored: int = 0  # hidden files of a folder input
     metadata_sources: dict[str, int] = field(default_factory=dict)  # scored rows per metadata_source
     ood_warning: str | None = None
+    tta: str | None = None  # the test-time augmentation of the probabilities (thorax_ray.models.tta kind)
 
     @property
     def quarantined_total(self) -> int:
@@ -55,7 +57,8 @@ class ScoreSummary:
         quarantine = ", ".join(f"{reason} {n}" for reason, n in sorted(self.quarantined.items())) or "none"
         lines = [
             f"run {self.run_id} (batch_date {self.batch_date}), model {self.model_name} model_id {self.model_id}, "
-            f"method {self.method}",
+            f"method {self.method}" + (f", tta {self.tta} (probabilities: mean over its views)"
+                                       if self.tta not in (None, NO_TTA) else ""),
             f"input            {self.input} ({self.input_rows} files"
             + (f"; {self.ignored} hidden files ignored)" if self.ignored else ")"),
             f"scored           {self.scored}"
