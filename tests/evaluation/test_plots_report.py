@@ -156,7 +156,7 @@ def test_report_says_init_features_protocol_and_cis(tmp_path):
     """Column labels say how each model started and what metadata it read; the MLP with and without
     follow-up # sit side by side with AUROC by follow-up bucket; AP and localization carry CIs; every
     localization row names its map method, resolution, thresholds and gate."""
-    from thorax_ray.evaluation.evaluate import localization_protocols
+    from thorax_ray.evaluation.protocols import localization_protocols
 
     rng = np.random.default_rng(1)
     groups = np.repeat(np.arange(60), 2)

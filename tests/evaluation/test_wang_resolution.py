@@ -1,6 +1,6 @@
 """The localization row labelled as Wang et al. 2017's protocol says whether the maps are at Wang's resolution
 (raw CAM of a 1024-px input, unpooled, lossless levels) and, when not, how they differ."""
-from thorax_ray.evaluation.evaluate import localization_protocols, wang_resolution_gaps
+from thorax_ray.evaluation.protocols import localization_protocols, wang_resolution_gaps
 
 WANG = {"method": "cam", "shape": [14, 32, 32], "encoding": "planar8", "scored_image_size": 1024,
         "feature_map": [32, 32], "pooling": "none", "cell_centres": {"rows": [0.5], "cols": [0.5]}}

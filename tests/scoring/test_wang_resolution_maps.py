@@ -11,7 +11,7 @@ from thorax_ray.attribution import decode_heatmaps, normalise_maps
 from thorax_ray.attribution.cam import class_activation_maps
 from thorax_ray.checkpoint import checkpoint_model_id
 from thorax_ray.data.preprocess import normalise_images, preprocessing_contract
-from thorax_ray.evaluation.evaluate import localization_protocols, wang_resolution_gaps
+from thorax_ray.evaluation.protocols import localization_protocols, wang_resolution_gaps
 from thorax_ray.scoring import ScoreConfig
 from thorax_ray.scoring.scorer import Scorer, ScorerSettings, heatmap_description
 
