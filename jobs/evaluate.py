@@ -47,6 +47,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--split-kind", choices=list(SPLIT_KINDS),
                         help="split of a raw dataset (official: NIH's lists when present; random: patients, "
                              "0.1/0.2, seed 0, as training's default data.split); a prepared output keeps prepare's")
+    parser.add_argument("--beside", action="append", metavar="EVALUATION_OUT",
+                        help="with --scores: the models of another evaluation's output (its metrics.json) as columns "
+                             "beside these, each on its own test rows, labelled with its split, never paired "
+                             "(e.g. a random-split run beside official-split ones; repeatable)")
     parser.add_argument("--tta", choices=list(TTA_KINDS),
                         help=f"with --checkpoint: test-time augmentation of the probabilities (hflip, or CheXNet's "
                              f"tencrop; thorax_ray.models.tta) (default: {NO_TTA}); --scores carry their own")
@@ -77,7 +81,7 @@ def named_scores(values: list[str]) -> tuple[tuple[str, str], ...]:
 FLAGS = {  # flag -> EvaluationConfig field (--checkpoint: no config, see main); every default is the field's
     "scores": Flag("scores", named_scores), "data": "data", "out": "out", "split": "split", "bootstrap": "n_boot",
     "threshold_rule": "threshold_rule", "dataset_kind": "dataset_kind", "s3_endpoint": "s3_endpoint",
-    "split_kind": "split_kind",
+    "split_kind": "split_kind", "beside": Flag("beside", tuple),
 }
 
 
@@ -98,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.scores:  # reads Parquet and computes on this process: no Ray needed
         config = build_config(args)
         require_inputs({f"--scores {name}=": uri for name, uri in config.scores}, endpoint_url=args.s3_endpoint)
+        require_inputs({"--beside": storage.join(uri, "metrics.json") for uri in config.beside},
+                       endpoint_url=args.s3_endpoint)
         from thorax_ray.evaluation.evaluate import evaluate_scores
         from thorax_ray.scoring import read_scores
 

@@ -153,9 +153,10 @@ def test_prepare_config(argv, expected):
         dataset_kind='synthetic', s3_endpoint=None)),
     (["--scores", "a=s3://b/a", "--scores", "s3://b/c/", "--data", "d", "--split", "val", "--out", "o", "--bootstrap",
       "10", "--threshold-rule", "f1", "--dataset-kind", "real", "--s3-endpoint", "http://e", "--verbose",
-      "--address", "auto"], EvaluationConfig(
+      "--address", "auto", "--beside", "out/eval-random", "--beside", "s3://b/eval"], EvaluationConfig(
         scores=(('a', 's3://b/a'), ('c', 's3://b/c/')), data='d', out='o', split='val', n_boot=10,
-        threshold_rule='f1', overlays=8, dataset_kind='real', s3_endpoint='http://e')),
+        threshold_rule='f1', overlays=8, dataset_kind='real', s3_endpoint='http://e',
+        beside=('out/eval-random', 's3://b/eval'))),
 ], ids=["defaults", "every-flag"])
 def test_evaluate_scores_config(argv, expected):
     assert repr(build("evaluate", argv)) == repr(expected)
