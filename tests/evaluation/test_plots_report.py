@@ -204,3 +204,17 @@ def test_auroc_bars_accept_a_ci_that_excludes_the_point(tmp_path):
     ci = {"m": {"mean": [0.72, 0.8], "Mass": [0.5, 0.65]}}
     path = plots.plot_auroc_comparison(table, tmp_path / "bars.png", ci=ci)
     assert open(path, "rb").read().startswith(PNG_MAGIC)
+
+
+def test_a_long_column_label_wraps_in_the_legend_instead_of_squeezing_the_bars(tmp_path):
+    """A column set beside from another evaluation has a long label; the bars must still span the figure."""
+    from PIL import Image
+
+    long_label = "small_cnn (random init; synthetic, 1338 test images of a random patient split 70/10/20 " \
+                 "(train/val/test), seed 0; evaluated separately, not paired)" * 2
+    table = {name: {f: 0.8 for f in list(FINDINGS) + ["mean"]} for name in ("small_cnn", long_label)}
+    path = plots.plot_auroc_comparison(table, str(tmp_path / "auroc.png"))
+    pixels = np.asarray(Image.open(path).convert("RGB"), dtype=np.int16)
+    top = pixels[: pixels.shape[0] // 2]
+    coloured = np.flatnonzero(((top.max(axis=2) - top.min(axis=2)) >= 60).any(axis=0))
+    assert (coloured.max() - coloured.min()) / pixels.shape[1] > 0.7

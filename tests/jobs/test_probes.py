@@ -83,6 +83,12 @@ def test_1_a_name_with_equals_is_split_at_the_first(dataset, tmp_path):
           names=(f"--scores a=b={tmp_path}", "not found"), absent=(tmp_path / "eval",))
 
 
+def test_1_beside_an_output_that_is_not_an_evaluation(dataset, tmp_path):
+    (tmp_path / "good").mkdir()
+    probe("evaluate", "--scores", f"good={tmp_path / 'good'}", "--beside", tmp_path / "nowhere", "--data", dataset,
+          "--out", tmp_path / "eval", names=("--beside", "nowhere", "not found"), absent=(tmp_path / "eval",))
+
+
 # ----- 2: names that become paths ----------------------------------------------------------------------
 
 def test_2_evaluate_model_name_outside_out(dataset, tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import textwrap
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -94,8 +95,8 @@ def plot_pr_curves(labels, scores_by_model: Mapping[str, np.ndarray], path, *, s
                    title: str | None = None, endpoint_url: str | None = None) -> str:
     """One subplot per finding, one precision-recall curve per model with its average precision in
     the legend and the prevalence (a random model's precision) as a dotted line. Returns `path`."""
-    from sklearn.metrics import (average_precision_score,  # deferred: scikit-learn (slow import)
-                                 precision_recall_curve)
+    from sklearn.metrics import average_precision_score  # deferred: scikit-learn (slow import)
+    from sklearn.metrics import precision_recall_curve
 
     labels = _check_scores(labels, scores_by_model)
     plt = _pyplot()
@@ -155,14 +156,14 @@ def plot_auroc_comparison(table, path, *, reference_columns: Sequence[str] | Non
             hi = np.array([_value((ci[name].get(r) or [None, None])[1]) for r in rows])
             # a percentile CI may exclude the point estimate (skewed or few resamples): no bar below 0
             yerr = np.clip(np.vstack([np.nan_to_num(values - lo), np.nan_to_num(hi - values)]), 0.0, None)
-        ax.bar(offset, np.nan_to_num(values), width=width * 0.95, yerr=yerr, capsize=2, label=name)
+        ax.bar(offset, np.nan_to_num(values), width=width * 0.95, yerr=yerr, capsize=2, label=_legend_label(name))
     markers = ["D", "^", "s", "v", "o", "P", "X"]
     run = {"data_split": data_split}
     for k, name in enumerate(references):
         values = np.array([_value(columns[name].get(r)) for r in rows])
         label = f"{name} [{reference_note(name, run)}]" if run_split(run) and name in REFERENCE_AUROC else name
         ax.scatter(x, values, marker=markers[k % len(markers)], s=42, color="black" if k == 0 else None,
-                   zorder=5, label=label)
+                   zorder=5, label=_legend_label(label))
     ax.set_xticks(x)
     ax.set_xticklabels(rows, rotation=35, ha="right", fontsize=9)
     shown = [_value(columns[c].get(r)) for c in columns for r in rows]
@@ -173,9 +174,16 @@ def plot_auroc_comparison(table, path, *, reference_columns: Sequence[str] | Non
     kind = run_split(run)
     default_title = f"AUROC per finding: our models ({split} split, bars, 95% CI) vs published references (markers)"
     ax.set_title(title or default_title + (f"\nour rows: {kind['kind']} split" if kind else ""))
-    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=3, frameon=False)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2, frameon=False)
     ax.grid(axis="y", alpha=0.3)
     return _save(fig, path, endpoint_url)
+
+
+LEGEND_WIDTH = 90  # characters per legend line: long column labels wrap instead of squeezing the axes
+
+
+def _legend_label(label: str) -> str:
+    return textwrap.fill(label, LEGEND_WIDTH)
 
 
 def plot_heatmap_overlay(image, heatmap, path, *, truth_boxes: Sequence[Mapping] = (),

@@ -1,0 +1,57 @@
+"""README "Two kinds of split in one report", run as written (subprocesses of jobs/evaluate.py): a random-split
+evaluation, then the official-split one with --beside; committed scores are fabricated (as jobs/score.py writes
+them) and the raw synthetic dataset stands in for the two prepared outputs (--split-kind random for the first)."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from tests.helpers import write_scores_commit
+from thorax_ray.data.manifest import build_manifest
+from thorax_ray.labels import FINDING_COLUMNS
+from thorax_ray.scoring.output import write_table_file
+
+pytestmark = pytest.mark.slow  # two job subprocesses
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def committed_scores(out: str, manifest) -> str:
+    rng = np.random.default_rng(0)
+    labels = manifest[list(FINDING_COLUMNS)].to_numpy(float)
+    columns = {"image_index": manifest["image_index"].tolist(), "model_id": ["m"] * len(manifest)}
+    for i, column in enumerate(FINDING_COLUMNS):
+        columns[column] = pa.array(np.clip(labels[:, i] * 0.5 + rng.random(len(manifest)) * 0.5, 0, 1), pa.float32())
+    path = "scores/batch_date=2026-01-01/run_id=20260101T000000Z-aaaaaa/part-0.parquet"
+    size = write_table_file(pa.table(columns), os.path.join(out, path))
+    write_scores_commit(out, {"run_id": "20260101T000000Z-aaaaaa", "model_id": "m",
+                              "files": [{"path": path, "rows": len(manifest), "bytes": size}]})
+    return out
+
+
+def evaluate(*args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    done = subprocess.run([sys.executable, "jobs/evaluate.py", *args, "--bootstrap", "20"], cwd=REPO,
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
+def test_the_readme_commands_set_a_random_split_run_beside_the_official_one(synthetic_small, tmp_path):
+    manifest, _ = build_manifest(str(synthetic_small))
+    scores = committed_scores(str(tmp_path / "scores"), manifest)
+    random_out, official_out = str(tmp_path / "evaluation-random-split"), str(tmp_path / "evaluation")
+    evaluate("--scores", f"small_cnn={scores}", "--data", str(synthetic_small), "--split-kind", "random",
+             "--out", random_out)
+    done = evaluate("--scores", f"small_cnn={scores}", "--data", str(synthetic_small), "--out", official_out,
+                    "--beside", random_out)
+    assert "random patient split 70/10/20 (train/val/test), seed 0; evaluated separately, not paired" in done.stdout
+    metrics = json.load(open(os.path.join(official_out, "metrics.json")))
+    assert set(metrics["models"]) == {"small_cnn", "small_cnn@random"}
+    assert metrics["data_split"]["kind"] == "official"
+    assert metrics["models"]["small_cnn@random"]["data_split"]["kind"] == "random"
+    assert "evaluated separately, not paired" in open(os.path.join(official_out, "report.html")).read()
