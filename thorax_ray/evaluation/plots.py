@@ -95,8 +95,8 @@ def plot_pr_curves(labels, scores_by_model: Mapping[str, np.ndarray], path, *, s
                    title: str | None = None, endpoint_url: str | None = None) -> str:
     """One subplot per finding, one precision-recall curve per model with its average precision in
     the legend and the prevalence (a random model's precision) as a dotted line. Returns `path`."""
-    from sklearn.metrics import average_precision_score  # deferred: scikit-learn (slow import)
-    from sklearn.metrics import precision_recall_curve
+    from sklearn.metrics import (average_precision_score,  # deferred: scikit-learn (slow import)
+                                 precision_recall_curve)
 
     labels = _check_scores(labels, scores_by_model)
     plt = _pyplot()
