@@ -1,40 +1,11 @@
-import pyarrow as pa
-
-from thorax_ray.train.feeds import ValidationRows, validation_share
+from thorax_ray.train.feeds import validation_share
 
 
-class CountingIterator:
-    def __init__(self, tables):
-        self.tables, self.passes = tables, 0
-
-    def iter_batches(self, batch_size, batch_format):  # noqa: ARG002
-        self.passes += 1
-        yield from self.tables
-
-
-def test_validation_rows_cached_after_first_pass_when_small():
-    tables = [pa.table({"x": list(range(i, i + 10))}) for i in range(0, 30, 10)]
-    source = CountingIterator(tables)
-    rows = ValidationRows(source, batch_size=10, cache_bytes=10_000)
-    assert [t["x"][0].as_py() for t in rows] == [0, 10, 20]
-    assert [t["x"][0].as_py() for t in rows] == [0, 10, 20]
-    assert source.passes == 1
-
-
-def test_validation_rows_stream_every_time_when_too_big():
-    source = CountingIterator([pa.table({"x": list(range(100))})] * 3)
-    rows = ValidationRows(source, batch_size=100, cache_bytes=1000)
-    assert sum(len(t) for t in rows) == 300 and sum(len(t) for t in rows) == 300
-    assert source.passes == 2
-
-
-def test_each_worker_keeps_its_share_of_the_validation_rows_and_together_all_of_them_once():
+def test_each_worker_keeps_its_share_of_the_encoded_validation_rows_and_together_all_of_them_once():
+    """The metadata model's TensorFeed (its validation rows encoded once on the driver) shares them by name."""
     names = [f"{i:08d}_000.png" for i in range(500)]
-    tables = [pa.table({"image_index": names[i:i + 100]}) for i in range(0, 500, 100)]
     for world in (1, 2, 3):
-        shares = [[n for t in ValidationRows(CountingIterator(tables), 100, 10**6,
-                                             keep=lambda ns, r=rank: validation_share(ns, r, world))
-                   for n in t.column("image_index").to_pylist()] for rank in range(world)]
+        shares = [[n for n, keep in zip(names, validation_share(names, rank, world)) if keep] for rank in range(world)]
         assert sorted(n for share in shares for n in share) == names  # every row on exactly one worker
         assert min(map(len, shares)) > 500 / world / 2  # roughly even
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from thorax_ray.checkpoint import epoch_checkpoints, load_payload, run_metrics
+from thorax_ray.data.sources import DataConfig, open_source
 from thorax_ray.evaluation.checkpoint import evaluate_checkpoint
 from thorax_ray.train.config import TrainConfig
 from thorax_ray.train.train import fit
@@ -61,7 +62,9 @@ def test_small_cnn_learns_findings_far_above_the_mlp(ray_local, learnable_images
     # operating points chosen on the validation predictions of each epoch travel with its checkpoint, and the
     # best epoch's in metrics.json; how the model started is recorded in both
     points = payload.operating_points
-    assert points["rule"] == "youden" and points["chosen_on"] == "validation" and points["n_images"] > 0
+    assert points["rule"] == "youden" and points["chosen_on"] == "validation"
+    # two workers, the validation rows split between them (train.ingest_config): every one gathered exactly once
+    assert points["n_images"] == len(open_source(DataConfig(data=str(prepared))).rows("val"))
     defined = [v for v in points["thresholds"].values() if v is not None]
     assert len(defined) >= 8 and all(0.0 < v < 1.0 for v in defined)
     best = load_payload(os.path.join(cnn.run_dir, metrics["best_checkpoint"]))

@@ -31,7 +31,7 @@ class DataConfig:
     batch_size: int | None = None  # per worker; default by model kind: DEFAULT_BATCH_SIZE
     eval_batch_size: int = 64
     limit: int | None = None  # at most this many rows per split (smoke runs)
-    val_cache_mb: int = 1024  # validation rows kept in rank 0's memory after the first epoch when they fit
+    val_cache_mb: int = 1024  # validation rows kept in the object store (read once for the run) when they fit
     cache_train_mb: int = 2048  # training rows materialized once in the object store when they fit (0: always stream)
     # Training rows are shuffled every epoch: the block order (reseeded each epoch from run.seed) and, within a
     # worker, a buffer of this many rows (0: block order only).

@@ -1,6 +1,6 @@
 """Where a training worker's batches come from, each epoch: its part of the training rows (shuffled every
 epoch, the same number of batches on every worker, as DDP needs) and its share of the validation rows
-(every validation row on exactly one worker; the loop gathers the predictions).
+(every validation row on exactly one worker, read once an epoch in total; the loop gathers the predictions).
 
 - `DatasetFeed`: rows from Ray Data (prepared shards or decoded images; any model that reads images).
 - `TensorFeed`: models without images (the metadata MLP). The driver encodes the features of every row
@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
-import pyarrow as pa
 import torch
 
 from thorax_ray.accel import FastPath, prefetch_to_device
@@ -52,40 +51,14 @@ def epoch_batches(shard, config: TrainConfig, *, epoch: int, rank: int, prefetch
                               local_shuffle_seed=None if buffer is None else epoch_seed(config.run.seed, epoch, rank))
 
 
-class ValidationRows:
-    """The worker's validation rows as pyarrow tables (its share of them when `keep` is given); kept in
-    memory after the first pass when they fit in `cache_bytes`, so later epochs skip re-reading (and
-    re-executing) the validation dataset."""
-
-    def __init__(self, iterator, batch_size: int, cache_bytes: int, keep=None):
-        self.iterator, self.batch_size, self.cache_bytes, self.keep = iterator, batch_size, cache_bytes, keep
-        self.cached: list | None = None
-
-    def __iter__(self):
-        if self.cached is not None:
-            yield from self.cached
-            return
-        kept, size = [], 0
-        for table in self.iterator.iter_batches(batch_size=self.batch_size, batch_format="pyarrow"):
-            if self.keep is not None:
-                table = table.filter(pa.array(self.keep(table.column("image_index").to_pylist())))
-                if table.num_rows == 0:
-                    continue
-            size += table.nbytes
-            if kept is not None and size <= self.cache_bytes:
-                kept.append(table)
-            else:
-                kept = None
-            yield table
-        self.cached = kept
-
-
 class DatasetFeed:
-    """Batches from the Ray Train dataset shards "train" (split between workers) and "val" (unsplit; each
-    worker keeps its share)."""
+    """Batches from the Ray Train dataset shards "train" and "val", both split between the workers
+    (train.train.ingest_config: every validation row on exactly one worker, read once an epoch in total; the
+    driver keeps them in the object store when they fit `data.val_cache_mb`). No worker keeps its share
+    locally: a split is one stream that every worker reads each epoch, so a worker skipping it would stall
+    the others."""
 
-    def __init__(self, config: TrainConfig, *, stored_size: int, features, spec, fast: FastPath, rank: int,
-                 world: int):
+    def __init__(self, config: TrainConfig, *, stored_size: int, features, spec, fast: FastPath, rank: int):
         import ray.train  # deferred: Ray (absent on the GPU machine)
 
         self.config, self.fast, self.rank = config, fast, rank
@@ -93,9 +66,7 @@ class DatasetFeed:
                                                    features=features if spec.uses_metadata else None,
                                                    images=spec.uses_images)
         self.train = ray.train.get_dataset_shard("train")
-        self.val = ValidationRows(ray.train.get_dataset_shard("val"), config.data.eval_batch_size,
-                                  config.data.val_cache_mb * 2**20,
-                                  keep=lambda names: validation_share(names, rank, world))
+        self.val = ray.train.get_dataset_shard("val")
 
     def train_batches(self, epoch: int) -> Iterator[Batch]:
         """Training batches with their tensors on the device (copied ahead of the compute on GPU)."""
@@ -104,7 +75,8 @@ class DatasetFeed:
         return prefetch_to_device(tables, self.fast, make=self.make)
 
     def val_batches(self) -> Iterator[Batch]:
-        return (self.make(table) for table in self.val)
+        tables = self.val.iter_batches(batch_size=self.config.data.eval_batch_size, batch_format="pyarrow")
+        return (self.make(table) for table in tables)
 
 
 @dataclass(frozen=True)

@@ -174,7 +174,7 @@ def start_worker(loop_config: dict) -> Worker:
         feed = TensorFeed(config, ray.get(info["encoded_rows"]), device=device, rank=rank, world=world)
     else:
         feed = DatasetFeed(config, stored_size=info["stored_size"], features=features, spec=spec, fast=fast,
-                           rank=rank, world=world)
+                           rank=rank)
     worker = Worker(
         config=config, info=info, rank=rank, world=world, device=device, collectives=Collectives(device), fast=fast,
         model=model, trained=fast.maybe_compile(distributed(model, device, world)), optimizer=optimizer,

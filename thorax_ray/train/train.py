@@ -84,14 +84,32 @@ def encoded_rows(source, config: TrainConfig):
 def ingest_config():
     """Ray Train's data config: the training rows split between workers, in the order they come (so one
     worker's order is reproducible from the seed; with several, which rows go to which worker depends on
-    timing); validation rows unsplit (rank 0 scores every one exactly once)."""
+    timing); the validation rows split too, without dropping any (`equal=False`): each row on exactly one
+    worker and read once per epoch in total. (A dataset Ray Train does not split is every worker's full
+    iterator: N workers would read all of it N times an epoch.) The loop gathers every worker's predictions."""
     import ray.train  # deferred: Ray (absent on the GPU machine)
     from ray.data import DataContext, ExecutionOptions  # deferred: Ray (absent on the GPU machine)
+
+    class SplitValidation(ray.train.DataConfig):
+        """`DataConfig.configure`, but "val" is streamed to the workers with every row kept (the base class
+        splits with `equal=True`, which drops rows to even the shares: right for DDP training only)."""
+
+        def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
+            rest = {name: ds for name, ds in datasets.items() if name != VALIDATION}
+            shards = (super().configure(rest, world_size, worker_handles, worker_node_ids, **kwargs) if rest
+                      else [{} for _ in range(world_size)])
+            if VALIDATION in datasets:
+                for shard, split in zip(shards, datasets[VALIDATION].streaming_split(world_size, equal=False)):
+                    shard[VALIDATION] = split
+            return shards
 
     current = DataContext.get_current().execution_options
     ordered = ExecutionOptions(resource_limits=current.resource_limits, preserve_order=True,
                                verbose_progress=current.verbose_progress)
-    return ray.train.DataConfig(datasets_to_split=["train"], execution_options={"train": ordered})
+    return SplitValidation(datasets_to_split=["train", VALIDATION], execution_options={"train": ordered})
+
+
+VALIDATION = "val"
 
 
 def fit(config: TrainConfig, *, callbacks: list | None = None, capacity: ClusterCapacity | None = None,
@@ -119,7 +137,7 @@ def fit(config: TrainConfig, *, callbacks: list | None = None, capacity: Cluster
         shuffle_seed = config.run.seed if config.data.shuffle else None
         train = cache_if_small(source.dataset("train", images=True, shuffle_seed=shuffle_seed),
                                estimated_bytes(train_rows, source.stored_size), config.data.cache_train_mb)
-        # Every worker reads the validation rows (each keeps its share): read them once, here, when they fit.
+        # Split between the workers (ingest_config): read once an epoch in total; from the object store when they fit.
         val = cache_if_small(source.dataset("val", images=True), estimated_bytes(len(source.rows("val")),
                              source.stored_size), config.data.val_cache_mb, what="validation")
         datasets = {"train": shuffled_every_epoch(train, config.run.seed) if config.data.shuffle else train,
