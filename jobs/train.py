@@ -18,10 +18,10 @@ import argparse
 import json
 
 from thorax_ray import console
-from thorax_ray.cli import (add_cluster_arguments, add_gpu_arguments, job_parser, run_main, setup_logging,
-                            show_config_defaults)
+from thorax_ray.cli import (add_cluster_arguments, add_gpu_arguments, job_parser, non_negative_int, run_main,
+                            setup_logging, show_config_defaults, zero_means_none)
 from thorax_ray.cluster import cluster_capacity, resolve_use_gpu
-from thorax_ray.config_io import overrides_from_flags
+from thorax_ray.config_io import Flag, overrides_from_flags
 from thorax_ray.data.splits import SPLIT_KINDS
 from thorax_ray.losses import LOSS_KINDS
 from thorax_ray.models import AVAILABLE_FEATURES, DEFAULT_FEATURES, list_models, require_pretrained_weights
@@ -40,7 +40,8 @@ FLAGS = {  # flag -> TrainConfig field
     "lr_scaling": "optim.lr_scaling", "warmup_epochs": "optim.warmup_epochs", "select_by": "optim.select_by",
     "hflip": "augment.hflip",
     "loss": "loss.kind", "workers": "run.workers", "storage": "run.storage", "name": "run.name",
-    "seed": "run.seed", "max_failures": "run.max_failures", "use_gpu": "run.use_gpu",
+    "seed": "run.seed", "max_failures": "run.max_failures", "keep_checkpoints": Flag("run.keep_checkpoints", zero_means_none),
+    "use_gpu": "run.use_gpu",
     "cluster_config": "run.cluster_config", "shared_fs": "run.shared_fs",
 }
 
@@ -86,6 +87,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "fractions and seed in the config's data.split); a prepared output keeps prepare's")
     parser.add_argument("--seed", type=int, help="random seed")
     parser.add_argument("--max-failures", type=int, help="worker-group restarts from the latest checkpoint")
+    parser.add_argument("--keep-checkpoints", type=non_negative_int, metavar="K",
+                        help="checkpoints kept: the K best by --select-by, plus the latest (0: every one)")
     add_cluster_arguments(parser)
     add_gpu_arguments(parser, "one GPU per worker")
     show_config_defaults(parser, FLAGS, TrainConfig)

@@ -110,6 +110,19 @@ def save_checkpoint(directory: str, payload: CheckpointPayload) -> None:
         json.dump(readable, handle, indent=2, default=str)
 
 
+def checkpoint_uploaded(checkpoint_dir: str, model_bytes: int | None = None, *,
+                        endpoint_url: str | None = None) -> bool:
+    """Whether a checkpoint folder is complete in storage: its checkpoint.json is there and its model.pt has
+    `model_bytes` bytes (the size written locally; None: present). An upload still running (or torn by a
+    crash) fails this, so nothing names a checkpoint before it has arrived."""
+    fs, path = storage.filesystem(checkpoint_dir, endpoint_url=endpoint_url)
+    try:
+        return fs.exists(f"{path}/{INFO_FILE}") and (
+            fs.exists(f"{path}/{MODEL_FILE}") if model_bytes is None else fs.size(f"{path}/{MODEL_FILE}") == model_bytes)
+    except FileNotFoundError:
+        return False
+
+
 def load_payload(checkpoint_dir: str, *, endpoint_url: str | None = None) -> CheckpointPayload:
     return load_payload_and_id(checkpoint_dir, endpoint_url=endpoint_url)[0]
 

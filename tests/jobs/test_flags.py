@@ -71,7 +71,7 @@ TRAIN_EVERY_FLAG = [
     "--data", "d", "--model", "fusion", "--backbone", "small_cnn", "--pretrained", "imagenet", "--metadata-features",
     "age,follow_up", "--output-stride", "8", "--epochs", "3", "--workers", "2", "--storage", "st", "--name", "nm",
     "--size", "96", "--batch-size", "8", "--lr", "0.01", "--lr-scaling", "sqrt", "--warmup-epochs", "1", "--hflip",
-    "--weight-decay", "0.001", "--loss", "bce", "--limit", "20", "--seed", "4", "--max-failures", "2",
+    "--weight-decay", "0.001", "--loss", "bce", "--limit", "20", "--seed", "4", "--max-failures", "2", "--keep-checkpoints", "0",
     "--s3-endpoint", "http://e", "--verbose", "--address", "auto", "--use-gpu", "false", "--cluster-config",
     "c.yaml", "--shared-fs"]
 
@@ -88,7 +88,7 @@ TRAIN_EVERY_FLAG = [
         augment=AugmentConfig(hflip=False, rotate_degrees=5.0, scale=0.05, translate=0.03, brightness=0.05,
                               contrast=0.05),
         run=RunSettings(name=None, storage='runs', workers=2, use_gpu='auto', cluster_config=None, shared_fs=False,
-                        cpus_per_worker=1.0, seed=0, max_failures=2, threads_per_worker=None, compile=None))),
+                        cpus_per_worker=1.0, seed=0, max_failures=2, keep_checkpoints=3, threads_per_worker=None, compile=None))),
     (TRAIN_EVERY_FLAG, TrainConfig(
         data=DataConfig(data='d', size=96, batch_size=8, eval_batch_size=64, limit=20, val_cache_mb=1024,
                         cache_train_mb=2048, shuffle_buffer_rows=2048, shuffle=True, s3_endpoint='http://e'),
@@ -100,7 +100,7 @@ TRAIN_EVERY_FLAG = [
         augment=AugmentConfig(hflip=True, rotate_degrees=5.0, scale=0.05, translate=0.03, brightness=0.05,
                               contrast=0.05),
         run=RunSettings(name='nm', storage='st', workers=2, use_gpu='false', cluster_config='c.yaml', shared_fs=True,
-                        cpus_per_worker=1.0, seed=4, max_failures=2, threads_per_worker=None, compile=None))),
+                        cpus_per_worker=1.0, seed=4, max_failures=2, keep_checkpoints=None, threads_per_worker=None, compile=None))),
 ], ids=["defaults", "every-flag"])
 def test_train_config(argv, expected):
     assert repr(build("train", argv)) == repr(expected)

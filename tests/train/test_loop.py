@@ -88,9 +88,9 @@ def test_run_metrics_say_how_the_model_was_initialised():
 
     info = {"run_name": "r", "split_hash": "h"}
     imagenet = TrainConfig().replace(model={"name": "densenet121", "pretrained": "imagenet"})
-    assert run_summary(imagenet, info, [], None, [])["init"]["label"] == "ImageNet init"
+    assert run_summary(imagenet, info, [], None, [], uploaded=None)["init"]["label"] == "ImageNet init"
     fusion = TrainConfig().replace(model={"name": "fusion", "backbone": "small_cnn"})
-    assert run_summary(fusion, info, [], None, [])["init"]["label"] == "small_cnn random init"
+    assert run_summary(fusion, info, [], None, [], uploaded=None)["init"]["label"] == "small_cnn random init"
 
 
 def test_no_horizontal_flip_unless_asked():

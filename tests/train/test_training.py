@@ -52,7 +52,10 @@ def test_small_cnn_learns_findings_far_above_the_mlp(ray_local, learnable_images
     assert {"model", "split_hash", "best_epoch", "val", "history"} <= set(metrics)
     assert len(metrics["history"]) == 10 and set(metrics["val"]["auroc"]) >= {"Cardiomegaly", "Hernia"}
     checkpoints = epoch_checkpoints(cnn.run_dir)
-    assert [e for e, _ in checkpoints] == list(range(1, 11))  # epochs numbered from 1, as printed
+    # epochs numbered from 1, as printed; kept: the 3 best by validation mean AUROC and the latest (run.keep_checkpoints)
+    ranked = sorted(metrics["history"], key=lambda h: h["val"]["mean_auroc"], reverse=True)
+    assert {e for e, _ in checkpoints} == {h["epoch"] for h in ranked[:3]} | {10}
+    assert metrics["best_checkpoint"] == f"epoch_{metrics['best_epoch']:04d}" and not metrics["best_checkpoint_pending"]
     payload = load_payload(checkpoints[-1][1])  # torch.load(weights_only=True) inside
     assert payload.split_hash == metrics["split_hash"] and payload.preprocessing["size"] == 64
     assert all(getattr(payload, key) is not None for key in (  # every field a resume or an audit needs, filled
@@ -140,6 +143,7 @@ def test_checkpoints_and_metrics_on_s3(ray_local, metadata_only, s3_bucket):
     assert [epoch for epoch, _ in epoch_checkpoints(result.run_dir)] == [1, 2]
     metrics = run_metrics(result.run_dir)
     assert metrics["epochs_run"] == 2 and metrics["model"] == "mlp"
+    assert metrics["best_checkpoint"] and not metrics["best_checkpoint_pending"]  # named once in S3, at the latest by the end
     evaluation = evaluate_checkpoint(result.run_dir, str(metadata_only), "val")
     assert evaluation["checkpoint"].startswith(f"{storage}/mlp-s3/epoch_000")
     assert evaluation["n_images"] > 0 and evaluation["mean_auroc"] is not None

@@ -113,6 +113,8 @@ class RunSettings:
     cpus_per_worker: float = 1.0
     seed: int = 0
     max_failures: int = 2  # worker-group restarts from the latest checkpoint
+    # checkpoints kept: the best `keep_checkpoints` by optim.select_by, plus the latest (resumes); None: all
+    keep_checkpoints: int | None = 3
     threads_per_worker: int | None = None  # torch intra-op threads (None: cpus_per_worker)
     compile: bool | None = None  # torch.compile the model: None = on when training on GPU (never on CPU)
 
@@ -127,6 +129,9 @@ class RunSettings:
                              f"{self.cpus_per_worker} and {self.threads_per_worker}")
         if self.max_failures < -1:
             raise ValueError(f"max_failures must be >= 0 (or -1: no limit), got {self.max_failures}")
+        if self.keep_checkpoints is not None and self.keep_checkpoints < 2:
+            raise ValueError(f"keep_checkpoints must be >= 2 (the best and the one before it, which metrics.json "
+                             f"names while the best uploads) or None (all), got {self.keep_checkpoints}")
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ checkpoints and in metrics.json.
 from __future__ import annotations
 
 import math
+import os
 import tempfile
 import time
 from dataclasses import dataclass, field, replace
@@ -17,11 +18,11 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from thorax_ray import console
+from thorax_ray import console, storage
 from thorax_ray.accel import FastPath
 from thorax_ray.calibration import fit_calibration
-from thorax_ray.checkpoint import (CheckpointPayload, checkpoint_dir_name, latest_loadable, save_checkpoint,
-                                   write_run_metrics)
+from thorax_ray.checkpoint import (MODEL_FILE, CheckpointPayload, checkpoint_dir_name, checkpoint_uploaded,
+                                   latest_loadable, save_checkpoint, write_run_metrics)
 from thorax_ray.data.preprocess import PreprocessingContract, normalise_images, preprocessing_contract
 from thorax_ray.losses import build_loss
 from thorax_ray.metrics import mean_auroc, mean_binary_cross_entropy, per_class_auroc
@@ -119,6 +120,8 @@ class Worker:
     feed: object  # DatasetFeed | TensorFeed
     history: list = field(default_factory=list)
     best: dict | None = None
+    bests: list = field(default_factory=list)  # every epoch that was the best when it ended, oldest first
+    model_bytes: dict = field(default_factory=dict)  # checkpoint name -> size of the model.pt rank 0 wrote
     resumes: list = field(default_factory=list)
     start_epoch: int = 1
 
@@ -184,6 +187,7 @@ def start_worker(loop_config: dict) -> Worker:
         generator=torch.Generator())
     if state is not None:
         worker.history, worker.best = list(state.history), state.best
+        worker.bests = [state.best] if state.best else []
         worker.start_epoch = state.epoch + 1
         worker.resumes = [*state.resumes, {"after_epoch": state.epoch,
                                                       "at": time.strftime("%Y-%m-%dT%H:%M:%S")}]
@@ -262,6 +266,7 @@ def end_epoch(worker: Worker, record: dict, started: float) -> None:
     worker.history.append(record)
     if improves(record["val"], worker.best, config.optim.select_by):
         worker.best = {"epoch": epoch, "checkpoint": checkpoint_dir_name(epoch), "val": record["val"]}
+        worker.bests.append(worker.best)
     val_loss = record["val"].get("loss")
     metrics = {"epoch": epoch, "train_loss": record["train_loss"],
                "val_mean_auroc": val_mean if val_mean is not None else float("nan"),
@@ -273,12 +278,25 @@ def end_epoch(worker: Worker, record: dict, started: float) -> None:
         return
     directory = tempfile.mkdtemp(prefix="thorax-checkpoint-")  # Ray deletes it once uploaded
     save_checkpoint(directory, checkpoint_payload(worker, epoch, calibration))
+    worker.model_bytes[checkpoint_dir_name(epoch)] = os.path.getsize(os.path.join(directory, MODEL_FILE))
     ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory),
                      checkpoint_dir_name=checkpoint_dir_name(epoch),
                      checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC)
     record["wall_seconds"] = time.monotonic() - started
     write_run_metrics(worker.info["run_dir"], run_summary(config, worker.info, worker.history, worker.best,
-                                                          worker.resumes), endpoint_url=config.data.s3_endpoint)
+                                                          worker.resumes, uploaded=uploaded_best(worker),
+                                                          model_bytes=worker.model_bytes),
+                      endpoint_url=config.data.s3_endpoint)
+
+
+def uploaded_best(worker: Worker) -> dict | None:
+    """The newest of the epochs that were the best when they ended whose checkpoint has arrived in storage:
+    the best itself once its asynchronous upload is done, the previous best while it is still uploading."""
+    for best in reversed(worker.bests):
+        if checkpoint_uploaded(storage.join(worker.info["run_dir"], best["checkpoint"]),
+                               worker.model_bytes.get(best["checkpoint"]), endpoint_url=worker.config.data.s3_endpoint):
+            return best
+    return None
 
 
 def selected_metric(val: dict, select_by: str) -> float | None:
@@ -328,10 +346,16 @@ def train_step(trained: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_
     return loss
 
 
-def run_summary(config: TrainConfig, info: dict, history: list[dict], best: dict | None, resumes: list[dict]) -> dict:
+def run_summary(config: TrainConfig, info: dict, history: list[dict], best: dict | None, resumes: list[dict], *,
+                uploaded: dict | None, model_bytes: dict | None = None) -> dict:
+    """metrics.json: `best_epoch` and `val` of the best epoch; `best_checkpoint` names only a checkpoint that has
+    arrived in storage (`uploaded`), `best_checkpoint_pending` the best's while its upload runs, with the size
+    of its model.pt (the driver completes the pointer when the run ends: train.finish_best_pointer)."""
+    pending = best["checkpoint"] if best and (uploaded is None or uploaded["epoch"] != best["epoch"]) else None
     return {"model": config.model.name, "run_name": info["run_name"], "split_hash": info["split_hash"],
             "data": config.data.data, "best_epoch": best["epoch"] if best else None,
-            "best_checkpoint": best["checkpoint"] if best else None,
+            "best_checkpoint": uploaded["checkpoint"] if uploaded else None, "best_checkpoint_pending": pending,
+            "best_checkpoint_pending_bytes": (model_bytes or {}).get(pending) if pending else None,
             "val": best["val"] if best else None, "epochs_run": len(history), "history": history, "resumes": resumes,
             "init": model_initialisation(config.model.name, config.model.pretrained, config.model.backbone),
             "config": config.to_dict()}

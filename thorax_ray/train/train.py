@@ -10,12 +10,12 @@ from dataclasses import dataclass
 from pyarrow import fs as pafs
 
 from thorax_ray import console, storage
-from thorax_ray.checkpoint import run_metrics
+from thorax_ray.checkpoint import checkpoint_uploaded, run_metrics, write_run_metrics
 from thorax_ray.cluster import ClusterCapacity, check_shared_storage, cluster_capacity, resolve_use_gpu
 from thorax_ray.data.sources import open_source
 from thorax_ray.models import MetadataFeatures, get_model_spec
 from thorax_ray.models.pretrained import read_model_weights
-from thorax_ray.train.config import TrainConfig
+from thorax_ray.train.config import LOWER_IS_BETTER, TrainConfig
 from thorax_ray.train.feeds import encode_rows
 from thorax_ray.train.loop import epoch_line, train_loop_per_worker
 from thorax_ray.train.lr_schedule import describe_lr
@@ -161,7 +161,7 @@ def fit(config: TrainConfig, *, callbacks: list | None = None, capacity: Cluster
         run_config=ray.train.RunConfig(
             name=config.run_name, storage_path=storage_path, storage_filesystem=storage_filesystem,
             failure_config=ray.train.FailureConfig(max_failures=config.run.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=None),
+            checkpoint_config=checkpoint_retention(config),
             callbacks=list(callbacks or []),
         ),
         datasets=datasets or None,
@@ -169,8 +169,33 @@ def fit(config: TrainConfig, *, callbacks: list | None = None, capacity: Cluster
     )
     with watch_epochs(run_dir, config, enabled=progress), report_polling():
         result = trainer.fit()
-    metrics = run_metrics(run_dir, endpoint_url=config.data.s3_endpoint) or {}
+    metrics = finish_best_pointer(run_dir, config.data.s3_endpoint)
     return TrainResult(run_dir=run_dir, metrics=metrics, error=getattr(result, "error", None))
+
+
+def checkpoint_retention(config: TrainConfig):
+    """Ray Train keeps the `run.keep_checkpoints` best checkpoints by `optim.select_by` (so the best one among
+    them), plus the latest (what a restart resumes from) and those still uploading; None keeps every one."""
+    import ray.train  # deferred: Ray (absent on the GPU machine)
+
+    keep = config.run.keep_checkpoints
+    if keep is None:
+        return ray.train.CheckpointConfig(num_to_keep=None)
+    return ray.train.CheckpointConfig(
+        num_to_keep=keep, checkpoint_score_attribute=config.optim.select_by,
+        checkpoint_score_order="min" if config.optim.select_by in LOWER_IS_BETTER else "max")
+
+
+def finish_best_pointer(run_dir: str, endpoint: str | None) -> dict:
+    """metrics.json after the run: the best checkpoint, uploading when rank 0 last wrote the file, is named
+    once it is in storage (Ray Train has finished its uploads when `fit` returns; checked, not assumed)."""
+    metrics = run_metrics(run_dir, endpoint_url=endpoint) or {}
+    pending = metrics.get("best_checkpoint_pending")
+    if pending and checkpoint_uploaded(storage.join(run_dir, pending), metrics.get("best_checkpoint_pending_bytes"),
+                                       endpoint_url=endpoint):
+        metrics.update(best_checkpoint=pending, best_checkpoint_pending=None, best_checkpoint_pending_bytes=None)
+        write_run_metrics(run_dir, metrics, endpoint_url=endpoint)
+    return metrics
 
 
 # How often Ray Train's controller polls the workers (Ray's default: 2 s). It takes at most one report per
