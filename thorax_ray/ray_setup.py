@@ -18,12 +18,13 @@ import signal
 import socket
 import threading
 
+from thorax_ray.ray_settings import DATA_PROGRESS_NOTICE, GCS_PORT_ENV
+
 # A local Ray advertises this many logical CPUs beyond the machine's cores, so that the Ray Data
 # pipeline (readers/decoders) can run beside training workers that each hold one CPU; otherwise a
 # 2-worker run on a 2-core machine leaves no CPU for the data tasks and waits forever.
 LOCAL_EXTRA_CPUS = 2
 AUTH_MODE_ENV, AUTH_TOKEN_ENV = "RAY_AUTH_MODE", "RAY_AUTH_TOKEN"
-GCS_PORT_ENV = "RAY_GCS_SERVER_PORT"  # the GCS port Ray's head takes from the environment
 
 
 def use_private_token() -> None:
@@ -81,7 +82,7 @@ def quiet_ray_logs() -> None:
 
     logging.getLogger("ray").setLevel(logging.WARNING)
     logging.getLogger("ray.data").setLevel(logging.WARNING)
-    log_once("ray_data_progress_manager_disabled")
+    log_once(DATA_PROGRESS_NOTICE)
 
 
 def _python_signal_handlers() -> dict:

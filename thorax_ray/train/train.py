@@ -15,6 +15,7 @@ from thorax_ray.cluster import ClusterCapacity, check_shared_storage, cluster_ca
 from thorax_ray.data.sources import open_source
 from thorax_ray.models import MetadataFeatures, get_model_spec
 from thorax_ray.models.pretrained import read_model_weights
+from thorax_ray.ray_settings import TRAIN_POLL_ENV
 from thorax_ray.train.config import LOWER_IS_BETTER, TrainConfig
 from thorax_ray.train.feeds import encode_rows
 from thorax_ray.train.loop import epoch_line, train_loop_per_worker
@@ -203,7 +204,7 @@ def finish_best_pointer(run_dir: str, endpoint: str | None) -> dict:
 # least one interval: 2 s for the metadata MLP's 0.2-0.5 s epochs, plus one interval per queued report at
 # the end of a run. Polling is one small RPC per worker.
 REPORT_POLL_SECONDS = 0.5
-POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"  # read by the controller, which Ray gives the driver's value
+POLL_ENV = TRAIN_POLL_ENV  # read by the controller, which Ray gives the driver's value (thorax_ray.ray_settings)
 
 
 @contextlib.contextmanager

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from thorax_ray import console, storage
 from thorax_ray.cluster import ClusterCapacity, check_shared_storage, cluster_capacity, resolve_use_gpu
+from thorax_ray.ray_settings import TUNE_OUTPUT_ENV
 from thorax_ray.train.config import TrainConfig
 from thorax_ray.train.train import ray_storage
 from thorax_ray.tune import results as results_mod
@@ -21,7 +22,7 @@ SETUP_FILE = "sweep.json"  # the trial setup of the experiment, reused on resume
 # Logical CPUs held by each trial's driver (it only waits on its Train controller). A full CPU is
 # still counted per trial when bounding concurrency, so that Ray Data's read tasks find a free one.
 TRIAL_DRIVER_CPUS = 1.0
-AIR_OUTPUT_ENV = "RAY_AIR_NEW_OUTPUT"  # Tune's choice of console reporter, read at every fit()
+AIR_OUTPUT_ENV = TUNE_OUTPUT_ENV  # Tune's choice of console reporter, read at every fit() (thorax_ray.ray_settings)
 
 
 @dataclass
