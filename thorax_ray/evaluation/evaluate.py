@@ -215,6 +215,7 @@ def _join(config: EvaluationConfig, source, outputs: dict[str, pd.DataFrame]) ->
     joined = manifest[["image_index", "patient_id", "split", "view_position", "follow_up", "path",
                        *FINDING_COLUMNS]].copy()
     result = _Joined(joined=joined, scored={}, described={}, warnings=[])
+    columns: dict[str, pd.Series] = {}  # every model's columns, joined in one step (not one insert per column)
     for name, uri in config.scores:
         loaded, note = newest_model_rows(outputs[name], uri)
         trained_on = loaded.attrs.get("split_hash")
@@ -239,7 +240,8 @@ def _join(config: EvaluationConfig, source, outputs: dict[str, pd.DataFrame]) ->
                                   f"{config.data}")
         result.scored[name] = frame
         for column in FINDING_COLUMNS + tuple(c for c in CALIBRATED_COLUMNS if c in frame.columns):
-            joined[f"{name}:{column}"] = frame[column].reindex(joined.index)
+            columns[f"{name}:{column}"] = frame[column].reindex(joined.index)
+    result.joined = pd.concat([joined, pd.DataFrame(columns, index=joined.index)], axis=1)
     return result
 
 
