@@ -100,6 +100,22 @@ def test_probabilities_are_the_tta_mean_and_maps_and_boxes_the_unaugmented_views
     assert augmented.column("boxes").to_pylist() == plain.column("boxes").to_pylist()
 
 
+@pytest.mark.parametrize("kind, heatmaps, passes", [("none", False, 1), ("hflip", False, 2), ("hflip", True, 2),
+                                                     ("tencrop", False, 11)])
+def test_views_the_attribution_passes_already_ran_are_not_run_again(checkpoint, kind, heatmaps, passes):
+    """The maps' pass over the un-augmented images is also the "image" view (and with --tta-heatmaps the flipped
+    pass the "hflip" view): hflip costs two passes of the network, not three (or four)."""
+    ckpt, _, _ = checkpoint
+    scorer = _scorer(ckpt, _config(ckpt, tta=kind, tta_heatmaps=heatmaps))
+    seen = []
+    hook = scorer.model.target_layer.register_forward_hook(lambda *args: seen.append(1))
+    try:
+        scorer(_table(_pixels(2, SIZE)))
+    finally:
+        hook.remove()
+    assert len(seen) == passes
+
+
 def test_tta_heatmaps_are_the_mean_of_the_maps_and_the_flipped_maps_flipped_back(checkpoint):
     ckpt, model, _ = checkpoint
     pixels = _pixels(4, SIZE, seed=1)

@@ -26,7 +26,7 @@ times the activations of the un-augmented batch. The cost is one forward per vie
 """
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -88,20 +88,23 @@ def tta_views(images: torch.Tensor, kind: str) -> Iterator[torch.Tensor]:
 
 
 def tta_probabilities(model: torch.nn.Module, images: torch.Tensor | None, features: torch.Tensor | None = None,
-                      *, kind: str = NO_TTA) -> torch.Tensor:
+                      *, kind: str = NO_TTA, known: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
     """Float32 probabilities (N, 14): the mean over the views of `kind` of sigmoid(model(view, features)).
-    Call under torch.no_grad() (and the caller's autocast); the model is called as it is (eval mode is the
-    caller's)."""
+    `known`: logits the caller already has, by view name (`VIEWS`), e.g. those of the attribution pass over
+    the un-augmented images ("image"); those views are not run again. Call under torch.no_grad() (and the
+    caller's autocast); the model is called as it is (eval mode is the caller's)."""
     spec = model.spec
     check_tta(kind, spec)
+    known = known or {}
     if not spec.uses_images:
-        return torch.sigmoid(model(*spec.model_inputs(None, features)).float())
-    total, views = None, 0
-    for view in tta_views(images, kind):
-        probabilities = torch.sigmoid(model(*spec.model_inputs(view, features)).float())
+        logits = known["image"] if "image" in known else model(*spec.model_inputs(None, features))
+        return torch.sigmoid(logits.float())
+    total = None
+    for name, view in zip(VIEWS[kind], tta_views(images, kind)):
+        logits = known[name] if name in known else model(*spec.model_inputs(view, features))
+        probabilities = torch.sigmoid(logits.float())
         total = probabilities if total is None else total + probabilities
-        views += 1
-    return total / views
+    return total / len(VIEWS[kind])
 
 
 def describe_tta(kind: str, size: int) -> dict:

@@ -36,7 +36,7 @@ from thorax_ray.data.pipeline import images_to_array
 from thorax_ray.data.preprocess import PreprocessingContract, normalise_images
 from thorax_ray.labels import FINDING_COLUMNS
 from thorax_ray.models import build_model, receptive_field_centres
-from thorax_ray.models.tta import NO_TTA, check_tta, hflip_mean_centres, tta_probabilities
+from thorax_ray.models.tta import check_tta, hflip_mean_centres, tta_probabilities
 from thorax_ray.progress import count
 from thorax_ray.scoring.config import ScoreConfig, scorer_threads
 from thorax_ray.scoring.output import CALIBRATED_COLUMNS, pipeline_schema, score_schema
@@ -130,6 +130,11 @@ def heatmap_description(model: torch.nn.Module, contract: PreprocessingContract,
                        "test-time augmentation"),
     })
     return description
+
+
+def _logits_by_view(**logits: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """Logits an attribution pass gave, detached, by TTA view name (methods without logits give none)."""
+    return {view: value.detach() for view, value in logits.items() if value is not None}
 
 
 # ----- reading and decoding (CPU tasks) --------------------------------------------------------------
@@ -230,35 +235,36 @@ class Scorer:
             features = self.fast.to_device(torch.from_numpy(self.features.encode(frame)))
         return images, features
 
-    def _attribution(self, images: torch.Tensor | None, features: torch.Tensor | None) -> Attribution | None:
-        """The method's attribution of the un-augmented images; with `tta_heatmaps` its maps are the mean of
-        theirs and of the flipped images' maps flipped back (raw maps, float32)."""
+    def _attribution(self, images: torch.Tensor | None,
+                     features: torch.Tensor | None) -> tuple[Attribution | None, dict[str, torch.Tensor]]:
+        """The method's attribution of the un-augmented images (with `tta_heatmaps` its maps are the mean of
+        theirs and of the flipped images' maps flipped back; raw maps, float32), and the logits its passes
+        gave, by TTA view name ("image", "hflip"), so that those views are not run again."""
         if self.method is None:
-            return None
+            return None, {}
         # bf16 for the one-forward maps; Captum's gradient/perturbation methods stay in fp32.
         with self.fast.autocast() if self.settings.method in ONE_FORWARD_METHODS else contextlib.nullcontext():
             attribution = self.method.attribute(images, features)
             if not self.settings.tta_heatmaps:
-                return attribution
+                return attribution, _logits_by_view(image=attribution.logits)
             flipped = self.method.attribute(images.flip(-1), features)
         maps = (attribution.maps.detach().float() + flipped.maps.detach().float().flip(-1)) / 2
-        return dataclasses.replace(attribution, maps=maps)
+        return (dataclasses.replace(attribution, maps=maps),
+                _logits_by_view(image=attribution.logits, hflip=flipped.logits))
 
     def _probabilities(self, images: torch.Tensor | None, features: torch.Tensor | None,
-                       attribution: Attribution | None) -> np.ndarray:
-        """The probability columns: the mean over the TTA views (a forward per view), else the sigmoid of the
-        attribution's logits (or of one forward when there is no attribution)."""
-        if self.settings.tta == NO_TTA and attribution is not None:
-            return torch.sigmoid(attribution.logits.detach().float()).cpu().numpy()
+                       known: dict[str, torch.Tensor]) -> np.ndarray:
+        """The probability columns: the mean over the TTA views ("none": the one view), a forward for each
+        view whose logits the attribution passes did not already give."""
         with torch.no_grad(), self.fast.autocast():
-            return tta_probabilities(self.model, images, features, kind=self.settings.tta).cpu().numpy()
+            return tta_probabilities(self.model, images, features, kind=self.settings.tta, known=known).cpu().numpy()
 
     def _score(self, good: pa.Table) -> tuple[dict[str, list | np.ndarray], float]:
         started = time.perf_counter()
         images, features = self._inputs(good)
         out: dict[str, list | np.ndarray] = {}
-        attribution = self._attribution(images, features)
-        probabilities = self._probabilities(images, features, attribution)
+        attribution, known = self._attribution(images, features)
+        probabilities = self._probabilities(images, features, known)
         model_s = time.perf_counter() - started
         calibrated = apply_calibration(self.calibration, probabilities)
         for i, (column, calibrated_column) in enumerate(zip(FINDING_COLUMNS, CALIBRATED_COLUMNS)):
