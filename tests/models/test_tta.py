@@ -3,6 +3,8 @@ logits), the fusion model's features passed to every view, metadata-only models 
 with a TTA. No Ray."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -155,3 +157,17 @@ def test_hflip_mean_centres_are_the_midpoints_and_keep_bin_centres():
     centres = [(16 * i + 0.5) / 64 for i in range(4)]
     assert hflip_mean_centres(centres) == pytest.approx([(i + 0.5) / 4 for i in range(4)])
     assert hflip_mean_centres([0.1, 0.5, 0.9]) == pytest.approx([0.1, 0.5, 0.9])
+
+
+def test_the_job_check_reads_the_checkpoints_description_not_its_weights(tmp_path):
+    """Before Ray starts the job learns the model kind from checkpoint.json; model.pt is read once, later."""
+    from tests.helpers import make_checkpoint
+    from thorax_ray.checkpoint import MODEL_FILE
+    from thorax_ray.models.tta import check_checkpoint_tta
+
+    for name in ("mlp", "small_cnn"):
+        make_checkpoint(tmp_path / name, name, size=32)
+        os.remove(tmp_path / name / MODEL_FILE)  # a read of the weights would fail
+    check_checkpoint_tta(str(tmp_path / "small_cnn"), "hflip")
+    with pytest.raises(ValueError, match="--tta hflip: model 'mlp' takes metadata only"):
+        check_checkpoint_tta(str(tmp_path / "mlp"), "hflip")

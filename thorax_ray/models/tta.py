@@ -31,7 +31,8 @@ from collections.abc import Iterator, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from thorax_ray.checkpoint import load_payload
+from thorax_ray import storage
+from thorax_ray.checkpoint import INFO_FILE, load_payload
 from thorax_ray.models.registry import get_model_spec
 
 NO_TTA = "none"
@@ -57,12 +58,14 @@ def check_tta(kind: str, spec=None) -> None:
 
 
 def check_checkpoint_tta(checkpoint_dir: str, kind: str, *, endpoint_url: str | None = None) -> None:
-    """`check_tta` against a checkpoint's model, for a job's driver before Ray starts (reads the checkpoint
-    only when `kind` is not "none")."""
+    """`check_tta` against a checkpoint's model, for a job's driver before Ray starts (when `kind` is not
+    "none": reads the checkpoint's small checkpoint.json, not its model.pt, which the job loads later anyway)."""
     check_tta(kind)
     if kind != NO_TTA:
-        payload = load_payload(checkpoint_dir, endpoint_url=endpoint_url)
-        check_tta(kind, get_model_spec(payload.model_build_config["name"]))
+        info = storage.read_json(storage.join(checkpoint_dir, INFO_FILE), endpoint_url=endpoint_url)
+        build = (info or {}).get("model_build_config") or load_payload(checkpoint_dir,
+                                                                      endpoint_url=endpoint_url).model_build_config
+        check_tta(kind, get_model_spec(build["name"]))
 
 
 def tencrop_size(size: int) -> int:
