@@ -6,6 +6,7 @@ import re
 import pytest
 import ray
 
+from thorax_ray import ray_settings
 from thorax_ray.ray_settings import DOCUMENTED_ENV, UNDOCUMENTED
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -25,5 +26,8 @@ def test_every_ray_setting_in_the_code_is_listed():
     listed = {s.name for s in UNDOCUMENTED} | set(DOCUMENTED_ENV)
     used = {name for path in SOURCES for name in re.findall(r"[\"'](RAY_[A-Z0-9_]+)[\"']", path.read_text())}
     assert used and used <= listed, sorted(used - listed)
-    keys = {key for path in SOURCES for key in re.findall(r"log_once\((?:\"|')(\w+)", path.read_text())}
+    calls = [argument.strip() for path in SOURCES for argument in re.findall(r"log_once\(([^)]*)\)", path.read_text())]
+    assert calls, "no log_once call found: the check below would pass on nothing"
+    keys = {argument.strip("\"'") if argument[:1] in "\"'" else getattr(ray_settings, argument, argument)
+            for argument in calls}
     assert keys <= listed, sorted(keys - listed)
