@@ -7,8 +7,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from tests.helpers import make_checkpoint, write_scores_commit
-from thorax_ray.calibration import apply_calibration, describe_calibration, fit_calibration
+from tests.helpers import make_checkpoint, shifting_calibration, write_scores_commit
+from thorax_ray.calibration import apply_calibration, describe_calibration
 from thorax_ray.checkpoint import checkpoint_model_id
 from thorax_ray.data.decode import decode_image
 from thorax_ray.labels import FINDING_COLUMNS, FINDINGS
@@ -20,19 +20,11 @@ from thorax_ray.scoring.scorer import NO_METHOD, Scorer, ScorerSettings
 SIZE = 64
 
 
-def _calibration() -> dict:
-    """A calibration that moves every finding (fitted on made-up validation rows with shifted logits)."""
-    rng = np.random.default_rng(0)
-    z = rng.normal(-1.0, 1.5, size=(2000, len(FINDINGS)))
-    labels = (rng.random(z.shape) < 1 / (1 + np.exp(-z))).astype(int)
-    return fit_calibration(labels, 1 / (1 + np.exp(-(2 * z + 1))))
-
-
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
     """The same model twice: with a calibration and without one (written before calibration existed)."""
     folder = tmp_path_factory.mktemp("checkpoints")
-    calibration = _calibration()
+    calibration = shifting_calibration()
     make_checkpoint(folder / "with", size=SIZE, payload={"calibration": calibration})
     make_checkpoint(folder / "without", size=SIZE)
     return str(folder / "with"), str(folder / "without"), calibration
@@ -71,7 +63,7 @@ def test_scorer_writes_calibrated_columns_beside_the_raw_ones(checkpoints, synth
 
 def test_read_scores_reads_older_files_alongside_and_says_how_they_were_calibrated(tmp_path):
     out = str(tmp_path / "scores")
-    description = describe_calibration(_calibration())
+    description = describe_calibration(shifting_calibration())
     old = pa.table({"image_index": ["a"], "model_id": ["m"], "mass": pa.array([0.2], pa.float32())})
     new = pa.table({"image_index": ["b"], "model_id": ["m"], "mass": pa.array([0.4], pa.float32()),
                     "mass_calibrated": pa.array([0.1], pa.float32())})
@@ -87,7 +79,7 @@ def test_read_scores_reads_older_files_alongside_and_says_how_they_were_calibrat
 
 
 def test_gate_compares_raw_probabilities_and_gives_the_thresholds_on_the_calibrated_scale():
-    calibration = _calibration()
+    calibration = shifting_calibration()
     thresholds = {f: 0.3 for f in FINDINGS}
     thresholds["Hernia"] = None
     points = {"rule": "youden", "thresholds": thresholds,

@@ -13,10 +13,10 @@ import pyarrow as pa
 import pytest
 import torch
 
-from tests.helpers import make_checkpoint, write_scores_commit
+from tests.helpers import make_checkpoint, shifting_calibration, write_scores_commit
 from tests.jobs.test_help import job_module
 from thorax_ray.attribution import decode_heatmaps, get_method, normalise_maps
-from thorax_ray.calibration import apply_calibration, fit_calibration
+from thorax_ray.calibration import apply_calibration
 from thorax_ray.checkpoint import checkpoint_model_id
 from thorax_ray.cluster import ClusterCapacity
 from thorax_ray.data.preprocess import normalise_images, preprocessing_contract
@@ -32,17 +32,10 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 SIZE = 64
 
 
-def _calibration() -> dict:
-    rng = np.random.default_rng(0)
-    z = rng.normal(-1.0, 1.5, size=(2000, NUM_FINDINGS))
-    labels = (rng.random(z.shape) < 1 / (1 + np.exp(-z))).astype(int)
-    return fit_calibration(labels, 1 / (1 + np.exp(-(2 * z + 1))))
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tta-checkpoint")
-    calibration = _calibration()
+    calibration = shifting_calibration()
     model = make_checkpoint(folder, size=SIZE, payload={"calibration": calibration})
     return str(folder), model, calibration
 
