@@ -1,6 +1,7 @@
-"""README "Two kinds of split in one report", run as written (subprocesses of jobs/evaluate.py): a random-split
-evaluation, then the official-split one with --beside; committed scores are fabricated (as jobs/score.py writes
-them) and the raw synthetic dataset stands in for the two prepared outputs (--split-kind random for the first)."""
+"""README "Two kinds of split in one report", run as written (subprocesses of jobs/prepare.py and jobs/evaluate.py,
+joined to the session's Ray): the random-split preparation, its evaluation, then the official-split one with
+--beside. Committed scores are fabricated (as jobs/score.py writes them); the raw synthetic dataset stands in
+for data/demo and for the official-split prepared output."""
 import json
 import os
 import subprocess
@@ -33,22 +34,24 @@ def committed_scores(out: str, manifest) -> str:
     return out
 
 
-def evaluate(*args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    done = subprocess.run([sys.executable, "jobs/evaluate.py", *args, "--bootstrap", "20"], cwd=REPO,
-                          capture_output=True, text=True, timeout=300, env=env)
+def job(name: str, *args: str, env: dict) -> subprocess.CompletedProcess:
+    done = subprocess.run([sys.executable, f"jobs/{name}.py", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, **env})
     assert done.returncode == 0, done.stdout + done.stderr
     return done
 
 
-def test_the_readme_commands_set_a_random_split_run_beside_the_official_one(synthetic_small, tmp_path):
+def test_the_readme_commands_set_a_random_split_run_beside_the_official_one(synthetic_small, tmp_path, ray_job_env):
     manifest, _ = build_manifest(str(synthetic_small))
     scores = committed_scores(str(tmp_path / "scores"), manifest)
+    prepared = str(tmp_path / "demo-prepared-128-random")
     random_out, official_out = str(tmp_path / "evaluation-random-split"), str(tmp_path / "evaluation")
-    evaluate("--scores", f"small_cnn={scores}", "--data", str(synthetic_small), "--split-kind", "random",
-             "--out", random_out)
-    done = evaluate("--scores", f"small_cnn={scores}", "--data", str(synthetic_small), "--out", official_out,
-                    "--beside", random_out)
+    job("prepare", "--data", str(synthetic_small), "--out", prepared, "--size", "128", "--split", "random",
+        env=ray_job_env)
+    job("evaluate", "--scores", f"small_cnn={scores}", "--data", prepared, "--out", random_out, "--bootstrap", "20",
+        env=ray_job_env)
+    done = job("evaluate", "--scores", f"small_cnn={scores}", "--data", str(synthetic_small), "--out", official_out,
+               "--beside", random_out, "--bootstrap", "20", env=ray_job_env)
     assert "random patient split 70/10/20 (train/val/test), seed 0; evaluated separately, not paired" in done.stdout
     metrics = json.load(open(os.path.join(official_out, "metrics.json")))
     assert set(metrics["models"]) == {"small_cnn", "small_cnn@random"}
