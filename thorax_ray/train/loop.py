@@ -119,11 +119,15 @@ class Worker:
     generator: torch.Generator
     feed: object  # DatasetFeed | TensorFeed
     history: list = field(default_factory=list)
-    best: dict | None = None
     bests: list = field(default_factory=list)  # every epoch that was the best when it ended, oldest first
     model_bytes: dict = field(default_factory=dict)  # checkpoint name -> size of the model.pt rank 0 wrote
     resumes: list = field(default_factory=list)
     start_epoch: int = 1
+
+    @property
+    def best(self) -> dict | None:
+        """The best epoch so far ({"epoch", "checkpoint", "val"})."""
+        return self.bests[-1] if self.bests else None
 
     def say(self, text: str) -> None:
         if self.rank == 0:
@@ -186,8 +190,7 @@ def start_worker(loop_config: dict) -> Worker:
                            num_samples=info["train_rows"]).to(device),
         generator=torch.Generator())
     if state is not None:
-        worker.history, worker.best = list(state.history), state.best
-        worker.bests = [state.best] if state.best else []
+        worker.history, worker.bests = list(state.history), [state.best] if state.best else []
         worker.start_epoch = state.epoch + 1
         worker.resumes = [*state.resumes, {"after_epoch": state.epoch,
                                                       "at": time.strftime("%Y-%m-%dT%H:%M:%S")}]
@@ -265,8 +268,7 @@ def end_epoch(worker: Worker, record: dict, started: float) -> None:
     worker.scheduler.step(selected_metric(record["val"], config.optim.select_by))  # warm-up, then plateau, ...
     worker.history.append(record)
     if improves(record["val"], worker.best, config.optim.select_by):
-        worker.best = {"epoch": epoch, "checkpoint": checkpoint_dir_name(epoch), "val": record["val"]}
-        worker.bests.append(worker.best)
+        worker.bests.append({"epoch": epoch, "checkpoint": checkpoint_dir_name(epoch), "val": record["val"]})
     val_loss = record["val"].get("loss")
     metrics = {"epoch": epoch, "train_loss": record["train_loss"],
                "val_mean_auroc": val_mean if val_mean is not None else float("nan"),
