@@ -31,7 +31,8 @@ UNCOMMITTED = "nothing of this run was committed and what it had staged was remo
 
 def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = None, *,
              on_interrupt: str = UNCOMMITTED) -> None:
-    """Runs a job's main: a ValueError/FileNotFoundError (bad input) ends with one clear line and exit 2;
+    """Runs a job's main: a ValueError/FileNotFoundError (bad input) ends with one clear line and exit 2 (or
+    the error's `exit_code`, e.g. 75 when the cluster could not place the job in time);
     Ctrl-C or SIGTERM (see thorax_ray.interrupts) unwinds the job (its `finally`/`except BaseException`
     clean-ups run, the private Ray stops with the process), prints one line saying so and exits 130/143."""
     with interruptible():
@@ -43,7 +44,7 @@ def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = N
             sys.exit(stop.exit_code)
         except (ValueError, FileNotFoundError) as error:
             console.error(f"error: {error}")
-            sys.exit(2)
+            sys.exit(getattr(error, "exit_code", 2))  # 2, or the error's own (75: try again later)
 
 
 def add_split_arguments(parser, kinds: tuple[str, ...]) -> None:
