@@ -15,6 +15,7 @@ from thorax_ray import console
 from thorax_ray.cluster import USE_GPU_CHOICES
 from thorax_ray.config_io import FlagTable, flag_target
 from thorax_ray.interrupts import as_interrupted, interruptible
+from thorax_ray.storage_errors import storage_failure
 
 
 def setup_logging(verbose: bool = False) -> None:
@@ -33,6 +34,8 @@ def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = N
              on_interrupt: str = UNCOMMITTED) -> None:
     """Runs a job's main: a ValueError/FileNotFoundError (bad input) ends with one clear line and exit 2 (or
     the error's `exit_code`, e.g. 75 when the cluster could not place the job in time);
+    a storage request that still failed after the retry budget ends with one line naming the operation and
+    the key, exit 75 (5xx, throttling: try again later) or 1 (the store refused; thorax_ray.storage_errors);
     Ctrl-C or SIGTERM (see thorax_ray.interrupts) unwinds the job (its `finally`/`except BaseException`
     clean-ups run, the private Ray stops with the process), prints one line saying so and exits 130/143."""
     with interruptible():
@@ -45,6 +48,12 @@ def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = N
         except (ValueError, FileNotFoundError) as error:
             console.error(f"error: {error}")
             sys.exit(getattr(error, "exit_code", 2))  # 2, or the error's own (75: try again later)
+        except Exception as error:  # a storage request that failed for good: one line, exit 75 or 1
+            failure = storage_failure(error)
+            if failure is None:
+                raise
+            console.error(failure.line())
+            sys.exit(failure.exit_code)
 
 
 def add_split_arguments(parser, kinds: tuple[str, ...]) -> None:

@@ -12,6 +12,7 @@ import posixpath
 import re
 
 import fsspec
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 _SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
@@ -26,29 +27,49 @@ def endpoint_from_env() -> str | None:
 
 
 S3_ATTEMPTS_PER_REQUEST = 5
-"""The most tries of one S3 request, the first included: botocore's "standard" retry mode retries
-connection errors, throttling (SlowDown) and 500/502/503/504 with jittered exponential backoff. It is the
-only retry layer: s3fs's own retry loop (5 passes by default, nested twice around botocore's for reads,
-so up to 25 times the tries) runs one pass, and `data.read.read_bytes` calls once. Reading a whole object
-(`cat_file`) is a size request and a GET, so at most 2 * 5 requests (aiohttp may resend once more on a
-kept-alive connection the server closed). A response cut off mid-body is not retried: that image is
-quarantined as `read_error`. A missing object (404) is never retried."""
+"""The default retry budget: the most tries of one S3 request, the first included. `s3_attempts()` is the
+budget in force (env `THORAX_S3_ATTEMPTS` overrides this default), and every S3 client the package builds
+takes it: s3fs/botocore (`filesystem`: botocore's "standard" retry mode, which retries connection errors,
+throttling (503 SlowDown) and 500/502/503/504 with jittered exponential backoff) and pyarrow's S3
+filesystem (`arrow_filesystem`: `AwsStandardS3RetryStrategy`, the same rules in the AWS C++ SDK) under Ray
+Train's and Tune's storage. It is the only retry layer: s3fs's own retry loop (5 passes by default, nested
+twice around botocore's for reads, so up to 25 times the tries) runs one pass, and `data.read.read_bytes`
+calls once. Reading a whole object (`cat_file`) is a size request and a GET, so at most 2 * N requests
+(aiohttp may resend once more on a kept-alive connection the server closed). A response cut off mid-body
+is not retried: that image is quarantined as `read_error`. A missing object (404) is never retried. A
+request that still fails after N tries ends the job with one line (`thorax_ray.storage_errors`)."""
+S3_ATTEMPTS_ENV = "THORAX_S3_ATTEMPTS"
+
+
+def s3_attempts() -> int:
+    """The retry budget in force: `THORAX_S3_ATTEMPTS` when set (a whole number >= 1), else
+    S3_ATTEMPTS_PER_REQUEST. Read where a client is built; a client pickled to a Ray worker keeps the
+    budget it was built with."""
+    text = os.environ.get(S3_ATTEMPTS_ENV, "").strip()
+    if not text:
+        return S3_ATTEMPTS_PER_REQUEST
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"{S3_ATTEMPTS_ENV}={text!r}: expected the most tries of one S3 request, a whole number >= 1")
+    return int(text)
+
+
+def _region() -> str | None:
+    return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or None
 
 
 def filesystem(uri: str, *, endpoint_url: str | None = None,
-               attempts: int = S3_ATTEMPTS_PER_REQUEST) -> tuple[fsspec.AbstractFileSystem, str]:
+               attempts: int | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
     """Returns (filesystem, path within it) for a local path or URI; `attempts`: the most tries of one
-    s3:// request (the image reads take theirs from `--read-attempts`)."""
+    s3:// request (default: `s3_attempts()`; the image reads take theirs from `--read-attempts`)."""
     uri = str(uri)
     if uri.startswith("s3://") or uri.startswith("s3a://"):
         from thorax_ray.s3 import S3FileSystem  # deferred: s3fs (s3:// only)
 
         endpoint = endpoint_url or endpoint_from_env()
         client_kwargs = {"endpoint_url": endpoint} if endpoint else {}
-        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-        if region:
-            client_kwargs["region_name"] = region
-        retries = {"total_max_attempts": attempts, "mode": "standard"}
+        if _region():
+            client_kwargs["region_name"] = _region()
+        retries = {"total_max_attempts": attempts or s3_attempts(), "mode": "standard"}
         fs = S3FileSystem(client_kwargs=client_kwargs, config_kwargs={"retries": retries}, passes=1,
                           use_listings_cache=False)
         return fs, uri.split("://", 1)[1].rstrip("/")
@@ -58,6 +79,40 @@ def filesystem(uri: str, *, endpoint_url: str | None = None,
     if uri.startswith("file://"):
         uri = uri[len("file://"):]
     return fsspec.filesystem("file"), os.path.abspath(os.path.expanduser(uri))
+
+
+class ArrowS3FileSystem(pafs.S3FileSystem):
+    """pyarrow's S3 filesystem retrying each request up to `attempts` times (AWS standard retries), a
+    budget it keeps when pickled to Ray's controller and workers (pyarrow's own pickling drops the retry
+    strategy, so a copy would fall back to pyarrow's default of 3)."""
+
+    def __init__(self, *, attempts: int, **options):
+        super().__init__(retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=attempts), **options)
+        self.attempts = attempts
+
+    def __reduce__(self):
+        _, (options,) = super().__reduce__()
+        return _rebuild_arrow_s3, (options, self.attempts)
+
+
+def _rebuild_arrow_s3(options: dict, attempts: int) -> ArrowS3FileSystem:
+    return ArrowS3FileSystem(attempts=attempts, **options)
+
+
+def arrow_filesystem(uri: str, *, endpoint_url: str | None = None,
+                     attempts: int | None = None) -> tuple[ArrowS3FileSystem, str]:
+    """(pyarrow S3 filesystem, "bucket/path") for an s3:// URI, for the pyarrow consumers (Ray Train's and
+    Tune's `storage_filesystem`), with the retry budget `s3_attempts()` (or `attempts`) and the endpoint of
+    an S3-compatible store when one is configured (`endpoint_url`, else AWS_ENDPOINT_URL_S3/AWS_ENDPOINT_URL).
+    Region: AWS_REGION / AWS_DEFAULT_REGION, else us-east-1 for an explicit endpoint, else the bucket's own."""
+    path = str(uri).split("://", 1)[1].rstrip("/")
+    options = {}
+    endpoint = endpoint_url or endpoint_from_env()
+    if endpoint:
+        scheme, host = endpoint.split("://", 1) if "://" in endpoint else ("https", endpoint)
+        options.update(endpoint_override=host.rstrip("/"), scheme=scheme)
+    region = _region() or ("us-east-1" if endpoint else pafs.resolve_s3_region(path.split("/", 1)[0]))
+    return ArrowS3FileSystem(attempts=attempts or s3_attempts(), region=region, **options), path
 
 
 def join(root: str, *parts: str) -> str:

@@ -7,8 +7,6 @@ import os
 import threading
 from dataclasses import dataclass
 
-from pyarrow import fs as pafs
-
 from thorax_ray import console, storage
 from thorax_ray.checkpoint import checkpoint_uploaded, run_metrics, write_run_metrics
 from thorax_ray.cluster import ClusterCapacity, check_shared_storage, cluster_capacity, resolve_use_gpu
@@ -32,16 +30,14 @@ class TrainResult:
 
 
 def ray_storage(uri: str, endpoint_url: str | None) -> tuple[str, object | None]:
-    """(storage_path, storage_filesystem) for RunConfig: absolute local paths; S3 through pyarrow with
-    the endpoint of an S3-compatible store when one is configured."""
+    """(storage_path, storage_filesystem) for RunConfig: absolute local paths; s3:// through pyarrow with the
+    storage retry budget and the endpoint of an S3-compatible store when one is configured
+    (`storage.arrow_filesystem`: Ray Train's own filesystem for a bare URI would retry 3 times)."""
     if not storage.is_remote(uri):
         return os.path.abspath(uri), None
-    endpoint = endpoint_url or storage.endpoint_from_env()
-    if uri.startswith("s3://") and endpoint:
-        scheme, host = endpoint.split("://", 1) if "://" in endpoint else ("https", endpoint)
-        filesystem = pafs.S3FileSystem(endpoint_override=host, scheme=scheme,
-                                       region=os.environ.get("AWS_REGION", "us-east-1"))
-        return uri[len("s3://"):], filesystem
+    if uri.startswith("s3://"):
+        filesystem, path = storage.arrow_filesystem(uri, endpoint_url=endpoint_url)
+        return path, filesystem
     return uri, None
 
 
