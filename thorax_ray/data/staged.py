@@ -1,14 +1,15 @@
 """Staged outputs: the one way prepare and scoring make a run's files visible all at once.
 
-    with staged_run(out, stage_uri, ttl_s=600, about={"run_id": run_id}) as staged:
+    with staged_run(out, stage_uri, about={"run_id": run_id}) as staged:
         ...                                        # write everything under stage_uri (OUT's lease is held)
         staged.commit("_commits/<run_id>.json", record)   # last act: one atomic write of the commit record
 
 A run holds OUT's lease (`OUT/_lock.json`, thorax_ray.lease) from before it reads what is there until its
 commit, writes its files under its own stage folder (prepare: `versions/<version>/`; scoring:
-`_staging/<run_id>/`, whose files it publishes into their partitions just before committing), checks that
-the lease is still its own and writes the commit record in one step (local: write + rename; object stores:
-one PUT). Readers go through commit records only, so the files of a run that failed or was killed are never
+`_staging/<run_id>/`, whose files it publishes into their partitions just before committing), proves that
+the lease is still its own with a conditional renewal (the lease's fence: a run whose lease another run took
+over commits nothing) and writes the commit record in one step (local: write + rename; object stores: one
+PUT). Readers go through commit records only, so the files of a run that failed or was killed are never
 read. On any failure (an error, Ctrl-C, SIGTERM) before the commit, the stage folder is removed; a
 `scratch` stage (emptied by publishing) is removed after the commit too. The lease is released last.
 """
@@ -21,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from thorax_ray import storage
-from thorax_ray.lease import Lease, acquire_lease
+from thorax_ray.lease import DEFAULT_TTL_S, Lease, acquire_lease
 
 LOCK_FILE = "_lock.json"  # the lease of the run writing to OUT (thorax_ray.lease)
 RUN_ID_TIME = "%Y%m%dT%H%M%SZ"  # the UTC start time at the head of run ids and prepared versions
@@ -66,15 +67,15 @@ class StagedRun:
     committed: str | None = None  # URI of the commit record, once written
 
     def commit(self, name: str, record: dict) -> str:
-        """Writes `OUT/<name>` (the commit record) as the run's last act, after checking the lease is still
-        ours (raises thorax_ray.lease.LeaseLost otherwise); returns its URI."""
-        self.lease.check()
+        """Writes `OUT/<name>` (the commit record) as the run's last act, right after proving with a conditional
+        write that the lease is still ours (raises thorax_ray.lease.LeaseLost otherwise); returns its URI."""
+        self.lease.fence()
         self.committed = write_record(storage.join(self.out, name), record, endpoint_url=self.endpoint_url)
         return self.committed
 
 
 @contextmanager
-def staged_run(out: str, stage: str, *, ttl_s: float, wait_s: float = 0.0, about: dict | None = None,
+def staged_run(out: str, stage: str, *, ttl_s: float = DEFAULT_TTL_S, wait_s: float = 0.0, about: dict | None = None,
                scratch: bool = False, endpoint_url: str | None = None) -> Iterator[StagedRun]:
     """Holds OUT's lease around a run that stages its files under `stage` (see the module docstring):
     raises thorax_ray.lease.LeaseBusy when another run holds it past `wait_s`; removes `stage` unless the

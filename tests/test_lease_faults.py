@@ -1,0 +1,346 @@
+"""The lease's windows, each with a fault injected: on the moto server through a small proxy that changes what
+the client and the server see (answers lost after the server applied a PUT, 409 conflicts, a store that ignores
+conditional headers, renewals that fail), and locally (successors racing to take over an expired lease)."""
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable
+
+import pytest
+
+from thorax_ray.data.staged import staged_run
+from thorax_ray.lease import LeaseBusy, LeaseLost, LeaseUnsupported, acquire_lease
+
+CONDITIONAL = ("if-match", "if-none-match")
+CONFLICT_409 = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>ConditionalRequestConflict</Code>'
+                b"<Message>A conflicting conditional operation is currently in progress against this resource."
+                b"</Message></Error>")
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    headers: dict[str, str]  # lower-case names
+    body: bytes
+
+    @property
+    def conditional(self) -> str | None:
+        return next((name for name in CONDITIONAL if name in self.headers), None)
+
+    def carries(self, token: str) -> bool:
+        return token.encode() in self.body
+
+
+@dataclass
+class FaultProxy:
+    """An HTTP proxy in front of the moto server. `fault(request)` names what happens to each request:
+    None (forwarded as is), "strip" (forwarded without its conditional headers), "409" (answered
+    ConditionalRequestConflict, not forwarded), "503" (answered SlowDown, not forwarded), "drop" (forwarded,
+    then the connection closed without an answer: applied, but the client never learns it) or "500-after"
+    (forwarded, then answered InternalError)."""
+
+    upstream: str
+    fault: Callable[[Request], str | None] = lambda request: None
+    seen: list[tuple[Request, str | None]] = field(default_factory=list)
+    endpoint: str = ""
+
+    def __post_init__(self):
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _handle(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                request = Request(self.command, self.path, {k.lower(): v for k, v in self.headers.items()},
+                                  self.rfile.read(length))
+                action = proxy.fault(request)
+                proxy.seen.append((request, action))
+                if action in ("409", "503"):
+                    body = CONFLICT_409 if action == "409" else b"<Error><Code>SlowDown</Code></Error>"
+                    return self._answer(int(action), {"Content-Type": "application/xml"}, body)
+                headers = {k: v for k, v in self.headers.items()
+                           if not (action == "strip" and k.lower() in CONDITIONAL)}
+                status, reply_headers, body = proxy._forward(request, headers)
+                if action == "drop":
+                    self.close_connection = True
+                    return None
+                if action == "500-after":
+                    return self._answer(500, {"Content-Type": "application/xml"},
+                                        b"<Error><Code>InternalError</Code></Error>")
+                return self._answer(status, reply_headers, body)
+
+            def _answer(self, status, headers, body):
+                self.send_response(status)
+                for name, value in headers.items():
+                    if name.lower() not in ("content-length", "transfer-encoding", "connection", "date", "server"):
+                        self.send_header(name, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.endpoint = f"http://127.0.0.1:{self._server.server_address[1]}"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def _forward(self, request: Request, headers: dict[str, str]):
+        host, port = self.upstream.split("//", 1)[1].split(":")
+        connection = http.client.HTTPConnection(host, int(port), timeout=30)
+        try:
+            connection.request(request.method, request.path, body=request.body or None, headers=headers)
+            reply = connection.getresponse()
+            return reply.status, dict(reply.getheaders()), reply.read()
+        finally:
+            connection.close()
+
+    def requests(self, method: str = "PUT", *, key: str = "_lock.json") -> list[tuple[Request, str | None]]:
+        return [(r, a) for r, a in self.seen if r.method == method and r.path.split("?")[0].endswith(key)]
+
+    def close(self):
+        self._server.shutdown()
+        self._server.server_close()
+
+
+@pytest.fixture
+def proxy(s3_server):
+    proxy = FaultProxy(s3_server)
+    yield proxy
+    proxy.close()
+
+
+@pytest.fixture
+def lock_uri(s3_bucket):
+    return f"{s3_bucket}/out/_lock.json"
+
+
+def _on_lock_puts(action: str, *, condition: str | None = None, token: str | None = None, times: int = 1):
+    """A fault for the first `times` PUTs of the lease object (with `condition`, carrying `token` if given)."""
+    left = [times]
+
+    def fault(request: Request) -> str | None:
+        if request.method != "PUT" or not request.path.split("?")[0].endswith("/out/_lock.json"):
+            return None
+        if condition is not None and request.conditional != condition:
+            return None
+        if token is not None and not request.carries(token):
+            return None
+        if left[0] <= 0:
+            return None
+        left[0] -= 1
+        return action
+
+    return fault
+
+
+# -- ambiguous writes: the server applied the PUT, the client never heard so ---------------------------------------
+
+
+@pytest.mark.parametrize("fault", ["drop", "500-after"])
+def test_a_renewal_applied_but_unanswered_keeps_the_lease(proxy, lock_uri, fault):
+    """Before: the client retried the If-Match PUT on the ETag it had, got 412 (its own write had changed it)
+    and lost its own lease (`LeaseLost` hours into a run). After: the lease is read back, the token is ours,
+    its ETag is adopted and the next renewal and the fence succeed."""
+    holder = acquire_lease(lock_uri, ttl_s=60, keep_alive=False, endpoint_url=proxy.endpoint)
+    proxy.fault = _on_lock_puts(fault, condition="if-match", token=holder.token)
+    holder.renew()
+    assert [a for _, a in proxy.requests()].count(fault) == 1  # the fault did happen
+    holder.renew()
+    holder.check()
+    with pytest.raises(LeaseBusy):
+        acquire_lease(lock_uri, ttl_s=60)
+    holder.release()
+    acquire_lease(lock_uri, ttl_s=60).release()  # released: nothing of ours is left behind
+
+
+@pytest.mark.parametrize("fault", ["drop", "500-after"])
+def test_an_acquire_applied_but_unanswered_is_our_own_lease(proxy, lock_uri, fault):
+    """Before: the retried If-None-Match PUT got 412 and acquire reported its own new lease as another run's
+    (LeaseBusy naming ourselves). After: the record read back carries our token, so the lease is ours."""
+    proxy.fault = _on_lock_puts(fault, condition="if-none-match")
+    holder = acquire_lease(lock_uri, ttl_s=60, keep_alive=False, about={"run_id": "me"}, endpoint_url=proxy.endpoint)
+    assert [a for _, a in proxy.requests()].count(fault) == 1
+    holder.check()
+    with pytest.raises(LeaseBusy, match="run_id me"):
+        acquire_lease(lock_uri, ttl_s=60)
+    holder.release()
+
+
+def test_a_takeover_applied_but_unanswered_is_our_lease(proxy, lock_uri):
+    dead = acquire_lease(lock_uri, ttl_s=1.0, keep_alive=False)
+    time.sleep(1.3)
+    proxy.fault = _on_lock_puts("drop", condition="if-match")
+    successor = acquire_lease(lock_uri, ttl_s=60, keep_alive=False, endpoint_url=proxy.endpoint)
+    assert [a for _, a in proxy.requests()].count("drop") == 1
+    successor.check()
+    with pytest.raises(LeaseLost):
+        dead.check()
+    successor.release()
+
+
+# -- renewals that fail, then a successor: the first holder must not commit -----------------------------------------
+
+
+def test_after_failed_renewals_and_a_takeover_the_first_holder_does_not_commit(proxy, s3_bucket):
+    """The holder's renewals fail (503) until its lease expires and a successor takes it over; the holder then
+    reaches its commit before another renewal. Before: `check()` read a flag no failed renewal had set, so
+    both runs committed. After: the commit is fenced by a conditional write, which fails (412): LeaseLost and
+    no commit record."""
+    out = f"{s3_bucket}/out"
+    failing = threading.Event()
+    with staged_run(out, f"{out}/_staging/a", ttl_s=1.5, endpoint_url=proxy.endpoint) as first:
+        token = first.lease.token
+        proxy.fault = lambda r: "503" if failing.is_set() and r.method == "PUT" and r.carries(token) else None
+        failing.set()
+        time.sleep(2.0)  # renewals at 0.5, 1.0, 1.5 s fail; the lease expires at 1.5 s
+        with staged_run(out, f"{out}/_staging/b", ttl_s=60, wait_s=20, about={"run_id": "b"}) as second:
+            failed = [r for r, a in proxy.seen if a == "503"]
+            assert failed, "the first holder's renewals should have been tried (and failed) meanwhile"
+            failing.clear()
+            with pytest.raises(LeaseLost):
+                first.commit("_commits/a.json", {"run": "a"})
+            assert first.committed is None
+            second.commit("_commits/b.json", {"run": "b"})
+    from thorax_ray import storage
+    fs, path = storage.filesystem(out)
+    assert sorted(p.rsplit("/", 1)[-1] for p in fs.ls(f"{path}/_commits")) == ["b.json"]
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_a_holder_that_was_taken_over_fails_its_fence_without_renewing_first(where, tmp_path, request):
+    """Before: `check()` raised only once a renewal had seen the takeover (a flag); called first, it passed."""
+    uri = str(tmp_path / "out" / "_lock.json") if where == "local" else request.getfixturevalue("lock_uri")
+    dead = acquire_lease(uri, ttl_s=1.0, keep_alive=False)
+    time.sleep(1.3)
+    successor = acquire_lease(uri, ttl_s=60, keep_alive=False)
+    with pytest.raises(LeaseLost):
+        dead.check()
+    successor.check()
+    successor.release()
+
+
+# -- 409 ConditionalRequestConflict ---------------------------------------------------------------------------------
+
+
+def test_a_409_conflict_is_retried_as_busy(proxy, lock_uri):
+    """Before: 409 ended acquire with an OSError (exit 1). After: it is retried with backoff."""
+    proxy.fault = _on_lock_puts("409", times=2)
+    holder = acquire_lease(lock_uri, ttl_s=60, keep_alive=False, endpoint_url=proxy.endpoint)
+    assert [a for _, a in proxy.requests()].count("409") == 2
+    holder.check()
+    holder.release()
+
+
+def test_a_409_that_persists_is_lease_busy(proxy, lock_uri):
+    """Busy for good: LeaseBusy, which the jobs turn into exit 75 (EX_TEMPFAIL), like a held lease."""
+    proxy.fault = _on_lock_puts("409", times=10_000)
+    started = time.monotonic()
+    with pytest.raises(LeaseBusy, match="409"):
+        acquire_lease(lock_uri, ttl_s=60, keep_alive=False, endpoint_url=proxy.endpoint)
+    assert time.monotonic() - started < 20
+
+
+def test_a_409_on_renewal_is_retried(proxy, lock_uri):
+    holder = acquire_lease(lock_uri, ttl_s=60, keep_alive=False, endpoint_url=proxy.endpoint)
+    proxy.fault = _on_lock_puts("409", condition="if-match", times=2)
+    holder.renew()
+    holder.check()
+    holder.release()
+
+
+# -- a store that ignores conditional headers -----------------------------------------------------------------------
+
+
+def test_a_store_that_ignores_conditional_writes_is_refused_in_one_line(proxy, lock_uri):
+    """Before: two writers both "held" the lease on such a store, silently. After: the store is probed once per
+    output and refused with LeaseUnsupported (a ValueError: the jobs print `error: ...` and exit 2)."""
+    proxy.fault = lambda request: "strip"
+    with pytest.raises(LeaseUnsupported) as refused:
+        acquire_lease(lock_uri, ttl_s=60, keep_alive=False, endpoint_url=proxy.endpoint)
+    message = str(refused.value)
+    assert isinstance(refused.value, ValueError)
+    assert "\n" not in message and "conditional" in message and lock_uri in message
+    assert "testing" not in message  # the test credentials never appear
+
+
+def test_the_store_is_probed_once_per_output(proxy, s3_bucket):
+    def probes():
+        return [r for r, _ in proxy.seen if r.method == "PUT" and ".probe-" in r.path]
+
+    def take_and_release(folder):
+        acquire_lease(f"{s3_bucket}/{folder}/_lock.json", ttl_s=60, keep_alive=False,
+                      endpoint_url=proxy.endpoint).release()
+
+    take_and_release("one")
+    take_and_release("one")
+    once = len(probes())
+    assert once > 0
+    take_and_release("two")
+    assert len(probes()) == 2 * once
+    listed = [r for r, _ in proxy.seen if r.method == "GET" and "list-type" in r.path]
+    assert not listed
+
+
+# -- local successors racing ----------------------------------------------------------------------------------------
+
+
+def test_two_local_successors_of_an_expired_lease_never_both_take_over(tmp_path):
+    """Before: a successor renamed the expired file away, and a slower one could then rename away the new
+    holder's file too (both held it). After: every change happens under an exclusive lock, so one wins."""
+    uri = str(tmp_path / "out" / "_lock.json")
+    for round_ in range(150):
+        expired = acquire_lease(uri, ttl_s=0.01, keep_alive=False)
+        time.sleep(0.02)
+        barrier, winners, lock = threading.Barrier(3), [], threading.Lock()
+
+        def take():
+            barrier.wait()
+            try:
+                lease = acquire_lease(uri, ttl_s=60, keep_alive=False)
+            except LeaseBusy:
+                return
+            with lock:
+                winners.append(lease)
+
+        threads = [threading.Thread(target=take) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        held = [w for w in winners if _still_holds(w)]
+        assert len(winners) == 1, f"round {round_}: {len(winners)} successors took over ({len(held)} still hold)"
+        with pytest.raises(LeaseLost):
+            expired.check()
+        winners[0].release()
+
+
+def _still_holds(lease) -> bool:
+    try:
+        lease.check()
+        return True
+    except LeaseLost:
+        return False
+
+
+def test_the_default_ttl_lets_a_crashed_holder_block_the_next_run_for_about_a_minute(tmp_path):
+    """Before: 600 s. After: 60 s, renewed every 20 s by the heartbeat."""
+    from thorax_ray import lease as lease_module
+
+    holder = acquire_lease(str(tmp_path / "_lock.json"), keep_alive=False)
+    assert holder.ttl_s <= 60
+    assert lease_module.DEFAULT_TTL_S <= 60
+    record = json.loads((tmp_path / "_lock.json").read_text())
+    assert record["ttl_s"] == holder.ttl_s
+    holder.release()
