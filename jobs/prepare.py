@@ -33,7 +33,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--size", type=int, help="side of the stored images in pixels")
     parser.add_argument("--overwrite", action="store_true", default=None,
                         help="replace an existing prepared output atomically")
-    parser.add_argument("--read-attempts", type=int, help="tries per image on transient storage errors")
+    parser.add_argument("--read-attempts", type=int, help="tries per image on transient storage errors "
+                                                          "(default: the storage retry budget, THORAX_S3_ATTEMPTS or 5)")
     parser.add_argument("--expected-source-size", type=int,
                         help="quarantine images whose decoded size differs, e.g. 1024 (default: any size)")
     parser.add_argument("--target-file-mb", type=positive_int, help="approximate size of one shard file")

@@ -44,7 +44,7 @@ def build(job: str, argv: list[str]):
         shared_fs=False, lock_wait_s=0.0, lock_ttl_s=600.0, max_map_side=16, heatmap_bits=5, tta='none',
         tta_heatmaps=False, box_min_probability='calibrated',
         box_threshold=180, max_boxes=2, box_grid=128, max_images=None, rows_per_file=8192, compression='zstd',
-        read_attempts=3, decode_cpus=1.0, in_flight_mb=None, keep_uncommitted_hours=24.0, run_id=None,
+        read_attempts=None, decode_cpus=1.0, in_flight_mb=None, keep_uncommitted_hours=24.0, run_id=None,
         batch_date=None, overlays=None, overlay_limit=8, overlay_threshold='calibrated', endpoint_url=None)),
     (SCORE_EVERY_FLAG, ScoreConfig(
         checkpoint='ck', input='in', out='o', metadata='m.csv', method='gradcam', method_options={}, batch_size=7,
@@ -52,7 +52,7 @@ def build(job: str, argv: list[str]):
         shared_fs=True, lock_wait_s=5.0, lock_ttl_s=600.0, max_map_side=None, heatmap_bits=8, tta='hflip',
         tta_heatmaps=True, box_min_probability=0.3,
         box_threshold=100.0, max_boxes=2, box_grid=None, max_images=50, rows_per_file=8192, compression='zstd',
-        read_attempts=3, decode_cpus=1.0, in_flight_mb=99, keep_uncommitted_hours=2.0, run_id=None,
+        read_attempts=None, decode_cpus=1.0, in_flight_mb=99, keep_uncommitted_hours=2.0, run_id=None,
         batch_date='2024-01-02', overlays='ov', overlay_limit=3, overlay_threshold=None, endpoint_url='http://e')),
     (SCORE_CONVERSIONS, ScoreConfig(
         checkpoint='ck', input='in', out='o', metadata=None, method=None, method_options={}, batch_size=32,
@@ -60,7 +60,7 @@ def build(job: str, argv: list[str]):
         shared_fs=False, lock_wait_s=0.0, lock_ttl_s=600.0, max_map_side=8, heatmap_bits=5, tta='tencrop',
         tta_heatmaps=False, box_min_probability='calibrated',
         box_threshold=180, max_boxes=2, box_grid=64, max_images=None, rows_per_file=8192, compression='zstd',
-        read_attempts=3, decode_cpus=1.0, in_flight_mb=None, keep_uncommitted_hours=24.0, run_id=None,
+        read_attempts=None, decode_cpus=1.0, in_flight_mb=None, keep_uncommitted_hours=24.0, run_id=None,
         batch_date=None, overlays=None, overlay_limit=0, overlay_threshold=None, endpoint_url=None)),
 ], ids=["defaults", "every-flag", "conversions"])
 def test_score_config(argv, expected):
@@ -122,7 +122,7 @@ def test_tune_base_overrides(argv, expected):
 @pytest.mark.parametrize("argv, expected", [
     (["--data", "d", "--out", "o"], PrepareConfig(
         data='d', out='o', metadata=None,
-        image=ImageConfig(size=512, batch_size=32, read_attempts=3, io_threads=8, expected_source_size=None,
+        image=ImageConfig(size=512, batch_size=32, read_attempts=None, io_threads=8, expected_source_size=None,
                           endpoint_url=None),
         split=SplitConfig(val_fraction=0.1, test_fraction=0.2, seed=0, required=('train', 'val')), overwrite=False,
         keep_previous_hours=72.0, seed=0, lock_ttl_s=600.0, shared_fs=False, target_file_mb=256, compression='none')),
@@ -137,7 +137,7 @@ def test_tune_base_overrides(argv, expected):
         keep_previous_hours=1.5, seed=3, lock_ttl_s=600.0, shared_fs=True, target_file_mb=16, compression='none')),
     (["--data", "d", "--out", "o", "--split", "random", "--split-seed", "5"], PrepareConfig(
         data='d', out='o', metadata=None,
-        image=ImageConfig(size=512, batch_size=32, read_attempts=3, io_threads=8, expected_source_size=None,
+        image=ImageConfig(size=512, batch_size=32, read_attempts=None, io_threads=8, expected_source_size=None,
                           endpoint_url=None),
         split=SplitConfig(val_fraction=0.1, test_fraction=0.2, seed=5, required=('train', 'val'), kind='random'),
         overwrite=False, keep_previous_hours=72.0, seed=0, lock_ttl_s=600.0, shared_fs=False, target_file_mb=256,

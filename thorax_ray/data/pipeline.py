@@ -27,7 +27,9 @@ DEFAULT_IMAGE_SIZE = 512
 class ImageConfig:
     size: int = DEFAULT_IMAGE_SIZE
     batch_size: int = 32  # rows per map_batches call
-    read_attempts: int = 3  # the most tries of one S3 request of an image read (botocore's retries, with backoff)
+    # the most tries of one S3 request of an image read (botocore's retries, with backoff); None: the storage
+    # retry budget in force where the config is built (storage.s3_attempts(), THORAX_S3_ATTEMPTS), kept from there on
+    read_attempts: int | None = None
     io_threads: int = 8  # concurrent reads per batch (object stores reward concurrency)
     expected_source_size: int | None = None  # e.g. 1024 for the real data: other sizes are quarantined
     endpoint_url: str | None = None
@@ -35,6 +37,8 @@ class ImageConfig:
     def __post_init__(self) -> None:
         if not 1 <= self.size <= MAX_SIDE:
             raise ValueError(f"image size must be between 1 and {MAX_SIDE} pixels, got {self.size}")
+        if self.read_attempts is None:  # resolved on the driver, so Ray's workers read with the same budget
+            object.__setattr__(self, "read_attempts", storage.s3_attempts())
         for name in ("batch_size", "read_attempts", "io_threads", "expected_source_size"):
             value = getattr(self, name)
             if value is not None and value < 1:

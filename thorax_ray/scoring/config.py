@@ -44,7 +44,7 @@ class ScoreConfig:
     max_images: int | None = None  # score at most this many new images per run (the rest: next run)
     rows_per_file: int = 8192
     compression: str = "zstd"
-    read_attempts: int = 3
+    read_attempts: int | None = None  # tries of one S3 request of an image read; None: the storage budget
     decode_cpus: float = 1.0
     in_flight_mb: int | None = None  # object-store bytes the run may hold at once (None: from batch size and actors)
     keep_uncommitted_hours: float = 24.0  # files of runs that never committed are deleted after this
