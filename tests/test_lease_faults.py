@@ -344,3 +344,33 @@ def test_the_default_ttl_lets_a_crashed_holder_block_the_next_run_for_about_a_mi
     record = json.loads((tmp_path / "_lock.json").read_text())
     assert record["ttl_s"] == holder.ttl_s
     holder.release()
+
+
+# -- what a job prints ----------------------------------------------------------------------------------------------
+
+
+def _job_exit(capsys, uri: str, endpoint: str) -> tuple[int, str]:
+    from thorax_ray.cli import run_main
+
+    def main(argv):
+        acquire_lease(uri, ttl_s=60, keep_alive=False, endpoint_url=endpoint).release()
+        return 0
+
+    with pytest.raises(SystemExit) as exit_:
+        run_main(main, [])
+    return exit_.value.code, capsys.readouterr().err.strip()
+
+
+def test_a_job_on_a_store_without_conditional_writes_ends_with_one_error_line(proxy, lock_uri, capsys):
+    proxy.fault = lambda request: "strip"
+    code, err = _job_exit(capsys, lock_uri, proxy.endpoint)
+    assert code == 2 and len(err.splitlines()) == 1 and err.startswith("error: ") and "conditional" in err
+
+
+def test_a_lease_write_that_fails_past_the_retry_budget_ends_a_job_with_one_line_naming_the_key(proxy, lock_uri,
+                                                                                               capsys):
+    """503 on every PUT of the lease: the jobs' storage line (operation, key, tries) and exit 75."""
+    proxy.fault = _on_lock_puts("503", times=10_000)
+    code, err = _job_exit(capsys, lock_uri, proxy.endpoint)
+    assert code == 75 and len(err.splitlines()) == 1, err
+    assert err.startswith(f"error: storage: PutObject {lock_uri} failed after ") and "503" in err

@@ -19,7 +19,7 @@ DELETE. The windows this closes:
   sent again), anything else means another writer's record stands. So neither a renewal nor an acquire takes
   its own lease for another run's. The lease's requests are therefore never retried blindly by the client
   (one attempt each, connect/read timeouts of REQUEST_TIMEOUT_S); this module retries them, within a time
-  budget set by the TTL;
+  budget set by the TTL and the project's storage retry budget (`storage.s3_attempts()`);
 - 409 ConditionalRequestConflict (another conditional write on the key is in flight): retried with backoff;
   when it persists, acquire raises LeaseBusy (the jobs exit 75, as for a held lease);
 - stores that ignore conditional headers: probed once per output (a scratch object beside the lease) and
@@ -192,6 +192,16 @@ def _backend(uri: str, endpoint_url: str | None):
     return _LocalLease(uri)
 
 
+def _labelled(error: BaseException, operation: str, uri: str, tries: int) -> BaseException:
+    """`error` with the note the jobs' one-line storage message reads (thorax_ray.storage_errors: operation and
+    key) and the tries made, when the client reports them."""
+    error.add_note(f"storage request: {operation} {uri}")
+    metadata = getattr(error, "response", {}).get("ResponseMetadata") if hasattr(error, "response") else None
+    if isinstance(metadata, dict):
+        metadata["RetryAttempts"] = tries - 1
+    return error
+
+
 def _one_line(error: BaseException) -> str:
     text = " ".join(str(error).split()) or type(error).__name__
     return text if len(text) <= 300 else text[:297] + "..."
@@ -355,9 +365,11 @@ class _S3Lease:
         return min(max(lease.ttl_s / 6, 2.0), 3 * REQUEST_TIMEOUT_S)
 
     def _read(self, budget_s: float = 5.0) -> tuple[dict, str] | None:
-        """(record, ETag) of the lease, None when there is none; transient errors retried for `budget_s`."""
-        deadline, pause = time.monotonic() + budget_s, 0.1
+        """(record, ETag) of the lease, None when there is none; transient errors retried within the storage
+        retry budget (`storage.s3_attempts()` tries) and `budget_s`."""
+        started, pause, tries = time.monotonic(), 0.1, 0
         while True:
+            tries += 1
             try:
                 reply = self.client.get_object(Bucket=self.bucket, Key=self.key)
                 return json.loads(reply["Body"].read() or b"{}"), reply["ETag"]
@@ -365,10 +377,14 @@ class _S3Lease:
                 kind = _classify(error)
                 if kind == "missing":
                     return None
-                if kind not in ("transient", "conflict") or time.monotonic() + pause > deadline:
-                    raise
+                if kind not in ("transient", "conflict") or self._spent(started, budget_s, pause, tries):
+                    raise _labelled(error, "GetObject", self.uri, tries)
             time.sleep(pause)
             pause = min(2 * pause, 1.0)
+
+    @staticmethod
+    def _spent(started: float, budget_s: float, pause: float, tries: int) -> bool:
+        return tries >= storage.s3_attempts() or time.monotonic() - started + pause > budget_s
 
     def _write(self, lease: Lease, *, expect: str | None) -> bool:
         """One conditional PUT of our record: creates the lease (`expect` None: If-None-Match: *) or replaces
@@ -377,8 +393,9 @@ class _S3Lease:
         an applied write (transient errors; a 412 that may answer a resend of it) are resolved by reading the
         lease back; a 409 is retried for CONFLICT_RETRY_S, then raises _Conflicted."""
         condition = {"IfMatch": expect} if expect else {"IfNoneMatch": "*"}
-        started, pause = time.monotonic(), 0.05
+        started, pause, tries = time.monotonic(), 0.05, 0
         while True:
+            tries += 1
             try:
                 reply = self.client.put_object(Bucket=self.bucket, Key=self.key, Body=self._body(lease),
                                                ContentType="application/json", **condition)
@@ -387,7 +404,7 @@ class _S3Lease:
             except Exception as error:
                 kind = _classify(error)
                 if kind in ("fatal", "unsupported"):
-                    raise
+                    raise _labelled(error, "PutObject", self.uri, tries)
                 last = error
             if kind == "missing" and expect:  # If-Match on a key that is gone (some stores answer 404)
                 kind = "precondition"
@@ -399,8 +416,8 @@ class _S3Lease:
             if kind == "conflict" and waited + pause > CONFLICT_RETRY_S:
                 raise _Conflicted(f"another conditional write on it stays in flight (409 ConditionalRequestConflict "
                                   f"for {waited:.0f} s)")
-            if waited + pause > self._budget(lease):
-                raise last
+            if kind != "conflict" and self._spent(started, self._budget(lease), pause, tries):
+                raise _labelled(last, "PutObject", self.uri, tries)
             time.sleep(pause * random.uniform(0.5, 1.0))
             pause = min(2 * pause, 1.0)
 
