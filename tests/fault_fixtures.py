@@ -1,7 +1,8 @@
 """Fixtures around tests/s3_fault_proxy.py: a fault-injecting proxy in front of the session's moto server
 (tests/conftest.py's `s3_server`). Import the fixtures into a test module:
 
-    from tests.fault_fixtures import fault_proxy, no_backoff  # noqa: F401 (fixtures)
+    from tests import fault_fixtures
+    fault_proxy = fault_fixtures.fault_proxy  # fixture
 """
 from __future__ import annotations
 

@@ -60,14 +60,16 @@ def operation(method: str, path: str, query: str, headers) -> str:
 class FaultProxy:
     """The proxy; `slowdown` and `fail_after_apply`: shares of requests (0..1), drawn from one RNG seeded
     with `seed`; `always`: operation -> SLOWDOWN or FAILED_AFTER_APPLY for every request of that operation
-    (e.g. {"HeadObject": FAILED_AFTER_APPLY}). Counts every request by operation and what happened to it."""
+    (e.g. {"HeadObject": FAILED_AFTER_APPLY}), or only for paths containing one of `always_on` when given;
+    `spare`: requests whose path contains one of these strings are always forwarded (counted as such). Counts every request by operation and what happened to it."""
 
     def __init__(self, upstream: str, *, slowdown: float = 0.0, fail_after_apply: float = 0.0, seed: int = 0,
-                 always: dict[str, str] | None = None):
+                 always: dict[str, str] | None = None, always_on: tuple[str, ...] = (), spare: tuple[str, ...] = ()):
         parsed = urllib.parse.urlsplit(upstream)
         self.upstream = (parsed.hostname, parsed.port or 80)
         self.slowdown, self.fail_after_apply = slowdown, fail_after_apply
         self.always = dict(always or {})
+        self.always_on, self.spare = tuple(always_on), tuple(spare)
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self._counts: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
@@ -93,9 +95,13 @@ class FaultProxy:
     def __exit__(self, *_) -> None:
         self.stop()
 
-    def decide(self, op: str) -> str:
+    def decide(self, op: str, path: str = "") -> str:
         with self._lock:
-            action = self.always.get(op)
+            action = None
+            if any(text in path for text in self.spare):
+                action = FORWARDED
+            elif not self.always_on or any(text in path for text in self.always_on):
+                action = self.always.get(op)
             if action is None:
                 draw = self._rng.random()
                 action = (SLOWDOWN if draw < self.slowdown else
@@ -180,7 +186,7 @@ def _handler(proxy: FaultProxy):
             path, _, query = self.path.partition("?")
             op = operation(self.command, path, query, self.headers)
             body = self.read_body()
-            action = proxy.decide(op)
+            action = proxy.decide(op, path)
             if action == SLOWDOWN:
                 self.reply_error(503, "SlowDown", "Please reduce your request rate.")
                 return

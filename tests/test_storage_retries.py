@@ -8,12 +8,15 @@ import pickle
 
 import pytest
 
-from tests.fault_fixtures import fault_proxy, no_backoff  # noqa: F401 (fixtures)
+from tests import fault_fixtures
 from tests.s3_fault_proxy import FAILED_AFTER_APPLY, SLOWDOWN
 from thorax_ray import storage
 from thorax_ray.cli import run_main
 from thorax_ray.storage_errors import EXIT_REFUSED, EXIT_TEMPFAIL, storage_failure
 from thorax_ray.train.train import ray_storage
+
+fault_proxy = fault_fixtures.fault_proxy  # fixture
+no_backoff = fault_fixtures.no_backoff  # fixture
 
 
 def test_the_budget_is_one_setting_read_from_the_environment(monkeypatch):
