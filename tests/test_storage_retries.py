@@ -137,3 +137,12 @@ def test_run_main_ends_with_one_line_and_exit_75(capsys):
     assert exited.value.code == 75
     assert err.splitlines() == [err.strip()] and err.startswith("error: storage: GetObject s3://b/x/y failed after ")
     assert "Traceback" not in err
+
+
+def test_a_caller_that_retries_itself_states_its_attempts_in_the_note():
+    """thorax_ray.lease sends each request once (total_max_attempts 1) and retries it within the budget itself."""
+    error = PermissionError("Internal Server Error")
+    error.__cause__ = FakeClientError(500, "InternalError", "PutObject", 0)
+    error.add_note("storage request: PutObject s3://bucket/scores/_lock.json after 5 attempts")
+    assert storage_failure(error).line() == ("error: storage: PutObject s3://bucket/scores/_lock.json failed after 5 "
+                                             "attempts: HTTP 500 InternalError (boom)")

@@ -2,7 +2,9 @@
 
 Every S3 client retries a failed request within one budget (`storage.s3_attempts()`); what still fails after
 it reaches the job's `run_main` (thorax_ray.cli) as one of: a botocore `ClientError` (or s3fs's OSError
-translation of one, labelled with its operation and key by `thorax_ray.s3`), a pyarrow OSError (Ray Train's
+translation of one, labelled with its operation and key by a note `storage request: <Operation> s3://bucket/key`
+that `thorax_ray.s3` adds; a caller that retries a single-attempt client itself, as thorax_ray.lease does,
+appends ` after N attempts` to its note), a pyarrow OSError (Ray Train's
 and Tune's storage: `When getting information for key 'K' in bucket 'B': AWS Error UNKNOWN (HTTP status 500)
 during HeadObject operation: ...`), or any of these inside the errors Ray raises on the driver for a failed
 task, actor or training run (found in their chain, or in the traceback text Ray carries). `storage_failure`
@@ -30,7 +32,7 @@ TRANSIENT_ARROW = {"SLOW_DOWN", "THROTTLING", "NETWORK_CONNECTION", "SERVICE_UNA
 TRANSIENT_BOTOCORE = {"EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError",
                       "ConnectionError"}
 
-_NOTE = re.compile(r"storage request: (?P<op>\w+) (?P<uri>s3://[^\s'\"]*)")
+_NOTE = re.compile(r"storage request: (?P<op>\w+) (?P<uri>s3://[^\s'\"]*)(?: after (?P<attempts>\d+) attempts)?")
 _ARROW = re.compile(r"When (?P<what>[^\n]*?): AWS Error (?P<kind>\w+)(?: \(HTTP status (?P<status>\d+)\))? "
                     r"during (?P<op>\w+) operation: (?P<message>[^\n]*)")
 _ARROW_KEY = re.compile(r"key '(?P<key>[^']*)' in bucket '(?P<bucket>[^']*)'|bucket '(?P<only>[^']*)'")
@@ -107,6 +109,8 @@ def _from_client_error(error, note, budget: int) -> StorageFailure:
     status, code = meta.get("HTTPStatusCode"), details.get("Code")
     message = details.get("Message") or ""
     attempts = meta.get("RetryAttempts", 0) + 1 if "RetryAttempts" in meta else budget
+    if note and note.group("attempts"):  # a caller that retries on its own says how often it tried
+        attempts = int(note.group("attempts"))
     return StorageFailure(operation=error.operation_name, uri=note.group("uri") if note else None,
                           reason=_reason(status, code, message), attempts=attempts,
                           transient=_transient(status, code))
