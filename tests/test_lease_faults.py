@@ -20,6 +20,8 @@ CONDITIONAL = ("if-match", "if-none-match")
 CONFLICT_409 = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>ConditionalRequestConflict</Code>'
                 b"<Message>A conflicting conditional operation is currently in progress against this resource."
                 b"</Message></Error>")
+ANSWERS = {"409": CONFLICT_409, "503": b"<Error><Code>SlowDown</Code></Error>",
+           "501": b"<Error><Code>NotImplemented</Code><Message>not supported</Message></Error>"}
 
 
 @dataclass
@@ -41,9 +43,9 @@ class Request:
 class FaultProxy:
     """An HTTP proxy in front of the moto server. `fault(request)` names what happens to each request:
     None (forwarded as is), "strip" (forwarded without its conditional headers), "409" (answered
-    ConditionalRequestConflict, not forwarded), "503" (answered SlowDown, not forwarded), "drop" (forwarded,
-    then the connection closed without an answer: applied, but the client never learns it) or "500-after"
-    (forwarded, then answered InternalError)."""
+    ConditionalRequestConflict, not forwarded), "503" (answered SlowDown), "501" (answered NotImplemented),
+    "drop" (forwarded, then the connection closed without an answer: applied, but the client never learns it)
+    or "500-after" (forwarded, then answered InternalError)."""
 
     upstream: str
     fault: Callable[[Request], str | None] = lambda request: None
@@ -65,9 +67,8 @@ class FaultProxy:
                                   self.rfile.read(length))
                 action = proxy.fault(request)
                 proxy.seen.append((request, action))
-                if action in ("409", "503"):
-                    body = CONFLICT_409 if action == "409" else b"<Error><Code>SlowDown</Code></Error>"
-                    return self._answer(int(action), {"Content-Type": "application/xml"}, body)
+                if action in ANSWERS:
+                    return self._answer(int(action), {"Content-Type": "application/xml"}, ANSWERS[action])
                 headers = {k: v for k, v in self.headers.items()
                            if not (action == "strip" and k.lower() in CONDITIONAL)}
                 status, reply_headers, body = proxy._forward(request, headers)
@@ -291,6 +292,18 @@ def test_the_store_is_probed_once_per_output(proxy, s3_bucket):
     assert len(probes()) == 2 * once
     listed = [r for r, _ in proxy.seen if r.method == "GET" and "list-type" in r.path]
     assert not listed
+
+
+def test_a_store_that_refuses_conditional_deletes_still_gets_the_lease_released(proxy, lock_uri):
+    """Release falls back to reading the lease back and deleting it only if it is still the version we wrote."""
+    def fault(request):
+        refused = request.method == "DELETE" and request.conditional and request.path.endswith("_lock.json")
+        return "501" if refused else None
+
+    proxy.fault = fault
+    acquire_lease(lock_uri, ttl_s=60, keep_alive=False, endpoint_url=proxy.endpoint).release()
+    assert [a for r, a in proxy.seen if r.method == "DELETE"].count("501") == 1
+    acquire_lease(lock_uri, ttl_s=60, keep_alive=False).release()  # not held any more
 
 
 # -- local successors racing ----------------------------------------------------------------------------------------

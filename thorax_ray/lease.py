@@ -44,6 +44,7 @@ import random
 import socket
 import threading
 import time
+import urllib.parse
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -200,6 +201,12 @@ def _labelled(error: BaseException, operation: str, uri: str, tries: int) -> Bas
     if isinstance(metadata, dict):
         metadata["RetryAttempts"] = tries - 1
     return error
+
+
+def _without_userinfo(url: str) -> str:
+    """An endpoint URL without any `user:password@` in it (never print credentials)."""
+    parts = urllib.parse.urlsplit(url)
+    return parts._replace(netloc=parts.netloc.rsplit("@", 1)[-1]).geturl()
 
 
 def _one_line(error: BaseException) -> str:
@@ -458,7 +465,7 @@ class _S3Lease:
         _PROBED.add((self.endpoint, self.bucket, self.key))
 
     def _probe_step(self, put: dict, condition: dict, header: str, *, expect_refusal: bool) -> None:
-        store = f"the store at {self.endpoint}" if self.endpoint else "the store"
+        store = f"the store at {_without_userinfo(self.endpoint)}" if self.endpoint else "the store"
         unsupported = LeaseUnsupported(
             f"{self.uri}: {store} does not honour conditional writes ({header} on PUT), so its lease cannot keep "
             "two runs off this output; use AWS S3 or an S3-compatible store with conditional writes, or a "
@@ -471,7 +478,7 @@ class _S3Lease:
                 return
             if kind == "unsupported" or (kind == "fatal" and "NotImplemented" in str(error)):
                 raise unsupported from None
-            raise
+            raise _labelled(error, "PutObject", f"s3://{self.bucket}/{put['Key']}", 1)
         if expect_refusal:
             raise unsupported
 
@@ -502,8 +509,17 @@ class _S3Lease:
             raise LeaseLost(f"{self.uri}: expired and taken over by another run")
 
     def release(self, lease: Lease) -> None:
+        """Deletes the lease if it is still ours: a DELETE with If-Match on our ETag; where the store refuses
+        conditional deletes, the lease is read back and deleted only if it still is the version we wrote."""
         try:
             self.client.delete_object(Bucket=self.bucket, Key=self.key, IfMatch=lease._etag)
+            return
         except Exception as error:
-            if _classify(error) not in ("precondition", "missing"):  # else: taken over or gone: nothing of ours
-                raise
+            kind = _classify(error)
+            if kind in ("precondition", "missing"):
+                return  # taken over or gone: nothing of ours to delete
+            if kind == "transient":
+                raise _labelled(error, "DeleteObject", self.uri, 1)
+        found = self._read()
+        if found is not None and found[0].get("token") == lease.token and found[1] == lease._etag:
+            self.client.delete_object(Bucket=self.bucket, Key=self.key)
