@@ -37,6 +37,7 @@ from thorax_ray.data.preprocess import PreprocessingContract, normalise_images
 from thorax_ray.labels import FINDING_COLUMNS
 from thorax_ray.models import build_model, receptive_field_centres
 from thorax_ray.models.tta import check_tta, hflip_mean_centres, tta_probabilities
+from thorax_ray.node_check import require_cuda_if_ray_gave_a_gpu
 from thorax_ray.progress import count
 from thorax_ray.scoring.config import ScoreConfig, scorer_threads
 from thorax_ray.scoring.output import CALIBRATED_COLUMNS, pipeline_schema, score_schema
@@ -200,6 +201,7 @@ class Scorer:
             raise RuntimeError(f"{settings.checkpoint_dir}: model.pt changed during the run "
                                f"(model_id {found} != {settings.model_id})")
         self.settings = settings
+        require_cuda_if_ray_gave_a_gpu()  # a GPU actor never falls back to the CPU: one line naming the node
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model = build_model(payload).to(self.device)
         self.contract = PreprocessingContract.from_dict(payload.preprocessing)

@@ -28,6 +28,7 @@ from thorax_ray.losses import build_loss
 from thorax_ray.metrics import mean_auroc, mean_binary_cross_entropy, per_class_auroc
 from thorax_ray.models import MetadataFeatures, create_model, model_initialisation
 from thorax_ray.models.predict import Predictions, predict_batches
+from thorax_ray.node_check import require_cuda
 from thorax_ray.thresholds import operating_points
 from thorax_ray.train.augment import augment_batch
 from thorax_ray.train.collectives import Collectives
@@ -155,6 +156,7 @@ def start_worker(loop_config: dict) -> Worker:
     torch.set_num_threads(max(1, int(config.run.threads_per_worker or config.run.cpus_per_worker)))
     torch.manual_seed(config.run.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
     device = training_device()
+    require_cuda(device)  # a GPU that cannot work stops the run here, in one line naming the node
     features = MetadataFeatures(tuple(config.model.metadata_features))
     model = create_model(config.model.name, metadata_features=features, pretrained=pretrained_weights(config, info),
                          **model_kwargs(config))
