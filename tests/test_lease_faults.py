@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import http.client
 import json
+import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -45,12 +47,14 @@ class FaultProxy:
     None (forwarded as is), "strip" (forwarded without its conditional headers), "409" (answered
     ConditionalRequestConflict, not forwarded), "503" (answered SlowDown), "501" (answered NotImplemented),
     "drop" (forwarded, then the connection closed without an answer: applied, but the client never learns it)
-    or "500-after" (forwarded, then answered InternalError)."""
+    or "500-after" (forwarded, then answered InternalError), "hang" (forwarded, then no answer for `hang_s`: the
+    client times out)."""
 
     upstream: str
     fault: Callable[[Request], str | None] = lambda request: None
     seen: list[tuple[Request, str | None]] = field(default_factory=list)
     endpoint: str = ""
+    hang_s: float = 2.0
 
     def __post_init__(self):
         proxy = self
@@ -72,7 +76,9 @@ class FaultProxy:
                 headers = {k: v for k, v in self.headers.items()
                            if not (action == "strip" and k.lower() in CONDITIONAL)}
                 status, reply_headers, body = proxy._forward(request, headers)
-                if action == "drop":
+                if action == "hang":
+                    time.sleep(proxy.hang_s)
+                if action in ("drop", "hang"):
                     self.close_connection = True
                     return None
                 if action == "500-after":
@@ -149,11 +155,24 @@ def _on_lock_puts(action: str, *, condition: str | None = None, token: str | Non
 # -- ambiguous writes: the server applied the PUT, the client never heard so ---------------------------------------
 
 
-@pytest.mark.parametrize("fault", ["drop", "500-after"])
-def test_a_renewal_applied_but_unanswered_keeps_the_lease(proxy, lock_uri, fault):
-    """Before: the client retried the If-Match PUT on the ETag it had, got 412 (its own write had changed it)
-    and lost its own lease (`LeaseLost` hours into a run). After: the lease is read back, the token is ours,
-    its ETag is adopted and the next renewal and the fence succeed."""
+@pytest.fixture
+def short_timeouts(monkeypatch):
+    """The lease's requests time out after 1 s (fresh clients)."""
+    from thorax_ray import lease as lease_module
+
+    monkeypatch.setattr(lease_module, "REQUEST_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(lease_module, "_CLIENTS", {})
+
+
+@pytest.mark.parametrize("fault", ["drop", "500-after", "hang"])
+def test_a_renewal_applied_but_unanswered_keeps_the_lease(proxy, lock_uri, fault, request):
+    """The server applies the renewal; the client sees a dropped connection, a 500 or a read timeout. Before:
+    the client retried the If-Match PUT on the ETag it had, got 412 (its own write had changed it) and lost
+    its own lease (`LeaseLost` hours into a run). After: the lease is read back, the token is ours, its ETag
+    is adopted and the next renewal and the fence succeed."""
+    if fault == "hang":
+        request.getfixturevalue("short_timeouts")
+        proxy.hang_s = 3.0
     holder = acquire_lease(lock_uri, ttl_s=60, keep_alive=False, endpoint_url=proxy.endpoint)
     proxy.fault = _on_lock_puts(fault, condition="if-match", token=holder.token)
     holder.renew()
@@ -217,6 +236,35 @@ def test_after_failed_renewals_and_a_takeover_the_first_holder_does_not_commit(p
     from thorax_ray import storage
     fs, path = storage.filesystem(out)
     assert sorted(p.rsplit("/", 1)[-1] for p in fs.ls(f"{path}/_commits")) == ["b.json"]
+
+
+def test_after_failed_local_renewals_and_a_takeover_the_first_holder_does_not_commit(tmp_path, monkeypatch, caplog):
+    """Locally: the holder's renewals raise OSError (a storage hiccup) until a successor takes the lease over.
+    Each failure is logged (not swallowed); the holder's commit is fenced and fails; only the successor's
+    commit record exists."""
+    from thorax_ray import lease as lease_module
+
+    out = str(tmp_path / "out")
+    failing, renew = threading.Event(), lease_module._LocalLease.renew
+
+    def flaky_renew(self, lease):
+        if failing.is_set() and lease.token == token:
+            raise OSError("injected: the file server did not answer")
+        return renew(self, lease)
+
+    monkeypatch.setattr(lease_module._LocalLease, "renew", flaky_renew)
+    with caplog.at_level(logging.WARNING, logger="thorax_ray.lease"):
+        with staged_run(out, f"{out}/_staging/a", ttl_s=0.6) as first:
+            token = first.lease.token
+            failing.set()
+            time.sleep(0.9)
+            with staged_run(out, f"{out}/_staging/b", ttl_s=60, about={"run_id": "b"}) as second:
+                failing.clear()
+                with pytest.raises(LeaseLost):
+                    first.commit("_commits/a.json", {"run": "a"})
+                second.commit("_commits/b.json", {"run": "b"})
+    assert sorted(os.listdir(f"{out}/_commits")) == ["b.json"]
+    assert any("renewal failed (1 in a row)" in r.getMessage() for r in caplog.records), caplog.text
 
 
 @pytest.mark.parametrize("where", ["local", "s3"])

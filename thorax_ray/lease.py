@@ -511,15 +511,22 @@ class _S3Lease:
     def release(self, lease: Lease) -> None:
         """Deletes the lease if it is still ours: a DELETE with If-Match on our ETag; where the store refuses
         conditional deletes, the lease is read back and deleted only if it still is the version we wrote."""
-        try:
-            self.client.delete_object(Bucket=self.bucket, Key=self.key, IfMatch=lease._etag)
-            return
-        except Exception as error:
-            kind = _classify(error)
-            if kind in ("precondition", "missing"):
-                return  # taken over or gone: nothing of ours to delete
-            if kind == "transient":
-                raise _labelled(error, "DeleteObject", self.uri, 1)
+        started, pause, tries = time.monotonic(), 0.1, 0
+        while True:
+            tries += 1
+            try:
+                self.client.delete_object(Bucket=self.bucket, Key=self.key, IfMatch=lease._etag)
+                return
+            except Exception as error:
+                kind = _classify(error)
+                if kind in ("precondition", "missing"):
+                    return  # taken over or gone: nothing of ours to delete
+                if kind != "transient":
+                    break  # conditional deletes refused: read back below
+                if self._spent(started, self._budget(lease), pause, tries):
+                    raise _labelled(error, "DeleteObject", self.uri, tries)
+            time.sleep(pause)
+            pause = min(2 * pause, 1.0)
         found = self._read()
         if found is not None and found[0].get("token") == lease.token and found[1] == lease._etag:
             self.client.delete_object(Bucket=self.bucket, Key=self.key)
