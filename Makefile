@@ -10,7 +10,14 @@ PYTEST_ARGS ?=
 # local Ray). Two on a 2-core machine: most of a Ray test is waiting on processes, not computing.
 TEST_WORKERS ?= 2
 
-.PHONY: demo test test-fast bench venv clean
+# The cluster nodes' pinned environment (cluster.yaml's setup_commands `uv pip sync` it, then add the wheel with
+# --no-deps): every dependency of pyproject.toml resolved for Linux x86_64 and Python 3.11 (PyPI's CUDA build of
+# torch), with hashes. `make lock` keeps the pins it can; `make lock LOCK_ARGS=--upgrade` moves them. Needs uv.
+UV ?= uv
+LOCK := requirements/cluster.lock
+LOCK_ARGS ?=
+
+.PHONY: demo test test-fast bench venv clean lock
 
 venv: $(STAMP)
 
@@ -28,6 +35,10 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist worksteal -m "not slow" $(PYTEST_ARGS)
+
+lock:
+	$(UV) pip compile --quiet pyproject.toml --python-version 3.11 --python-platform x86_64-unknown-linux-gnu \
+		--generate-hashes --custom-compile-command "make lock" $(LOCK_ARGS) -o $(LOCK)
 
 clean:
 	rm -rf $(VENV) data/demo runs
