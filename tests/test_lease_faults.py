@@ -387,6 +387,34 @@ def test_two_local_successors_of_an_expired_lease_never_both_take_over(tmp_path)
         winners[0].release()
 
 
+def test_a_local_file_lock_that_stays_taken_is_reported_not_waited_on_forever(tmp_path, monkeypatch):
+    """A stuck process holding the lease file's flock: acquire gives up after LOCAL_LOCK_WAIT_S, naming the file."""
+    import fcntl
+
+    from thorax_ray import lease as lease_module
+
+    monkeypatch.setattr(lease_module, "LOCAL_LOCK_WAIT_S", 0.3)
+    path = tmp_path / "_lock.json"
+    path.write_text("")
+    with open(path) as stuck:
+        fcntl.flock(stuck, fcntl.LOCK_EX)
+        with pytest.raises(TimeoutError, match="_lock.json: its file lock stayed taken"):
+            acquire_lease(str(path), keep_alive=False)
+    acquire_lease(str(path), keep_alive=False).release()
+
+
+def test_a_local_file_system_without_locks_is_refused_in_one_line(tmp_path, monkeypatch):
+    import errno
+    import fcntl
+
+    def no_locks(*args):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with pytest.raises(LeaseUnsupported, match="does not support file locks"):
+        acquire_lease(str(tmp_path / "_lock.json"), keep_alive=False)
+
+
 def _still_holds(lease) -> bool:
     try:
         lease.check()

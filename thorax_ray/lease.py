@@ -36,6 +36,7 @@ mount without `nolock`/`local_lock`.
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import logging
@@ -58,6 +59,7 @@ DEFAULT_TTL_S = 60.0
 """A lease not renewed for this long may be taken over: a crashed holder blocks the next run for at most about
 this long. The heartbeat renews every ttl/3, so two renewals in a row may fail without losing it."""
 REQUEST_TIMEOUT_S = 10.0  # connect and read timeout of one lease request to an object store
+LOCAL_LOCK_WAIT_S = 10.0  # the longest wait for the local lease file's flock (held for microseconds)
 CONFLICT_RETRY_S = 3.0  # how long a 409 ConditionalRequestConflict is retried before the lease counts as busy
 
 
@@ -245,21 +247,40 @@ class _LocalLease:
                     yield None
                     return
                 try:
-                    fcntl.flock(descriptor, fcntl.LOCK_EX)
+                    self._lock(descriptor)
                     opened, there = os.fstat(descriptor), os.stat(self.path)
                     if (opened.st_dev, opened.st_ino) == (there.st_dev, there.st_ino):
                         break
                 except FileNotFoundError:
                     pass
-                except OSError as error:
+                except BaseException:
                     os.close(descriptor)
-                    raise LeaseUnsupported(f"{self.path}: this file system does not support file locks "
-                                           f"({error.strerror}); a lease needs them (or use s3://)") from None
+                    raise
                 os.close(descriptor)
             try:
                 yield descriptor
             finally:
                 os.close(descriptor)  # releases the flock
+
+    def _lock(self, descriptor: int) -> None:
+        """An exclusive flock on `descriptor`, waited for at most LOCAL_LOCK_WAIT_S (it is held for microseconds
+        at a time: longer means a stuck process or file server, which is reported, not waited on silently)."""
+        deadline, pause = time.monotonic() + LOCAL_LOCK_WAIT_S, 0.002
+        while True:
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{self.path}: its file lock stayed taken for {LOCAL_LOCK_WAIT_S:.0f} s "
+                                       "(a stuck process or file server)") from None
+            except OSError as error:
+                if error.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                    raise LeaseUnsupported(f"{self.path}: this file system does not support file locks "
+                                           f"({error.strerror}); a lease needs them (or use s3://)") from None
+                raise
+            time.sleep(pause)
+            pause = min(2 * pause, 0.05)
 
     @staticmethod
     def _read(descriptor: int) -> tuple[dict, float] | None:
