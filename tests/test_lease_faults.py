@@ -388,7 +388,8 @@ def test_two_local_successors_of_an_expired_lease_never_both_take_over(tmp_path)
 
 
 def test_a_local_file_lock_that_stays_taken_is_reported_not_waited_on_forever(tmp_path, monkeypatch):
-    """A stuck process holding the lease file's flock: acquire gives up after LOCAL_LOCK_WAIT_S, naming the file."""
+    """A stuck process holding the lease file's flock: acquire gives up after LOCAL_LOCK_WAIT_S with LeaseBusy
+    (score exits 75) naming the file."""
     import fcntl
 
     from thorax_ray import lease as lease_module
@@ -398,7 +399,7 @@ def test_a_local_file_lock_that_stays_taken_is_reported_not_waited_on_forever(tm
     path.write_text("")
     with open(path) as stuck:
         fcntl.flock(stuck, fcntl.LOCK_EX)
-        with pytest.raises(TimeoutError, match="_lock.json: its file lock stayed taken"):
+        with pytest.raises(LeaseBusy, match="_lock.json is busy: its file lock stayed taken"):
             acquire_lease(str(path), keep_alive=False)
     acquire_lease(str(path), keep_alive=False).release()
 

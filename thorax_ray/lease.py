@@ -264,7 +264,7 @@ class _LocalLease:
 
     def _lock(self, descriptor: int) -> None:
         """An exclusive flock on `descriptor`, waited for at most LOCAL_LOCK_WAIT_S (it is held for microseconds
-        at a time: longer means a stuck process or file server, which is reported, not waited on silently)."""
+        at a time: longer means a stuck process or file server: LeaseBusy, not a silent wait)."""
         deadline, pause = time.monotonic() + LOCAL_LOCK_WAIT_S, 0.002
         while True:
             try:
@@ -272,8 +272,8 @@ class _LocalLease:
                 return
             except BlockingIOError:
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"{self.path}: its file lock stayed taken for {LOCAL_LOCK_WAIT_S:.0f} s "
-                                       "(a stuck process or file server)") from None
+                    raise LeaseBusy(self.uri, {}, reason=f"its file lock stayed taken for {LOCAL_LOCK_WAIT_S:.0f} s "
+                                    "(a stuck process or file server)") from None
             except OSError as error:
                 if error.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
                     raise LeaseUnsupported(f"{self.path}: this file system does not support file locks "
