@@ -21,7 +21,7 @@ FLAGS = {  # flag -> PrepareConfig field; every flag's default is the field's
     "read_attempts": "image.read_attempts", "expected_source_size": "image.expected_source_size",
     "target_file_mb": "target_file_mb", "val_fraction": "split.val_fraction", "test_fraction": "split.test_fraction",
     "seed": "seed", "keep_previous_hours": "keep_previous_hours", "s3_endpoint": "image.endpoint_url",
-    "shared_fs": "shared_fs", "split": "split.kind", "split_seed": "split.seed",
+    "shared_fs": "shared_fs", "placement_timeout": "placement_timeout_s", "split": "split.kind", "split_seed": "split.seed",
 }
 
 

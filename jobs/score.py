@@ -44,7 +44,7 @@ FLAGS = {  # flag -> ScoreConfig field, or Flag(field, converter); every flag's 
     "in_flight_mb": "in_flight_mb", "batch_date": "batch_date", "overlays": "overlays", "limit": "overlay_limit",
     "overlay_threshold": Flag("overlay_threshold", parse_gate), "wait_for_lock": "lock_wait_s",
     "keep_uncommitted_hours": "keep_uncommitted_hours", "s3_endpoint": "endpoint_url", "use_gpu": "use_gpu",
-    "cluster_config": "cluster_config", "shared_fs": "shared_fs", "heatmap_bits": "heatmap_bits", "tta": "tta",
+    "cluster_config": "cluster_config", "shared_fs": "shared_fs", "placement_timeout": "placement_timeout_s", "heatmap_bits": "heatmap_bits", "tta": "tta",
     "tta_heatmaps": "tta_heatmaps",
 }
 

@@ -42,7 +42,7 @@ FLAGS = {  # flag -> TrainConfig field
     "loss": "loss.kind", "workers": "run.workers", "storage": "run.storage", "name": "run.name",
     "seed": "run.seed", "max_failures": "run.max_failures", "keep_checkpoints": Flag("run.keep_checkpoints", zero_means_none),
     "use_gpu": "run.use_gpu",
-    "cluster_config": "run.cluster_config", "shared_fs": "run.shared_fs",
+    "cluster_config": "run.cluster_config", "shared_fs": "run.shared_fs", "placement_timeout": "run.placement_timeout_s",
 }
 
 

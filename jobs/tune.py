@@ -30,7 +30,7 @@ from thorax_ray.tune.space import load_space
 FLAGS = {  # flag -> TrainConfig field: fixed overrides of the space's base
     "data": "data.data", "limit": "data.limit", "s3_endpoint": "data.s3_endpoint",
     "epochs": "optim.epochs", "workers": "run.workers", "use_gpu": "run.use_gpu",
-    "cluster_config": "run.cluster_config", "shared_fs": "run.shared_fs",
+    "cluster_config": "run.cluster_config", "shared_fs": "run.shared_fs", "placement_timeout": "run.placement_timeout_s",
 }
 
 

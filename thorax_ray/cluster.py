@@ -15,13 +15,23 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import yaml
 
 from thorax_ray import storage
 
 CLUSTER_CONFIG_ENV = "THORAX_CLUSTER_CONFIG"
+# Node roles. Each worker node type of cluster.yaml declares one of these custom resources, one unit per CPU of
+# the node, and every task and actor of a job asks for as many units of its role's resource as it asks CPUs:
+# training workers and their data tasks (and so Tune's trials) run only on training nodes, so a DDP group never
+# spans node types; scoring actors and their decode tasks only on scoring nodes; CPU work (prepare's tasks,
+# jobs run on CPUs) only on CPU nodes. A cluster whose node types declare none (a local Ray, a hand-made
+# cluster) is not steered: work goes wherever Ray finds room, as before.
+TRAIN_ROLE = "thorax_train"
+SCORE_ROLE = "thorax_score"
+CPU_ROLE = "thorax_cpu"
+ROLE_RESOURCES = (TRAIN_ROLE, SCORE_ROLE, CPU_ROLE)
 BOOTSTRAP_CONFIG = "~/ray_bootstrap_config.yaml"
 USE_GPU_CHOICES = ("auto", "true", "false")
 
@@ -45,6 +55,7 @@ class ClusterCapacity:
     config_path: str | None = None  # the autoscaler config they were read from
     local: bool = False  # a private local Ray started by this job
     max_worker_nodes: int | None = None  # the config's global max_workers
+    role_gpus_up: dict[str, float] = field(default_factory=dict)  # GPUs of the alive nodes of each role
 
     def launchable(self, resource: str) -> float:
         """How much of `resource` the autoscaler can add (each type at its max_workers, capped by the
@@ -63,6 +74,27 @@ class ClusterCapacity:
     @property
     def multi_node(self) -> bool:
         return self.alive_nodes > 1 or any(t.max_workers > 0 for t in self.node_types)
+
+    def steers(self, role: str) -> bool:
+        """Whether a node type (launchable or up) declares `role`: then work of that role must ask for it."""
+        return self.resources_up.get(role, 0.0) > 0 or any(role in t.resources for t in self.node_types)
+
+    @property
+    def steered(self) -> bool:
+        """Whether the cluster declares node roles at all (cluster.yaml does; a local Ray does not)."""
+        return any(self.steers(role) for role in ROLE_RESOURCES)
+
+    def gpus_for(self, role: str) -> float:
+        """GPUs up or launchable for work of `role` (TRAIN_ROLE, SCORE_ROLE): those of that role's nodes and
+        node types on a steered cluster (none when no type has the role), else all of them."""
+        if not self.steered:
+            return self.most("GPU")
+        cap = self.max_worker_nodes if self.max_worker_nodes is not None else math.inf
+        launchable = sum(t.resources.get("GPU", 0.0) * min(t.max_workers, cap) for t in self.node_types_for(role))
+        return self.role_gpus_up.get(role, 0.0) + launchable
+
+    def node_types_for(self, role: str) -> tuple[NodeType, ...]:
+        return tuple(t for t in self.node_types if role in t.resources)
 
     def describe(self) -> str:
         up = ", ".join(f"{k} {v:g}" for k, v in sorted(self.resources_up.items()) if k in ("CPU", "GPU"))
@@ -113,13 +145,15 @@ def cluster_capacity(config_path: str | None = None, *, local: bool = False) -> 
     import ray  # deferred: Ray (absent on the GPU machine)
 
     alive = [n for n in ray.nodes() if n.get("Alive")]
-    up = {k: float(v) for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU", "memory")}
+    up = {k: float(v) for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU", "memory", *ROLE_RESOURCES)}
+    role_gpus = {role: sum(float(n["Resources"].get("GPU", 0)) for n in alive if n.get("Resources", {}).get(role))
+                 for role in ROLE_RESOURCES}
     if local:
-        return ClusterCapacity(alive_nodes=len(alive), resources_up=up, local=True)
+        return ClusterCapacity(alive_nodes=len(alive), resources_up=up, local=True, role_gpus_up=role_gpus)
     path = find_cluster_config(config_path)
     node_types, max_worker_nodes = read_node_types(path) if path else ((), None)
     return ClusterCapacity(alive_nodes=len(alive), resources_up=up, node_types=node_types, config_path=path,
-                           max_worker_nodes=max_worker_nodes)
+                           max_worker_nodes=max_worker_nodes, role_gpus_up=role_gpus)
 
 
 def parse_use_gpu(value: str | bool | None) -> str:
@@ -137,19 +171,21 @@ def parse_use_gpu(value: str | bool | None) -> str:
 
 
 def resolve_use_gpu(setting: str | bool | None, capacity: ClusterCapacity, *, gpus_needed: float = 1.0,
-                    what: str = "the job") -> bool:
-    """`auto`: GPUs when the cluster has or can launch them; `true`: GPUs, and an error now when the cluster
-    can never provide `gpus_needed` of them; `false`: CPUs."""
+                    what: str = "the job", role: str = TRAIN_ROLE) -> bool:
+    """`auto`: GPUs when the cluster has or can launch them (on the node types of `role` when it is steered);
+    `true`: GPUs, and an error now when the cluster can never provide `gpus_needed` of them; `false`: CPUs."""
     setting = parse_use_gpu(setting)
     if setting == "false":
         return False
-    most = capacity.most("GPU")
+    most = capacity.gpus_for(role)
     if setting == "auto":
         return most > 0
     if most < gpus_needed:
         hint = ("a private local Ray has only this machine's GPUs" if capacity.local else
                 "no autoscaler config found: pass --cluster-config (the cluster.yaml it was started with)"
-                if capacity.config_path is None else f"none of the node types in {capacity.config_path} has enough")
+                if capacity.config_path is None else
+                f"the {role} node types in {capacity.config_path} do not have enough" if capacity.steered else
+                f"none of the node types in {capacity.config_path} has enough")
         raise ClusterError(f"{what} asks for {gpus_needed:g} GPU(s) but the cluster can never provide them: "
                            f"{capacity.describe()}; {hint}")
     return True

@@ -26,7 +26,7 @@ SCORE_EVERY_FLAG = SCORE_REQUIRED + [
     "--batch-date", "2024-01-02", "--overlays", "ov", "--limit", "3", "--overlay-threshold", "none",
     "--wait-for-lock", "5", "--keep-uncommitted-hours", "2", "--s3-endpoint", "http://e", "--verbose",
     "--address", "auto", "--use-gpu", "false", "--cluster-config", "c.yaml", "--shared-fs", "--heatmap-bits", "8",
-    "--tta", "hflip", "--tta-heatmaps"]
+    "--tta", "hflip", "--tta-heatmaps", "--placement-timeout", "30"]
 SCORE_CONVERSIONS = SCORE_REQUIRED + [
     "--box-grid", "64", "--max-map-side", "8", "--use-gpu", "true", "--box-min-probability", "calibrated",
     "--overlay-threshold", "-1", "--limit", "0", "--wait-for-lock", "0", "--tta", "tencrop"]
@@ -40,7 +40,8 @@ def build(job: str, argv: list[str]):
 @pytest.mark.parametrize("argv, expected", [
     (SCORE_REQUIRED, ScoreConfig(
         checkpoint='ck', input='in', out='o', metadata=None, method=None, method_options={}, batch_size=32,
-        use_gpu='auto', gpus_per_actor=1.0, min_actors=1, max_actors=None, actor_cpus=1.0, cluster_config=None,
+        use_gpu='auto', gpus_per_actor=1.0, min_actors=1, max_actors=None, actor_cpus=None, placement_timeout_s=300.0,
+        cluster_config=None,
         shared_fs=False, lock_wait_s=0.0, lock_ttl_s=600.0, max_map_side=16, heatmap_bits=5, tta='none',
         tta_heatmaps=False, box_min_probability='calibrated',
         box_threshold=180, max_boxes=2, box_grid=128, max_images=None, rows_per_file=8192, compression='zstd',
@@ -48,7 +49,8 @@ def build(job: str, argv: list[str]):
         batch_date=None, overlays=None, overlay_limit=8, overlay_threshold='calibrated', endpoint_url=None)),
     (SCORE_EVERY_FLAG, ScoreConfig(
         checkpoint='ck', input='in', out='o', metadata='m.csv', method='gradcam', method_options={}, batch_size=7,
-        use_gpu='false', gpus_per_actor=0.5, min_actors=2, max_actors=3, actor_cpus=2.0, cluster_config='c.yaml',
+        use_gpu='false', gpus_per_actor=0.5, min_actors=2, max_actors=3, actor_cpus=2.0, placement_timeout_s=30.0,
+        cluster_config='c.yaml',
         shared_fs=True, lock_wait_s=5.0, lock_ttl_s=600.0, max_map_side=None, heatmap_bits=8, tta='hflip',
         tta_heatmaps=True, box_min_probability=0.3,
         box_threshold=100.0, max_boxes=2, box_grid=None, max_images=50, rows_per_file=8192, compression='zstd',
@@ -56,7 +58,8 @@ def build(job: str, argv: list[str]):
         batch_date='2024-01-02', overlays='ov', overlay_limit=3, overlay_threshold=None, endpoint_url='http://e')),
     (SCORE_CONVERSIONS, ScoreConfig(
         checkpoint='ck', input='in', out='o', metadata=None, method=None, method_options={}, batch_size=32,
-        use_gpu='true', gpus_per_actor=1.0, min_actors=1, max_actors=None, actor_cpus=1.0, cluster_config=None,
+        use_gpu='true', gpus_per_actor=1.0, min_actors=1, max_actors=None, actor_cpus=None, placement_timeout_s=300.0,
+        cluster_config=None,
         shared_fs=False, lock_wait_s=0.0, lock_ttl_s=600.0, max_map_side=8, heatmap_bits=5, tta='tencrop',
         tta_heatmaps=False, box_min_probability='calibrated',
         box_threshold=180, max_boxes=2, box_grid=64, max_images=None, rows_per_file=8192, compression='zstd',

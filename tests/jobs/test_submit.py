@@ -52,16 +52,33 @@ def node_ports() -> list[str]:
             f"--runtime-env-agent-port={runtime_env}", f"--metrics-export-port={metrics}"]
 
 
+MAX_WORKERS_HERE = {"gpu_train": 1, "gpu_score": 2, "cpu": 1}  # per type (cluster.yaml: 16, 8, 4)
+
+
+def shipped_node_types() -> dict:
+    """The worker node types of the shipped cluster.yaml (names, GPUs, node-role resources), each starting at
+    zero workers as there, with CPUs (and role units, one per CPU) capped at 2 and max_workers at MAX_WORKERS_HERE
+    to fit a 2-core machine;
+    plus a head without GPUs."""
+    with open(os.path.join(REPO, "cluster.yaml")) as handle:
+        shipped = yaml.safe_load(handle)
+    types = {"ray.head.default": {"resources": {"CPU": 3}, "node_config": {}, "max_workers": 0}}
+    for name, spec in shipped["available_node_types"].items():
+        if name != shipped["head_node_type"]:
+            resources = {key: (value if key == "GPU" else min(value, 2)) for key, value in spec["resources"].items()}
+            types[name] = {"resources": resources, "node_config": {}, "min_workers": 0,
+                           "max_workers": MAX_WORKERS_HERE[name]}
+    return types
+
+
 def autoscaler_config(gcs_address: str) -> dict:
-    """A head without GPUs and one GPU node type that starts at zero (as every type of cluster.yaml)."""
+    """The fake multi-node provider with the shipped cluster.yaml's node types (shipped_node_types)."""
     return {
-        "cluster_name": "thorax-test", "max_workers": 1, "upscaling_speed": 1.0, "idle_timeout_minutes": 10,
+        "cluster_name": "thorax-test", "max_workers": sum(MAX_WORKERS_HERE.values()), "upscaling_speed": 1.0,
+        "idle_timeout_minutes": 10,
         "provider": {"type": "fake_multinode", "use_node_id_as_ip": True, "disable_node_updaters": True,
                      "disable_launch_config_check": True, "gcs_address": gcs_address},
-        "available_node_types": {
-            "ray.head.default": {"resources": {"CPU": 3}, "node_config": {}, "max_workers": 0},
-            "gpu_node": {"resources": {"CPU": 2, "GPU": 1}, "node_config": {}, "min_workers": 0, "max_workers": 1},
-        },
+        "available_node_types": shipped_node_types(),
         "head_node_type": "ray.head.default", "auth": {}, "docker": {}, "file_mounts": {},
         "cluster_synced_files": [], "file_mounts_sync_continuously": False, "rsync_exclude": [], "rsync_filter": [],
         "initialization_commands": [], "setup_commands": [], "head_setup_commands": [], "worker_setup_commands": [],
@@ -70,8 +87,8 @@ def autoscaler_config(gcs_address: str) -> dict:
 
 
 class Cluster:
-    def __init__(self, dashboard: str, token: str, config_path: str):
-        self.dashboard, self.token, self.config_path = dashboard, token, config_path
+    def __init__(self, dashboard: str, token: str, config_path: str, gcs: str):
+        self.dashboard, self.token, self.config_path, self.gcs = dashboard, token, config_path, gcs
 
     def submit(self, entrypoint: str, *, token: str | None = "own", timeout: float = 900) -> tuple[int, str]:
         """`ray job submit --working-dir . -- ENTRYPOINT` as the README says, from a client environment
@@ -109,7 +126,7 @@ def autoscaling_cluster(tmp_path_factory, s3_server):
                              "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", *node_ports()],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        cluster = Cluster(f"http://127.0.0.1:{dashboard}", token, config_path)
+        cluster = Cluster(f"http://127.0.0.1:{dashboard}", token, config_path, f"127.0.0.1:{gcs}")
         deadline = time.monotonic() + 180
         while True:
             code, output = cluster.submit("python -c \"print('up')\"", timeout=120)
@@ -141,14 +158,22 @@ def stop_cluster(head: subprocess.Popen, gcs_port: int) -> None:
                 process.kill()
 
 
-def alive_gpus(cluster: Cluster) -> list[float]:
-    """GPUs of each alive node, from the State API's REST endpoint (what `ray list nodes` reads), with the
-    cluster's token."""
+def nodes_with(cluster: Cluster, resource: str) -> int:
+    """Alive nodes that have `resource` (GPU, or a node role such as thorax_train), from the State API's REST
+    endpoint (what `ray list nodes` reads), with the cluster's token."""
     request = urllib.request.Request(f"{cluster.dashboard}/api/v0/nodes",
                                      headers={"Authorization": f"Bearer {cluster.token}"})
     with urllib.request.urlopen(request, timeout=60) as response:
         nodes = json.load(response)["data"]["result"]["result"]
-    return [node["resources_total"].get("GPU", 0) for node in nodes if node["state"] == "ALIVE"]
+    return sum(1 for node in nodes if node["state"] == "ALIVE" and node["resources_total"].get(resource, 0) > 0)
+
+
+def driver_env(cluster: Cluster) -> dict:
+    """A driver started on the head, as `ray job submit` starts one (the cluster's address and token)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(PATH=VENV_BIN + os.pathsep + env["PATH"], RAY_ADDRESS=cluster.gcs, RAY_AUTH_MODE="token",
+               RAY_AUTH_TOKEN=cluster.token, PYTHONPATH=REPO)
+    return env
 
 
 @pytest.fixture(scope="module")
@@ -179,34 +204,39 @@ def test_local_storage_on_a_cluster_that_can_grow_fails_at_once(autoscaling_clus
         f"python jobs/train.py --data {s3_prepared}/prepared --model mlp --storage /tmp/thorax-runs "
         f"--cluster-config {autoscaling_cluster.config_path}")
     assert code != 0 and "--storage /tmp/thorax-runs is a local path" in output, output[-3000:]
-    assert "gpu_node x1" in output  # the node type the job counted
+    assert "gpu_train x1" in output  # the node types the job counted
     assert time.monotonic() - started < 120
 
 
 def test_train_score_evaluate_start_the_gpu_node_from_zero(autoscaling_cluster, s3_prepared, tmp_path):
-    """The runbook's chain: the jobs ask for GPUs (auto), the autoscaler starts the GPU node type from zero
-    workers, training runs on it, scoring's actor pool asks for GPU actors, evaluation reads the scores."""
+    """The runbook's chain: the jobs ask for GPUs (auto) of their own node type, the autoscaler starts that type
+    from zero workers: training on gpu_train, scoring's pool of two actors on two gpu_score nodes (the pool grows
+    beyond one node, and no scoring actor lands on the idle training node); evaluation reads the scores."""
     from thorax_ray.checkpoint import epoch_checkpoints, load_payload, run_metrics
     from thorax_ray.data.sources import DataConfig, open_source
     from thorax_ray.scoring import read_scores
 
     cluster, bucket = autoscaling_cluster, s3_prepared
-    assert alive_gpus(cluster) == [0]  # only the head, no GPU up
+    assert nodes_with(cluster, "GPU") == 0  # only the head, no GPU up
     flags = f"--cluster-config {cluster.config_path}"
     code, logs = cluster.submit(f"python jobs/train.py --data {bucket}/prepared --model small_cnn --size 64 "
                                 f"--epochs 1 --workers 1 --storage {bucket}/runs --name chain {flags}")
     assert code == 0, logs[-4000:]
     assert "1 workers on GPUs" in logs and "[chain] epoch 1/1" in logs and "[train] done" in logs
-    assert sorted(alive_gpus(cluster)) == [0, 1]  # the GPU node was started for the job
+    assert "placement: 1 training workers x {CPU 1, GPU 1, thorax_train 1} on node type gpu_train only" in logs
+    assert (nodes_with(cluster, "thorax_train"), nodes_with(cluster, "GPU")) == (1, 1)  # started for the job
     metrics = run_metrics(f"{bucket}/runs/chain")
     assert metrics["epochs_run"] == 1 and metrics["val"]["mean_auroc"] is not None
     checkpoints = epoch_checkpoints(f"{bucket}/runs/chain")
     assert [e for e, _ in checkpoints] == [1] and load_payload(checkpoints[0][1]).split_hash == metrics["split_hash"]
 
     code, logs = cluster.submit(f"python jobs/score.py --checkpoint {bucket}/runs/chain --input {bucket}/prepared "
-                                f"--out {bucket}/scores --batch-size 64 {flags}")
+                                f"--out {bucket}/scores --batch-size 64 --min-actors 2 {flags}")
     assert code == 0, logs[-4000:]
+    assert ("placement: 2 scoring actors x {CPU 1, GPU 1, thorax_score 1} on node type gpu_score only; "
+            "decode tasks x {CPU 1, thorax_score 1} on the same node type") in logs
     assert "x 1 GPU actors" in logs  # the autoscaling pool asked for GPU actors
+    assert (nodes_with(cluster, "thorax_score"), nodes_with(cluster, "thorax_train")) == (2, 1)
     frame = read_scores(f"{bucket}/scores")
     rows = open_source(DataConfig(data=f"{bucket}/prepared")).manifest
     assert len(frame) == len(rows) and frame["image_index"].is_unique  # every input image exactly once
@@ -219,6 +249,33 @@ def test_train_score_evaluate_start_the_gpu_node_from_zero(autoscaling_cluster, 
     model = json.loads((evaluation / "metrics.json").read_text())["models"]["cnn"]
     assert len(model["auroc"]) == 14 and 0 <= model["mean_auroc"] <= 1
     assert model["n_images"] == int((rows["split"] == "test").sum())
+
+
+def test_training_that_cannot_be_placed_says_what_it_waits_for_then_exits_75(autoscaling_cluster, metadata_only,
+                                                                             tmp_path):
+    """Too few launchable GPUs: another run holds the only gpu_train node the autoscaler may launch here. The
+    job says what it waits for, then gives up with one line and exit 75 at --placement-timeout (before: Ray
+    Train retried the worker group for ever, silently)."""
+    cluster = autoscaling_cluster
+    holder = ("import ray; from ray.util.placement_group import placement_group; ray.init(); "
+              "group = placement_group([{'GPU': 8, 'thorax_train': 1}], name='other-run', lifetime='detached'); "
+              "assert group.wait(timeout_seconds=180)")
+    subprocess.run([sys.executable, "-c", holder], env=driver_env(cluster), check=True, timeout=240, capture_output=True)
+    assert nodes_with(cluster, "thorax_train") == 1
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "jobs/train.py", "--data", str(metadata_only), "--model", "mlp", "--use-gpu", "true",
+         "--workers", "1", "--epochs", "1", "--storage", str(tmp_path / "runs"), "--shared-fs",
+         "--placement-timeout", "25", "--cluster-config", cluster.config_path],
+        cwd=REPO, env=driver_env(cluster), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 75, result.stdout[-3000:] + result.stderr[-3000:]
+    plan = "1 x {CPU 1, GPU 1, thorax_train 1} on node type gpu_train"
+    waiting = [line for line in result.stdout.splitlines() if "for the cluster to place" in line]
+    assert waiting and plan in waiting[0] and "gives up after 25 s" in waiting[0], result.stdout[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and f"could not place {plan} within 25 s" in errors[0], result.stderr[-3000:]
+    assert "Traceback" not in result.stderr and time.monotonic() - started < 150
+    assert nodes_with(cluster, "thorax_train") == 1  # it waited for its own type: no other node type started
 
 
 def test_fake_gpus_sitecustomize_puts_ray_train_on_the_cpu_with_gloo():

@@ -151,13 +151,14 @@ def manifest_dataset(manifest: pd.DataFrame, *, rows_per_block: int = 256):
 
 
 def load_images(manifest: pd.DataFrame, config: ImageConfig, *, filesystem=None, num_cpus: float = 1.0,
-                sizes: bool = False, images: bool = True, progress=None):
+                sizes: bool = False, images: bool = True, progress=None, resources: dict[str, float] | None = None):
     """Manifest -> Ray dataset of decoded images with `ok`/`stage`/`reason` columns (streaming); with
     `sizes`, also the source image's `width`/`height`; `images=False`: see ImageLoader; `progress`: a
-    thorax_ray.progress counter the loaded rows are counted on."""
+    thorax_ray.progress counter the loaded rows are counted on; `resources`: custom Ray resources each task
+    asks for besides its CPUs (a node role, thorax_ray.placement)."""
     return manifest_dataset(manifest, rows_per_block=config.batch_size * 4).map_batches(
         _load_batch, fn_args=(config, filesystem, sizes, images, progress), batch_size=config.batch_size,
-        batch_format="pandas", num_cpus=num_cpus,
+        batch_format="pandas", num_cpus=num_cpus, **({"resources": resources} if resources else {}),
     )
 
 

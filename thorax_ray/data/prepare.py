@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from thorax_ray import storage
+from thorax_ray import console, storage
 from thorax_ray.cluster import ClusterCapacity, check_shared_storage, cluster_capacity
 from thorax_ray.data.manifest import build_manifest, write_manifest
 from thorax_ray.data.pipeline import ImageConfig, load_images
@@ -18,9 +18,11 @@ from thorax_ray.data.shards import (COMMIT_FILE, VERSIONS_DIR, PreparedError, co
                                     relative_to, shard_contract, version_dir, write_table)
 from thorax_ray.data.splits import SPLITS, SplitConfig
 from thorax_ray.data.staged import StagedRun, staged_run
+from thorax_ray.placement import DEFAULT_PLACEMENT_TIMEOUT_S, cpu_task_placement, custom_resources, wait_until_placed
 from thorax_ray.progress import StageProgress
 
 log = logging.getLogger(__name__)
+DECODE_CPUS = 1.0  # per read/decode/write task
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,7 @@ class PrepareConfig:
     seed: int = 0  # of the shards' random row order
     lock_ttl_s: float = 600.0  # a crashed prepare's lease is taken over after this long
     shared_fs: bool = False  # local --data/--out paths are on a filesystem every node mounts
+    placement_timeout_s: float = DEFAULT_PLACEMENT_TIMEOUT_S  # exit 75 when no CPU node is placed by then (0: never)
     target_file_mb: int = 256
     compression: str = "none"  # 8-bit radiograph pixels barely compress with fast codecs; "zstd"/"lz4" to trade CPU for bytes
 
@@ -71,20 +74,24 @@ def prepare(config: PrepareConfig, *, filesystem=None, capacity: ClusterCapacity
     capacity = capacity or cluster_capacity()
     for uri, what in ((config.data, "--data"), (config.out, "--out")):
         check_shared_storage(uri, capacity, what=what, shared_fs=config.shared_fs)
+    placement = cpu_task_placement("read/decode/write tasks (each)", cpus=DECODE_CPUS, capacity=capacity)
+    console.say("prepare", placement.describe())
+    wait_until_placed(placement, timeout_s=config.placement_timeout_s, stage="prepare")
     out_fs, out_path = storage.filesystem(config.out, endpoint_url=endpoint)
     new_out = not storage.is_remote(config.out) and not out_fs.exists(out_path)
     version = new_version()
     try:
         with staged_run(config.out, storage.join(config.out, version_dir(version)), ttl_s=config.lock_ttl_s,
                         about={"job": "prepare", "source": config.data}, endpoint_url=endpoint) as staged:
-            return _prepare_locked(config, staged, version, filesystem)
+            return _prepare_locked(config, staged, version, filesystem, placement.ask)
     except BaseException:
         if new_out:  # a failed first prepare leaves no empty OUT behind (the lease and version are gone)
             _remove_empty_folders(out_path)
         raise
 
 
-def _prepare_locked(config: PrepareConfig, staged: StagedRun, version: str, filesystem) -> PrepareSummary:
+def _prepare_locked(config: PrepareConfig, staged: StagedRun, version: str, filesystem,
+                    task_resources: dict[str, float]) -> PrepareSummary:
     """The part of a prepare that holds OUT's lease: version `version` written under its folder, then committed;
     `staged` removes that folder when anything fails before the commit (an error, Ctrl-C or SIGTERM)."""
     started = time.monotonic()
@@ -98,7 +105,8 @@ def _prepare_locked(config: PrepareConfig, staged: StagedRun, version: str, file
     manifest, manifest_summary = build_manifest(config.data, config.split, metadata_csv=config.metadata,
                                                 endpoint_url=endpoint)
     size = config.image.size
-    files, written, quarantine = _write_version(config, version, manifest, manifest_summary, filesystem)
+    files, written, quarantine = _write_version(config, version, manifest, manifest_summary, filesystem,
+                                                task_resources)
     summary = PrepareSummary(out=config.out, version=version, written=written,
                              quarantined=quarantine["reason"].value_counts().to_dict(),
                              manifest_rows=len(manifest), elapsed_s=time.monotonic() - started)
@@ -113,7 +121,8 @@ def _prepare_locked(config: PrepareConfig, staged: StagedRun, version: str, file
     return summary
 
 
-def _write_version(config: PrepareConfig, version: str, manifest: pd.DataFrame, manifest_summary, filesystem):
+def _write_version(config: PrepareConfig, version: str, manifest: pd.DataFrame, manifest_summary, filesystem,
+                   task_resources: dict[str, float]):
     """Shards, manifest and quarantine of `version` under OUT/versions/<version>/ (not committed yet);
     returns (files of the commit record, rows written per split, quarantine)."""
     endpoint = config.image.endpoint_url
@@ -126,7 +135,8 @@ def _write_version(config: PrepareConfig, version: str, manifest: pd.DataFrame, 
     # within a shuffle buffer, so shards in CSV order would give batches of one or two patients.
     shuffled = manifest.sample(frac=1.0, random_state=config.seed).reset_index(drop=True)
     with StageProgress("prepare", total=len(shuffled)) as progress:
-        load_images(shuffled, config.image, filesystem=filesystem, progress=progress.counter).write_datasink(sink)
+        load_images(shuffled, config.image, filesystem=filesystem, progress=progress.counter, num_cpus=DECODE_CPUS,
+                    resources=custom_resources(task_resources)).write_datasink(sink)
         progress.finish(sum(rows for w in sink.result for _, _, rows in w.files)
                         + sum(len(w.quarantined) for w in sink.result))
     files = [{"split": split, "path": relative_to(config.out, path, endpoint_url=endpoint), "rows": rows}

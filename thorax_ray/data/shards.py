@@ -167,9 +167,11 @@ def relative_to(root: str, uri: str, *, endpoint_url: str | None = None) -> str:
 
 
 def read_prepared(root: str, splits: Iterable[str] | None = None, *, columns: list[str] | None = None,
-                  record: dict | None = None, endpoint_url: str | None = None):
+                  record: dict | None = None, endpoint_url: str | None = None,
+                  task_resources: dict[str, float] | None = None):
     """A Ray dataset over the prepared shards of the given splits of the version `record` (the commit record
-    this job resolved; read now when not given)."""
+    this job resolved; read now when not given); `task_resources`: custom resources each read task asks for
+    (the job's node role, thorax_ray.placement)."""
     import ray  # deferred: Ray (absent on the GPU machine)
 
     record, files = prepared_files(root, splits, record=record, endpoint_url=endpoint_url)
@@ -177,7 +179,8 @@ def read_prepared(root: str, splits: Iterable[str] | None = None, *, columns: li
         raise PreparedError(f"{root}: no shard files for splits {sorted(splits or [])}")
     fs, _ = storage.filesystem(root, endpoint_url=endpoint_url)
     paths = [f.split("://", 1)[-1] for f in files]
-    dataset = ray.data.read_parquet(paths, filesystem=fs)
+    dataset = ray.data.read_parquet(paths, filesystem=fs,
+                                    **({"ray_remote_args": {"resources": task_resources}} if task_resources else {}))
     return dataset.select_columns(columns) if columns else dataset
 
 

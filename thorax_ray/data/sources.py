@@ -98,10 +98,13 @@ class DataSource:
         rows = self.rows(split)
         return rows[list(FINDING_COLUMNS)].to_numpy().sum(axis=0), len(rows)
 
-    def dataset(self, split: str, *, images: bool, shuffle_seed: int | None = None):
+    def dataset(self, split: str, *, images: bool, shuffle_seed: int | None = None,
+                task_resources: dict[str, float] | None = None):
         """A Ray dataset of the split's rows; with `images`, an `image` column of raw uint8 bytes. With
         `shuffle_seed`, rows read from the manifest come in a seeded random order instead of the CSV's
-        (sorted by patient); prepared shards are already stored in one."""
+        (sorted by patient); prepared shards are already stored in one. `task_resources`: custom resources
+        each read/decode task asks for (the job's node role, thorax_ray.placement)."""
+        remote = {"resources": task_resources} if task_resources else {}
         rows = self.rows(split)
         if shuffle_seed is not None:
             rows = rows.sample(frac=1.0, random_state=shuffle_seed)
@@ -109,16 +112,18 @@ class DataSource:
             return manifest_dataset(rows[list(TRAINING_ROW_COLUMNS)].reset_index(drop=True))
         if self.kind == "prepared":
             ds = read_prepared(self.config.data, [split], columns=[*TRAINING_ROW_COLUMNS, "image"],
-                               record=self.prepared, endpoint_url=self.config.s3_endpoint)
+                               record=self.prepared, endpoint_url=self.config.s3_endpoint,
+                               task_resources=task_resources)
             # Shards hold rows in their own (seeded) order: with a limit, keep the rows `rows` names rather
             # than whichever come first (Ray's limit() takes the first blocks to arrive).
-            return ds.map_batches(RowsNamed(rows["image_index"]), batch_format="pyarrow") if self.config.limit else ds
+            return (ds.map_batches(RowsNamed(rows["image_index"]), batch_format="pyarrow", **remote)
+                    if self.config.limit else ds)
         if rows["path"].isna().all():
             raise ValueError(f"{self.config.data}: the {split} split has no images; only the metadata model (mlp) "
                              "can train on a metadata-only dataset")
         image_config = ImageConfig(size=self.config.size, endpoint_url=self.config.s3_endpoint)
-        return load_images(rows.reset_index(drop=True), image_config).map_batches(
-            _keep_decoded, batch_format="pandas", batch_size=None)
+        return load_images(rows.reset_index(drop=True), image_config, resources=task_resources).map_batches(
+            _keep_decoded, batch_format="pandas", batch_size=None, **remote)
 
 
 class RowsNamed:

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 
 from thorax_ray.attribution import DEFAULT_HEATMAP_BITS, DEFAULT_MAX_BOXES, DEFAULT_THRESHOLD, PLANAR_BITS
 from thorax_ray.models.tta import NO_TTA, check_tta
+from thorax_ray.placement import DEFAULT_PLACEMENT_TIMEOUT_S
 from thorax_ray.scoring.gate import CALIBRATED
 
 
@@ -23,7 +24,9 @@ class ScoreConfig:
     gpus_per_actor: float = 1.0  # when on GPUs (fractions share a GPU between actors)
     min_actors: int = 1  # the actor pool grows from min to max with the work queued (the autoscaler adds nodes)
     max_actors: int | None = None  # default: GPUs up or launchable / gpus_per_actor on GPUs, else 1
-    actor_cpus: float = 1.0  # CPUs per actor (= torch threads on CPU)
+    actor_cpus: float | None = None  # CPUs (= torch threads) per actor; None: sized from the scoring node type
+    #                                  (a quarter of the CPUs that come with its GPUs, 1 to 8), else 1
+    placement_timeout_s: float = DEFAULT_PLACEMENT_TIMEOUT_S  # exit 75 when the first actors are not placed by then
     cluster_config: str | None = None  # autoscaler config (default: $THORAX_CLUSTER_CONFIG, ~/ray_bootstrap_config.yaml)
     shared_fs: bool = False  # local --input/--out paths are on a filesystem every node mounts
     lock_wait_s: float = 0.0  # wait this long for another run on the same --out to finish (then: LeaseBusy)
@@ -70,4 +73,4 @@ class ScoreConfig:
 
 def scorer_threads(config: ScoreConfig) -> int:
     """torch threads of each scoring actor: one per CPU it holds (bench/gpu.py measures with the same)."""
-    return max(1, int(config.actor_cpus))
+    return max(1, int(config.actor_cpus or 1))

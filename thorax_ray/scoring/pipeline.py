@@ -2,42 +2,51 @@
 (`Scorer`) -> the staging datasink, with the object-store memory it may hold bounded."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pandas as pd
 
 from thorax_ray.checkpoint import CheckpointPayload
-from thorax_ray.cluster import ClusterCapacity, resolve_use_gpu
+from thorax_ray.cluster import SCORE_ROLE, ClusterCapacity, resolve_use_gpu
 from thorax_ray.data.inputs import InputSource
 from thorax_ray.data.pipeline import ImageConfig, load_images, manifest_dataset
 from thorax_ray.data.preprocess import PreprocessingContract
 from thorax_ray.data.shards import read_prepared
+from thorax_ray.placement import Placement, custom_resources, scoring_placement, sized_actor_cpus, wait_until_placed
 from thorax_ray.scoring.config import ScoreConfig
 from thorax_ray.scoring.scorer import Scorer, ScorerSettings, prepared_batch
 
 
 @dataclass(frozen=True)
 class ActorPlan:
-    """The model actors of a run: an autoscaling pool of `min_actors..max_actors`, each with `gpus` GPUs."""
+    """The model actors of a run: an autoscaling pool of `min_actors..max_actors`, each with `gpus` GPUs and
+    `cpus` CPUs (as many torch threads), on the scoring node type when the cluster is steered (`placement`)."""
 
     min_actors: int
     max_actors: int
     gpus: float
+    cpus: float = 1.0
+    placement: Placement | None = None
 
     def describe(self) -> str:
         return f"{self.min_actors}..{self.max_actors}" + (f" x {self.gpus:g} GPU" if self.gpus else " CPU")
 
 
 def plan_actors(config: ScoreConfig, capacity: ClusterCapacity) -> ActorPlan:
-    """GPU use and pool size from what the cluster has or its autoscaler can launch (checked before work)."""
+    """GPU use, pool size and actor CPUs from what the cluster has or its autoscaler can launch on the scoring
+    node type (checked before work)."""
     if config.gpus_per_actor <= 0 or config.min_actors < 1 or (config.max_actors is not None and config.max_actors < 1):
         raise ValueError(f"bad actor settings: gpus_per_actor={config.gpus_per_actor} (> 0), "
                          f"min_actors={config.min_actors}, max_actors={config.max_actors} (>= 1)")
-    use_gpu = resolve_use_gpu(config.use_gpu, capacity, gpus_needed=config.gpus_per_actor, what="scoring")
+    use_gpu = resolve_use_gpu(config.use_gpu, capacity, gpus_needed=config.gpus_per_actor, what="scoring",
+                              role=SCORE_ROLE)
     gpus = config.gpus_per_actor if use_gpu else 0.0
-    most = max(1, int(capacity.most("GPU") // gpus)) if use_gpu else 1
+    most = max(1, int(capacity.gpus_for(SCORE_ROLE) // gpus)) if use_gpu else 1
     max_actors = config.max_actors or most
-    return ActorPlan(min_actors=min(config.min_actors, max_actors), max_actors=max_actors, gpus=gpus)
+    min_actors = min(config.min_actors, max_actors)
+    cpus = config.actor_cpus or sized_actor_cpus(capacity, gpus=gpus)
+    placement = scoring_placement(min_actors=min_actors, max_actors=max_actors, cpus=cpus, gpus=gpus, capacity=capacity)
+    return ActorPlan(min_actors=min_actors, max_actors=max_actors, gpus=gpus, cpus=cpus, placement=placement)
 
 
 @dataclass(frozen=True)
@@ -65,18 +74,21 @@ def stream(run: ScoringRun, pending: pd.DataFrame, gate, sink, filesystem, count
 
     config, source = run.config, run.source
     contract = PreprocessingContract.from_dict(run.payload.preprocessing)
-    dataset = input_dataset(config, source, pending, run.model, contract, filesystem)
+    dataset = input_dataset(config, source, pending, run.model, contract, filesystem,
+                            run.actor_plan.placement.task_resources(config.decode_cpus))
     # Prepared inputs travel at the size they were prepared at, raw PNGs are decoded to the contract's.
     stored_size = int(source.prepared["size"]) if source.kind == "prepared" else contract.size
-    settings = ScorerSettings.from_config(
-        config, checkpoint_dir=run.checkpoint_dir, model_id=run.model_id, method=run.method,
-        stored_size=stored_size, run_id=run.run_id, batch_date=run.batch_date, box_min_probability=gate.thresholds)
     plan = run.actor_plan
+    if plan.placement is not None:  # the pool's first actors placed (the autoscaler launching nodes), or exit 75
+        wait_until_placed(plan.placement, timeout_s=config.placement_timeout_s, stage="score")
+    settings = ScorerSettings.from_config(
+        replace(config, actor_cpus=plan.cpus), checkpoint_dir=run.checkpoint_dir, model_id=run.model_id, method=run.method,
+        stored_size=stored_size, run_id=run.run_id, batch_date=run.batch_date, box_min_probability=gate.thresholds)
     scored_rows = dataset.map_batches(
         Scorer, fn_constructor_kwargs={"settings": settings, "progress": counter},
         compute=ActorPoolStrategy(min_size=plan.min_actors, max_size=plan.max_actors),
-        batch_size=config.batch_size, batch_format="pyarrow", num_cpus=config.actor_cpus,
-        num_gpus=plan.gpus or None,
+        batch_size=config.batch_size, batch_format="pyarrow", num_cpus=plan.cpus, num_gpus=plan.gpus or None,
+        **({"resources": custom_resources(plan.placement.ask)} if plan.placement and plan.placement.role else {}),
     )
     bound_in_flight(scored_rows, in_flight_bytes(config, contract, plan.max_actors, stored_size=stored_size))
     scored_rows.write_datasink(sink)
@@ -112,8 +124,10 @@ def _row_columns(model) -> list[str]:
 
 
 def input_dataset(config: ScoreConfig, source: InputSource, pending: pd.DataFrame, model,
-                  contract: PreprocessingContract, filesystem):
-    """Ray dataset of the rows to score, with decoded images for image models (streaming)."""
+                  contract: PreprocessingContract, filesystem, task_resources: dict[str, float] | None = None):
+    """Ray dataset of the rows to score, with decoded images for image models (streaming); its tasks ask for
+    `task_resources` (the scoring node role) besides CPUs."""
+    remote = {"resources": task_resources} if task_resources else {}
     import ray  # deferred: Ray (absent on the GPU machine)
 
     columns = _row_columns(model)
@@ -124,13 +138,14 @@ def input_dataset(config: ScoreConfig, source: InputSource, pending: pd.DataFram
         if (rows["metadata_source"] == "csv").all():
             return manifest_dataset(rows, rows_per_block=config.batch_size * 8)
         # Files without a metadata row are read: their format checked, DICOM tags taken as metadata.
-        return load_images(rows, image_config, filesystem=filesystem, num_cpus=config.decode_cpus, images=False)
+        return load_images(rows, image_config, filesystem=filesystem, num_cpus=config.decode_cpus, images=False,
+                           resources=task_resources)
     if source.kind == "prepared":
         wanted = ray.put(frozenset(pending["image_index"]))
         stored = [c for c in columns if c != "metadata_source"]  # added by prepared_batch
         dataset = read_prepared(source.uri, columns=[*stored, "image"], record=source.prepared,
-                                endpoint_url=config.endpoint_url)
+                                endpoint_url=config.endpoint_url, task_resources=task_resources)
         return dataset.map_batches(prepared_batch, fn_args=(wanted, config.endpoint_url),
-                                   batch_format="pyarrow", batch_size=config.batch_size * 4)
+                                   batch_format="pyarrow", batch_size=config.batch_size * 4, **remote)
     return load_images(pending[columns].reset_index(drop=True), image_config, filesystem=filesystem,
-                       num_cpus=config.decode_cpus, sizes=True)
+                       num_cpus=config.decode_cpus, sizes=True, resources=task_resources)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from thorax_ray import console
 from thorax_ray.attribution import default_method_name, get_method
 from thorax_ray.calibration import describe_calibration
 from thorax_ray.checkpoint import load_payload_and_id, resolve_checkpoint
@@ -82,6 +83,7 @@ def score(config: ScoreConfig, *, filesystem=None, capacity: ClusterCapacity | N
     if origin["warning"]:
         log.warning("%s: %s", config.input, origin["warning"])
 
+    console.say("score", actor_plan.placement.describe())
     run = ScoringRun(config=config, source=source, payload=payload, model=model, model_id=model_id,
                checkpoint_dir=checkpoint_dir, method=method, actor_plan=actor_plan, run_id=run_id,
                batch_date=batch_date, started=started, now=now, origin=origin)

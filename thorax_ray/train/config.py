@@ -11,6 +11,7 @@ from thorax_ray.losses import LossConfig
 from thorax_ray.models import MetadataFeatures, get_model_spec, list_models
 from thorax_ray.models.features import DEFAULT_FEATURES
 from thorax_ray.names import safe_name
+from thorax_ray.placement import DEFAULT_PLACEMENT_TIMEOUT_S
 
 # Per-worker batch size when data.batch_size is not set: CheXNet's 16 for models that read images; the
 # metadata MLP's step is tiny, so small batches would leave it dominated by per-step overhead.
@@ -110,6 +111,7 @@ class RunSettings:
     use_gpu: str | bool = "auto"
     cluster_config: str | None = None  # autoscaler config (default: $THORAX_CLUSTER_CONFIG, ~/ray_bootstrap_config.yaml)
     shared_fs: bool = False  # local --storage/--data paths are on a filesystem every node mounts (NFS, EFS)
+    placement_timeout_s: float = DEFAULT_PLACEMENT_TIMEOUT_S  # exit 75 when the workers are not placed by then (0: never)
     cpus_per_worker: float = 1.0
     seed: int = 0
     max_failures: int = 2  # worker-group restarts from the latest checkpoint

@@ -13,6 +13,7 @@ from thorax_ray.cluster import ClusterCapacity, check_shared_storage, cluster_ca
 from thorax_ray.data.sources import open_source
 from thorax_ray.models import MetadataFeatures, get_model_spec
 from thorax_ray.models.pretrained import read_model_weights
+from thorax_ray.placement import training_placement, wait_until_placed
 from thorax_ray.ray_settings import TRAIN_POLL_ENV
 from thorax_ray.train.config import LOWER_IS_BETTER, TrainConfig
 from thorax_ray.train.feeds import encode_rows
@@ -110,11 +111,13 @@ VALIDATION = "val"
 
 
 def fit(config: TrainConfig, *, callbacks: list | None = None, capacity: ClusterCapacity | None = None,
-        progress: bool = True) -> TrainResult:
+        progress: bool = True, wait_for_placement: bool = True) -> TrainResult:
     """Trains `config` to the end (or resumes its run). `callbacks`: extra Ray Train callbacks for the
     RunConfig, e.g. Tune's `TuneReportCallback` when a Tune trial runs this (thorax_ray/tune). `capacity`:
     what the cluster has and can launch (default: read now); GPU use and storage are checked against it
-    before any data is opened. `progress`: one console line per epoch (from metrics.json)."""
+    before any data is opened. `progress`: one console line per epoch (from metrics.json). `wait_for_placement`:
+    the placement plan said in one line and the worker group placed within `run.placement_timeout_s`
+    (thorax_ray.placement) before the trainer starts (a Tune trial's placement is the sweep's to wait for)."""
     import ray  # deferred: Ray (absent on the GPU machine)
     import ray.train  # deferred: Ray (absent on the GPU machine)
     from ray.train.torch import TorchTrainer  # deferred: Ray (absent on the GPU machine)
@@ -130,31 +133,26 @@ def fit(config: TrainConfig, *, callbacks: list | None = None, capacity: Cluster
             "label_counts": label_counts.tolist(), "train_rows": int(train_rows),
             "stored_size": source.stored_size,
             "data_origin": source.data_origin}  # recorded when the source was resolved
-    if spec.uses_images:
-        shuffle_seed = config.run.seed if config.data.shuffle else None
-        train = cache_if_small(source.dataset("train", images=True, shuffle_seed=shuffle_seed),
-                               estimated_bytes(train_rows, source.stored_size), config.data.cache_train_mb)
-        # Split between the workers (ingest_config): read once an epoch in total; from the object store when they fit.
-        val = cache_if_small(source.dataset("val", images=True), estimated_bytes(len(source.rows("val")),
-                             source.stored_size), config.data.val_cache_mb, what="validation")
-        datasets = {"train": shuffled_every_epoch(train, config.run.seed) if config.data.shuffle else train,
-                    "val": val}
-    else:  # the metadata model: rows encoded once here, sliced as tensors by the workers (thorax_ray/train/feeds)
-        datasets = {}
+    placement = training_placement(workers=config.run.workers, cpus_per_worker=config.run.cpus_per_worker,
+                                   use_gpu=use_gpu, capacity=capacity)
+    datasets = image_datasets(config, source, train_rows, placement.task_resources()) if spec.uses_images else {}
+    if not spec.uses_images:  # the metadata model: rows encoded once here, sliced as tensors by the workers (feeds)
         info["encoded_rows"] = encoded_rows(source, config)
     weights = read_model_weights(config.model.name, config.model.pretrained, config.model.backbone)
     if weights is not None:  # read once, here (where the job checked them), not from each worker node's cache
         info["pretrained_weights"] = ray.put(weights)
-    resources = {"CPU": config.run.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}
     storage_path, storage_filesystem = ray_storage(config.run.storage, config.data.s3_endpoint)
     console.say("train", f"{config.model.name} on {source.kind} data {config.data.data} ({train_rows} train rows, "
                          f"split {source.split_hash}), {config.run.workers} workers on {'GPUs' if use_gpu else 'CPUs'}, "
                          f"{describe_lr(config.optim, config.batch_size * config.run.workers)}, run {run_dir}")
+    if wait_for_placement:
+        console.say("train", placement.describe())
+        wait_until_placed(placement, timeout_s=config.run.placement_timeout_s, stage="train")
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": config.to_dict(), "info": info},
         scaling_config=ray.train.ScalingConfig(num_workers=config.run.workers, use_gpu=use_gpu,
-                                               resources_per_worker=resources),
+                                               resources_per_worker=placement.ask),
         run_config=ray.train.RunConfig(
             name=config.run_name, storage_path=storage_path, storage_filesystem=storage_filesystem,
             failure_config=ray.train.FailureConfig(max_failures=config.run.max_failures),
@@ -168,6 +166,19 @@ def fit(config: TrainConfig, *, callbacks: list | None = None, capacity: Cluster
         result = trainer.fit()
     metrics = finish_best_pointer(run_dir, config.data.s3_endpoint)
     return TrainResult(run_dir=run_dir, metrics=metrics, error=getattr(result, "error", None))
+
+
+def image_datasets(config: TrainConfig, source, train_rows: int, task_resources: dict[str, float]) -> dict:
+    """The training and validation datasets of an image model: training shuffled every epoch, both cached in
+    the object store when they fit; both split between the workers (ingest_config), so read once an epoch in
+    total; their tasks ask for `task_resources` (the training node role) besides CPUs."""
+    shuffle_seed = config.run.seed if config.data.shuffle else None
+    train = cache_if_small(source.dataset("train", images=True, shuffle_seed=shuffle_seed, task_resources=task_resources),
+                           estimated_bytes(train_rows, source.stored_size), config.data.cache_train_mb)
+    val = cache_if_small(source.dataset("val", images=True, task_resources=task_resources),
+                         estimated_bytes(len(source.rows("val")),
+                         source.stored_size), config.data.val_cache_mb, what="validation")
+    return {"train": shuffled_every_epoch(train, config.run.seed) if config.data.shuffle else train, "val": val}
 
 
 def checkpoint_retention(config: TrainConfig):

@@ -54,7 +54,8 @@ def make_trainable(setup: TrialSetup):
         trial_id = ray.tune.get_context().get_trial_id()
         config = trial_config(setup, sample, trial_id)
         record = _record_execution(config, trial_id, sample)
-        result = fit(config, callbacks=[TuneReportCallback()], capacity=setup.capacity, progress=False)
+        result = fit(config, callbacks=[TuneReportCallback()], capacity=setup.capacity, progress=False,
+                     wait_for_placement=False)
         _finish_execution(record, result.metrics)
         if result.error is not None:
             raise RuntimeError(f"trial {trial_id}: training failed: {result.error}")

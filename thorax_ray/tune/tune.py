@@ -7,10 +7,11 @@ import contextlib
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from thorax_ray import console, storage
-from thorax_ray.cluster import ClusterCapacity, check_shared_storage, cluster_capacity, resolve_use_gpu
+from thorax_ray.cluster import TRAIN_ROLE, ClusterCapacity, check_shared_storage, cluster_capacity, resolve_use_gpu
+from thorax_ray.placement import training_placement, wait_until_placed
 from thorax_ray.ray_settings import TUNE_OUTPUT_ENV
 from thorax_ray.train.config import TrainConfig
 from thorax_ray.train.train import ray_storage
@@ -131,10 +132,16 @@ def run_sweep(space: SearchSpace, *, storage_uri: str, name: str, out_dir: str, 
     else:
         _write_setup(experiment_path, setup, endpoint)
 
-    cpus, gpus = capacity.most("CPU"), capacity.most("GPU")
+    cpus, gpus = capacity.most("CPU"), capacity.gpus_for(TRAIN_ROLE)  # trials run on the training node type only
     bound = max_concurrent_trials(base_config.run.workers, base_config.run.cpus_per_worker, cpus=cpus, gpus=gpus,
                                   use_gpu=use_gpu)
     concurrent = min(max_concurrent, bound) if max_concurrent else bound
+    trial = training_placement(workers=run.workers, cpus_per_worker=run.cpus_per_worker, use_gpu=use_gpu,
+                               capacity=capacity)
+    placement = replace(trial, what="training workers per trial", notes=(
+        *trial.notes, f"up to {concurrent} trials at once", f"each trial's driver x {{CPU {TRIAL_DRIVER_CPUS:g}}}"))
+    console.say("tune", placement.describe())
+    wait_until_placed(placement, timeout_s=run.placement_timeout_s, stage="tune")  # one trial's workers, or exit 75
     trainable = tune.with_resources(make_trainable(setup), {"cpu": TRIAL_DRIVER_CPUS})
 
     if resumed:

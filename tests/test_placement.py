@@ -1,0 +1,108 @@
+"""Placement plans on the shipped cluster.yaml: each job asks for its node type's role resource, so training
+(and Tune's trials) can only run on gpu_train, scoring actors on gpu_score, prepare's tasks on cpu; pool and
+trial bounds count only the GPUs of the job's own node type. (Placement on a live autoscaling cluster and the
+deadline: tests/jobs/test_submit.py.)"""
+import os
+
+import pytest
+
+from thorax_ray.cluster import (CPU_ROLE, SCORE_ROLE, TRAIN_ROLE, ClusterCapacity, ClusterError, NodeType,
+                                read_node_types, resolve_use_gpu)
+from thorax_ray.placement import (PlacementTimeout, cpu_task_placement, scoring_placement, sized_actor_cpus,
+                                  training_placement)
+from thorax_ray.scoring.config import ScoreConfig
+from thorax_ray.scoring.pipeline import plan_actors
+from thorax_ray.tune.tune import max_concurrent_trials
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHIPPED_TYPES, SHIPPED_MAX = read_node_types(os.path.join(REPO, "cluster.yaml"))
+# What a job on a fresh `ray up cluster.yaml` sees: the head (2 CPUs) up, every worker type launchable.
+SHIPPED = ClusterCapacity(alive_nodes=1, resources_up={"CPU": 2.0}, node_types=SHIPPED_TYPES,
+                          config_path="cluster.yaml", max_worker_nodes=SHIPPED_MAX)
+UNSTEERED = ClusterCapacity(alive_nodes=1, resources_up={"CPU": 2.0},
+                            node_types=(NodeType("gpu_train", {"CPU": 192.0, "GPU": 8.0}, 16),
+                                        NodeType("gpu_score", {"CPU": 16.0, "GPU": 1.0}, 8)),
+                            config_path="old.yaml", max_worker_nodes=24)
+
+
+def test_every_worker_type_of_the_shipped_cluster_declares_one_role_unit_per_cpu():
+    roles = {t.name: {r: t.resources[r] for r in (TRAIN_ROLE, SCORE_ROLE, CPU_ROLE) if r in t.resources}
+             for t in SHIPPED_TYPES}
+    assert roles == {"gpu_train": {TRAIN_ROLE: 192}, "gpu_score": {SCORE_ROLE: 16}, "cpu": {CPU_ROLE: 32}}
+    assert all(sum(roles[t.name].values()) == t.resources["CPU"] for t in SHIPPED_TYPES)
+
+
+def test_training_asks_for_the_training_type_only_so_a_ddp_group_never_spans_types():
+    plan = training_placement(workers=8, cpus_per_worker=4, use_gpu=True, capacity=SHIPPED)  # configs/chexnet-8gpu
+    assert plan.ask == {"CPU": 4, "GPU": 1, TRAIN_ROLE: 4} and plan.node_types == ("gpu_train",)
+    assert plan.task_resources(2) == {TRAIN_ROLE: 2}  # its data tasks too
+    assert plan.describe() == ("placement: 8 training workers x {CPU 4, GPU 1, thorax_train 4} on node type "
+                               "gpu_train only; data tasks x {CPU 1, thorax_train 1} on the same node type")
+    on_cpus = training_placement(workers=2, cpus_per_worker=2, use_gpu=False, capacity=SHIPPED)
+    assert on_cpus.ask == {"CPU": 2, CPU_ROLE: 2} and on_cpus.node_types == ("cpu",)  # CPU work: the CPU type
+
+
+def test_gpus_up_count_for_the_role_of_their_node():
+    up = ClusterCapacity(alive_nodes=3, resources_up={"CPU": 210.0, "GPU": 9.0, TRAIN_ROLE: 192.0, SCORE_ROLE: 16.0},
+                         node_types=SHIPPED_TYPES, max_worker_nodes=SHIPPED_MAX,
+                         role_gpus_up={TRAIN_ROLE: 8.0, SCORE_ROLE: 1.0, CPU_ROLE: 0.0})
+    assert up.gpus_for(TRAIN_ROLE) == 8 + 128 and up.gpus_for(SCORE_ROLE) == 1 + 8
+
+
+def test_scoring_counts_the_scoring_gpus_only_and_sizes_its_actors_from_that_type():
+    plan = plan_actors(ScoreConfig(checkpoint="c", input="i", out="o"), SHIPPED)
+    assert (plan.min_actors, plan.max_actors, plan.gpus, plan.cpus) == (1, 8, 1.0, 4.0)  # before: 1..136, 1 CPU
+    assert plan.placement.ask == {"CPU": 4.0, "GPU": 1.0, SCORE_ROLE: 4.0}
+    assert plan.placement.describe() == ("placement: 1..8 scoring actors x {CPU 4, GPU 1, thorax_score 4} on node "
+                                         "type gpu_score only; decode tasks x {CPU 1, thorax_score 1} on the same "
+                                         "node type")
+    two = plan_actors(ScoreConfig(checkpoint="c", input="i", out="o", min_actors=2, actor_cpus=2), SHIPPED)
+    assert two.placement.count == 2 and two.cpus == 2  # an explicit --actor-cpus wins
+    unsteered = plan_actors(ScoreConfig(checkpoint="c", input="i", out="o"), UNSTEERED)
+    assert (unsteered.max_actors, unsteered.cpus, unsteered.placement.role) == (136, 1.0, None)
+
+
+def test_actor_cpus_are_a_quarter_of_what_comes_with_the_gpus_between_1_and_8():
+    assert sized_actor_cpus(SHIPPED, gpus=1.0) == 4  # g6.4xlarge: 16 CPUs for 1 GPU
+    assert sized_actor_cpus(SHIPPED, gpus=0.5) == 2
+    assert sized_actor_cpus(SHIPPED, gpus=0.0) == 1  # CPU actors
+    big = ClusterCapacity(alive_nodes=1, resources_up={}, node_types=(
+        NodeType("s", {"CPU": 192.0, "GPU": 1.0, SCORE_ROLE: 192.0}, 1),))
+    assert sized_actor_cpus(big, gpus=1.0) == 8
+    assert sized_actor_cpus(UNSTEERED, gpus=1.0) == 1  # no scoring type declared: today's 1
+
+
+def test_prepare_tasks_ask_for_the_cpu_type():
+    plan = cpu_task_placement("read/decode/write tasks (each)", cpus=1, capacity=SHIPPED)
+    assert plan.ask == {"CPU": 1, CPU_ROLE: 1} and plan.node_types == ("cpu",)
+    assert plan.describe() == "placement: 1 read/decode/write tasks (each) x {CPU 1, thorax_cpu 1} on node type cpu only"
+    assert plan.task_resources(1) == {CPU_ROLE: 1}
+    local = cpu_task_placement("tasks", cpus=1, capacity=ClusterCapacity(alive_nodes=1, resources_up={"CPU": 2.0},
+                                                                         local=True))
+    assert local.ask == {"CPU": 1} and "no node roles declared" in local.describe()
+
+
+def test_tune_bounds_trials_by_the_training_gpus_not_the_scoring_ones():
+    gpus = SHIPPED.gpus_for(TRAIN_ROLE)
+    assert gpus == 128 and SHIPPED.most("GPU") == 136  # 16 x 8 on gpu_train; 8 x 1 on gpu_score not counted
+    assert max_concurrent_trials(1, 1, cpus=SHIPPED.most("CPU"), gpus=gpus, use_gpu=True) == 128
+    assert max_concurrent_trials(4, 4, cpus=SHIPPED.most("CPU"), gpus=gpus, use_gpu=True) == 32  # tune_spaces/full
+
+
+def test_gpu_checks_count_the_gpus_of_the_jobs_own_type():
+    score_only = ClusterCapacity(alive_nodes=1, resources_up={"CPU": 2.0}, config_path="c.yaml", node_types=(
+        NodeType("gpu_score", {"CPU": 16.0, "GPU": 1.0, SCORE_ROLE: 16.0}, 8),))
+    assert resolve_use_gpu("auto", score_only, role=TRAIN_ROLE) is False  # no training GPUs: CPUs, not L4s
+    assert resolve_use_gpu("auto", score_only, role=SCORE_ROLE) is True
+    with pytest.raises(ClusterError, match="thorax_train node types in c.yaml do not have enough"):
+        resolve_use_gpu("true", score_only, gpus_needed=1, role=TRAIN_ROLE)
+
+
+def test_the_deadline_error_exits_75_through_the_jobs_error_path():
+    error = PlacementTimeout("x")
+    assert isinstance(error, ValueError) and error.exit_code == 75
+
+
+def test_scoring_placement_without_gpus_goes_to_the_cpu_type():
+    plan = scoring_placement(min_actors=1, max_actors=1, cpus=1, gpus=0, capacity=SHIPPED)
+    assert plan.ask == {"CPU": 1, CPU_ROLE: 1} and plan.node_types == ("cpu",)
