@@ -135,8 +135,7 @@ def wait_until_placed(plan: Placement, *, timeout_s: float, stage: str) -> float
     """Blocks until `plan.count` units of `plan.ask` fit in the cluster at once (the autoscaler launching nodes
     for them), then frees them for the job; returns the seconds waited. Says what it waits for after
     FIRST_WAIT_LINE_S and every minute after; raises PlacementTimeout after `timeout_s` (<= 0: no deadline)."""
-    from ray.util.placement_group import (placement_group,  # deferred: Ray (absent on the GPU machine)
-                                          remove_placement_group)
+    from ray.util import placement_group, remove_placement_group  # deferred: Ray (absent on the GPU machine)
 
     started = time.monotonic()
     group = placement_group([dict(plan.ask) for _ in range(plan.count)], strategy="PACK",
