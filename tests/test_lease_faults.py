@@ -267,6 +267,16 @@ def test_after_failed_local_renewals_and_a_takeover_the_first_holder_does_not_co
     assert any("renewal failed (1 in a row)" in r.getMessage() for r in caplog.records), caplog.text
 
 
+def test_the_fence_is_a_conditional_write(proxy, lock_uri):
+    """Before: `check()` read a local flag and sent nothing. After: one If-Match PUT on our ETag, just then."""
+    holder = acquire_lease(lock_uri, ttl_s=60, keep_alive=False, endpoint_url=proxy.endpoint)
+    before, etag = len(proxy.requests()), holder._etag
+    holder.fence()
+    fenced = [r for r, _ in proxy.requests()[before:]]
+    assert [r.conditional for r in fenced] == ["if-match"] and fenced[0].headers["if-match"] == etag
+    holder.release()
+
+
 @pytest.mark.parametrize("where", ["local", "s3"])
 def test_a_holder_that_was_taken_over_fails_its_fence_without_renewing_first(where, tmp_path, request):
     """Before: `check()` raised only once a renewal had seen the takeover (a flag); called first, it passed."""
