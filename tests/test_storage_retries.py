@@ -68,10 +68,13 @@ def test_a_slowdown_on_writes_and_listings_names_the_key(s3_bucket, fault_proxy,
     assert storage_failure(raised.value).line() == (
         f"error: storage: PutObject {s3_bucket}/out/b.json failed after {storage.s3_attempts()} attempts: "
         "HTTP 503 SlowDown (Please reduce your request rate.)")
+    with pytest.raises(OSError) as raised, fs.open(f"{path}.part", "wb") as handle:  # a file's write: s3fs's call_s3
+        handle.write(b"{}")
+    assert storage_failure(raised.value).line().startswith(f"error: storage: PutObject {s3_bucket}/out/b.json.part failed")
     with pytest.raises(OSError) as raised:
         fs.ls(f"{s3_bucket[5:]}/out")
     assert storage_failure(raised.value).line().startswith(f"error: storage: ListObjectsV2 {s3_bucket}/out failed after")
-    assert proxy.faults()["PutObject"]["slowdown"] == storage.s3_attempts()
+    assert proxy.faults()["PutObject"]["slowdown"] == 2 * storage.s3_attempts()
 
 
 def test_pyarrow_tries_the_budget_after_pickling_and_names_the_key(s3_bucket, fault_proxy):

@@ -13,6 +13,7 @@ Imported only by `storage.filesystem`, for s3:// URIs.
 from __future__ import annotations
 
 import s3fs
+from fsspec.asyn import sync_wrapper
 
 NOTE_PREFIX = "storage request: "
 
@@ -43,3 +44,5 @@ class S3FileSystem(s3fs.S3FileSystem):
             if not any(note.startswith(NOTE_PREFIX) for note in getattr(error, "__notes__", ())):
                 error.add_note(request_note(method, {**{k: v for a in akwarglist for k, v in a.items()}, **kwargs}))
             raise
+
+    call_s3 = sync_wrapper(_call_s3)  # s3fs's own is bound to its _call_s3 (used by its files' writes and the lease)
