@@ -158,10 +158,10 @@ def _on_lock_puts(action: str, *, condition: str | None = None, token: str | Non
 @pytest.fixture
 def short_timeouts(monkeypatch):
     """The lease's requests time out after 1 s (fresh clients)."""
-    from thorax_ray import lease as lease_module
+    from thorax_ray import lease_s3
 
-    monkeypatch.setattr(lease_module, "REQUEST_TIMEOUT_S", 1.0)
-    monkeypatch.setattr(lease_module, "_CLIENTS", {})
+    monkeypatch.setattr(lease_s3, "REQUEST_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(lease_s3, "_CLIENTS", {})
 
 
 @pytest.mark.parametrize("fault", ["drop", "500-after", "hang"])
@@ -242,17 +242,17 @@ def test_after_failed_local_renewals_and_a_takeover_the_first_holder_does_not_co
     """Locally: the holder's renewals raise OSError (a storage hiccup) until a successor takes the lease over.
     Each failure is logged (not swallowed); the holder's commit is fenced and fails; only the successor's
     commit record exists."""
-    from thorax_ray import lease as lease_module
+    from thorax_ray import lease_local
 
     out = str(tmp_path / "out")
-    failing, renew = threading.Event(), lease_module._LocalLease.renew
+    failing, renew = threading.Event(), lease_local.LocalLease.renew
 
     def flaky_renew(self, lease):
         if failing.is_set() and lease.token == token:
             raise OSError("injected: the file server did not answer")
         return renew(self, lease)
 
-    monkeypatch.setattr(lease_module._LocalLease, "renew", flaky_renew)
+    monkeypatch.setattr(lease_local.LocalLease, "renew", flaky_renew)
     with caplog.at_level(logging.WARNING, logger="thorax_ray.lease"):
         with staged_run(out, f"{out}/_staging/a", ttl_s=0.6) as first:
             token = first.lease.token
@@ -402,9 +402,9 @@ def test_a_local_file_lock_that_stays_taken_is_reported_not_waited_on_forever(tm
     (score exits 75) naming the file."""
     import fcntl
 
-    from thorax_ray import lease as lease_module
+    from thorax_ray import lease_local
 
-    monkeypatch.setattr(lease_module, "LOCAL_LOCK_WAIT_S", 0.3)
+    monkeypatch.setattr(lease_local, "LOCAL_LOCK_WAIT_S", 0.3)
     path = tmp_path / "_lock.json"
     path.write_text("")
     with open(path) as stuck:
