@@ -18,6 +18,7 @@ from thorax_ray.data.shards import (COMMIT_FILE, VERSIONS_DIR, PreparedError, co
                                     relative_to, shard_contract, version_dir, write_table)
 from thorax_ray.data.splits import SPLITS, SplitConfig
 from thorax_ray.data.staged import StagedRun, staged_run
+from thorax_ray.lease import DEFAULT_TTL_S
 from thorax_ray.placement import DEFAULT_PLACEMENT_TIMEOUT_S, cpu_task_placement, custom_resources, wait_until_placed
 from thorax_ray.progress import StageProgress
 
@@ -35,7 +36,8 @@ class PrepareConfig:
     overwrite: bool = False
     keep_previous_hours: float = 72.0  # a replaced version stays readable this long (jobs reading it finish)
     seed: int = 0  # of the shards' random row order
-    lock_ttl_s: float = 600.0  # a crashed prepare's lease is taken over after this long
+    lock_ttl_s: float = DEFAULT_TTL_S  # a crashed prepare's lease is taken over after this long without renewal
+    #                                    (heartbeat every ttl/3)
     shared_fs: bool = False  # local --data/--out paths are on a filesystem every node mounts
     placement_timeout_s: float = DEFAULT_PLACEMENT_TIMEOUT_S  # exit 75 when no CPU node is placed by then (0: never)
     target_file_mb: int = 256

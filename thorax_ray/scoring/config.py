@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from thorax_ray.attribution import DEFAULT_HEATMAP_BITS, DEFAULT_MAX_BOXES, DEFAULT_THRESHOLD, PLANAR_BITS
+from thorax_ray.lease import DEFAULT_TTL_S
 from thorax_ray.models.tta import NO_TTA, check_tta
 from thorax_ray.placement import DEFAULT_PLACEMENT_TIMEOUT_S
 from thorax_ray.scoring.gate import CALIBRATED
@@ -30,7 +31,8 @@ class ScoreConfig:
     cluster_config: str | None = None  # autoscaler config (default: $THORAX_CLUSTER_CONFIG, ~/ray_bootstrap_config.yaml)
     shared_fs: bool = False  # local --input/--out paths are on a filesystem every node mounts
     lock_wait_s: float = 0.0  # wait this long for another run on the same --out to finish (then: LeaseBusy)
-    lock_ttl_s: float = 600.0  # a crashed run's lock is taken over after this long without renewal
+    lock_ttl_s: float = DEFAULT_TTL_S  # a crashed run's lease is taken over after this long without renewal
+    #                                    (heartbeat every ttl/3)
     max_map_side: int | None = 16  # pool larger maps to this many cells per side (None: keep; storage budget)
     # Bits per stored map value (thorax_ray.attribution.encode, "planar<bits>"): 5 = 32 levels (the stored maps
     # cut at Wang et al.'s 60 and 180 act as cuts at 62 and 177 of the exact maps); 8 = 256 levels, lossless.
