@@ -22,8 +22,9 @@ MAX_FUNCTION_LINES = 60
 MAX_MODULE_LINES = 450
 # Third-party packages that may be imported inside a function (with a "# deferred" comment saying why):
 # heavy to import, or absent where parts of the package run without them (the GPU machine has no Ray, no
-# pydantic).
-DEFERRABLE = {"ray", "captum", "pydicom", "torchvision", "matplotlib", "sklearn", "s3fs", "pydantic", "pydantic_core"}
+# pydantic, no botocore: tests/bench/test_gpu_bench_without_ray.py).
+DEFERRABLE = {"ray", "captum", "pydicom", "torchvision", "matplotlib", "sklearn", "s3fs", "pydantic", "pydantic_core",
+              "botocore"}
 
 
 def read_package(root: str) -> dict[str, str]:

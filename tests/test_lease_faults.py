@@ -158,9 +158,9 @@ def _on_lock_puts(action: str, *, condition: str | None = None, token: str | Non
 @pytest.fixture
 def short_timeouts(monkeypatch):
     """The lease's requests time out after 1 s (fresh clients)."""
-    from thorax_ray import lease_s3
+    from thorax_ray import lease_base, lease_s3
 
-    monkeypatch.setattr(lease_s3, "REQUEST_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(lease_base, "REQUEST_TIMEOUT_S", 1.0)
     monkeypatch.setattr(lease_s3, "_CLIENTS", {})
 
 

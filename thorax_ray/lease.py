@@ -12,7 +12,8 @@ LeaseUnsupported, defined in thorax_ray.lease_base) and DEFAULT_TTL_S. How each 
 is its backend's: thorax_ray.lease_s3 (S3 and S3-compatible stores: conditional writes, fenced, with ambiguous
 answers resolved by reading the lease back) and thorax_ray.lease_local (local and shared POSIX file systems:
 every change under an exclusive flock, the file's modification time as the heartbeat). A store that cannot
-give exclusion is refused with LeaseUnsupported.
+give exclusion is refused with LeaseUnsupported. The S3 backend (botocore) is imported with the first s3://
+lease: the data layer imports this module, also on the GPU machine, whose image has no botocore.
 """
 from __future__ import annotations
 
@@ -24,8 +25,9 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from thorax_ray import lease_local, lease_s3, storage
+from thorax_ray import lease_base, storage
 from thorax_ray.lease_base import LeaseBusy, LeaseLost, LeaseState, LeaseUnsupported, one_line
+from thorax_ray.lease_local import LocalLease
 
 __all__ = ["DEFAULT_TTL_S", "Lease", "LeaseBusy", "LeaseLost", "LeaseUnsupported", "acquire_lease"]
 
@@ -76,7 +78,7 @@ class Lease(LeaseState):
         then expires after its TTL)."""
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=2 * lease_s3.REQUEST_TIMEOUT_S)
+            self._thread.join(timeout=2 * lease_base.REQUEST_TIMEOUT_S)
         if self._lost:
             return
         try:
@@ -133,8 +135,9 @@ def acquire_lease(uri: str, *, ttl_s: float = DEFAULT_TTL_S, wait_s: float = 0.0
 
 def _backend(uri: str, endpoint_url: str | None):
     if uri.startswith(("s3://", "s3a://")):
-        return lease_s3.S3Lease(uri, endpoint_url)
+        from thorax_ray.lease_s3 import S3Lease  # deferred: botocore (absent on the GPU machine, see bench/gpu.py)
+        return S3Lease(uri, endpoint_url)
     if storage.is_remote(uri):
         raise LeaseUnsupported(f"{uri}: leases need a local path or s3:// (no conditional writes known for this "
                                "store)")
-    return lease_local.LocalLease(uri)
+    return LocalLease(uri)

@@ -6,6 +6,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+REQUEST_TIMEOUT_S = 10.0
+"""Connect and read timeout of one lease request to an object store (thorax_ray.lease_s3); releasing a lease
+waits at most twice this for its heartbeat's request in flight."""
+
 
 class LeaseBusy(RuntimeError):
     """Another holder has the lease (its record is in `holder`), or the store keeps answering that another

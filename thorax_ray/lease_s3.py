@@ -12,7 +12,7 @@ this closes:
   our token there means our write applied (its ETag is adopted), the old ETag means it did not (the PUT is
   sent again), anything else means another writer's record stands. So neither a renewal nor an acquire takes
   its own lease for another run's. The lease's requests are therefore never retried blindly by the client
-  (one attempt each, connect/read timeouts of REQUEST_TIMEOUT_S); this module retries them, within a time
+  (one attempt each, connect/read timeouts of lease_base.REQUEST_TIMEOUT_S); this module retries them, within a time
   budget set by the TTL and the project's storage retry budget (`storage.s3_attempts()`);
 - 409 ConditionalRequestConflict (another conditional write on the key is in flight): retried with backoff;
   when it persists, acquire raises LeaseBusy (the jobs exit 75, as for a held lease);
@@ -38,12 +38,11 @@ from botocore.exceptions import ClientError
 from botocore.exceptions import ConnectionError as BotocoreConnectionError
 from botocore.exceptions import HTTPClientError
 
-from thorax_ray import storage
+from thorax_ray import lease_base, storage
 from thorax_ray.lease_base import LeaseLost, LeaseState, LeaseUnsupported, one_line
 
 log = logging.getLogger(__name__)
 
-REQUEST_TIMEOUT_S = 10.0  # connect and read timeout of one lease request to an object store
 CONFLICT_RETRY_S = 3.0  # how long a 409 ConditionalRequestConflict is retried before the lease counts as busy
 
 _CLIENTS: dict[tuple, object] = {}
@@ -53,11 +52,12 @@ _PROBED: set[tuple] = set()  # (endpoint, bucket, key) of the outputs whose stor
 
 def _s3_client(endpoint: str | None):
     """One botocore client per endpoint and region: one attempt per request (the lease resolves and retries
-    its own conditional writes), REQUEST_TIMEOUT_S to connect and to read."""
+    its own conditional writes), lease_base.REQUEST_TIMEOUT_S to connect and to read."""
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
     with _CLIENTS_GUARD:
         if (endpoint, region) not in _CLIENTS:
-            config = Config(connect_timeout=REQUEST_TIMEOUT_S, read_timeout=REQUEST_TIMEOUT_S,
+            timeout = lease_base.REQUEST_TIMEOUT_S
+            config = Config(connect_timeout=timeout, read_timeout=timeout,
                             retries={"total_max_attempts": 1, "mode": "standard"})
             _CLIENTS[endpoint, region] = botocore.session.get_session().create_client(
                 "s3", endpoint_url=endpoint, region_name=region, config=config)
@@ -121,7 +121,7 @@ class S3Lease:
     @staticmethod
     def _budget(lease: LeaseState) -> float:
         """How long one write is retried: well inside the heartbeat's period (ttl/3)."""
-        return min(max(lease.ttl_s / 6, 2.0), 3 * REQUEST_TIMEOUT_S)
+        return min(max(lease.ttl_s / 6, 2.0), 3 * lease_base.REQUEST_TIMEOUT_S)
 
     def _read(self, budget_s: float = 5.0) -> tuple[dict, str] | None:
         """(record, ETag) of the lease, None when there is none; transient errors retried within the storage
