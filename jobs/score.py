@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import re
-import sys
 
 from thorax_ray.attribution import PLANAR_BITS, list_methods
 from thorax_ray.checkpoint import resolve_checkpoint
@@ -25,7 +24,6 @@ from thorax_ray.cli import (add_cluster_arguments, add_gpu_arguments, checked_by
                             show_config_defaults, zero_means_none)
 from thorax_ray.cluster import cluster_capacity
 from thorax_ray.config_io import Flag, config_from_flags
-from thorax_ray.lease import LeaseBusy
 from thorax_ray.models.tta import TTA_KINDS, check_checkpoint_tta
 from thorax_ray.preflight import require_inputs
 from thorax_ray.ray_setup import init_ray
@@ -33,7 +31,6 @@ from thorax_ray.scoring import NO_METHOD, ScoreConfig
 from thorax_ray.scoring.gate import parse_gate
 from thorax_ray.scoring.score import score
 
-EXIT_BUSY = 75  # EX_TEMPFAIL: another run holds the output; try again later
 FLAGS = {  # flag -> ScoreConfig field, or Flag(field, converter); every flag's default is the field's
     "checkpoint": "checkpoint", "input": "input", "out": "out", "metadata": "metadata", "method": "method",
     "batch_size": "batch_size", "min_actors": "min_actors", "max_actors": "max_actors",
@@ -132,14 +129,10 @@ def main(argv: list[str] | None = None) -> int:
     checkpoint_dir = resolve_checkpoint(config.checkpoint, endpoint_url=config.endpoint_url)  # none there: fail now
     check_checkpoint_tta(checkpoint_dir, config.tta, endpoint_url=config.endpoint_url)  # before Ray starts
     local = init_ray(args.address, verbose=args.verbose)
-    try:
-        summary = score(config, capacity=cluster_capacity(config.cluster_config, local=local))
-    except LeaseBusy as busy:
-        print(f"[score] not started: {busy}; run again later or pass --wait-for-lock SECONDS", file=sys.stderr)
-        return EXIT_BUSY
+    summary = score(config, capacity=cluster_capacity(config.cluster_config, local=local))  # busy --out: run_main
     print(summary.format())
     return 0
 
 
 if __name__ == "__main__":
-    run_main(main)
+    run_main(main, on_busy="run again later or pass --wait-for-lock SECONDS")

@@ -15,7 +15,8 @@ from thorax_ray import console
 from thorax_ray.cluster import USE_GPU_CHOICES
 from thorax_ray.config_io import FlagTable, flag_target
 from thorax_ray.interrupts import as_interrupted, interruptible
-from thorax_ray.storage_errors import storage_failure
+from thorax_ray.lease import LeaseBusy, LeaseLost
+from thorax_ray.storage_errors import EXIT_TEMPFAIL, storage_failure
 
 
 def setup_logging(verbose: bool = False) -> None:
@@ -28,14 +29,18 @@ def setup_logging(verbose: bool = False) -> None:
 
 
 UNCOMMITTED = "nothing of this run was committed and what it had staged was removed; committed outputs are as they were"
+RUN_LATER = "run again later"
 
 
 def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = None, *,
-             on_interrupt: str = UNCOMMITTED) -> None:
+             on_interrupt: str = UNCOMMITTED, on_busy: str = RUN_LATER) -> None:
     """Runs a job's main: a ValueError/FileNotFoundError (bad input) ends with one clear line and exit 2 (or
     the error's `exit_code`, e.g. 75 when the cluster could not place the job in time);
     a storage request that still failed after the retry budget ends with one line naming the operation and
     the key, exit 75 (5xx, throttling: try again later) or 1 (the store refused; thorax_ray.storage_errors);
+    an output whose lease another run holds (LeaseBusy) ends with one line naming the holder and `on_busy`,
+    exit 75; a run whose lease another run took over before its commit (LeaseLost) with one line saying it
+    committed nothing, exit 75;
     Ctrl-C or SIGTERM (see thorax_ray.interrupts) unwinds the job (its `finally`/`except BaseException`
     clean-ups run, the private Ray stops with the process), prints one line saying so and exits 130/143."""
     with interruptible():
@@ -48,12 +53,24 @@ def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = N
         except (ValueError, FileNotFoundError) as error:
             console.error(f"error: {error}")
             sys.exit(getattr(error, "exit_code", 2))  # 2, or the error's own (75: try again later)
-        except Exception as error:  # a storage request that failed for good: one line, exit 75 or 1
-            failure = storage_failure(error)
-            if failure is None:
+        except Exception as error:  # storage that failed for good, or the output's lease: one line, exit 75 or 1
+            line, code = _known_failure(error, on_busy)
+            if line is None:
                 raise
-            console.error(failure.line())
-            sys.exit(failure.exit_code)
+            console.error(line)
+            sys.exit(code)
+
+
+def _known_failure(error: Exception, on_busy: str) -> tuple[str | None, int]:
+    """The line and exit code run_main ends with for `error`, or (None, 0) when it is not a known failure."""
+    failure = storage_failure(error)  # first: a lease request that failed for good is named as a storage request
+    if failure is not None:
+        return failure.line(), failure.exit_code
+    if isinstance(error, LeaseBusy):
+        return f"error: not started: {error}; {on_busy}", EXIT_TEMPFAIL
+    if isinstance(error, LeaseLost):
+        return f"error: {error} (nothing of this run was committed)", EXIT_TEMPFAIL
+    return None, 0
 
 
 def add_split_arguments(parser, kinds: tuple[str, ...]) -> None:
