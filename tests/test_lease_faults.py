@@ -474,3 +474,29 @@ def test_a_lease_write_that_fails_past_the_retry_budget_ends_a_job_with_one_line
     code, err = _job_exit(capsys, lock_uri, proxy.endpoint)
     assert code == 75 and len(err.splitlines()) == 1, err
     assert err.startswith(f"error: storage: PutObject {lock_uri} failed after ") and "503" in err
+
+
+from tests import fault_fixtures  # noqa: E402
+
+fault_proxy = fault_fixtures.fault_proxy
+
+
+def test_the_conditional_write_probe_survives_a_flaky_store_and_leaves_nothing(fault_proxy, s3_bucket, s3_server):
+    """Before: each probe PUT was sent once, so through 10% 503 + 10% 500-after-apply 13 of 30 lease cycles
+    failed in the probe. Now each step (and the scratch object's delete) retries transient errors within the
+    storage budget, each create on a fresh scratch key (a resend of an applied create would be refused and
+    look like a store's refusal)."""
+    import boto3
+
+    from thorax_ray import lease_s3
+
+    proxy = fault_proxy(slowdown=0.1, fail_after_apply=0.1, seed=11)
+    for output in range(30):
+        lease_s3._PROBED.clear()
+        uri = f"{s3_bucket}/out{output}/_lock.json"
+        with acquire_lease(uri, ttl_s=30, endpoint_url=proxy.endpoint):
+            pass
+    assert sum(proxy.faults().get("PutObject", {}).values()) > 0  # faults were injected on the probe's PUTs
+    client = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1")
+    left = [o["Key"] for o in client.list_objects_v2(Bucket=s3_bucket.split("://")[1]).get("Contents", [])]
+    assert not [key for key in left if ".probe-" in key], left

@@ -200,39 +200,61 @@ class S3Lease:
 
     def probe(self) -> None:
         """Checks once per output (and process) that the store honours If-None-Match and If-Match on PUT, on a
-        scratch object beside the lease; raises LeaseUnsupported when it ignores either."""
+        scratch object beside the lease; raises LeaseUnsupported when it ignores either. Each step is retried
+        within the storage budget on transient errors."""
         if (self.endpoint, self.bucket, self.key) in _PROBED:
             return
-        scratch = f"{self.key}.probe-{uuid.uuid4().hex[:12]}"
-        put = dict(Bucket=self.bucket, Key=scratch, Body=b"conditional-write probe")
+        scratch: list[str] = []  # each create attempt writes a fresh key: a 412 can only mean a store's refusal
         try:
-            self._probe_step(put, {"IfNoneMatch": "*"}, "If-None-Match", expect_refusal=False)
-            self._probe_step(put, {"IfNoneMatch": "*"}, "If-None-Match", expect_refusal=True)
-            self._probe_step(put, {"IfMatch": '"00000000000000000000000000000000"'}, "If-Match", expect_refusal=True)
+            key = self._probe_step(scratch, {"IfNoneMatch": "*"}, "If-None-Match", expect_refusal=False)
+            self._probe_step([key], {"IfNoneMatch": "*"}, "If-None-Match", expect_refusal=True)
+            self._probe_step([key], {"IfMatch": '"00000000000000000000000000000000"'}, "If-Match", expect_refusal=True)
         finally:
-            try:
-                self.client.delete_object(Bucket=self.bucket, Key=scratch)
-            except Exception as error:
-                log.warning("%s: could not delete the probe object %s (%s)", self.uri, scratch, one_line(error))
+            for key in scratch:
+                self._delete_scratch(key)
         _PROBED.add((self.endpoint, self.bucket, self.key))
 
-    def _probe_step(self, put: dict, condition: dict, header: str, *, expect_refusal: bool) -> None:
+    def _delete_scratch(self, key: str) -> None:
+        for tries in range(1, storage.s3_attempts() + 1):
+            try:
+                self.client.delete_object(Bucket=self.bucket, Key=key)
+                return
+            except Exception as error:
+                if _classify(error) != "transient" or tries == storage.s3_attempts():
+                    log.warning("%s: could not delete the probe object %s (%s)", self.uri, key, one_line(error))
+                    return
+                time.sleep(0.05 * tries)
+
+    def _probe_step(self, keys: list[str], condition: dict, header: str, *, expect_refusal: bool) -> str:
+        """One conditional PUT of the probe: on `keys[0]` when refusal is expected, else on a new scratch key per
+        attempt (appended to `keys`). Returns the key written to."""
         store = f"the store at {_without_userinfo(self.endpoint)}" if self.endpoint else "the store"
         unsupported = LeaseUnsupported(
             f"{self.uri}: {store} does not honour conditional writes ({header} on PUT), so its lease cannot keep "
             "two runs off this output; use AWS S3 or an S3-compatible store with conditional writes, or a "
             "local/shared POSIX path")
-        try:
-            self.client.put_object(**put, **condition)
-        except Exception as error:
-            kind = _classify(error)
-            if kind == "precondition" and expect_refusal:
-                return
-            if kind == "unsupported" or (kind == "fatal" and "NotImplemented" in str(error)):
-                raise unsupported from None
-            raise _labelled(error, "PutObject", f"s3://{self.bucket}/{put['Key']}", 1)
-        if expect_refusal:
-            raise unsupported
+        pause, attempts = 0.05, storage.s3_attempts()
+        for tries in range(1, attempts + 1):
+            if not expect_refusal:
+                keys.append(f"{self.key}.probe-{uuid.uuid4().hex[:12]}")
+            key = keys[0] if expect_refusal else keys[-1]
+            try:
+                self.client.put_object(Bucket=self.bucket, Key=key, Body=b"conditional-write probe", **condition)
+            except Exception as error:
+                kind = _classify(error)
+                if kind == "precondition" and expect_refusal:
+                    return key
+                if kind == "unsupported" or (kind == "fatal" and "NotImplemented" in str(error)):
+                    raise unsupported from None
+                if kind != "transient" or tries == attempts:
+                    raise _labelled(error, "PutObject", f"s3://{self.bucket}/{key}", tries)
+                time.sleep(pause * random.uniform(0.5, 1.0))
+                pause = min(2 * pause, 1.0)
+                continue
+            if expect_refusal:
+                raise unsupported
+            return key
+        raise AssertionError("unreachable")
 
     def try_acquire(self, lease: LeaseState) -> dict | None:
         try:
