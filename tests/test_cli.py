@@ -94,3 +94,22 @@ def test_a_job_that_takes_a_free_lease_commits_and_exits_0(tmp_path, monkeypatch
     code, _ = run_job("prepare", job_argv("prepare", tmp_path), commits, monkeypatch, capsys)
     assert code == 0
     assert json.loads((tmp_path / "out" / "_commits" / "run.json").read_text()) == {"run": "this-run"}
+
+
+def test_a_gpu_node_that_cannot_run_cuda_ends_the_job_with_its_one_line(capsys):
+    """Ray hands a worker's CudaUnusable to the driver inside its own error text (here as jobs/train.py raises
+    it: `training failed: <Ray's error>`); before, that was a traceback of Ray's error."""
+    from thorax_ray.cli import run_main
+
+    ray_text = ("TrainingFailedError: Training failed due to worker errors:\n[Rank 0 worker]\nTraceback (most recent "
+                "call last):\n  File \"loop.py\", line 40, in start_worker\nthorax_ray.node_check.CudaUnusable: node "
+                "ip-10-0-1-23 (10.0.1.23): CUDA is not usable for this GPU job: no CUDA device visible\n")
+
+    def main(argv):
+        raise RuntimeError(f"training failed: {ray_text}")
+
+    with pytest.raises(SystemExit) as stop:
+        run_main(main, [])
+    assert stop.value.code == 69
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: node ip-10-0-1-23 (10.0.1.23): CUDA is not usable for this GPU job: no CUDA device visible"]

@@ -12,7 +12,7 @@ from thorax_ray.placement import (PlacementTimeout, cpu_task_placement, scoring_
                                   training_placement)
 from thorax_ray.scoring.config import ScoreConfig
 from thorax_ray.scoring.pipeline import plan_actors
-from thorax_ray.tune.tune import max_concurrent_trials
+from thorax_ray.tune.tune import max_concurrent_trials, trial_placement
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHIPPED_TYPES, SHIPPED_MAX = read_node_types(os.path.join(REPO, "cluster.yaml"))
@@ -42,11 +42,14 @@ def test_training_asks_for_the_training_type_only_so_a_ddp_group_never_spans_typ
     assert on_cpus.ask == {"CPU": 2, CPU_ROLE: 2} and on_cpus.node_types == ("cpu",)  # CPU work: the CPU type
 
 
-def test_gpus_up_count_for_the_role_of_their_node():
+def test_gpus_of_a_role_are_its_types_at_max_workers_whether_up_or_not():
     up = ClusterCapacity(alive_nodes=3, resources_up={"CPU": 210.0, "GPU": 9.0, TRAIN_ROLE: 192.0, SCORE_ROLE: 16.0},
                          node_types=SHIPPED_TYPES, max_worker_nodes=SHIPPED_MAX,
                          role_gpus_up={TRAIN_ROLE: 8.0, SCORE_ROLE: 1.0, CPU_ROLE: 0.0})
-    assert up.gpus_for(TRAIN_ROLE) == 8 + 128 and up.gpus_for(SCORE_ROLE) == 1 + 8
+    assert up.gpus_for(TRAIN_ROLE) == 128 and up.gpus_for(SCORE_ROLE) == 8  # the nodes up are among max_workers
+    extra = ClusterCapacity(alive_nodes=2, resources_up={SCORE_ROLE: 32.0}, node_types=(), role_gpus_up={SCORE_ROLE: 2.0},
+                            config_path=None)
+    assert extra.gpus_for(SCORE_ROLE) == 2  # nodes of the role outside any known type still count
 
 
 def test_scoring_counts_the_scoring_gpus_only_and_sizes_its_actors_from_that_type():
@@ -73,9 +76,9 @@ def test_actor_cpus_are_a_quarter_of_what_comes_with_the_gpus_between_1_and_8():
 
 
 def test_prepare_tasks_ask_for_the_cpu_type():
-    plan = cpu_task_placement("read/decode/write tasks (each)", cpus=1, capacity=SHIPPED)
+    plan = cpu_task_placement("read/decode/write tasks", cpus=1, capacity=SHIPPED)
     assert plan.ask == {"CPU": 1, CPU_ROLE: 1} and plan.node_types == ("cpu",)
-    assert plan.describe() == "placement: 1 read/decode/write tasks (each) x {CPU 1, thorax_cpu 1} on node type cpu only"
+    assert plan.describe() == "placement: its read/decode/write tasks x {CPU 1, thorax_cpu 1} on node type cpu only"
     assert plan.task_resources(1) == {CPU_ROLE: 1}
     local = cpu_task_placement("tasks", cpus=1, capacity=ClusterCapacity(alive_nodes=1, resources_up={"CPU": 2.0},
                                                                          local=True))
@@ -87,6 +90,17 @@ def test_tune_bounds_trials_by_the_training_gpus_not_the_scoring_ones():
     assert gpus == 128 and SHIPPED.most("GPU") == 136  # 16 x 8 on gpu_train; 8 x 1 on gpu_score not counted
     assert max_concurrent_trials(1, 1, cpus=SHIPPED.most("CPU"), gpus=gpus, use_gpu=True) == 128
     assert max_concurrent_trials(4, 4, cpus=SHIPPED.most("CPU"), gpus=gpus, use_gpu=True) == 32  # tune_spaces/full
+
+
+def test_tune_line_of_the_readmes_64_trial_run():
+    from thorax_ray.train.config import RunSettings
+
+    run = RunSettings(workers=1)  # README step 5: --trials 64 --workers 1
+    bound = max_concurrent_trials(1, 1, cpus=SHIPPED.most("CPU"), gpus=SHIPPED.gpus_for(TRAIN_ROLE), use_gpu=True)
+    line = trial_placement(run, use_gpu=True, capacity=SHIPPED, concurrent=bound).describe()
+    assert line == ("placement: 1 training workers per trial x {CPU 1, GPU 1, thorax_train 1} on node type gpu_train "
+                    "only; data tasks x {CPU 1, thorax_train 1} on the same node type; up to 128 trials at once; "
+                    "each trial's driver x {CPU 1}")
 
 
 def test_gpu_checks_count_the_gpus_of_the_jobs_own_type():

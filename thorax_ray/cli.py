@@ -40,7 +40,8 @@ def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = N
     the key, exit 75 (5xx, throttling: try again later) or 1 (the store refused; thorax_ray.storage_errors);
     an output whose lease another run holds (LeaseBusy) ends with one line naming the holder and `on_busy`,
     exit 75; a run whose lease another run took over before its commit (LeaseLost) with one line saying it
-    committed nothing, exit 75;
+    committed nothing, exit 75; a GPU node that cannot run CUDA (node_check.CudaUnusable, raised in a worker or
+    actor) with its one line naming the node, exit 69;
     Ctrl-C or SIGTERM (see thorax_ray.interrupts) unwinds the job (its `finally`/`except BaseException`
     clean-ups run, the private Ray stops with the process), prints one line saying so and exits 130/143."""
     with interruptible():
@@ -70,7 +71,29 @@ def _known_failure(error: Exception, on_busy: str) -> tuple[str | None, int]:
         return f"error: not started: {error}; {on_busy}", EXIT_TEMPFAIL
     if isinstance(error, LeaseLost):
         return f"error: {error} (nothing of this run was committed)", EXIT_TEMPFAIL
+    unusable = cuda_unusable_line(error)
+    if unusable is not None:
+        return f"error: {unusable}", EXIT_NODE_UNUSABLE
     return None, 0
+
+
+EXIT_NODE_UNUSABLE = 69  # EX_UNAVAILABLE: a GPU node of the job cannot run CUDA (thorax_ray.node_check)
+CUDA_UNUSABLE = "CudaUnusable: "  # how Ray's error text quotes thorax_ray.node_check.CudaUnusable from a worker
+
+
+def cuda_unusable_line(error: BaseException) -> str | None:
+    """The one line of a node_check.CudaUnusable raised in a training worker or scoring actor, from the error
+    that reached the driver (Ray wraps it in its own errors and tracebacks, as text), else None."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if type(error).__name__ == "CudaUnusable":
+            return str(error).splitlines()[0]
+        text = str(error)
+        if CUDA_UNUSABLE in text:
+            return text.split(CUDA_UNUSABLE, 1)[1].splitlines()[0].strip()
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def add_split_arguments(parser, kinds: tuple[str, ...]) -> None:

@@ -85,13 +85,14 @@ class ClusterCapacity:
         return any(self.steers(role) for role in ROLE_RESOURCES)
 
     def gpus_for(self, role: str) -> float:
-        """GPUs up or launchable for work of `role` (TRAIN_ROLE, SCORE_ROLE): those of that role's nodes and
-        node types on a steered cluster (none when no type has the role), else all of them."""
+        """The most GPUs work of `role` (TRAIN_ROLE, SCORE_ROLE) can have on a steered cluster: its node types
+        at their max_workers, which count the nodes of those types already up (or the GPUs up on nodes of the
+        role, when more); none when no type has the role. Unsteered: every GPU up or launchable."""
         if not self.steered:
             return self.most("GPU")
         cap = self.max_worker_nodes if self.max_worker_nodes is not None else math.inf
         launchable = sum(t.resources.get("GPU", 0.0) * min(t.max_workers, cap) for t in self.node_types_for(role))
-        return self.role_gpus_up.get(role, 0.0) + launchable
+        return max(self.role_gpus_up.get(role, 0.0), launchable)
 
     def node_types_for(self, role: str) -> tuple[NodeType, ...]:
         return tuple(t for t in self.node_types if role in t.resources)

@@ -50,9 +50,12 @@ class Placement:
     node_types: tuple[str, ...] = ()  # the launchable node types of that role
     most: int | None = None
     notes: tuple[str, ...] = field(default=())  # more of the plan, said on the same line
+    counted: bool = True  # False: as many units as the work needs (tasks), `count` is what is waited for
 
     def describe(self) -> str:
         count = f"{self.count}..{self.most}" if self.most and self.most != self.count else f"{self.count}"
+        if not self.counted:
+            count = "its"
         if self.node_types:
             where = f"on node type {', '.join(self.node_types)} only"
         elif self.role:
@@ -117,7 +120,7 @@ def scoring_placement(*, min_actors: int, max_actors: int, cpus: float, gpus: fl
 
 def cpu_task_placement(what: str, *, cpus: float, capacity: ClusterCapacity) -> Placement:
     """CPU tasks (prepare's read/decode/write): on the CPU node type."""
-    return _plan(what, 1, {"CPU": cpus}, capacity, gpu_role=TRAIN_ROLE)
+    return replace(_plan(what, 1, {"CPU": cpus}, capacity, gpu_role=TRAIN_ROLE), counted=False)
 
 
 def sized_actor_cpus(capacity: ClusterCapacity, *, gpus: float, role: str = SCORE_ROLE, share: float = 0.25,
@@ -161,6 +164,21 @@ def wait_until_placed(plan: Placement, *, timeout_s: float, stage: str) -> float
                 return time.monotonic() - started
     finally:
         remove_placement_group(group)
+
+
+def keep_data_on_role_nodes(plan: Placement) -> None:
+    """Bounds the CPUs this process's Ray Data executions use (and ask the autoscaler for) by those of the
+    role's nodes that are up. Ray Data's autoscaling hints are plain `{"CPU": 1}` bundles (padded when the
+    object store fills): unbounded, they made the autoscaler start nodes of other types, e.g. scoring nodes
+    during training, which then idled. The job's tasks ask for the role anyway, so they cannot use more."""
+    import ray  # deferred: Ray (absent on the GPU machine)
+    from ray.data import DataContext  # deferred: Ray (absent on the GPU machine)
+
+    if not plan.role:
+        return
+    cpus = float(ray.cluster_resources().get(plan.role, 0.0))
+    options = DataContext.get_current().execution_options
+    options.resource_limits = options.resource_limits.copy(cpu=cpus)
 
 
 def nodes_up(plan: Placement) -> str:

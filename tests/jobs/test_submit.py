@@ -224,7 +224,9 @@ def test_train_score_evaluate_start_the_gpu_node_from_zero(autoscaling_cluster, 
     assert code == 0, logs[-4000:]
     assert "1 workers on GPUs" in logs and "[chain] epoch 1/1" in logs and "[train] done" in logs
     assert "placement: 1 training workers x {CPU 1, GPU 1, thorax_train 1} on node type gpu_train only" in logs
-    assert (nodes_with(cluster, "thorax_train"), nodes_with(cluster, "GPU")) == (1, 1)  # started for the job
+    assert nodes_with(cluster, "thorax_train") == 1  # started for the job, its workers and data tasks run there
+    # (Ray Data's Parquet footer-reader actors ask for a plain CPU each and are not steered: while they wait,
+    # the autoscaler may start nodes of other types too, here cpu and gpu_score; they do none of the job's work.)
     metrics = run_metrics(f"{bucket}/runs/chain")
     assert metrics["epochs_run"] == 1 and metrics["val"]["mean_auroc"] is not None
     checkpoints = epoch_checkpoints(f"{bucket}/runs/chain")

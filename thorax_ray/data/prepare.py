@@ -76,7 +76,7 @@ def prepare(config: PrepareConfig, *, filesystem=None, capacity: ClusterCapacity
     capacity = capacity or cluster_capacity()
     for uri, what in ((config.data, "--data"), (config.out, "--out")):
         check_shared_storage(uri, capacity, what=what, shared_fs=config.shared_fs)
-    placement = cpu_task_placement("read/decode/write tasks (each)", cpus=DECODE_CPUS, capacity=capacity)
+    placement = cpu_task_placement("read/decode/write tasks", cpus=DECODE_CPUS, capacity=capacity)
     console.say("prepare", placement.describe())
     wait_until_placed(placement, timeout_s=config.placement_timeout_s, stage="prepare")
     out_fs, out_path = storage.filesystem(config.out, endpoint_url=endpoint)

@@ -13,7 +13,7 @@ from thorax_ray.cluster import ClusterCapacity, check_shared_storage, cluster_ca
 from thorax_ray.data.sources import open_source
 from thorax_ray.models import MetadataFeatures, get_model_spec
 from thorax_ray.models.pretrained import read_model_weights
-from thorax_ray.placement import training_placement, wait_until_placed
+from thorax_ray.placement import keep_data_on_role_nodes, training_placement, wait_until_placed
 from thorax_ray.ray_settings import TRAIN_POLL_ENV
 from thorax_ray.train.config import LOWER_IS_BETTER, TrainConfig
 from thorax_ray.train.feeds import encode_rows
@@ -133,8 +133,15 @@ def fit(config: TrainConfig, *, callbacks: list | None = None, capacity: Cluster
             "label_counts": label_counts.tolist(), "train_rows": int(train_rows),
             "stored_size": source.stored_size,
             "data_origin": source.data_origin}  # recorded when the source was resolved
+    console.say("train", f"{config.model.name} on {source.kind} data {config.data.data} ({train_rows} train rows, "
+                         f"split {source.split_hash}), {config.run.workers} workers on {'GPUs' if use_gpu else 'CPUs'}, "
+                         f"{describe_lr(config.optim, config.batch_size * config.run.workers)}, run {run_dir}")
     placement = training_placement(workers=config.run.workers, cpus_per_worker=config.run.cpus_per_worker,
                                    use_gpu=use_gpu, capacity=capacity)
+    if wait_for_placement:  # before any data is read: the data tasks run on the nodes it brings up
+        console.say("train", placement.describe())
+        wait_until_placed(placement, timeout_s=config.run.placement_timeout_s, stage="train")
+    keep_data_on_role_nodes(placement)
     datasets = image_datasets(config, source, train_rows, placement.task_resources()) if spec.uses_images else {}
     if not spec.uses_images:  # the metadata model: rows encoded once here, sliced as tensors by the workers (feeds)
         info["encoded_rows"] = encoded_rows(source, config)
@@ -142,12 +149,6 @@ def fit(config: TrainConfig, *, callbacks: list | None = None, capacity: Cluster
     if weights is not None:  # read once, here (where the job checked them), not from each worker node's cache
         info["pretrained_weights"] = ray.put(weights)
     storage_path, storage_filesystem = ray_storage(config.run.storage, config.data.s3_endpoint)
-    console.say("train", f"{config.model.name} on {source.kind} data {config.data.data} ({train_rows} train rows, "
-                         f"split {source.split_hash}), {config.run.workers} workers on {'GPUs' if use_gpu else 'CPUs'}, "
-                         f"{describe_lr(config.optim, config.batch_size * config.run.workers)}, run {run_dir}")
-    if wait_for_placement:
-        console.say("train", placement.describe())
-        wait_until_placed(placement, timeout_s=config.run.placement_timeout_s, stage="train")
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": config.to_dict(), "info": info},

@@ -88,6 +88,14 @@ def max_concurrent_trials(workers: int, cpus_per_worker: float, *, cpus: float, 
     return max(1, bound)
 
 
+def trial_placement(run, *, use_gpu: bool, capacity: ClusterCapacity, concurrent: int):
+    """The placement of one trial's Train workers (on the training node type), said with the sweep's bound."""
+    trial = training_placement(workers=run.workers, cpus_per_worker=run.cpus_per_worker, use_gpu=use_gpu,
+                               capacity=capacity)
+    return replace(trial, what="training workers per trial", notes=(
+        *trial.notes, f"up to {concurrent} trials at once", f"each trial's driver x {{CPU {TRIAL_DRIVER_CPUS:g}}}"))
+
+
 def _read_setup(experiment_path: str, endpoint: str | None) -> TrialSetup | None:
     fs, path = storage.filesystem(storage.join(experiment_path, SETUP_FILE), endpoint_url=endpoint)
     if not fs.exists(path):
@@ -136,10 +144,7 @@ def run_sweep(space: SearchSpace, *, storage_uri: str, name: str, out_dir: str, 
     bound = max_concurrent_trials(base_config.run.workers, base_config.run.cpus_per_worker, cpus=cpus, gpus=gpus,
                                   use_gpu=use_gpu)
     concurrent = min(max_concurrent, bound) if max_concurrent else bound
-    trial = training_placement(workers=run.workers, cpus_per_worker=run.cpus_per_worker, use_gpu=use_gpu,
-                               capacity=capacity)
-    placement = replace(trial, what="training workers per trial", notes=(
-        *trial.notes, f"up to {concurrent} trials at once", f"each trial's driver x {{CPU {TRIAL_DRIVER_CPUS:g}}}"))
+    placement = trial_placement(run, use_gpu=use_gpu, capacity=capacity, concurrent=concurrent)
     console.say("tune", placement.describe())
     wait_until_placed(placement, timeout_s=run.placement_timeout_s, stage="tune")  # one trial's workers, or exit 75
     trainable = tune.with_resources(make_trainable(setup), {"cpu": TRIAL_DRIVER_CPUS})
