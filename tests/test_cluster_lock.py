@@ -112,3 +112,14 @@ def test_make_lock_regenerates_it_for_the_nodes():
                    "--python-platform x86_64-unknown-linux-gnu", "--generate-hashes", "$(LOCK)"):
         assert option in recipe, (option, recipe)
     assert "LOCK := requirements/cluster.lock" in makefile
+
+
+def test_the_heads_boto3_keeps_the_locks_botocore(pins):
+    """The head adds boto3 for Ray's autoscaler after syncing the lock: pinned to the locked botocore's
+    release (boto3 X requires botocore >= X, < the next minor), not the newest boto3, which would move
+    botocore past aiobotocore's pin on the node that runs every job's driver."""
+    with open(os.path.join(REPO, "cluster.yaml")) as handle:
+        head = " ".join(yaml.safe_load(handle)["head_setup_commands"])
+    match = re.search(r'"boto3==([0-9.]+)"', head)
+    assert match, head
+    assert match.group(1) == str(pins["botocore"][0])

@@ -364,6 +364,19 @@ def test_a_store_that_refuses_conditional_deletes_still_gets_the_lease_released(
     acquire_lease(lock_uri, ttl_s=60, keep_alive=False).release()  # not held any more
 
 
+def test_a_refused_conditional_delete_other_than_not_implemented_never_deletes_unconditionally(proxy, lock_uri):
+    """Only a store without conditional deletes (501) gets the read-back delete. Before, any refusal (here 409)
+    fell through to it: read back, then an unconditional DELETE, which deletes a successor's lease when one took
+    over in between. Now the lease is left to expire."""
+    def fault(request):
+        return "409" if request.method == "DELETE" and request.conditional else None
+
+    proxy.fault = fault
+    acquire_lease(lock_uri, ttl_s=60, keep_alive=False, endpoint_url=proxy.endpoint).release()
+    deletes = [r for r, _ in proxy.seen if r.method == "DELETE" and r.path.endswith("_lock.json")]
+    assert deletes and all(r.conditional for r in deletes)
+
+
 # -- local successors racing ----------------------------------------------------------------------------------------
 
 

@@ -140,9 +140,10 @@ def add_placement_arguments(parser) -> None:
                         help="local paths are on a filesystem every node mounts (NFS, EFS); otherwise a multi-node "
                              "cluster needs s3:// storage (default: off; train and tune: the config's run.shared_fs)")
     parser.add_argument("--placement-timeout", type=non_negative_float, metavar="SECONDS",
-                        help="give up with exit 75 when the cluster has not placed the job's workers/actors after this "
-                             "long (the autoscaler cannot launch the nodes); while waiting, a line per minute says what "
-                             "for; 0: wait for ever (default: 300; train and tune: the config's run.placement_timeout_s)")
+                        help="give up with exit 75 when the cluster has not placed the job's workers/actors after "
+                             "this long (the autoscaler cannot launch the nodes); while waiting, a line per minute says "
+                             "what for; 0: wait for ever (default: 300; train and tune: the config's "
+                             "run.placement_timeout_s)")
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):

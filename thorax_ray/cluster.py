@@ -32,6 +32,7 @@ TRAIN_ROLE = "thorax_train"
 SCORE_ROLE = "thorax_score"
 CPU_ROLE = "thorax_cpu"
 ROLE_RESOURCES = (TRAIN_ROLE, SCORE_ROLE, CPU_ROLE)
+DEFAULT_PLACEMENT_TIMEOUT_S = 300.0  # --placement-timeout: how long a job waits to be placed (thorax_ray.placement)
 BOOTSTRAP_CONFIG = "~/ray_bootstrap_config.yaml"
 USE_GPU_CHOICES = ("auto", "true", "false")
 
@@ -93,6 +94,11 @@ class ClusterCapacity:
         cap = self.max_worker_nodes if self.max_worker_nodes is not None else math.inf
         launchable = sum(t.resources.get("GPU", 0.0) * min(t.max_workers, cap) for t in self.node_types_for(role))
         return max(self.role_gpus_up.get(role, 0.0), launchable)
+
+    def cpus_for(self, role: str) -> float:
+        """CPUs up or launchable for work of `role`: its units (one per CPU) on a steered cluster that declares
+        the role, else every CPU."""
+        return self.most(role) if self.steers(role) else self.most("CPU")
 
     def node_types_for(self, role: str) -> tuple[NodeType, ...]:
         return tuple(t for t in self.node_types if role in t.resources)

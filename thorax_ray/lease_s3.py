@@ -65,12 +65,9 @@ def _s3_client(endpoint: str | None):
 
 
 def _labelled(error: BaseException, operation: str, uri: str, tries: int) -> BaseException:
-    """`error` with the note the jobs' one-line storage message reads (thorax_ray.storage_errors: operation and
-    key) and the tries made, when the client reports them."""
-    error.add_note(f"storage request: {operation} {uri}")
-    metadata = getattr(error, "response", {}).get("ResponseMetadata") if hasattr(error, "response") else None
-    if isinstance(metadata, dict):
-        metadata["RetryAttempts"] = tries - 1
+    """`error` with the note the jobs' one-line storage message reads (thorax_ray.storage_errors): operation,
+    key and the tries this lease made (its client makes one per call)."""
+    error.add_note(f"storage request: {operation} {uri} after {tries} attempts")
     return error
 
 
@@ -295,8 +292,12 @@ class S3Lease:
                 kind = _classify(error)
                 if kind in ("precondition", "missing"):
                     return  # taken over or gone: nothing of ours to delete
-                if kind != "transient":
+                if kind == "unsupported":
                     break  # conditional deletes refused: read back below
+                if kind != "transient":  # never an unconditional delete here: it could be a successor's lease
+                    log.warning("%s: the lease was not released (%s); it expires %g s after its last renewal",
+                                self.uri, one_line(error), lease.ttl_s)
+                    return
                 if self._spent(started, self._budget(lease), pause, tries):
                     raise _labelled(error, "DeleteObject", self.uri, tries)
             time.sleep(pause)

@@ -102,11 +102,10 @@ def require_cuda(device: torch.device | str) -> None:
 
 
 def require_cuda_if_ray_gave_a_gpu() -> None:
-    """`require_cuda` on the GPU Ray assigned this worker or actor (`ray.train.torch.get_device()`); nothing
-    outside Ray or without an assigned GPU."""
+    """`require_cuda` on the GPU Ray assigned this actor: `cuda:0`, as Ray sets CUDA_VISIBLE_DEVICES to the
+    actor's GPUs (`ray.train.torch.get_device()` is for Train workers only: Train V2 refuses it elsewhere);
+    nothing outside Ray or without an assigned GPU."""
     ray = sys.modules.get("ray")
     if ray is None or not ray.is_initialized() or not ray.get_gpu_ids():
         return
-    import ray.train.torch  # deferred: Ray (absent on the GPU machine)
-
-    require_cuda(ray.train.torch.get_device())
+    require_cuda(torch.device("cuda", 0))

@@ -2,16 +2,17 @@
 placed, so that a job the cluster cannot place says what it waits for instead of waiting silently.
 
     plan = training_placement(workers=8, cpus_per_worker=8, use_gpu=True, capacity=capacity)
-    console.say("train", plan.describe())      # placement: 8 training workers x {CPU 8, GPU 1, thorax_train 8} ...
+    console.say("train", plan.describe())      # placement: 8 training workers x {CPU 8, GPU 1, thorax_train 8}
     ray_resources = plan.ask                   # what each worker asks Ray for (its role's resource included)
     plan.task_resources(cpus=1)                # what each of the job's data tasks asks besides its CPU
     wait_until_placed(plan, timeout_s=300, stage="train")   # PlacementTimeout (exit 75) after the deadline
 
 On a steered cluster (node types declaring thorax_ray.cluster's role resources, one unit per CPU, as
 cluster.yaml's do) every actor and task of a job asks for as many units of its role's resource as CPUs, so it
-can only run on that role's node types and the autoscaler launches only those for it. The wait reserves the units' bundles in a placement group (what Ray Train also does for its
-workers) and gives it back as soon as it is placed: Ray Train and Ray Data, left alone, retry for ever and
-print nothing while the cluster cannot place them.
+can only run on that role's node types and the autoscaler launches only those for it. The wait reserves the
+units' bundles in a placement group (what Ray Train also does for its workers) and gives it back as soon as it
+is placed: Ray Train and Ray Data, left alone, retry for ever and print nothing while the cluster cannot place
+them.
 """
 from __future__ import annotations
 
@@ -22,7 +23,6 @@ from dataclasses import dataclass, field, replace
 from thorax_ray import console
 from thorax_ray.cluster import CPU_ROLE, SCORE_ROLE, TRAIN_ROLE, ClusterCapacity, ClusterError
 
-DEFAULT_PLACEMENT_TIMEOUT_S = 300.0  # --placement-timeout: how long a job waits to be placed before it gives up
 FIRST_WAIT_LINE_S = 10.0  # a job not placed by then says what it waits for ...
 WAIT_LINE_EVERY_S = 60.0  # ... and again every minute
 EXIT_NOT_PLACED = 75  # EX_TEMPFAIL: capacity may come later; run the job again
@@ -78,7 +78,8 @@ def custom_resources(ask: dict[str, float]) -> dict[str, float]:
     return {k: v for k, v in ask.items() if k not in ("CPU", "GPU")}
 
 
-def steered_ask(base: dict[str, float], capacity: ClusterCapacity, *, gpu_role: str) -> tuple[dict[str, float], str | None]:
+def steered_ask(base: dict[str, float], capacity: ClusterCapacity, *,
+                gpu_role: str | None = None) -> tuple[dict[str, float], str | None]:
     """`base` plus as many units of its role's resource as it asks CPUs, on a steered cluster: `gpu_role` for
     GPU work (resolve_use_gpu has checked that type can provide the GPUs), the CPU role for CPU work (anywhere
     when no type declares it)."""
@@ -89,7 +90,7 @@ def steered_ask(base: dict[str, float], capacity: ClusterCapacity, *, gpu_role: 
     return {**base, role: units}, role
 
 
-def _plan(what: str, count: int, base: dict[str, float], capacity: ClusterCapacity, *, gpu_role: str,
+def _plan(what: str, count: int, base: dict[str, float], capacity: ClusterCapacity, *, gpu_role: str | None = None,
           most: int | None = None, notes: tuple[str, ...] = ()) -> Placement:
     ask, role = steered_ask(base, capacity, gpu_role=gpu_role)
     types = tuple(t.name for t in capacity.node_types_for(role)) if role else ()
@@ -103,7 +104,8 @@ def with_tasks(plan: Placement, what: str) -> Placement:
     return replace(plan, notes=(*plan.notes, f"{what} x {tasks} {where}"))
 
 
-def training_placement(*, workers: int, cpus_per_worker: float, use_gpu: bool, capacity: ClusterCapacity) -> Placement:
+def training_placement(*, workers: int, cpus_per_worker: float, use_gpu: bool,
+                       capacity: ClusterCapacity) -> Placement:
     """A DDP group: every worker on the training node type (GPU) or the CPU type (CPU), never across types."""
     base = {"CPU": cpus_per_worker, **({"GPU": 1.0} if use_gpu else {})}
     return with_tasks(_plan("training workers", workers, base, capacity, gpu_role=TRAIN_ROLE), "data tasks")
@@ -120,7 +122,7 @@ def scoring_placement(*, min_actors: int, max_actors: int, cpus: float, gpus: fl
 
 def cpu_task_placement(what: str, *, cpus: float, capacity: ClusterCapacity) -> Placement:
     """CPU tasks (prepare's read/decode/write): on the CPU node type."""
-    return replace(_plan(what, 1, {"CPU": cpus}, capacity, gpu_role=TRAIN_ROLE), counted=False)
+    return replace(_plan(what, 1, {"CPU": cpus}, capacity), counted=False)
 
 
 def sized_actor_cpus(capacity: ClusterCapacity, *, gpus: float, role: str = SCORE_ROLE, share: float = 0.25,
@@ -160,7 +162,7 @@ def wait_until_placed(plan: Placement, *, timeout_s: float, stage: str) -> float
                                    f"{f'{timeout_s:g} s' if timeout_s > 0 else 'never'} (--placement-timeout)")
                 next_line = now + WAIT_LINE_EVERY_S
             step = min(next_line - now, (started + timeout_s - now) if timeout_s > 0 else math.inf, 5.0)
-            if group.wait(timeout_seconds=max(0.1, step)):
+            if group.wait(timeout_seconds=max(1, math.ceil(step))):  # whole seconds: Ray's backend takes an int
                 return time.monotonic() - started
     finally:
         remove_placement_group(group)
@@ -174,9 +176,9 @@ def keep_data_on_role_nodes(plan: Placement) -> None:
     import ray  # deferred: Ray (absent on the GPU machine)
     from ray.data import DataContext  # deferred: Ray (absent on the GPU machine)
 
-    if not plan.role:
+    cpus = float(ray.cluster_resources().get(plan.role, 0.0)) if plan.role else 0.0
+    if cpus <= 0:  # not steered, or none of the role's nodes up yet (a Tune trial): a cap of 0 would hang
         return
-    cpus = float(ray.cluster_resources().get(plan.role, 0.0))
     options = DataContext.get_current().execution_options
     options.resource_limits = options.resource_limits.copy(cpu=cpus)
 

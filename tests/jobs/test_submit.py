@@ -284,8 +284,9 @@ def test_fake_gpus_sitecustomize_puts_ray_train_on_the_cpu_with_gloo():
     """The test support the fake cluster's processes load: Ray Train's device is the CPU, its process group gloo."""
     script = ("import ray.train.torch as t; print(t.get_device());"
               "trainer = t.TorchTrainer(lambda: None, scaling_config=__import__('ray').train.ScalingConfig(num_workers=1));"
-              "print(trainer.backend_config.backend)")
-    env = {**os.environ, "PYTHONPATH": FAKE_GPUS}
+              "print(trainer.backend_config.backend);"
+              "from thorax_ray.node_check import require_cuda_if_ray_gave_a_gpu as check; print(check())")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([FAKE_GPUS, REPO])}
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.split() == ["cpu", "gloo"]
+    assert done.stdout.split() == ["cpu", "gloo", "None"]

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from thorax_ray import console, storage
-from thorax_ray.cluster import ClusterCapacity, check_shared_storage, cluster_capacity
+from thorax_ray.cluster import DEFAULT_PLACEMENT_TIMEOUT_S, ClusterCapacity, check_shared_storage, cluster_capacity
 from thorax_ray.data.manifest import build_manifest, write_manifest
 from thorax_ray.data.pipeline import ImageConfig, load_images
 from thorax_ray.data.quarantine import QUARANTINE_COLUMNS
@@ -19,7 +19,7 @@ from thorax_ray.data.shards import (COMMIT_FILE, VERSIONS_DIR, PreparedError, co
 from thorax_ray.data.splits import SPLITS, SplitConfig
 from thorax_ray.data.staged import StagedRun, staged_run
 from thorax_ray.lease import DEFAULT_TTL_S
-from thorax_ray.placement import DEFAULT_PLACEMENT_TIMEOUT_S, cpu_task_placement, custom_resources, wait_until_placed
+from thorax_ray.placement import cpu_task_placement, custom_resources, wait_until_placed
 from thorax_ray.progress import StageProgress
 
 log = logging.getLogger(__name__)

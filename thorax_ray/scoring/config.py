@@ -4,9 +4,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from thorax_ray.attribution import DEFAULT_HEATMAP_BITS, DEFAULT_MAX_BOXES, DEFAULT_THRESHOLD, PLANAR_BITS
+from thorax_ray.cluster import DEFAULT_PLACEMENT_TIMEOUT_S
 from thorax_ray.lease import DEFAULT_TTL_S
 from thorax_ray.models.tta import NO_TTA, check_tta
-from thorax_ray.placement import DEFAULT_PLACEMENT_TIMEOUT_S
 from thorax_ray.scoring.gate import CALIBRATED
 
 

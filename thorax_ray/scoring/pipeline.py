@@ -25,8 +25,8 @@ class ActorPlan:
     min_actors: int
     max_actors: int
     gpus: float
-    cpus: float = 1.0
-    placement: Placement | None = None
+    cpus: float
+    placement: Placement
 
     def describe(self) -> str:
         return f"{self.min_actors}..{self.max_actors}" + (f" x {self.gpus:g} GPU" if self.gpus else " CPU")
@@ -45,7 +45,8 @@ def plan_actors(config: ScoreConfig, capacity: ClusterCapacity) -> ActorPlan:
     max_actors = config.max_actors or most
     min_actors = min(config.min_actors, max_actors)
     cpus = config.actor_cpus or sized_actor_cpus(capacity, gpus=gpus)
-    placement = scoring_placement(min_actors=min_actors, max_actors=max_actors, cpus=cpus, gpus=gpus, capacity=capacity)
+    placement = scoring_placement(min_actors=min_actors, max_actors=max_actors, cpus=cpus, gpus=gpus,
+                                  capacity=capacity)
     return ActorPlan(min_actors=min_actors, max_actors=max_actors, gpus=gpus, cpus=cpus, placement=placement)
 
 
@@ -79,8 +80,8 @@ def stream(run: ScoringRun, pending: pd.DataFrame, gate, sink, filesystem, count
     # Prepared inputs travel at the size they were prepared at, raw PNGs are decoded to the contract's.
     stored_size = int(source.prepared["size"]) if source.kind == "prepared" else contract.size
     plan = run.actor_plan
-    if plan.placement is not None:  # the pool's first actors placed (the autoscaler launching nodes), or exit 75
-        wait_until_placed(plan.placement, timeout_s=config.placement_timeout_s, stage="score")
+    # the pool's first actors placed (the autoscaler launching nodes for them), or exit 75
+    wait_until_placed(plan.placement, timeout_s=config.placement_timeout_s, stage="score")
     settings = ScorerSettings.from_config(
         replace(config, actor_cpus=plan.cpus), checkpoint_dir=run.checkpoint_dir, model_id=run.model_id, method=run.method,
         stored_size=stored_size, run_id=run.run_id, batch_date=run.batch_date, box_min_probability=gate.thresholds)
@@ -88,7 +89,7 @@ def stream(run: ScoringRun, pending: pd.DataFrame, gate, sink, filesystem, count
         Scorer, fn_constructor_kwargs={"settings": settings, "progress": counter},
         compute=ActorPoolStrategy(min_size=plan.min_actors, max_size=plan.max_actors),
         batch_size=config.batch_size, batch_format="pyarrow", num_cpus=plan.cpus, num_gpus=plan.gpus or None,
-        **({"resources": custom_resources(plan.placement.ask)} if plan.placement and plan.placement.role else {}),
+        **({"resources": custom_resources(plan.placement.ask)} if plan.placement.role else {}),
     )
     bound_in_flight(scored_rows, in_flight_bytes(config, contract, plan.max_actors, stored_size=stored_size))
     scored_rows.write_datasink(sink)

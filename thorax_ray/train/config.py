@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from thorax_ray.cluster import parse_use_gpu
+from thorax_ray.cluster import DEFAULT_PLACEMENT_TIMEOUT_S, parse_use_gpu
 from thorax_ray.config_io import from_dict, load_yaml, merge, to_dict
 from thorax_ray.data.sources import DataConfig
 from thorax_ray.losses import LossConfig
 from thorax_ray.models import MetadataFeatures, get_model_spec, list_models
 from thorax_ray.models.features import DEFAULT_FEATURES
 from thorax_ray.names import safe_name
-from thorax_ray.placement import DEFAULT_PLACEMENT_TIMEOUT_S
 
 # Per-worker batch size when data.batch_size is not set: CheXNet's 16 for models that read images; the
 # metadata MLP's step is tiny, so small batches would leave it dominated by per-step overhead.

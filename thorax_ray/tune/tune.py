@@ -10,7 +10,8 @@ import os
 from dataclasses import dataclass, replace
 
 from thorax_ray import console, storage
-from thorax_ray.cluster import TRAIN_ROLE, ClusterCapacity, check_shared_storage, cluster_capacity, resolve_use_gpu
+from thorax_ray.cluster import (CPU_ROLE, TRAIN_ROLE, ClusterCapacity, check_shared_storage, cluster_capacity,
+                                resolve_use_gpu)
 from thorax_ray.placement import training_placement, wait_until_placed
 from thorax_ray.ray_settings import TUNE_OUTPUT_ENV
 from thorax_ray.train.config import TrainConfig
@@ -140,7 +141,8 @@ def run_sweep(space: SearchSpace, *, storage_uri: str, name: str, out_dir: str, 
     else:
         _write_setup(experiment_path, setup, endpoint)
 
-    cpus, gpus = capacity.most("CPU"), capacity.gpus_for(TRAIN_ROLE)  # trials run on the training node type only
+    # a trial's workers run on the training node type (GPUs) or the CPU type (CPUs) only
+    cpus, gpus = capacity.cpus_for(TRAIN_ROLE if use_gpu else CPU_ROLE), capacity.gpus_for(TRAIN_ROLE)
     bound = max_concurrent_trials(base_config.run.workers, base_config.run.cpus_per_worker, cpus=cpus, gpus=gpus,
                                   use_gpu=use_gpu)
     concurrent = min(max_concurrent, bound) if max_concurrent else bound
