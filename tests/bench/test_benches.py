@@ -60,7 +60,7 @@ def test_epoch_overhead(ray_job_env):
 
 
 def test_shuffle_ablation(tmp_path, ray_job_env):
-    write_synthetic_dataset(SyntheticConfig(out=str(tmp_path / "data"), images=400, size=32, seed=1, difficulty=0.0),
+    write_synthetic_dataset(SyntheticConfig(out=str(tmp_path / "data"), images=200, size=32, seed=1, difficulty=0.0),
                             progress=False)
     out = run_bench(sys.executable, "bench/shuffle_ablation.py", "--data", str(tmp_path / "data"), "--epochs", "1",
                     "--size", "32", "--batch-size", "8", "--workers", "1", ray_env=ray_job_env)
@@ -68,7 +68,7 @@ def test_shuffle_ablation(tmp_path, ray_job_env):
 
 
 def test_chain(tmp_path, ray_job_env):
-    out = run_bench("bash", "bench/chain.sh", "400", "32", str(tmp_path / "chain"), ray_env=ray_job_env, timeout=600)
-    assert "[chain] done: 400 images of 32 px" in out
+    out = run_bench("bash", "bench/chain.sh", "200", "32", str(tmp_path / "chain"), ray_env=ray_job_env, timeout=600)
+    assert "[chain] done: 200 images of 32 px" in out
     for stage in ("manifest", "prepare", "train", "score", "evaluate"):
         assert f"[chain] {stage}" in out, out
