@@ -10,9 +10,9 @@ import pytest
 
 from tests import fault_fixtures
 from tests.s3_fault_proxy import FAILED_AFTER_APPLY, SLOWDOWN
-from thorax_ray import storage
+from thorax_ray import exit_codes, storage
 from thorax_ray.cli import run_main
-from thorax_ray.storage_errors import EXIT_REFUSED, EXIT_TEMPFAIL, storage_failure
+from thorax_ray.storage_errors import storage_failure
 from thorax_ray.train.train import ray_storage
 
 fault_proxy = fault_fixtures.fault_proxy  # fixture
@@ -57,7 +57,7 @@ def test_s3fs_tries_each_request_the_budget_and_names_it(s3_bucket, fault_proxy,
     assert proxy.faults()["HeadObject"]["failed_after_apply"] == 3
     failure = storage_failure(raised.value)
     assert failure.line() == f"error: storage: HeadObject {s3_bucket}/a.txt failed after 3 attempts: HTTP 500 (Internal Server Error)"
-    assert failure.exit_code == EXIT_TEMPFAIL == 75
+    assert failure.exit_code == exit_codes.TEMPFAIL == 75
 
 
 def test_a_slowdown_on_writes_and_listings_names_the_key(s3_bucket, fault_proxy, no_backoff):
@@ -105,7 +105,7 @@ def test_a_refusal_is_exit_1_and_errors_that_are_not_storage_are_left_alone():
     denied.add_note("storage request: PutObject s3://bucket/scores/x.parquet")
     failure = storage_failure(denied)
     assert failure.line() == "error: storage: PutObject s3://bucket/scores/x.parquet failed: HTTP 403 AccessDenied (Access Denied)"
-    assert failure.exit_code == EXIT_REFUSED == 1
+    assert failure.exit_code == exit_codes.REFUSED == 1
     assert storage_failure(RuntimeError("a bug")) is None
     assert storage_failure(OSError(28, "No space left on device")) is None
 

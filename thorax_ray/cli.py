@@ -11,12 +11,12 @@ import typing
 from collections.abc import Callable
 from typing import Any
 
-from thorax_ray import console
+from thorax_ray import console, exit_codes
 from thorax_ray.cluster import USE_GPU_CHOICES
 from thorax_ray.config_io import FlagTable, flag_target
 from thorax_ray.interrupts import as_interrupted, interruptible
 from thorax_ray.lease import LeaseBusy, LeaseLost
-from thorax_ray.storage_errors import EXIT_TEMPFAIL, storage_failure
+from thorax_ray.storage_errors import storage_failure
 
 
 def setup_logging(verbose: bool = False) -> None:
@@ -53,7 +53,7 @@ def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = N
             sys.exit(stop.exit_code)
         except (ValueError, FileNotFoundError) as error:
             console.error(f"error: {error}")
-            sys.exit(getattr(error, "exit_code", 2))  # 2, or the error's own (75: try again later)
+            sys.exit(getattr(error, "exit_code", exit_codes.BAD_INPUT))  # or the error's own (75: try again later)
         except Exception as error:  # storage that failed for good, or the output's lease: one line, exit 75 or 1
             line, code = _known_failure(error, on_busy)
             if line is None:
@@ -68,16 +68,14 @@ def _known_failure(error: Exception, on_busy: str) -> tuple[str | None, int]:
     if failure is not None:
         return failure.line(), failure.exit_code
     if isinstance(error, LeaseBusy):
-        return f"error: not started: {error}; {on_busy}", EXIT_TEMPFAIL
+        return f"error: not started: {error}; {on_busy}", exit_codes.TEMPFAIL
     if isinstance(error, LeaseLost):
-        return f"error: {error} (nothing of this run was committed)", EXIT_TEMPFAIL
+        return f"error: {error} (nothing of this run was committed)", exit_codes.TEMPFAIL
     unusable = cuda_unusable_line(error)
     if unusable is not None:
-        return f"error: {unusable}", EXIT_NODE_UNUSABLE
+        return f"error: {unusable}", exit_codes.NODE_UNUSABLE
     return None, 0
 
-
-EXIT_NODE_UNUSABLE = 69  # EX_UNAVAILABLE: a GPU node of the job cannot run CUDA (thorax_ray.node_check)
 CUDA_UNUSABLE = "CudaUnusable: "  # how Ray's error text quotes thorax_ray.node_check.CudaUnusable from a worker
 
 

@@ -20,18 +20,17 @@ import math
 import time
 from dataclasses import dataclass, field, replace
 
-from thorax_ray import console
+from thorax_ray import console, exit_codes
 from thorax_ray.cluster import CPU_ROLE, SCORE_ROLE, TRAIN_ROLE, ClusterCapacity, ClusterError
 
 FIRST_WAIT_LINE_S = 10.0  # a job not placed by then says what it waits for ...
 WAIT_LINE_EVERY_S = 60.0  # ... and again every minute
-EXIT_NOT_PLACED = 75  # EX_TEMPFAIL: capacity may come later; run the job again
 
 
 class PlacementTimeout(ClusterError):
     """The cluster could not place a job's work within its deadline (exit 75: try again later)."""
 
-    exit_code = EXIT_NOT_PLACED
+    exit_code = exit_codes.TEMPFAIL  # capacity may come later: run the job again
 
 
 def format_resources(resources: dict[str, float]) -> str:

@@ -21,10 +21,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from thorax_ray import exit_codes
 from thorax_ray.storage import s3_attempts
 
-EXIT_TEMPFAIL = 75  # EX_TEMPFAIL (sysexits.h): transient, try again later
-EXIT_REFUSED = 1
 TRANSIENT_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "InternalError",
                    "ServiceUnavailable", "RequestLimitExceeded", "TooManyRequests"}
 TRANSIENT_ARROW = {"SLOW_DOWN", "THROTTLING", "NETWORK_CONNECTION", "SERVICE_UNAVAILABLE", "INTERNAL_FAILURE",
@@ -56,7 +55,7 @@ class StorageFailure:
 
     @property
     def exit_code(self) -> int:
-        return EXIT_TEMPFAIL if self.transient else EXIT_REFUSED
+        return exit_codes.TEMPFAIL if self.transient else exit_codes.REFUSED
 
 
 def _linked(error: BaseException):
