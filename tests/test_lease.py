@@ -22,7 +22,7 @@ def test_second_taker_is_refused_naming_the_holder_then_gets_it_after_release(le
         acquire_lease(lease_uri, ttl_s=60, about={"run_id": "run-b"})
     first.release()
     with acquire_lease(lease_uri, ttl_s=60, about={"run_id": "run-b"}) as second:
-        second.check()
+        second.fence()
 
 
 def test_a_waiting_taker_gets_it_when_the_holder_releases(lease_uri):
@@ -40,7 +40,7 @@ def test_a_dead_holders_lease_is_taken_over_and_the_holder_learns_it_lost(lease_
     with pytest.raises(LeaseLost):
         dead.renew()
     with pytest.raises(LeaseLost):
-        dead.check()
+        dead.fence()
     dead.release()  # does not delete the successor's lease
     with pytest.raises(LeaseBusy):
         acquire_lease(lease_uri, ttl_s=60)
@@ -52,7 +52,7 @@ def test_a_renewed_lease_outlives_its_ttl(lease_uri):
         time.sleep(2.5)
         with pytest.raises(LeaseBusy):
             acquire_lease(lease_uri, ttl_s=1.5)
-        holder.check()
+        holder.fence()
 
 
 def test_many_simultaneous_takers_exactly_one_wins(lease_uri):

@@ -178,7 +178,7 @@ def test_a_renewal_applied_but_unanswered_keeps_the_lease(proxy, lock_uri, fault
     holder.renew()
     assert [a for _, a in proxy.requests()].count(fault) == 1  # the fault did happen
     holder.renew()
-    holder.check()
+    holder.fence()
     with pytest.raises(LeaseBusy):
         acquire_lease(lock_uri, ttl_s=60)
     holder.release()
@@ -192,7 +192,7 @@ def test_an_acquire_applied_but_unanswered_is_our_own_lease(proxy, lock_uri, fau
     proxy.fault = _on_lock_puts(fault, condition="if-none-match")
     holder = acquire_lease(lock_uri, ttl_s=60, keep_alive=False, about={"run_id": "me"}, endpoint_url=proxy.endpoint)
     assert [a for _, a in proxy.requests()].count(fault) == 1
-    holder.check()
+    holder.fence()
     with pytest.raises(LeaseBusy, match="run_id me"):
         acquire_lease(lock_uri, ttl_s=60)
     holder.release()
@@ -204,9 +204,9 @@ def test_a_takeover_applied_but_unanswered_is_our_lease(proxy, lock_uri):
     proxy.fault = _on_lock_puts("drop", condition="if-match")
     successor = acquire_lease(lock_uri, ttl_s=60, keep_alive=False, endpoint_url=proxy.endpoint)
     assert [a for _, a in proxy.requests()].count("drop") == 1
-    successor.check()
+    successor.fence()
     with pytest.raises(LeaseLost):
-        dead.check()
+        dead.fence()
     successor.release()
 
 
@@ -285,8 +285,8 @@ def test_a_holder_that_was_taken_over_fails_its_fence_without_renewing_first(whe
     time.sleep(1.3)
     successor = acquire_lease(uri, ttl_s=60, keep_alive=False)
     with pytest.raises(LeaseLost):
-        dead.check()
-    successor.check()
+        dead.fence()
+    successor.fence()
     successor.release()
 
 
@@ -298,7 +298,7 @@ def test_a_409_conflict_is_retried_as_busy(proxy, lock_uri):
     proxy.fault = _on_lock_puts("409", times=2)
     holder = acquire_lease(lock_uri, ttl_s=60, keep_alive=False, endpoint_url=proxy.endpoint)
     assert [a for _, a in proxy.requests()].count("409") == 2
-    holder.check()
+    holder.fence()
     holder.release()
 
 
@@ -315,7 +315,7 @@ def test_a_409_on_renewal_is_retried(proxy, lock_uri):
     holder = acquire_lease(lock_uri, ttl_s=60, keep_alive=False, endpoint_url=proxy.endpoint)
     proxy.fault = _on_lock_puts("409", condition="if-match", times=2)
     holder.renew()
-    holder.check()
+    holder.fence()
     holder.release()
 
 
@@ -406,7 +406,7 @@ def test_two_local_successors_of_an_expired_lease_never_both_take_over(tmp_path)
         held = [w for w in winners if _still_holds(w)]
         assert len(winners) == 1, f"round {round_}: {len(winners)} successors took over ({len(held)} still hold)"
         with pytest.raises(LeaseLost):
-            expired.check()
+            expired.fence()
         winners[0].release()
 
 
@@ -441,7 +441,7 @@ def test_a_local_file_system_without_locks_is_refused_in_one_line(tmp_path, monk
 
 def _still_holds(lease) -> bool:
     try:
-        lease.check()
+        lease.fence()
         return True
     except LeaseLost:
         return False

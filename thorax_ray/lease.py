@@ -60,7 +60,6 @@ class Lease(LeaseState):
             raise LeaseLost(f"{self.uri}: could not prove the lease is still ours ({one_line(error)}); "
                             "not committing") from error
 
-    check = fence  # the name the callers used before the lease fenced
 
     def renew(self) -> None:
         """Renews the lease (raises LeaseLost once another writer has it; other errors: try again)."""
