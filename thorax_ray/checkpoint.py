@@ -60,7 +60,8 @@ class CheckpointPayload:
     (`to_dict`), so that `torch.load(..., weights_only=True)` reads it; a section that a later stage owns
     stays the plain dict that stage writes and reads: `model_build_config` (models.registry),
     `preprocessing` (data.preprocess.PreprocessingContract.to_dict()), `config` (TrainConfig.to_dict()),
-    `operating_points` (thorax_ray.thresholds), `calibration` (thorax_ray.calibration.fit_calibration). Fields a
+    `operating_points` (thorax_ray.thresholds), `calibration` (thorax_ray.calibration.fit_calibration),
+    `validation_reference` (thorax_ray.monitoring.reference.validation_reference). Fields a
     checkpoint was written without are None."""
 
     format: int = CHECKPOINT_FORMAT_VERSION
@@ -84,6 +85,7 @@ class CheckpointPayload:
     data_origin: str | None = None  # synthetic | real (thorax_ray.data.origin)
     operating_points: dict | None = None  # per-finding thresholds chosen on validation at `epoch`
     calibration: dict | None = None  # per-finding calibration fitted on validation at `epoch`
+    validation_reference: dict | None = None  # validation distributions at `epoch` (thorax_ray.monitoring.reference)
 
     def to_dict(self) -> dict:
         """The stored form (shallow: the state dicts' tensors are not copied), fields in declaration order."""
@@ -107,7 +109,14 @@ def save_checkpoint(directory: str, payload: CheckpointPayload) -> None:
     torch.save(stored, f"{directory}/{MODEL_FILE}")
     readable = {k: v for k, v in stored.items() if not k.endswith("_state")}
     with open(f"{directory}/{INFO_FILE}", "w") as handle:
-        json.dump(readable, handle, indent=2, default=str)
+        json.dump(readable, handle, indent=2, default=_readable_value)
+
+
+def _readable_value(value) -> str:
+    """checkpoint.json's form of what JSON lacks: a tensor by its shape and type (not its values), else str()."""
+    if isinstance(value, torch.Tensor):
+        return f"<tensor {list(value.shape)} {str(value.dtype).removeprefix('torch.')}>"
+    return str(value)
 
 
 def checkpoint_uploaded(checkpoint_dir: str, model_bytes: int | None = None, *,

@@ -59,6 +59,10 @@ class ScoreConfig:
     overlay_limit: int = 8
     overlay_threshold: float | str | None = CALIBRATED  # which findings an overlay shows (same values as boxes)
     endpoint_url: str | None = None
+    # Drift monitoring (thorax_ray.monitoring): every run writes OUT/monitoring/<run_id>.json and prints one line
+    # per drifted finding; drift is a warning (exit 0) unless this is set: then exit_codes.DRIFTED (65) when a
+    # finding drifted or the out-of-distribution alarm rose (the run's scores are committed either way).
+    fail_on_drift: bool = False
 
     def __post_init__(self) -> None:
         """One-line errors naming the flag (jobs/score.py prints them as `error: ...`, exit 2)."""

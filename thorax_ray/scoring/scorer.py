@@ -2,7 +2,10 @@
 (`Scorer`, one per GPU or per CPU slot) that turns a batch into output rows: probabilities, compact
 heatmaps of all 14 findings, boxes in original-image pixels (or metadata feature attributions), and the
 calibrated probabilities beside the raw ones (the checkpoint's calibration; boxes are gated on the raw ones,
-which the operating points were chosen on).
+which the operating points were chosen on), and each image's `ood_score` (thorax_ray.monitoring.ood: the distance
+of its penultimate features from the checkpoint's validation features; null without a validation reference),
+taken from a forward pass over the un-augmented images that the run makes anyway (the one-forward maps' pass, or
+the probabilities' pass, which then reuses its logits).
 
 With test-time augmentation (`ScoreConfig.tta`, thorax_ray.models.tta) the probability columns, and so the
 calibrated ones and the box gate, are the mean over the views; the maps and boxes still come from the
@@ -37,6 +40,8 @@ from thorax_ray.data.preprocess import PreprocessingContract, normalise_images
 from thorax_ray.labels import FINDING_COLUMNS
 from thorax_ray.models import build_model, receptive_field_centres
 from thorax_ray.models.tta import check_tta, hflip_mean_centres, tta_probabilities
+from thorax_ray.monitoring.features import penultimate_features
+from thorax_ray.monitoring.reference import feature_model_of
 from thorax_ray.node_check import require_cuda_if_ray_gave_a_gpu
 from thorax_ray.progress import count
 from thorax_ray.scoring.config import ScoreConfig, scorer_threads
@@ -206,6 +211,7 @@ class Scorer:
         self.model = build_model(payload).to(self.device)
         self.contract = PreprocessingContract.from_dict(payload.preprocessing)
         self.calibration = payload.calibration  # None: the calibrated columns repeat the raw probabilities
+        self.feature_model = feature_model_of(payload.validation_reference)  # None: ood_score stays null
         self.spec = self.model.spec
         check_tta(settings.tta, self.spec)
         # GPU: bf16 autocast (predictions and cam/fast_cam), channels_last, pinned non-blocking copies; CPU: off.
@@ -237,22 +243,42 @@ class Scorer:
             features = self.fast.to_device(torch.from_numpy(self.features.encode(frame)))
         return images, features
 
-    def _attribution(self, images: torch.Tensor | None,
-                     features: torch.Tensor | None) -> tuple[Attribution | None, dict[str, torch.Tensor]]:
+    def _attribution(self, images: torch.Tensor | None, features: torch.Tensor | None
+                     ) -> tuple[Attribution | None, dict[str, torch.Tensor], torch.Tensor | None]:
         """The method's attribution of the un-augmented images (with `tta_heatmaps` its maps are the mean of
-        theirs and of the flipped images' maps flipped back; raw maps, float32), and the logits its passes
-        gave, by TTA view name ("image", "hflip"), so that those views are not run again."""
+        theirs and of the flipped images' maps flipped back; raw maps, float32), the logits its passes
+        gave, by TTA view name ("image", "hflip"), so that those views are not run again, and, for the
+        one-forward methods when the run monitors, the penultimate features of the un-augmented images' pass
+        (else None)."""
         if self.method is None:
-            return None, {}
+            return None, {}, None
+        one_forward = self.settings.method in ONE_FORWARD_METHODS
         # bf16 for the one-forward maps; Captum's gradient/perturbation methods stay in fp32.
-        with self.fast.autocast() if self.settings.method in ONE_FORWARD_METHODS else contextlib.nullcontext():
-            attribution = self.method.attribute(images, features)
+        with self.fast.autocast() if one_forward else contextlib.nullcontext():
+            with (penultimate_features(self.model) if one_forward and self.feature_model is not None
+                  else contextlib.nullcontext()) as captured:
+                attribution = self.method.attribute(images, features)
+            pooled = captured.tensor() if captured is not None else None
+            pooled = pooled if pooled is not None and len(pooled) == len(attribution.logits) else None
             if not self.settings.tta_heatmaps:
-                return attribution, _logits_by_view(image=attribution.logits)
+                return attribution, _logits_by_view(image=attribution.logits), pooled
             flipped = self.method.attribute(images.flip(-1), features)
         maps = (attribution.maps.detach().float() + flipped.maps.detach().float().flip(-1)) / 2
         return (dataclasses.replace(attribution, maps=maps),
-                _logits_by_view(image=attribution.logits, hflip=flipped.logits))
+                _logits_by_view(image=attribution.logits, hflip=flipped.logits), pooled)
+
+    def _ood_scores(self, images: torch.Tensor | None, features: torch.Tensor | None,
+                    known: dict[str, torch.Tensor], pooled: torch.Tensor | None) -> np.ndarray | None:
+        """Each image's ood_score (None without a feature model), from `pooled` when the attribution pass
+        captured it, else from a forward pass over the un-augmented images whose logits go into `known`
+        ("image"), so the probabilities reuse them."""
+        if self.feature_model is None:
+            return None
+        if pooled is None:
+            with torch.no_grad(), self.fast.autocast(), penultimate_features(self.model) as captured:
+                known["image"] = self.model(*self.spec.model_inputs(images, features)).detach()
+            pooled = captured.tensor()
+        return self.feature_model.distances(pooled).astype(np.float32)
 
     def _probabilities(self, images: torch.Tensor | None, features: torch.Tensor | None,
                        known: dict[str, torch.Tensor]) -> np.ndarray:
@@ -265,12 +291,15 @@ class Scorer:
         started = time.perf_counter()
         images, features = self._inputs(good)
         out: dict[str, list | np.ndarray] = {}
-        attribution, known = self._attribution(images, features)
+        attribution, known, pooled = self._attribution(images, features)
+        ood_scores = self._ood_scores(images, features, known, pooled)
         probabilities = self._probabilities(images, features, known)
         model_s = time.perf_counter() - started
         calibrated = apply_calibration(self.calibration, probabilities)
         for i, (column, calibrated_column) in enumerate(zip(FINDING_COLUMNS, CALIBRATED_COLUMNS)):
             out[column], out[calibrated_column] = probabilities[:, i], calibrated[:, i]
+        if ood_scores is not None:
+            out["ood_score"] = ood_scores
         if self.maps:
             maps = attribution.maps.detach().float()
             if tuple(maps.shape[-2:]) != self.map_size:

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 
 from thorax_ray import storage
 from thorax_ray.models.tta import NO_TTA
+from thorax_ray.monitoring.run import describe, raised
 from thorax_ray.scoring.output import QUARANTINE_DIR, SCORES_DIR
 
 
@@ -35,6 +36,12 @@ class ScoreSummary:
     metadata_sources: dict[str, int] = field(default_factory=dict)  # scored rows per metadata_source
     ood_warning: str | None = None
     tta: str | None = None  # the test-time augmentation of the probabilities (thorax_ray.models.tta kind)
+    monitoring: dict | None = None  # the run's monitoring record (thorax_ray.monitoring.run); None: nothing scored
+
+    @property
+    def drifted(self) -> bool:
+        """Whether the run raised the drift flag (a finding drifted, or the out-of-distribution alarm)."""
+        return raised(self.monitoring)
 
     @property
     def quarantined_total(self) -> int:
@@ -81,6 +88,8 @@ class ScoreSummary:
         ]
         if self.ood_warning:
             lines.append(f"WARNING          {self.ood_warning}")
+        if self.monitoring:
+            lines += [f"{label:<16} {text}" for label, text in describe(self.monitoring, self.out)]
         if self.overlays:
             lines.append(f"overlays         {len(self.overlays)} PNGs in {self.overlays[0].rsplit('/', 1)[0]}")
         return "\n".join(lines)

@@ -28,6 +28,8 @@ from thorax_ray.losses import build_loss
 from thorax_ray.metrics import mean_auroc, mean_binary_cross_entropy, per_class_auroc
 from thorax_ray.models import MetadataFeatures, create_model, model_initialisation
 from thorax_ray.models.predict import Predictions, predict_batches
+from thorax_ray.monitoring.features import penultimate_features
+from thorax_ray.monitoring.reference import validation_reference
 from thorax_ray.node_check import require_cuda
 from thorax_ray.thresholds import operating_points
 from thorax_ray.train.augment import augment_batch
@@ -124,6 +126,7 @@ class Worker:
     model_bytes: dict = field(default_factory=dict)  # checkpoint name -> size of the model.pt rank 0 wrote
     resumes: list = field(default_factory=list)
     start_epoch: int = 1
+    validation_reference: dict | None = None  # rank 0: the latest epoch's (thorax_ray.monitoring.reference)
 
     @property
     def best(self) -> dict | None:
@@ -226,16 +229,20 @@ def train_epoch(worker: Worker, epoch: int) -> tuple[float, int, float]:
 def validate(worker: Worker, epoch: int, *, train_loss: float, train_images: int, train_seconds: float,
              started: float) -> dict:
     """Every worker scores its share of the validation rows with the unwrapped model (no DDP, no padding);
-    rank 0 gathers them (every row exactly once), computes the AUROCs, and every worker gets the record."""
+    rank 0 gathers them (every row exactly once), computes the AUROCs, and every worker gets the record. The
+    penultimate features of the same pass go to rank 0 too, for the checkpoint's validation reference (drift
+    and out-of-distribution monitoring of scoring), which stays on rank 0."""
     began = time.monotonic()
-    mine = predict_batches(worker.model, worker.feed.val_batches(), contract=worker.contract, device=worker.device,
-                           autocast_dtype=worker.fast.autocast_dtype)
-    shares = worker.collectives.gather_objects(mine)
+    with penultimate_features(worker.model) as captured:
+        mine = predict_batches(worker.model, worker.feed.val_batches(), contract=worker.contract,
+                               device=worker.device, autocast_dtype=worker.fast.autocast_dtype)
+    shares = worker.collectives.gather_objects((mine, captured.array()))
     record = None
     if worker.rank == 0:
-        predictions = Predictions.concatenate(shares)
+        predictions = Predictions.concatenate(share for share, _ in shares)
         predictions.check_unique()
         val, calibration = summarise_validation(predictions)
+        worker.validation_reference = reference_of(predictions, shares)
         now = time.monotonic()
         record = {"epoch": epoch, "train_loss": train_loss, "train_images": train_images,
                   "train_seconds": train_seconds, "val_seconds": now - began, "val_images": len(predictions.image_index),
@@ -257,6 +264,17 @@ def summarise_validation(predictions: Predictions) -> tuple[dict, dict | None]:
            "loss": mean_binary_cross_entropy(labels, probabilities),
            "operating_points": operating_points(labels, probabilities)}
     return val, fit_calibration(labels, probabilities)
+
+
+def reference_of(predictions: Predictions, shares: list[tuple[Predictions, np.ndarray | None]]) -> dict | None:
+    """The validation reference of the gathered `predictions` and each worker's (predictions, features), in the
+    same order (a worker's features None with rows: its model captured none, and the reference has no feature
+    model)."""
+    scored = [(share, features) for share, features in shares if len(share.image_index)]
+    if any(features is None or len(features) != len(share.image_index) for share, features in scored):
+        return validation_reference(predictions.probabilities)
+    return validation_reference(predictions.probabilities,
+                                np.concatenate([features for _, features in scored]) if scored else None)
 
 
 def end_epoch(worker: Worker, record: dict, started: float) -> None:
@@ -328,7 +346,7 @@ def checkpoint_payload(worker: Worker, epoch: int, calibration: dict | None = No
         preprocessing=worker.contract.to_dict(), split_hash=info["split_hash"], seed=config.run.seed,
         history=worker.history, best=worker.best, resumes=worker.resumes, run_name=info["run_name"],
         data_origin=info.get("data_origin"), operating_points=worker.history[-1]["val"]["operating_points"],
-        calibration=calibration)
+        calibration=calibration, validation_reference=worker.validation_reference)
 
 
 def train_step(trained: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_fn, batch, *, spec, contract: PreprocessingContract,
