@@ -62,7 +62,8 @@ def test_evaluation_writes_every_file_to_s3(synthetic_small, s3_server, s3_bucke
     embedded = [base64.b64decode(u) for u in re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)]
     plots = {files[k] for k in ("roc_curves.png", "pr_curves.png", "auroc.png", "reliability_good.png",
                                 "reliability_weak.png", *overlays)}
-    assert len(embedded) == 7 and set(embedded) == plots  # read back from the bucket
+    # the job's files, plus what the report draws itself: the headline chart and the overlays' thumbnails
+    assert len(embedded) == 7 + 1 + len(overlays) and plots <= set(embedded)  # read back from the bucket
 
     # thresholds versioned by listing the bucket: the same thresholds keep v1, changed ones become v2
     good = saved["models"]["good"]

@@ -98,9 +98,10 @@ def test_report_is_self_contained_and_escaped(case, figures, tmp_path):
         sections=[{"title": "Extra " + EVIL, "text": "a & b", "table": {"columns": ["k", "v"], "rows": [[EVIL, 1]]}}])
     text = open(path, encoding="utf-8").read()
 
-    # embedded images, decodable, and nothing fetched from anywhere
+    # embedded images, decodable, and nothing fetched from anywhere: the three figures, the overlay, the
+    # headline chart and the overlay again as the summary's thumbnail
     uris = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', text)
-    assert len(uris) == 4
+    assert len(uris) == 6
     assert all(base64.b64decode(u).startswith(PNG_MAGIC) for u in uris)
     assert not re.search(r"https?://", text)
     assert not re.search(r'(src|href)="(?!data:)', text)
@@ -126,6 +127,18 @@ def test_report_is_self_contained_and_escaped(case, figures, tmp_path):
     assert "chance: one whole-image box" in text and "chance: the class&#x27;s median box" in text
     assert "synthetic data: numbers are not comparable" in text
     assert "a &amp; b" in text
+
+    # the answer first: the sentence and the headline chart, then every detailed section closed
+    delta = metrics["paired"][0]["result"]["mean"]
+    sentence = comparison.comparison_sentence("small_cnn", EVIL, delta["delta"], delta["ci"])
+    summary, details = text.index('<section id=summary>'), text.index("<details>")
+    assert summary < text.index("&lt;script&gt;alert(1)", summary) < text.index("id=headline-chart") < details
+    assert sentence.replace("<", "&lt;").replace(">", "&gt;") in text[summary:details]
+    assert "<details open" not in text
+    for title in ("AUROC per finding (test split)", "Curves (test split)", "Paired comparison",
+                  "AUROC by view position", "Operating thresholds", "Average precision", "Localization",
+                  "Heatmap overlays", "Extra "):
+        assert text.index(f"<details><summary><h2>{title}") >= details
 
 
 def test_report_without_optional_sections(case, tmp_path):

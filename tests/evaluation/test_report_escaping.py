@@ -33,11 +33,15 @@ def test_hostile_strings_come_out_escaped(tmp_path):
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text
     assert "&quot;&#x27;&gt;&lt;img src=x onerror=alert(2)&gt;" in text
     assert f"<title>{'&lt;script&gt;alert(1)&lt;/script&gt;'}</title>" in text
-    # every image is a data URI of the bytes given, its caption escaped inside the alt attribute
-    assert len(re.findall(r'<img src="data:image/png;base64,[A-Za-z0-9+/=]+" alt="[^"<>]*">', text)) == 3
+    # every image is a data URI of the bytes given, its caption escaped inside the alt attribute: the three
+    # given, the headline chart and the overlay's thumbnail in the summary
+    assert len(re.findall(r'<img src="data:image/png;base64,[A-Za-z0-9+/=]+" alt="[^"<>]*">', text)) == 5
     tags = re.findall(r"<([a-zA-Z][a-zA-Z0-9]*)", text)
     assert set(tags) <= {"html", "head", "meta", "title", "style", "body", "h1", "h2", "h3", "p", "span", "table",
-                         "thead", "tbody", "tr", "th", "td", "div", "figure", "img", "figcaption"}
+                         "thead", "tbody", "tr", "th", "td", "div", "figure", "img", "figcaption", "section", "ul",
+                         "li", "details", "summary"}
+    # the summary's sentences name the hostile models as text too
+    assert "<li class=verdict>&lt;script&gt;alert(1)&lt;/script&gt; and &quot;&#x27;&gt;&lt;img" in text
 
 
 def test_template_is_autoescaped_and_strict():

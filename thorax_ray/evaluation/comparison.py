@@ -143,3 +143,53 @@ def format_comparison_table(metrics: Mapping) -> str:
               for k, (label, _) in zip(keys, columns)]
     lines.append("Ours: AUROC [95% patient-bootstrap CI]; references: published, real NIH data, split as named.")
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------- the report's plain sentences
+
+BEATS, TRAILS, INDISTINGUISHABLE = "beats", "trails", "is indistinguishable from"
+
+
+def verdict(ci) -> str | None:
+    """How model a compares with model b from the 95% CI of a - b: BEATS when the whole CI is above 0,
+    TRAILS when it is below 0, INDISTINGUISHABLE when it contains 0 (an end at exactly 0 included);
+    None without a CI. Judged on the unrounded ends."""
+    if not ci or ci[0] is None or ci[1] is None or any(math.isnan(float(v)) for v in ci):
+        return None
+    low, high = float(ci[0]), float(ci[1])
+    return BEATS if low > 0 else TRAILS if high < 0 else INDISTINGUISHABLE
+
+
+def format_signed(value, digits: int = 3) -> str:
+    """A difference with its sign: "+0.029", "-0.013"; "0.000" when it rounds to zero (no "-0.000");
+    "n/a" for missing."""
+    if value is None or math.isnan(float(value)):
+        return "n/a"
+    text = f"{float(value):+.{digits}f}"
+    return text[1:] if float(text) == 0 else text
+
+
+def comparison_sentence(model_a: str, model_b: str, delta, ci, what: str = "mean AUROC") -> str:
+    """One plain sentence for a paired comparison of a - b (`delta`, its 95% CI `ci`):
+    "fusion beats small_cnn by +0.029 mean AUROC [0.007, 0.054]", "mlp trails fusion by -0.213 mean AUROC
+    [-0.251, -0.176]", "mlp is indistinguishable from mlp_fu: +0.004 mean AUROC [-0.010, 0.018], the
+    95% CI spans 0"; without a difference or CI: "... could not be compared ...". The number is always
+    a - b, as in the paired tables."""
+    word = verdict(ci)
+    if delta is None or word is None:
+        return f"{model_a} and {model_b} could not be compared on {what} (no paired difference with a CI)."
+    amount = f"{format_signed(delta)} {what} {format_ci(ci)}"
+    if word == INDISTINGUISHABLE:
+        return f"{model_a} {word} {model_b}: {amount}, the 95% CI spans 0."
+    return f"{model_a} {word} {model_b} by {amount}."
+
+
+def model_sentence(model: str, mean, ci, *, split: str = "test", elsewhere: bool = False,
+                   alone: bool = False) -> str:
+    """The sentence of a model in no paired comparison: "small_cnn: mean AUROC 0.846 [0.829, 0.861] on the
+    test split", saying why when it is known: `elsewhere` (evaluated on other rows, set beside) or `alone`
+    (the report has no paired comparison)."""
+    why = (" (evaluated on its own test rows, not paired)" if elsewhere
+           else " (no paired comparison in this report)" if alone else "")
+    interval = f" {format_ci(ci)}" if ci else ""
+    return f"{model}: mean AUROC {format_number(mean)}{interval} on the {split} split{why}."

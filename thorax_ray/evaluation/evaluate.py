@@ -28,7 +28,7 @@ from thorax_ray.evaluation.localization import (NIH_IMAGE_SIZE, chance_localizat
 from thorax_ray.evaluation.plots import plot_auroc_comparison, plot_heatmap_overlay, plot_pr_curves, plot_roc_curves
 from thorax_ray.evaluation.protocols import localization_protocols
 from thorax_ray.evaluation.reliability import calibration_metrics, plot_reliability_diagrams, reliability_file
-from thorax_ray.evaluation.report import write_report
+from thorax_ray.evaluation.report import Overlay, write_report
 from thorax_ray.labels import FINDING_COLUMNS, FINDINGS, column_name
 from thorax_ray.names import safe_name
 from thorax_ray.scoring.output import CALIBRATED_COLUMNS
@@ -366,9 +366,11 @@ def _provenance(attrs: dict) -> dict:
 
 
 def _overlays(config: EvaluationConfig, frame: pd.DataFrame, name: str, heatmap_description: dict | None,
-              test: pd.DataFrame, truth_boxes: pd.DataFrame, predicted_boxes: dict[str, list[dict]]) -> dict[str, str]:
+              test: pd.DataFrame, truth_boxes: pd.DataFrame, predicted_boxes: dict[str, list[dict]]
+              ) -> dict[str, Overlay]:
     """Heatmap overlays of one model (the first with localization) on test images with ground-truth boxes:
-    the finding's map upsampled between its cells' centres, the Wang-protocol boxes and the truth boxes."""
+    the finding's map upsampled between its cells' centres, the Wang-protocol boxes and the truth boxes;
+    each with what it shows, so that the report's summary calls it a hit or a miss."""
     if config.overlays <= 0:
         return {}
     folder = storage.join(config.out, "overlays")
@@ -390,10 +392,11 @@ def _overlays(config: EvaluationConfig, frame: pd.DataFrame, name: str, heatmap_
         heatmap = upsample_maps(maps[[FINDINGS.index(finding)]], pixels.shape[1], pixels.shape[0], centres)[0]
         predicted = [box for box in predicted_boxes.get(image_index, []) if box["finding"] == finding]
         probability = float(row[column_name(finding)])
-        overlays[f"{name}: {image_index} {finding} (p={probability:.2f}); {protocol}"] = plot_heatmap_overlay(
-            pixels, heatmap, storage.join(folder, f"{stem}_{finding}.png"),
-            truth_boxes=truth.to_dict("records"), predicted_boxes=predicted,
-            title=f"{image_index}: {finding} p={probability:.2f}", endpoint_url=config.s3_endpoint)
+        overlays[f"{name}: {image_index} {finding} (p={probability:.2f}); {protocol}"] = Overlay(
+            plot_heatmap_overlay(pixels, heatmap, storage.join(folder, f"{stem}_{finding}.png"),
+                                 truth_boxes=truth.to_dict("records"), predicted_boxes=predicted,
+                                 title=f"{image_index}: {finding} p={probability:.2f}", endpoint_url=config.s3_endpoint),
+            model=name, finding=finding, probability=probability)
     return overlays
 
 

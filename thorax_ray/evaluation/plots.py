@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from thorax_ray import storage
-from thorax_ray.evaluation.comparison import reference_note, run_split
+from thorax_ray.evaluation.comparison import BEATS, TRAILS, reference_note, run_split, verdict
 from thorax_ray.evaluation.references import MEAN_ROW, REFERENCE_AUROC
 from thorax_ray.labels import FINDINGS
 
@@ -28,13 +28,18 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path, endpoint_url: str | None = None) -> str:
-    """The figure as a PNG at `path` (a local path or s3:// URI, written in one step by storage)."""
-    path = os.fspath(path)
+def _png(fig) -> bytes:
+    """The figure as PNG bytes (the figure is closed)."""
     buffer = io.BytesIO()
     fig.savefig(buffer, dpi=_DPI, format="png", metadata=_PNG_METADATA)
     _pyplot().close(fig)
-    storage.write_bytes(path, buffer.getvalue(), endpoint_url=endpoint_url)
+    return buffer.getvalue()
+
+
+def _save(fig, path, endpoint_url: str | None = None) -> str:
+    """The figure as a PNG at `path` (a local path or s3:// URI, written in one step by storage)."""
+    path = os.fspath(path)
+    storage.write_bytes(path, _png(fig), endpoint_url=endpoint_url)
     return path
 
 
@@ -177,6 +182,63 @@ def plot_auroc_comparison(table, path, *, reference_columns: Sequence[str] | Non
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2, frameon=False)
     ax.grid(axis="y", alpha=0.3)
     return _save(fig, path, endpoint_url)
+
+
+_VERDICT_COLOURS = {BEATS: "tab:green", TRAILS: "tab:red"}  # a CI spanning 0 (or none): grey
+
+
+def _plain_text(label: str) -> str:
+    """A label drawn as it is written: "$" would start matplotlib's math text."""
+    return str(label).replace("$", r"\$")
+
+
+def _interval(ax, row: int, value, ci, colour) -> None:
+    """A dot at `value` on row `row` with its CI as a whisker (either may be missing)."""
+    if ci and ci[0] is not None and ci[1] is not None:
+        ax.plot([_value(ci[0]), _value(ci[1])], [row, row], color=colour, linewidth=2.2, solid_capstyle="butt")
+    if value is not None:
+        ax.plot([_value(value)], [row], "o", color=colour, markersize=7)
+
+
+def headline_chart(means: Sequence[tuple[str, float | None, Sequence | None]],
+                   differences: Sequence[tuple[str, float | None, Sequence | None]], *,
+                   split: str = "test") -> bytes:
+    """The report's answer to "which model is better", as PNG bytes: on the left each model's mean AUROC
+    with its 95% CI (dot and whisker, `means`: (model, mean, [lo, hi] | None)); on the right, when there
+    are pairs, each paired difference of mean AUROC a - b with its 95% CI against a line at 0
+    (`differences`: ("a - b", delta, [lo, hi] | None)), green when the CI is above 0, red below, grey when
+    it spans 0 (comparison.verdict)."""
+    if not means:
+        raise ValueError("no models to chart")
+    plt = _pyplot()
+    rows = max(len(means), len(differences))
+    panels = 2 if differences else 1
+    fig, axes = plt.subplots(1, panels, figsize=(4.6 * panels + 0.6, 1.25 + 0.34 * rows), constrained_layout=True,
+                             squeeze=False)
+    ax = axes[0, 0]
+    for row, (name, value, ci) in enumerate(means):
+        _interval(ax, row, value, ci, "tab:blue")
+    ax.set_yticks(range(len(means)))
+    ax.set_yticklabels([_plain_text(m[0]) for m in means], fontsize=9)
+    ax.set_ylim(rows - 0.5, -0.5)
+    ax.axvline(0.5, color="0.6", linestyle=":", linewidth=1)
+    ax.set_xlabel(f"mean AUROC ({split} split), 95% CI", fontsize=9)
+    ax.set_title("Mean AUROC per model", fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
+    ax.tick_params(axis="x", labelsize=8)
+    if differences:
+        ax = axes[0, 1]
+        for row, (name, value, ci) in enumerate(differences):
+            _interval(ax, row, value, ci, _VERDICT_COLOURS.get(verdict(ci), "0.45"))
+        ax.set_yticks(range(len(differences)))
+        ax.set_yticklabels([_plain_text(d[0]) for d in differences], fontsize=9)
+        ax.set_ylim(rows - 0.5, -0.5)
+        ax.axvline(0.0, color="0.3", linewidth=1)
+        ax.set_xlabel("mean AUROC of a - b, paired 95% CI", fontsize=9)
+        ax.set_title("Paired differences\ngreen: a better, red: b better, grey: CI spans 0", fontsize=10)
+        ax.grid(axis="x", alpha=0.3)
+        ax.tick_params(axis="x", labelsize=8)
+    return _png(fig)
 
 
 LEGEND_WIDTH = 90  # characters per legend line: long column labels wrap instead of squeezing the axes
