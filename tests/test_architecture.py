@@ -24,7 +24,7 @@ MAX_MODULE_LINES = 450
 # heavy to import, or absent where parts of the package run without them (the GPU machine has no Ray, no
 # pydantic, no botocore: tests/bench/test_gpu_bench_without_ray.py).
 DEFERRABLE = {"ray", "captum", "pydicom", "torchvision", "matplotlib", "sklearn", "s3fs", "pydantic", "pydantic_core",
-              "botocore"}
+              "botocore", "deltalake"}
 
 
 def read_package(root: str) -> dict[str, str]:

@@ -87,11 +87,43 @@ def test_sigterm_on_score_commits_nothing_removes_its_staging_and_releases_the_o
     assert code == 143, stderr[-3000:]
     assert len(interrupted_lines(stderr)) == 1
     assert [r["run_id"] for r in committed_runs(str(out))] == [earlier.run_id]  # nothing new committed
-    assert not os.path.exists(out / "_staging") or not os.listdir(out / "_staging")
+    assert [p.name for p in (out / "scores").glob("batch_date=*/run_id=*")] == [f"run_id={earlier.run_id}"]
     assert not lock.exists()  # the next scheduled run is not blocked
     again = score(ScoreConfig(checkpoint=str(checkpoint), input=str(learnable_images / "prepared"), out=str(out),
                               max_images=10, method="none"))
     assert again.scored == 10 and again.skipped == 50
+
+
+def test_score_killed_between_writing_and_committing_is_seen_by_no_reader(ray_local, ray_job_env, learnable_images,
+                                                                          tmp_path):
+    """SIGKILL (no clean-up at all) right before the commit, after every score file was written: DuckDB's
+    delta_scan over the output sees exactly the rows read_scores returns, the earlier run's."""
+    from tests.scoring.test_scores_table import KEY, delta_extension_connection, rows
+    from thorax_ray.scoring import ScoreConfig, read_scores
+    from thorax_ray.scoring.score import score
+
+    checkpoint = tmp_path / "checkpoint"
+    make_checkpoint(checkpoint, size=64)
+    out = tmp_path / "scores"
+    earlier = score(ScoreConfig(checkpoint=str(checkpoint), input=str(learnable_images / "prepared"), out=str(out),
+                                max_images=20, method="none"))
+    program = ("import os, runpy, signal, sys\n"
+               "from thorax_ray.lease import Lease\n"
+               "Lease.fence = lambda self: os.kill(os.getpid(), signal.SIGKILL)  # the step before the commit\n"
+               "sys.argv = ['jobs/score.py', *sys.argv[1:]]\n"
+               "runpy.run_path('jobs/score.py', run_name='__main__')\n")
+    result = subprocess.run([sys.executable, "-c", program, "--checkpoint", str(checkpoint), "--input",
+                             str(learnable_images / "prepared"), "--out", str(out), "--method", "none",
+                             "--max-images", "30"], cwd=REPO, env={**os.environ, "PYTHONPATH": REPO, **ray_job_env},
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == -signal.SIGKILL, result.stderr[-3000:]
+    folders = [p for p in (out / "scores").glob("batch_date=*/run_id=*") if p.name != f"run_id={earlier.run_id}"]
+    assert len(folders) == 1 and list(folders[0].glob("*.parquet"))  # written, never committed
+    expected = rows(read_scores(str(out)))
+    assert len(expected) == 20 and {r[2] for r in expected} == {earlier.run_id}
+    connection = delta_extension_connection()  # kept: a connection collected mid-query closes it
+    scanned = connection.sql(f"SELECT {', '.join(KEY)} FROM delta_scan('{out}/scores')").df()
+    assert rows(scanned) == expected
 
 
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])

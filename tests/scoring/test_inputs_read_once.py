@@ -77,4 +77,5 @@ def test_scoring_a_prepared_input_reads_its_commit_record_once(prepared, tmp_pat
     assert streamed == [120] and summary.input_rows == 120 and summary.quarantined_total == 120
     assert len(shard_reads) == 1 and all(f"versions/{record['version']}/" in p for p in shard_reads[0])
     assert committed_runs(str(tmp_path / "scores"))[0]["input_kind"] == "prepared"
-    assert not os.listdir(tmp_path / "scores" / "_staging")  # the staged-output helper removed its staging
+    # the staged-output helper removed the run's folder (nothing of it committed but its quarantine rows)
+    assert not list((tmp_path / "scores" / "scores").glob(f"*/run_id={summary.run_id}"))

@@ -21,8 +21,8 @@ from thorax_ray.data.nih_csv import DATA_ENTRY_HEADER
 from thorax_ray.data.preprocess import normalise_images, preprocessing_contract
 from thorax_ray.labels import BOXED_FINDINGS, FINDING_COLUMNS, FINDINGS
 from thorax_ray.scoring import ScoreConfig, read_scores
-from thorax_ray.scoring.output import (CALIBRATED_COLUMNS, FEATURES_METADATA_KEY, SCORES_METADATA_KEY, STAGING_DIR,
-                                       committed_runs, output_size, read_file_metadata, read_quarantine, scored_index)
+from thorax_ray.scoring.output import (CALIBRATED_COLUMNS, FEATURES_METADATA_KEY, SCORES_METADATA_KEY, committed_runs,
+                                       output_size, read_file_metadata, read_quarantine, scored_index)
 from thorax_ray.scoring.pipeline import (IN_FLIGHT_BATCHES_PER_ACTOR, MIN_IN_FLIGHT_BYTES, bound_in_flight,
                                          in_flight_bytes)
 from thorax_ray.scoring.score import score
@@ -72,7 +72,7 @@ def test_schema_metadata_round_trip_and_size(ray_local, checkpoint, synthetic_sm
     out = tmp_path / "out"
     summary = score(config(ckpt, synthetic_small, out))
     assert (summary.scored, summary.skipped, summary.quarantined_total) == (120, 0, 0)
-    assert summary.compute_s > 0 and summary.commit.endswith(f"_commits/{summary.run_id}.json")
+    assert summary.compute_s > 0 and "/scores/_delta_log/" in summary.commit
 
     files = parquet_files(out / "scores")
     assert files and all(f"batch_date={summary.batch_date}/run_id={summary.run_id}/part-" in f for f in files)
@@ -167,7 +167,8 @@ def test_killed_run_and_next_batch_give_each_image_once(ray_local, checkpoint, s
         crash.setattr("thorax_ray.scoring.pipeline.Scorer", CrashingScorer)
         score(config(ckpt, incoming, out, batch_date="2024-01-02"))  # dies midway
     assert len(read_scores(str(out))) == 12 and len(committed_runs(str(out))) == 1
-    assert not os.listdir(out / STAGING_DIR)
+    committed = {run["run_id"] for run in committed_runs(str(out))}
+    assert {p.name for p in out.glob("scores/batch_date=*/run_id=*")} == {f"run_id={r}" for r in committed}
 
     # A run killed hard leaves files without a commit record: readers never see them.
     orphan = out / "scores" / "batch_date=2024-01-02" / "run_id=20240102T000000Z-dead00"

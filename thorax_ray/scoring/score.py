@@ -1,6 +1,6 @@
 """One scoring run: resolve the input, skip what this model already scored, stream the rest through
-read/decode and a pool of model actors (`ActorPoolStrategy`) into staging Parquet files, then publish
-and commit. Decoding runs as CPU tasks; when the actors hold only CPUs, Ray Data fuses it into them.
+read/decode and a pool of model actors (`ActorPoolStrategy`) into Parquet files in the run's folder of the
+scores table, then commit them in one Delta transaction (thorax_ray.scoring.output). Decoding runs as CPU tasks; when the actors hold only CPUs, Ray Data fuses it into them.
 
     summary = score(ScoreConfig(checkpoint="runs/cnn", input="s3://bucket/incoming/", out="s3://bucket/scores"))
     print(summary.format())
@@ -34,13 +34,14 @@ from thorax_ray.data.staged import StagedRun, new_run_id, staged_run, utc_timest
 from thorax_ray.labels import FINDING_COLUMNS, FINDINGS
 from thorax_ray.models import build_model
 from thorax_ray.models.tta import NO_TTA, check_tta, describe_tta
+from thorax_ray.monitoring.run import MONITORED_COLUMNS, monitor_committed_run
 from thorax_ray.progress import StageProgress
 from thorax_ray.scoring.config import ScoreConfig
 from thorax_ray.scoring.gate import resolve_gate
-from thorax_ray.scoring.output import (CALIBRATED_COLUMNS, QUARANTINE_DIR, SCORES_DIR, SCORES_FORMAT_VERSION,
-                                       ScoresError, clean_uncommitted, commit_name, feature_attribution_metadata,
-                                       publish, quarantine_table, schema_metadata, score_schema, scored_index,
-                                       staging_uri, write_table_file)
+from thorax_ray.scoring.output import (CALIBRATED_COLUMNS, SCORES_DIR, SCORES_FORMAT_VERSION, ScoresError,
+                                       check_writable, clean_uncommitted, commit_quarantine, commit_scores,
+                                       feature_attribution_metadata, quarantine_table, read_scores, run_folder,
+                                       schema_metadata, score_schema, scored_index)
 from thorax_ray.scoring.overlays import write_overlays
 from thorax_ray.scoring.pipeline import ScoringRun, plan_actors, stream
 from thorax_ray.scoring.scorer import NO_METHOD, heatmap_description, uses_maps
@@ -87,9 +88,16 @@ def score(config: ScoreConfig, *, filesystem=None, capacity: ClusterCapacity | N
     run = ScoringRun(config=config, source=source, payload=payload, model=model, model_id=model_id,
                checkpoint_dir=checkpoint_dir, method=method, actor_plan=actor_plan, run_id=run_id,
                batch_date=batch_date, started=started, now=now, origin=origin)
-    with staged_run(config.out, staging_uri(config.out, run_id), ttl_s=config.lock_ttl_s, wait_s=config.lock_wait_s,
-                    about={"run_id": run_id, "model_id": model_id}, scratch=True, endpoint_url=endpoint) as staged:
+    check_writable(config.out, endpoint_url=endpoint)
+    stage = run_folder(config.out, SCORES_DIR, batch_date, run_id)  # removed unless the run commits
+    with staged_run(config.out, stage, ttl_s=config.lock_ttl_s, wait_s=config.lock_wait_s,
+                    about={"run_id": run_id, "model_id": model_id}, endpoint_url=endpoint) as staged:
         summary = _score_locked(run, staged, filesystem)
+    # after the commit: the run's committed rows against the checkpoint's validation reference (OUT/monitoring/)
+    summary.monitoring = monitor_committed_run(
+        config.out, read_scores(config.out, run_id=run_id, columns=MONITORED_COLUMNS, endpoint_url=endpoint),
+        run_id=run_id, batch_date=batch_date, model_id=model_id, model_name=str(payload.model_name),
+        reference=payload.validation_reference, endpoint_url=endpoint)
     if config.overlays:
         shown = resolve_gate(config.overlay_threshold, payload.operating_points, epoch=payload.epoch,
                              calibration=payload.calibration)
@@ -137,7 +145,7 @@ class _Written:
 
 def _score_locked(run: ScoringRun, staged: StagedRun, filesystem) -> ScoreSummary:
     """The part of a run that needs the output's lease: what is already scored, the scoring, the commit
-    (`staged` removes the run's staging folder afterwards, and on any failure)."""
+    (`staged` removes the run's folder of the scores table on any failure before the commit)."""
     config, endpoint = run.config, run.config.endpoint_url
     if config.keep_uncommitted_hours is not None:
         clean_uncommitted(config.out, older_than_s=config.keep_uncommitted_hours * 3600, endpoint_url=endpoint)
@@ -226,12 +234,14 @@ def tta_record(config: ScoreConfig, contract: PreprocessingContract, *, maps: bo
 
 
 def _score_pending(run: ScoringRun, pending: _Pending, layout: _Layout, filesystem) -> _Written:
-    """Streams the pending rows through the actor pool into staging files; checks every row is accounted for."""
+    """Streams the pending rows through the actor pool into the run's folder of the scores table; checks every
+    row is accounted for."""
     from thorax_ray.scoring.sink import ScoresDatasink  # deferred: Ray (absent on the GPU machine)
 
     config = run.config
-    sink = ScoresDatasink(config.out, run.run_id, layout.schema, layout.metadata, rows_per_file=config.rows_per_file,
-                          compression=config.compression, endpoint_url=config.endpoint_url)
+    sink = ScoresDatasink(config.out, run.run_id, run.batch_date, layout.schema, layout.metadata,
+                          rows_per_file=config.rows_per_file, compression=config.compression,
+                          endpoint_url=config.endpoint_url)
     if len(pending.rows):
         with StageProgress("score", total=len(pending.rows)) as progress:
             stream(run, pending.rows, layout.gate, sink, filesystem, progress.counter)
@@ -253,29 +263,22 @@ def _score_pending(run: ScoringRun, pending: _Pending, layout: _Layout, filesyst
 
 def _commit(run: ScoringRun, staged: StagedRun, pending: _Pending, layout: _Layout,
             written: _Written) -> tuple[str, list[dict], dict[str, int]]:
-    """Publishes the staged files and writes the run's commit record (while the lease is still ours);
-    returns (commit URI, published score files, quarantined rows per reason)."""
+    """Commits the run's score files to the scores table in one Delta commit holding the run's record (while
+    the lease is still ours), then its quarantined rows to the quarantine table; returns (URI of the commit's
+    log entry, committed score files, quarantined rows per reason)."""
     config, payload, endpoint = run.config, run.payload, run.config.endpoint_url
     run_id, batch_date, failed = run.run_id, run.batch_date, written.failed
-    quarantine_files = []
-    if len(failed):
-        table = quarantine_table(failed, run_id=run_id, batch_date=batch_date, model_id=run.model_id)
-        uri = staging_uri(config.out, run_id, "quarantine", "part-0.parquet")
-        quarantine_files.append((uri, table.num_rows, write_table_file(table, uri, endpoint_url=endpoint)))
-    entries = publish(config.out, run_id, batch_date, written.files, SCORES_DIR, endpoint_url=endpoint)
-    quarantine_entries = publish(config.out, run_id, batch_date, quarantine_files, QUARANTINE_DIR,
-                                 endpoint_url=endpoint)
     quarantined = {str(k): int(v) for k, v in failed["reason"].value_counts().items()}
     elapsed = time.monotonic() - run.started
     build = payload.model_build_config
-    # Written only while the lease is still ours: no other run can have read the old index and scored these too.
-    commit = staged.commit(commit_name(run_id), {
+    # Committed only while the lease is still ours: no other run can have read the old index and scored these too.
+    staged.lease.fence()
+    record = {
         "format_version": SCORES_FORMAT_VERSION, "run_id": run_id, "batch_date": batch_date, "model_id": run.model_id,
         "model_name": payload.model_name, "checkpoint": run.checkpoint_dir, "method": run.method,
         "split_hash": payload.split_hash,  # the split the model was trained on
         "input": config.input, "input_kind": run.source.kind,
         "started": utc_timestamp(run.now), "finished": utc_timestamp(),
-        "files": entries, "quarantine_files": quarantine_entries,
         "counts": {"input": run.source.total_rows, "scored": written.scored, "skipped": pending.skipped,
                    "quarantined": len(failed), "deferred": pending.deferred,
                    "no_boxes_unknown_size": written.unknown_size},
@@ -285,7 +288,13 @@ def _commit(run: ScoringRun, staged: StagedRun, pending: _Pending, layout: _Layo
         "metadata_features": (build.get("metadata_features") or {}).get("features"),
         "calibration": describe_calibration(payload.calibration), "tta": layout.tta,
         "elapsed_s": round(elapsed, 3), "compute_s": round(written.compute_s, 3), "model_s": round(written.model_s, 3),
-    })
+    }
+    commit, entries = commit_scores(config.out, record, written.files, layout.schema, endpoint_url=endpoint)
+    staged.committed = commit  # the run's folder is now the table's: kept
+    if len(failed):
+        commit_quarantine(config.out, quarantine_table(failed, run_id=run_id, batch_date=batch_date,
+                                                       model_id=run.model_id),
+                          run_id=run_id, batch_date=batch_date, model_id=run.model_id, endpoint_url=endpoint)
     return commit, entries, quarantined
 
 

@@ -1,7 +1,9 @@
-"""The Ray Data datasink of a scoring run: each write task streams its scored rows into one staging
-Parquet file under `OUT/_staging/<run_id>/` and hands its failed rows and compute time back to the
-driver (thorax_ray.scoring.output publishes and commits them). Kept apart from `output` so that reading
-and writing scores needs no Ray."""
+"""The Ray Data datasink of a scoring run: each write task streams its scored rows into one Parquet data
+file in the run's own folder of the scores table (`OUT/scores/batch_date=.../run_id=<run_id>/`) and hands
+its failed rows and compute time back to the driver, which commits the files to the Delta table in one
+transaction (thorax_ray.scoring.output.commit_scores). Until then no Delta reader sees them. Ray Data's own
+`write_delta` commits too, but cannot hand back the quarantined rows and timings nor commit under OUT's
+lease with the run's record. Kept apart from `output` so that reading and writing scores needs no Ray."""
 from __future__ import annotations
 
 import uuid
@@ -15,18 +17,20 @@ from ray.data import Datasink
 from ray.data.block import BlockAccessor
 
 from thorax_ray import storage
-from thorax_ray.scoring.output import STAGING_DIR, ScoresWrite
+from thorax_ray.scoring.output import SCORES_DIR, ScoresWrite, data_schema, partition
 
 
 class ScoresDatasink(Datasink):
-    """Writes the scored rows of each write task to one staging Parquet file and hands failed rows
-    (and the scorer's compute time) back to the driver."""
+    """Writes the scored rows of each write task to one Parquet file in the run's folder of the scores table
+    (the columns of `schema` less batch_date, which is the table's partition) and hands failed rows (and the
+    scorer's compute time) back to the driver."""
 
-    def __init__(self, out: str, run_id: str, schema: pa.Schema, metadata: dict[str, str], *,
+    def __init__(self, out: str, run_id: str, batch_date: str, schema: pa.Schema, metadata: dict[str, str], *,
                  rows_per_file: int = 8192, compression: str = "zstd", endpoint_url: str | None = None):
         self.out = out
         self.run_id = run_id
-        self.schema = schema.with_metadata(metadata)
+        self.batch_date = batch_date
+        self.schema = data_schema(schema).with_metadata(metadata)
         self.rows_per_file = rows_per_file
         self.compression = compression
         self.endpoint_url = endpoint_url
@@ -40,7 +44,8 @@ class ScoresDatasink(Datasink):
         fs, base = storage.filesystem(self.out, endpoint_url=self.endpoint_url)
         names = self.schema.names
         writer = handle = None
-        path = f"{base}/{STAGING_DIR}/{self.run_id}/scores/part-{ctx.task_idx:05d}-{uuid.uuid4().hex[:8]}.parquet"
+        folder = f"{base}/{SCORES_DIR}/{partition(self.batch_date, self.run_id)}"
+        path = f"{folder}/part-{ctx.task_idx:05d}-{uuid.uuid4().hex[:8]}.parquet"
         rows, compute_s, model_s, quarantined, sources, unknown_size = 0, 0.0, 0.0, [], {}, 0
         try:
             for block in blocks:
