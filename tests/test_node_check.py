@@ -128,3 +128,48 @@ def test_the_training_worker_and_the_scoring_actor_run_the_check_at_their_start(
     assert worker.index("require_cuda(device)") < worker.index("create_model(")
     actor = _source_of("thorax_ray/scoring/scorer.py", "Scorer.__init__")
     assert actor.index("require_cuda_if_ray_gave_a_gpu()") < actor.index("self.device =")
+
+
+def test_the_pre_flight_answer_is_the_line_require_cuda_raises_or_none(gpu_node):
+    assert node_check.problem_line() is None
+    gpu_node.setattr(torch.cuda, "is_available", lambda: False)
+    gpu_node.setenv("CUDA_VISIBLE_DEVICES", "")
+    line = node_check.problem_line()
+    with pytest.raises(CudaUnusable) as error:
+        require_cuda("cuda:0")
+    assert line == str(error.value) and "\n" not in line
+
+
+def test_the_node_type_and_instance_are_named_when_ray_s_autoscaler_set_them(monkeypatch):
+    host = socket.gethostname()
+    monkeypatch.delenv(node_check.NODE_TYPE_VARIABLE, raising=False)
+    monkeypatch.delenv(node_check.INSTANCE_VARIABLE, raising=False)
+    monkeypatch.setattr(socket, "gethostbyname", lambda name: "10.0.1.23")
+    assert node_check.node_name() == f"{host} (10.0.1.23)"
+    monkeypatch.setenv(node_check.NODE_TYPE_VARIABLE, "gpu_train")
+    monkeypatch.setenv(node_check.INSTANCE_VARIABLE, "i-0abc")
+    assert node_check.node_name() == f"{host} (10.0.1.23, node type gpu_train, instance i-0abc)"
+
+    def unresolved(name):
+        raise OSError("no address")
+
+    monkeypatch.setattr(socket, "gethostbyname", unresolved)
+    assert node_check.node_name() == f"{host} (node type gpu_train, instance i-0abc)"
+    monkeypatch.delenv(node_check.NODE_TYPE_VARIABLE)
+    monkeypatch.delenv(node_check.INSTANCE_VARIABLE)
+    assert node_check.node_name() == host
+
+
+def test_a_node_the_pre_flight_check_refused_ends_the_job_with_its_line_and_exit_69(capsys):
+    """wait_until_placed raises CudaUnusable in the driver itself (no Ray error around it)."""
+    from thorax_ray.cli import run_main
+
+    line = "node ip-10-0-1-23 (10.0.1.23): CUDA is not usable for this GPU job: no NVIDIA driver"
+
+    def main(argv):
+        raise CudaUnusable(line + " (and 3 more of the job's 8 GPU bundles)")
+
+    with pytest.raises(SystemExit) as stop:
+        run_main(main, [])
+    assert stop.value.code == 69
+    assert capsys.readouterr().err.strip().splitlines() == [f"error: {line} (and 3 more of the job's 8 GPU bundles)"]

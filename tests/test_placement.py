@@ -120,3 +120,99 @@ def test_the_deadline_error_exits_75_through_the_jobs_error_path():
 def test_scoring_placement_without_gpus_goes_to_the_cpu_type():
     plan = scoring_placement(min_actors=1, max_actors=1, cpus=1, gpus=0, capacity=SHIPPED)
     assert plan.ask == {"CPU": 1, CPU_ROLE: 1} and plan.node_types == ("cpu",)
+
+
+class FakeGroup:
+    """A placement group that is placed at once (what ray.util.placement_group returns, for wait_until_placed)."""
+
+    def __init__(self, bundles, **_):
+        self.bundles = bundles
+
+    def wait(self, timeout_seconds):
+        return True
+
+
+@pytest.fixture
+def placed_at_once(monkeypatch):
+    """Ray's placement-group functions stood in (no Ray started): every group is placed at once; returns the
+    list of groups removed."""
+    import sys
+    import types
+
+    removed = []
+    util = types.SimpleNamespace(placement_group=FakeGroup, remove_placement_group=removed.append)
+    monkeypatch.setitem(sys.modules, "ray", types.SimpleNamespace(util=util))
+    monkeypatch.setitem(sys.modules, "ray.util", util)
+    return removed
+
+
+def test_a_gpu_job_checks_cuda_on_every_bundle_while_its_group_is_placed_and_prints_nothing(
+        placed_at_once, monkeypatch, capsys):
+    from thorax_ray import placement
+
+    checked = []
+
+    def check(group, bundles, *, gpus, timeout_s):
+        assert group not in placed_at_once, "the group was removed before its nodes were checked"
+        checked.append((len(group.bundles), list(bundles), gpus))
+        return []
+
+    monkeypatch.setattr(placement, "cuda_problems_in_bundles", check)
+    plan = training_placement(workers=3, cpus_per_worker=4, use_gpu=True, capacity=SHIPPED)
+    placement.wait_until_placed(plan, timeout_s=60, stage="train")
+    assert checked == [(3, [0, 1, 2], 1.0)] and len(placed_at_once) == 1
+    pool = scoring_placement(min_actors=2, max_actors=8, cpus=4, gpus=0.5, capacity=SHIPPED)
+    placement.wait_until_placed(pool, timeout_s=60, stage="score")
+    assert checked[1] == (2, [0, 1], 0.5) and len(placed_at_once) == 2  # the pool's first actors, their GPU share
+    assert capsys.readouterr() == ("", "")
+
+
+def test_a_node_that_cannot_run_cuda_ends_the_wait_with_its_line_and_the_group_is_removed(placed_at_once,
+                                                                                       monkeypatch):
+    from thorax_ray import placement
+    from thorax_ray.node_check import CudaUnusable
+
+    lines = ["node ip-10-0-1-23 (10.0.1.23): CUDA is not usable for this GPU job: no NVIDIA driver (libcuda.so.1 "
+             "cannot be loaded)", "node ip-10-0-1-24 (10.0.1.24): CUDA is not usable for this GPU job: ..."]
+    monkeypatch.setattr(placement, "cuda_problems_in_bundles", lambda *args, **kwargs: lines)
+    plan = training_placement(workers=8, cpus_per_worker=4, use_gpu=True, capacity=SHIPPED)
+    with pytest.raises(CudaUnusable) as error:
+        placement.wait_until_placed(plan, timeout_s=60, stage="train")
+    assert str(error.value) == lines[0] + " (and 1 more of the job's 8 GPU bundles)"
+    assert len(placed_at_once) == 1  # given back all the same
+
+
+def test_work_without_gpus_starts_no_check(placed_at_once, monkeypatch):
+    from thorax_ray import placement
+
+    monkeypatch.setattr(placement, "cuda_problems_in_bundles",
+                        lambda *args, **kwargs: pytest.fail("a CUDA check for work without GPUs"))
+    for plan in (training_placement(workers=2, cpus_per_worker=2, use_gpu=False, capacity=SHIPPED),
+                 scoring_placement(min_actors=1, max_actors=1, cpus=1, gpus=0, capacity=SHIPPED),
+                 cpu_task_placement("tasks", cpus=1, capacity=SHIPPED)):
+        placement.wait_until_placed(plan, timeout_s=60, stage="x")
+    assert len(placed_at_once) == 3
+
+
+def test_the_check_runs_in_each_bundle_of_a_placed_group_and_returns_the_nodes_lines(ray_local):
+    """The real tasks in a real placement group on the session's Ray (CPU bundles: a local Ray has no GPU to
+    fake, so the tasks ask for none; each still checks cuda:0 there, as on a GPU node): each bundle answers with
+    what node_check says on this machine, and a check that does not answer in time names its bundle's node."""
+    import socket
+
+    from ray.util import placement_group, remove_placement_group
+
+    from thorax_ray import node_check
+    from thorax_ray.placement import cuda_problems_in_bundles
+
+    group = placement_group([{"CPU": 1}, {"CPU": 1}], strategy="PACK")
+    try:
+        assert group.wait(timeout_seconds=60)
+        here = node_check.problem_line()  # on this GPU-less machine: a line naming it (None on a working GPU)
+        assert cuda_problems_in_bundles(group, range(2), gpus=0) == ([here, here] if here else [])
+        late = cuda_problems_in_bundles(group, [1], gpus=0, timeout_s=0.001)
+        assert len(late) == 1 and late[0].startswith(f"node {socket.gethostname()} (") and late[0].endswith(
+            ": CUDA is not usable for this GPU job: its check (torch's import and a tensor op on cuda:0) did not "
+            "answer within 0.001 s"), late
+    finally:
+        remove_placement_group(group)

@@ -1,5 +1,9 @@
-"""Is CUDA usable on this node? Asked where a GPU job starts its work: in every training worker that Ray Train
-gave a GPU (thorax_ray/train/loop.py) and in every scoring actor that Ray gave one (thorax_ray/scoring/scorer.py).
+"""Is CUDA usable on this node? Asked before a GPU job starts its work, once per GPU bundle of the job's
+placement group, on the node of that bundle (thorax_ray.placement.wait_until_placed: a small Ray task that
+returns `problem_line()`), so a bad node ends the job before Ray Train starts its worker group (which it would
+restart on the same node up to `max_failures` times) or the scoring pool starts; and again, as a second line of
+defence for a node the work lands on later, in every training worker that Ray Train gave a GPU
+(thorax_ray/train/loop.py) and in every scoring actor that Ray gave one (thorax_ray/scoring/scorer.py).
 
 A node whose driver is missing or older than the CUDA the torch wheel is built for, or whose GPU is not visible
 or not working, would otherwise fail later with a long CUDA traceback, or (scoring picks `cuda` only when torch
@@ -19,6 +23,8 @@ import socket
 import sys
 
 import torch
+
+from thorax_ray.ray_settings import INSTANCE_ID_ENV, NODE_TYPE_ENV
 
 
 class CudaUnusable(RuntimeError):
@@ -78,16 +84,26 @@ def cuda_problem(device: torch.device) -> str | None:
     return None
 
 
+# Set by Ray's autoscaler in the environment of the nodes it starts (autoscaler v2, KubeRay, `ray up`'s head),
+# inherited by their Ray workers; absent elsewhere, and then not named.
+NODE_TYPE_VARIABLE, INSTANCE_VARIABLE = NODE_TYPE_ENV, INSTANCE_ID_ENV  # set by Ray's autoscaler (ray_settings)
+
+
 def node_name() -> str:
-    """This node as the cluster knows it: host name and IP address (Ray's view of it inside a Ray process)."""
+    """This node as the cluster knows it: host name and IP address (Ray's view of it inside a Ray process), then
+    its node type and cloud instance when Ray's autoscaler set them: 'ip-10-0-1-23 (10.0.1.23, node type
+    gpu_train, instance i-0abc)'."""
     host = socket.gethostname()
     ray = sys.modules.get("ray")
     try:
         address = (ray.util.get_node_ip_address() if ray is not None and ray.is_initialized()
                    else socket.gethostbyname(host))
     except Exception:  # noqa: BLE001 - the name alone still names the node
-        return host
-    return f"{host} ({address})"
+        address = None
+    launched = [f"{what} {os.environ[variable]}" for what, variable in
+                (("node type", NODE_TYPE_VARIABLE), ("instance", INSTANCE_VARIABLE)) if os.environ.get(variable)]
+    details = [part for part in (address, *launched) if part]
+    return f"{host} ({', '.join(details)})" if details else host
 
 
 def require_cuda(device: torch.device | str) -> None:
@@ -109,3 +125,13 @@ def require_cuda_if_ray_gave_a_gpu() -> None:
     if ray is None or not ray.is_initialized() or not ray.get_gpu_ids():
         return
     require_cuda(torch.device("cuda", 0))
+
+
+def problem_line(device: torch.device | str = "cuda:0") -> str | None:
+    """The one line `require_cuda(device)` would raise here, or None when CUDA works: what the pre-flight task
+    on each GPU bundle returns (an answer, not an exception, so the driver sees every node's)."""
+    try:
+        require_cuda(device)
+    except CudaUnusable as problem:
+        return str(problem)
+    return None

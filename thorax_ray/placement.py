@@ -12,7 +12,10 @@ cluster.yaml's do) every actor and task of a job asks for as many units of its r
 can only run on that role's node types and the autoscaler launches only those for it. The wait reserves the
 units' bundles in a placement group (what Ray Train also does for its workers) and gives it back as soon as it
 is placed: Ray Train and Ray Data, left alone, retry for ever and print nothing while the cluster cannot place
-them.
+them. Before giving it back it checks CUDA on the node of every GPU bundle (thorax_ray.node_check, one small
+task per bundle, in the bundle): a node that cannot run CUDA ends the job there, with one line naming the node
+(exit 69), before Ray Train starts a worker group or the scoring pool an actor; nothing to check, and no task,
+for work without GPUs.
 """
 from __future__ import annotations
 
@@ -22,9 +25,11 @@ from dataclasses import dataclass, field, replace
 
 from thorax_ray import console, exit_codes
 from thorax_ray.cluster import CPU_ROLE, SCORE_ROLE, TRAIN_ROLE, ClusterCapacity, ClusterError
+from thorax_ray.node_check import CudaUnusable, problem_line
 
 FIRST_WAIT_LINE_S = 10.0  # a job not placed by then says what it waits for ...
 WAIT_LINE_EVERY_S = 60.0  # ... and again every minute
+CUDA_CHECK_TIMEOUT_S = 300.0  # a bundle's CUDA check (a worker start, torch's import, a tensor op) answers by then
 
 
 class PlacementTimeout(ClusterError):
@@ -137,7 +142,8 @@ def sized_actor_cpus(capacity: ClusterCapacity, *, gpus: float, role: str = SCOR
 
 def wait_until_placed(plan: Placement, *, timeout_s: float, stage: str) -> float:
     """Blocks until `plan.count` units of `plan.ask` fit in the cluster at once (the autoscaler launching nodes
-    for them), then frees them for the job; returns the seconds waited. Says what it waits for after
+    for them), checks CUDA on the node of each GPU unit (require_cuda_where_placed: node_check.CudaUnusable,
+    exit 69), then frees them for the job; returns the seconds waited. Says what it waits for after
     FIRST_WAIT_LINE_S and every minute after; raises PlacementTimeout after `timeout_s` (<= 0: no deadline)."""
     from ray.util import placement_group, remove_placement_group  # deferred: Ray (absent on the GPU machine)
 
@@ -162,9 +168,74 @@ def wait_until_placed(plan: Placement, *, timeout_s: float, stage: str) -> float
                 next_line = now + WAIT_LINE_EVERY_S
             step = min(next_line - now, (started + timeout_s - now) if timeout_s > 0 else math.inf, 5.0)
             if group.wait(timeout_seconds=max(1, math.ceil(step))):  # whole seconds: Ray's backend takes an int
+                require_cuda_where_placed(group, plan)
                 return time.monotonic() - started
     finally:
         remove_placement_group(group)
+
+
+def require_cuda_where_placed(group, plan: Placement, *, timeout_s: float = CUDA_CHECK_TIMEOUT_S) -> None:
+    """Checks CUDA on the node of each of `plan`'s GPU bundles in the placed `group`, all at once; raises
+    node_check.CudaUnusable with the first failing bundle's line (naming its node; how many others failed
+    after it). Prints nothing when every node passes; a plan without GPUs starts no task."""
+    gpus = plan.ask.get("GPU", 0.0)
+    if not gpus:
+        return
+    problems = cuda_problems_in_bundles(group, range(plan.count), gpus=gpus, timeout_s=timeout_s)
+    if problems:
+        more = f" (and {len(problems) - 1} more of the job's {plan.count} GPU bundles)" if len(problems) > 1 else ""
+        raise CudaUnusable(problems[0] + more)
+
+
+def cuda_problems_in_bundles(group, bundles, *, gpus: float, timeout_s: float = CUDA_CHECK_TIMEOUT_S) -> list[str]:
+    """node_check.problem_line() run by one task per bundle index of `bundles`, in that bundle of the placed
+    `group` with `gpus` GPUs (Ray makes the bundle's GPU the task's cuda:0) and no CPU; the problems found, in
+    bundle order. A bundle whose task has not answered within `timeout_s` (a CUDA call that hangs) is a problem
+    naming the bundle's node."""
+    import ray  # deferred: Ray (absent on the GPU machine)
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy  # deferred: Ray
+
+    check = ray.remote(_cuda_problem_here)
+    asked = {}
+    for index in bundles:
+        in_bundle = PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=index)
+        asked[check.options(num_cpus=0, num_gpus=gpus, max_retries=0, scheduling_strategy=in_bundle).remote()] = index
+    answered, late = ray.wait(list(asked), num_returns=len(asked), timeout=timeout_s)
+    problems = {}
+    for ref in answered:
+        try:
+            problems[asked[ref]] = ray.get(ref)
+        except ray.exceptions.RayError as error:  # torch's import failed there, or the process died in CUDA
+            cause = getattr(error, "cause", None) or error
+            first = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+            failed = f"{type(cause).__name__}: {first}"
+            problems[asked[ref]] = f"{unusable_on(group, asked[ref])}its check failed: {failed}"
+    for ref in late:
+        problems[asked[ref]] = (f"{unusable_on(group, asked[ref])}its check (torch's import and a tensor op on "
+                                f"cuda:0) did not answer within {timeout_s:g} s")
+    return [problems[index] for index in sorted(problems) if problems[index]]
+
+
+def unusable_on(group, index: int) -> str:
+    """The start of node_check's line for the node of bundle `index`, when the check itself gave no line."""
+    return f"node {bundle_node(group, index)}: CUDA is not usable for this GPU job: "
+
+
+def _cuda_problem_here() -> str | None:
+    """The pre-flight task: this node's CUDA problem line, or None."""
+    return problem_line()
+
+
+def bundle_node(group, index: int) -> str:
+    """'host (ip)' of the node that holds bundle `index` of the placed `group` (its Ray node ID if not found)."""
+    import ray  # deferred: Ray (absent on the GPU machine)
+    from ray.util import placement_group_table  # deferred: Ray
+
+    node_id = placement_group_table(group).get("bundles_to_node_id", {}).get(index, "?")
+    for node in ray.nodes():
+        if node.get("NodeID") == node_id:
+            return f"{node.get('NodeManagerHostname', '?')} ({node.get('NodeManagerAddress', '?')})"
+    return f"with Ray node ID {node_id}"
 
 
 def keep_data_on_role_nodes(plan: Placement) -> None:

@@ -5,7 +5,12 @@ autoscaler must start the GPU node; data, checkpoints and scores live on a real 
 as a multi-node cluster needs.
 
 The GPUs are Ray resources only: jobs schedule GPU workers and actors exactly as on a real cluster, and the
-arithmetic stays on the CPU with gloo (tests/jobs/fake_gpus/sitecustomize.py, on the cluster's PYTHONPATH)."""
+arithmetic stays on the CPU with gloo (tests/jobs/fake_gpus/sitecustomize.py, on the cluster's PYTHONPATH), where
+CUDA can be made unusable on a node type for one job (FAKE_CUDA_UNUSABLE_ON in its runtime env).
+
+The module's tests share one cluster, in file order: nodes started by one test stay up for the next (the
+autoscaler's idle_timeout_minutes), so the test that shows the scoring pool growing from zero runs before the
+chain, whose training can start gpu_score nodes (see there), and the tests after the chain find gpu_train up."""
 from __future__ import annotations
 
 import contextlib
@@ -30,6 +35,7 @@ pytestmark = pytest.mark.slow
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 VENV_BIN = os.path.dirname(sys.executable)
 FAKE_GPUS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fake_gpus")
+FAKE_CUDA_UNUSABLE_ON = "THORAX_FAKE_CUDA_UNUSABLE_ON"  # read by fake_gpus/sitecustomize.py: a node resource
 
 
 def free_ports(count: int) -> list[int]:
@@ -90,15 +96,18 @@ class Cluster:
     def __init__(self, dashboard: str, token: str, config_path: str, gcs: str):
         self.dashboard, self.token, self.config_path, self.gcs = dashboard, token, config_path, gcs
 
-    def submit(self, entrypoint: str, *, token: str | None = "own", timeout: float = 900) -> tuple[int, str]:
+    def submit(self, entrypoint: str, *, token: str | None = "own", timeout: float = 900,
+               runtime_env: dict | None = None) -> tuple[int, str]:
         """`ray job submit --working-dir . -- ENTRYPOINT` as the README says, from a client environment
-        with the cluster's token (RAY_AUTH_MODE=token, RAY_AUTH_TOKEN); returns (exit code, output)."""
+        with the cluster's token (RAY_AUTH_MODE=token, RAY_AUTH_TOKEN), with `runtime_env` besides when given;
+        returns (exit code, output)."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
         env.update(PATH=VENV_BIN + os.pathsep + env["PATH"], RAY_AUTH_MODE="token" if token else "disabled")
         if token:
             env["RAY_AUTH_TOKEN"] = self.token if token == "own" else token
+        extra = ["--runtime-env-json", json.dumps(runtime_env)] if runtime_env else []
         command = [os.path.join(VENV_BIN, "ray"), "job", "submit", "--address", self.dashboard,
-                   "--working-dir", REPO, "--", *shlex.split(entrypoint)]
+                   "--working-dir", REPO, *extra, "--", *shlex.split(entrypoint)]
         result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
         return result.returncode, result.stdout + result.stderr
 
@@ -158,14 +167,26 @@ def stop_cluster(head: subprocess.Popen, gcs_port: int) -> None:
                 process.kill()
 
 
-def nodes_with(cluster: Cluster, resource: str) -> int:
-    """Alive nodes that have `resource` (GPU, or a node role such as thorax_train), from the State API's REST
-    endpoint (what `ray list nodes` reads), with the cluster's token."""
-    request = urllib.request.Request(f"{cluster.dashboard}/api/v0/nodes",
+def state_api(cluster: Cluster, what: str) -> list[dict]:
+    """The State API's REST listing of `what` (nodes, actors; what `ray list` reads), with the cluster's token."""
+    request = urllib.request.Request(f"{cluster.dashboard}/api/v0/{what}?limit=10000",
                                      headers={"Authorization": f"Bearer {cluster.token}"})
     with urllib.request.urlopen(request, timeout=60) as response:
-        nodes = json.load(response)["data"]["result"]["result"]
+        return json.load(response)["data"]["result"]["result"]
+
+
+def nodes_with(cluster: Cluster, resource: str) -> int:
+    """Alive nodes that have `resource` (GPU, or a node role such as thorax_train)."""
+    nodes = state_api(cluster, "nodes")
     return sum(1 for node in nodes if node["state"] == "ALIVE" and node["resources_total"].get(resource, 0) > 0)
+
+
+RAY_TRAIN_ACTORS = ("TrainController", "RayTrainWorker")  # what a TorchTrainer's fit() starts first
+
+
+def ray_train_actors(cluster: Cluster) -> int:
+    """Ray Train's controller and worker actors the cluster has ever had (dead ones are listed too)."""
+    return sum(1 for actor in state_api(cluster, "actors") if actor.get("class_name") in RAY_TRAIN_ACTORS)
 
 
 def driver_env(cluster: Cluster) -> dict:
@@ -208,16 +229,53 @@ def test_local_storage_on_a_cluster_that_can_grow_fails_at_once(autoscaling_clus
     assert time.monotonic() - started < 120
 
 
+FIRST_SCORED = 12  # PNGs scored by the scoring-first test
+
+
+def test_a_scoring_pool_of_two_starts_two_gpu_score_nodes_from_zero(autoscaling_cluster, s3_prepared,
+                                                                     synthetic_small, tmp_path):
+    """Scoring first, on a folder of PNGs (not prepared shards: no Parquet footer readers, whose plain-CPU actors
+    can make the autoscaler start other node types): the pool's two GPU actors start two gpu_score nodes from
+    zero, so the pool grows beyond one node, and every image is scored once. Before the chain, whose training
+    may start gpu_score nodes itself."""
+    import shutil
+
+    from tests.helpers import make_checkpoint, upload_tree
+    from thorax_ray.scoring import read_scores
+
+    cluster, bucket = autoscaling_cluster, s3_prepared
+    assert nodes_with(cluster, "thorax_score") == 0  # no scoring node up
+    pngs = sorted(synthetic_small.glob("images_*/images/*.png"))[:FIRST_SCORED]
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    for png in pngs:
+        shutil.copy(png, incoming / png.name)
+    upload_tree(incoming, f"{bucket}/first/incoming")
+    make_checkpoint(tmp_path / "checkpoint", "small_cnn", size=64)
+    upload_tree(tmp_path / "checkpoint", f"{bucket}/first/checkpoint")
+    code, logs = cluster.submit(f"python jobs/score.py --checkpoint {bucket}/first/checkpoint "
+                                f"--input {bucket}/first/incoming --out {bucket}/first/scores --batch-size 4 "
+                                f"--min-actors 2 --cluster-config {cluster.config_path}")
+    assert code == 0, logs[-4000:]
+    assert ("placement: 2 scoring actors x {CPU 1, GPU 1, thorax_score 1} on node type gpu_score only; "
+            "decode tasks x {CPU 1, thorax_score 1} on the same node type") in logs
+    assert nodes_with(cluster, "thorax_score") == 2  # both started for this job
+    frame = read_scores(f"{bucket}/first/scores")
+    assert sorted(frame["image_index"]) == sorted(png.name for png in pngs)  # every image exactly once
+    assert frame["heatmap"].notna().all()
+
+
 def test_train_score_evaluate_start_the_gpu_node_from_zero(autoscaling_cluster, s3_prepared, tmp_path):
     """The runbook's chain: the jobs ask for GPUs (auto) of their own node type, the autoscaler starts that type
-    from zero workers: training on gpu_train, scoring's pool of two actors on two gpu_score nodes (the pool grows
-    beyond one node, and no scoring actor lands on the idle training node); evaluation reads the scores."""
+    from zero workers: training on gpu_train; scoring's pool of two actors on the two gpu_score nodes (started
+    from zero by the scoring-first test above, and no scoring actor lands on the idle training node); evaluation
+    reads the scores."""
     from thorax_ray.checkpoint import epoch_checkpoints, load_payload, run_metrics
     from thorax_ray.data.sources import DataConfig, open_source
     from thorax_ray.scoring import read_scores
 
     cluster, bucket = autoscaling_cluster, s3_prepared
-    assert nodes_with(cluster, "GPU") == 0  # only the head, no GPU up
+    assert nodes_with(cluster, "thorax_train") == 0  # no training node up
     flags = f"--cluster-config {cluster.config_path}"
     code, logs = cluster.submit(f"python jobs/train.py --data {bucket}/prepared --model small_cnn --size 64 "
                                 f"--epochs 1 --workers 1 --storage {bucket}/runs --name chain {flags}")
@@ -253,6 +311,31 @@ def test_train_score_evaluate_start_the_gpu_node_from_zero(autoscaling_cluster, 
     assert model["n_images"] == int((rows["split"] == "test").sum())
 
 
+def test_a_gpu_job_on_a_node_that_cannot_run_cuda_ends_before_ray_train_starts(autoscaling_cluster, s3_prepared):
+    """The pre-flight CUDA check (thorax_ray.placement.wait_until_placed): with CUDA made unusable on the gpu_train
+    node (the fake-GPU stand-in, through the job's runtime env), a GPU training job ends with one line naming that
+    node and exit 69 while its placement group holds the node: before Ray Train starts its controller or any
+    worker (before, the worker's own check failed inside Ray Train, which restarted the group on the same node up
+    to --max-failures times first). After the chain, it finds the gpu_train node up (45 s here); alone, the
+    autoscaler starts it."""
+    cluster, bucket = autoscaling_cluster, s3_prepared
+    train_actors = ray_train_actors(cluster)
+    code, logs = cluster.submit(
+        f"python jobs/train.py --data {bucket}/prepared --model small_cnn --size 64 --epochs 1 --workers 1 "
+        f"--max-failures 3 --storage {bucket}/runs --name broken-cuda --cluster-config {cluster.config_path}",
+        runtime_env={"env_vars": {FAKE_CUDA_UNUSABLE_ON: "thorax_train"}})
+    assert code != 0 and "failed with exit code 69" in logs, logs[-4000:]
+    assert "placement: 1 training workers x {CPU 1, GPU 1, thorax_train 1} on node type gpu_train only" in logs
+    errors = {line for line in logs.splitlines() if line.startswith("error:")}  # the status message repeats it
+    assert len(errors) == 1, logs[-4000:]
+    line = errors.pop()
+    assert line.startswith(f"error: node {socket.gethostname()} (") and "node type gpu_train" in line, line
+    assert line.endswith("): CUDA is not usable for this GPU job: a tensor op on cuda:0 failed: CUDA error: unknown "
+                         "error (tests/jobs/fake_gpus: CUDA made unusable on nodes with thorax_train)"), line
+    assert "[broken-cuda] epoch" not in logs and "Traceback" not in logs
+    assert ray_train_actors(cluster) == train_actors  # Ray Train never started
+
+
 def test_training_that_cannot_be_placed_says_what_it_waits_for_then_exits_75(autoscaling_cluster, metadata_only,
                                                                              tmp_path):
     """Too few launchable GPUs: another run holds the only gpu_train node the autoscaler may launch here. The
@@ -285,8 +368,9 @@ def test_fake_gpus_sitecustomize_puts_ray_train_on_the_cpu_with_gloo():
     script = ("import ray.train.torch as t; print(t.get_device());"
               "trainer = t.TorchTrainer(lambda: None, scaling_config=__import__('ray').train.ScalingConfig(num_workers=1));"
               "print(trainer.backend_config.backend);"
-              "from thorax_ray.node_check import require_cuda_if_ray_gave_a_gpu as check; print(check())")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([FAKE_GPUS, REPO])}
+              "from thorax_ray.node_check import require_cuda_if_ray_gave_a_gpu as check, problem_line;"
+              "print(check(), problem_line())")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([FAKE_GPUS, REPO]), FAKE_CUDA_UNUSABLE_ON: "thorax_train"}
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.split() == ["cpu", "gloo", "None"]
+    assert done.stdout.split() == ["cpu", "gloo", "None", "None"]  # CUDA "works" (outside Ray: no node to break)
