@@ -17,6 +17,7 @@ import argparse
 import datetime
 import re
 
+from thorax_ray import exit_codes
 from thorax_ray.attribution import PLANAR_BITS, list_methods
 from thorax_ray.checkpoint import resolve_checkpoint
 from thorax_ray.cli import (add_cluster_arguments, add_gpu_arguments, checked_by, job_parser, non_negative_float,
@@ -30,6 +31,7 @@ from thorax_ray.ray_setup import init_ray
 from thorax_ray.scoring import NO_METHOD, ScoreConfig
 from thorax_ray.scoring.gate import parse_gate
 from thorax_ray.scoring.score import score
+from thorax_ray.scoring.summary import ScoreSummary
 
 FLAGS = {  # flag -> ScoreConfig field, or Flag(field, converter); every flag's default is the field's
     "checkpoint": "checkpoint", "input": "input", "out": "out", "metadata": "metadata", "method": "method",
@@ -42,7 +44,7 @@ FLAGS = {  # flag -> ScoreConfig field, or Flag(field, converter); every flag's 
     "overlay_threshold": Flag("overlay_threshold", parse_gate), "wait_for_lock": "lock_wait_s",
     "keep_uncommitted_hours": "keep_uncommitted_hours", "s3_endpoint": "endpoint_url", "use_gpu": "use_gpu",
     "cluster_config": "cluster_config", "shared_fs": "shared_fs", "placement_timeout": "placement_timeout_s", "heatmap_bits": "heatmap_bits", "tta": "tta",
-    "tta_heatmaps": "tta_heatmaps",
+    "tta_heatmaps": "tta_heatmaps", "fail_on_drift": "fail_on_drift",
 }
 
 
@@ -111,6 +113,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="seconds to wait when another run is writing to --out (0: exit at once, code 75)")
     parser.add_argument("--keep-uncommitted-hours", type=non_negative_float,
                         help="delete files of runs that never committed once older than this")
+    parser.add_argument("--fail-on-drift", action="store_true", default=None,
+                        help=f"exit {exit_codes.DRIFTED} when a finding drifted from the checkpoint's validation "
+                             "distribution or the out-of-distribution alarm rose (the run's scores are committed "
+                             "either way; without it drift is a warning and the exit code 0) (default: off)")
     add_cluster_arguments(parser)
     add_gpu_arguments(parser, "model actors with --gpus-per-actor GPUs")
     show_config_defaults(parser, FLAGS, ScoreConfig)
@@ -128,10 +134,15 @@ def main(argv: list[str] | None = None) -> int:
     require_inputs({"--checkpoint": config.checkpoint, "--input": config.input}, endpoint_url=config.endpoint_url)
     checkpoint_dir = resolve_checkpoint(config.checkpoint, endpoint_url=config.endpoint_url)  # none there: fail now
     check_checkpoint_tta(checkpoint_dir, config.tta, endpoint_url=config.endpoint_url)  # before Ray starts
-    local = init_ray(args.address, verbose=args.verbose)
+    local = init_ray(args.address, verbose=args.verbose, extra_cpus=0)
     summary = score(config, capacity=cluster_capacity(config.cluster_config, local=local))  # busy --out: run_main
     print(summary.format())
-    return 0
+    return exit_code(config, summary)
+
+
+def exit_code(config: ScoreConfig, summary: ScoreSummary) -> int:
+    """0, or exit_codes.DRIFTED when the run drifted and `config.fail_on_drift` asks to fail on it."""
+    return exit_codes.DRIFTED if config.fail_on_drift and summary.drifted else exit_codes.DONE
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import signal
 import socket
 import threading
 
-from thorax_ray.ray_settings import DATA_PROGRESS_NOTICE, GCS_PORT_ENV
+from thorax_ray.ray_settings import DATA_HIDDEN_RECORD, DATA_PROGRESS_NOTICE, GCS_PORT_ENV
 
 # A local Ray advertises this many logical CPUs beyond the machine's cores, so that the Ray Data
 # pipeline (readers/decoders) can run beside training workers that each hold one CPU; otherwise a
@@ -36,8 +36,12 @@ def use_private_token() -> None:
     os.environ[AUTH_TOKEN_ENV] = secrets.token_hex(32)
 
 
-def init_ray(address: str | None = None, *, verbose: bool = False, **kwargs) -> bool:
-    """Connects to Ray (see the module docstring); returns True when it started a private local Ray.
+def init_ray(address: str | None = None, *, verbose: bool = False, extra_cpus: int = LOCAL_EXTRA_CPUS,
+             **kwargs) -> bool:
+    """Connects to Ray (see the module docstring); returns True when it started a private local Ray, which
+    advertises the machine's cores plus `extra_cpus` (LOCAL_EXTRA_CPUS for training's data tasks; the scoring
+    job asks for none: its actors and read tasks fit the cores, and every logical CPU beyond them is another
+    worker process Ray may start at once).
 
     Unless `verbose`, Ray stays off the console: its workers' output (per-rank report lines, progress bars
     of the training workers' data iterators) is not forwarded to the driver, its driver-side progress bars
@@ -56,7 +60,7 @@ def init_ray(address: str | None = None, *, verbose: bool = False, **kwargs) -> 
     local = address is None
     if local:
         use_private_token()
-        kwargs.setdefault("num_cpus", (os.cpu_count() or 1) + LOCAL_EXTRA_CPUS)
+        kwargs.setdefault("num_cpus", (os.cpu_count() or 1) + extra_cpus)
         kwargs.setdefault("dashboard_host", "127.0.0.1")
         kwargs["runtime_env"] = _with_own_address(kwargs.get("runtime_env"))
         address = "local"
@@ -83,6 +87,23 @@ def quiet_ray_logs() -> None:
     logging.getLogger("ray").setLevel(logging.WARNING)
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     log_once(DATA_PROGRESS_NOTICE)
+    exceptions = logging.getLogger(DATA_EXCEPTIONS_LOGGER)
+    if not any(isinstance(f, KeptOffConsole) for f in exceptions.filters):
+        exceptions.addFilter(KeptOffConsole())
+
+
+# Ray Data logs a failed execution's error and "Full stack trace: ..." before it re-raises it; the job's own
+# line comes from the re-raised error (thorax_ray.cli.run_main), so these go to Ray Data's log file only.
+DATA_EXCEPTIONS_LOGGER = "ray.data.exceptions"
+
+
+class KeptOffConsole(logging.Filter):
+    """Marks a record for Ray Data's own log file only: its console handler drops records marked `hide`
+    (ray.data._internal.logging.HiddenRecordFilter; listed in thorax_ray.ray_settings)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        setattr(record, DATA_HIDDEN_RECORD, True)
+        return True
 
 
 def _python_signal_handlers() -> dict:

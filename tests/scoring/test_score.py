@@ -4,6 +4,7 @@ import dataclasses
 import json
 import os
 import shutil
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -23,8 +24,8 @@ from thorax_ray.labels import BOXED_FINDINGS, FINDING_COLUMNS, FINDINGS
 from thorax_ray.scoring import ScoreConfig, read_scores
 from thorax_ray.scoring.output import (CALIBRATED_COLUMNS, FEATURES_METADATA_KEY, SCORES_METADATA_KEY, committed_runs,
                                        output_size, read_file_metadata, read_quarantine, scored_index)
-from thorax_ray.scoring.pipeline import (IN_FLIGHT_BATCHES_PER_ACTOR, MIN_IN_FLIGHT_BYTES, bound_in_flight,
-                                         in_flight_bytes)
+from thorax_ray.scoring.pipeline import (BLOCKS_IN_FLIGHT, IN_FLIGHT_BATCHES_PER_ACTOR, MIN_IN_FLIGHT_BYTES,
+                                         bound_in_flight, in_flight_bytes, largest_read_block)
 from thorax_ray.scoring.score import score
 from thorax_ray.scoring.scorer import Scorer, ScorerSettings
 
@@ -314,6 +315,19 @@ def test_in_flight_budget_grows_with_actors_and_batches_not_with_images():
     assert tiny == MIN_IN_FLIGHT_BYTES
     given = in_flight_bytes(ScoreConfig(checkpoint="c", input="i", out="o", in_flight_mb=3), contract, actors=8)
     assert given == 3 * 2**20
+
+
+def test_in_flight_budget_leaves_room_for_three_of_the_largest_read_blocks():
+    """Below that, Ray Data holds the actor's finished output back and the run stalls (pipeline.in_flight_bytes)."""
+    contract = dataclasses.replace(CONTRACT, size=128)
+    config = ScoreConfig(checkpoint="c", input="i", out="o", batch_size=64)
+    block = 4235 * 128 * 128  # the demo's largest prepared shard at 128 px (69 MB)
+    assert in_flight_bytes(config, contract, actors=1, largest_block=block) == BLOCKS_IN_FLIGHT * block
+    assert in_flight_bytes(config, contract, actors=1, largest_block=0) == MIN_IN_FLIGHT_BYTES
+    record = {"size": 128, "files": [{"rows": 545}, {"rows": 4235}, {"rows": 1220}]}
+    prepared = SimpleNamespace(kind="prepared", prepared=record)
+    assert largest_read_block(prepared, contract, 128) == block
+    assert largest_read_block(SimpleNamespace(kind="folder", prepared=None), contract, 128) == 0
 
 
 def test_in_flight_budget_counts_images_at_the_side_they_travel_at():

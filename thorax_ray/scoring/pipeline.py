@@ -2,6 +2,7 @@
 (`Scorer`) -> the staging datasink, with the object-store memory it may hold bounded."""
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, replace
 
 import pandas as pd
@@ -13,6 +14,7 @@ from thorax_ray.data.pipeline import ImageConfig, load_images, manifest_dataset
 from thorax_ray.data.preprocess import PreprocessingContract
 from thorax_ray.data.shards import read_prepared
 from thorax_ray.placement import Placement, custom_resources, scoring_placement, sized_actor_cpus, wait_until_placed
+from thorax_ray.ray_settings import DATA_DEPRECATED_REMOTE_ARGS
 from thorax_ray.scoring.config import ScoreConfig
 from thorax_ray.scoring.scorer import Scorer, ScorerSettings, prepared_batch
 
@@ -85,30 +87,62 @@ def stream(run: ScoringRun, pending: pd.DataFrame, gate, sink, filesystem, count
     settings = ScorerSettings.from_config(
         replace(config, actor_cpus=plan.cpus), checkpoint_dir=run.checkpoint_dir, model_id=run.model_id, method=run.method,
         stored_size=stored_size, run_id=run.run_id, batch_date=run.batch_date, box_min_probability=gate.thresholds)
-    scored_rows = dataset.map_batches(
-        Scorer, fn_constructor_kwargs={"settings": settings, "progress": counter},
-        compute=ActorPoolStrategy(min_size=plan.min_actors, max_size=plan.max_actors),
-        batch_size=config.batch_size, batch_format="pyarrow", num_cpus=plan.cpus, num_gpus=plan.gpus or None,
-        **({"resources": custom_resources(plan.placement.ask)} if plan.placement.role else {}),
-    )
-    bound_in_flight(scored_rows, in_flight_bytes(config, contract, plan.max_actors, stored_size=stored_size))
+    with warnings.catch_warnings():
+        # max_restarts has no named parameter in Ray 2.60 and **ray_remote_args warns of its removal in 2.64
+        # (thorax_ray.ray_settings; tests/test_ray_settings.py fails when Ray drops the warning)
+        warnings.filterwarnings("ignore", message=DATA_DEPRECATED_REMOTE_ARGS, category=DeprecationWarning)
+        scored_rows = dataset.map_batches(
+            Scorer, fn_constructor_kwargs={"settings": settings, "progress": counter},
+            compute=ActorPoolStrategy(min_size=plan.min_actors, max_size=plan.max_actors),
+            batch_size=config.batch_size, batch_format="pyarrow", num_cpus=plan.cpus, num_gpus=plan.gpus or None,
+            # Not restarted: Ray Data hands its actors their constructor arguments through the object store,
+            # which a restarted actor may no longer find (Ray's warning, ray-project/ray#53727). An actor that
+            # dies ends the run with nothing committed (its lease released); the next run scores those images.
+            max_restarts=ACTOR_RESTARTS,
+            **({"resources": custom_resources(plan.placement.ask)} if plan.placement.role else {}),
+        )
+    bound_in_flight(scored_rows, in_flight_bytes(config, contract, plan.max_actors, stored_size=stored_size,
+                                                 largest_block=largest_read_block(source, contract, stored_size)))
     scored_rows.write_datasink(sink)
 
 
+ACTOR_RESTARTS = 0
 MIN_IN_FLIGHT_BYTES = 64 * 2**20
 IN_FLIGHT_BATCHES_PER_ACTOR = 16
+# Read blocks the bound leaves room for: the block being scored, its output, and the next block read.
+BLOCKS_IN_FLIGHT = 3
 
 
 def in_flight_bytes(config: ScoreConfig, contract: PreprocessingContract, actors: int, *,
-                    stored_size: int | None = None) -> int:
+                    stored_size: int | None = None, largest_block: int = 0) -> int:
     """How much decoded input and output the run may hold in the object store at once. Without a bound,
     decode tasks run ahead of slower model actors until the object store is full, so memory grows with
     the number of images; a few batches per actor keep the actors fed. Images are counted at
-    `stored_size`, the side they travel at (default: the contract's size)."""
+    `stored_size`, the side they travel at (default: the contract's size).
+
+    The bound also leaves room for BLOCKS_IN_FLIGHT of the largest block a read task emits
+    (`largest_block`, bytes): below that, Ray Data holds the actor's finished output back (its output
+    budget is spent by the input block the actor is still holding) and the run stalls until an internal
+    timeout frees it (measured on the demo's prepared input: 25 s of a 63 s run, at a 64 MiB bound and
+    69 MiB read blocks)."""
     if config.in_flight_mb is not None:
         return config.in_flight_mb * 2**20
     image_bytes = int(stored_size or contract.size) ** 2 * contract.channels
-    return max(MIN_IN_FLIGHT_BYTES, IN_FLIGHT_BATCHES_PER_ACTOR * actors * config.batch_size * image_bytes)
+    return max(MIN_IN_FLIGHT_BYTES, IN_FLIGHT_BATCHES_PER_ACTOR * actors * config.batch_size * image_bytes,
+               BLOCKS_IN_FLIGHT * largest_block)
+
+
+def largest_read_block(source: InputSource, contract: PreprocessingContract, stored_size: int) -> int:
+    """Bytes of the largest block a read task emits: for prepared shards, the largest shard's images (Ray
+    Data reads a file per task and splits its output at the context's target_max_block_size); decoded PNG
+    batches are bounded by the per-actor term already."""
+    if source.kind != "prepared":
+        return 0
+    from ray.data import DataContext  # deferred: Ray (absent on the GPU machine)
+
+    rows = max((int(f.get("rows", 0)) for f in source.prepared.get("files", [])), default=0)
+    block_cap = DataContext.get_current().target_max_block_size or rows * stored_size ** 2 * contract.channels
+    return min(rows * stored_size ** 2 * contract.channels, block_cap)
 
 
 def bound_in_flight(dataset, object_store_bytes: int) -> None:
