@@ -87,14 +87,16 @@ def quiet_ray_logs() -> None:
     logging.getLogger("ray").setLevel(logging.WARNING)
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     log_once(DATA_PROGRESS_NOTICE)
-    exceptions = logging.getLogger(DATA_EXCEPTIONS_LOGGER)
-    if not any(isinstance(f, KeptOffConsole) for f in exceptions.filters):
-        exceptions.addFilter(KeptOffConsole())
+    for name in DATA_FAILURE_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, KeptOffConsole) for f in logger.filters):
+            logger.addFilter(KeptOffConsole())
 
 
-# Ray Data logs a failed execution's error and "Full stack trace: ..." before it re-raises it; the job's own
-# line comes from the re-raised error (thorax_ray.cli.run_main), so these go to Ray Data's log file only.
-DATA_EXCEPTIONS_LOGGER = "ray.data.exceptions"
+# Ray Data logs a failed execution (the failing task's traceback, then the error and "Full stack trace: ...")
+# before it re-raises the error; the job's own line comes from the re-raised error (thorax_ray.cli.run_main,
+# or Python's traceback when the job does not know it), so these go to Ray Data's log file only.
+DATA_FAILURE_LOGGERS = ("ray.data._internal.execution.streaming_executor_state", "ray.data.exceptions")
 
 
 class KeptOffConsole(logging.Filter):
