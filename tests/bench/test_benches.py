@@ -44,6 +44,16 @@ def test_score(tmp_path, ray_job_env):
     assert closing_figures(out)["bench"] == "score"
 
 
+def test_score_metadata(tmp_path, ray_job_env):
+    """The metadata MLP's scoring, and metadata_ig against Captum's per-class IntegratedGradients in one run
+    (the ratio is > 10 at batch 32 on 2 CPUs; at this size only its sign and the values' agreement are checked)."""
+    out = run_bench(sys.executable, "bench/score.py", "--model", "mlp", "--images", "16", "--size", "32",
+                    "--source-size", "64", "--batch-size", "8", "--actor-cpus", "1", "--data", str(tmp_path / "pngs"),
+                    "--address", ray_job_env["RAY_ADDRESS"], ray_env=ray_job_env)
+    figures = closing_figures(out)
+    assert figures["metadata_ig_speedup"] > 1 and figures["metadata_ig_max_abs_diff"] < 1e-5
+
+
 def test_train_step_image_model_and_mlp(ray_job_env):
     out = run_bench(sys.executable, "bench/train_step.py", "--model", "small_cnn", "--size", "32", "--images", "240",
                     "--epochs", "2", "--rounds", "1", "--threads", "1", "--batch-size", "8", ray_env=ray_job_env)

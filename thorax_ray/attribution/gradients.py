@@ -1,5 +1,6 @@
-"""Gradient attributions through Captum's IntegratedGradients: per-class pixel maps of the image models
-(`integrated_gradients`) and feature attributions of the metadata inputs (`metadata_ig`)."""
+"""Integrated Gradients: per-class pixel maps of the image models through Captum (`integrated_gradients`)
+and feature attributions of the metadata inputs, every class at once (`metadata_ig`: one forward pass of
+all inputs and steps serves the 14 classes; `CaptumMetadataIntegratedGradients` is its Captum reference)."""
 from __future__ import annotations
 
 import torch
@@ -7,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from thorax_ray.attribution.base import Attribution, AttributionMethod, PixelMapMethod, evaluation, register_method
+from thorax_ray.attribution.vectorised_ig import DEFAULT_MAX_ROWS, integrated_gradients, quadrature
 
 
 @register_method("integrated_gradients")
@@ -45,9 +47,16 @@ class IntegratedGradientsMaps(PixelMapMethod):
 
 @register_method("metadata_ig")
 class MetadataIntegratedGradients(AttributionMethod):
-    """Captum `IntegratedGradients` over the metadata features (baseline zeros): (N, 14, F).
+    """Integrated Gradients over the metadata features (baseline zeros) for all 14 findings at once:
+    `feature_attributions` (N, 14, F), names in `Attribution.feature_names`.
 
-    Works for `mlp` and for `fusion` (images held fixed). Names: `Attribution.feature_names`.
+    Vectorised (`vectorised_ig.integrated_gradients`: one forward pass of every input and step, one
+    backward per target through it), equal to Captum's `IntegratedGradients` run once per target
+    (`CaptumMetadataIntegratedGradients`, the reference) to float rounding. Works for `mlp` and for `fusion` (images held fixed: their feature map is
+    computed once, then only the metadata branch and the head run along the path). `method`: Captum's
+    quadrature names (`vectorised_ig.QUADRATURE_METHODS`). `internal_batch_size`: at most this many
+    interpolated rows (inputs x n_steps, at least one input's n_steps) per pass (None:
+    `vectorised_ig.DEFAULT_MAX_ROWS`), bounding memory.
     """
 
     input_kinds = ("metadata", "both")
@@ -55,9 +64,38 @@ class MetadataIntegratedGradients(AttributionMethod):
     def __init__(self, model: nn.Module, *, n_steps: int = 32, internal_batch_size: int | None = None,
                  method: str = "gausslegendre") -> None:
         super().__init__(model)
-        if n_steps < 1:
-            raise ValueError(f"n_steps must be >= 1, got {n_steps}")
+        quadrature(method, n_steps)  # one error line for an unknown method or too few steps
+        if internal_batch_size is not None and internal_batch_size < 1:
+            raise ValueError(f"internal_batch_size must be >= 1, got {internal_batch_size}")
         self.n_steps, self.internal_batch_size, self.ig_method = int(n_steps), internal_batch_size, method
+
+    def attribute(self, images: torch.Tensor | None = None,
+                  features: torch.Tensor | None = None) -> Attribution:
+        images, features = self._checked(images, features)
+        model = self.model
+        with evaluation(model), torch.no_grad():
+            if self.input_kind == "both":
+                fmap = model.features(images)
+                logits = model.pool_and_classify(fmap, features)
+
+                def forward(feats: torch.Tensor, feature_map: torch.Tensor) -> torch.Tensor:
+                    return model.pool_and_classify(feature_map, feats)
+
+                fixed: tuple[torch.Tensor, ...] = (fmap,)
+            else:
+                logits = model(features)
+                forward, fixed = model, ()
+            values = integrated_gradients(forward, features, fixed, baselines=0.0, n_steps=self.n_steps,
+                                          method=self.ig_method,
+                                          max_rows=self.internal_batch_size or DEFAULT_MAX_ROWS)
+        return Attribution(self.name, logits=logits, feature_attributions=values,
+                           feature_names=_feature_names(model))
+
+
+class CaptumMetadataIntegratedGradients(MetadataIntegratedGradients):
+    """The reference `metadata_ig` (not registered; the tests and `bench/score.py` compare against it):
+    Captum's `IntegratedGradients` run once per target, as `metadata_ig` ran before it was vectorised.
+    Same options; `internal_batch_size` has Captum's meaning (None: all steps at once)."""
 
     def attribute(self, images: torch.Tensor | None = None,
                   features: torch.Tensor | None = None) -> Attribution:
@@ -82,7 +120,10 @@ class MetadataIntegratedGradients(AttributionMethod):
                                  additional_forward_args=extra).detach()
                     for t in range(logits.shape[1])
                 ]
-        meta = getattr(model, "metadata_features", None)
-        names = tuple(meta.names) if meta is not None else None
         return Attribution(self.name, logits=logits, feature_attributions=torch.stack(per_class, dim=1),
-                           feature_names=names)
+                           feature_names=_feature_names(model))
+
+
+def _feature_names(model: nn.Module) -> tuple[str, ...] | None:
+    meta = getattr(model, "metadata_features", None)
+    return tuple(meta.names) if meta is not None else None
