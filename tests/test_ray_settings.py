@@ -19,8 +19,7 @@ def test_the_installed_ray_still_reads_each_undocumented_setting(setting):
     source = RAY / setting.read_in
     assert source.is_file(), f"{setting.name}: Ray no longer has {setting.read_in}; see thorax_ray/ray_settings.py"
     assert setting.name in source.read_text(), f"{setting.name} is no longer read in ray/{setting.read_in}"
-    assert setting.why and setting.kind in ("environment variable", "log_once key", "log record attribute",
-                                            "warning text")
+    assert setting.why and setting.kind in ("environment variable", "log_once key", "warning text")
 
 
 def test_every_ray_setting_in_the_code_is_listed():

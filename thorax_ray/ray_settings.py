@@ -9,7 +9,7 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class RaySetting:
     name: str
-    kind: str  # "environment variable" | "log_once key" | "log record attribute" | "warning text"
+    kind: str  # "environment variable" | "log_once key" | "warning text"
     read_in: str  # the file of the `ray` package that reads it (Ray 2.60)
     why: str
 
@@ -19,7 +19,6 @@ TUNE_OUTPUT_ENV = "RAY_AIR_NEW_OUTPUT"
 GCS_PORT_ENV = "RAY_GCS_SERVER_PORT"
 NODE_TYPE_ENV, INSTANCE_ID_ENV = "RAY_NODE_TYPE_NAME", "RAY_CLOUD_INSTANCE_ID"
 DATA_PROGRESS_NOTICE = "ray_data_progress_manager_disabled"
-DATA_HIDDEN_RECORD = "hide"  # a log record attribute Ray Data's console handler drops records by
 DATA_DEPRECATED_REMOTE_ARGS = "`ray_remote_args` is deprecated"  # the warning a max_restarts argument raises
 
 UNDOCUMENTED: tuple[RaySetting, ...] = (
@@ -37,9 +36,6 @@ UNDOCUMENTED: tuple[RaySetting, ...] = (
                "the autoscaler sets it on each node it starts (its node type); node_check names the node by it"),
     RaySetting(INSTANCE_ID_ENV, "environment variable", "autoscaler/_private/commands.py",
                "the autoscaler sets it on each node it starts (its cloud instance); node_check names the node by it"),
-    RaySetting(DATA_HIDDEN_RECORD, "log record attribute", "data/_internal/logging.py",
-               "Ray Data logs a failed execution's error and full stack trace to the console before re-raising it; "
-               "the jobs end with one line of their own, so those records go to Ray Data's log file only"),
     RaySetting(DATA_DEPRECATED_REMOTE_ARGS, "warning text", "data/dataset.py",
                "the scoring actors' max_restarts=0 (Ray Data's constructor arguments live in the object store, "
                "ray-project/ray#53727) has no named map_batches parameter in Ray 2.60; its deprecation warning "

@@ -18,7 +18,7 @@ import signal
 import socket
 import threading
 
-from thorax_ray.ray_settings import DATA_HIDDEN_RECORD, DATA_PROGRESS_NOTICE, GCS_PORT_ENV
+from thorax_ray.ray_settings import DATA_PROGRESS_NOTICE, GCS_PORT_ENV
 
 # A local Ray advertises this many logical CPUs beyond the machine's cores, so that the Ray Data
 # pipeline (readers/decoders) can run beside training workers that each hold one CPU; otherwise a
@@ -87,25 +87,20 @@ def quiet_ray_logs() -> None:
     logging.getLogger("ray").setLevel(logging.WARNING)
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     log_once(DATA_PROGRESS_NOTICE)
-    for name in DATA_FAILURE_LOGGERS:
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, KeptOffConsole) for f in logger.filters):
-            logger.addFilter(KeptOffConsole())
+    for handler in logging.getLogger("ray.data").handlers:  # Ray Data's console handler; its log file keeps all
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+            if not any(isinstance(f, BelowErrors) for f in handler.filters):
+                handler.addFilter(BelowErrors())
 
 
-# Ray Data logs a failed execution (the failing task's traceback, then the error and "Full stack trace: ...")
-# before it re-raises the error; the job's own line comes from the re-raised error (thorax_ray.cli.run_main,
-# or Python's traceback when the job does not know it), so these go to Ray Data's log file only.
-DATA_FAILURE_LOGGERS = ("ray.data._internal.execution.streaming_executor_state", "ray.data.exceptions")
-
-
-class KeptOffConsole(logging.Filter):
-    """Marks a record for Ray Data's own log file only: its console handler drops records marked `hide`
-    (ray.data._internal.logging.HiddenRecordFilter; listed in thorax_ray.ray_settings)."""
+class BelowErrors(logging.Filter):
+    """Keeps Ray Data's ERROR records off the console: it logs a failed execution (the failing task's
+    traceback, the error, "Full stack trace: ...") before it re-raises the error, and the job's own line comes
+    from the re-raised error (thorax_ray.cli.run_main, or Python's traceback when the job does not know it).
+    They stay in Ray Data's log file."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        setattr(record, DATA_HIDDEN_RECORD, True)
-        return True
+        return record.levelno < logging.ERROR
 
 
 def _python_signal_handlers() -> dict:
