@@ -15,7 +15,7 @@ import pytest
 from thorax_ray.evaluation import classification as C
 from thorax_ray.evaluation import comparison
 from thorax_ray.evaluation import localization as L
-from thorax_ray.evaluation import plots, report
+from thorax_ray.evaluation import plots, report, report_summary
 from thorax_ray.evaluation.chromium import (RenderError, check_screenshot, find_chromium, measure_layout, print_pdf,
                                             render_report, screenshot, with_sections_open)
 from thorax_ray.labels import BOXED_FINDINGS, FINDINGS
@@ -113,7 +113,7 @@ def answer_report(tmp_path_factory):
         path = plots.plot_heatmap_overlay(xray, np.outer(np.hanning(8), np.hanning(8)), out / f"overlay{i}.png",
                                           truth_boxes=[{"x": 30, "y": 30, "w": 40, "h": 40, "finding": finding}],
                                           title=f"{i}.png: {finding} p={probability:.2f}")
-        overlays[f"small_cnn: {i}.png {finding} (p={probability:.2f})"] = report.Overlay(
+        overlays[f"small_cnn: {i}.png {finding} (p={probability:.2f})"] = report_summary.Overlay(
             path, "small_cnn", finding, probability)
     return report.write_report(out / "report.html", metrics, images=images, overlays=overlays,
                                title="thorax-ray: CNN vs metadata MLP vs fusion")
@@ -127,7 +127,7 @@ def test_the_answer_is_in_the_first_viewport(answer_report):
     assert len(layout.boxes["#summary .verdict"]) == 7  # six pairs and the model set beside
     for selector in ANSWER:
         assert layout.in_first_viewport(selector), (selector, layout.boxes[selector])
-    assert len(layout.boxes["#hits-and-misses figure"]) == report.STRIP_SIZE
+    assert len(layout.boxes["#hits-and-misses figure"]) == report_summary.STRIP_SIZE
     assert layout.boxes["details table"] and not any(b.visible for b in layout.boxes["details table"])
     assert len(layout.boxes["details > summary"]) >= 8 and layout.page_height < 3 * VIEWPORT[1]
 
@@ -135,7 +135,7 @@ def test_the_answer_is_in_the_first_viewport(answer_report):
 def test_every_image_loads_and_a_broken_one_is_named(answer_report, tmp_path):
     layout = measure_layout(answer_report, width=VIEWPORT[0], height=VIEWPORT[1])
     text = open(answer_report, encoding="utf-8").read()
-    assert len(layout.images) == text.count("<img ") == 2 + 6 + 1 + report.STRIP_SIZE
+    assert len(layout.images) == text.count("<img ") == 2 + 6 + 1 + report_summary.STRIP_SIZE
     assert layout.broken_images == []
     broken = tmp_path / "broken.html"
     broken.write_text(text.replace('<img src="data:image/png;base64,', '<img src="data:image/png;base64,AAAA', 1))

@@ -8,8 +8,8 @@ import re
 
 import numpy as np
 
-from thorax_ray.evaluation import report
-from thorax_ray.evaluation.report import STRIP_SIZE, Overlay
+from thorax_ray.evaluation import report, report_summary
+from thorax_ray.evaluation.report_summary import STRIP_SIZE, Overlay
 from thorax_ray.labels import FINDINGS
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -35,7 +35,7 @@ def metrics() -> dict:
 
 
 def test_one_sentence_per_pair_in_order_then_the_models_in_no_pair():
-    summary = report._summary(metrics(), None, None)
+    summary = report_summary.summary(metrics(), None, None)
     assert summary["sentences"] == [
         "small_cnn beats mlp by +0.236 mean AUROC [0.198, 0.272].",
         "small_cnn trails fusion by -0.035 mean AUROC [-0.058, -0.013].",
@@ -48,10 +48,10 @@ def test_one_sentence_per_pair_in_order_then_the_models_in_no_pair():
 
 def test_without_pairs_each_model_gets_its_mean():
     only = {"models": {"m": _model(0.7, [0.65, 0.75])}}
-    assert report._summary(only, None, None)["sentences"] == [
+    assert report_summary.summary(only, None, None)["sentences"] == [
         "m: mean AUROC 0.700 [0.650, 0.750] on the test split (no paired comparison in this report)."]
     no_mean = {"models": {"m": {"auroc": {f: 0.7 for f in FINDINGS}}}}
-    assert report._summary(no_mean, None, None)["chart"] is None
+    assert report_summary.summary(no_mean, None, None)["chart"] is None
 
 
 def _overlays(probabilities: dict[str, float], finding: str = "Mass", positive: bool = True) -> dict:
@@ -61,7 +61,7 @@ def _overlays(probabilities: dict[str, float], finding: str = "Mass", positive: 
 
 def test_the_strip_shows_half_hits_half_misses_most_confident_first():
     overlays = _overlays({"h1": 0.5, "h2": 0.9, "h3": 0.7, "m1": 0.3, "m2": 0.05, "m3": 0.2})  # threshold 0.4
-    strip = report._strip(overlays, metrics(), None)
+    strip = report_summary._strip(overlays, metrics(), None)
     assert [f["caption"] for f in strip] == ["h2 Mass", "h3 Mass", "m2 Mass", "m3 Mass"]
     assert [f["css_class"] for f in strip] == ["hit", "hit", "miss", "miss"]
     assert strip[0]["text"] == "hit (true positive): Mass, p = 0.90 ≥ threshold 0.40 (small_cnn)"
@@ -70,10 +70,10 @@ def test_the_strip_shows_half_hits_half_misses_most_confident_first():
 
 def test_a_short_side_is_filled_by_the_other_and_negatives_count_too():
     hits_only = _overlays({"h1": 0.5, "h2": 0.9, "h3": 0.7, "h4": 0.6, "h5": 0.8})
-    assert [f["caption"] for f in report._strip(hits_only, metrics(), None)] == [
+    assert [f["caption"] for f in report_summary._strip(hits_only, metrics(), None)] == [
         "h2 Mass", "h5 Mass", "h3 Mass", "h4 Mass"]
     negatives = _overlays({"fp": 0.8, "tn": 0.1}, finding="Effusion", positive=False)  # threshold 0.3
-    strip = report._strip(negatives, metrics(), None)
+    strip = report_summary._strip(negatives, metrics(), None)
     assert [(f["caption"], f["css_class"]) for f in strip] == [("tn Effusion", "hit"), ("fp Effusion", "miss")]
     assert strip[1]["text"].startswith("miss (false positive): Effusion, p = 0.80 ≥ threshold 0.30")
 
@@ -81,7 +81,7 @@ def test_a_short_side_is_filled_by_the_other_and_negatives_count_too():
 def test_overlays_without_a_known_outcome_are_shown_in_their_order():
     plain = {f"overlay {i}": PNG + bytes([i]) for i in range(6)}
     no_threshold = {"mlp Mass": Overlay(PNG, "mlp", "Mass", 0.9)}  # mlp has no operating thresholds
-    strip = report._strip(plain | no_threshold, metrics(), None)
+    strip = report_summary._strip(plain | no_threshold, metrics(), None)
     assert len(strip) == STRIP_SIZE and [f["caption"] for f in strip] == [f"overlay {i}" for i in range(4)]
     assert {f["css_class"] for f in strip} == {""} and strip[0]["text"] == "overlay 0"
 

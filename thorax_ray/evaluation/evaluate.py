@@ -28,7 +28,8 @@ from thorax_ray.evaluation.localization import (NIH_IMAGE_SIZE, chance_localizat
 from thorax_ray.evaluation.plots import plot_auroc_comparison, plot_heatmap_overlay, plot_pr_curves, plot_roc_curves
 from thorax_ray.evaluation.protocols import localization_protocols
 from thorax_ray.evaluation.reliability import calibration_metrics, plot_reliability_diagrams, reliability_file
-from thorax_ray.evaluation.report import Overlay, write_report
+from thorax_ray.evaluation.report import write_report
+from thorax_ray.evaluation.report_summary import Overlay
 from thorax_ray.labels import FINDING_COLUMNS, FINDINGS, column_name
 from thorax_ray.names import safe_name
 from thorax_ray.scoring.output import CALIBRATED_COLUMNS

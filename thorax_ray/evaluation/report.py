@@ -44,11 +44,9 @@ marked; jobs/evaluate.py builds it, mostly from classification.summarize_model):
 """
 from __future__ import annotations
 
-import base64
 import datetime as _dt
 import functools
 import html
-import io
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -57,18 +55,15 @@ import jinja2
 import markupsafe
 
 from thorax_ray import storage
-from thorax_ray.evaluation.comparison import (comparison_sentence, format_ci, format_number, model_label,
-                                              model_sentence, models_of, reference_columns, reference_match,
-                                              reference_note, run_split, split_line)
+from thorax_ray.evaluation.comparison import (format_ci, format_number, model_label, models_of, reference_columns,
+                                              reference_match, reference_note, run_split, split_line)
+from thorax_ray.evaluation.embed import data_uri
 from thorax_ray.evaluation.localization import mean_accuracy
-from thorax_ray.evaluation.plots import headline_chart
 from thorax_ray.evaluation.references import (MEAN_ROW, REFERENCE_AUROC, REFERENCE_LOCALIZATION_IOBB,
                                               REFERENCE_LOCALIZATION_LABEL, REFERENCE_LOCALIZATION_SPLIT)
+from thorax_ray.evaluation.report_summary import pairs, source, summary
 from thorax_ray.labels import BOXED_FINDINGS, FINDINGS
 
-STRIP_SIZE = 4  # overlay thumbnails in the summary: up to half hits, half misses
-THUMBNAIL_PX = 360  # their longer side, in image pixels (shown at 180 CSS px: sharp on a 2x screen)
-_MIME = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif", ".svg": "image/svg+xml"}
 TEMPLATE = "report.html.j2"
 
 
@@ -121,56 +116,8 @@ def _with_mean(findings: Sequence[str]) -> tuple[list[str], list[str]]:
     return rows, ["mean" if f == MEAN_ROW else "" for f in rows]
 
 
-def _data_uri(image, endpoint_url: str | None = None) -> str:
-    if isinstance(image, (bytes, bytearray)):
-        data, mime = bytes(image), "image/png"
-    else:
-        path = os.fspath(image)
-        mime = _MIME.get(os.path.splitext(path)[1].lower())
-        if mime is None:
-            raise ValueError(f"{path}: not an image this report embeds ({', '.join(_MIME)})")
-        data = storage.read_bytes(path, endpoint_url=endpoint_url)
-    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
-
-
-@dataclass(frozen=True)
-class Overlay:
-    """A heatmap overlay with what it shows, so that the summary can call it a hit or a miss: `src` a PNG
-    path or URI (or PNG bytes); the `model` that scored the image, the `finding` drawn, the `probability`
-    the model gave it and whether the image has the finding (`positive`, from the ground truth). Judged
-    against the model's operating threshold for the finding (metrics' models.<model>.thresholds)."""
-
-    src: object
-    model: str
-    finding: str
-    probability: float
-    positive: bool = True
-
-
-def _source(value) -> object:
-    return value.src if isinstance(value, Overlay) else value
-
-
-def _thumbnail_uri(image, endpoint_url: str | None = None) -> str:
-    """A small PNG copy of an overlay (THUMBNAIL_PX, 256 colours: about a third of the bytes) as a data URI,
-    so the summary's strip adds little to the page; the image as it is when it is not one Pillow reads."""
-    from PIL import Image, UnidentifiedImageError  # deferred: only the strip needs it
-
-    data = bytes(image) if isinstance(image, (bytes, bytearray)) else storage.read_bytes(
-        os.fspath(image), endpoint_url=endpoint_url)
-    try:
-        with Image.open(io.BytesIO(data)) as opened:
-            small = opened.convert("RGB")
-    except (UnidentifiedImageError, OSError):
-        return _data_uri(data)
-    small.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
-    buffer = io.BytesIO()
-    small.convert("P", palette=Image.Palette.ADAPTIVE, colors=256).save(buffer, format="PNG", optimize=True)
-    return _data_uri(buffer.getvalue())
-
-
 def _figures(images: Mapping[str, object] | None, endpoint_url: str | None = None) -> list[dict]:
-    return [{"caption": str(caption), "src": _data_uri(_source(src), endpoint_url)}
+    return [{"caption": str(caption), "src": data_uri(source(src), endpoint_url)}
             for caption, src in (images or {}).items()]
 
 
@@ -200,74 +147,6 @@ def _headline(metrics: Mapping) -> dict:
             "mean_note": _mean_note(models, metrics, "auroc_ci_resamples", "AUROC"),
             "split_note": _split_note(metrics),
             "hint": f"{len(FINDINGS)} findings x {len(labels)} models, {len(references)} published columns"}
-
-
-def _pairs(metrics: Mapping) -> list[tuple[str, str, Mapping]]:
-    """(model a, model b, paired_bootstrap_difference result) of every paired comparison."""
-    paired = metrics.get("paired") or []
-    if isinstance(paired, Mapping):
-        paired = [{"model_a": k, "model_b": "", "result": v} for k, v in paired.items()]
-    return [(str(item.get("model_a", "")), str(item.get("model_b", "")), item.get("result") or {}) for item in paired]
-
-
-def _outcome(overlay: Overlay, metrics: Mapping) -> dict | None:
-    """A hit or a miss at the model's operating threshold for the finding (None when it has none)."""
-    threshold = ((models_of(metrics).get(overlay.model) or {}).get("thresholds") or {}).get(overlay.finding)
-    if threshold is None:
-        return None
-    flagged = overlay.probability >= threshold
-    hit = flagged == overlay.positive
-    kind = {(True, True): "true positive", (False, True): "false negative", (True, False): "false positive",
-            (False, False): "true negative"}[(flagged, overlay.positive)]
-    # how sure the model was of what it said: hits and misses are shown most confident first
-    confidence = overlay.probability if flagged else 1.0 - overlay.probability
-    return {"hit": hit, "kind": kind, "confidence": confidence,
-            "text": f"{'hit' if hit else 'miss'} ({kind}): {overlay.finding}, p = {overlay.probability:.2f} "
-                    f"{'≥' if flagged else '<'} threshold {float(threshold):.2f} ({overlay.model})"}
-
-
-def _strip(overlays: Mapping[str, object] | None, metrics: Mapping, endpoint_url: str | None) -> list[dict]:
-    """Up to STRIP_SIZE overlay thumbnails: half hits, half misses (each most confident first; the other
-    kind fills a short side). Overlays without a known outcome (plain paths) are shown in their order."""
-    judged, plain = [], []
-    for caption, value in (overlays or {}).items():
-        outcome = _outcome(value, metrics) if isinstance(value, Overlay) else None
-        (judged if outcome else plain).append((str(caption), value, outcome))
-    hits = sorted((o for o in judged if o[2]["hit"]), key=lambda o: -o[2]["confidence"])
-    misses = sorted((o for o in judged if not o[2]["hit"]), key=lambda o: -o[2]["confidence"])
-    half = STRIP_SIZE // 2
-    take_hits = min(len(hits), max(half, STRIP_SIZE - len(misses)))
-    chosen = hits[:take_hits] + misses[:STRIP_SIZE - take_hits]
-    chosen += plain[:STRIP_SIZE - len(chosen)]
-    return [{"caption": caption, "src": _thumbnail_uri(_source(value), endpoint_url),
-             "text": outcome["text"] if outcome else caption,
-             "css_class": ("hit" if outcome["hit"] else "miss") if outcome else ""}
-            for caption, value, outcome in chosen]
-
-
-def _summary(metrics: Mapping, overlays: Mapping[str, object] | None, endpoint_url: str | None) -> dict:
-    """The answer first: a sentence per paired comparison (and per model in no pair), the headline chart
-    (plots.headline_chart; None when no model has a mean AUROC) and the hits-and-misses strip."""
-    models = models_of(metrics)
-    pairs = _pairs(metrics)
-    differences = [(a, b, (r.get(MEAN_ROW) or {}).get("delta"), (r.get(MEAN_ROW) or {}).get("ci"))
-                   for a, b, r in pairs]
-    sentences = [comparison_sentence(a, b or "the other model", delta, ci) for a, b, delta, ci in differences]
-    in_pairs = {name for a, b, _ in pairs for name in (a, b)}
-    split = str(metrics.get("split", "test"))
-    means = [(name, entry.get("mean_auroc"), (entry.get("auroc_ci") or {}).get(MEAN_ROW))
-             for name, entry in models.items()]
-    for name, mean, ci in means:
-        if name not in in_pairs:
-            sentences.append(model_sentence(name, mean, ci, split=split, alone=not pairs,
-                                            elsewhere=bool(models[name].get("evaluated_in"))))
-    chart = None
-    if any(m is not None for _, m, _ in means):
-        differences = [(f"{a} - {b}" if b else a, delta, ci) for a, b, delta, ci in differences]
-        chart = {"src": _data_uri(headline_chart(means, differences, split=split)),
-                 "caption": f"Which model is better ({split} split): each model's mean AUROC (left) and each paired "
-                            "difference a - b (right), with 95% patient-bootstrap CIs"}
-    return {"sentences": sentences, "chart": chart, "strip": _strip(overlays, metrics, endpoint_url)}
 
 
 def _split_note(metrics: Mapping) -> str:
@@ -318,17 +197,17 @@ def _paired(metrics: Mapping) -> list[dict]:
     models = metrics.get("models") or {}
     header = ["finding", "AUROC a", "AUROC b", "delta (a - b)", "95% CI of delta", "p (two-sided)"]
     findings, classes = _with_mean(FINDINGS)
-    pairs = []
-    for a, b, result in _pairs(metrics):
+    tables = []
+    for a, b, result in pairs(metrics):
         rows = []
         for f in findings:
             r = result.get(f) or {}
             rows.append([f, format_number(r.get("auroc_a")), format_number(r.get("auroc_b")),
                          format_number(r.get("delta")), format_ci(r.get("ci")) or "n/a", _p(r.get("p_value"))])
-        pairs.append({"label_a": model_label(a, models[a], metrics) if a in models else str(a),
+        tables.append({"label_a": model_label(a, models[a], metrics) if a in models else str(a),
                       "label_b": model_label(b, models[b], metrics) if b in models else str(b),
-                      "table": _table(header, rows, row_classes=classes)})
-    return pairs
+                       "table": _table(header, rows, row_classes=classes)})
+    return tables
 
 
 def _subgroups(metrics: Mapping, key: str, title: str) -> dict | None:
@@ -474,7 +353,7 @@ def report_html(metrics: Mapping, *, title: str = "thorax-ray evaluation",
                 sections: Sequence[Mapping] | None = None, endpoint_url: str | None = None) -> str:
     """The report as one HTML document (the arguments as write_report's)."""
     return _template().render(
-        title=str(title), facts=_facts(metrics), summary=_summary(metrics, overlays, endpoint_url),
+        title=str(title), facts=_facts(metrics), summary=summary(metrics, overlays, endpoint_url),
         notes=[str(n) for n in metrics.get("notes") or ()],
         split=str(metrics.get("split", "test")), headline=_headline(metrics), paired=_paired(metrics),
         view_position=_subgroups(metrics, "view_position", "AUROC by view position"),
