@@ -77,12 +77,11 @@ def test_schema_metadata_round_trip_and_size(ray_local, checkpoint, synthetic_sm
 
     files = parquet_files(out / "scores")
     assert files and all(f"batch_date={summary.batch_date}/run_id={summary.run_id}/part-" in f for f in files)
-    schema = pq.read_schema(files[0])
-    assert schema.names[:8] == ["image_index", "path", "model_id", "run_id", "batch_date", "scored_at", "width",
-                                "height"]
-    assert schema.names[8] == "metadata_source"
-    assert schema.names[9:23] == list(FINDING_COLUMNS) and schema.names[23:37] == list(CALIBRATED_COLUMNS)
-    assert schema.names[37:] == ["heatmap", "boxes"]
+    schema = pq.read_schema(files[0])  # a data file: batch_date is the Delta table's partition, not a column in it
+    assert schema.names[:7] == ["image_index", "path", "model_id", "run_id", "scored_at", "width", "height"]
+    assert schema.names[7] == "metadata_source"
+    assert schema.names[8:22] == list(FINDING_COLUMNS) and schema.names[22:36] == list(CALIBRATED_COLUMNS)
+    assert schema.names[36:] == ["ood_score", "heatmap", "boxes"]
     assert all(schema.field(c).type == pa.float32() for c in FINDING_COLUMNS)
     assert schema.field("heatmap").type == pa.binary() and schema.field("boxes").type == BOXES_TYPE
     assert schema.field("scored_at").type == pa.timestamp("us", tz="UTC")
