@@ -15,7 +15,8 @@ import argparse
 
 from thorax_ray import console
 from thorax_ray.cli import add_s3_endpoint_argument, job_parser, run_main, setup_logging
-from thorax_ray.scoring.maintain import compact, maintenance_lease, migrate, vacuum
+from thorax_ray.preflight import require_inputs
+from thorax_ray.scoring.maintain import compact, maintenance_lease, migrate, open_tables, vacuum
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -39,10 +40,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(args.verbose)
     endpoint = args.s3_endpoint
+    require_inputs({"--out": args.out}, endpoint_url=endpoint)  # a mistyped output: one line, before its lease
     with maintenance_lease(args.out, wait_s=args.lock_wait_s, endpoint_url=endpoint):
         if args.migrate:
             moved = migrate(args.out, endpoint_url=endpoint)
             console.say("maintain", f"{len(moved)} old-layout run(s) moved into the tables")
+        if not open_tables(args.out, endpoint_url=endpoint):
+            raise ValueError(f"--out {args.out}: no scores or quarantine table there (OUT/scores/_delta_log): "
+                             "nothing to maintain")
         if args.optimize:
             for done in compact(args.out, target_mb=args.target_mb, endpoint_url=endpoint):
                 console.say("maintain", f"{done.table}: {done.files_before} file(s) compacted into {done.files_after}")

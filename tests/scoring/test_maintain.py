@@ -83,3 +83,26 @@ def test_migrate_moves_old_layout_runs_into_the_tables(tmp_path):
     after = read_scores(str(out))
     assert sorted_frame(after).equals(sorted_frame(before)) and after.attrs["tta"] == {"kind": "none"}
     assert len(read_quarantine(str(out))) == 2 and migrate(str(out)) == []
+
+
+def test_the_readmes_weekly_command_compacts_and_keeps_every_row(tmp_path, capsys):
+    """`python jobs/maintain_scores.py --out OUT --optimize --vacuum-hours 168`, as the README writes it."""
+    from jobs.maintain_scores import main
+
+    out = str(tmp_path / "out")
+    nights(out)
+    before = read_scores(out)
+    assert main(["--out", out, "--optimize", "--vacuum-hours", "168"]) == 0
+    printed = capsys.readouterr().out
+    assert "scores: 4 file(s) compacted into 2" in printed and "no longer in the table deleted" in printed
+    assert sorted_frame(read_scores(out)).equals(sorted_frame(before))
+
+
+def test_the_command_refuses_a_missing_output_and_one_without_tables(tmp_path):
+    from jobs.maintain_scores import main
+
+    with pytest.raises(FileNotFoundError, match="--out .*nowhere: not found"):
+        main(["--out", str(tmp_path / "nowhere"), "--optimize"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no scores or quarantine table there"):
+        main(["--out", str(tmp_path / "empty"), "--optimize"])

@@ -48,14 +48,17 @@ def maintenance_lease(out: str, *, wait_s: float = 0.0, endpoint_url: str | None
         yield
 
 
+def open_tables(out: str, *, endpoint_url: str | None = None) -> list[tuple[str, object]]:
+    """(name, deltalake.DeltaTable) of each of OUT's tables (scores, quarantine) that exists."""
+    tables = [(kind, delta.open_table(storage.join(out, kind), endpoint_url=endpoint_url)) for kind in TABLES]
+    return [(kind, table) for kind, table in tables if table is not None]
+
+
 def compact(out: str, *, target_mb: int = 256, endpoint_url: str | None = None) -> list[TableUpkeep]:
     """Rewrites each table's small files into files of up to `target_mb` per batch_date (Delta OPTIMIZE,
     one commit per table); the replaced files stay until a vacuum older than the retention deletes them."""
     done = []
-    for kind in TABLES:
-        table = delta.open_table(storage.join(out, kind), endpoint_url=endpoint_url)
-        if table is None:
-            continue
+    for kind, table in open_tables(out, endpoint_url=endpoint_url):
         before = len(table.file_uris())
         table.optimize.compact(target_size=target_mb * 1024 * 1024)
         done.append(TableUpkeep(kind, before, len(table.file_uris())))
@@ -70,10 +73,7 @@ def vacuum(out: str, *, retention_hours: float = DEFAULT_RETENTION_HOURS,
     if retention_hours < 0:
         raise ValueError(f"--vacuum-hours must be >= 0, got {retention_hours}")
     done = []
-    for kind in TABLES:
-        table = delta.open_table(storage.join(out, kind), endpoint_url=endpoint_url)
-        if table is None:
-            continue
+    for kind, table in open_tables(out, endpoint_url=endpoint_url):
         files = len(table.file_uris())
         removed = table.vacuum(retention_hours=int(retention_hours), dry_run=False, enforce_retention_duration=False,
                                full=True)  # full: also files no commit ever listed (killed runs')
