@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import shutil
+import subprocess
+import sys
 import time
 
 from thorax_ray.cli import job_parser, run_main, setup_logging
@@ -30,6 +33,7 @@ DEMO_MODELS = {  # name -> model section (small_cnn's default output stride 8: 1
 }
 RANDOM_SPLIT_MODELS = ("small_cnn",)  # trained again on the random patient split, shown beside
 RANDOM_SPLIT = "random"
+SCORE_JOB = os.path.join(os.path.dirname(os.path.abspath(__file__)), "score.py")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -94,15 +98,23 @@ def train_models(prepared: str, args: argparse.Namespace, models: dict[str, dict
 
 
 def score_models(runs: dict[str, str], prepared: str, args: argparse.Namespace, suffix: str = "") -> dict[str, str]:
-    from thorax_ray.scoring.config import ScoreConfig
-    from thorax_ray.scoring.score import score
-
+    """Each model scored by the score job as a user runs it, in its own process with its own Ray on this
+    machine's cores. Not in the demo's Ray: that one advertises extra CPUs for training's data tasks, so
+    scoring's read tasks and actors there started more worker processes than the cores run (and Ray's
+    warning about it reached the console)."""
     outputs = {}
     for name, run_dir in runs.items():
         out = os.path.abspath(os.path.join(args.out, "scores", name + suffix))
-        method = "none" if name == "mlp_follow_up" else None  # its probabilities are all the report uses
-        summary = score(ScoreConfig(checkpoint=run_dir, input=prepared, out=out, batch_size=64, method=method))
-        print(summary.format())
+        command = [sys.executable, SCORE_JOB, "--checkpoint", run_dir, "--input", prepared, "--out", out,
+                   "--batch-size", "64"]
+        if name == "mlp_follow_up":  # its probabilities are all the report uses
+            command += ["--method", "none"]
+        if args.verbose:
+            command.append("--verbose")
+        print(f"[demo] {' '.join(shlex.quote(part) for part in command[1:])}", flush=True)
+        done = subprocess.run(command, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"scoring {name} failed (exit {done.returncode}; its output is above)")
         outputs[name] = out
     return outputs
 

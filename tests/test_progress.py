@@ -1,6 +1,7 @@
 """One progress line per stage: workers count on a tiny actor, the driver prints every 10% in a log (no
 TTY) and updates one line in place on a terminal."""
 import io
+import time
 
 import ray
 
@@ -40,3 +41,24 @@ def test_a_terminal_gets_one_line_updated_in_place(ray_local):
 
 def test_counting_without_a_stage_is_a_no_op():
     count(None, 5)  # a job run without a progress line (e.g. a library call)
+
+
+def test_the_stage_leaves_no_actor_behind_while_its_counter_is_still_held(ray_local):
+    """The stage's work may hold the counter's handle after it ends (an actor pool's constructor arguments in a
+    long-lived driver, e.g. the demo): the counter's actor is still killed, so stages do not pile up processes."""
+    from ray.util.state import list_actors
+
+    def alive_counters() -> int:
+        return len(list_actors(address=ray.get_runtime_context().gcs_address, raise_on_missing_output=False,
+                               filters=[("class_name", "=", "_Counter"), ("state", "=", "ALIVE")]))
+
+    before = alive_counters()
+    held = []
+    for _ in range(2):
+        with StageProgress("score", total=1, stream=io.StringIO(), interval_s=0.05) as progress:
+            ray.get(work.remote(progress.counter, 1))
+            held.append(progress.counter)
+    deadline = time.monotonic() + 30
+    while alive_counters() > before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert alive_counters() == before

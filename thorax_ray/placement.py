@@ -30,6 +30,7 @@ from thorax_ray.node_check import CudaUnusable, problem_line
 FIRST_WAIT_LINE_S = 10.0  # a job not placed by then says what it waits for ...
 WAIT_LINE_EVERY_S = 60.0  # ... and again every minute
 CUDA_CHECK_TIMEOUT_S = 300.0  # a bundle's CUDA check (a worker start, torch's import, a tensor op) answers by then
+FREED_TIMEOUT_S = 10.0  # a placed group given back shows up free in the cluster's resource view by then
 
 
 class PlacementTimeout(ClusterError):
@@ -169,9 +170,31 @@ def wait_until_placed(plan: Placement, *, timeout_s: float, stage: str) -> float
             step = min(next_line - now, (started + timeout_s - now) if timeout_s > 0 else math.inf, 5.0)
             if group.wait(timeout_seconds=max(1, math.ceil(step))):  # whole seconds: Ray's backend takes an int
                 require_cuda_where_placed(group, plan)
+                remove_placement_group(group)
+                group = None
+                wait_until_freed(plan)
                 return time.monotonic() - started
     finally:
-        remove_placement_group(group)
+        if group is not None:
+            remove_placement_group(group)
+
+
+def wait_until_freed(plan: Placement, *, timeout_s: float = FREED_TIMEOUT_S, poll_s: float = 0.1) -> bool:
+    """Waits (at most `timeout_s`) until the cluster's resource view shows one unit of `plan.ask` free again
+    after its group was given back; True when it does. Ray gives a group back asynchronously and its view of
+    free resources lags: work started at once saw the units still held (on 2 CPUs, Ray Data's start-up check
+    found "no available CPUs" and printed its warning). Not finding them in time is not an error: other jobs
+    may have taken them, and the job's own work waits for capacity as before."""
+    import ray  # deferred: Ray (absent on the GPU machine)
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        free = ray.available_resources()
+        if all(free.get(name, 0.0) >= amount for name, amount in plan.ask.items()):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(poll_s)
 
 
 def require_cuda_where_placed(group, plan: Placement, *, timeout_s: float = CUDA_CHECK_TIMEOUT_S) -> None:

@@ -90,6 +90,8 @@ class StageProgress:
         return self
 
     def __exit__(self, kind, *_) -> None:
+        import ray  # deferred: Ray (absent on the GPU machine)
+
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
@@ -97,3 +99,6 @@ class StageProgress:
             self._show(self._done() if self._final is None else self._final, final=True)
         elif self.tty:
             self.stream.write("\n")
+        # The stage's work holds the counter's handle (an actor pool's constructor arguments), which outlives
+        # the stage in a long-lived driver: without this, each stage left an actor and its worker process.
+        ray.kill(self.counter)

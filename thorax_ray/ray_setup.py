@@ -71,6 +71,12 @@ def init_ray(address: str | None = None, *, verbose: bool = False, extra_cpus: i
     finally:
         os.environ.pop(GCS_PORT_ENV, None)
     context = ray.data.DataContext.get_current()
+    # Parquet through Ray Data's V1 reader: the V2 reader (Ray 2.60's default) reads footers on 32 actors per
+    # read_parquet call, each a worker process that asks for a CPU of any node type. On 2 cores they outnumber
+    # what the machine runs (Ray's "N PYTHON worker processes" warning, "no available CPUs" while they
+    # linger); on a cluster their demand makes the autoscaler start nodes of other types. V1 reads with tasks
+    # that carry the job's node role (thorax_ray.data.shards.read_prepared).
+    context.use_datasource_v2 = False
     context.enable_progress_bars = verbose
     context.print_on_execution_start = verbose
     if not verbose:

@@ -234,8 +234,8 @@ FIRST_SCORED = 12  # PNGs scored by the scoring-first test
 
 def test_a_scoring_pool_of_two_starts_two_gpu_score_nodes_from_zero(autoscaling_cluster, s3_prepared,
                                                                      synthetic_small, tmp_path):
-    """Scoring first, on a folder of PNGs (not prepared shards: no Parquet footer readers, whose plain-CPU actors
-    can make the autoscaler start other node types): the pool's two GPU actors start two gpu_score nodes from
+    """Scoring first, on a folder of PNGs (not prepared shards: no Parquet sampling tasks, which ask for plain
+    CPUs and can make the autoscaler start other node types): the pool's two GPU actors start two gpu_score nodes from
     zero, so the pool grows beyond one node, and every image is scored once. Before the chain, whose training
     may start gpu_score nodes itself."""
     import shutil
@@ -283,7 +283,7 @@ def test_train_score_evaluate_start_the_gpu_node_from_zero(autoscaling_cluster, 
     assert "1 workers on GPUs" in logs and "[chain] epoch 1/1" in logs and "[train] done" in logs
     assert "placement: 1 training workers x {CPU 1, GPU 1, thorax_train 1} on node type gpu_train only" in logs
     assert nodes_with(cluster, "thorax_train") == 1  # started for the job, its workers and data tasks run there
-    # (Ray Data's Parquet footer-reader actors ask for a plain CPU each and are not steered: while they wait,
+    # (Ray Data's Parquet sampling tasks ask for a plain CPU each and are not steered: while they wait,
     # the autoscaler may start nodes of other types too, here cpu and gpu_score; they do none of the job's work.)
     metrics = run_metrics(f"{bucket}/runs/chain")
     assert metrics["epochs_run"] == 1 and metrics["val"]["mean_auroc"] is not None
