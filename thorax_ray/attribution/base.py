@@ -39,6 +39,7 @@ from torch import nn
 DEFAULT_IMAGE_METHOD = "fast_cam"
 ONE_FORWARD_METHODS = ("cam", "fast_cam")  # maps from the forward pass that gives the logits
 DEFAULT_METADATA_METHOD = "metadata_ig"
+MAPS, FEATURE_ATTRIBUTIONS = "maps", "feature_attributions"  # what a method produces (AttributionMethod.produces)
 
 
 @dataclass
@@ -80,6 +81,7 @@ class AttributionMethod:
     name: ClassVar[str] = ""
     input_kinds: ClassVar[tuple[str, ...]] = ("image", "both")
     map_cells: ClassVar[str] = "receptive_fields"
+    produces: ClassVar[str] = MAPS  # MAPS (per-class maps) or FEATURE_ATTRIBUTIONS (per-class, per metadata feature)
 
     def __init__(self, model: nn.Module) -> None:
         kind = input_kind(model)

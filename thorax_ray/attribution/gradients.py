@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from thorax_ray.attribution.base import Attribution, AttributionMethod, PixelMapMethod, evaluation, register_method
+from thorax_ray.attribution.base import (FEATURE_ATTRIBUTIONS, Attribution, AttributionMethod, PixelMapMethod,
+                                         evaluation, register_method)
 from thorax_ray.attribution.vectorised_ig import DEFAULT_MAX_ROWS, integrated_gradients, quadrature
 
 
@@ -60,6 +61,7 @@ class MetadataIntegratedGradients(AttributionMethod):
     """
 
     input_kinds = ("metadata", "both")
+    produces = FEATURE_ATTRIBUTIONS
 
     def __init__(self, model: nn.Module, *, n_steps: int = 32, internal_batch_size: int | None = None,
                  method: str = "gausslegendre") -> None:

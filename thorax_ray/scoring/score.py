@@ -44,7 +44,7 @@ from thorax_ray.scoring.output import (CALIBRATED_COLUMNS, SCORES_DIR, SCORES_FO
                                        schema_metadata, score_schema, scored_index)
 from thorax_ray.scoring.overlays import write_overlays
 from thorax_ray.scoring.pipeline import ScoringRun, plan_actors, stream
-from thorax_ray.scoring.scorer import NO_METHOD, heatmap_description, uses_maps
+from thorax_ray.scoring.scorer import NO_METHOD, heatmap_description, uses_feature_attributions, uses_maps
 from thorax_ray.scoring.summary import ScoreSummary
 
 log = logging.getLogger(__name__)
@@ -186,7 +186,7 @@ def _describe_output(run: ScoringRun) -> _Layout:
     config, payload, model, method = run.config, run.payload, run.model, run.method
     contract = PreprocessingContract.from_dict(payload.preprocessing)
     maps = uses_maps(model, method)
-    attributions = method != NO_METHOD and not model.spec.uses_images
+    attributions = uses_feature_attributions(method)
     heatmap = (heatmap_description(model, contract, method, config.max_map_side, heatmap_bits=config.heatmap_bits,
                                    tta_heatmaps=config.tta_heatmaps) if maps else None)
     tta = tta_record(config, contract, maps=maps)

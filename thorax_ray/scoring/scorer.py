@@ -30,7 +30,7 @@ from thorax_ray import storage
 from thorax_ray.accel import FastPath
 from thorax_ray.attribution import (HEATMAP_SCHEMA_METADATA, boxes_for_batch, encode_heatmaps, get_method,
                                     normalise_maps)
-from thorax_ray.attribution.base import ONE_FORWARD_METHODS, Attribution
+from thorax_ray.attribution.base import FEATURE_ATTRIBUTIONS, MAPS, ONE_FORWARD_METHODS, Attribution
 from thorax_ray.attribution.geometry import Centres, bin_centres, pooled_centres
 from thorax_ray.calibration import apply_calibration
 from thorax_ray.checkpoint import load_payload_and_id
@@ -87,7 +87,13 @@ class ScorerSettings:
 
 
 def uses_maps(model: torch.nn.Module, method: str) -> bool:
-    return method != NO_METHOD and model.spec.uses_images
+    """Whether the run writes heatmaps and boxes: a method that makes maps, of a model that sees images."""
+    return method != NO_METHOD and model.spec.uses_images and get_method(method).produces == MAPS
+
+
+def uses_feature_attributions(method: str) -> bool:
+    """Whether the run writes feature attributions (metadata_ig, for the metadata MLP and for fusion)."""
+    return method != NO_METHOD and get_method(method).produces == FEATURE_ATTRIBUTIONS
 
 
 def map_shape(model: torch.nn.Module, contract: PreprocessingContract,
@@ -221,7 +227,7 @@ class Scorer:
         method, max_map_side = settings.method, settings.max_map_side
         self.method = None if method == NO_METHOD else get_method(method)(self.model, **settings.method_options)
         self.maps = uses_maps(self.model, method)
-        self.attributions = method != NO_METHOD and not self.spec.uses_images
+        self.attributions = uses_feature_attributions(method)
         self.map_size = map_shape(self.model.cpu(), self.contract, max_map_side)[1] if self.maps else None
         self.centres = (map_centres(self.model, self.contract, method, max_map_side, hflip_mean=settings.tta_heatmaps)
                         if self.maps else None)
