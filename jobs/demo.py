@@ -112,9 +112,14 @@ def score_models(runs: dict[str, str], prepared: str, args: argparse.Namespace, 
         if args.verbose:
             command.append("--verbose")
         print(f"[demo] {' '.join(shlex.quote(part) for part in command[1:])}", flush=True)
-        done = subprocess.run(command, check=False)
-        if done.returncode != 0:
-            raise RuntimeError(f"scoring {name} failed (exit {done.returncode}; its output is above)")
+        job = subprocess.Popen(command)
+        try:
+            code = job.wait()
+        except KeyboardInterrupt:  # Ctrl-C reached the job too: it gives back its lease and staging, then ends
+            job.wait()
+            raise
+        if code != 0:
+            raise RuntimeError(f"scoring {name} failed (exit {code}; its output is above)")
         outputs[name] = out
     return outputs
 
