@@ -128,6 +128,13 @@ def test_round_trip_pixels_and_labels(ray_local, synthetic_small, tmp_path):
             assert getattr(row, column) == manifest.loc[row.image_index, column]
     train = read_prepared(str(tmp_path / "out"), ["train"]).to_pandas()
     assert set(train["split"]) == {"train"} and len(train) == record["written"]["train"]
+    # Ray Data's V1 Parquet reader (thorax_ray.ray_setup): V2 opened each read with 32 footer-reader actors, a
+    # worker process each asking for a plain CPU of any node type
+    from ray.util.state import list_actors
+
+    footer_readers = list_actors(address=ray_local.get_runtime_context().gcs_address, raise_on_missing_output=False,
+                                 filters=[("class_name", "=", "FooterReader")], limit=1000)
+    assert footer_readers == []
 
 
 def test_s3_in_and_out(ray_local, synthetic_small, s3_bucket, tmp_path):
