@@ -72,3 +72,25 @@ def test_rows_without_a_csv_row_take_dicom_tags_and_metadata_models_skip_csv_row
 def test_bad_image_settings_fail_when_the_config_is_built(settings, message):
     with pytest.raises(ValueError, match=message):
         ImageConfig(**settings)
+
+
+def test_the_manifest_dataset_is_built_on_the_driver_without_tasks(ray_local):
+    """ray.data.from_pandas started a task per block to describe it (each asking for a plain CPU of any node
+    type; Ray Data's start-up check then saw "no available CPUs"): the blocks are described on the driver."""
+    import time
+
+    import pandas as pd
+    from ray.util.state import list_tasks
+
+    from thorax_ray.data.pipeline import manifest_dataset
+
+    def describing_tasks() -> int:
+        return len(list_tasks(address=ray_local.get_runtime_context().gcs_address, raise_on_missing_output=False,
+                              filters=[("name", "=", "get_table_block_metadata_schema")], limit=10000))
+
+    before = describing_tasks()
+    rows = pd.DataFrame({"image_index": [f"{i:08d}_000.png" for i in range(1000)], "age_years": range(1000)})
+    dataset = manifest_dataset(rows, rows_per_block=100)
+    time.sleep(3)  # task events reach the State API within about a second
+    assert describing_tasks() == before
+    assert dataset.num_blocks() == 10 and dataset.to_pandas()["age_years"].tolist() == list(range(1000))

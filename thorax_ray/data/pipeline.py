@@ -143,11 +143,14 @@ def _load_batch(batch: pd.DataFrame, config: ImageConfig, filesystem, sizes: boo
 
 
 def manifest_dataset(manifest: pd.DataFrame, *, rows_per_block: int = 256):
-    """A Ray dataset over manifest rows (small metadata only; images are read downstream)."""
+    """A Ray dataset over manifest rows (small metadata only; images are read downstream), built on the driver:
+    `ray.data.from_pandas` starts a task per block to describe it (876 for the NIH's 112,120 rows), each asking
+    for a plain CPU of any node type, and Ray Data's start-up check then found "no available CPUs" while
+    the cluster's view still counted them."""
     import ray  # deferred: Ray (absent on the GPU machine)
 
     blocks = [manifest.iloc[i:i + rows_per_block].reset_index(drop=True) for i in range(0, len(manifest), rows_per_block)]
-    return ray.data.from_pandas(blocks or [manifest])
+    return ray.data.from_blocks(blocks or [manifest.reset_index(drop=True)])
 
 
 def load_images(manifest: pd.DataFrame, config: ImageConfig, *, filesystem=None, num_cpus: float = 1.0,
