@@ -1,6 +1,6 @@
 import numpy as np
-import pytest
 import pyarrow as pa
+import pytest
 
 from thorax_ray.data.pipeline import ImageConfig, ImageLoader, images_to_array
 
