@@ -128,6 +128,10 @@ def test_round_trip_pixels_and_labels(ray_local, synthetic_small, tmp_path):
             assert getattr(row, column) == manifest.loc[row.image_index, column]
     train = read_prepared(str(tmp_path / "out"), ["train"]).to_pandas()
     assert set(train["split"]) == {"train"} and len(train) == record["written"]["train"]
+    # a block per shard file (below the context's target_max_block_size): Ray Data split each into 32 and
+    # scoring on 2 CPUs stalled (thorax_ray.data.shards.read_prepared)
+    files = prepared_files(str(tmp_path / "out"))[1]
+    assert read_prepared(str(tmp_path / "out")).materialize().num_blocks() == len(files)
     # Ray Data's V1 Parquet reader (thorax_ray.ray_setup): V2 opened each read with 32 footer-reader actors, a
     # worker process each asking for a plain CPU of any node type
     from ray.util.state import list_actors
