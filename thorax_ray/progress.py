@@ -101,4 +101,7 @@ class StageProgress:
             self.stream.write("\n")
         # The stage's work holds the counter's handle (an actor pool's constructor arguments), which outlives
         # the stage in a long-lived driver: without this, each stage left an actor and its worker process.
-        ray.kill(self.counter)
+        try:
+            ray.kill(self.counter)
+        except Exception:  # noqa: BLE001 - best effort: never hide the stage's own error (Ray may be stopping)
+            pass
