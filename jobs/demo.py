@@ -15,13 +15,12 @@ import argparse
 import os
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import time
 
 from thorax_ray.cli import job_parser, run_main, setup_logging
-from thorax_ray.interrupts import Interrupted
+from thorax_ray.interrupts import SIGNALS, Interrupted
 from thorax_ray.ray_setup import init_ray
 from thorax_ray.synthetic.demo import DEMO_DATA, DEMO_DIFFICULTY, DEMO_IMAGES, DEMO_SIZE, ensure_demo_dataset
 
@@ -35,7 +34,7 @@ DEMO_MODELS = {  # name -> model section (small_cnn's default output stride 8: 1
 }
 RANDOM_SPLIT_MODELS = ("small_cnn",)  # trained again on the random patient split, shown beside
 RANDOM_SPLIT = "random"
-INTERRUPTED_EXITS = (128 + signal.SIGINT, 128 + signal.SIGTERM)
+INTERRUPTED_EXITS = tuple(128 + signum for signum in SIGNALS)  # a job's exit after SIGINT/SIGTERM (run_main)
 SCORE_JOB = os.path.join(os.path.dirname(os.path.abspath(__file__)), "score.py")
 
 

@@ -45,14 +45,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.migrate:
             moved = migrate(args.out, endpoint_url=endpoint)
             console.say("maintain", f"{len(moved)} old-layout run(s) moved into the tables")
-        if not open_tables(args.out, endpoint_url=endpoint):
+        tables = open_tables(args.out, endpoint_url=endpoint)  # read once: compact and vacuum work on them
+        if not tables:
             raise ValueError(f"--out {args.out}: no scores or quarantine table there (OUT/scores/_delta_log): "
                              "nothing to maintain")
         if args.optimize:
-            for done in compact(args.out, target_mb=args.target_mb, endpoint_url=endpoint):
+            for done in compact(args.out, target_mb=args.target_mb, endpoint_url=endpoint, tables=tables):
                 console.say("maintain", f"{done.table}: {done.files_before} file(s) compacted into {done.files_after}")
         if args.vacuum_hours is not None:
-            for done in vacuum(args.out, retention_hours=args.vacuum_hours, endpoint_url=endpoint):
+            for done in vacuum(args.out, retention_hours=args.vacuum_hours, endpoint_url=endpoint, tables=tables):
                 console.say("maintain", f"{done.table}: {done.removed} file(s) no longer in the table deleted")
     return 0
 

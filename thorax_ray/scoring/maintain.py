@@ -54,11 +54,13 @@ def open_tables(out: str, *, endpoint_url: str | None = None) -> list[tuple[str,
     return [(kind, table) for kind, table in tables if table is not None]
 
 
-def compact(out: str, *, target_mb: int = 256, endpoint_url: str | None = None) -> list[TableUpkeep]:
+def compact(out: str, *, target_mb: int = 256, endpoint_url: str | None = None,
+            tables: list[tuple[str, object]] | None = None) -> list[TableUpkeep]:
     """Rewrites each table's small files into files of up to `target_mb` per batch_date (Delta OPTIMIZE,
-    one commit per table); the replaced files stay until a vacuum older than the retention deletes them."""
+    one commit per table); the replaced files stay until a vacuum older than the retention deletes them.
+    `tables`: OUT's tables as `open_tables` gave them (opened now when not given)."""
     done = []
-    for kind, table in open_tables(out, endpoint_url=endpoint_url):
+    for kind, table in tables if tables is not None else open_tables(out, endpoint_url=endpoint_url):
         before = len(table.file_uris())
         table.optimize.compact(target_size=target_mb * 1024 * 1024)
         done.append(TableUpkeep(kind, before, len(table.file_uris())))
@@ -67,13 +69,14 @@ def compact(out: str, *, target_mb: int = 256, endpoint_url: str | None = None) 
 
 
 def vacuum(out: str, *, retention_hours: float = DEFAULT_RETENTION_HOURS,
-           endpoint_url: str | None = None) -> list[TableUpkeep]:
+           endpoint_url: str | None = None, tables: list[tuple[str, object]] | None = None) -> list[TableUpkeep]:
     """Deletes the files each table no longer lists (replaced by compaction, or left by killed runs) that are
-    older than `retention_hours` (0: all of them; readers of older snapshots then lose their files)."""
+    older than `retention_hours` (0: all of them; readers of older snapshots then lose their files).
+    `tables`: OUT's tables as `open_tables` gave them (opened now when not given)."""
     if retention_hours < 0:
         raise ValueError(f"--vacuum-hours must be >= 0, got {retention_hours}")
     done = []
-    for kind, table in open_tables(out, endpoint_url=endpoint_url):
+    for kind, table in tables if tables is not None else open_tables(out, endpoint_url=endpoint_url):
         files = len(table.file_uris())
         removed = table.vacuum(retention_hours=int(retention_hours), dry_run=False, enforce_retention_duration=False,
                                full=True)  # full: also files no commit ever listed (killed runs')
