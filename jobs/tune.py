@@ -6,7 +6,8 @@ jobs/train.py), ASHA stops poor trials early on the validation mean AUROC.
     python jobs/train.py --config out/tune-smoke/best_config.yaml     # train the winner
 
 Trials run up to floor(CPUs / (workers x cpus_per_worker + 1)) at a time, and with GPUs at most
-floor(GPUs / workers), counting the nodes the autoscaler can launch. Running the same
+floor(GPUs / workers), counting the nodes the autoscaler can launch; without --address, on this machine's
+cores (one trial at a time on 2 cores, each trial being ~8 Ray processes). Running the same
 command again (same --name, default the space's file name, and --storage) resumes an interrupted
 experiment: finished trials are kept, unfinished ones continue from their latest epoch checkpoint.
 Writes OUT/results.csv and OUT/best_config.yaml and prints the top trials.

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Iterable
 
 from thorax_ray import storage
 
@@ -21,6 +23,18 @@ def write_text(path: str | os.PathLike, text: str) -> str:
     with open(path, "w") as handle:
         handle.write(text)
     return str(path)
+
+
+def private_ray_env(**extra: str) -> dict[str, str]:
+    """The environment of a job run as a user runs it on this machine: without the test session's `RAY_*`
+    variables, so that it starts its own private Ray sized from the machine's cores."""
+    return {**{k: v for k, v in os.environ.items() if not k.startswith("RAY_")}, **extra}
+
+
+def lines_not_ours(output: str, ours: Iterable[re.Pattern]) -> list[str]:
+    """The non-blank lines of `output` of none of the kinds `ours` that a job prints (Ray's lines, for one)."""
+    ours = tuple(ours)
+    return [line for line in output.splitlines() if line.strip() and not any(p.match(line) for p in ours)]
 
 
 CHECKPOINT_SPLIT_HASH = "split-of-the-test-checkpoints"

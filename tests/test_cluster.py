@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from thorax_ray.cluster import (ClusterCapacity, ClusterError, NodeType, check_shared_storage, find_cluster_config,
-                                parse_use_gpu, read_node_types, resolve_use_gpu)
+from thorax_ray.cluster import (CPU_ROLE, ClusterCapacity, ClusterError, NodeType, check_shared_storage,
+                                find_cluster_config, parse_use_gpu, read_node_types, resolve_use_gpu)
 from thorax_ray.scoring.config import ScoreConfig
 from thorax_ray.scoring.pipeline import plan_actors
 
@@ -55,6 +55,16 @@ def test_use_gpu_setting_forms(value, expected):
 def test_use_gpu_typo_is_an_error_naming_the_choices():
     with pytest.raises(ClusterError, match="auto, true, false"):
         parse_use_gpu("maybe")
+
+
+def test_a_private_ray_runs_as_much_work_at_once_as_the_machine_has_cores():
+    """A private local Ray advertises CPUs beyond the cores as room for training's data tasks, not for more
+    trials: two smoke trials at once on 2 cores were ~16 Ray processes (the raylet's "N PYTHON worker processes"
+    warning) and no faster than one at a time."""
+    two_cores = ClusterCapacity(alive_nodes=1, resources_up={"CPU": 4.0}, local=True, cores=2)
+    assert two_cores.cpus_for(CPU_ROLE) == 2
+    assert ClusterCapacity(alive_nodes=1, resources_up={"CPU": 4.0}).cpus_for(CPU_ROLE) == 4  # a cluster joined
+    assert ClusterCapacity(alive_nodes=1, resources_up={"CPU": 1.0}, local=True, cores=2).cpus_for(CPU_ROLE) == 1
 
 
 def test_local_paths_refused_on_a_cluster_with_or_able_to_launch_more_nodes():

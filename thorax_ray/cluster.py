@@ -57,6 +57,7 @@ class ClusterCapacity:
     local: bool = False  # a private local Ray started by this job
     max_worker_nodes: int | None = None  # the config's global max_workers
     role_gpus_up: dict[str, float] = field(default_factory=dict)  # GPUs of the alive nodes of each role
+    cores: int | None = None  # a private local Ray: the machine's cores (it advertises more CPUs, see cpus_for)
 
     def launchable(self, resource: str) -> float:
         """How much of `resource` the autoscaler can add (each type at its max_workers, capped by the
@@ -97,8 +98,10 @@ class ClusterCapacity:
 
     def cpus_for(self, role: str) -> float:
         """CPUs up or launchable for work of `role`: its units (one per CPU) on a steered cluster that declares
-        the role, else every CPU."""
-        return self.most(role) if self.steers(role) else self.most("CPU")
+        the role, else every CPU. On a private local Ray at most the machine's cores: the CPUs it advertises
+        beyond them are room for training's data tasks (ray_setup.LOCAL_EXTRA_CPUS), not for more work at once."""
+        cpus = self.most(role) if self.steers(role) else self.most("CPU")
+        return min(cpus, self.cores) if self.cores else cpus
 
     def node_types_for(self, role: str) -> tuple[NodeType, ...]:
         return tuple(t for t in self.node_types if role in t.resources)
@@ -156,7 +159,8 @@ def cluster_capacity(config_path: str | None = None, *, local: bool = False) -> 
     role_gpus = {role: sum(float(n["Resources"].get("GPU", 0)) for n in alive if n.get("Resources", {}).get(role))
                  for role in ROLE_RESOURCES}
     if local:
-        return ClusterCapacity(alive_nodes=len(alive), resources_up=up, local=True, role_gpus_up=role_gpus)
+        return ClusterCapacity(alive_nodes=len(alive), resources_up=up, local=True, role_gpus_up=role_gpus,
+                               cores=os.cpu_count() or 1)
     path = find_cluster_config(config_path)
     node_types, max_worker_nodes = read_node_types(path) if path else ((), None)
     return ClusterCapacity(alive_nodes=len(alive), resources_up=up, node_types=node_types, config_path=path,

@@ -14,7 +14,7 @@ import pytest
 
 from tests import fault_fixtures
 from tests.data.prepared import prepare_here
-from tests.helpers import make_checkpoint
+from tests.helpers import lines_not_ours, make_checkpoint, private_ray_env
 from tests.s3_fault_proxy import SLOWDOWN
 from thorax_ray import storage
 
@@ -34,7 +34,7 @@ OUR_LINES = (
 
 def ray_lines(output: str) -> list[str]:
     """The lines of `output` that are not of a kind the job prints."""
-    return [line for line in output.splitlines() if line.strip() and not any(p.match(line) for p in OUR_LINES)]
+    return lines_not_ours(output, OUR_LINES)
 
 
 def test_ray_lines_are_told_apart_from_the_jobs_own():
@@ -57,11 +57,10 @@ def test_score_job_on_two_cpus_prints_no_ray_line(synthetic_small, tmp_path):
     Data's Parquet readers, the fused decode step, the actor pool and the datasink all run)."""
     prepare_here(str(synthetic_small), str(tmp_path / "prepared"), size=SIZE)
     make_checkpoint(tmp_path / "ckpt", "small_cnn", size=SIZE)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}  # not the session's Ray
     result = subprocess.run(
         [sys.executable, "jobs/score.py", "--checkpoint", str(tmp_path / "ckpt"), "--input", str(tmp_path / "prepared"),
          "--out", str(tmp_path / "out"), "--batch-size", "16"],
-        cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+        cwd=REPO, capture_output=True, text=True, timeout=300, env=private_ray_env())
     assert result.returncode == 0, result.stdout + result.stderr
     assert "scored           120" in result.stdout
     assert ray_lines(result.stdout + result.stderr) == [], result.stdout + result.stderr

@@ -17,12 +17,18 @@ import pandas as pd
 import pytest
 import yaml
 
+from tests.helpers import lines_not_ours, private_ray_env
 from thorax_ray import storage
 
 pytestmark = pytest.mark.slow
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
+TUNE_LINES = (  # every kind of line the tune job prints
+    re.compile(r"^\[tune\] "),  # what runs, one line per trial epoch and end, the summary
+    re.compile(r"^rank  trial "),  # the top trials' table: its header
+    re.compile(r"^ +\d+  \S+ +[A-Z]+ "),  # and its rows
+)
 
 
 def job(*args, env: dict[str, str], timeout=600):
@@ -33,13 +39,19 @@ def job(*args, env: dict[str, str], timeout=600):
 
 def test_smoke_space_end_to_end_asha_stops_trials_and_best_config_trains(metadata_only, tmp_path, s3_bucket,
                                                                          ray_job_env):
-    """Results and the best config written to S3 (--out s3://, moto's server), that config trained from S3."""
+    """Results and the best config written to S3 (--out s3://, moto's server), that config trained from S3.
+    The sweep runs as a user runs it on this machine (its own private Ray on the machine's cores: trials one at a
+    time on 2 cores), and not one line of its console is Ray's (the raylet's "N PYTHON worker processes" warning
+    came when two trials, each ~8 Ray processes, ran at once on 2 cores)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **ray_job_env}  # with the S3 server's variables
     out = f"{s3_bucket}/tune-out"
     started = time.monotonic()
     result = job("jobs/tune.py", "--space", "tune_spaces/smoke.yaml", "--data", str(metadata_only),
-                 "--storage", str(tmp_path / "tune"), "--out", out, "--trials", "4", env=env)
+                 "--storage", str(tmp_path / "tune"), "--out", out, "--trials", "4",
+                 env=private_ray_env(PYTHONUNBUFFERED="1"))
     tune_seconds = time.monotonic() - started
+    assert lines_not_ours(result.stdout + result.stderr, TUNE_LINES) == [], result.stdout + result.stderr
+    assert f"up to {max(1, (os.cpu_count() or 1) // 2)} at a time" in result.stdout  # cores / (1 worker + driver)
     table = pd.read_csv(io.StringIO(storage.read_text(f"{out}/results.csv")))
     assert len(table) >= 4 and set(table["status"]) == {"TERMINATED"}
     assert {"trial", "config", "best_val_mean_auroc", "epochs_run", "stopped_early", "wall_time_s",

@@ -82,11 +82,17 @@ def max_concurrent_trials(workers: int, cpus_per_worker: float, *, cpus: float, 
                           use_gpu: bool = False) -> int:
     """How many trials fit at once: floor(CPUs / (Train workers' CPUs + 1 for the trial's driver)) and, with
     GPUs, floor(GPUs / workers) (one GPU per worker); at least 1. `cpus`/`gpus`: what the cluster has or its
-    autoscaler can launch."""
+    autoscaler can launch (`ClusterCapacity.cpus_for`: on a private local Ray, the machine's cores)."""
     bound = math.floor(cpus / (workers * cpus_per_worker + TRIAL_DRIVER_CPUS))
     if use_gpu:
         bound = min(bound, math.floor(gpus / workers))
     return max(1, bound)
+
+
+def _room(cpus: float, gpus: float | None, capacity: ClusterCapacity) -> str:
+    """What bounded the trials at once, said in the sweep's first line."""
+    units = f"{cpus:g} {'cores' if capacity.local else 'CPUs'}" + (f", {gpus:g} GPUs" if gpus is not None else "")
+    return f"{units} on this machine" if capacity.local else f"{units} up or launchable"
 
 
 def trial_placement(run, *, use_gpu: bool, capacity: ClusterCapacity, concurrent: int):
@@ -158,7 +164,8 @@ def run_sweep(space: SearchSpace, *, storage_uri: str, name: str, out_dir: str, 
                                    storage_filesystem=storage_filesystem)
     else:
         tuner = _new_tuner(space, trainable, base_config, trials=trials, concurrent=concurrent, use_gpu=use_gpu,
-                           cpus=cpus, gpus=gpus, name=name, experiment_path=experiment_path, storage_path=storage_path,
+                           room=_room(cpus, gpus if use_gpu else None, capacity), name=name,
+                           experiment_path=experiment_path, storage_path=storage_path,
                            storage_filesystem=storage_filesystem, verbose=verbose)
     with _tune_console(verbose):
         grid = tuner.fit()
@@ -166,7 +173,7 @@ def run_sweep(space: SearchSpace, *, storage_uri: str, name: str, out_dir: str, 
 
 
 def _new_tuner(space: SearchSpace, trainable, base_config: TrainConfig, *, trials: int | None, concurrent: int,
-               use_gpu: bool, cpus: float, gpus: float, name: str, experiment_path: str, storage_path: str,
+               use_gpu: bool, room: str, name: str, experiment_path: str, storage_path: str,
                storage_filesystem, verbose: int):
     """A Tuner for a new experiment: ASHA (or FIFO) on the space's metric, the search algorithm bounding
     concurrency, one console line saying what runs."""
@@ -184,7 +191,7 @@ def _new_tuner(space: SearchSpace, trainable, base_config: TrainConfig, *, trial
                  if settings.scheduler == "asha" else FIFOScheduler())
     console.say("tune", f"experiment {experiment_path}: {samples * space.grid_size} trials of "
                         f"{base_config.run.workers} worker(s) on {'GPUs' if use_gpu else 'CPUs'}, up to {concurrent} "
-                        f"at a time ({cpus:g} CPUs{f', {gpus:g} GPUs' if use_gpu else ''} up or launchable), "
+                        f"at a time ({room}), "
                         f"{settings.scheduler.upper()} on {settings.metric} ({settings.mode}), max {max_t} epochs")
     return tune.Tuner(
         trainable,
