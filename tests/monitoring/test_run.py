@@ -34,6 +34,8 @@ def test_a_shifted_batch_prints_one_line_per_drifted_finding_and_the_ood_line():
     assert [label for label, _ in lines] == ["DRIFT"] * 14 + ["out-of-dist.", "monitoring"]
     assert lines[0][1].startswith("Atelectasis: PSI ")
     assert "30 of 200 images (15.0%)" in lines[-2][1] and "ALARM" in lines[-2][1]
+    # the reference's size, said with the share: a threshold from a few validation images flags more
+    assert f"of {record['reference_rows']} validation images (1% expected)" in lines[-2][1]
     assert lines[-1][1] == "14 of 14 findings drifted; OUT/monitoring/r2.json"
 
 

@@ -119,7 +119,8 @@ def describe(record: dict, out: str) -> list[tuple[str, str]]:
         lines.append(("out-of-dist.", "no per-image score: the checkpoint's reference has no feature model"))
     else:
         lines.append(("out-of-dist.", f"{ood['flagged']} of {ood['images']} images ({ood['share']:.1%}) beyond the "
-                                      f"validation {OOD_QUANTILE:.0%} distance {ood['threshold']:.2f} "
+                                      f"{OOD_QUANTILE:.0%} distance {ood['threshold']:.2f} of "
+                                      f"{record['reference_rows']} validation images "
                                       f"({OOD_EXPECTED_SHARE:.0%} expected)"
                       + (f"; ALARM: above {OOD_ALARM_SHARE:.0%}, p {ood['p_value']:.1e}" if ood["alarm"] else "")))
     largest = max(record["findings"], key=lambda name: record["findings"][name]["psi"])
