@@ -9,7 +9,7 @@ distances. So about 1% of images drawn like the validation images are flagged (`
 stored mean and precision are then fitted on every validation row. The fold models are fitted on almost as
 many rows as the stored one (95%), so that they are shrunk alike: with two folds, features of few degrees of
 freedom in many dimensions (the metadata MLP's embedding of three inputs) had their threshold measured under
-models shrunk far harder than the stored one, and 28% of images drawn like validation were flagged.
+models shrunk far harder than the stored one, and 11-25% of images drawn like validation were flagged.
 
 All the models come from one pass over the rows (`fold_models`): each fold's scatter is subtracted from the
 total, and the Ledoit-Wolf shrinkage is computed from the rows' moments by the formula scikit-learn's
