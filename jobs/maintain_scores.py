@@ -25,7 +25,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--optimize", action="store_true", help="compact the small files of each batch_date")
     parser.add_argument("--target-mb", type=int, default=256, help="the size compacted files aim at")
     parser.add_argument("--vacuum-hours", type=float, metavar="N",
-                        help="delete files the tables no longer list that are older than N hours")
+                        help="delete files the tables no longer list that are older than N hours (default: none, "
+                             "no vacuum)")
     parser.add_argument("--migrate", action="store_true", help="move old-layout runs (OUT/_commits/) into the tables")
     parser.add_argument("--lock-wait-s", type=float, default=0.0, help="how long to wait for a scoring run's lease")
     parser.add_argument("--verbose", action="store_true", help="DEBUG logging")

@@ -85,6 +85,14 @@ def test_ci_and_make_test_stay_on_dot_venv():
         assert "make test " in handle.read()
 
 
+def test_make_demo_and_make_test_fast_run_what_the_readme_says():
+    """The README's `make demo` (jobs/demo.py) and `make test-fast` (the tests not marked slow), on .venv."""
+    printed = make_dry_run("demo", "test-fast").splitlines()
+    assert ".venv/bin/python jobs/demo.py" in printed, printed
+    assert any(line.startswith(".venv/bin/python -m pytest ") and '-m "not slow"' in line
+               for line in printed), printed
+
+
 def test_the_version_virtualenvs_are_ignored_and_cleaned():
     with open(os.path.join(REPO, ".gitignore"), encoding="utf-8") as handle:
         assert ".venv-*/" in handle.read().split()

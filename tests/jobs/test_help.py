@@ -7,7 +7,8 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 REQUIRED = {"--out", "--data", "--input", "--checkpoint", "--space", "--scores"}  # options a job has no default for
-JOBS = ("demo", "evaluate", "make_synthetic", "manifest", "monitor", "prepare", "score", "train", "tune")
+JOBS = ("demo", "evaluate", "maintain_scores", "make_synthetic", "manifest", "monitor", "prepare", "score", "train",
+        "tune")
 
 
 def job_module(name: str):

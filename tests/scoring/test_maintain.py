@@ -61,7 +61,10 @@ def test_maintenance_waits_for_no_scoring_run(tmp_path):
                 pass
 
 
-def test_migrate_moves_old_layout_runs_into_the_tables(tmp_path):
+def test_migrate_moves_old_layout_runs_into_the_tables(tmp_path, capsys):
+    """`jobs/maintain_scores.py --out OUT --migrate`, as the README writes it, then `migrate` again."""
+    from jobs.maintain_scores import main
+
     out = tmp_path / "out"
     for run_id, names in (("20240401T000000Z-0aaaaa", ["a.png", "b.png"]), ("20240402T000000Z-0bbbbb", ["c.png"])):
         old = block(names, [True] * len(names), run_id=run_id, batch_date="2024-04-01").select(SCHEMA.names)
@@ -77,7 +80,8 @@ def test_migrate_moves_old_layout_runs_into_the_tables(tmp_path):
                                        "files": [{"path": path, "rows": len(names), "bytes": size}],
                                        "quarantine_files": [{"path": quarantine_path, "rows": 1, "bytes": 1}]})
     before = read_scores(str(out))
-    assert migrate(str(out)) == ["20240401T000000Z-0aaaaa", "20240402T000000Z-0bbbbb"]
+    assert main(["--out", str(out), "--migrate"]) == 0
+    assert "[maintain] 2 old-layout run(s) moved into the tables" in capsys.readouterr().out
     check_writable(str(out))  # no old-layout run left
     assert not (out / "_commits").exists() or not list((out / "_commits").iterdir())
     after = read_scores(str(out))
