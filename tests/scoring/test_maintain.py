@@ -102,6 +102,21 @@ def test_the_readmes_weekly_command_compacts_and_keeps_every_row(tmp_path, capsy
     assert sorted_frame(read_scores(out)).equals(sorted_frame(before))
 
 
+def test_the_job_vacuums_with_the_tables_its_compaction_left(tmp_path, capsys):
+    """The job opens OUT's tables once and vacuums the objects it compacted: were their snapshot the one from
+    before the compaction, a vacuum of 0 hours would delete the new files (not in that snapshot) and keep the
+    replaced ones."""
+    from jobs.maintain_scores import main
+
+    out = str(tmp_path / "out")
+    nights(out)
+    before = read_scores(out)
+    assert main(["--out", out, "--optimize", "--vacuum-hours", "0"]) == 0
+    assert "scores: 4 file(s) no longer in the table deleted" in capsys.readouterr().out
+    assert len(list((tmp_path / "out" / "scores").rglob("*.parquet"))) == 2
+    assert sorted_frame(read_scores(out)).equals(sorted_frame(before))
+
+
 def test_the_command_refuses_a_missing_output_and_one_without_tables(tmp_path):
     from jobs.maintain_scores import main
 
