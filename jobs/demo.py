@@ -20,7 +20,7 @@ import sys
 import time
 
 from thorax_ray.cli import job_parser, run_main, setup_logging
-from thorax_ray.interrupts import SIGNALS, Interrupted
+from thorax_ray.interrupts import Interrupted
 from thorax_ray.ray_setup import init_ray
 from thorax_ray.synthetic.demo import DEMO_DATA, DEMO_DIFFICULTY, DEMO_IMAGES, DEMO_SIZE, ensure_demo_dataset
 
@@ -34,7 +34,6 @@ DEMO_MODELS = {  # name -> model section (small_cnn's default output stride 8: 1
 }
 RANDOM_SPLIT_MODELS = ("small_cnn",)  # trained again on the random patient split, shown beside
 RANDOM_SPLIT = "random"
-INTERRUPTED_EXITS = tuple(128 + signum for signum in SIGNALS)  # a job's exit after SIGINT/SIGTERM (run_main)
 SCORE_JOB = os.path.join(os.path.dirname(os.path.abspath(__file__)), "score.py")
 
 
@@ -120,8 +119,9 @@ def score_models(runs: dict[str, str], prepared: str, args: argparse.Namespace, 
         except KeyboardInterrupt:  # Ctrl-C reached the job too: it gives back its lease and staging, then ends
             job.wait()
             raise
-        if code in INTERRUPTED_EXITS:  # the job was stopped (Ctrl-C reached it, or it was signalled): so is the demo
-            raise Interrupted(code - 128)
+        stopped = Interrupted.from_exit_code(code)
+        if stopped is not None:  # the job was stopped (Ctrl-C reached it, or it was signalled): so is the demo
+            raise stopped
         if code != 0:
             raise RuntimeError(f"scoring {name} failed (exit {code}; its output is above)")
         outputs[name] = out

@@ -34,6 +34,12 @@ class Interrupted(KeyboardInterrupt):
     def exit_code(self) -> int:
         return 128 + self.signum
 
+    @classmethod
+    def from_exit_code(cls, code: int) -> "Interrupted | None":
+        """What stopped a job that exited with `code`: the `Interrupted` whose `exit_code` it is (SIGINT, SIGTERM),
+        else None."""
+        return next((cls(signum) for signum in SIGNALS if 128 + signum == code), None)
+
 
 _received: list[int] = []  # signals seen by the handler, newest last
 
