@@ -25,9 +25,10 @@ def write_text(path: str | os.PathLike, text: str) -> str:
     return str(path)
 
 
-def private_ray_env(**extra: str) -> dict[str, str]:
-    """The environment of a job run as a user runs it on this machine: without the test session's `RAY_*`
-    variables, so that it starts its own private Ray sized from the machine's cores."""
+def env_without_session_ray(**extra: str) -> dict[str, str]:
+    """This process's environment without the test session's `RAY_*` variables, plus `extra`: a job run with it
+    starts its own private Ray sized from the machine's cores, as a user's does, unless `extra` names another
+    cluster (RAY_ADDRESS, its token)."""
     return {**{k: v for k, v in os.environ.items() if not k.startswith("RAY_")}, **extra}
 
 

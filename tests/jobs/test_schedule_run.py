@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.helpers import make_checkpoint, upload_tree
+from tests.helpers import env_without_session_ray, make_checkpoint, upload_tree
 from tests.jobs.test_submit import VENV_BIN, free_ports, node_ports, stop_cluster
 from tests.test_schedule import (UNIT, VENV, build_wheel, install_schedule, install_wheel, on_head,
                                  readme_schedule_commands, run_on_head)
@@ -46,7 +46,7 @@ def ray_head(s3_server):
     prepared while Ray starts (`installed_head`), and each test waits for the Jobs API (`wait_for_jobs_api`)."""
     gcs, dashboard = free_ports(2)
     token = secrets.token_hex(32)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env = env_without_session_ray()
     env.update(PATH=VENV_BIN + os.pathsep + env["PATH"], RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
     temp_dir = tempfile.mkdtemp(prefix="rays-", dir="/tmp")  # its own: see tests/jobs/test_submit.py
     process = subprocess.Popen([os.path.join(VENV_BIN, "ray"), "start", "--head", "--block", f"--port={gcs}",
@@ -63,7 +63,7 @@ def ray_head(s3_server):
 
 def wait_for_jobs_api(head: RayHead) -> None:
     """Until a job submitted with the token runs (the dashboard agent answers some seconds after the start)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env = env_without_session_ray()
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=head.token)
     deadline = time.monotonic() + 180
     while True:

@@ -31,6 +31,8 @@ import psutil
 import pytest
 import yaml
 
+from tests.helpers import env_without_session_ray
+
 pytestmark = pytest.mark.slow
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 VENV_BIN = os.path.dirname(sys.executable)
@@ -101,7 +103,7 @@ class Cluster:
         """`ray job submit --working-dir . -- ENTRYPOINT` as the README says, from a client environment
         with the cluster's token (RAY_AUTH_MODE=token, RAY_AUTH_TOKEN), with `runtime_env` besides when given;
         returns (exit code, output)."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+        env = env_without_session_ray()
         env.update(PATH=VENV_BIN + os.pathsep + env["PATH"], RAY_AUTH_MODE="token" if token else "disabled")
         if token:
             env["RAY_AUTH_TOKEN"] = self.token if token == "own" else token
@@ -122,7 +124,7 @@ def autoscaling_cluster(tmp_path_factory, s3_server):
     with open(config_path, "w") as handle:
         yaml.safe_dump(autoscaler_config(f"127.0.0.1:{gcs}"), handle)
     token = secrets.token_hex(32)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env = env_without_session_ray()
     env.update(PATH=VENV_BIN + os.pathsep + env["PATH"], RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token,
                RAY_FAKE_CLUSTER="1", AUTOSCALER_UPDATE_INTERVAL_S="1", PYTHONPATH=FAKE_GPUS)
     # Its own temp dir: Ray's job supervisor gives each job the address of the cluster last started in the temp
@@ -191,7 +193,7 @@ def ray_train_actors(cluster: Cluster) -> int:
 
 def driver_env(cluster: Cluster) -> dict:
     """A driver started on the head, as `ray job submit` starts one (the cluster's address and token)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env = env_without_session_ray()
     env.update(PATH=VENV_BIN + os.pathsep + env["PATH"], RAY_ADDRESS=cluster.gcs, RAY_AUTH_MODE="token",
                RAY_AUTH_TOKEN=cluster.token, PYTHONPATH=REPO)
     return env

@@ -14,7 +14,7 @@ import pytest
 
 from tests import fault_fixtures
 from tests.data.prepared import prepare_here
-from tests.helpers import lines_not_ours, make_checkpoint, private_ray_env
+from tests.helpers import env_without_session_ray, lines_not_ours, make_checkpoint
 from tests.s3_fault_proxy import SLOWDOWN
 from thorax_ray import storage
 
@@ -60,7 +60,7 @@ def test_score_job_on_two_cpus_prints_no_ray_line(synthetic_small, tmp_path):
     result = subprocess.run(
         [sys.executable, "jobs/score.py", "--checkpoint", str(tmp_path / "ckpt"), "--input", str(tmp_path / "prepared"),
          "--out", str(tmp_path / "out"), "--batch-size", "16"],
-        cwd=REPO, capture_output=True, text=True, timeout=300, env=private_ray_env())
+        cwd=REPO, capture_output=True, text=True, timeout=300, env=env_without_session_ray())
     assert result.returncode == 0, result.stdout + result.stderr
     assert "scored           120" in result.stdout
     assert ray_lines(result.stdout + result.stderr) == [], result.stdout + result.stderr

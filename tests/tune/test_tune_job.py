@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.helpers import lines_not_ours, private_ray_env
+from tests.helpers import env_without_session_ray, lines_not_ours
 from thorax_ray import storage
 
 pytestmark = pytest.mark.slow
@@ -48,7 +48,7 @@ def test_smoke_space_end_to_end_asha_stops_trials_and_best_config_trains(metadat
     started = time.monotonic()
     result = job("jobs/tune.py", "--space", "tune_spaces/smoke.yaml", "--data", str(metadata_only),
                  "--storage", str(tmp_path / "tune"), "--out", out, "--trials", "4",
-                 env=private_ray_env(PYTHONUNBUFFERED="1"))
+                 env=env_without_session_ray(PYTHONUNBUFFERED="1"))
     tune_seconds = time.monotonic() - started
     assert lines_not_ours(result.stdout + result.stderr, TUNE_LINES) == [], result.stdout + result.stderr
     assert f"up to {max(1, (os.cpu_count() or 1) // 2)} at a time" in result.stdout  # cores / (1 worker + driver)
